@@ -1,0 +1,34 @@
+"""The chain layer: one narrow interface over the embedded py-evm chain, anvil, and any RPC URL."""
+
+from marketplace.chain.artifacts import Artifact, artifact_names, load_artifact
+from marketplace.chain.backends import (
+    DEV_MNEMONIC,
+    LOCAL_CHAIN_ID,
+    AnvilNode,
+    anvil_chain,
+    connect,
+    dev_accounts,
+    embedded_chain,
+    rpc_chain,
+)
+from marketplace.chain.chain import Chain, to_address
+from marketplace.chain.errors import ChainError, ContractRevert, decode_revert_data
+
+__all__ = [
+    "DEV_MNEMONIC",
+    "LOCAL_CHAIN_ID",
+    "AnvilNode",
+    "Artifact",
+    "Chain",
+    "ChainError",
+    "ContractRevert",
+    "anvil_chain",
+    "artifact_names",
+    "connect",
+    "decode_revert_data",
+    "dev_accounts",
+    "embedded_chain",
+    "load_artifact",
+    "rpc_chain",
+    "to_address",
+]

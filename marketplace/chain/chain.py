@@ -1,0 +1,201 @@
+"""The one chain interface every other layer uses, whatever node sits behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+from web3 import Web3
+from web3.contract import Contract
+from web3.contract.contract import ContractFunction
+from web3.logs import DISCARD
+from web3.types import TxReceipt
+
+from marketplace.chain.artifacts import Artifact, load_artifact
+from marketplace.chain.errors import ChainError, ContractRevert, revert_from_exception
+from marketplace.errors import AgentmarketError
+
+#: Gas headroom added to an estimate: the 63/64 rule and storage refunds can make a call that
+#: needs exactly the estimate fail.
+_GAS_MARGIN_NUMERATOR, _GAS_MARGIN_DENOMINATOR = 5, 4
+
+
+@dataclass(frozen=True)
+class BackendHooks:
+    """What differs between backends, given by the backend that builds a :class:`Chain`."""
+
+    kind: str
+    time_travel: Callable[[Web3, int], None]
+    close: Callable[[], None] = lambda: None
+    rpc_url: str | None = None
+    receipt_poll_latency: float = 0.002
+
+
+class Chain:
+    """A connected chain: deploy, call, send locally signed transactions, read events, travel in time.
+
+    Build one with :func:`marketplace.chain.connect`; close it (or use it as a context manager) to
+    stop a node it started.
+    """
+
+    def __init__(self, w3: Web3, hooks: BackendHooks, dev_accounts: list[LocalAccount]) -> None:
+        self.w3 = w3
+        self.kind = hooks.kind
+        self.rpc_url = hooks.rpc_url
+        self.accounts = dev_accounts
+        self._hooks = hooks
+        self.chain_id: int = w3.eth.chain_id
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Release the backend (stops an anvil node this chain started)."""
+        self._hooks.close()
+
+    def __enter__(self) -> Chain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ contracts
+
+    def contract(self, artifact: str | Artifact, address: str) -> Contract:
+        """A web3 contract object for the deployed ``artifact`` at ``address``."""
+        art = load_artifact(artifact) if isinstance(artifact, str) else artifact
+        return self.w3.eth.contract(address=Web3.to_checksum_address(address), abi=art.abi)
+
+    def deploy(self, artifact: str | Artifact, *args: Any, sender: LocalAccount, gas: int | None = None) -> Contract:
+        """Deploy ``artifact`` with constructor ``args``; returns the contract at its new address."""
+        art = load_artifact(artifact) if isinstance(artifact, str) else artifact
+        factory = self.w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
+        receipt = self.send(factory.constructor(*args), sender, gas=gas)
+        return self.contract(art, receipt["contractAddress"])
+
+    # ------------------------------------------------------------------ calls and transactions
+
+    def call(self, fn: ContractFunction, *, sender: str | None = None, block: int | str = "latest") -> Any:
+        """Run a read-only call; a revert raises :class:`ContractRevert`."""
+        tx = {"from": sender} if sender else {}
+        try:
+            return fn.call(tx, block_identifier=block)
+        except Exception as exc:
+            revert = revert_from_exception(exc)
+            if revert is None:
+                raise
+            raise revert from None
+
+    def send(self, fn: Any, sender: LocalAccount, *, gas: int | None = None, value: int = 0) -> TxReceipt:
+        """Sign ``fn`` (a contract function or constructor) with ``sender``'s key, send it, wait.
+
+        With ``gas=None`` the gas is estimated first (a revert surfaces before anything is sent);
+        give ``gas`` explicitly on hot paths. Any revert raises :class:`ContractRevert`.
+        """
+        params: dict[str, Any] = {"from": sender.address, "value": value}
+        if gas is None:
+            try:
+                estimate = fn.estimate_gas(params)
+            except Exception as exc:
+                revert = revert_from_exception(exc)
+                if revert is None:
+                    raise
+                raise revert from None
+            gas = estimate * _GAS_MARGIN_NUMERATOR // _GAS_MARGIN_DENOMINATOR
+        params["gas"] = gas
+        params["nonce"] = self.w3.eth.get_transaction_count(sender.address, "pending")
+        tx = fn.build_transaction(params)
+        receipt = self.send_raw(sender.sign_transaction(tx).raw_transaction)
+        if receipt["status"] == 0:
+            raise self._explain_failure(tx, receipt)
+        return receipt
+
+    def send_raw(self, raw_transaction: bytes) -> TxReceipt:
+        """Broadcast an already signed transaction and wait for its receipt (status not checked)."""
+        try:
+            tx_hash = self.w3.eth.send_raw_transaction(raw_transaction)
+        except Exception as exc:
+            revert = revert_from_exception(exc)
+            if revert is None:
+                raise
+            raise revert from None
+        return self.w3.eth.wait_for_transaction_receipt(
+            tx_hash, timeout=30, poll_latency=self._hooks.receipt_poll_latency
+        )
+
+    def _explain_failure(self, tx: dict[str, Any], receipt: TxReceipt) -> ContractRevert:
+        """Replay a mined, failed transaction as a call on its parent state to learn why it reverted."""
+        tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
+        call = {k: tx[k] for k in ("from", "to", "data", "value", "gas") if k in tx}
+        try:
+            self.w3.eth.call(call, block_identifier=receipt["blockNumber"] - 1)
+        except Exception as exc:
+            revert = revert_from_exception(exc, tx_hash)
+            if revert is not None:
+                return revert
+        if receipt["gasUsed"] >= tx.get("gas", 0):
+            return ContractRevert("OutOfGas", {"gas": tx.get("gas", 0)}, b"", tx_hash)
+        return ContractRevert("Unknown", {}, b"", tx_hash)
+
+    # ------------------------------------------------------------------ events
+
+    @staticmethod
+    def events(contract: Contract, receipt: TxReceipt, event_name: str) -> list[dict[str, Any]]:
+        """The ``event_name`` events ``contract`` emitted in ``receipt``, as plain dicts of args."""
+        event = getattr(contract.events, event_name)()
+        return [dict(log["args"]) for log in event.process_receipt(receipt, errors=DISCARD)]
+
+    # ------------------------------------------------------------------ state and time
+
+    def balance(self, address: str) -> int:
+        """Native-coin balance of ``address`` in wei."""
+        return self.w3.eth.get_balance(Web3.to_checksum_address(address))
+
+    def block_number(self) -> int:
+        """Number of the latest block."""
+        return self.w3.eth.block_number
+
+    def timestamp(self) -> int:
+        """Timestamp of the latest block."""
+        return self.w3.eth.get_block("latest")["timestamp"]
+
+    def snapshot(self) -> Any:
+        """Take a snapshot of the whole chain state; returns an id for :meth:`revert`."""
+        return self._rpc("evm_snapshot", [])
+
+    def revert(self, snapshot_id: Any) -> None:
+        """Return the chain to a snapshot taken by :meth:`snapshot`."""
+        result = self._rpc("evm_revert", [snapshot_id])
+        if result is False:
+            raise ChainError(f"{self.kind} chain refused to revert to snapshot {snapshot_id!r}")
+
+    def mine(self) -> None:
+        """Mine one empty block."""
+        self._rpc("evm_mine", [])
+
+    def time_travel(self, to_timestamp: int) -> None:
+        """Mine a block whose timestamp is ``to_timestamp`` (must be in the future of the head)."""
+        head = self.timestamp()
+        if to_timestamp <= head:
+            raise ChainError(f"cannot travel back in time: head is at {head}, asked for {to_timestamp}")
+        self._hooks.time_travel(self.w3, to_timestamp)
+
+    def increase_time(self, seconds: int) -> None:
+        """Mine a block ``seconds`` after the head block."""
+        self.time_travel(self.timestamp() + seconds)
+
+    def _rpc(self, method: str, params: list[Any]) -> Any:
+        response = self.w3.provider.make_request(method, params)
+        if "error" in response:
+            message = response["error"].get("message", response["error"])
+            raise ChainError(f"{self.kind} chain does not support {method}: {message}")
+        return response["result"]
+
+
+def to_address(value: str) -> ChecksumAddress:
+    """Checksum an address, with a clear error when ``value`` is not one."""
+    if not Web3.is_address(value):
+        raise AgentmarketError(f"not an Ethereum address: {value!r} (want 0x followed by 40 hex digits)")
+    return Web3.to_checksum_address(value)

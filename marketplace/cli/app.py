@@ -1,0 +1,171 @@
+"""Commands of the ``agentmarket`` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from rich.console import Console
+from rich.table import Table
+
+from marketplace.chain import AnvilNode, Chain, connect, to_address
+from marketplace.chain.backends import LOCAL_CHAIN_ID, rpc_chain
+from marketplace.chain.deployment import DEFAULT_MANIFEST, deploy_all, load_deployment
+from marketplace.chain.token import format_units
+from marketplace.errors import AgentmarketError
+
+app = typer.Typer(
+    name="agentmarket",
+    help="A marketplace where agents pay for data and model access, and payments flow up the data lineage.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+contracts_app = typer.Typer(
+    help="Build the Solidity contracts (needs Node: npm ci --prefix contracts).", no_args_is_help=True
+)
+app.add_typer(contracts_app, name="contracts")
+
+console = Console(highlight=False)
+
+DEFAULT_RPC = "http://127.0.0.1:8545"
+DEPLOYER_KEY_ENV = "AGENTMARKET_DEPLOYER_KEY"
+
+RpcOption = Annotated[str, typer.Option("--rpc", help="JSON-RPC URL of the chain.", envvar="AGENTMARKET_RPC")]
+ManifestOption = Annotated[
+    Path, typer.Option("--manifest", help="Deployment manifest path.", envvar="AGENTMARKET_MANIFEST")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _deployer(chain: Chain) -> LocalAccount:
+    """The deploying key: $AGENTMARKET_DEPLOYER_KEY, or the first dev account on a local chain."""
+    key = os.environ.get(DEPLOYER_KEY_ENV)
+    if key:
+        try:
+            return Account.from_key(key)
+        except (ValueError, TypeError):
+            raise AgentmarketError(f"{DEPLOYER_KEY_ENV} is not a valid private key (want 0x + 64 hex digits)") from None
+    if chain.chain_id != LOCAL_CHAIN_ID:
+        raise AgentmarketError(
+            f"chain id {chain.chain_id} is not a local dev chain; set {DEPLOYER_KEY_ENV} to the deployer's key"
+        )
+    return chain.accounts[0]
+
+
+def _raise_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_signals() -> None:
+    """Make Ctrl-C and SIGTERM unwind the stack (so context managers stop what they started)."""
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+@contracts_app.command("build")
+def contracts_build(
+    check: Annotated[bool, typer.Option("--check", help="Only check that committed artifacts are fresh.")] = False,
+) -> None:
+    """Compile contracts/src with solc-js and write the artifacts inside the marketplace package."""
+    from marketplace.chain.build import compile_contracts, stale_artifacts, write_artifacts
+
+    result = compile_contracts()
+    if check:
+        stale = stale_artifacts(result)
+        if stale:
+            raise AgentmarketError(f"stale artifacts: {', '.join(stale)}; run agentmarket contracts build")
+        console.print(f"artifacts are fresh ({len(result.artifacts)} contracts, solc {result.compiler_version})")
+        return
+    for path in write_artifacts(result):
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def deploy(rpc: RpcOption = DEFAULT_RPC, manifest: ManifestOption = DEFAULT_MANIFEST) -> None:
+    """Deploy the contract set to a running chain and write the deployment manifest."""
+    with rpc_chain(rpc) as chain:
+        deployment = deploy_all(chain, _deployer(chain))
+        deployment.save(manifest)
+        _print_deployment(chain, deployment.to_json(), manifest)
+
+
+def _print_deployment(chain: Chain, manifest_data: dict, manifest: Path) -> None:
+    table = Table(title=f"deployed on chain {chain.chain_id}")
+    for column in ("contract", "address", "block", "gas"):
+        table.add_column(column)
+    for name, deployed in manifest_data["contracts"].items():
+        table.add_row(name, deployed["address"], str(deployed["deploy_block"]), f"{deployed['gas_used']:,}")
+    console.print(table)
+    console.print(f"manifest: {manifest}")
+
+
+@app.command()
+def node(
+    port: Annotated[int, typer.Option("--port", help="Port for anvil on 127.0.0.1.")] = 8545,
+    manifest: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """Start a local anvil chain, deploy the contracts, and keep it up until Ctrl-C."""
+    _interrupt_on_signals()
+    with AnvilNode(port=port) as anvil, connect(anvil.url) as chain:
+        deployment = deploy_all(chain, _deployer(chain))
+        deployment.save(manifest)
+        _print_deployment(chain, deployment.to_json(), manifest)
+        console.print(f"RPC URL: {anvil.url}")
+        console.print(f"anvil pid {anvil.pid}; press Ctrl-C to stop", style="dim")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            console.print("stopping anvil")
+
+
+@app.command()
+def balances(
+    addresses: Annotated[list[str] | None, typer.Argument(help="Accounts to show (default: the dev accounts).")] = None,
+    rpc: RpcOption = DEFAULT_RPC,
+    manifest: ManifestOption = DEFAULT_MANIFEST,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the token and tUSD balances of accounts on a deployed chain."""
+    wanted = [to_address(a) for a in addresses or []]
+    with rpc_chain(rpc) as chain:
+        token = load_deployment(manifest, chain).token(chain)
+        accounts = wanted or [a.address for a in chain.accounts[:4]]
+        rows = {a: token.balance_of(a) for a in accounts}
+        if as_json:
+            payload = {
+                "token": {
+                    "address": token.address,
+                    "name": token.name(),
+                    "symbol": token.symbol(),
+                    "decimals": token.decimals(),
+                },
+                "balances": {a: str(v) for a, v in rows.items()},
+            }
+            console.print_json(json.dumps(payload))
+            return
+        table = Table(title=f"{token.name()} ({token.symbol()}) at {token.address}")
+        table.add_column("account")
+        table.add_column(token.symbol(), justify="right")
+        for account, units in rows.items():
+            table.add_row(account, format_units(units))
+        console.print(table)
+
+
+@app.command()
+def demo(
+    chain_target: Annotated[str, typer.Option("--chain", help="embedded, anvil, or an RPC URL.")] = "embedded",
+    as_json: JsonOption = False,
+) -> None:
+    """Run the agentmarket story on a local chain (today: a relayed EIP-3009 payment)."""
+    from marketplace.demo import run_demo
+
+    run_demo(chain_target, as_json=as_json, console=console)

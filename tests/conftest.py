@@ -1,0 +1,77 @@
+"""Fixtures shared by the whole suite.
+
+Chain tests are written once and run against every backend: the ``chain`` fixture is parametrized
+over the embedded py-evm chain and a real anvil node (started once per session, stopped at the
+end, also when tests fail). Each test runs inside a snapshot that is reverted afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from eth_account.signers.local import LocalAccount
+
+from marketplace.chain import Chain, connect
+from marketplace.chain.deployment import Deployment, deploy_all
+from marketplace.chain.token import TestUSD, to_units
+
+BACKENDS = ["embedded", pytest.param("anvil", marks=pytest.mark.anvil)]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def session_chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
+    """One chain per backend for the whole session."""
+    chain = connect(request.param)
+    try:
+        yield chain
+    finally:
+        chain.close()
+
+
+@pytest.fixture(scope="session")
+def deployment(session_chain: Chain) -> Deployment:
+    """The contract set, deployed once per backend by dev account 0."""
+    return deploy_all(session_chain, session_chain.accounts[0])
+
+
+@pytest.fixture
+def chain(session_chain: Chain, deployment: Deployment) -> Iterator[Chain]:
+    """The session chain, with every change a test makes reverted when it ends."""
+    snapshot = session_chain.snapshot()
+    try:
+        yield session_chain
+    finally:
+        session_chain.revert(snapshot)
+
+
+@pytest.fixture
+def token(chain: Chain, deployment: Deployment) -> TestUSD:
+    """TestUSD, with 1,000 tUSD minted to ``alice``."""
+    tusd = deployment.token(chain)
+    tusd.mint(chain.accounts[0], chain.accounts[1].address, to_units(1000))
+    return tusd
+
+
+@pytest.fixture
+def admin(chain: Chain) -> LocalAccount:
+    """Deployer: token admin and faucet minter."""
+    return chain.accounts[0]
+
+
+@pytest.fixture
+def alice(chain: Chain) -> LocalAccount:
+    """A funded payer (holds tUSD after the ``token`` fixture)."""
+    return chain.accounts[1]
+
+
+@pytest.fixture
+def bob(chain: Chain) -> LocalAccount:
+    """A payee."""
+    return chain.accounts[2]
+
+
+@pytest.fixture
+def relayer(chain: Chain) -> LocalAccount:
+    """Submits other people's signed authorizations and pays the gas."""
+    return chain.accounts[3]

@@ -1,0 +1,119 @@
+"""The agentmarket command line, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+AGENTMARKET = [sys.executable, "-m", "marketplace.cli"]
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AGENTMARKET, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def test_demo_json_reports_relayed_payment_from_chain():
+    result = run_cli("demo", "--json")
+    assert result.returncode == 0, result.stderr
+    story = json.loads(result.stdout)
+    assert story["chain_id"] == 31337
+    balances = story["balances"]
+    assert balances["agent"]["tusd_after"] == str(87_500_000)
+    assert balances["provider"]["tusd_after"] == str(12_500_000)
+    assert balances["agent"]["eth_spent_wei"] == "0"
+    assert int(balances["relayer"]["eth_spent_wei"]) > 0
+    assert 50_000 < story["payment"]["gas_used"] < 120_000
+
+
+def test_unreachable_rpc_is_one_line():
+    result = run_cli("balances", "--rpc", "http://127.0.0.1:9")
+    assert_one_line_error(result, "http://127.0.0.1:9", "agentmarket node")
+
+
+def test_missing_anvil_is_one_line(tmp_path):
+    result = run_cli(
+        "node", "--port", str(free_port()), cwd=tmp_path, env={"AGENTMARKET_ANVIL": str(tmp_path / "missing")}
+    )
+    assert_one_line_error(result, "npm ci --prefix contracts")
+
+
+def test_bad_address_is_one_line(tmp_path):
+    result = run_cli("balances", "0x123", "--rpc", "http://127.0.0.1:9")
+    assert_one_line_error(result, "not an Ethereum address: '0x123'")
+
+
+@pytest.mark.anvil
+def test_node_serves_a_deployment_a_second_process_can_use(tmp_path):
+    port = free_port()
+    node = subprocess.Popen(
+        [*AGENTMARKET, "node", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        manifest = tmp_path / ".agentmarket" / "deployment.json"
+        deadline = time.monotonic() + 60
+        while not manifest.exists() and node.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert manifest.exists(), node.stderr.read() if node.poll() is not None else "no manifest"
+        rpc = f"http://127.0.0.1:{port}"
+
+        shown = run_cli("balances", "--rpc", rpc, "--manifest", str(manifest), "--json")
+        assert shown.returncode == 0, shown.stderr
+        token = json.loads(shown.stdout)["token"]
+        assert (token["name"], token["symbol"], token["decimals"]) == ("Test USD", "tUSD", 6)
+
+        redeployed = run_cli("deploy", "--rpc", rpc, "--manifest", str(tmp_path / "second.json"))
+        assert redeployed.returncode == 0, redeployed.stderr
+        assert json.loads((tmp_path / "second.json").read_text())["chainId"] == 31337
+
+        foreign = json.loads(manifest.read_text()) | {"chainId": 1}
+        (tmp_path / "foreign.json").write_text(json.dumps(foreign))
+        wrong_chain = run_cli("balances", "--rpc", rpc, "--manifest", str(tmp_path / "foreign.json"))
+        assert_one_line_error(wrong_chain, "chain id 1", "chain id 31337")
+    finally:
+        node.send_signal(signal.SIGINT)
+        try:
+            node.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            node.kill()
+    assert node.returncode == 0, node.stderr.read()
+    out = node.stdout.read()
+    assert f"RPC URL: http://127.0.0.1:{port}" in out and "stopping anvil" in out
+    with socket.socket() as sock:  # anvil is gone: the port refuses connections
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
