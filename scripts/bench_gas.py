@@ -1,7 +1,7 @@
 """Gas of every money-path operation, measured in one run on the embedded chain (gas is deterministic).
 
-    python scripts/bench_gas.py            # table
-    python scripts/bench_gas.py --json     # machine-readable
+python scripts/bench_gas.py            # table
+python scripts/bench_gas.py --json     # machine-readable
 """
 
 from __future__ import annotations
