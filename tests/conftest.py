@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from marketplace.chain import Chain, connect
+from marketplace.chain import Chain, ContractRevert, connect
 from marketplace.chain.deployment import Deployment, deploy_all
+from marketplace.chain.market import Market
 from marketplace.chain.token import TestUSD, to_units
 
 BACKENDS = ["embedded", pytest.param("anvil", marks=pytest.mark.anvil)]
@@ -75,3 +76,29 @@ def bob(chain: Chain) -> LocalAccount:
 def relayer(chain: Chain) -> LocalAccount:
     """Submits other people's signed authorizations and pays the gas."""
     return chain.accounts[3]
+
+
+@pytest.fixture
+def carol(chain: Chain) -> LocalAccount:
+    """A second buyer (holds no tUSD until a test mints some)."""
+    return chain.accounts[4]
+
+
+@pytest.fixture
+def session_key(chain: Chain) -> LocalAccount:
+    """A key that signs vouchers for someone else's channel."""
+    return chain.accounts[5]
+
+
+@pytest.fixture
+def market(chain: Chain, deployment: Deployment, token: TestUSD) -> Market:
+    """Every marketplace contract, bound to the snapshot-reverted chain (alice holds 1,000 tUSD)."""
+    return deployment.market(chain)
+
+
+def expect_revert(error: str, fn, *args, **kwargs) -> ContractRevert:
+    """Run ``fn`` and return the ContractRevert it raised, checking the Solidity error name."""
+    with pytest.raises(ContractRevert) as info:
+        fn(*args, **kwargs)
+    assert info.value.error == error, str(info.value)
+    return info.value

@@ -7,19 +7,11 @@ import dataclasses
 import pytest
 from eth_utils import keccak
 
-from marketplace.chain import ContractRevert
 from marketplace.chain.eip712 import Domain, sign_authorization
 from marketplace.chain.token import to_units
+from tests.conftest import expect_revert
 
 HOUR = 3600
-
-
-def expect_revert(error: str, fn, *args, **kwargs) -> ContractRevert:
-    """Run ``fn`` and return the ContractRevert it raised, checking the Solidity error name."""
-    with pytest.raises(ContractRevert) as info:
-        fn(*args, **kwargs)
-    assert info.value.error == error, str(info.value)
-    return info.value
 
 
 def test_metadata_and_eip712_domain(chain, token):

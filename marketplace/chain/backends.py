@@ -13,7 +13,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import requests
 from eth_account import Account
@@ -71,6 +73,8 @@ def embedded_chain() -> Chain:
     type(backend.chain).chain_id = LOCAL_CHAIN_ID
     endpoints = {namespace: dict(methods) for namespace, methods in API_ENDPOINTS.items()}
     endpoints["eth"]["chainId"] = lambda *_args, **_kwargs: LOCAL_CHAIN_ID
+    for method in ("call", "estimateGas", "sendRawTransaction", "sendTransaction"):
+        endpoints["eth"][method] = _keep_revert_bytes(endpoints["eth"][method])
     tester = EthereumTester(backend)
     w3 = Web3(EthereumTesterProvider(tester, api_endpoints=endpoints))
 
@@ -81,6 +85,29 @@ def embedded_chain() -> Chain:
 
     hooks = BackendHooks(kind="embedded", time_travel=time_travel, receipt_poll_latency=0.0)
     return Chain(w3, hooks, dev_accounts())
+
+
+def _keep_revert_bytes(delegator: Callable[..., Any]) -> Callable[..., Any]:
+    """Stop web3's eth-tester provider from decoding any revert data as a string.
+
+    The provider reads raw revert bytes as ``abi.decode(["string"], data[4:])`` whatever their
+    selector, so a custom error with one string argument loses its name. Handing it the bytes'
+    repr instead keeps every byte for :func:`revert_from_exception` to decode.
+    """
+    from eth_tester.exceptions import TransactionFailed
+
+    def delegate(tester: Any, params: Any) -> Any:
+        try:
+            return delegator(tester, params)
+        except TransactionFailed as exc:
+            raw = exc.args[0] if exc.args else b""
+            if isinstance(raw, Exception):
+                raw = raw.args[0] if raw.args else b""
+            if isinstance(raw, bytes | bytearray):
+                raise TransactionFailed(repr(bytes(raw))) from None
+            raise
+
+    return delegate
 
 
 # ---------------------------------------------------------------------- JSON-RPC (anvil or any node)

@@ -51,6 +51,7 @@ def _standard_json_input(contracts_dir: Path) -> dict:
         "settings": {
             "optimizer": {"enabled": True, "runs": OPTIMIZER_RUNS},
             "evmVersion": EVM_VERSION,
+            "viaIR": True,
             "outputSelection": {
                 "*": {
                     "*": [
@@ -110,6 +111,7 @@ def compile_contracts(contracts_dir: Path = CONTRACTS_DIR) -> BuildResult:
                     "version": version,
                     "evmVersion": EVM_VERSION,
                     "optimizerRuns": OPTIMIZER_RUNS,
+                    "viaIR": True,
                 },
                 "abi": compiled["abi"],
                 "bytecode": "0x" + bytecode,

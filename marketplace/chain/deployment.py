@@ -17,6 +17,13 @@ from eth_account.signers.local import LocalAccount
 
 from marketplace.chain.artifacts import load_artifact
 from marketplace.chain.chain import Chain
+from marketplace.chain.market import (
+    AgentRegistryContract,
+    Market,
+    MarketplaceContract,
+    PaymentChannelsContract,
+    ReputationContract,
+)
 from marketplace.chain.token import TestUSD
 from marketplace.errors import AgentmarketError
 
@@ -62,6 +69,17 @@ class Deployment:
         """The TestUSD token of this deployment."""
         return TestUSD(chain, self.address("TestUSD"))
 
+    def market(self, chain: Chain) -> Market:
+        """Every contract of this deployment, bound to ``chain``."""
+        return Market(
+            chain=chain,
+            token=self.token(chain),
+            marketplace=MarketplaceContract(chain, self.address("Marketplace")),
+            channels=PaymentChannelsContract(chain, self.address("PaymentChannels")),
+            agents=AgentRegistryContract(chain, self.address("AgentRegistry")),
+            reputation=ReputationContract(chain, self.address("ReputationRegistry")),
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The manifest as JSON-ready data."""
         return {
@@ -81,18 +99,32 @@ class Deployment:
 
 # name -> constructor arguments given the deployer and what is deployed so far. Order matters:
 # a contract may take an earlier one's address.
-DEPLOY_PLAN: list[tuple[str, Callable[[LocalAccount, Deployment], tuple[Any, ...]]]] = [
-    ("TestUSD", lambda deployer, _done: (deployer.address,)),
+DEFAULT_FEE_BPS = 100
+
+DEPLOY_PLAN: list[tuple[str, Callable[[LocalAccount, Deployment, int], tuple[Any, ...]]]] = [
+    ("TestUSD", lambda deployer, _done, _fee: (deployer.address,)),
+    ("RevenueVault", lambda _deployer, _done, _fee: ()),
+    ("Marketplace", lambda deployer, done, fee: (done.address("RevenueVault"), deployer.address, fee)),
+    ("AgentRegistry", lambda _deployer, _done, _fee: ()),
+    ("PaymentChannels", lambda _deployer, done, _fee: (done.address("Marketplace"),)),
+    (
+        "ReputationRegistry",
+        lambda _deployer, done, _fee: (
+            done.address("Marketplace"),
+            done.address("PaymentChannels"),
+            done.address("AgentRegistry"),
+        ),
+    ),
 ]
 
 
-def deploy_all(chain: Chain, deployer: LocalAccount) -> Deployment:
-    """Deploy every contract of the set with ``deployer`` (who becomes admin and faucet minter)."""
+def deploy_all(chain: Chain, deployer: LocalAccount, *, fee_bps: int = DEFAULT_FEE_BPS) -> Deployment:
+    """Deploy every contract of the set with ``deployer`` (token admin, faucet minter and fee treasury)."""
     deployment = Deployment(chain_id=chain.chain_id, deployer=deployer.address)
     for name, constructor_args in DEPLOY_PLAN:
         artifact = load_artifact(name)
         factory = chain.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-        receipt = chain.send(factory.constructor(*constructor_args(deployer, deployment)), deployer)
+        receipt = chain.send(factory.constructor(*constructor_args(deployer, deployment, fee_bps)), deployer)
         deployment.contracts[name] = DeployedContract(
             address=receipt["contractAddress"],
             code_hash=artifact.code_hash,

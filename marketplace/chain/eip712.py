@@ -154,3 +154,34 @@ def sign_cancel_authorization(signer: LocalAccount, domain: Domain, nonce: bytes
     return sign_typed(
         signer, domain, "CancelAuthorization", CANCEL_FIELDS, {"authorizer": signer.address, "nonce": nonce}
     )
+
+
+# ---------------------------------------------------------------------- agentmarket's own messages
+
+VOUCHER_FIELDS = [("channelId", "uint256"), ("cumulativeAmount", "uint256")]
+AGENT_WALLET_FIELDS = [("agentId", "uint256"), ("newWallet", "address"), ("owner", "address"), ("deadline", "uint256")]
+
+
+def sign_voucher(signer: LocalAccount, domain: Domain, channel_id: int, cumulative_amount: int) -> Signature:
+    """Sign a payment-channel ``Voucher(channelId, cumulativeAmount)``."""
+    return sign_typed(
+        signer, domain, "Voucher", VOUCHER_FIELDS, {"channelId": channel_id, "cumulativeAmount": cumulative_amount}
+    )
+
+
+def sign_agent_wallet(wallet: LocalAccount, domain: Domain, agent_id: int, owner: str, deadline: int) -> Signature:
+    """Sign ERC-8004's ``AgentWalletSet``: ``wallet`` agrees to act for ``agent_id`` owned by ``owner``."""
+    message = {"agentId": agent_id, "newWallet": wallet.address, "owner": owner, "deadline": deadline}
+    return sign_typed(wallet, domain, "AgentWalletSet", AGENT_WALLET_FIELDS, message)
+
+
+def recover_typed(
+    domain: Domain, primary_type: str, fields: list[tuple[str, str]], message: dict[str, Any], signature: bytes
+) -> str:
+    """The address that signed ``message`` (for off-chain verification, e.g. of vouchers)."""
+    typed = encode_typed_data(
+        domain_data=domain.as_dict(),
+        message_types={primary_type: [{"name": n, "type": t} for n, t in fields]},
+        message_data=message,
+    )
+    return Account.recover_message(typed, signature=signature)
