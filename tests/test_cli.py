@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 AGENTMARKET = [sys.executable, "-m", "marketplace.cli"]
@@ -34,6 +35,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _wait_for_json(url: str, process: subprocess.Popen[str], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else "exited"
+        try:
+            return httpx.get(url, timeout=2).raise_for_status().json()
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+def test_serve_with_a_missing_manifest_is_one_line(tmp_path):
+    result = run_cli("serve", "--rpc", "http://127.0.0.1:9", "--manifest", str(tmp_path / "none.json"))
+    assert_one_line_error(result, "http://127.0.0.1:9")
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -101,6 +118,23 @@ def test_node_serves_a_deployment_a_second_process_can_use(tmp_path):
         redeployed = run_cli("deploy", "--rpc", rpc, "--manifest", str(tmp_path / "second.json"))
         assert redeployed.returncode == 0, redeployed.stderr
         assert json.loads((tmp_path / "second.json").read_text())["chainId"] == 31337
+
+        api_port = free_port()
+        server = subprocess.Popen(
+            [*AGENTMARKET, "serve", "--rpc", rpc, "--manifest", str(manifest), "--port", str(api_port),
+             "--data-dir", str(tmp_path / "server")],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            health = _wait_for_json(f"http://127.0.0.1:{api_port}/healthz", server)
+            assert (health["chain_id"], health["indexer_lag"]) == (31337, 0)
+            assets = httpx.get(f"http://127.0.0.1:{api_port}/v1/assets", timeout=10).json()
+            assert assets == {"items": [], "total": 0, "limit": 50, "offset": 0}
+            missing = httpx.get(f"http://127.0.0.1:{api_port}/v1/assets/7", timeout=10)
+            assert (missing.status_code, missing.json()["error"]) == (404, "asset_not_found")
+        finally:
+            server.terminate()
+            server.wait(timeout=15)
 
         foreign = json.loads(manifest.read_text()) | {"chainId": 1}
         (tmp_path / "foreign.json").write_text(json.dumps(foreign))

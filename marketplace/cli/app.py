@@ -161,6 +161,27 @@ def balances(
 
 
 @app.command()
+def serve(
+    rpc: RpcOption = DEFAULT_RPC,
+    manifest: ManifestOption = DEFAULT_MANIFEST,
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8000,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Where the server keeps its read model.", envvar="AGENTMARKET_DATA_DIR")
+    ] = Path(".agentmarket") / "server",
+) -> None:
+    """Serve the marketplace API (catalog reads over a chain indexer) with uvicorn."""
+    import uvicorn
+
+    from marketplace.api import Settings, create_app
+    from marketplace.api.app import build_services
+
+    settings = Settings(rpc_url=rpc, manifest=manifest, port=port, data_dir=data_dir)
+    build_services(settings).engine.dispose()  # fail fast, in one line, on a bad RPC URL or manifest
+    console.print(f"serving http://{settings.host}:{port} (OpenAPI at /openapi.json)")
+    uvicorn.run(create_app(settings), host=settings.host, port=port, log_level="warning")
+
+
+@app.command()
 def demo(
     chain_target: Annotated[str, typer.Option("--chain", help="embedded, anvil, or an RPC URL.")] = "embedded",
     as_json: JsonOption = False,

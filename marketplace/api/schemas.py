@@ -1,0 +1,77 @@
+"""Response models of the read API (amounts are decimal strings of atomic units)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class Health(BaseModel):
+    """Liveness and how fresh the read model is."""
+
+    status: str
+    chain_id: int
+    head_block: int
+    indexed_block: int
+    indexer_lag: int
+
+
+class AssetSummary(BaseModel):
+    """An asset in a listing."""
+
+    asset_id: int
+    kind: str
+    owner: str
+    token: str
+    price: str
+    license_duration: int
+    version: int
+    listed: bool
+    content_hash: str
+    uri: str
+    vault: str
+    parents: list[int]
+
+
+class AssetPage(BaseModel):
+    """One page of a listing."""
+
+    items: list[AssetSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class Payee(BaseModel):
+    """A vault payee and its share (bps of everything the vault receives, fee included)."""
+
+    account: str
+    share_bps: float
+    is_asset_vault: bool
+    parent_asset_id: int | None
+
+
+class Rating(BaseModel):
+    """Paid-for feedback summary."""
+
+    count: int
+    average: float | None
+
+
+class AssetDetail(AssetSummary):
+    """An asset with its split, lineage, revenue, sales and ratings."""
+
+    payees: list[Payee]
+    children: list[int]
+    revenue_received: str
+    licenses_sold: int
+    rating: Rating
+
+
+class Agent(BaseModel):
+    """An ERC-8004 agent."""
+
+    agent_id: int
+    owner: str
+    uri: str
+    wallet: str | None
+    metadata: dict[str, str]

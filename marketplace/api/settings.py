@@ -1,0 +1,29 @@
+"""Server settings, from arguments or AGENTMARKET_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from marketplace.chain.deployment import DEFAULT_MANIFEST
+
+
+class Settings(BaseSettings):
+    """Where the chain and the manifest are, and where the server keeps its data."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTMARKET_")
+
+    rpc_url: str = "http://127.0.0.1:8545"
+    manifest: Path = DEFAULT_MANIFEST
+    data_dir: Path = Path(".agentmarket") / "server"
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL of the read model (SQLite in the data dir unless set)."""
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"

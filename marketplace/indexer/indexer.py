@@ -1,0 +1,257 @@
+"""Follows every marketplace contract's events into the read model.
+
+The chain is the source of truth; the database is a cache that can always be rebuilt. The indexer
+reads logs in batches from the manifest's deploy block, applies them in (block, log index) order,
+records the hash of every block it indexed and, when a stored hash no longer matches the chain
+(a reorg on anvil), drops the read model and rebuilds it from the deploy block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.orm import Session
+from web3 import Web3
+
+from marketplace.chain import Chain, load_artifact
+from marketplace.chain.deployment import Deployment
+from marketplace.chain.market import PERPETUAL, AssetKind
+from marketplace.indexer.models import (
+    AgentMetadataRow,
+    AgentRow,
+    AssetParentRow,
+    AssetRow,
+    Base,
+    ChannelRow,
+    FeedbackRow,
+    IndexedBlock,
+    LicenseRow,
+    ReleaseRow,
+    SyncState,
+)
+
+#: Contracts whose events the read model follows (RevenueVault: every vault clone).
+_FOLLOWED = ("Marketplace", "PaymentChannels", "AgentRegistry", "ReputationRegistry", "RevenueVault")
+#: How many recent block hashes are kept to detect reorgs.
+_KEPT_BLOCK_HASHES = 256
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What one :meth:`Indexer.sync` did."""
+
+    from_block: int
+    to_block: int
+    events: int
+    reorg: bool
+
+
+class Indexer:
+    """Indexes one deployment on one chain into ``engine``'s database."""
+
+    def __init__(self, chain: Chain, deployment: Deployment, engine: Engine, *, batch_size: int = 2_000) -> None:
+        self.chain = chain
+        self.deployment = deployment
+        self.engine = engine
+        self.batch_size = batch_size
+        Base.metadata.create_all(engine)
+        self._decoders: dict[tuple[str, bytes], Callable[[Any], Any]] = {}
+        self._contract_of: dict[str, str] = {
+            Web3.to_checksum_address(deployment.address(name)): name for name in _FOLLOWED if name != "RevenueVault"
+        }
+        for name in _FOLLOWED:
+            contract = chain.w3.eth.contract(abi=load_artifact(name).abi)
+            for entry in contract.abi:
+                if entry.get("type") == "event":
+                    event = contract.events[entry["name"]]()
+                    topic = bytes(Web3.keccak(text=_event_signature(entry)))
+                    self._decoders[(name, topic)] = event.process_log
+
+    # ------------------------------------------------------------------ syncing
+
+    def last_block(self) -> int:
+        """The last block the read model includes (deploy block - 1 before the first sync)."""
+        with Session(self.engine) as session:
+            state = session.get(SyncState, 1)
+            return state.last_block if state else self.deployment.deploy_block - 1
+
+    def lag(self) -> int:
+        """Blocks the read model is behind the chain head."""
+        return max(0, self.chain.block_number() - self.last_block())
+
+    def sync(self) -> SyncReport:
+        """Index everything up to the current head; returns what was done."""
+        reorg = self._reorged()
+        if reorg:
+            self.reset()
+        start = self.last_block() + 1
+        head = self.chain.block_number()
+        events = 0
+        for batch_start in range(start, head + 1, self.batch_size):
+            batch_end = min(batch_start + self.batch_size - 1, head)
+            events += self._index_range(batch_start, batch_end)
+        return SyncReport(start, head, events, reorg)
+
+    def reset(self) -> None:
+        """Drop the read model; the next sync rebuilds it from the deploy block."""
+        Base.metadata.drop_all(self.engine)
+        Base.metadata.create_all(self.engine)
+
+    def _reorged(self) -> bool:
+        with Session(self.engine) as session:
+            latest = session.scalars(select(IndexedBlock).order_by(IndexedBlock.number.desc()).limit(1)).first()
+        if latest is None:
+            return False
+        block = self.chain.w3.eth.get_block(latest.number) if latest.number <= self.chain.block_number() else None
+        return block is None or "0x" + bytes(block["hash"]).hex() != latest.hash
+
+    def _index_range(self, first: int, last: int) -> int:
+        logs = self.chain.w3.eth.get_logs({"fromBlock": first, "toBlock": last})
+        logs = sorted(logs, key=lambda log: (log["blockNumber"], log["logIndex"]))
+        with Session(self.engine) as session, session.begin():
+            vaults = set(session.scalars(select(AssetRow.vault)))
+            applied = 0
+            for log in logs:
+                address = Web3.to_checksum_address(log["address"])
+                name = self._contract_of.get(address) or ("RevenueVault" if address in vaults else None)
+                decode = self._decoders.get((name, bytes(log["topics"][0]))) if name and log["topics"] else None
+                if decode is None:
+                    continue
+                event = decode(log)
+                handler = getattr(self, f"_on_{event['event']}", None)
+                if handler is not None:
+                    handler(session, event, _origin(log))
+                    applied += 1
+                    if event["event"] == "AssetPublished":
+                        vaults.add(event["args"]["vault"])
+            for number in range(max(first, last - _KEPT_BLOCK_HASHES + 1), last + 1):
+                block_hash = "0x" + bytes(self.chain.w3.eth.get_block(number)["hash"]).hex()
+                session.merge(IndexedBlock(number=number, hash=block_hash))
+            session.execute(delete(IndexedBlock).where(IndexedBlock.number <= last - _KEPT_BLOCK_HASHES))
+            session.merge(SyncState(id=1, chain_id=self.chain.chain_id, last_block=last))
+        return applied
+
+    # ------------------------------------------------------------------ Marketplace
+
+    def _on_AssetPublished(self, session: Session, event: Any, origin: dict[str, Any]) -> None:
+        a = event["args"]
+        session.merge(
+            AssetRow(
+                asset_id=a["assetId"],
+                kind=AssetKind(a["kind"]).name.lower(),
+                owner=a["owner"],
+                token=a["token"],
+                price=str(a["price"]),
+                price_sort=min(a["price"], 2**63 - 1),
+                license_duration=a["licenseDuration"],
+                version=1,
+                listed=True,
+                content_hash="0x" + bytes(a["contentHash"]).hex(),
+                uri=a["uri"],
+                vault=a["vault"],
+                **origin,
+            )
+        )
+        for position, parent in enumerate(a["parents"]):
+            session.merge(AssetParentRow(asset_id=a["assetId"], parent_id=parent, position=position))
+
+    def _on_AssetVersionPublished(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
+        a = event["args"]
+        row = session.get(AssetRow, a["assetId"])
+        row.version, row.content_hash, row.uri = a["version"], "0x" + bytes(a["contentHash"]).hex(), a["uri"]
+
+    def _on_PriceUpdated(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
+        row = session.get(AssetRow, event["args"]["assetId"])
+        row.price, row.price_sort = str(event["args"]["price"]), min(event["args"]["price"], 2**63 - 1)
+
+    def _on_ListingChanged(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
+        session.get(AssetRow, event["args"]["assetId"]).listed = event["args"]["listed"]
+
+    def _on_LicensePurchased(self, session: Session, event: Any, origin: dict[str, Any]) -> None:
+        a = event["args"]
+        expires = "perpetual" if a["expiresAt"] == PERPETUAL else str(a["expiresAt"])
+        session.add(LicenseRow(asset_id=a["assetId"], buyer=a["buyer"], price=str(a["price"]), expires_at=expires,
+                               **origin))  # fmt: skip
+
+    # ------------------------------------------------------------------ RevenueVault
+
+    def _on_PaymentReleased(self, session: Session, event: Any, origin: dict[str, Any]) -> None:
+        a = event["args"]
+        session.add(ReleaseRow(vault=event["address"], token=a["token"], payee=a["payee"], amount=str(a["amount"]),
+                               **origin))  # fmt: skip
+
+    # ------------------------------------------------------------------ PaymentChannels
+
+    def _on_ChannelOpened(self, session: Session, event: Any, origin: dict[str, Any]) -> None:
+        a = event["args"]
+        session.merge(
+            ChannelRow(channel_id=a["channelId"], asset_id=a["assetId"], payer=a["payer"], token=a["token"],
+                       signer=a["signer"], deposit=str(a["deposit"]), claimed="0", expiry=a["expiry"], closed=False,
+                       **origin)
+        )  # fmt: skip
+
+    def _on_ChannelToppedUp(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
+        session.get(ChannelRow, event["args"]["channelId"]).deposit = str(event["args"]["deposit"])
+
+    def _on_ChannelExtended(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
+        session.get(ChannelRow, event["args"]["channelId"]).expiry = event["args"]["expiry"]
+
+    def _on_ChannelClaimed(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
+        session.get(ChannelRow, event["args"]["channelId"]).claimed = str(event["args"]["cumulativeAmount"])
+
+    def _on_ChannelSettled(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
+        row = session.get(ChannelRow, event["args"]["channelId"])
+        row.closed, row.claimed = True, str(event["args"]["claimed"])
+
+    # ------------------------------------------------------------------ AgentRegistry
+
+    def _on_Registered(self, session: Session, event: Any, origin: dict[str, Any]) -> None:
+        a = event["args"]
+        session.merge(AgentRow(agent_id=a["agentId"], owner=a["owner"], uri=a["agentURI"], wallet=a["owner"],
+                               **origin))  # fmt: skip
+
+    def _on_URIUpdated(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
+        session.get(AgentRow, event["args"]["agentId"]).uri = event["args"]["newURI"]
+
+    def _on_MetadataSet(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
+        a = event["args"]
+        agent = session.get(AgentRow, a["agentId"])
+        value = bytes(a["metadataValue"])
+        if a["metadataKey"] == "agentWallet":
+            if agent is not None:  # MetadataSet for the wallet is emitted just before Registered
+                agent.wallet = Web3.to_checksum_address(value) if value else None
+            return
+        session.merge(AgentMetadataRow(agent_id=a["agentId"], key=a["metadataKey"], value=value.hex()))
+
+    def _on_Transfer(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
+        a = event["args"]
+        agent = session.get(AgentRow, a["tokenId"])
+        if agent is not None:
+            agent.owner = a["to"]
+
+    # ------------------------------------------------------------------ ReputationRegistry
+
+    def _on_NewFeedback(self, session: Session, event: Any, origin: dict[str, Any]) -> None:
+        a = event["args"]
+        session.add(
+            FeedbackRow(subject_kind="asset" if a["subjectKind"] == 0 else "agent", subject_id=a["subjectId"],
+                        client=a["clientAddress"], value=str(a["value"]), value_decimals=a["valueDecimals"],
+                        tag1=a["tag1"], tag2=a["tag2"], **origin)
+        )  # fmt: skip
+
+
+def _event_signature(entry: dict[str, Any]) -> str:
+    from marketplace.chain.errors import _abi_type
+
+    return f"{entry['name']}({','.join(_abi_type(p) for p in entry['inputs'])})"
+
+
+def _origin(log: Any) -> dict[str, Any]:
+    return {
+        "block_number": log["blockNumber"],
+        "tx_hash": "0x" + bytes(log["transactionHash"]).hex(),
+        "log_index": log["logIndex"],
+    }

@@ -1,0 +1,148 @@
+"""The read API and its indexer, over both backends: catalog, lineage, errors, rebuild, reorg."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from marketplace.api import Settings, create_app
+from marketplace.chain.market import AssetKind, SubjectKind
+from marketplace.chain.token import to_units
+from marketplace.indexer import Indexer
+from marketplace.indexer.models import Base
+
+
+def publish(market, owner, uri, price, *, kind=AssetKind.DATASET, payees=None, parents=()):
+    return market.marketplace.publish(
+        owner, kind=kind, content_hash=hashlib.sha256(uri.encode()).digest(), uri=uri, price=price,
+        token=market.token.address, payees=payees or [(owner.address, 10_000)], parents=list(parents),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def story(market, admin, alice, bob, carol):
+    """Two datasets, a model built on both, a purchase, a rating and an agent."""
+    iris = publish(market, alice, "ipfs://iris-shard", to_units(1))
+    wine = publish(market, bob, "ipfs://wine-shard", to_units(3))
+    model = publish(market, carol, "ipfs://iris-wine-knn", to_units(2), kind=AssetKind.MODEL,
+                    payees=[(carol.address, 8_000)], parents=[(iris, 1_000), (wine, 1_000)])  # fmt: skip
+    market.token.approve(alice, market.marketplace.address, to_units(10))
+    market.marketplace.buy(alice, model, to_units(2))
+    market.reputation.give_feedback(alice, subject_kind=SubjectKind.ASSET, subject_id=model, value=4,
+                                    paid_asset_id=model)  # fmt: skip
+    agent = market.agents.register(bob, "https://agents.example/bob.json", {"endpoint": b"http://127.0.0.1:9"})
+    return {"iris": iris, "wine": wine, "model": model, "agent": agent}
+
+
+@pytest.fixture
+def client(chain, deployment, tmp_path, story):
+    manifest = deployment.save(tmp_path / "deployment.json")
+    settings = Settings(manifest=manifest, database_url=f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    with TestClient(create_app(settings, chain=chain)) as test_client:
+        yield test_client
+
+
+def test_healthz_reports_head_and_lag(client, chain):
+    health = client.get("/healthz").json()
+    assert health["chain_id"] == 31337
+    assert health["head_block"] == chain.block_number()
+    assert health["indexer_lag"] == 0
+
+
+def test_catalog_filters_and_pages(client, alice, story):
+    assert client.get("/v1/assets").json()["total"] == 3
+    models = client.get("/v1/assets", params={"kind": "model"}).json()
+    assert [a["asset_id"] for a in models["items"]] == [story["model"]]
+    assert models["items"][0]["parents"] == [story["iris"], story["wine"]]
+    mine = client.get("/v1/assets", params={"provider": alice.address.lower()}).json()
+    assert [a["asset_id"] for a in mine["items"]] == [story["iris"]]
+    cheap = client.get("/v1/assets", params={"max_price": to_units(2)}).json()
+    assert {a["asset_id"] for a in cheap["items"]} == {story["iris"], story["model"]}
+    found = client.get("/v1/assets", params={"q": "wine"}).json()
+    assert {a["asset_id"] for a in found["items"]} == {story["wine"], story["model"]}
+    page = client.get("/v1/assets", params={"limit": 1, "offset": 1}).json()
+    assert (page["total"], [a["asset_id"] for a in page["items"]]) == (3, [story["wine"]])
+
+
+def test_asset_detail_has_split_lineage_revenue_and_rating(client, market, carol, story):
+    detail = client.get(f"/v1/assets/{story['model']}").json()
+    assert detail["licenses_sold"] == 1
+    assert detail["revenue_received"] == str(to_units(2))
+    assert detail["rating"] == {"count": 1, "average": 4.0}
+    shares = {p["account"]: (p["share_bps"], p["parent_asset_id"]) for p in detail["payees"]}
+    assert shares[carol.address] == (8_000 * 0.99, None)
+    assert shares[market.marketplace.vault_of(story["iris"])] == (1_000 * 0.99, story["iris"])
+    assert sum(share for share, _ in shares.values()) == pytest.approx(10_000)
+    assert client.get(f"/v1/assets/{story['iris']}").json()["children"] == [story["model"]]
+
+
+def test_agent_view(client, bob, story):
+    agent = client.get(f"/v1/agents/{story['agent']}").json()
+    assert (agent["owner"], agent["wallet"], agent["uri"]) == (
+        bob.address,
+        bob.address,
+        "https://agents.example/bob.json",
+    )
+    assert agent["metadata"] == {"endpoint": "0x" + b"http://127.0.0.1:9".hex()}
+
+
+def test_client_mistakes_are_json_4xx(client):
+    cases = [
+        ("/v1/assets/999", 404, "asset_not_found"),
+        ("/v1/agents/999", 404, "agent_not_found"),
+        ("/v1/assets/0", 422, "invalid_request"),
+        ("/v1/assets/abc", 422, "invalid_request"),
+        ("/v1/assets?kind=song", 422, "invalid_request"),
+        ("/v1/assets?limit=0", 422, "invalid_request"),
+        ("/v1/assets?provider=0x12", 422, "invalid_request"),
+        ("/v1/assets?min_price=5&max_price=1", 422, "invalid_request"),
+        ("/v1/nothing-here", 404, "not_found"),
+    ]
+    for path, status, code in cases:
+        response = client.get(path)
+        assert (response.status_code, response.json()["error"]) == (status, code), path
+        assert response.json()["detail"]
+
+
+def _dump(engine) -> dict[str, list[tuple]]:
+    with Session(engine) as session:
+        return {
+            table.name: sorted(tuple(row) for row in session.execute(select(table)))
+            for table in Base.metadata.sorted_tables
+            if table.name != "indexed_blocks"
+        }
+
+
+def test_rebuilding_from_scratch_gives_identical_rows(chain, deployment, tmp_path, story):
+    first = create_engine(f"sqlite:///{tmp_path / 'a.sqlite3'}")
+    Indexer(chain, deployment, first, batch_size=3).sync()
+    second = create_engine(f"sqlite:///{tmp_path / 'b.sqlite3'}")
+    Indexer(chain, deployment, second, batch_size=1000).sync()
+    assert _dump(first) == _dump(second)
+    assert len(_dump(first)["assets"]) == 3
+
+    indexer = Indexer(chain, deployment, first)  # a restart resumes instead of starting over
+    assert indexer.sync().events == 0
+
+
+def test_reorg_is_detected_and_the_read_model_follows_the_new_chain(chain, deployment, market, alice, tmp_path, story):
+    engine = create_engine(f"sqlite:///{tmp_path / 'r.sqlite3'}")
+    indexer = Indexer(chain, deployment, engine)
+    snapshot = chain.snapshot()
+    publish(market, alice, "ipfs://on-the-abandoned-fork", 1)
+    indexer.sync()
+    assert len(_dump(engine)["assets"]) == 4
+    chain.revert(snapshot)  # the fork with asset 4 is gone...
+    chain.mine()
+    publish(market, alice, "ipfs://on-the-new-fork", 2)  # ...and another asset 4 takes its place
+    report = indexer.sync()
+    assert report.reorg
+    uris = [row[-1] for row in _dump(engine)["assets"]]
+    assert "ipfs://on-the-new-fork" in str(_dump(engine)["assets"]) and "abandoned" not in str(uris)
+    fresh = create_engine(f"sqlite:///{tmp_path / 'fresh.sqlite3'}")
+    Indexer(chain, deployment, fresh).sync()
+    assert _dump(engine) == _dump(fresh)
