@@ -41,7 +41,7 @@ def story(market, admin, alice, bob, carol):
 @pytest.fixture
 def client(chain, deployment, tmp_path, story):
     manifest = deployment.save(tmp_path / "deployment.json")
-    settings = Settings(manifest=manifest, database_url=f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    settings = Settings(manifest=manifest, data_dir=tmp_path / "server")
     with TestClient(create_app(settings, chain=chain)) as test_client:
         yield test_client
 

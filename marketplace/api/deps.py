@@ -6,14 +6,19 @@ import threading
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Request
+from eth_account.signers.local import LocalAccount
+from fastapi import Depends, Header, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from marketplace.api.errors import ApiError
+from marketplace.api.settings import Settings
 from marketplace.chain import Chain
 from marketplace.chain.deployment import Deployment
 from marketplace.chain.market import Market
+from marketplace.content import ContentStore
 from marketplace.indexer import Indexer
+from marketplace.siwe import SiweError, TokenIssuer
 
 
 @dataclass
@@ -25,6 +30,10 @@ class Services:
     market: Market
     engine: Engine
     indexer: Indexer
+    settings: Settings
+    content: ContentStore
+    relayer: LocalAccount
+    tokens: TokenIssuer
     sync_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fresh_session(self) -> Session:
@@ -50,3 +59,19 @@ def get_session(services: Annotated[Services, Depends(get_services)]):
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_caller(
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header(description="Bearer token from /v1/auth/verify")] = None,
+) -> str:
+    """The address a valid bearer token was issued to (401 otherwise)."""
+    if not authorization or not authorization.startswith("Bearer "):
+        raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>; get one from /v1/auth/verify")
+    try:
+        return services.tokens.verify(authorization.removeprefix("Bearer ").strip())
+    except SiweError as exc:
+        raise ApiError(401, "unauthorized", str(exc)) from None
+
+
+CallerDep = Annotated[str, Depends(get_caller)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from marketplace.chain.deployment import DEFAULT_MANIFEST
@@ -20,6 +21,21 @@ class Settings(BaseSettings):
     database_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    #: Largest upload accepted, in bytes (413 above it).
+    max_upload_bytes: int = 256 * 1024 * 1024
+    #: Key that pays the gas of settlements (x402, channel claims). Default on a local chain: the
+    #: last dev account. Never logged.
+    relayer_key: SecretStr | None = None
+    #: Domain a Sign-In with Ethereum message must name (default: host:port).
+    siwe_domain: str | None = None
+    #: Lifetime of a login nonce and of a bearer token, in seconds.
+    siwe_nonce_ttl: int = 300
+    auth_token_ttl: int = 900
+
+    @property
+    def expected_siwe_domain(self) -> str:
+        """The domain SIWE messages must carry."""
+        return self.siwe_domain or f"{self.host}:{self.port}"
 
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL of the read model (SQLite in the data dir unless set)."""
