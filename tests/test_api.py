@@ -146,3 +146,30 @@ def test_reorg_is_detected_and_the_read_model_follows_the_new_chain(chain, deplo
     fresh = create_engine(f"sqlite:///{tmp_path / 'fresh.sqlite3'}")
     Indexer(chain, deployment, fresh).sync()
     assert _dump(engine) == _dump(fresh)
+
+
+def test_earnings_and_stats(client, market, admin, alice, bob, carol, relayer, story):
+    token = market.token.address
+    iris_vault = market.marketplace.vault_of(story["iris"])
+    model_vault = market.vault(story["model"])
+    model_vault.release(relayer, token, carol.address)
+    model_vault.release(relayer, token, iris_vault)
+
+    carol_view = client.get(f"/v1/accounts/{carol.address}/earnings").json()
+    (model_earning,) = carol_view["vaults"]
+    assert (model_earning["asset_id"], model_earning["share_bps"]) == (story["model"], 8_000 * 0.99)
+    assert model_earning["released"] == str(2_000_000 * 8_000 * 99 // 1_000_000)
+    assert model_earning["claimable"] == "0"
+
+    alice_view = client.get(f"/v1/accounts/{alice.address.lower()}/earnings").json()
+    iris = next(v for v in alice_view["vaults"] if v["asset_id"] == story["iris"])
+    assert int(iris["claimable"]) == 2_000_000 * 1_000 * 99 // 1_000_000 * 99 // 100  # royalty, less the fee again
+    treasury = client.get(f"/v1/accounts/{admin.address}/earnings").json()
+    assert len(treasury["vaults"]) == 3  # the fee is a payee of every vault
+
+    stats = client.get("/v1/stats").json()
+    assert (stats["assets"], stats["agents"], stats["licenses_sold"]) == (3, 1, 1)
+    assert stats["license_volume"] == str(to_units(2))
+    assert stats["top_assets"][0]["asset_id"] == story["model"]
+    assert stats["released_by_payee"][carol.address] == model_earning["released"]
+    assert client.get("/v1/accounts/0x12/earnings").status_code == 422

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine
 import marketplace
 from marketplace.api.deps import Services
 from marketplace.api.errors import install_error_handlers
-from marketplace.api.routes import agents, assets, auth, content, health
+from marketplace.api.routes import accounts, agents, assets, auth, content, health
 from marketplace.api.settings import Settings
 from marketplace.api.state import ServerBase
 from marketplace.chain import LOCAL_CHAIN_ID, Chain, rpc_chain
@@ -68,6 +68,6 @@ def create_app(settings: Settings, *, chain: Chain | None = None) -> FastAPI:
 
     app = FastAPI(title="agentmarket", version=marketplace.__version__, lifespan=lifespan)
     install_error_handlers(app)
-    for router in (health.router, auth.router, assets.router, content.router, agents.router):
+    for router in (health.router, auth.router, assets.router, content.router, agents.router, accounts.router):
         app.include_router(router)
     return app

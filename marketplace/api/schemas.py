@@ -75,3 +75,44 @@ class Agent(BaseModel):
     uri: str
     wallet: str | None
     metadata: dict[str, str]
+
+
+class Earning(BaseModel):
+    """What an account can claim from one vault, and what it was already sent."""
+
+    asset_id: int
+    vault: str
+    token: str
+    share_bps: float
+    claimable: str
+    released: str
+
+
+class Earnings(BaseModel):
+    """An account's earnings across every vault it is a payee of."""
+
+    address: str
+    total_claimable: str
+    total_released: str
+    vaults: list[Earning]
+
+
+class AssetRevenue(BaseModel):
+    """Revenue an asset's vault received."""
+
+    asset_id: int
+    uri: str
+    revenue_received: str
+
+
+class Stats(BaseModel):
+    """Marketplace-wide figures."""
+
+    assets: int
+    agents: int
+    licenses_sold: int
+    license_volume: str
+    channel_volume: str
+    revenue_received: str
+    released_by_payee: dict[str, str]
+    top_assets: list[AssetRevenue]

@@ -18,11 +18,12 @@ from web3 import Web3
 
 from marketplace.chain import Chain, load_artifact
 from marketplace.chain.deployment import Deployment
-from marketplace.chain.market import PERPETUAL, AssetKind
+from marketplace.chain.market import PERPETUAL, AssetKind, RevenueVaultContract
 from marketplace.indexer.models import (
     AgentMetadataRow,
     AgentRow,
     AssetParentRow,
+    AssetPayeeRow,
     AssetRow,
     Base,
     ChannelRow,
@@ -157,6 +158,9 @@ class Indexer:
         )
         for position, parent in enumerate(a["parents"]):
             session.merge(AssetParentRow(asset_id=a["assetId"], parent_id=parent, position=position))
+        # Payees are fixed at creation, so reading them now gives what they will always be.
+        for payee, shares in RevenueVaultContract(self.chain, a["vault"]).payees().items():
+            session.merge(AssetPayeeRow(asset_id=a["assetId"], payee=payee, shares=shares))
 
     def _on_AssetVersionPublished(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
         a = event["args"]

@@ -66,6 +66,15 @@ class AssetParentRow(Base):
     position: Mapped[int] = mapped_column(Integer)
 
 
+class AssetPayeeRow(Base):
+    """A payee of an asset's vault and its share out of 100,000,000 (fixed at publish)."""
+
+    __tablename__ = "asset_payees"
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.asset_id", ondelete="CASCADE"), primary_key=True)
+    payee: Mapped[str] = mapped_column(String(42), primary_key=True, index=True)
+    shares: Mapped[int] = mapped_column(BigInteger)
+
+
 class LicenseRow(EventMixin, Base):
     """One license purchase."""
 
