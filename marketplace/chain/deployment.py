@@ -134,29 +134,36 @@ def deploy_all(chain: Chain, deployer: LocalAccount, *, fee_bps: int = DEFAULT_F
     return deployment
 
 
+def parse_manifest(data: Any, source: str) -> Deployment:
+    """Build a Deployment from manifest JSON data (``source`` names it in errors)."""
+    try:
+        if data.get("format") != MANIFEST_FORMAT:
+            raise DeploymentError(f"{source} is not an agentmarket manifest (format {data.get('format')!r})")
+        return Deployment(
+            chain_id=int(data["chainId"]),
+            deployer=data["deployer"],
+            contracts={name: DeployedContract(**c) for name, c in data["contracts"].items()},
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DeploymentError(f"manifest {source} is malformed: {exc}") from None
+
+
 def read_manifest(path: Path) -> Deployment:
     """Parse a manifest file without touching any chain."""
     if not path.is_file():
         raise DeploymentError(f"no deployment manifest at {path}; run `agentmarket deploy` or `agentmarket node`")
     try:
         data = json.loads(path.read_text())
-        if data.get("format") != MANIFEST_FORMAT:
-            raise DeploymentError(f"{path} is not an agentmarket manifest (format {data.get('format')!r})")
-        return Deployment(
-            chain_id=int(data["chainId"]),
-            deployer=data["deployer"],
-            contracts={name: DeployedContract(**c) for name, c in data["contracts"].items()},
-        )
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:
         raise DeploymentError(f"manifest {path} is malformed: {exc}") from None
+    return parse_manifest(data, str(path))
 
 
-def load_deployment(path: Path, chain: Chain) -> Deployment:
-    """Read a manifest and check it against ``chain``: same chain id, every contract's code in place."""
-    deployment = read_manifest(path)
+def verify_deployment(deployment: Deployment, chain: Chain, source: str) -> Deployment:
+    """Check ``deployment`` against ``chain``: same chain id, every contract's code in place."""
     if deployment.chain_id != chain.chain_id:
         raise DeploymentError(
-            f"manifest {path} is for chain id {deployment.chain_id}, but the connected chain has chain id "
+            f"manifest {source} is for chain id {deployment.chain_id}, but the connected chain has chain id "
             f"{chain.chain_id}; deploy to this chain or pass the right --manifest"
         )
     for name, deployed in deployment.contracts.items():
@@ -165,7 +172,12 @@ def load_deployment(path: Path, chain: Chain) -> Deployment:
         if not artifact.runtime_code_matches(code):
             state = "no code" if not code else "different code"
             raise DeploymentError(
-                f"manifest {path}: {name} at {deployed.address} has {state} on chain {chain.chain_id}; "
+                f"manifest {source}: {name} at {deployed.address} has {state} on chain {chain.chain_id}; "
                 "the chain was restarted or the contracts changed — redeploy"
             )
     return deployment
+
+
+def load_deployment(path: Path, chain: Chain) -> Deployment:
+    """Read a manifest and check it against ``chain``: same chain id, every contract's code in place."""
+    return verify_deployment(read_manifest(path), chain, str(path))

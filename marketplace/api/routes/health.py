@@ -22,3 +22,9 @@ def healthz(services: ServicesDep) -> Health:
         indexed_block=indexed,
         indexer_lag=max(0, head - indexed),
     )
+
+
+@router.get("/v1/deployment")
+def deployment(services: ServicesDep) -> dict:
+    """The deployment manifest this server follows (chain id, contract addresses, deploy block)."""
+    return services.deployment.to_json()

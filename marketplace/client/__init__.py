@@ -1,0 +1,5 @@
+"""Python SDK of the marketplace: the HTTP API for reads and content, the chain for payments."""
+
+from marketplace.client.sdk import ApiClientError, MarketplaceClient
+
+__all__ = ["ApiClientError", "MarketplaceClient"]

@@ -1,0 +1,250 @@
+"""``MarketplaceClient``: what providers, builders, buyers and the CLI use to talk to a server.
+
+Reads and content go over HTTP; money moves on chain, signed locally with the caller's key (which
+never leaves this process). Downloads are verified against the on-chain content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_account.signers.local import LocalAccount
+from web3.types import TxReceipt
+
+from marketplace.chain import Chain, connect
+from marketplace.chain.deployment import Deployment, parse_manifest, verify_deployment
+from marketplace.chain.market import AssetKind, Market
+from marketplace.content import open_sealed_frames
+from marketplace.errors import AgentmarketError
+
+_READ_CHUNK = 64 * 1024
+
+
+class ApiClientError(AgentmarketError):
+    """The server answered with an error: ``status``, machine ``code`` and human ``detail``."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{detail} (HTTP {status} {code})")
+        self.status, self.code, self.detail = status, code, detail
+
+
+def sha256_of(source: Path | bytes) -> bytes:
+    """sha256 of a file (streamed) or bytes."""
+    digest = hashlib.sha256()
+    if isinstance(source, bytes):
+        digest.update(source)
+    else:
+        with source.open("rb") as handle:
+            while chunk := handle.read(_READ_CHUNK):
+                digest.update(chunk)
+    return digest.digest()
+
+
+class MarketplaceClient:
+    """A marketplace session for one account."""
+
+    def __init__(
+        self,
+        base_url: str,
+        account: LocalAccount,
+        chain: Chain,
+        deployment: Deployment,
+        *,
+        encryption_key: bytes | None = None,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.account = account
+        self.chain = chain
+        self.deployment = deployment
+        self.market: Market = deployment.market(chain)
+        self.encryption_key = encryption_key
+        self.http = http or httpx.Client(base_url=self.base_url, timeout=60)
+        self._token: tuple[str, int] | None = None
+
+    @classmethod
+    def connect(cls, base_url: str, account: LocalAccount, chain: Chain | str, **options: Any) -> MarketplaceClient:
+        """Fetch the server's deployment, check it against ``chain`` (a Chain or RPC URL), and connect."""
+        http = options.pop("http", None) or httpx.Client(base_url=base_url.rstrip("/"), timeout=60)
+        chain = connect(chain) if isinstance(chain, str) else chain
+        try:
+            manifest = http.get("/v1/deployment").raise_for_status().json()
+        except httpx.HTTPError as exc:
+            raise AgentmarketError(
+                f"cannot reach the marketplace server at {base_url} ({exc}); is it running?"
+            ) from None
+        deployment = verify_deployment(parse_manifest(manifest, f"{base_url}/v1/deployment"), chain, base_url)
+        return cls(base_url, account, chain, deployment, http=http, **options)
+
+    @property
+    def address(self) -> str:
+        """The account's address."""
+        return self.account.address
+
+    # ------------------------------------------------------------------ HTTP plumbing
+
+    def _request(self, method: str, path: str, *, auth: bool = False, **kwargs: Any) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if auth:
+            headers["Authorization"] = f"Bearer {self.login()}"
+        try:
+            response = self.http.request(method, path, headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            raise AgentmarketError(f"cannot reach the marketplace server at {self.base_url} ({exc})") from None
+        _raise_for_error(response)
+        return response
+
+    def login(self) -> str:
+        """A bearer token for this account (Sign-In with Ethereum; cached until shortly before expiry)."""
+        if self._token and self._token[1] > time.time() + 30:
+            return self._token[0]
+        issued = self._request("POST", "/v1/auth/nonce", json={"address": self.address}).json()
+        signature = Account.sign_message(encode_defunct(text=issued["message"]), self.account.key).signature
+        verified = self._request(
+            "POST", "/v1/auth/verify", json={"message": issued["message"], "signature": "0x" + signature.hex()}
+        ).json()
+        self._token = (verified["token"], verified["expires_at"])
+        return verified["token"]
+
+    # ------------------------------------------------------------------ catalog
+
+    def assets(self, **filters: Any) -> dict[str, Any]:
+        """A page of the catalog (filters: kind, provider, min_price, max_price, q, limit, offset)."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self._request("GET", "/v1/assets", params=params).json()
+
+    def asset(self, asset_id: int) -> dict[str, Any]:
+        """One asset with its split, lineage, revenue, sales and rating."""
+        return self._request("GET", f"/v1/assets/{asset_id}").json()
+
+    def agent(self, agent_id: int) -> dict[str, Any]:
+        """One agent."""
+        return self._request("GET", f"/v1/agents/{agent_id}").json()
+
+    def earnings(self, address: str | None = None) -> dict[str, Any]:
+        """Claimable and released amounts per vault for ``address`` (default: this account)."""
+        return self._request("GET", f"/v1/accounts/{address or self.address}/earnings").json()
+
+    def stats(self) -> dict[str, Any]:
+        """Marketplace-wide figures."""
+        return self._request("GET", "/v1/stats").json()
+
+    # ------------------------------------------------------------------ providers
+
+    def publish(
+        self,
+        content: Path | bytes,
+        *,
+        price: int,
+        kind: AssetKind = AssetKind.DATASET,
+        uri: str = "",
+        payees: list[tuple[str, int]] | None = None,
+        parents: list[tuple[int, int]] = (),  # type: ignore[assignment]
+        license_duration: int = 0,
+    ) -> int:
+        """List ``content`` on chain (its sha256 is the content hash) and upload it; returns the asset id."""
+        content_hash = sha256_of(content)
+        asset_id = self.market.marketplace.publish(
+            self.account, kind=kind, content_hash=content_hash, uri=uri or f"sha256:{content_hash.hex()}",
+            price=price, token=self.market.token.address, payees=payees or [(self.address, 10_000)],
+            parents=list(parents), license_duration=license_duration,
+        )  # fmt: skip
+        self.upload(asset_id, content)
+        return asset_id
+
+    def upload(self, asset_id: int, content: Path | bytes) -> dict[str, Any]:
+        """Upload an asset's content (this account must own the asset)."""
+
+        def stream() -> Iterator[bytes]:
+            assert isinstance(content, Path)
+            with content.open("rb") as handle:
+                while chunk := handle.read(_READ_CHUNK):
+                    yield chunk
+
+        body = content if isinstance(content, bytes) else stream()
+        return self._request("PUT", f"/v1/assets/{asset_id}/content", auth=True, content=body).json()
+
+    # ------------------------------------------------------------------ buyers
+
+    def buy(self, asset_id: int, max_price: int | None = None) -> TxReceipt:
+        """Buy a license on chain (approving exactly the price first if needed)."""
+        asset = self.market.marketplace.asset(asset_id)
+        limit = asset.price if max_price is None else max_price
+        if self.market.token.allowance(self.address, self.market.marketplace.address) < asset.price:
+            self.market.token.approve(self.account, self.market.marketplace.address, asset.price)
+        return self.market.marketplace.buy(self.account, asset_id, limit)
+
+    def download(self, asset_id: int, destination: Path | None = None, *, agent_id: int | None = None) -> bytes:
+        """Download licensed content, decrypt it if sealed, and verify it against the on-chain hash.
+
+        With ``destination`` the content is streamed to that file (and b"" returned).
+        """
+        expected = self.market.marketplace.asset(asset_id).content_hash
+        params = {"agent_id": agent_id} if agent_id else {}
+        headers = {"Authorization": f"Bearer {self.login()}"}
+        digest, collected = hashlib.sha256(), bytearray()
+        partial = destination.with_suffix(destination.suffix + ".part") if destination else None
+        with self.http.stream("GET", f"/v1/assets/{asset_id}/content", params=params, headers=headers) as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for_error(response)
+            chunks: Iterator[bytes] = response.iter_bytes()
+            if response.headers.get("x-content-encryption") == "x25519-sealedbox-frames":
+                if self.encryption_key is None:
+                    raise AgentmarketError("the content is sealed to your agent's key; give the client encryption_key")
+                chunks = open_sealed_frames(chunks, self.encryption_key)
+            sink = partial.open("wb") if partial else None
+            try:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    if sink:
+                        sink.write(chunk)
+                    else:
+                        collected += chunk
+            finally:
+                if sink:
+                    sink.close()
+        if digest.digest() != expected:
+            if partial:
+                partial.unlink(missing_ok=True)
+            raise AgentmarketError(f"downloaded content of asset {asset_id} does not match its on-chain hash")
+        if partial and destination:
+            partial.replace(destination)
+        return bytes(collected)
+
+    def open_channel(self, asset_id: int, deposit: int, *, ttl: int = 3600, signer: str | None = None) -> int:
+        """Open a payment channel for metered calls to ``asset_id`` (approving the deposit)."""
+        channels = self.market.channels
+        self.market.token.approve(self.account, channels.address, deposit)
+        expiry = self.chain.timestamp() + ttl
+        return channels.open(self.account, asset_id, self.market.token.address, deposit, expiry, signer)
+
+    # ------------------------------------------------------------------ earnings
+
+    def withdraw(self) -> dict[int, int]:
+        """Release everything this account can claim, from every vault; returns amount per asset."""
+        released: dict[int, int] = {}
+        for vault in self.earnings()["vaults"]:
+            if int(vault["claimable"]) > 0:
+                contract = self.market.vault(vault["asset_id"])
+                receipt = contract.release(self.account, vault["token"], self.address)
+                (event,) = self.chain.events(contract.contract, receipt, "PaymentReleased")
+                released[vault["asset_id"]] = event["amount"]
+        return released
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        raise ApiClientError(response.status_code, body.get("error", "error"), body.get("detail", response.text))
+    except ValueError:
+        raise ApiClientError(response.status_code, "error", response.text[:200]) from None
