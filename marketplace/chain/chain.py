@@ -112,6 +112,21 @@ class Chain:
             raise self._explain_failure(tx, receipt)
         return receipt
 
+    def send_eth(self, sender: LocalAccount, to: str, value: int) -> TxReceipt:
+        """Send ``value`` wei of the native coin (gas money) from ``sender`` to ``to``."""
+        base_fee = self.w3.eth.get_block("latest").get("baseFeePerGas", 0)
+        tip = 10**9
+        tx = {
+            "to": Web3.to_checksum_address(to),
+            "value": value,
+            "gas": 21_000,
+            "chainId": self.chain_id,
+            "nonce": self.w3.eth.get_transaction_count(sender.address, "pending"),
+            "maxFeePerGas": 2 * base_fee + tip,
+            "maxPriorityFeePerGas": tip,
+        }
+        return self.send_raw(sender.sign_transaction(tx).raw_transaction)
+
     def send_raw(self, raw_transaction: bytes) -> TxReceipt:
         """Broadcast an already signed transaction and wait for its receipt (status not checked)."""
         try:

@@ -19,6 +19,7 @@ from marketplace.chain import AnvilNode, Chain, connect, to_address
 from marketplace.chain.backends import LOCAL_CHAIN_ID, rpc_chain
 from marketplace.chain.deployment import DEFAULT_MANIFEST, deploy_all, load_deployment
 from marketplace.chain.token import format_units
+from marketplace.cli import market as market_commands
 from marketplace.errors import AgentmarketError
 
 app = typer.Typer(
@@ -190,3 +191,6 @@ def demo(
     from marketplace.demo import run_demo
 
     run_demo(chain_target, as_json=as_json, console=console)
+
+
+market_commands.register(app)

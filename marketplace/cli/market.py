@@ -1,0 +1,285 @@
+"""CLI commands for wallets and the marketplace: register, publish, buy, download, channels, earnings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from eth_account.signers.local import LocalAccount
+from rich.console import Console
+from rich.table import Table
+
+from marketplace.chain import LOCAL_CHAIN_ID, rpc_chain, to_address
+from marketplace.chain.market import AssetKind
+from marketplace.chain.token import format_units, to_units
+from marketplace.client import MarketplaceClient
+from marketplace.errors import AgentmarketError
+from marketplace.wallet_file import DEFAULT_WALLET, PASSWORD_ENV, create_wallet, encryption_keypair, load_wallet
+
+console = Console(highlight=False)
+
+wallet_app = typer.Typer(help="Your account: an encrypted keystore file.", no_args_is_help=True)
+agent_app = typer.Typer(help="Agent identities (ERC-8004).", no_args_is_help=True)
+asset_app = typer.Typer(help="List, browse and publish assets.", no_args_is_help=True)
+channel_app = typer.Typer(help="Payment channels for metered model calls.", no_args_is_help=True)
+
+WalletOption = Annotated[Path, typer.Option("--wallet", help="Keystore file.", envvar="AGENTMARKET_WALLET")]
+ServerOption = Annotated[str, typer.Option("--server", help="Marketplace API URL.", envvar="AGENTMARKET_SERVER")]
+RpcOption = Annotated[str, typer.Option("--rpc", help="JSON-RPC URL of the chain.", envvar="AGENTMARKET_RPC")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+DEFAULT_RPC = "http://127.0.0.1:8545"
+
+
+def _password(confirm: bool = False) -> str:
+    return os.environ.get(PASSWORD_ENV) or typer.prompt("wallet password", hide_input=True,
+                                                         confirmation_prompt=confirm)  # fmt: skip
+
+
+def _account(wallet: Path) -> LocalAccount:
+    return load_wallet(wallet, _password())
+
+
+def _client(wallet: Path, server: str, rpc: str) -> MarketplaceClient:
+    account = _account(wallet)
+    key = bytes(encryption_keypair(account))
+    return MarketplaceClient.connect(server, account, rpc_chain(rpc), encryption_key=key)
+
+
+def _print_json(data: object) -> None:
+    console.print_json(json.dumps(data))
+
+
+def _split(values: list[str], what: str) -> list[tuple[str, int]]:
+    pairs = []
+    for value in values:
+        left, sep, right = value.rpartition(":")
+        if not sep or not right.isdigit():
+            raise AgentmarketError(f"--{what} {value!r} must look like {'ADDR' if what == 'payee' else 'ID'}:BPS")
+        pairs.append((left, int(right)))
+    return pairs
+
+
+# ---------------------------------------------------------------------- wallet
+
+
+@wallet_app.command("new")
+def wallet_new(wallet: WalletOption = DEFAULT_WALLET) -> None:
+    """Create a new account in an encrypted keystore (password from $AGENTMARKET_PASSWORD or a prompt)."""
+    account = create_wallet(wallet, _password(confirm=True))
+    console.print(f"created {wallet}\naddress {account.address}")
+
+
+@wallet_app.command("show")
+def wallet_show(wallet: WalletOption = DEFAULT_WALLET, rpc: RpcOption = DEFAULT_RPC, as_json: JsonOption = False,
+                server: ServerOption = DEFAULT_SERVER) -> None:  # fmt: skip
+    """Address, encryption public key, and balances (ETH for gas, tUSD)."""
+    client = _client(wallet, server, rpc)
+    info = {
+        "address": client.address,
+        "encryption_public_key": "0x" + bytes(encryption_keypair(client.account).public_key).hex(),
+        "eth_wei": str(client.chain.balance(client.address)),
+        "tusd": str(client.market.token.balance_of(client.address)),
+    }
+    if as_json:
+        _print_json(info)
+        return
+    for key, value in info.items():
+        console.print(f"{key:22} {format_units(int(value)) + ' tUSD' if key == 'tusd' else value}")
+
+
+def faucet(
+    address: Annotated[str | None, typer.Argument(help="Who gets the tUSD (default: your wallet).")] = None,
+    amount: Annotated[str, typer.Option("--amount", help="tUSD to mint.")] = "100",
+    wallet: WalletOption = DEFAULT_WALLET,
+    server: ServerOption = DEFAULT_SERVER,
+    rpc: RpcOption = DEFAULT_RPC,
+) -> None:
+    """Mint tUSD (and send 1 ETH for gas) on a local dev chain."""
+    units = to_units(amount)
+    chain = rpc_chain(rpc)
+    if chain.chain_id != LOCAL_CHAIN_ID:
+        raise AgentmarketError(f"the faucet only runs on a local dev chain (chain id {LOCAL_CHAIN_ID})")
+    target = to_address(address) if address else _account(wallet).address
+    client = MarketplaceClient.connect(server, chain.accounts[0], chain)
+    client.market.token.mint(chain.accounts[0], target, units)
+    if chain.balance(target) < 10**17:
+        chain.send_eth(chain.accounts[0], target, 10**18)
+    console.print(f"minted {format_units(units)} tUSD to {target}")
+
+
+# ---------------------------------------------------------------------- agents
+
+
+@agent_app.command("register")
+def agent_register(
+    uri: Annotated[str, typer.Option("--uri", help="Agent registration file URI.")] = "",
+    endpoint: Annotated[str, typer.Option("--endpoint", help="Where the agent can be reached.")] = "",
+    wallet: WalletOption = DEFAULT_WALLET,
+    server: ServerOption = DEFAULT_SERVER,
+    rpc: RpcOption = DEFAULT_RPC,
+) -> None:
+    """Register an agent owned by your wallet, with your wallet's X25519 key as its encryptionKey."""
+    client = _client(wallet, server, rpc)
+    metadata = {"encryptionKey": bytes(encryption_keypair(client.account).public_key)}
+    if endpoint:
+        metadata["endpoint"] = endpoint.encode()
+    agent_id = client.market.agents.register(client.account, uri, metadata)
+    console.print(f"registered agent {agent_id} (owner and wallet {client.address})")
+
+
+# ---------------------------------------------------------------------- assets
+
+
+@asset_app.command("publish")
+def asset_publish(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The content to sell.")],
+    price: Annotated[str, typer.Option("--price", help="Price in tUSD, e.g. 1.5")],
+    kind: Annotated[AssetKind, typer.Option("--kind", help="0 = dataset, 1 = model.")] = AssetKind.DATASET,
+    payee: Annotated[list[str] | None, typer.Option("--payee", help="ADDR:BPS (repeatable).")] = None,
+    parent: Annotated[list[str] | None, typer.Option("--parent", help="ASSET_ID:BPS royalty (repeatable).")] = None,
+    uri: Annotated[str, typer.Option("--uri", help="Metadata URI.")] = "",
+    license_days: Annotated[int, typer.Option("--license-days", help="0 = perpetual.")] = 0,
+    wallet: WalletOption = DEFAULT_WALLET,
+    server: ServerOption = DEFAULT_SERVER,
+    rpc: RpcOption = DEFAULT_RPC,
+) -> None:
+    """Publish FILE on chain (its sha256 is the content hash) and upload it to the server."""
+    client = _client(wallet, server, rpc)
+    payees = [(to_address(a), bps) for a, bps in _split(payee or [], "payee")] or None
+    parents = [(int(i), bps) for i, bps in _split(parent or [], "parent")]
+    asset_id = client.publish(file, price=to_units(price), kind=kind, uri=uri or file.name, payees=payees,
+                              parents=parents, license_duration=license_days * 86_400)  # fmt: skip
+    console.print(f"published asset {asset_id} ({file.name}, {price} tUSD) and uploaded its content")
+
+
+@asset_app.command("ls")
+def asset_ls(
+    kind: Annotated[str | None, typer.Option("--kind", help="dataset or model")] = None,
+    q: Annotated[str | None, typer.Option("--q", help="Text search")] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    as_json: JsonOption = False,
+) -> None:
+    """The catalog."""
+    import httpx
+
+    from marketplace.client.sdk import _raise_for_error
+
+    params = {k: v for k, v in {"kind": kind, "q": q}.items() if v}
+    try:
+        response = httpx.get(f"{server.rstrip('/')}/v1/assets", params=params, timeout=30)
+    except httpx.HTTPError as exc:
+        raise AgentmarketError(f"cannot reach the marketplace server at {server} ({exc})") from None
+    _raise_for_error(response)
+    page = response.json()
+    if as_json:
+        _print_json(page)
+        return
+    table = Table(title=f"{page['total']} assets")
+    for column in ("id", "kind", "price (tUSD)", "owner", "parents", "uri"):
+        table.add_column(column)
+    for a in page["items"]:
+        table.add_row(str(a["asset_id"]), a["kind"], format_units(int(a["price"])), a["owner"],
+                      ",".join(map(str, a["parents"])), a["uri"])  # fmt: skip
+    console.print(table)
+
+
+# ---------------------------------------------------------------------- buying and downloading
+
+
+def buy(
+    asset_id: Annotated[int, typer.Argument(help="Asset to license.")],
+    max_price: Annotated[str | None, typer.Option("--max-price", help="Refuse above this many tUSD.")] = None,
+    wallet: WalletOption = DEFAULT_WALLET,
+    server: ServerOption = DEFAULT_SERVER,
+    rpc: RpcOption = DEFAULT_RPC,
+) -> None:
+    """Buy a license to an asset (pays its vault on chain)."""
+    client = _client(wallet, server, rpc)
+    receipt = client.buy(asset_id, to_units(max_price) if max_price else None)
+    console.print(f"licensed asset {asset_id} in block {receipt['blockNumber']}")
+
+
+def download(
+    asset_id: Annotated[int, typer.Argument(help="Licensed asset.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the content.")],
+    agent_id: Annotated[int | None, typer.Option("--agent", help="Seal to this agent's key.")] = None,
+    wallet: WalletOption = DEFAULT_WALLET,
+    server: ServerOption = DEFAULT_SERVER,
+    rpc: RpcOption = DEFAULT_RPC,
+) -> None:
+    """Download licensed content, decrypt it and verify it against the on-chain hash."""
+    client = _client(wallet, server, rpc)
+    client.download(asset_id, out, agent_id=agent_id)
+    console.print(f"wrote {out} ({out.stat().st_size} bytes, sha256 verified against the chain)")
+
+
+@channel_app.command("open")
+def channel_open(
+    asset_id: Annotated[int, typer.Argument(help="Model asset to call.")],
+    deposit: Annotated[str, typer.Option("--deposit", help="tUSD to lock in the channel.")],
+    hours: Annotated[float, typer.Option("--hours", help="Channel lifetime.")] = 24,
+    wallet: WalletOption = DEFAULT_WALLET,
+    server: ServerOption = DEFAULT_SERVER,
+    rpc: RpcOption = DEFAULT_RPC,
+) -> None:
+    """Open a payment channel for metered calls (your wallet signs the vouchers)."""
+    client = _client(wallet, server, rpc)
+    channel_id = client.open_channel(asset_id, to_units(deposit), ttl=int(hours * 3600))
+    console.print(f"opened channel {channel_id} for asset {asset_id} with {deposit} tUSD")
+
+
+# ---------------------------------------------------------------------- earnings
+
+
+def earnings(
+    address: Annotated[str | None, typer.Argument(help="Account (default: your wallet).")] = None,
+    wallet: WalletOption = DEFAULT_WALLET,
+    server: ServerOption = DEFAULT_SERVER,
+    rpc: RpcOption = DEFAULT_RPC,
+    as_json: JsonOption = False,
+) -> None:
+    """What you (or ADDRESS) can claim from each vault, and what was already paid out."""
+    if address:
+        import httpx
+
+        from marketplace.client.sdk import _raise_for_error
+
+        response = httpx.get(f"{server.rstrip('/')}/v1/accounts/{to_address(address)}/earnings", timeout=30)
+        _raise_for_error(response)
+        data = response.json()
+    else:
+        data = _client(wallet, server, rpc).earnings()
+    if as_json:
+        _print_json(data)
+        return
+    table = Table(title=f"earnings of {data['address']}")
+    for column in ("asset", "vault", "share (bps)", "claimable", "released"):
+        table.add_column(column)
+    for v in data["vaults"]:
+        table.add_row(str(v["asset_id"]), v["vault"], f"{v['share_bps']:.0f}", format_units(int(v["claimable"])),
+                      format_units(int(v["released"])))  # fmt: skip
+    console.print(table)
+    console.print(f"claimable {format_units(int(data['total_claimable']))} tUSD")
+
+
+def withdraw(wallet: WalletOption = DEFAULT_WALLET, server: ServerOption = DEFAULT_SERVER,
+             rpc: RpcOption = DEFAULT_RPC) -> None:  # fmt: skip
+    """Release everything you can claim, from every vault, to your wallet."""
+    released = _client(wallet, server, rpc).withdraw()
+    total = sum(released.values())
+    console.print(f"withdrew {format_units(total)} tUSD from {len(released)} vault(s)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the top-level CLI."""
+    app.add_typer(wallet_app, name="wallet")
+    app.add_typer(agent_app, name="agent")
+    app.add_typer(asset_app, name="asset")
+    app.add_typer(channel_app, name="channel")
+    app.command("faucet")(faucet)
+    for command in (buy, download, earnings, withdraw):
+        app.command()(command)

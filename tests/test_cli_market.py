@@ -1,0 +1,101 @@
+"""The marketplace CLI as a provider and a buyer use it, against `agentmarket node` + `agentmarket serve`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from tests.test_cli import AGENTMARKET, assert_one_line_error, free_port, run_cli
+
+pytestmark = pytest.mark.anvil
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """A node and a server, both real processes on 127.0.0.1, stopped at the end."""
+    home = tmp_path_factory.mktemp("stack")
+    rpc_port, api_port = free_port(), free_port()
+    node = subprocess.Popen([*AGENTMARKET, "node", "--port", str(rpc_port)], cwd=home,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    processes = [node]
+    try:
+        manifest = home / ".agentmarket" / "deployment.json"
+        deadline = time.monotonic() + 60
+        while not manifest.exists() and time.monotonic() < deadline:
+            assert node.poll() is None, node.stderr.read()
+            time.sleep(0.1)
+        server = subprocess.Popen([*AGENTMARKET, "serve", "--rpc", f"http://127.0.0.1:{rpc_port}", "--manifest",
+                                   str(manifest), "--port", str(api_port)], cwd=home,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        processes.append(server)
+        url = f"http://127.0.0.1:{api_port}"
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        env = {"AGENTMARKET_RPC": f"http://127.0.0.1:{rpc_port}", "AGENTMARKET_SERVER": url,
+               "AGENTMARKET_PASSWORD": "correct horse", "AGENTMARKET_KEYSTORE_SCRYPT_N": "1024"}  # fmt: skip
+        yield home, env
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=15)
+
+
+def cli(stack, *args: str, wallet: str) -> subprocess.CompletedProcess[str]:
+    home, env = stack
+    return run_cli(*args, cwd=home, env={**env, "AGENTMARKET_WALLET": str(home / wallet)})
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_provider_and_buyer_round_trip(stack):
+    home, _env = stack
+    for name in ("provider.json", "buyer.json"):
+        assert "address 0x" in ok(cli(stack, "wallet", "new", wallet=name))
+        ok(cli(stack, "faucet", "--amount", "50", wallet=name))
+    shown = json.loads(ok(cli(stack, "wallet", "show", "--json", wallet="buyer.json")))
+    assert shown["tusd"] == "50000000" and int(shown["eth_wei"]) >= 10**18
+
+    data = home / "iris.csv"
+    data.write_text("sepal,label\n5.1,0\n" * 1000)
+    out = ok(cli(stack, "asset", "publish", str(data), "--price", "2.5", wallet="provider.json"))
+    assert "published asset 1" in out
+    listing = json.loads(ok(cli(stack, "asset", "ls", "--json", wallet="buyer.json")))
+    assert [(a["asset_id"], a["price"], a["uri"]) for a in listing["items"]] == [(1, "2500000", "iris.csv")]
+
+    ok(cli(stack, "agent", "register", "--endpoint", "http://127.0.0.1:1", wallet="buyer.json"))
+    denied = cli(stack, "download", "1", "--out", str(home / "x.csv"), wallet="buyer.json")
+    assert_one_line_error(denied, "license")
+    ok(cli(stack, "buy", "1", wallet="buyer.json"))
+    ok(cli(stack, "download", "1", "--out", str(home / "bought.csv"), wallet="buyer.json"))
+    assert (home / "bought.csv").read_bytes() == data.read_bytes()
+
+    earnings = json.loads(ok(cli(stack, "earnings", "--json", wallet="provider.json")))
+    assert earnings["total_claimable"] == str(2_500_000 * 99 // 100)
+    assert "withdrew 2.475000 tUSD" in ok(cli(stack, "withdraw", wallet="provider.json"))
+    provider = json.loads(ok(cli(stack, "wallet", "show", "--json", wallet="provider.json")))
+    assert provider["tusd"] == str(50_000_000 + 2_475_000)
+
+
+def test_cli_mistakes_are_one_line(stack):
+    assert_one_line_error(cli(stack, "buy", "1", wallet="nobody.json"), "wallet new")
+    ok(cli(stack, "wallet", "new", wallet="w.json"))
+    assert_one_line_error(cli(stack, "wallet", "new", wallet="w.json"), "already exists")
+    home, env = stack
+    wrong = run_cli("buy", "1", cwd=home, env={**env, "AGENTMARKET_WALLET": str(home / "w.json"),
+                                                "AGENTMARKET_PASSWORD": "nope"})  # fmt: skip
+    assert_one_line_error(wrong, "wrong password")
+    assert_one_line_error(cli(stack, "asset", "publish", __file__, "--price", "1", "--payee", "0xabc", wallet="w.json"),
+                          "ADDR:BPS")  # fmt: skip
+    assert_one_line_error(cli(stack, "buy", "77", wallet="w.json"), "77")
