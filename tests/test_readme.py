@@ -1,4 +1,7 @@
-"""The README's Python examples run as written (so the README stays true)."""
+"""The README's Python examples run as written (so the README stays true).
+
+Blocks fenced as ```python run here; sketches that need a running server are fenced as ```py.
+"""
 
 from __future__ import annotations
 
