@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,7 @@ from sqlalchemy import create_engine
 import marketplace
 from marketplace.api.deps import Services
 from marketplace.api.errors import install_error_handlers
-from marketplace.api.routes import accounts, agents, assets, auth, content, health
+from marketplace.api.routes import accounts, agents, assets, auth, content, health, models, x402
 from marketplace.api.settings import Settings
 from marketplace.api.state import ServerBase
 from marketplace.chain import LOCAL_CHAIN_ID, Chain, rpc_chain
@@ -21,8 +22,14 @@ from marketplace.chain.deployment import load_deployment
 from marketplace.content import ContentStore
 from marketplace.errors import AgentmarketError
 from marketplace.indexer import Indexer
+from marketplace.inference import ModelHandler
 from marketplace.keyfile import load_or_create_secret
+from marketplace.payments.channels import ChannelGate, Settler, VoucherLedger
+from marketplace.payments.x402 import X402Payments
 from marketplace.siwe import TokenIssuer
+
+#: Everything that sends transactions from the relayer account shares this lock (nonce order).
+RELAYER_LOCK = threading.Lock()
 
 
 def _relayer(settings: Settings, chain: Chain) -> LocalAccount:
@@ -36,38 +43,69 @@ def _relayer(settings: Settings, chain: Chain) -> LocalAccount:
     return chain.accounts[-1]
 
 
-def build_services(settings: Settings, chain: Chain | None = None) -> Services:
-    """Connect to the chain, check the manifest against it, and open the read model and content store."""
+def build_services(
+    settings: Settings, chain: Chain | None = None, model_handlers: dict[int, ModelHandler] | None = None
+) -> Services:
+    """Connect to the chain, check the manifest against it, open the read model, content store and
+    voucher ledger."""
     chain = chain or rpc_chain(settings.rpc_url)
     deployment = load_deployment(settings.manifest, chain)
     engine = create_engine(settings.resolved_database_url())
     ServerBase.metadata.create_all(engine)
+    market = deployment.market(chain)
+    relayer = _relayer(settings, chain)
+    ledger = VoucherLedger(settings.data_dir / "channels.sqlite3")
     return Services(
         chain=chain,
         deployment=deployment,
-        market=deployment.market(chain),
+        market=market,
         engine=engine,
         indexer=Indexer(chain, deployment, engine),
         settings=settings,
         content=ContentStore(settings.data_dir / "content"),
-        relayer=_relayer(settings, chain),
+        relayer=relayer,
         tokens=TokenIssuer(load_or_create_secret(settings.data_dir / "auth.key"), settings.auth_token_ttl),
+        ledger=ledger,
+        gate=ChannelGate(market, ledger, min_seconds_to_expiry=settings.channel_min_seconds_to_expiry),
+        settler=Settler(market, ledger, relayer, settings.settle_interval, send_lock=RELAYER_LOCK),
+        x402=X402Payments(chain, market.token, relayer, send_lock=RELAYER_LOCK),
+        model_handlers=dict(model_handlers or {}),
     )
 
 
-def create_app(settings: Settings, *, chain: Chain | None = None) -> FastAPI:
-    """The marketplace API for ``settings`` (``chain`` may be given, e.g. the embedded chain in tests)."""
+def create_app(
+    settings: Settings, *, chain: Chain | None = None, model_handlers: dict[int, ModelHandler] | None = None
+) -> FastAPI:
+    """The marketplace API for ``settings``.
+
+    ``chain`` may be given (e.g. the embedded chain in tests); ``model_handlers`` maps model asset
+    ids to the callables that answer their paid calls.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = build_services(settings, chain)
+        services = build_services(settings, chain, model_handlers)
         services.indexer.sync()
+        services.settler.start()
         app.state.services = services
-        yield
-        services.engine.dispose()
+        try:
+            yield
+        finally:
+            services.settler.stop()  # claims every voucher answered so far
+            services.ledger.close()
+            services.engine.dispose()
 
     app = FastAPI(title="agentmarket", version=marketplace.__version__, lifespan=lifespan)
     install_error_handlers(app)
-    for router in (health.router, auth.router, assets.router, content.router, agents.router, accounts.router):
+    for router in (
+        health.router,
+        auth.router,
+        assets.router,
+        content.router,
+        x402.router,
+        agents.router,
+        accounts.router,
+        models.router,
+    ):
         app.include_router(router)
     return app

@@ -18,6 +18,9 @@ from marketplace.chain.deployment import Deployment
 from marketplace.chain.market import Market
 from marketplace.content import ContentStore
 from marketplace.indexer import Indexer
+from marketplace.inference import ModelHandler
+from marketplace.payments.channels import ChannelGate, Settler, VoucherLedger
+from marketplace.payments.x402 import X402Payments
 from marketplace.siwe import SiweError, TokenIssuer
 
 
@@ -34,6 +37,11 @@ class Services:
     content: ContentStore
     relayer: LocalAccount
     tokens: TokenIssuer
+    ledger: VoucherLedger
+    gate: ChannelGate
+    settler: Settler
+    x402: X402Payments
+    model_handlers: dict[int, ModelHandler] = field(default_factory=dict)
     sync_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fresh_session(self) -> Session:

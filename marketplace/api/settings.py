@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     #: Lifetime of a login nonce and of a bearer token, in seconds.
     siwe_nonce_ttl: int = 300
     auth_token_ttl: int = 900
+    #: How often the channel settler claims vouchers on chain (and once more at shutdown), in seconds.
+    settle_interval: float = 30.0
+    #: Channels closer than this to expiry are refused (must exceed settle_interval).
+    channel_min_seconds_to_expiry: int = 120
 
     @property
     def expected_siwe_domain(self) -> str:

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from web3 import HTTPProvider, Web3
+from web3 import EthereumTesterProvider, HTTPProvider, Web3
 
 from marketplace.chain.chain import BackendHooks, Chain
 from marketplace.chain.errors import ChainError
@@ -56,10 +57,19 @@ def connect(target: str = "embedded") -> Chain:
 # ---------------------------------------------------------------------- embedded
 
 
+class _LockedTesterProvider(EthereumTesterProvider):
+    """py-evm is not thread-safe: serve one JSON-RPC request at a time (servers use threads)."""
+
+    _lock = threading.RLock()
+
+    def make_request(self, method: Any, params: Any) -> Any:
+        with self._lock:
+            return super().make_request(method, params)
+
+
 def embedded_chain() -> Chain:
     """A fresh py-evm chain in this process, chain id 31337, with the funded dev accounts."""
     from eth_tester import EthereumTester, PyEVMBackend
-    from web3 import EthereumTesterProvider
     from web3.providers.eth_tester.defaults import API_ENDPOINTS
 
     backend = PyEVMBackend.from_mnemonic(
@@ -76,7 +86,7 @@ def embedded_chain() -> Chain:
     for method in ("call", "estimateGas", "sendRawTransaction", "sendTransaction"):
         endpoints["eth"][method] = _keep_revert_bytes(endpoints["eth"][method])
     tester = EthereumTester(backend)
-    w3 = Web3(EthereumTesterProvider(tester, api_endpoints=endpoints))
+    w3 = Web3(_LockedTesterProvider(tester, api_endpoints=endpoints))
 
     def time_travel(_w3: Web3, to_timestamp: int) -> None:
         # eth-tester's own time_travel mines at to_timestamp - 1; set the pending header exactly.

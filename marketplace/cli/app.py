@@ -169,17 +169,30 @@ def serve(
     data_dir: Annotated[
         Path, typer.Option("--data-dir", help="Where the server keeps its read model.", envvar="AGENTMARKET_DATA_DIR")
     ] = Path(".agentmarket") / "server",
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="Serve a model asset: ID=package.module:function or ID=openai+URL#model."),
+    ] = None,
 ) -> None:
-    """Serve the marketplace API (catalog reads over a chain indexer) with uvicorn."""
+    """Serve the marketplace API: catalog, login, content, paid model calls, settlement."""
     import uvicorn
 
     from marketplace.api import Settings, create_app
     from marketplace.api.app import build_services
+    from marketplace.inference import parse_handler
 
+    handlers = {}
+    for spec in model or []:
+        asset_id, sep, handler = spec.partition("=")
+        if not sep or not asset_id.isdigit():
+            raise AgentmarketError(f"--model {spec!r} must look like ID=package.module:function")
+        handlers[int(asset_id)] = parse_handler(handler)
     settings = Settings(rpc_url=rpc, manifest=manifest, port=port, data_dir=data_dir)
-    build_services(settings).engine.dispose()  # fail fast, in one line, on a bad RPC URL or manifest
+    services = build_services(settings)  # fail fast, in one line, on a bad RPC URL or manifest
+    services.ledger.close()
+    services.engine.dispose()
     console.print(f"serving http://{settings.host}:{port} (OpenAPI at /openapi.json)")
-    uvicorn.run(create_app(settings), host=settings.host, port=port, log_level="warning")
+    uvicorn.run(create_app(settings, model_handlers=handlers), host=settings.host, port=port, log_level="warning")
 
 
 @app.command()

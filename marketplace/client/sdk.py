@@ -23,6 +23,7 @@ from marketplace.chain.deployment import Deployment, parse_manifest, verify_depl
 from marketplace.chain.market import AssetKind, Market
 from marketplace.content import open_sealed_frames
 from marketplace.errors import AgentmarketError
+from marketplace.payments.channels import HEADER, Voucher
 
 _READ_CHUNK = 64 * 1024
 
@@ -68,6 +69,7 @@ class MarketplaceClient:
         self.encryption_key = encryption_key
         self.http = http or httpx.Client(base_url=self.base_url, timeout=60)
         self._token: tuple[str, int] | None = None
+        self._channel_spent: dict[int, int] = {}
 
     @classmethod
     def connect(cls, base_url: str, account: LocalAccount, chain: Chain | str, **options: Any) -> MarketplaceClient:
@@ -225,6 +227,31 @@ class MarketplaceClient:
         self.market.token.approve(self.account, channels.address, deposit)
         expiry = self.chain.timestamp() + ttl
         return channels.open(self.account, asset_id, self.market.token.address, deposit, expiry, signer)
+
+    def invoke(
+        self, model_id: int, payload: Any, *, channel_id: int, signer: LocalAccount | None = None
+    ) -> dict[str, Any]:
+        """Call a served model, paying with a voucher on ``channel_id`` (signed by ``signer``, default
+        this account). Returns ``{"output", "payment"}``."""
+        price = self.market.marketplace.asset(model_id).price
+        signer = signer or self.account
+        cumulative = self._channel_spent.get(channel_id, 0) + price
+        for _attempt in range(2):
+            voucher = Voucher(channel_id, cumulative, self.market.channels.sign_voucher(signer, channel_id, cumulative))
+            response = self.http.post(f"/v1/models/{model_id}/invoke", json={"input": payload},
+                                      headers={HEADER: voucher.to_header()})  # fmt: skip
+            if response.status_code == 402:
+                # The server knows better what this channel already spent (e.g. after a restart).
+                needed = response.json().get("requirements", {}).get("channel", {}).get("minCumulativeAmount")
+                if needed is not None and int(needed) > cumulative:
+                    cumulative = int(needed)
+                    continue
+            _raise_for_error(response)
+            result = response.json()
+            self._channel_spent[channel_id] = int(result["payment"]["debited"])
+            return result
+        _raise_for_error(response)
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ earnings
 

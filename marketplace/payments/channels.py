@@ -1,0 +1,789 @@
+"""Metered calls paid with payment-channel vouchers (DESIGN.md, "The money path", point 4).
+
+A payer opens a channel for one asset on chain. With every call it sends, in the
+``X-Payment-Channel`` header, base64 JSON ``{"channelId", "cumulativeAmount", "signature"}``: an
+EIP-712 ``Voucher`` the channel's signer signed for everything paid so far. Three pieces:
+
+- :class:`VoucherLedger` keeps, per channel, the highest voucher, the credit the calls served so
+  far used (``debited``) and what was claimed on chain, in SQLite (WAL, ``synchronous=FULL``).
+  :meth:`VoucherLedger.record` debits one call and stores its voucher in a single transaction that
+  is committed before it returns: answer the request only after it returned.
+- :class:`ChannelGate` verifies a voucher off-chain (channel state read from chain and cached,
+  signature recovered locally) and debits the call's price through the ledger.
+- :class:`Settler` claims each channel's highest voucher on chain, every ``interval`` seconds and
+  once more when stopped; the claimed increase goes into the asset's vault.
+
+Vouchers may arrive out of order when a client makes concurrent calls: a voucher is accepted when
+the highest voucher seen so far (counting this one) covers every call served plus this one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+
+from marketplace.chain import ContractRevert
+from marketplace.chain.eip712 import VOUCHER_FIELDS, recover_typed
+from marketplace.chain.market import Asset, Channel, Market
+from marketplace.errors import AgentmarketError
+
+log = logging.getLogger("agentmarket.payments.channels")
+
+#: The request header carrying a voucher.
+HEADER = "X-Payment-Channel"
+#: Gas given to a claim (measured: 68k-86k; no estimate round trip on the settlement path).
+CLAIM_GAS = 150_000
+#: Longest header value accepted (a voucher is about 250 characters).
+MAX_HEADER_LENGTH = 2048
+
+_UINT256_MAX = 2**256 - 1
+_AMOUNT_DIGITS = 78  # len(str(2**256 - 1)): zero-padded amounts compare as numbers in SQL
+_SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+_EIP712_DOMAIN_FIELDS = [
+    {"name": "name", "type": "string"},
+    {"name": "version", "type": "string"},
+    {"name": "chainId", "type": "uint256"},
+    {"name": "verifyingContract", "type": "address"},
+]
+
+
+# ---------------------------------------------------------------------- errors
+
+
+class PaymentError(AgentmarketError):
+    """A call's payment was refused; ``status`` and ``code`` say how to answer over HTTP."""
+
+    status = 400
+    code = "payment_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class MalformedPayment(PaymentError):
+    """The ``X-Payment-Channel`` header is not base64 JSON ``{channelId, cumulativeAmount, signature}`` (400)."""
+
+    status = 400
+    code = "malformed_payment"
+
+
+class PaymentRequired(PaymentError):
+    """No payment, or one that does not pay for the call (402).
+
+    ``reason`` is a machine code (see :data:`REFUSAL_REASONS`), ``requirements`` the JSON-able dict of
+    :meth:`ChannelGate.requirements`, plus a ``channel`` entry (``channelId``, ``highestVoucher``,
+    ``debited``, ``minCumulativeAmount``, amounts as decimal strings) when the channel is known.
+    """
+
+    status = 402
+    code = "payment_required"
+
+    def __init__(self, reason: str, requirements: dict[str, Any], detail: str | None = None) -> None:
+        super().__init__(detail or REFUSAL_REASONS.get(reason, reason))
+        self.reason = reason
+        self.requirements = requirements
+
+    def to_dict(self) -> dict[str, Any]:
+        """The 402 response body: the API's ``{error, detail}`` plus ``reason`` and ``requirements``."""
+        return {"error": self.code, "detail": self.detail, "reason": self.reason, "requirements": self.requirements}
+
+
+#: Every ``PaymentRequired.reason``, with the default sentence.
+REFUSAL_REASONS = {
+    "payment_missing": f"this call is paid per call: send a voucher in the {HEADER} header",
+    "unknown_channel": "no payment channel has this id",
+    "channel_closed": "the payment channel is closed",
+    "wrong_asset": "the payment channel pays for another asset",
+    "wrong_token": "the payment channel holds another token than the asset's",
+    "channel_expiring": "the payment channel expires too soon; extend it or open a new one",
+    "voucher_exceeds_deposit": "the voucher is above the channel's deposit; top the channel up",
+    "invalid_signature": "the voucher was not signed by the channel's signer for this channel and contract",
+    "insufficient_voucher": "the voucher does not cover every call served so far plus this one",
+}
+
+
+class LedgerError(AgentmarketError):
+    """The voucher ledger cannot be used (wrong journal mode, or it belongs to another chain)."""
+
+
+class InsufficientCredit(AgentmarketError):
+    """The highest voucher does not cover the calls served so far plus this one."""
+
+    def __init__(self, channel_id: int, *, highest: int, debited: int, price: int) -> None:
+        super().__init__(
+            f"channel {channel_id}: highest voucher {highest} does not cover {debited} already debited plus {price}"
+        )
+        self.channel_id, self.highest, self.debited, self.price = channel_id, highest, debited, price
+
+    @property
+    def needed(self) -> int:
+        """The smallest cumulative amount that pays for the call."""
+        return self.debited + self.price
+
+
+class ChannelFinalized(AgentmarketError):
+    """The settler found the channel closed, expired or gone: no voucher of it can be claimed any more."""
+
+    def __init__(self, channel_id: int, reason: str) -> None:
+        super().__init__(f"channel {channel_id} can no longer be claimed ({reason})")
+        self.channel_id, self.reason = channel_id, reason
+
+
+# ---------------------------------------------------------------------- the voucher on the wire
+
+
+@dataclass(frozen=True)
+class Voucher:
+    """What a ``X-Payment-Channel`` header carries."""
+
+    channel_id: int
+    cumulative_amount: int
+    signature: bytes
+
+    def to_header(self) -> str:
+        """The header value: base64 of JSON ``{channelId, cumulativeAmount, signature}``."""
+        body = {
+            "channelId": self.channel_id,
+            "cumulativeAmount": str(self.cumulative_amount),
+            "signature": "0x" + self.signature.hex(),
+        }
+        return base64.b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
+
+    @classmethod
+    def from_header(cls, value: str) -> Voucher:
+        """Parse a header value (standard or URL-safe base64, padding optional); raises :class:`MalformedPayment`."""
+        if not isinstance(value, str) or not value.strip():
+            raise MalformedPayment(f"the {HEADER} header is empty")
+        value = value.strip()
+        if len(value) > MAX_HEADER_LENGTH:
+            raise MalformedPayment(f"the {HEADER} header is longer than {MAX_HEADER_LENGTH} characters")
+        text = value.replace("-", "+").replace("_", "/")
+        try:
+            raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+            body = json.loads(raw)
+        except (binascii.Error, ValueError):
+            raise MalformedPayment(f"the {HEADER} header is not base64-encoded JSON") from None
+        if not isinstance(body, dict):
+            raise MalformedPayment(f"the {HEADER} header must hold a JSON object")
+        return cls(
+            channel_id=_uint(body, "channelId", minimum=1),
+            cumulative_amount=_uint(body, "cumulativeAmount", minimum=0),
+            signature=_signature(body),
+        )
+
+
+def _uint(body: dict[str, Any], name: str, *, minimum: int) -> int:
+    value = body.get(name)
+    if isinstance(value, str) and value.isascii() and value.isdecimal():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= _UINT256_MAX:
+        raise MalformedPayment(f"{name} must be an integer from {minimum} to 2**256-1 (a number or a decimal string)")
+    return value
+
+
+def _signature(body: dict[str, Any]) -> bytes:
+    value = body.get("signature")
+    if isinstance(value, str):
+        try:
+            raw = bytes.fromhex(value.removeprefix("0x"))
+        except ValueError:
+            raw = b""
+        if len(raw) == 65:
+            return raw
+    raise MalformedPayment("signature must be 0x followed by 130 hex digits (r, s, v)")
+
+
+# ---------------------------------------------------------------------- the ledger
+
+
+def _enc(amount: int) -> str:
+    return format(amount, f"0{_AMOUNT_DIGITS}d")
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One channel as the gateway knows it."""
+
+    channel_id: int
+    asset_id: int
+    #: The highest voucher verified so far, and its signature.
+    cumulative: int
+    signature: bytes
+    #: Credit used by the calls served so far (never above ``cumulative``).
+    debited: int
+    calls: int
+    #: Cumulative amount claimed on chain.
+    claimed: int
+    #: Why no voucher of the channel can be claimed any more (``ChannelClosed``, ``ChannelExpired``,
+    #: ``UnknownChannel``); None while it is live.
+    final: str | None
+    #: A voucher whose claim failed for another reason, and why (retried only for a higher voucher).
+    failed_cumulative: int | None
+    last_error: str | None
+
+    @property
+    def credit(self) -> int:
+        """What the highest voucher still pays for."""
+        return self.cumulative - self.debited
+
+    @property
+    def unclaimed(self) -> int:
+        """What a claim of the highest voucher would pay now."""
+        return self.cumulative - self.claimed
+
+
+_COLUMNS = "channel_id, asset_id, cumulative, signature, debited, calls, claimed, final, failed_cumulative, last_error"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+-- Amounts are zero-padded {_AMOUNT_DIGITS}-digit decimal strings: they hold any uint256 and compare as numbers.
+CREATE TABLE IF NOT EXISTS channels (
+    channel_id INTEGER PRIMARY KEY,
+    asset_id INTEGER NOT NULL,
+    cumulative TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    debited TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    claimed TEXT NOT NULL,
+    final TEXT,
+    failed_cumulative TEXT,
+    last_error TEXT,
+    updated_at REAL NOT NULL,
+    CHECK (debited <= cumulative)
+);
+"""
+
+
+def _entry(row: tuple[Any, ...]) -> LedgerEntry:
+    channel_id, asset_id, cumulative, signature, debited, calls, claimed, final, failed, error = row
+    return LedgerEntry(
+        channel_id=channel_id,
+        asset_id=asset_id,
+        cumulative=int(cumulative),
+        signature=bytes(signature),
+        debited=int(debited),
+        calls=calls,
+        claimed=int(claimed),
+        final=final,
+        failed_cumulative=None if failed is None else int(failed),
+        last_error=error,
+    )
+
+
+class VoucherLedger:
+    """Per channel: the highest voucher, the credit used, and what was claimed, in SQLite.
+
+    WAL journal with ``synchronous=FULL``: a committed write survives a crash of the process or of
+    the machine. Each write runs in a ``BEGIN IMMEDIATE`` transaction, so debits stay atomic even
+    with several processes on one file. Safe to share between threads.
+    """
+
+    def __init__(self, path: str | PathLike[str], *, busy_timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        (mode,) = self._db.execute("PRAGMA journal_mode=WAL").fetchone()
+        if str(mode).lower() != "wal":
+            self._db.close()
+            raise LedgerError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); put the ledger on a local disk")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database (committed writes are already on disk)."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> VoucherLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def bind(self, identity: str) -> None:
+        """Tie the ledger to one channels contract (see :func:`chain_identity`); refuse another one.
+
+        Channel ids restart at 1 on every chain and deployment, so a ledger kept from an earlier
+        chain would lend one channel's vouchers to another.
+        """
+        with self._write() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'channels'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta (key, value) VALUES ('channels', ?)", (identity,))
+            elif row[0] != identity:
+                raise LedgerError(
+                    f"{self.path} holds the vouchers of channels contract {row[0]}, not of {identity}: "
+                    "give this chain its own data directory (or move the file away once its vouchers are claimed)"
+                )
+
+    def record(self, channel_id: int, *, asset_id: int, cumulative: int, signature: bytes, price: int) -> LedgerEntry:
+        """Debit ``price`` for one call paid by a verified voucher, and keep the voucher if it is the highest.
+
+        Succeeds when the highest voucher (this one included) covers the credit already used plus
+        ``price``; raises :class:`InsufficientCredit` otherwise, or :class:`ChannelFinalized` when
+        the settler found the channel closed or expired. Committed to disk before it returns.
+        """
+        if price < 0 or cumulative < 0:
+            raise ValueError("price and cumulative amount must not be negative")
+        with self._write() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM channels WHERE channel_id = ?", (channel_id,)).fetchone()
+            if row is None:
+                highest, best_signature, debited, calls, claimed = 0, b"", 0, 0, 0
+            else:
+                entry = _entry(row)
+                if entry.final is not None:
+                    raise ChannelFinalized(channel_id, entry.final)
+                highest, best_signature, debited, calls, claimed = (
+                    entry.cumulative,
+                    entry.signature,
+                    entry.debited,
+                    entry.calls,
+                    entry.claimed,
+                )
+            if cumulative > highest:
+                highest, best_signature = cumulative, signature
+            if highest < debited + price:
+                raise InsufficientCredit(channel_id, highest=highest, debited=debited, price=price)
+            debited, calls = debited + price, calls + 1
+            db.execute(
+                "INSERT INTO channels"
+                " (channel_id, asset_id, cumulative, signature, debited, calls, claimed, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id) DO UPDATE SET"
+                " cumulative = excluded.cumulative, signature = excluded.signature, debited = excluded.debited,"
+                " calls = excluded.calls, updated_at = excluded.updated_at",
+                (channel_id, asset_id, _enc(highest), best_signature, _enc(debited), calls, _enc(0), time.time()),
+            )
+        return LedgerEntry(channel_id, asset_id, highest, best_signature, debited, calls, claimed, None, None, None)
+
+    def mark_claimed(self, channel_id: int, cumulative: int) -> None:
+        """Note that ``cumulative`` is claimed on chain (never lowers what was noted before)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE channels SET claimed = max(claimed, ?), failed_cumulative = NULL, last_error = NULL,"
+                " updated_at = ? WHERE channel_id = ?",
+                (_enc(cumulative), time.time(), channel_id),
+            )
+
+    def mark_final(self, channel_id: int, reason: str) -> None:
+        """Note that no voucher of the channel can be claimed any more (and refuse further calls on it)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE channels SET final = ?, updated_at = ? WHERE channel_id = ?", (reason, time.time(), channel_id)
+            )
+
+    def mark_failed(self, channel_id: int, cumulative: int, error: str) -> None:
+        """Note that claiming ``cumulative`` failed; the settler retries only once a higher voucher arrives."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE channels SET failed_cumulative = ?, last_error = ?, updated_at = ? WHERE channel_id = ?",
+                (_enc(cumulative), error, time.time(), channel_id),
+            )
+
+    def entry(self, channel_id: int) -> LedgerEntry | None:
+        """The channel's entry, or None if no call was paid on it."""
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM channels WHERE channel_id = ?", (channel_id,)).fetchone()
+        return None if row is None else _entry(row)
+
+    def entries(self) -> list[LedgerEntry]:
+        """Every channel, by id."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM channels ORDER BY channel_id").fetchall()
+        return [_entry(r) for r in rows]
+
+    def unclaimed(self) -> list[LedgerEntry]:
+        """Live channels whose highest voucher is above what was claimed (and did not already fail)."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM channels WHERE final IS NULL AND cumulative > claimed"
+                " AND (failed_cumulative IS NULL OR cumulative > failed_cumulative) ORDER BY channel_id"
+            ).fetchall()
+        return [_entry(r) for r in rows]
+
+
+def chain_identity(market: Market) -> str:
+    """What a ledger is bound to: chain id, genesis block hash and channels contract address."""
+    chain = market.chain
+    genesis = bytes(chain.w3.eth.get_block(0)["hash"]).hex()
+    return f"eip155:{chain.chain_id}/genesis:0x{genesis}/channels:{market.channels.address}"
+
+
+# ---------------------------------------------------------------------- the gate
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A paid call: what it cost and where the channel stands after it."""
+
+    channel_id: int
+    asset_id: int
+    price: int
+    #: The cumulative amount of the voucher presented with this call.
+    voucher: int
+    #: The highest voucher held for the channel (what the settler will claim).
+    highest_voucher: int
+    #: Credit used by every call served on the channel, this one included.
+    debited: int
+    calls: int
+
+    @property
+    def remaining(self) -> int:
+        """Credit the highest voucher still holds."""
+        return self.highest_voucher - self.debited
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form (amounts as decimal strings), e.g. for a response header or body."""
+        return {
+            "channelId": self.channel_id,
+            "assetId": self.asset_id,
+            "price": str(self.price),
+            "voucher": str(self.voucher),
+            "highestVoucher": str(self.highest_voucher),
+            "debited": str(self.debited),
+            "remaining": str(self.remaining),
+            "calls": self.calls,
+        }
+
+
+class ChannelGate:
+    """Verifies vouchers off-chain and debits each call's price.
+
+    Channel state is read from chain once and cached; it is read again when a voucher exceeds the
+    cached deposit or the cached expiry is too near (a top-up or extension may have happened).
+    ``clock`` returns the current unix time (compare it with block timestamps).
+    Vouchers of contract signers (ERC-1271) are refused: only ECDSA signers are verified off-chain.
+    """
+
+    def __init__(
+        self,
+        market: Market,
+        ledger: VoucherLedger,
+        *,
+        min_seconds_to_expiry: int = 60,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.market = market
+        self.ledger = ledger
+        self.min_seconds_to_expiry = min_seconds_to_expiry
+        self.clock = clock
+        self.domain = market.channels.domain
+        ledger.bind(chain_identity(market))
+        self._channels: dict[int, Channel] = {}
+        self._assets: dict[int, Asset] = {}
+        self._locks: dict[int, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._chain_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ public
+
+    def charge(self, header_value: str | None, price: int, *, asset_id: int) -> Receipt:
+        """Take payment of ``price`` for one call on ``asset_id`` from the ``X-Payment-Channel`` header.
+
+        Returns once the debit and the voucher are committed to the ledger. Raises
+        :class:`MalformedPayment` (400) for an unreadable header and :class:`PaymentRequired` (402)
+        for a missing or insufficient payment; an unknown asset raises ContractRevert ``UnknownAsset``.
+        """
+        if price < 0:
+            raise ValueError(f"price must not be negative, got {price}")
+        asset = self._asset(asset_id)
+        if header_value is None or not header_value.strip():
+            raise self._refuse("payment_missing", asset_id, price)
+        voucher = Voucher.from_header(header_value)
+        channel_id, cumulative = voucher.channel_id, voucher.cumulative_amount
+        with self._lock_for(channel_id):
+            channel = self._usable_channel(voucher, asset, price)
+            self._verify_signature(channel, voucher, asset_id, price)
+            try:
+                entry = self.ledger.record(
+                    channel_id, asset_id=asset_id, cumulative=cumulative, signature=voucher.signature, price=price
+                )
+            except InsufficientCredit as exc:
+                detail = (
+                    f"channel {channel_id} has used {exc.debited} of its credit: this call needs a voucher for "
+                    f"at least {exc.needed} in total (the highest received is {exc.highest})"
+                )
+                raise self._refuse("insufficient_voucher", asset_id, price, channel_id, detail) from None
+            except ChannelFinalized as exc:
+                self._channels[channel_id] = replace(channel, closed=True)
+                raise self._refuse("channel_closed", asset_id, price, channel_id, str(exc)) from None
+        return Receipt(channel_id, asset_id, price, cumulative, entry.cumulative, entry.debited, entry.calls)
+
+    def requirements(self, asset_id: int, price: int) -> dict[str, Any]:
+        """How to pay for a call on ``asset_id`` with a channel (JSON-able; amounts as decimal strings)."""
+        asset = self._asset(asset_id)
+        domain = self.domain
+        return {
+            "scheme": "payment-channel",
+            "header": HEADER,
+            "headerFormat": "base64(JSON {channelId, cumulativeAmount, signature})",
+            "network": f"eip155:{domain.chain_id}",
+            "chainId": domain.chain_id,
+            "channels": self.market.channels.address,
+            "assetId": asset_id,
+            "token": asset.token,
+            "payTo": asset.vault,
+            "price": str(price),
+            "minSecondsToExpiry": self.min_seconds_to_expiry,
+            "voucher": {
+                "primaryType": "Voucher",
+                "domain": domain.as_dict(),
+                "types": {
+                    "EIP712Domain": _EIP712_DOMAIN_FIELDS,
+                    "Voucher": [{"name": n, "type": t} for n, t in VOUCHER_FIELDS],
+                },
+                "cumulativeAmount": "everything paid on the channel so far, this call included",
+            },
+        }
+
+    def forget(self, channel_id: int) -> None:
+        """Drop the cached state of a channel (it is read from chain again on the next call)."""
+        with self._lock_for(channel_id):
+            self._channels.pop(channel_id, None)
+
+    # ------------------------------------------------------------------ checks
+
+    def _usable_channel(self, voucher: Voucher, asset: Asset, price: int) -> Channel:
+        channel_id, cumulative = voucher.channel_id, voucher.cumulative_amount
+        channel = self._channels.get(channel_id)
+        stale = channel is not None and (cumulative > channel.deposit or self._expiring(channel))
+        if channel is None or (stale and not channel.closed):
+            channel = self._read_channel(channel_id)
+        if channel is None:
+            raise self._refuse("unknown_channel", asset.asset_id, price, None, f"no payment channel {channel_id}")
+        refusal = None
+        if channel.closed:
+            refusal = "channel_closed"
+        elif channel.asset_id != asset.asset_id:
+            refusal = "wrong_asset"
+        elif channel.token.lower() != asset.token.lower():
+            refusal = "wrong_token"
+        elif self._expiring(channel):
+            refusal = "channel_expiring"
+        elif cumulative > channel.deposit:
+            refusal = "voucher_exceeds_deposit"
+        if refusal is not None:
+            raise self._refuse(refusal, asset.asset_id, price, channel_id)
+        return channel
+
+    def _expiring(self, channel: Channel) -> bool:
+        return channel.expiry - self.clock() < self.min_seconds_to_expiry
+
+    def _verify_signature(self, channel: Channel, voucher: Voucher, asset_id: int, price: int) -> None:
+        sig = voucher.signature
+        r, s, v = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64]
+        # The contract (OpenZeppelin ECDSA) refuses v other than 27/28 and high-s signatures that a
+        # plain recovery accepts; a voucher it would refuse must not be accepted here.
+        signer = None
+        if v in (27, 28) and r > 0 and 0 < s <= _SECP256K1_HALF_N:
+            message = {"channelId": voucher.channel_id, "cumulativeAmount": voucher.cumulative_amount}
+            with contextlib.suppress(Exception):
+                signer = recover_typed(self.domain, "Voucher", VOUCHER_FIELDS, message, sig)
+        if signer is None or signer.lower() != channel.signer.lower():
+            raise self._refuse("invalid_signature", asset_id, price, voucher.channel_id)
+
+    # ------------------------------------------------------------------ chain reads (cached)
+
+    def _lock_for(self, channel_id: int) -> threading.Lock:
+        with self._locks_guard:
+            lock = self._locks.get(channel_id)
+            if lock is None:
+                lock = self._locks[channel_id] = threading.Lock()
+            return lock
+
+    def _read_channel(self, channel_id: int) -> Channel | None:
+        try:
+            with self._chain_lock:
+                channel = self.market.channels.channel(channel_id)
+        except ContractRevert as exc:
+            if exc.error == "UnknownChannel":
+                self._channels.pop(channel_id, None)
+                return None
+            raise
+        self._channels[channel_id] = channel
+        return channel
+
+    def _asset(self, asset_id: int) -> Asset:
+        asset = self._assets.get(asset_id)
+        if asset is None:
+            with self._chain_lock:
+                asset = self._assets[asset_id] = self.market.marketplace.asset(asset_id)
+        return asset
+
+    # ------------------------------------------------------------------ refusals
+
+    def _refuse(
+        self, reason: str, asset_id: int, price: int, channel_id: int | None = None, detail: str | None = None
+    ) -> PaymentRequired:
+        requirements = self.requirements(asset_id, price)
+        if channel_id is not None:
+            entry = self.ledger.entry(channel_id)
+            debited = entry.debited if entry else 0
+            requirements["channel"] = {
+                "channelId": channel_id,
+                "highestVoucher": str(entry.cumulative if entry else 0),
+                "debited": str(debited),
+                "minCumulativeAmount": str(debited + price),
+            }
+        return PaymentRequired(reason, requirements, detail)
+
+
+# ---------------------------------------------------------------------- the settler
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What one settlement round did for one channel.
+
+    ``outcome``: ``claimed`` (``amount`` went to the vault), ``already_claimed`` (the chain already
+    held the voucher), ``closed`` / ``expired`` / ``unknown_channel`` (nothing can be claimed any
+    more; recorded and skipped from then on), ``failed`` (``detail`` says why; a revert is retried
+    only for a higher voucher, any other error on the next round).
+    """
+
+    channel_id: int
+    outcome: str
+    cumulative: int
+    amount: int = 0
+    tx_hash: str | None = None
+    detail: str = ""
+
+
+_FINAL_OUTCOMES = {"ChannelClosed": "closed", "ChannelExpired": "expired", "UnknownChannel": "unknown_channel"}
+
+
+class Settler:
+    """Claims the highest voucher of every channel on chain, now and then and once more at shutdown.
+
+    ``relayer`` pays the gas. Pass ``send_lock`` when something else sends transactions from the
+    same account, so that nonces do not collide. Keep ``interval`` well below the gate's
+    ``min_seconds_to_expiry``, so that the last vouchers of a channel are claimed before it expires.
+    """
+
+    def __init__(
+        self,
+        market: Market,
+        ledger: VoucherLedger,
+        relayer: LocalAccount,
+        interval: float = 30.0,
+        *,
+        gas: int = CLAIM_GAS,
+        send_lock: threading.Lock | None = None,
+    ) -> None:
+        self.market = market
+        self.ledger = ledger
+        self.relayer = relayer
+        self.interval = interval
+        self.gas = gas
+        self._send_lock = send_lock or threading.Lock()
+        self._round_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        ledger.bind(chain_identity(market))
+
+    def settle_once(self) -> list[Settlement]:
+        """Claim every channel whose highest voucher is above what was claimed; one result per channel tried."""
+        with self._round_lock:
+            entries = self.ledger.unclaimed()
+            if not entries:
+                return []
+            now = self.market.chain.timestamp()
+            return [self._settle(entry, now) for entry in entries]
+
+    def start(self) -> None:
+        """Settle every ``interval`` seconds on a background thread."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="channel-settler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 60.0) -> list[Settlement]:
+        """Stop the background thread and settle one last time; returns that last round."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        return self.settle_once()
+
+    def __enter__(self) -> Settler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval):
+            try:
+                self.settle_once()
+            except Exception:
+                log.exception("channel settlement round failed; retrying in %s s", self.interval)
+
+    def _settle(self, entry: LedgerEntry, now: int) -> Settlement:
+        channel_id, cumulative = entry.channel_id, entry.cumulative
+        try:
+            state = self.market.channels.channel(channel_id)
+            if state.claimed >= cumulative:
+                self.ledger.mark_claimed(channel_id, cumulative)
+                return Settlement(channel_id, "already_claimed", cumulative)
+            if state.closed:
+                return self._final(entry, "ChannelClosed")
+            if now >= state.expiry:
+                return self._final(entry, "ChannelExpired")
+            with self._send_lock:
+                receipt = self.market.channels.claim(
+                    self.relayer, channel_id, cumulative, entry.signature, gas=self.gas
+                )
+        except ContractRevert as exc:
+            if exc.error in _FINAL_OUTCOMES:
+                return self._final(entry, exc.error)
+            if exc.error == "VoucherNotIncreasing":
+                self.ledger.mark_claimed(channel_id, cumulative)
+                return Settlement(channel_id, "already_claimed", cumulative)
+            log.error("claim of channel %s for %s failed: %s", channel_id, cumulative, exc)
+            self.ledger.mark_failed(channel_id, cumulative, str(exc))
+            return Settlement(channel_id, "failed", cumulative, detail=str(exc))
+        except Exception as exc:
+            log.warning("claim of channel %s for %s failed, will retry: %s", channel_id, cumulative, exc)
+            return Settlement(channel_id, "failed", cumulative, detail=f"{type(exc).__name__}: {exc}")
+        self.ledger.mark_claimed(channel_id, cumulative)
+        tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
+        return Settlement(channel_id, "claimed", cumulative, cumulative - state.claimed, tx_hash)
+
+    def _final(self, entry: LedgerEntry, error: str) -> Settlement:
+        self.ledger.mark_final(entry.channel_id, error)
+        log.warning(
+            "channel %s can no longer be claimed (%s); %s of its vouchers stay unclaimed",
+            entry.channel_id,
+            error,
+            entry.unclaimed,
+        )
+        return Settlement(entry.channel_id, _FINAL_OUTCOMES[error], entry.cumulative, detail=error)

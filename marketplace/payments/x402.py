@@ -1,0 +1,429 @@
+"""x402 v2 per-request payments, settled by an in-process facilitator on our own chain.
+
+The x402 SDK does the protocol: an ``x402FacilitatorSync`` with the SDK's exact-EVM facilitator
+scheme verifies and settles EIP-3009 ``transferWithAuthorization`` payments in TestUSD, and an
+``x402ResourceServerSync`` with the exact-EVM server scheme builds the payment requirements,
+matches a payment to them and drives verify/settle. What this module adds:
+
+- :class:`ChainFacilitatorSigner`, the facilitator's signer over *our* :class:`Chain` (the same
+  Web3 the rest of the server uses, in process for the embedded chain, JSON-RPC for anvil or a
+  node) and the relayer key that pays the gas;
+- :class:`X402Payments`, which charges one :class:`Offer` (amount, payTo vault, resource) per
+  request and turns every way a payment can fail into a typed error with a sentence a client can
+  act on.
+
+The SDK's FastAPI middleware is not used: it settles only after the handler produced the whole
+body (buffered in memory), treats an undecodable header as "no payment", and answers in its own
+error format. Here settlement finishes before a single byte of content is sent.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+from x402 import x402FacilitatorSync, x402ResourceServerSync
+from x402.http import PAYMENT_REQUIRED_HEADER, PAYMENT_RESPONSE_HEADER, PAYMENT_SIGNATURE_HEADER
+from x402.http.utils import (
+    decode_payment_signature_header,
+    encode_payment_required_header,
+    encode_payment_response_header,
+)
+from x402.mechanisms.evm import constants as evm
+from x402.mechanisms.evm.data_suffix import append_data_suffix
+from x402.mechanisms.evm.exact import ExactEvmFacilitatorScheme, ExactEvmServerScheme
+from x402.mechanisms.evm.exact.eip3009_utils import ParsedEIP3009Authorization, parse_eip3009_authorization
+from x402.mechanisms.evm.types import ExactEIP3009Payload, TransactionReceipt, is_permit2_payload
+from x402.mechanisms.evm.utils import hex_to_bytes
+from x402.mechanisms.evm.verify import verify_typed_data_strict
+from x402.schemas import AssetAmount, PaymentPayload, PaymentRequirements, ResourceConfig, ResourceInfo
+
+from marketplace.chain import Chain, ContractRevert
+from marketplace.chain.errors import revert_from_exception
+from marketplace.chain.token import TestUSD, format_units
+from marketplace.errors import AgentmarketError
+
+__all__ = [
+    "PAYMENT_REQUIRED_HEADER",
+    "PAYMENT_RESPONSE_HEADER",
+    "PAYMENT_SIGNATURE_HEADER",
+    "SCHEME",
+    "ChainFacilitatorSigner",
+    "MalformedPaymentError",
+    "Offer",
+    "PaymentRequiredError",
+    "Settlement",
+    "X402Payments",
+]
+
+#: The x402 scheme sold here: one exact amount, moved by an EIP-3009 authorization.
+SCHEME = "exact"
+#: How long a client's signed authorization may stay valid (it signs validBefore = now + this).
+DEFAULT_MAX_TIMEOUT_SECONDS = 300
+#: Gas headroom over an estimate (as in :meth:`Chain.send`).
+_GAS_MARGIN_NUMERATOR, _GAS_MARGIN_DENOMINATOR = 5, 4
+_RECEIPT_TIMEOUT_SECONDS = 30
+
+#: A sentence for each reason the SDK's exact-EVM facilitator gives for refusing a payment.
+_REASONS: dict[str, str] = {
+    evm.ERR_RECIPIENT_MISMATCH: "the authorization pays someone other than this asset's vault (payTo)",
+    evm.ERR_AUTHORIZATION_VALUE_MISMATCH: "the authorization's value is not the price",
+    evm.ERR_VALID_BEFORE_EXPIRED: "the authorization has expired (validBefore is past or within 6 seconds)",
+    evm.ERR_VALID_AFTER_FUTURE: "the authorization is not valid yet (validAfter is in the future)",
+    evm.ERR_INVALID_SIGNATURE: "the signature is not the payer's signature of this authorization",
+    evm.ERR_FAILED_TO_VERIFY_SIGNATURE: "the signature could not be checked",
+    evm.ERR_UNDEPLOYED_SMART_WALLET: "the payer is an undeployed smart wallet, which is not supported here",
+    evm.ERR_FACTORY_NOT_ALLOWED: "smart-wallet deployment (ERC-6492) is not supported here",
+    evm.ERR_NONCE_ALREADY_USED: "this authorization was already used; sign a new one",
+    evm.ERR_INSUFFICIENT_BALANCE: "the payer's TestUSD balance is below the price",
+    evm.ERR_MISSING_EIP712_DOMAIN: "the payment names no EIP-712 domain for the token",
+    evm.ERR_NETWORK_MISMATCH: "the payment is for another network",
+    evm.ERR_UNSUPPORTED_SCHEME: f"only the {SCHEME!r} scheme is accepted",
+    evm.ERR_TOKEN_NAME_MISMATCH: "the EIP-712 domain name is not the token's",
+    evm.ERR_TOKEN_VERSION_MISMATCH: "the EIP-712 domain version is not the token's",
+    evm.ERR_EIP3009_NOT_SUPPORTED: "the token does not support EIP-3009",
+    evm.ERR_ASSET_NOT_DEPLOYED_CONTRACT: "the payment's asset is not a token contract on this chain",
+    evm.ERR_TRANSACTION_SIMULATION_FAILED: "the token rejected the transfer when it was simulated",
+    evm.ERR_TRANSACTION_FAILED: "the transfer transaction failed",
+    evm.ERR_TRANSFER_EVENT_MISMATCH: "the settlement transaction did not move the price to the vault",
+    evm.ERR_SETTLEMENT_PENDING: "the settlement transaction was not confirmed in time",
+}
+
+
+# ---------------------------------------------------------------------- errors and results
+
+
+class MalformedPaymentError(AgentmarketError):
+    """The PAYMENT-SIGNATURE header is not a decodable x402 payment (HTTP 400)."""
+
+
+class PaymentRequiredError(AgentmarketError):
+    """No acceptable payment came with the request (HTTP 402).
+
+    ``header`` is the PAYMENT-REQUIRED value to send back (base64 JSON naming the price), ``code``
+    a machine code, the message a sentence; ``settlement_header`` is a PAYMENT-RESPONSE value when
+    a settlement was attempted and failed.
+    """
+
+    def __init__(self, code: str, detail: str, header: str, settlement_header: str | None = None) -> None:
+        super().__init__(detail)
+        self.code, self.detail, self.header, self.settlement_header = code, detail, header, settlement_header
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The x402 headers of the 402 response."""
+        headers = {PAYMENT_REQUIRED_HEADER: self.header, "Cache-Control": "no-store"}
+        if self.settlement_header:
+            headers[PAYMENT_RESPONSE_HEADER] = self.settlement_header
+        return headers
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What one request costs: ``amount`` atomic TestUSD units paid to ``pay_to`` for ``resource_url``."""
+
+    amount: int
+    pay_to: str
+    resource_url: str
+    description: str
+    mime_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """A settled payment: the transfer's transaction, who paid, and the PAYMENT-RESPONSE value."""
+
+    transaction: str
+    payer: str
+    network: str
+    amount: int
+    header: str
+
+
+# ---------------------------------------------------------------------- the facilitator's signer
+
+
+class ChainFacilitatorSigner:
+    """The SDK's ``FacilitatorEvmSigner`` over our :class:`Chain`, sending as ``relayer`` (who pays the gas).
+
+    Reads and transactions go through the chain's own Web3, so the in-process embedded chain works
+    like anvil or any node. Reverts surface as :class:`ContractRevert` (whose text contains
+    "reverted", which the SDK reads as a contract revert rather than a transport failure).
+    Transactions are sent one at a time: the nonce is read and used under a lock.
+    """
+
+    def __init__(self, chain: Chain, relayer: LocalAccount, send_lock: threading.Lock | None = None) -> None:
+        self._chain = chain
+        self._relayer = relayer
+        self._send_lock = send_lock or threading.Lock()
+
+    @property
+    def address(self) -> str:
+        """The relayer's address."""
+        return self._relayer.address
+
+    def get_addresses(self) -> list[str]:
+        """Addresses the facilitator settles from."""
+        return [self._relayer.address]
+
+    def get_chain_id(self) -> int:
+        """The chain's id."""
+        return self._chain.chain_id
+
+    def read_contract(self, address: str, abi: list[dict[str, Any]], function_name: str, *args: Any) -> Any:
+        """``eth_call`` a function (as the relayer); a revert raises :class:`ContractRevert`."""
+        contract = self._chain.w3.eth.contract(address=Web3.to_checksum_address(address), abi=abi)
+        return self._chain.call(contract.functions[function_name](*args), sender=self._relayer.address)
+
+    def verify_typed_data(
+        self,
+        address: str,
+        domain: Any,
+        types: dict[str, Any],
+        primary_type: str,
+        message: dict[str, Any],
+        signature: bytes,
+    ) -> bool:
+        """Check an EIP-712 signature as the chain would (ecrecover for EOAs, EIP-1271 for contracts)."""
+        return verify_typed_data_strict(self, address, domain, types, primary_type, message, signature)
+
+    def write_contract(
+        self,
+        address: str,
+        abi: list[dict[str, Any]],
+        function_name: str,
+        *args: Any,
+        data_suffix: str | None = None,
+    ) -> str:
+        """Send a contract call from the relayer; returns the tx hash."""
+        contract = self._chain.w3.eth.contract(address=Web3.to_checksum_address(address), abi=abi)
+        calldata = contract.encode_abi(function_name, args=list(args))
+        if data_suffix:
+            calldata = append_data_suffix(calldata, data_suffix)
+        return self._send(address, hex_to_bytes(calldata))
+
+    def send_transaction(self, to: str, data: bytes) -> str:
+        """Send raw calldata from the relayer; returns the tx hash."""
+        return self._send(to, data)
+
+    def wait_for_transaction_receipt(self, tx_hash: str) -> TransactionReceipt:
+        """The mined transaction's receipt."""
+        receipt = self._chain.w3.eth.wait_for_transaction_receipt(
+            tx_hash, timeout=_RECEIPT_TIMEOUT_SECONDS, poll_latency=0.005
+        )
+        return TransactionReceipt(
+            status=evm.TX_STATUS_SUCCESS if receipt["status"] == 1 else 0,
+            block_number=receipt["blockNumber"],
+            tx_hash=tx_hash,
+            logs=list(receipt.get("logs") or []),
+        )
+
+    def get_balance(self, address: str, token_address: str) -> int:
+        """``address``'s balance of the token (or of the native coin for the zero address)."""
+        if not token_address or int(token_address, 16) == 0:
+            return self._chain.balance(address)
+        return self.read_contract(token_address, evm.BALANCE_OF_ABI, "balanceOf", Web3.to_checksum_address(address))
+
+    def get_code(self, address: str) -> bytes:
+        """The code at ``address`` (empty for an EOA)."""
+        return bytes(self._chain.w3.eth.get_code(Web3.to_checksum_address(address)))
+
+    def _send(self, to: str, data: bytes) -> str:
+        """Estimate (a revert surfaces before anything is sent), sign with the relayer, broadcast.
+
+        Returns the hash at once; :meth:`wait_for_transaction_receipt` waits, so a slow receipt
+        leaves the SDK a hash to reconcile against instead of a lost transaction.
+        """
+        w3 = self._chain.w3
+        tx: dict[str, Any] = {
+            "from": self._relayer.address,
+            "to": Web3.to_checksum_address(to),
+            "data": data,
+            "value": 0,
+            "chainId": self._chain.chain_id,
+        }
+        with self._send_lock:
+            try:
+                tx["gas"] = w3.eth.estimate_gas(tx) * _GAS_MARGIN_NUMERATOR // _GAS_MARGIN_DENOMINATOR
+                tx["gasPrice"] = w3.eth.gas_price
+                tx["nonce"] = w3.eth.get_transaction_count(self._relayer.address, "pending")
+                tx_hash = w3.eth.send_raw_transaction(self._relayer.sign_transaction(tx).raw_transaction)
+            except Exception as exc:
+                revert = revert_from_exception(exc)
+                if revert is None:
+                    raise
+                raise revert from None
+        return "0x" + bytes(tx_hash).hex()
+
+
+# ---------------------------------------------------------------------- the payment service
+
+
+class X402Payments:
+    """Sells per-request access over x402 v2: exact scheme, EIP-3009 on TestUSD, network ``eip155:<chain id>``.
+
+    Every payment is settled on chain by the in-process facilitator (the relayer pays the gas)
+    before :meth:`charge` returns, so a caller that got a :class:`Settlement` has paid.
+    """
+
+    def __init__(
+        self,
+        chain: Chain,
+        token: TestUSD,
+        relayer: LocalAccount,
+        *,
+        max_timeout_seconds: int = DEFAULT_MAX_TIMEOUT_SECONDS,
+        send_lock: threading.Lock | None = None,
+    ) -> None:
+        self.network = f"eip155:{chain.chain_id}"
+        self.token = token
+        self.max_timeout_seconds = max_timeout_seconds
+        self.signer = ChainFacilitatorSigner(chain, relayer, send_lock)
+        self.facilitator = x402FacilitatorSync().register([self.network], ExactEvmFacilitatorScheme(self.signer))
+        self.server = x402ResourceServerSync(self.facilitator).register(self.network, ExactEvmServerScheme())
+        self.server.initialize()
+
+    def requirements(self, offer: Offer) -> list[PaymentRequirements]:
+        """The PaymentRequirements (one) a client must satisfy to buy ``offer``."""
+        domain = self.token.domain
+        price = AssetAmount(
+            amount=str(offer.amount),
+            asset=self.token.address,
+            extra={"name": domain.name, "version": domain.version},
+        )
+        config = ResourceConfig(
+            scheme=SCHEME,
+            network=self.network,
+            pay_to=Web3.to_checksum_address(offer.pay_to),
+            price=price,
+            max_timeout_seconds=self.max_timeout_seconds,
+        )
+        return self.server.build_payment_requirements(config)
+
+    def payment_required_header(self, offer: Offer, error: str | None = None) -> str:
+        """The PAYMENT-REQUIRED header value (base64 JSON, x402Version 2) for ``offer``."""
+        resource = ResourceInfo(url=offer.resource_url, description=offer.description, mime_type=offer.mime_type)
+        required = self.server.create_payment_required_response(self.requirements(offer), resource, error)
+        return encode_payment_required_header(required)
+
+    def charge(self, offer: Offer, payment_header: str | None) -> Settlement:
+        """Verify and settle the payment in ``payment_header`` for ``offer``.
+
+        Raises :class:`MalformedPaymentError` when the header cannot be decoded, and
+        :class:`PaymentRequiredError` when it is missing or the payment is refused (wrong amount or
+        payTo, expired, bad signature, replayed nonce, insufficient balance, failed settlement).
+        """
+        price = f"{format_units(offer.amount)} tUSD"
+        if not payment_header:
+            raise PaymentRequiredError(
+                "payment_required",
+                f"this costs {price} per request, paid with x402 (exact scheme, TestUSD on {self.network}) "
+                f"to {offer.pay_to}; see the {PAYMENT_REQUIRED_HEADER} header",
+                self.payment_required_header(offer, "Payment required"),
+            )
+        payload = _decode(payment_header)
+        if not isinstance(payload, PaymentPayload):
+            raise self._refused(offer, "unsupported_x402_version", "only x402 version 2 payments are accepted")
+        authorization = _eip3009_authorization(payload)
+
+        requirements = self.server.find_matching_requirements(self.requirements(offer), payload)
+        if requirements is None:
+            raise self._refused(
+                offer,
+                "payment_mismatch",
+                f"the payment's accepted requirements are not this resource's (want {SCHEME} on {self.network}: "
+                f"{offer.amount} units of {self.token.address} to {offer.pay_to})",
+            )
+
+        verified = self.server.verify_payment(payload, requirements)
+        if not verified.is_valid:
+            reason = self._diagnose(verified.invalid_reason or "invalid_payment", authorization)
+            raise self._refused(offer, "payment_invalid", _explain(reason), reason)
+
+        settled = self.server.settle_payment(payload, requirements)
+        if not settled.success:
+            reason = self._diagnose(settled.error_reason or "settlement_failed", authorization)
+            raise self._refused(
+                offer,
+                "settlement_failed",
+                _explain(reason),
+                reason,
+                settlement_header=encode_payment_response_header(settled),
+            )
+        return Settlement(
+            transaction=settled.transaction,
+            payer=Web3.to_checksum_address(settled.payer or authorization.from_address),
+            network=settled.network,
+            amount=offer.amount,
+            header=encode_payment_response_header(settled),
+        )
+
+    def _refused(
+        self,
+        offer: Offer,
+        code: str,
+        detail: str,
+        reason: str | None = None,
+        *,
+        settlement_header: str | None = None,
+    ) -> PaymentRequiredError:
+        header = self.payment_required_header(offer, reason or code)
+        return PaymentRequiredError(code, detail, header, settlement_header)
+
+    def _diagnose(self, reason: str, authorization: ParsedEIP3009Authorization | None) -> str:
+        """``reason``, made specific when it is a vague simulation or transaction failure.
+
+        Local chains have no Multicall3, so the SDK's own diagnosis cannot run: ask the token.
+        """
+        vague = (evm.ERR_TRANSACTION_SIMULATION_FAILED, evm.ERR_TRANSACTION_FAILED)
+        if reason not in vague or authorization is None:
+            return reason
+        try:
+            if self.token.authorization_state(authorization.from_address, authorization.nonce):
+                return evm.ERR_NONCE_ALREADY_USED
+            if self.token.balance_of(authorization.from_address) < authorization.value:
+                return evm.ERR_INSUFFICIENT_BALANCE
+        except ContractRevert:
+            pass
+        return reason
+
+
+def _explain(reason: str) -> str:
+    """A sentence for a reason the SDK gives for refusing a payment."""
+    if reason.startswith(("permit2_", "invalid_permit2")):
+        sentence = "Permit2 payments are not accepted here; sign an EIP-3009 authorization"
+    else:
+        sentence = _REASONS.get(reason, "the payment was refused")
+    return f"payment refused: {sentence} ({reason})"
+
+
+def _decode(header: str) -> Any:
+    """The SDK's decoding of a PAYMENT-SIGNATURE value; anything undecodable is MalformedPaymentError."""
+    try:
+        return decode_payment_signature_header(header)
+    except (ValueError, TypeError, AttributeError):  # base64, UTF-8, JSON and schema errors are ValueErrors
+        raise MalformedPaymentError(
+            f"the {PAYMENT_SIGNATURE_HEADER} header is not base64-encoded x402 payment JSON"
+        ) from None
+
+
+def _eip3009_authorization(payload: PaymentPayload) -> ParsedEIP3009Authorization | None:
+    """The payload's EIP-3009 authorization, checked for shape (None for a Permit2 payload, which
+    the facilitator refuses on its own)."""
+    if is_permit2_payload(payload.payload):
+        return None
+    try:
+        exact = ExactEIP3009Payload.from_dict(payload.payload)
+        parsed = parse_eip3009_authorization(exact.authorization)
+        signature = hex_to_bytes(exact.signature or "")
+    except (ValueError, TypeError, AttributeError):
+        parsed, signature = None, b""
+    if parsed is None or not signature or not Web3.is_address(parsed.from_address) or not Web3.is_address(parsed.to):
+        raise MalformedPaymentError(
+            "the payment's EIP-3009 authorization is incomplete: it needs from and to addresses, integer "
+            "value, validAfter and validBefore, a 32-byte nonce and a hex signature"
+        )
+    return parsed
