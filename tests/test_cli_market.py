@@ -29,7 +29,7 @@ def stack(tmp_path_factory):
             assert node.poll() is None, node.stderr.read()
             time.sleep(0.1)
         server = subprocess.Popen([*AGENTMARKET, "serve", "--rpc", f"http://127.0.0.1:{rpc_port}", "--manifest",
-                                   str(manifest), "--port", str(api_port)], cwd=home,
+                                   str(manifest), "--port", str(api_port), "--model", "2=builtins:len"], cwd=home,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         processes.append(server)
         url = f"http://127.0.0.1:{api_port}"
@@ -80,6 +80,21 @@ def test_provider_and_buyer_round_trip(stack):
     ok(cli(stack, "buy", "1", wallet="buyer.json"))
     ok(cli(stack, "download", "1", "--out", str(home / "bought.csv"), wallet="buyer.json"))
     assert (home / "bought.csv").read_bytes() == data.read_bytes()
+
+    weights = home / "counter.bin"
+    weights.write_bytes(b"a model that counts its inputs")
+    out = ok(cli(stack, "asset", "publish", str(weights), "--price", "0.01", "--kind", "1", "--parent", "1:2000",
+                 wallet="provider.json"))  # fmt: skip
+    assert "published asset 2" in out
+    ok(cli(stack, "channel", "open", "2", "--deposit", "1", wallet="buyer.json"))
+    for expected_debit in ("10000", "20000"):  # a new CLI process each time: the SDK catches up with the server
+        called = json.loads(
+            ok(cli(stack, "invoke", "2", "--channel", "1", "--input", "[1, 2, 3]", wallet="buyer.json"))
+        )
+        assert (called["output"], called["payment"]["debited"]) == (3, expected_debit)
+    assert_one_line_error(cli(stack, "invoke", "1", "--channel", "1", "--input", "[1]", wallet="buyer.json"),
+                          "model_not_served")  # fmt: skip
+    assert_one_line_error(cli(stack, "invoke", "2", "--channel", "1", "--input", "{nope", wallet="buyer.json"), "JSON")
 
     earnings = json.loads(ok(cli(stack, "earnings", "--json", wallet="provider.json")))
     assert earnings["total_claimable"] == str(2_500_000 * 99 // 100)

@@ -232,6 +232,22 @@ def channel_open(
     console.print(f"opened channel {channel_id} for asset {asset_id} with {deposit} tUSD")
 
 
+def invoke(
+    model_id: Annotated[int, typer.Argument(help="Model asset to call.")],
+    payload: Annotated[str, typer.Option("--input", help="The model's input, as JSON.")],
+    channel: Annotated[int, typer.Option("--channel", help="Your payment channel for this model.")],
+    wallet: WalletOption = DEFAULT_WALLET,
+    server: ServerOption = DEFAULT_SERVER,
+    rpc: RpcOption = DEFAULT_RPC,
+) -> None:
+    """Call a served model, paying the call with a voucher on your channel; prints the JSON result."""
+    try:
+        model_input = json.loads(payload)
+    except ValueError as exc:
+        raise AgentmarketError(f"--input is not JSON: {exc}") from None
+    _print_json(_client(wallet, server, rpc).invoke(model_id, model_input, channel_id=channel))
+
+
 # ---------------------------------------------------------------------- earnings
 
 
@@ -281,5 +297,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(asset_app, name="asset")
     app.add_typer(channel_app, name="channel")
     app.command("faucet")(faucet)
-    for command in (buy, download, earnings, withdraw):
+    for command in (buy, download, invoke, earnings, withdraw):
         app.command()(command)

@@ -151,11 +151,15 @@ class MarketplaceClient:
         parents: list[tuple[int, int]] = (),  # type: ignore[assignment]
         license_duration: int = 0,
     ) -> int:
-        """List ``content`` on chain (its sha256 is the content hash) and upload it; returns the asset id."""
+        """List ``content`` on chain (its sha256 is the content hash) and upload it; returns the asset id.
+
+        Without ``payees`` this account gets everything the parents' royalties leave.
+        """
         content_hash = sha256_of(content)
         asset_id = self.market.marketplace.publish(
             self.account, kind=kind, content_hash=content_hash, uri=uri or f"sha256:{content_hash.hex()}",
-            price=price, token=self.market.token.address, payees=payees or [(self.address, 10_000)],
+            price=price, token=self.market.token.address,
+            payees=payees or [(self.address, 10_000 - sum(bps for _, bps in parents))],
             parents=list(parents), license_duration=license_duration,
         )  # fmt: skip
         self.upload(asset_id, content)
