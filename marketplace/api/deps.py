@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -15,7 +16,7 @@ from marketplace.api.errors import ApiError
 from marketplace.api.settings import Settings
 from marketplace.chain import Chain
 from marketplace.chain.deployment import Deployment
-from marketplace.chain.market import Market
+from marketplace.chain.market import Asset, Market
 from marketplace.content import ContentStore
 from marketplace.indexer import Indexer
 from marketplace.inference import ModelHandler
@@ -43,6 +44,19 @@ class Services:
     x402: X402Payments
     model_handlers: dict[int, ModelHandler] = field(default_factory=dict)
     sync_lock: threading.Lock = field(default_factory=threading.Lock)
+    _assets: dict[int, tuple[float, Asset]] = field(default_factory=dict)
+
+    def asset(self, asset_id: int, max_age: float = 2.0) -> Asset:
+        """The asset as read on chain at most ``max_age`` seconds ago (hot paths: paid calls).
+
+        A price change or delisting reaches paid calls within ``max_age`` seconds.
+        """
+        now = time.monotonic()
+        cached = self._assets.get(asset_id)
+        if cached is None or now - cached[0] > max_age:
+            cached = (now, self.market.marketplace.asset(asset_id))
+            self._assets[asset_id] = cached
+        return cached[1]
 
     def fresh_session(self) -> Session:
         """A database session over a read model brought up to the chain head first."""

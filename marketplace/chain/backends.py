@@ -124,7 +124,11 @@ def _keep_revert_bytes(delegator: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _http_web3(url: str) -> Web3:
-    return Web3(HTTPProvider(url, request_kwargs={"timeout": 30}))
+    # web3 asks for the chain id before many calls; it never changes for a URL, so cache just that.
+    provider = HTTPProvider(
+        url, request_kwargs={"timeout": 30}, cache_allowed_requests=True, cacheable_requests={"eth_chainId"}
+    )
+    return Web3(provider)
 
 
 def _check_reachable(w3: Web3, url: str) -> None:

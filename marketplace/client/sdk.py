@@ -70,6 +70,7 @@ class MarketplaceClient:
         self.http = http or httpx.Client(base_url=self.base_url, timeout=60)
         self._token: tuple[str, int] | None = None
         self._channel_spent: dict[int, int] = {}
+        self._prices: dict[int, int] = {}  # per-call prices of models this client called
 
     @classmethod
     def connect(cls, base_url: str, account: LocalAccount, chain: Chain | str, **options: Any) -> MarketplaceClient:
@@ -237,7 +238,9 @@ class MarketplaceClient:
     ) -> dict[str, Any]:
         """Call a served model, paying with a voucher on ``channel_id`` (signed by ``signer``, default
         this account). Returns ``{"output", "payment"}``."""
-        price = self.market.marketplace.asset(model_id).price
+        if model_id not in self._prices:
+            self._prices[model_id] = self.market.marketplace.asset(model_id).price
+        price = self._prices[model_id]
         signer = signer or self.account
         cumulative = self._channel_spent.get(channel_id, 0) + price
         for _attempt in range(2):

@@ -43,7 +43,7 @@ def invoke(
     handler = services.model_handlers.get(asset_id)
     if handler is None:
         raise ApiError(404, "model_not_served", f"this server does not serve model {asset_id}")
-    asset = services.market.marketplace.asset(asset_id)
+    asset = services.asset(asset_id)
     if asset.kind != AssetKind.MODEL:
         raise ApiError(404, "model_not_served", f"asset {asset_id} is a dataset, not a model")
     try:

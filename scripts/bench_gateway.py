@@ -1,0 +1,461 @@
+"""Gateway throughput on anvil, measured in one run: paid model calls/s with channel vouchers, the same
+endpoint unpaid, and x402 with on-chain settlement per call.
+
+    python scripts/bench_gateway.py                 # table
+    python scripts/bench_gateway.py --json          # machine-readable
+    python scripts/bench_gateway.py --calls 600 --x402-calls 60 --concurrency 8
+
+Targets (from the payments issue): channel-paid >= 0.75x unpaid, and >= 20x x402 per-call. They are
+reported as measured (PASS/FAIL text), never asserted: the machine is shared and noisy.
+
+How it measures: one anvil node, the contract set, and the real API (create_app) under uvicorn on a
+free port of 127.0.0.1, in a thread of this process. An asyncio loop in the main thread drives it
+with httpx (``--concurrency`` worker coroutines, keep-alive connections) for every path:
+
+- ``unpaid``: POST /bench/unpaid/{id}, a route added here that runs the same model handler as
+  /v1/models/{id}/invoke, with the same request and response models, but charges nothing;
+- ``channel-paid``: POST /v1/models/{id}/invoke with a voucher the client signs for that call (one
+  channel per worker); ``channel-paid, pre-signed`` sends vouchers signed before the clock starts;
+- ``x402 per-call``: GET /v1/assets/{id}/x402 on a 256-byte content, paid by the stock x402 httpx
+  client (402, sign an EIP-3009 authorization, retry); the server settles every call on anvil
+  before answering.
+
+The paths take turns in ``--rounds`` rounds (order rotated each round) so that a burst of load from
+elsewhere on the machine spreads over all of them. Client and server share one process and its GIL
+(anvil runs in its own): a path's rate covers the client's and the server's work together, and
+"cpu ms/call" is this process's CPU time per call. The settler runs as configured (every 30 s by
+default). After the run the app is stopped (its settler claims every voucher) and the vaults are
+checked on chain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path as FilePath
+from typing import Annotated, Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Path
+from rich.console import Console
+from rich.table import Table
+from x402 import x402Client
+from x402.http.clients.httpx import x402_httpx_transport
+from x402.mechanisms.evm.exact import register_exact_evm_client
+from x402.mechanisms.evm.signers import EthAccountSigner
+
+from marketplace.api import Settings, create_app
+from marketplace.api.deps import ServicesDep
+from marketplace.api.errors import ApiError
+from marketplace.api.routes.models import InvokeRequest, InvokeResponse
+from marketplace.chain import Chain, connect
+from marketplace.chain.deployment import Deployment, deploy_all
+from marketplace.chain.market import AssetKind, Market
+from marketplace.chain.token import format_units, to_units
+from marketplace.content import ContentStore
+from marketplace.payments.channels import HEADER, Voucher, VoucherLedger
+
+PRICE = to_units("0.01")
+CONTENT = os.urandom(256)
+UNPAID, CHANNEL, PRESIGNED, X402 = "unpaid", "channel-paid", "channel-paid, pre-signed", "x402 per-call"
+TARGETS = {  # name: (numerator path, denominator path, minimum ratio)
+    "channel-paid / unpaid": (CHANNEL, UNPAID, 0.75),
+    "channel-paid / x402 per-call": (CHANNEL, X402, 20.0),
+}
+
+
+def add_numbers(payload: Any) -> dict[str, float]:
+    """The served model: sums its input (cheap, so the gateway's own cost is what gets measured)."""
+    return {"sum": float(sum(payload))}
+
+
+# ---------------------------------------------------------------------- the server
+
+
+def add_unpaid_route(app: FastAPI) -> None:
+    """/bench/unpaid/{id}: the model route's handler lookup, models and handler call, without payment."""
+
+    @app.post("/bench/unpaid/{asset_id}", response_model=InvokeResponse)
+    def unpaid(asset_id: Annotated[int, Path(ge=1, le=2**63 - 1)], body: InvokeRequest, services: ServicesDep) -> Any:
+        handler = services.model_handlers.get(asset_id)
+        if handler is None:
+            raise ApiError(404, "model_not_served", f"this server does not serve model {asset_id}")
+        return InvokeResponse(output=handler(body.input), payment={})
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """Run ``app`` under uvicorn on a free port of 127.0.0.1 (lifespan on); yields its base URL.
+
+    Leaving the block shuts the app down, which makes its settler claim every voucher.
+    """
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="bench-uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=120)
+        if thread.is_alive():
+            raise RuntimeError("uvicorn did not stop")
+
+
+# ---------------------------------------------------------------------- the set-up on chain
+
+
+@dataclass
+class Setup:
+    """The chain state the run needs: a served model, a dataset sold over x402, one channel per worker."""
+
+    chain: Chain
+    deployment: Deployment
+    market: Market
+    payer: Any
+    model_id: int
+    dataset_id: int
+    channels: list[int]
+    #: Per channel: the cumulative amount of the last voucher signed.
+    spent: dict[int, int] = field(default_factory=dict)
+
+    def next_header(self, channel_id: int) -> str:
+        """Sign the voucher that pays one more call on ``channel_id`` (what a paying client does per call)."""
+        cumulative = self.spent.get(channel_id, 0) + PRICE
+        self.spent[channel_id] = cumulative
+        signature = self.market.channels.sign_voucher(self.payer, channel_id, cumulative)
+        return Voucher(channel_id, cumulative, signature).to_header()
+
+
+def prepare(chain: Chain, concurrency: int, channel_calls: int) -> Setup:
+    deployer, payer, owner = chain.accounts[0], chain.accounts[1], chain.accounts[2]
+    deployment = deploy_all(chain, deployer)
+    market = deployment.market(chain)
+    per_channel = (channel_calls // concurrency + 100) * PRICE
+    market.token.mint(deployer, payer.address, per_channel * concurrency + to_units(1000))
+    publish = dict(token=market.token.address, payees=[(owner.address, 10_000)], price=PRICE)
+    model_id = market.marketplace.publish(owner, kind=AssetKind.MODEL, content_hash=b"\x01" * 32, uri="bench:model",
+                                          **publish)  # fmt: skip
+    content_hash = hashlib.sha256(CONTENT).digest()
+    dataset_id = market.marketplace.publish(owner, kind=AssetKind.DATASET, content_hash=content_hash,
+                                            uri="bench:dataset", **publish)  # fmt: skip
+    market.token.approve(payer, market.channels.address, per_channel * concurrency)
+    expiry = chain.timestamp() + 3 * 3600
+    channels = [
+        market.channels.open(payer, model_id, market.token.address, per_channel, expiry) for _ in range(concurrency)
+    ]
+    return Setup(chain, deployment, market, payer, model_id, dataset_id, channels)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def build_app(setup: Setup, data_dir: FilePath, manifest: FilePath, settle_interval: float) -> FastAPI:
+    asyncio.run(ContentStore(data_dir / "content").put(_once(CONTENT), "0x" + hashlib.sha256(CONTENT).hexdigest(),
+                                                       len(CONTENT)))  # fmt: skip
+    settings = Settings(manifest=manifest, data_dir=data_dir, rpc_url=setup.chain.rpc_url,
+                        settle_interval=settle_interval)  # fmt: skip
+    app = create_app(settings, model_handlers={setup.model_id: add_numbers})
+    add_unpaid_route(app)
+    return app
+
+
+# ---------------------------------------------------------------------- the clients
+
+
+@dataclass
+class PathResult:
+    """What one path did over every round."""
+
+    calls: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies)
+        p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] if ordered else 0.0
+        return {
+            "calls": self.calls,
+            "seconds": round(self.seconds, 4),
+            "calls_per_s": round(self.rate, 2),
+            "cpu_ms_per_call": round(self.cpu_seconds / self.calls * 1000, 2) if self.calls else None,
+            "latency_ms_p50": round(statistics.median(ordered) * 1000, 2) if ordered else None,
+            "latency_ms_p95": round(p95 * 1000, 2),
+        }
+
+
+Call = Callable[[int], Awaitable[None]]  # worker index -> one call (raises unless it succeeded)
+
+
+def split(calls: int, workers: int) -> list[int]:
+    """``calls`` spread over ``workers`` as evenly as possible."""
+    return [calls // workers + (1 if w < calls % workers else 0) for w in range(workers)]
+
+
+async def drive(call: Call, calls: int, concurrency: int, result: PathResult | None) -> None:
+    """Make ``calls`` calls from ``concurrency`` workers at once; add the time taken to ``result``."""
+    latencies: list[float] = []
+
+    async def worker(index: int, count: int) -> None:
+        for _ in range(count):
+            started = time.perf_counter()
+            await call(index)
+            latencies.append(time.perf_counter() - started)
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker(w, n) for w, n in enumerate(split(calls, concurrency)) if n))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    if result is not None:
+        result.calls += calls
+        result.seconds += elapsed
+        result.cpu_seconds += cpu
+        result.latencies += latencies
+
+
+def _ok(response: httpx.Response, path: str) -> None:
+    if response.status_code != 200:
+        raise RuntimeError(f"{path}: HTTP {response.status_code}: {response.text[:300]}")
+
+
+def stock_x402_client(setup: Setup) -> x402Client:
+    """The x402 package's own client, allowed to pay in TestUSD on this chain."""
+    network = f"eip155:{setup.chain.chain_id}"
+    client = x402Client()
+    register_exact_evm_client(client, EthAccountSigner(setup.payer), networks=network)
+    return client.set_spend_controls({"allowed_assets": [{"network": network, "asset": setup.market.token.address}]})
+
+
+@dataclass
+class Plan:
+    calls: int
+    x402_calls: int
+    concurrency: int
+    rounds: int
+    warmup: int
+
+
+async def measure(setup: Setup, base_url: str, plan: Plan) -> tuple[dict[str, PathResult], dict[str, int]]:
+    """Run every path for ``plan.rounds`` rounds; returns the timed results and every call made (warm-up too)."""
+    limits = httpx.Limits(max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency)
+    body = {"input": [1, 2, 3]}
+    unpaid_url = f"/bench/unpaid/{setup.model_id}"
+    invoke_url = f"/v1/models/{setup.model_id}/invoke"
+    x402_url = f"/v1/assets/{setup.dataset_id}/x402"
+    presigned: dict[int, list[str]] = {}
+
+    async with (
+        httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as http,
+        httpx.AsyncClient(
+            base_url=base_url,
+            timeout=60,
+            transport=x402_httpx_transport(stock_x402_client(setup), httpx.AsyncHTTPTransport(limits=limits)),
+        ) as paying,
+    ):
+
+        async def unpaid(_worker: int) -> None:
+            _ok(await http.post(unpaid_url, json=body), UNPAID)
+
+        async def channel_paid(worker: int) -> None:
+            header = setup.next_header(setup.channels[worker])
+            _ok(await http.post(invoke_url, json=body, headers={HEADER: header}), CHANNEL)
+
+        async def channel_presigned(worker: int) -> None:
+            header = presigned[worker].pop()
+            _ok(await http.post(invoke_url, json=body, headers={HEADER: header}), PRESIGNED)
+
+        async def x402_paid(_worker: int) -> None:
+            response = await paying.get(x402_url)
+            _ok(response, X402)
+            if response.content != CONTENT or "payment-response" not in response.headers:
+                raise RuntimeError(f"{X402}: wrong content or no PAYMENT-RESPONSE")
+
+        def presign(calls: int) -> None:
+            for worker, count in enumerate(split(calls, plan.concurrency)):
+                channel = setup.channels[worker]
+                presigned[worker] = [setup.next_header(channel) for _ in range(count)][::-1]  # pop() takes the lowest
+
+        paths: list[tuple[str, Call, int]] = [
+            (UNPAID, unpaid, plan.calls),
+            (CHANNEL, channel_paid, plan.calls),
+            (PRESIGNED, channel_presigned, plan.calls),
+            (X402, x402_paid, plan.x402_calls),
+        ]
+        made = {name: 0 for name, _call, _calls in paths}
+        # Warm-up (untimed): connections, channel state cached by the gate, EIP-712 domains, x402 server.
+        for name, call, _calls in paths:
+            count = max(1, min(plan.warmup, _calls))
+            if name == PRESIGNED:
+                presign(count)
+            await drive(call, count, plan.concurrency, None)
+            made[name] += count
+
+        results = {name: PathResult() for name, _call, _calls in paths}
+        for round_index in range(plan.rounds):
+            shift = round_index % len(paths)
+            for name, call, total in paths[shift:] + paths[:shift]:
+                count = split(total, plan.rounds)[round_index]
+                if not count:
+                    continue
+                if name == PRESIGNED:
+                    presign(count)
+                await drive(call, count, plan.concurrency, results[name])
+                made[name] += count
+    return results, made
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def run(plan: Plan, settle_interval: float) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
+    chain = connect("anvil")
+    try:
+        setup = prepare(chain, plan.concurrency, 2 * plan.calls + 2 * plan.warmup)
+        with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+            data_dir = FilePath(tmp) / "server"
+            manifest = FilePath(tmp) / "deployment.json"
+            app = build_app(setup, data_dir, setup.deployment.save(manifest), settle_interval)
+            with serving(app) as base_url:
+                results, made = asyncio.run(measure(setup, base_url, plan))
+            # The app is stopped: its settler made its last round. Check the books.
+            with VoucherLedger(data_dir / "channels.sqlite3") as ledger:
+                unclaimed = ledger.unclaimed()
+            settlement = check_vaults(setup, made, unclaimed)
+        data = report(plan, settle_interval, results, settlement)
+        data["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0], "cpus": os.cpu_count()}
+        return data
+    finally:
+        chain.close()
+
+
+def check_vaults(setup: Setup, made: dict[str, int], unclaimed: list[Any]) -> dict[str, Any]:
+    """What each vault received on chain against what the calls made should have paid."""
+    marketplace, token = setup.market.marketplace, setup.market.token
+    channel_calls = made[CHANNEL] + made[PRESIGNED]
+    model_vault = token.balance_of(marketplace.vault_of(setup.model_id))
+    dataset_vault = token.balance_of(marketplace.vault_of(setup.dataset_id))
+    claimed = sum(setup.market.channels.channel(c).claimed for c in setup.channels)
+    expected = (channel_calls + made[X402]) * PRICE
+    return {
+        "price": PRICE,
+        "channel_calls": channel_calls,
+        "x402_calls": made[X402],
+        "unpaid_calls": made[UNPAID],
+        "model_vault": model_vault,
+        "dataset_vault": dataset_vault,
+        "channels_claimed": claimed,
+        "vaults_received": model_vault + dataset_vault,
+        "expected": expected,
+        "unclaimed_ledger_entries": len(unclaimed),
+        "ok": model_vault == channel_calls * PRICE
+        and dataset_vault == made[X402] * PRICE
+        and claimed == channel_calls * PRICE
+        and not unclaimed,
+    }
+
+
+def report(
+    plan: Plan, settle_interval: float, results: dict[str, PathResult], settlement: dict[str, Any]
+) -> dict[str, Any]:
+    unpaid_rate = results[UNPAID].rate
+    paths = {}
+    for name, result in results.items():
+        paths[name] = result.as_dict() | {
+            "ratio_vs_unpaid": round(result.rate / unpaid_rate, 3) if unpaid_rate else None
+        }
+    targets = {}
+    for name, (numerator, denominator, minimum) in TARGETS.items():
+        below = results[denominator].rate
+        ratio = results[numerator].rate / below if below else 0.0
+        targets[name] = {"measured": round(ratio, 3), "target": f">= {minimum:g}", "pass": ratio >= minimum}
+    return {
+        "chain": "anvil",
+        "client": "httpx.AsyncClient, one asyncio loop; server: uvicorn in a thread of the same process",
+        "concurrency": plan.concurrency,
+        "rounds": plan.rounds,
+        "warmup_calls_per_path": plan.warmup,
+        "settle_interval_s": settle_interval,
+        "paths": paths,
+        "targets": targets,
+        "settlement": settlement,
+    }
+
+
+def print_tables(data: dict[str, Any]) -> None:
+    console = Console()
+    console.width = max(console.width, 110)  # piped output defaults to 80 columns
+    load = data["load_average_1m"]
+    table = Table(
+        title=f"gateway throughput on anvil (concurrency {data['concurrency']}, {data['rounds']} rounds, one run)",
+        caption=f"cpu ms/call: this process (client + server) per call. 1-min load average {load['before']:.2f} "
+        f"before, {load['after']:.2f} after, on {load['cpus']} CPUs",
+    )
+    for column in ("path", "calls", "seconds", "calls/s", "vs unpaid", "cpu ms/call", "p50 ms", "p95 ms"):
+        table.add_column(column, justify="left" if column == "path" else "right", no_wrap=True)
+    for name, row in data["paths"].items():
+        table.add_row(name, str(row["calls"]), f"{row['seconds']:.2f}", f"{row['calls_per_s']:.1f}",
+                      f"{row['ratio_vs_unpaid']:.3f}x", f"{row['cpu_ms_per_call']:.1f}", f"{row['latency_ms_p50']:.1f}",
+                      f"{row['latency_ms_p95']:.1f}")  # fmt: skip
+    console.print(table)
+    targets = Table(title="targets (informational)")
+    for column in ("ratio", "measured", "target", "result"):
+        targets.add_column(column)
+    for name, target in data["targets"].items():
+        verdict = "[green]PASS[/]" if target["pass"] else "[red]FAIL[/]"
+        targets.add_row(name, f"{target['measured']:.3f}x", target["target"], verdict)
+    console.print(targets)
+    s = data["settlement"]
+    console.print(
+        f"settlement: vaults received {format_units(s['vaults_received'])} tUSD; expected "
+        f"{s['channel_calls']} channel calls x {format_units(s['price'])} + {s['x402_calls']} x402 calls x "
+        f"{format_units(s['price'])} = {format_units(s['expected'])} tUSD (channels claimed "
+        f"{format_units(s['channels_claimed'])}, unclaimed ledger entries {s['unclaimed_ledger_entries']}) -> "
+        + ("[green]OK[/]" if s["ok"] else "[red]MISMATCH[/]")
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=300, help="timed calls per channel/unpaid path (default 300)")
+    parser.add_argument("--x402-calls", type=int, default=40, help="timed x402 calls (default 40)")
+    parser.add_argument("--concurrency", type=int, default=4, help="calls in flight at once (default 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds the paths take turns in (default 3)")
+    parser.add_argument("--warmup", type=int, default=8, help="untimed calls per path first (default 8)")
+    parser.add_argument("--settle-interval", type=float, default=30.0, help="settler interval, s (default 30)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = parser.parse_args()
+    if min(args.calls, args.x402_calls, args.concurrency, args.rounds) < 1 or args.warmup < 0:
+        parser.error("--calls, --x402-calls, --concurrency and --rounds must be >= 1, --warmup >= 0")
+    plan = Plan(args.calls, args.x402_calls, args.concurrency, args.rounds, args.warmup)
+    data = run(plan, args.settle_interval)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print_tables(data)
+
+
+if __name__ == "__main__":
+    main()
