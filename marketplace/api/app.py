@@ -15,6 +15,7 @@ import marketplace
 from marketplace.api.deps import Services
 from marketplace.api.errors import install_error_handlers
 from marketplace.api.routes import accounts, agents, assets, auth, content, health, models, x402
+from marketplace.api.schemas import ErrorBody
 from marketplace.api.settings import Settings
 from marketplace.api.state import ServerBase
 from marketplace.chain import LOCAL_CHAIN_ID, Chain, rpc_chain
@@ -107,5 +108,5 @@ def create_app(
         accounts.router,
         models.router,
     ):
-        app.include_router(router)
+        app.include_router(router, responses={"4XX": {"model": ErrorBody, "description": "Client error"}})
     return app

@@ -5,6 +5,13 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 
+class ErrorBody(BaseModel):
+    """Every error response: a machine code and a human sentence."""
+
+    error: str
+    detail: str
+
+
 class Health(BaseModel):
     """Liveness and how fresh the read model is."""
 

@@ -1,0 +1,308 @@
+"""Marketplace actions as tools: one pydantic argument model per tool is at once the LLM function spec
+(OpenAI ``tools=[...]``), the MCP tool schema and the input validator.
+
+``run_tool`` validates (``BadArguments``), looks up (``UnknownTool``), lets the wallet check the budget
+(``OverBudget``) before anything is signed, and returns a pydantic result or raises a typed error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agents.errors import BadArguments, PaymentRefused, UnknownTool, translate
+from agents.wallet import AgentWallet, AuditLedger
+from marketplace.chain import ContractRevert
+from marketplace.chain.market import AssetKind, SubjectKind
+from marketplace.client import ApiClientError, MarketplaceClient
+
+AssetId = Field(ge=1, le=2**63 - 1, description="Asset id in the marketplace catalog")
+
+
+class Args(BaseModel):
+    """Base of every tool's arguments: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class ToolContext:
+    """What tools act with: the SDK client, the agent's wallet (budget guard + ledger), a download folder."""
+
+    client: MarketplaceClient
+    wallet: AgentWallet
+    download_dir: Path
+
+    @property
+    def ledger(self) -> AuditLedger:
+        """The wallet's audit ledger."""
+        return self.wallet.ledger
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A named action: description, argument model, and ``function(context, args) -> result``."""
+
+    name: str
+    description: str
+    args: type[Args]
+    function: Callable[[ToolContext, Any], BaseModel | dict[str, Any]]
+
+    def parameters(self) -> dict[str, Any]:
+        """The JSON schema of the arguments."""
+        return self.args.model_json_schema()
+
+    def openai_spec(self) -> dict[str, Any]:
+        """An OpenAI-compatible function tool."""
+        function = {"name": self.name, "description": self.description, "parameters": self.parameters()}
+        return {"type": "function", "function": function}
+
+    def mcp_spec(self) -> dict[str, Any]:
+        """An MCP tool description."""
+        return {"name": self.name, "description": self.description, "inputSchema": self.parameters()}
+
+
+# ---------------------------------------------------------------------- argument and result models
+
+
+class SearchArgs(Args):
+    kind: Literal["dataset", "model"] | None = Field(None, description="Only datasets or only models")
+    query: str | None = Field(None, max_length=200, description="Text searched in the asset URI")
+    min_price: int | None = Field(None, ge=0, le=10**30, description="Lowest price, tUSD base units")
+    max_price: int | None = Field(None, ge=0, le=10**30, description="Highest price, tUSD base units")
+    limit: int = Field(10, ge=1, le=50, description="Most results to return")
+
+
+class AssetArgs(Args):
+    asset_id: int = AssetId
+
+
+class BuyArgs(Args):
+    asset_id: int = AssetId
+    max_price: int | None = Field(None, ge=0, le=10**30, description="Refuse if the price is above this (base units)")
+
+
+class ChannelArgs(Args):
+    asset_id: int = Field(ge=1, le=2**63 - 1, description="The model to open a payment channel for")
+    deposit: int = Field(ge=1, le=10**30, description="tUSD base units to lock for metered calls")
+    ttl_seconds: int = Field(3600, ge=60, le=30 * 86400, description="Channel lifetime")
+
+
+class InvokeArgs(Args):
+    model_id: int = AssetId
+    input: Any = Field(description="The model's input (any JSON value)")
+    channel_id: int | None = Field(None, ge=1, description="Channel to pay from (default: this agent's open one)")
+
+
+class NoArgs(Args):
+    pass
+
+
+class RateArgs(Args):
+    asset_id: int = AssetId
+    value: int = Field(ge=0, le=100, description="Score from 0 (useless) to 100 (excellent)")
+    tag: str = Field("", max_length=64, description="A short label for the rating")
+
+
+class ParentShare(Args):
+    asset_id: int = AssetId
+    share_bps: int = Field(ge=1, le=10_000, description="Royalty to the parent, in basis points")
+
+
+class PublishArgs(Args):
+    content: str = Field(min_length=1, max_length=1_000_000, description="The asset's content (text)")
+    price: int = Field(ge=0, le=10**30, description="License or per-call price in tUSD base units")
+    kind: Literal["dataset", "model"] = "dataset"
+    uri: str = Field("", max_length=200, description="Where the asset is described (default: its hash)")
+    parents: list[ParentShare] = Field(default_factory=list, max_length=8, description="Upstream assets")
+
+
+class PaymentResult(BaseModel):
+    asset_id: int
+    amount: int
+    kind: str
+    ref: str
+    remaining_budget: int
+
+
+class ChannelResult(PaymentResult):
+    channel_id: int
+
+
+class DownloadResult(BaseModel):
+    asset_id: int
+    path: str
+    size: int
+    sha256: str
+    preview: str
+
+
+class InvokeResult(BaseModel):
+    model_id: int
+    channel_id: int
+    output: Any
+    paid: int
+    channel_remaining: int
+
+
+class BalanceResult(BaseModel):
+    address: str
+    balance: int
+    spent_this_run: int
+    locked_in_channels: int
+    remaining_budget: int
+    run_cap: int
+    asset_cap: int
+    call_ceiling: int
+
+
+class RateResult(BaseModel):
+    asset_id: int
+    value: int
+    tx_hash: str
+
+
+class PublishResult(BaseModel):
+    asset_id: int
+    sha256: str
+
+
+# ---------------------------------------------------------------------- functions
+
+
+def _api(call: Callable[[], Any], *, payment: bool = False) -> Any:
+    try:
+        return call()
+    except (ApiClientError, ContractRevert) as exc:
+        raise translate(exc, payment=payment) from exc
+
+
+def search_assets(ctx: ToolContext, args: SearchArgs) -> dict[str, Any]:
+    return _api(lambda: ctx.client.assets(kind=args.kind, q=args.query, min_price=args.min_price,
+                                          max_price=args.max_price, limit=args.limit))  # fmt: skip
+
+
+def get_asset(ctx: ToolContext, args: AssetArgs) -> dict[str, Any]:
+    return _api(lambda: ctx.client.asset(args.asset_id))
+
+
+def buy_license(ctx: ToolContext, args: BuyArgs) -> PaymentResult:
+    entry = ctx.wallet.buy_license(ctx.client, args.asset_id, args.max_price)
+    return PaymentResult(asset_id=entry.asset_id, amount=entry.amount, kind=entry.kind, ref=entry.ref,
+                         remaining_budget=ctx.wallet.guard.remaining)  # fmt: skip
+
+
+def download(ctx: ToolContext, args: AssetArgs) -> DownloadResult:
+    data = _api(lambda: ctx.client.download(args.asset_id), payment=True)
+    ctx.download_dir.mkdir(parents=True, exist_ok=True)
+    path = ctx.download_dir / f"asset-{args.asset_id}.bin"
+    path.write_bytes(data)
+    preview = data[:200].decode("utf-8", "replace")
+    return DownloadResult(asset_id=args.asset_id, path=str(path), size=len(data),
+                          sha256=hashlib.sha256(data).hexdigest(), preview=preview)  # fmt: skip
+
+
+def open_channel(ctx: ToolContext, args: ChannelArgs) -> ChannelResult:
+    entry = ctx.wallet.open_channel(ctx.client, args.asset_id, args.deposit, args.ttl_seconds)
+    assert entry.channel_id is not None
+    return ChannelResult(asset_id=entry.asset_id, amount=entry.amount, kind=entry.kind, ref=entry.ref,
+                         remaining_budget=ctx.wallet.guard.remaining, channel_id=entry.channel_id)  # fmt: skip
+
+
+def invoke_model(ctx: ToolContext, args: InvokeArgs) -> InvokeResult:
+    channel_id = args.channel_id
+    if channel_id is None:
+        open_ones = [
+            (c.deposit - c.drawn, cid) for cid, c in ctx.wallet.channels.items() if c.asset_id == args.model_id
+        ]
+        if not open_ones:
+            raise PaymentRefused(f"no open channel for model {args.model_id}; call open_channel first")
+        channel_id = max(open_ones)[1]
+    result, entry = ctx.wallet.invoke(ctx.client, args.model_id, args.input, channel_id)
+    channel = ctx.wallet.channels[channel_id]
+    return InvokeResult(model_id=args.model_id, channel_id=channel_id, output=result["output"], paid=entry.amount,
+                        channel_remaining=channel.deposit - channel.drawn)  # fmt: skip
+
+
+def check_balance(ctx: ToolContext, args: NoArgs) -> BalanceResult:
+    wallet, budget = ctx.wallet, ctx.wallet.guard.budget
+    return BalanceResult(address=wallet.address, balance=ctx.client.market.token.balance_of(wallet.address),
+                         spent_this_run=wallet.guard.spent, locked_in_channels=wallet.locked,
+                         remaining_budget=wallet.guard.remaining, run_cap=budget.run_cap,
+                         asset_cap=budget.asset_cap, call_ceiling=budget.call_ceiling)  # fmt: skip
+
+
+def rate_asset(ctx: ToolContext, args: RateArgs) -> RateResult:
+    channels = [cid for cid, c in ctx.wallet.channels.items() if c.asset_id == args.asset_id]
+    receipt = _api(lambda: ctx.client.market.reputation.give_feedback(
+        ctx.wallet.account, subject_kind=SubjectKind.ASSET, subject_id=args.asset_id, value=args.value,
+        paid_asset_id=args.asset_id, channel_id=channels[0] if channels else 0, tag1=args.tag))  # fmt: skip
+    return RateResult(asset_id=args.asset_id, value=args.value, tx_hash="0x" + bytes(receipt["transactionHash"]).hex())
+
+
+def publish_asset(ctx: ToolContext, args: PublishArgs) -> PublishResult:
+    content = args.content.encode()
+    kind = AssetKind.MODEL if args.kind == "model" else AssetKind.DATASET
+    asset_id = _api(lambda: ctx.client.publish(content, price=args.price, kind=kind, uri=args.uri,
+                                               parents=[(p.asset_id, p.share_bps) for p in args.parents]))  # fmt: skip
+    return PublishResult(asset_id=asset_id, sha256=hashlib.sha256(content).hexdigest())
+
+
+TOOLS: dict[str, Tool] = {
+    tool.name: tool
+    for tool in [
+        Tool("search_assets", "Search the catalog of datasets and models by kind, text and price.", SearchArgs,
+             search_assets),
+        Tool("get_asset", "Everything about one asset: price, payees, lineage, sales and rating.", AssetArgs,
+             get_asset),
+        Tool("buy_license", "Buy a license to an asset (pays its price, within the agent's budget).", BuyArgs,
+             buy_license),
+        Tool("download", "Download a licensed asset's content (verified against its on-chain hash).", AssetArgs,
+             download),
+        Tool("open_channel", "Lock a deposit in a payment channel to call a model many times.", ChannelArgs,
+             open_channel),
+        Tool("invoke_model", "Call a served model, paying its per-call price from a channel.", InvokeArgs,
+             invoke_model),
+        Tool("check_balance", "The agent's tUSD balance, spend so far, and remaining budget.", NoArgs,
+             check_balance),
+        Tool("rate_asset", "Rate an asset this agent paid for (0-100).", RateArgs, rate_asset),
+        Tool("publish_asset", "Publish text content as a dataset or model at a price.", PublishArgs, publish_asset),
+    ]
+}  # fmt: skip
+
+
+def openai_tools() -> list[dict[str, Any]]:
+    """Every tool as an OpenAI-compatible ``tools=[...]`` entry."""
+    return [tool.openai_spec() for tool in TOOLS.values()]
+
+
+def mcp_tools() -> list[dict[str, Any]]:
+    """Every tool as an MCP tool description."""
+    return [tool.mcp_spec() for tool in TOOLS.values()]
+
+
+def parse_arguments(name: str, raw_arguments: dict[str, Any] | str | None) -> tuple[Tool, Args]:
+    """Look up tool ``name`` and validate its arguments (a dict or a JSON string, as LLMs send them)."""
+    tool = TOOLS.get(name)
+    if tool is None:
+        raise UnknownTool(name, sorted(TOOLS))
+    try:
+        if isinstance(raw_arguments, str | bytes):
+            args = tool.args.model_validate_json(raw_arguments or "{}")
+        else:
+            args = tool.args.model_validate({} if raw_arguments is None else raw_arguments)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise BadArguments(name, [dict(e) for e in errors]) from exc
+    return tool, args
+
+
+def run_tool(context: ToolContext, name: str, raw_arguments: dict[str, Any] | str | None = None) -> BaseModel | dict:
+    """Validate, then run tool ``name``; returns its result or raises a typed error."""
+    tool, args = parse_arguments(name, raw_arguments)
+    return tool.function(context, args)

@@ -1,0 +1,256 @@
+"""An agent's wallet: its key, its X25519 key, a budget checked before anything is signed, and an audit ledger.
+
+Budget rules (one run = one ``AgentWallet`` instance):
+
+- A license purchase commits its price against the run cap and the asset's cap; the price must not be
+  above the per-call ceiling.
+- Opening a channel commits the whole deposit against the run cap and the asset's cap when it is
+  opened (the money leaves the wallet and is locked). The asset's per-call price must not be above the
+  per-call ceiling.
+- Vouchers draw down *within* a deposit already counted: they add nothing to the run or asset spend,
+  but each call's price must be under the per-call ceiling and the voucher total under the deposit.
+
+So the ledger's committed total (licenses + deposits + x402) is exactly the agent's tUSD balance drop,
+and never exceeds the run cap. Vouchers are logged too (kind ``voucher``) but kept out of ``total()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from nacl.public import PrivateKey
+
+from agents.errors import AgentError, NotFound, OverBudget, PaymentRefused, translate
+from marketplace.chain import ContractRevert
+from marketplace.client import ApiClientError, MarketplaceClient
+from marketplace.wallet_file import encryption_keypair, load_wallet
+
+KEY_ENV = "AGENTMARKET_AGENT_KEY"
+PaymentKind = Literal["license", "channel_deposit", "voucher", "x402"]
+#: Kinds whose amount left the wallet (vouchers only spend a deposit already counted).
+COMMITTED_KINDS: frozenset[str] = frozenset({"license", "channel_deposit", "x402"})
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Spending limits in token base units (1 tUSD = 1,000,000)."""
+
+    run_cap: int
+    asset_cap: int
+    call_ceiling: int
+
+    def __post_init__(self) -> None:
+        if min(self.run_cap, self.asset_cap, self.call_ceiling) < 0:
+            raise ValueError("budget limits cannot be negative")
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One signed payment: ``ref`` is the transaction hash, or ``voucher:<channel>:<cumulative>``."""
+
+    time: float
+    asset_id: int
+    amount: int
+    kind: PaymentKind
+    ref: str
+    run: str = ""
+    channel_id: int | None = None
+
+
+class AuditLedger:
+    """An append-only JSONL file of payments."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def append(self, entry: LedgerEntry) -> None:
+        """Write one entry (flushed and fsynced before returning)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(asdict(entry)) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def entries(self, run: str | None = None) -> list[LedgerEntry]:
+        """Every entry (of ``run`` only, if given), oldest first."""
+        if not self.path.exists():
+            return []
+        with self.path.open() as handle:
+            rows = [LedgerEntry(**json.loads(line)) for line in handle if line.strip()]
+        return [row for row in rows if run is None or row.run == run]
+
+    def total(self, asset_id: int | None = None, *, run: str | None = None) -> int:
+        """Money that left the wallet (licenses, deposits, x402), optionally for one asset and/or run."""
+        return sum(
+            e.amount
+            for e in self.entries(run)
+            if e.kind in COMMITTED_KINDS and (asset_id is None or e.asset_id == asset_id)
+        )
+
+
+@dataclass
+class BudgetGuard:
+    """Counts this run's committed spend and refuses, with ``OverBudget``, what would pass a cap."""
+
+    budget: Budget
+    spent: int = 0
+    per_asset: dict[int, int] = field(default_factory=dict)
+
+    def check(self, asset_id: int, amount: int, unit_price: int) -> None:
+        """Raise ``OverBudget`` unless committing ``amount`` to ``asset_id`` (at ``unit_price`` a call) fits."""
+        if unit_price > self.budget.call_ceiling:
+            raise OverBudget("per_call", self.budget.call_ceiling, 0, unit_price, asset_id)
+        if self.spent + amount > self.budget.run_cap:
+            raise OverBudget("run", self.budget.run_cap, self.spent, amount, asset_id)
+        on_asset = self.per_asset.get(asset_id, 0)
+        if on_asset + amount > self.budget.asset_cap:
+            raise OverBudget("asset", self.budget.asset_cap, on_asset, amount, asset_id)
+
+    def commit(self, asset_id: int, amount: int) -> None:
+        """Record committed spend."""
+        self.spent += amount
+        self.per_asset[asset_id] = self.per_asset.get(asset_id, 0) + amount
+
+    @property
+    def remaining(self) -> int:
+        """What the run may still commit."""
+        return self.budget.run_cap - self.spent
+
+
+@dataclass
+class ChannelState:
+    """A channel this wallet opened in this run."""
+
+    asset_id: int
+    deposit: int
+    drawn: int = 0
+
+
+class AgentWallet:
+    """An agent's account, encryption key, budget guard and audit ledger. All payments go through here."""
+
+    def __init__(self, account: LocalAccount, budget: Budget, ledger: AuditLedger) -> None:
+        self.account = account
+        self.encryption_key: PrivateKey = encryption_keypair(account)
+        self.guard = BudgetGuard(budget)
+        self.ledger = ledger
+        self.run = uuid.uuid4().hex
+        self.channels: dict[int, ChannelState] = {}
+
+    @classmethod
+    def from_keystore(cls, path: Path, password: str, budget: Budget, ledger: AuditLedger) -> AgentWallet:
+        """Unlock a keystore (v3) file."""
+        return cls(load_wallet(path, password), budget, ledger)
+
+    @classmethod
+    def from_env(cls, budget: Budget, ledger: AuditLedger, variable: str = KEY_ENV) -> AgentWallet:
+        """Use the hex private key in the environment variable ``variable``."""
+        key = os.environ.get(variable)
+        if not key:
+            raise AgentError(f"set {variable} to the agent's private key (hex), or use a keystore file")
+        try:
+            return cls(Account.from_key(key), budget, ledger)
+        except ValueError:
+            raise AgentError(f"{variable} does not hold a valid private key") from None
+
+    @property
+    def address(self) -> str:
+        """The agent's address."""
+        return self.account.address
+
+    @property
+    def public_encryption_key(self) -> bytes:
+        """The X25519 public key to publish as the agent's ``encryptionKey`` metadata."""
+        return bytes(self.encryption_key.public_key)
+
+    @property
+    def locked(self) -> int:
+        """Deposits of this run not yet drawn by vouchers."""
+        return sum(c.deposit - c.drawn for c in self.channels.values())
+
+    def client(self, base_url: str, chain: Any, **options: Any) -> MarketplaceClient:
+        """A MarketplaceClient signing with this wallet and decrypting with its X25519 key."""
+        return MarketplaceClient.connect(base_url, self.account, chain, encryption_key=bytes(self.encryption_key),
+                                         **options)  # fmt: skip
+
+    # ------------------------------------------------------------------ payments
+
+    def buy_license(self, client: MarketplaceClient, asset_id: int, max_price: int | None = None) -> LedgerEntry:
+        """Buy a license to ``asset_id`` after the budget check; the contract refuses a price above the checked one."""
+        self._own(client)
+        price = self._price(client, asset_id)
+        if max_price is not None and price > max_price:
+            raise OverBudget("max_price", max_price, 0, price, asset_id)
+        self.guard.check(asset_id, price, price)
+        try:
+            receipt = client.buy(asset_id, max_price=price)
+        except (ApiClientError, ContractRevert) as exc:
+            raise translate(exc, payment=True) from exc
+        self.guard.commit(asset_id, price)
+        return self._log(asset_id, price, "license", "0x" + bytes(receipt["transactionHash"]).hex())
+
+    def open_channel(self, client: MarketplaceClient, asset_id: int, deposit: int, ttl: int = 3600) -> LedgerEntry:
+        """Lock ``deposit`` in a channel for metered calls to ``asset_id`` (counted in full against the caps)."""
+        self._own(client)
+        if deposit <= 0:
+            raise PaymentRefused(f"a channel deposit must be positive, not {deposit}")
+        self.guard.check(asset_id, deposit, self._price(client, asset_id))
+        try:
+            channel_id = client.open_channel(asset_id, deposit, ttl=ttl)
+        except (ApiClientError, ContractRevert) as exc:
+            raise translate(exc, payment=True) from exc
+        self.guard.commit(asset_id, deposit)
+        self.channels[channel_id] = ChannelState(asset_id, deposit)
+        return self._log(asset_id, deposit, "channel_deposit", f"channel:{channel_id}", channel_id)
+
+    def invoke(
+        self, client: MarketplaceClient, model_id: int, payload: Any, channel_id: int
+    ) -> tuple[dict[str, Any], LedgerEntry]:
+        """Call a served model paying with a voucher on one of this run's channels; returns (result, entry)."""
+        self._own(client)
+        channel = self.channels.get(channel_id)
+        if channel is None or channel.asset_id != model_id:
+            raise PaymentRefused(f"channel {channel_id} is not a channel this agent opened for model {model_id}")
+        price = self._price(client, model_id)
+        if price > self.guard.budget.call_ceiling:
+            raise OverBudget("per_call", self.guard.budget.call_ceiling, 0, price, model_id)
+        if channel.drawn + price > channel.deposit:
+            raise OverBudget("channel", channel.deposit, channel.drawn, price, model_id)
+        try:
+            result = client.invoke(model_id, payload, channel_id=channel_id)
+        except (ApiClientError, ContractRevert) as exc:
+            raise translate(exc, payment=True) from exc
+        debited = int(result["payment"]["debited"])
+        delta, channel.drawn = debited - channel.drawn, debited
+        return result, self._log(model_id, delta, "voucher", f"voucher:{channel_id}:{debited}", channel_id)
+
+    # ------------------------------------------------------------------ internals
+
+    def _own(self, client: MarketplaceClient) -> None:
+        if client.address != self.address:
+            raise AgentError(f"the client signs as {client.address}, not as this agent ({self.address})")
+
+    @staticmethod
+    def _price(client: MarketplaceClient, asset_id: int) -> int:
+        """The asset's current on-chain price (NotFound for an unknown asset)."""
+        try:
+            return client.market.marketplace.asset(asset_id).price
+        except ContractRevert as exc:
+            if exc.error == "UnknownAsset":
+                raise NotFound(f"asset {asset_id} does not exist") from exc
+            raise translate(exc, payment=False) from exc
+
+    def _log(
+        self, asset_id: int, amount: int, kind: PaymentKind, ref: str, channel_id: int | None = None
+    ) -> LedgerEntry:
+        entry = LedgerEntry(time.time(), asset_id, amount, kind, ref, self.run, channel_id)
+        self.ledger.append(entry)
+        return entry

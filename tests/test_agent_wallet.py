@@ -1,0 +1,152 @@
+"""AgentWallet: budget caps refuse before signing, and every payment lands in the audit ledger (both backends)."""
+
+from __future__ import annotations
+
+import pytest
+from eth_account import Account
+from fastapi.testclient import TestClient
+
+from agents import AgentError, AgentWallet, AuditLedger, Budget, OverBudget
+from marketplace.api import Settings, create_app
+from marketplace.chain.market import AssetKind
+from marketplace.chain.token import to_units
+from marketplace.client import MarketplaceClient
+from marketplace.wallet_file import SCRYPT_N_ENV, create_wallet, encryption_keypair
+
+DATA_PRICE = to_units(2)
+MODEL_PRICE = to_units("0.25")
+GENEROUS = Budget(run_cap=to_units(100), asset_cap=to_units(50), call_ceiling=to_units(10))
+
+
+def adder(payload):
+    """A stand-in model."""
+    return {"sum": sum(float(x) for x in payload)}
+
+
+@pytest.fixture
+def assets(market, bob) -> dict[str, int]:
+    """A dataset (2 tUSD) and a model (0.25 tUSD a call) published by bob on chain."""
+
+    def publish(kind: AssetKind, price: int, tag: bytes) -> int:
+        return market.marketplace.publish(
+            bob, kind=kind, content_hash=tag * 32, uri=f"ipfs://{tag.hex()}", price=price,
+            token=market.token.address, payees=[(bob.address, 10_000)],
+        )  # fmt: skip
+
+    return {
+        "data": publish(AssetKind.DATASET, DATA_PRICE, b"\x01"),
+        "model": publish(AssetKind.MODEL, MODEL_PRICE, b"\x02"),
+    }
+
+
+@pytest.fixture
+def server(chain, deployment, tmp_path, assets):
+    """The API in-process, serving the model."""
+    settings = Settings(manifest=deployment.save(tmp_path / "deployment.json"), data_dir=tmp_path / "server",
+                        siwe_domain="testserver", settle_interval=3600)  # fmt: skip
+    with TestClient(create_app(settings, chain=chain, model_handlers={assets["model"]: adder})) as test_client:
+        yield test_client
+
+
+def make_wallet(account, tmp_path, budget: Budget = GENEROUS) -> AgentWallet:
+    return AgentWallet(account, budget, AuditLedger(tmp_path / "ledger.jsonl"))
+
+
+def connect(wallet: AgentWallet, server, chain) -> MarketplaceClient:
+    return wallet.client("http://testserver", chain, http=server)
+
+
+def test_every_payment_is_ledgered_and_matches_the_chain(server, chain, market, alice, assets, tmp_path):
+    wallet = make_wallet(alice, tmp_path)
+    client = connect(wallet, server, chain)
+    before = market.token.balance_of(alice.address)
+
+    license_entry = wallet.buy_license(client, assets["data"])
+    deposit = wallet.open_channel(client, assets["model"], to_units(1))
+    for i in range(3):
+        result, _ = wallet.invoke(client, assets["model"], [i, 1], deposit.channel_id)
+        assert result["output"] == {"sum": i + 1.0}
+
+    entries = wallet.ledger.entries()
+    assert [e.kind for e in entries] == ["license", "channel_deposit", "voucher", "voucher", "voucher"]
+    assert all(e.run == wallet.run for e in entries)
+    assert chain.w3.eth.get_transaction_receipt(license_entry.ref)["status"] == 1
+    assert market.marketplace.has_access(assets["data"], alice.address)
+    assert market.channels.channel(deposit.channel_id).deposit == to_units(1)
+    assert sum(e.amount for e in entries if e.kind == "voucher") == 3 * MODEL_PRICE
+    assert entries[-1].ref == f"voucher:{deposit.channel_id}:{3 * MODEL_PRICE}"
+    spent = before - market.token.balance_of(alice.address)
+    assert wallet.ledger.total() == spent == DATA_PRICE + to_units(1) == wallet.guard.spent
+    assert wallet.ledger.total(assets["data"]) == DATA_PRICE
+    assert wallet.locked == to_units(1) - 3 * MODEL_PRICE
+
+
+@pytest.mark.parametrize(
+    ("budget", "kind"),
+    [
+        (Budget(run_cap=to_units(100), asset_cap=to_units(100), call_ceiling=to_units(1)), "per_call"),
+        (Budget(run_cap=to_units(100), asset_cap=to_units("1.5"), call_ceiling=to_units(10)), "asset"),
+        (Budget(run_cap=to_units("1.5"), asset_cap=to_units(100), call_ceiling=to_units(10)), "run"),
+    ],
+)
+def test_license_over_a_cap_is_refused_before_signing(server, chain, market, alice, assets, tmp_path, budget, kind):
+    wallet = make_wallet(alice, tmp_path, budget)
+    client = connect(wallet, server, chain)
+    balance, nonce = market.token.balance_of(alice.address), chain.w3.eth.get_transaction_count(alice.address)
+    with pytest.raises(OverBudget) as refused:
+        wallet.buy_license(client, assets["data"])
+    assert (refused.value.kind, refused.value.requested, refused.value.spent) == (kind, DATA_PRICE, 0)
+    assert chain.w3.eth.get_transaction_count(alice.address) == nonce  # nothing signed or sent
+    assert market.token.balance_of(alice.address) == balance
+    assert wallet.ledger.entries() == [] and wallet.guard.spent == 0
+    assert not market.marketplace.has_access(assets["data"], alice.address)
+
+
+def test_deposits_count_against_the_run_cap_and_vouchers_stay_within_the_deposit(
+    server, chain, market, alice, assets, tmp_path
+):
+    budget = Budget(run_cap=to_units("2.5"), asset_cap=to_units(100), call_ceiling=to_units(10))
+    wallet = make_wallet(alice, tmp_path, budget)
+    client = connect(wallet, server, chain)
+    wallet.buy_license(client, assets["data"])
+    nonce = chain.w3.eth.get_transaction_count(alice.address)
+    with pytest.raises(OverBudget) as refused:
+        wallet.open_channel(client, assets["model"], to_units(1))
+    assert (refused.value.kind, refused.value.limit, refused.value.spent) == ("run", to_units("2.5"), DATA_PRICE)
+    assert chain.w3.eth.get_transaction_count(alice.address) == nonce
+
+    channel = wallet.open_channel(client, assets["model"], 2 * MODEL_PRICE).channel_id
+    assert wallet.guard.remaining == 0
+    wallet.invoke(client, assets["model"], [1], channel)
+    wallet.invoke(client, assets["model"], [2], channel)
+    with pytest.raises(OverBudget) as drained:
+        wallet.invoke(client, assets["model"], [3], channel)
+    assert (drained.value.kind, drained.value.limit, drained.value.spent) == (
+        "channel",
+        2 * MODEL_PRICE,
+        2 * MODEL_PRICE,
+    )
+    assert len(wallet.ledger.entries()) == 4
+    with pytest.raises(OverBudget, match="max_price"):
+        wallet.buy_license(client, assets["data"], max_price=DATA_PRICE - 1)
+
+
+def test_wallet_from_keystore_and_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(SCRYPT_N_ENV, "1024")
+    account = create_wallet(tmp_path / "agent.json", "pw")
+    ledger = AuditLedger(tmp_path / "ledger.jsonl")
+    wallet = AgentWallet.from_keystore(tmp_path / "agent.json", "pw", GENEROUS, ledger)
+    assert wallet.address == account.address
+    assert wallet.public_encryption_key == bytes(encryption_keypair(account).public_key)
+
+    other = Account.create()
+    monkeypatch.setenv("AGENTMARKET_AGENT_KEY", other.key.hex())
+    assert AgentWallet.from_env(GENEROUS, ledger).address == other.address
+    monkeypatch.setenv("AGENTMARKET_AGENT_KEY", "not a key")
+    with pytest.raises(AgentError, match="valid private key"):
+        AgentWallet.from_env(GENEROUS, ledger)
+    monkeypatch.delenv("AGENTMARKET_AGENT_KEY")
+    with pytest.raises(AgentError, match="AGENTMARKET_AGENT_KEY"):
+        AgentWallet.from_env(GENEROUS, ledger)
+    with pytest.raises(ValueError):
+        Budget(run_cap=-1, asset_cap=0, call_ceiling=0)
