@@ -16,30 +16,29 @@ with httpx (``--concurrency`` worker coroutines, keep-alive connections) for eve
   /v1/models/{id}/invoke, with the same request and response models, but charges nothing;
 - ``channel-paid``: POST /v1/models/{id}/invoke with a voucher the client signs for that call (one
   channel per worker); ``channel-paid, pre-signed`` sends vouchers signed before the clock starts;
-- ``x402 per-call``: GET /v1/assets/{id}/x402 on a 256-byte content, paid by the stock x402 httpx
-  client (402, sign an EIP-3009 authorization, retry); the server settles every call on anvil
-  before answering.
+- ``x402 per-call``: POST /v1/models/{id}/invoke, the same endpoint and model, paid by the stock
+  x402 httpx client (402, sign an EIP-3009 authorization, retry); the server verifies the payment,
+  runs the model and settles every call on anvil before answering.
 
 The paths take turns in ``--rounds`` rounds (order rotated each round) so that a burst of load from
 elsewhere on the machine spreads over all of them. Client and server share one process and its GIL
 (anvil runs in its own): a path's rate covers the client's and the server's work together, and
 "cpu ms/call" is this process's CPU time per call. The settler runs as configured (every 30 s by
 default). After the run the app is stopped (its settler claims every voucher) and the vaults are
-checked on chain.
+checked on chain: the model's vault holds every channel and x402 call's price.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path as FilePath
@@ -63,11 +62,9 @@ from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, deploy_all
 from marketplace.chain.market import AssetKind, Market
 from marketplace.chain.token import format_units, to_units
-from marketplace.content import ContentStore
-from marketplace.payments.channels import HEADER, Voucher, VoucherLedger
+from marketplace.payments.channels import HEADER, Voucher, VoucherHasher, VoucherLedger
 
 PRICE = to_units("0.01")
-CONTENT = os.urandom(256)
 UNPAID, CHANNEL, PRESIGNED, X402 = "unpaid", "channel-paid", "channel-paid, pre-signed", "x402 per-call"
 TARGETS = {  # name: (numerator path, denominator path, minimum ratio)
     "channel-paid / unpaid": (CHANNEL, UNPAID, 0.75),
@@ -124,23 +121,25 @@ def serving(app: FastAPI) -> Iterator[str]:
 
 @dataclass
 class Setup:
-    """The chain state the run needs: a served model, a dataset sold over x402, one channel per worker."""
+    """The chain state the run needs: a served model and one channel per worker."""
 
     chain: Chain
     deployment: Deployment
     market: Market
     payer: Any
     model_id: int
-    dataset_id: int
     channels: list[int]
     #: Per channel: the cumulative amount of the last voucher signed.
     spent: dict[int, int] = field(default_factory=dict)
+    vouchers: VoucherHasher | None = None
 
     def next_header(self, channel_id: int) -> str:
-        """Sign the voucher that pays one more call on ``channel_id`` (what a paying client does per call)."""
+        """Sign the voucher that pays one more call on ``channel_id`` (what the SDK's client does per call)."""
+        if self.vouchers is None:
+            self.vouchers = VoucherHasher(self.market.channels.domain)
         cumulative = self.spent.get(channel_id, 0) + PRICE
         self.spent[channel_id] = cumulative
-        signature = self.market.channels.sign_voucher(self.payer, channel_id, cumulative)
+        signature = self.vouchers.sign(self.payer, channel_id, cumulative)
         return Voucher(channel_id, cumulative, signature).to_header()
 
 
@@ -150,27 +149,18 @@ def prepare(chain: Chain, concurrency: int, channel_calls: int) -> Setup:
     market = deployment.market(chain)
     per_channel = (channel_calls // concurrency + 100) * PRICE
     market.token.mint(deployer, payer.address, per_channel * concurrency + to_units(1000))
-    publish = dict(token=market.token.address, payees=[(owner.address, 10_000)], price=PRICE)
     model_id = market.marketplace.publish(owner, kind=AssetKind.MODEL, content_hash=b"\x01" * 32, uri="bench:model",
-                                          **publish)  # fmt: skip
-    content_hash = hashlib.sha256(CONTENT).digest()
-    dataset_id = market.marketplace.publish(owner, kind=AssetKind.DATASET, content_hash=content_hash,
-                                            uri="bench:dataset", **publish)  # fmt: skip
+                                          token=market.token.address, payees=[(owner.address, 10_000)],
+                                          price=PRICE)  # fmt: skip
     market.token.approve(payer, market.channels.address, per_channel * concurrency)
     expiry = chain.timestamp() + 3 * 3600
     channels = [
         market.channels.open(payer, model_id, market.token.address, per_channel, expiry) for _ in range(concurrency)
     ]
-    return Setup(chain, deployment, market, payer, model_id, dataset_id, channels)
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+    return Setup(chain, deployment, market, payer, model_id, channels)
 
 
 def build_app(setup: Setup, data_dir: FilePath, manifest: FilePath, settle_interval: float) -> FastAPI:
-    asyncio.run(ContentStore(data_dir / "content").put(_once(CONTENT), "0x" + hashlib.sha256(CONTENT).hexdigest(),
-                                                       len(CONTENT)))  # fmt: skip
     settings = Settings(manifest=manifest, data_dir=data_dir, rpc_url=setup.chain.rpc_url,
                         settle_interval=settle_interval)  # fmt: skip
     app = create_app(settings, model_handlers={setup.model_id: add_numbers})
@@ -263,7 +253,6 @@ async def measure(setup: Setup, base_url: str, plan: Plan) -> tuple[dict[str, Pa
     body = {"input": [1, 2, 3]}
     unpaid_url = f"/bench/unpaid/{setup.model_id}"
     invoke_url = f"/v1/models/{setup.model_id}/invoke"
-    x402_url = f"/v1/assets/{setup.dataset_id}/x402"
     presigned: dict[int, list[str]] = {}
 
     async with (
@@ -287,10 +276,10 @@ async def measure(setup: Setup, base_url: str, plan: Plan) -> tuple[dict[str, Pa
             _ok(await http.post(invoke_url, json=body, headers={HEADER: header}), PRESIGNED)
 
         async def x402_paid(_worker: int) -> None:
-            response = await paying.get(x402_url)
+            response = await paying.post(invoke_url, json=body)
             _ok(response, X402)
-            if response.content != CONTENT or "payment-response" not in response.headers:
-                raise RuntimeError(f"{X402}: wrong content or no PAYMENT-RESPONSE")
+            if response.json()["output"] != {"sum": 6.0} or "payment-response" not in response.headers:
+                raise RuntimeError(f"{X402}: wrong output or no PAYMENT-RESPONSE")
 
         def presign(calls: int) -> None:
             for worker, count in enumerate(split(calls, plan.concurrency)):
@@ -344,6 +333,8 @@ def run(plan: Plan, settle_interval: float) -> dict[str, Any]:
             with VoucherLedger(data_dir / "channels.sqlite3") as ledger:
                 unclaimed = ledger.unclaimed()
             settlement = check_vaults(setup, made, unclaimed)
+            # Group commit: every write of the voucher ledger (debits, and the settler's notes) per fsync'd commit.
+            settlement["ledger_commits"] = app.state.services.ledger.commits
         data = report(plan, settle_interval, results, settlement)
         data["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0], "cpus": os.cpu_count()}
         return data
@@ -352,11 +343,9 @@ def run(plan: Plan, settle_interval: float) -> dict[str, Any]:
 
 
 def check_vaults(setup: Setup, made: dict[str, int], unclaimed: list[Any]) -> dict[str, Any]:
-    """What each vault received on chain against what the calls made should have paid."""
-    marketplace, token = setup.market.marketplace, setup.market.token
+    """What the model's vault received on chain against what the paid calls should have paid."""
     channel_calls = made[CHANNEL] + made[PRESIGNED]
-    model_vault = token.balance_of(marketplace.vault_of(setup.model_id))
-    dataset_vault = token.balance_of(marketplace.vault_of(setup.dataset_id))
+    model_vault = setup.market.token.balance_of(setup.market.marketplace.vault_of(setup.model_id))
     claimed = sum(setup.market.channels.channel(c).claimed for c in setup.channels)
     expected = (channel_calls + made[X402]) * PRICE
     return {
@@ -365,15 +354,11 @@ def check_vaults(setup: Setup, made: dict[str, int], unclaimed: list[Any]) -> di
         "x402_calls": made[X402],
         "unpaid_calls": made[UNPAID],
         "model_vault": model_vault,
-        "dataset_vault": dataset_vault,
         "channels_claimed": claimed,
-        "vaults_received": model_vault + dataset_vault,
+        "vaults_received": model_vault,
         "expected": expected,
         "unclaimed_ledger_entries": len(unclaimed),
-        "ok": model_vault == channel_calls * PRICE
-        and dataset_vault == made[X402] * PRICE
-        and claimed == channel_calls * PRICE
-        and not unclaimed,
+        "ok": model_vault == expected and claimed == channel_calls * PRICE and not unclaimed,
     }
 
 
@@ -429,12 +414,13 @@ def print_tables(data: dict[str, Any]) -> None:
     console.print(targets)
     s = data["settlement"]
     console.print(
-        f"settlement: vaults received {format_units(s['vaults_received'])} tUSD; expected "
+        f"settlement: the model's vault received {format_units(s['vaults_received'])} tUSD; expected "
         f"{s['channel_calls']} channel calls x {format_units(s['price'])} + {s['x402_calls']} x402 calls x "
         f"{format_units(s['price'])} = {format_units(s['expected'])} tUSD (channels claimed "
         f"{format_units(s['channels_claimed'])}, unclaimed ledger entries {s['unclaimed_ledger_entries']}) -> "
         + ("[green]OK[/]" if s["ok"] else "[red]MISMATCH[/]")
     )
+    console.print(f"voucher ledger: {s['channel_calls']} paid calls in {s['ledger_commits']} fsync'd commits")
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ from marketplace.api import Settings, create_app
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import to_units
 from marketplace.client import ApiClientError, MarketplaceClient
+from marketplace.client.sdk import MarketplaceReader
+from marketplace.errors import AgentmarketError
 
 DATA = b"sepal_length,sepal_width,label\n" + b"5.1,3.5,0\n" * 5_000
 
@@ -75,3 +77,21 @@ def test_sealed_content_needs_the_key_and_errors_are_typed(server, chain, market
     with pytest.raises(ApiClientError) as missing:
         keyless.asset(999)
     assert (missing.value.status, missing.value.code) == (404, "asset_not_found")
+
+
+def test_the_reader_needs_no_key_and_the_client_reads_through_it(server, chain, bob):
+    provider = client_for(server, chain, bob)
+    data_id = provider.publish(DATA, price=to_units(2), uri="ipfs://iris")
+    assert isinstance(provider, MarketplaceReader)  # one implementation of the reads
+
+    reader = MarketplaceReader("http://testserver", http=server)
+    assert reader.asset(data_id) == provider.asset(data_id)
+    assert [a["asset_id"] for a in reader.assets(kind="dataset")["items"]] == [data_id]
+    assert reader.earnings(bob.address) == provider.earnings()
+    assert reader.stats() == provider.stats()
+    with pytest.raises(ApiClientError) as missing:
+        reader.agent(999)
+    assert (missing.value.status, missing.value.code) == (404, "agent_not_found")
+
+    with MarketplaceReader("http://127.0.0.1:9", timeout=2) as nowhere, pytest.raises(AgentmarketError, match="reach"):
+        nowhere.stats()

@@ -21,11 +21,13 @@ from marketplace.chain.token import to_units
 from marketplace.payments.channels import (
     HEADER,
     ChannelGate,
+    InsufficientCredit,
     LedgerError,
     MalformedPayment,
     PaymentRequired,
     Settler,
     Voucher,
+    VoucherHasher,
     VoucherLedger,
 )
 
@@ -303,7 +305,49 @@ def test_a_ledger_belongs_to_one_channels_contract(tmp_path):
             ledger.bind("eip155:1/genesis:0xbb/channels:0x01")
 
 
+def test_the_fast_voucher_hasher_signs_and_recovers_like_eth_account(market, alice, session_key, channel):
+    hasher = VoucherHasher(market.channels.domain)
+    for cumulative in (0, PRICE, 2**255 + 12345):
+        signature = hasher.sign(session_key, channel, cumulative)
+        assert signature == market.channels.sign_voucher(session_key, channel, cumulative)  # same bytes (RFC 6979)
+        assert hasher.recover(Voucher(channel, cumulative, signature)) == session_key.address.lower()
+        assert hasher.recover(Voucher(channel + 1, cumulative, signature)) != session_key.address.lower()
+    forged = Voucher(channel, PRICE, bytes(64) + b"\x1b")  # r = s = 0
+    assert hasher.recover(forged) is None
+
+
 # ---------------------------------------------------------------------- durability
+
+
+def test_concurrent_writes_share_commits_and_refusals_stay_their_own(tmp_path):
+    """Group commit: many threads' debits go to disk in fewer commits (one fsync each) than writes, a
+    refused debit in a batch leaves the others in, and every thread returns only after its commit."""
+    channels, per_channel = 4, 6
+    with VoucherLedger(tmp_path / "vouchers.sqlite3") as ledger:
+        start = threading.Barrier(channels * per_channel)
+
+        def pay(args: tuple[int, int]) -> str:
+            channel_id, n = args
+            start.wait()
+            try:
+                # Vouchers cover 5 calls per channel: the sixth call on each channel is refused.
+                ledger.record(channel_id, asset_id=1, cumulative=min(n, 5) * PRICE, signature=b"s", price=PRICE)
+            except InsufficientCredit:
+                return "refused"
+            return "paid"
+
+        jobs = [(c, n) for c in range(1, channels + 1) for n in range(1, per_channel + 1)]
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            outcomes = list(pool.map(pay, jobs))
+        assert outcomes.count("refused") == channels and outcomes.count("paid") == channels * (per_channel - 1)
+        assert ledger.commits < len(jobs)
+        for entry in ledger.entries():
+            assert (entry.cumulative, entry.debited, entry.calls) == (5 * PRICE, 5 * PRICE, 5)
+        ledger.refund(1, PRICE)  # a failed call's credit comes back
+        assert (ledger.entry(1).debited, ledger.entry(1).calls) == (4 * PRICE, 4)
+        with pytest.raises(ValueError):
+            ledger.refund(99, PRICE)
+
 
 _RECORDER = """
 import json, sys, time

@@ -110,3 +110,9 @@ def create_app(
     ):
         app.include_router(router, responses={"4XX": {"model": ErrorBody, "description": "Client error"}})
     return app
+
+
+def attach_model_handler(app: FastAPI, asset_id: int, handler: ModelHandler) -> None:
+    """Serve model ``asset_id`` with ``handler`` from now on (the app must be running: inside its lifespan)."""
+    services: Services = app.state.services
+    services.model_handlers[asset_id] = handler

@@ -16,6 +16,7 @@ from marketplace.chain import LOCAL_CHAIN_ID, rpc_chain, to_address
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import format_units, to_units
 from marketplace.client import MarketplaceClient
+from marketplace.client.sdk import MarketplaceReader
 from marketplace.errors import AgentmarketError
 from marketplace.wallet_file import DEFAULT_WALLET, PASSWORD_ENV, create_wallet, encryption_keypair, load_wallet
 
@@ -164,17 +165,8 @@ def asset_ls(
     as_json: JsonOption = False,
 ) -> None:
     """The catalog."""
-    import httpx
-
-    from marketplace.client.sdk import _raise_for_error
-
-    params = {k: v for k, v in {"kind": kind, "q": q}.items() if v}
-    try:
-        response = httpx.get(f"{server.rstrip('/')}/v1/assets", params=params, timeout=30)
-    except httpx.HTTPError as exc:
-        raise AgentmarketError(f"cannot reach the marketplace server at {server} ({exc})") from None
-    _raise_for_error(response)
-    page = response.json()
+    with MarketplaceReader(server, timeout=30) as reader:
+        page = reader.assets(kind=kind or None, q=q or None)
     if as_json:
         _print_json(page)
         return
@@ -235,12 +227,14 @@ def channel_open(
 def invoke(
     model_id: Annotated[int, typer.Argument(help="Model asset to call.")],
     payload: Annotated[str, typer.Option("--input", help="The model's input, as JSON.")],
-    channel: Annotated[int, typer.Option("--channel", help="Your payment channel for this model.")],
+    channel: Annotated[
+        int | None, typer.Option("--channel", help="Pay with a voucher on this channel (default: x402 per call).")
+    ] = None,
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
 ) -> None:
-    """Call a served model, paying the call with a voucher on your channel; prints the JSON result."""
+    """Call a served model and pay for the call (a voucher on --channel, or x402); prints the JSON result."""
     try:
         model_input = json.loads(payload)
     except ValueError as exc:
@@ -260,13 +254,8 @@ def earnings(
 ) -> None:
     """What you (or ADDRESS) can claim from each vault, and what was already paid out."""
     if address:
-        import httpx
-
-        from marketplace.client.sdk import _raise_for_error
-
-        response = httpx.get(f"{server.rstrip('/')}/v1/accounts/{to_address(address)}/earnings", timeout=30)
-        _raise_for_error(response)
-        data = response.json()
+        with MarketplaceReader(server, timeout=30) as reader:
+            data = reader.earnings(to_address(address))
     else:
         data = _client(wallet, server, rpc).earnings()
     if as_json:

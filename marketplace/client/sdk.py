@@ -1,7 +1,10 @@
-"""``MarketplaceClient``: what providers, builders, buyers and the CLI use to talk to a server.
+"""The Python SDK of a marketplace server.
 
-Reads and content go over HTTP; money moves on chain, signed locally with the caller's key (which
-never leaves this process). Downloads are verified against the on-chain content hash.
+- :class:`MarketplaceReader`: the read-only API (catalog, agents, earnings, stats); no key, no chain.
+- :class:`MarketplaceClient`: a session for one account, what providers, builders, buyers and the
+  CLI use. Its reads are the reader's; content goes over HTTP; money moves on chain, signed
+  locally with the caller's key (which never leaves this process). Downloads are verified against
+  the on-chain content hash. Model calls are paid per call with x402 or with channel vouchers.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from web3.types import TxReceipt
+from x402 import x402ClientSync
+from x402.http import x402HTTPClientSync
+from x402.mechanisms.evm.exact import register_exact_evm_client
+from x402.mechanisms.evm.signers import EthAccountSigner
 
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, parse_manifest, verify_deployment
 from marketplace.chain.market import AssetKind, Market
 from marketplace.content import open_sealed_frames
 from marketplace.errors import AgentmarketError
-from marketplace.payments.channels import HEADER, Voucher
+from marketplace.payments.channels import HEADER, Voucher, VoucherHasher
 
 _READ_CHUNK = 64 * 1024
 
@@ -48,8 +55,61 @@ def sha256_of(source: Path | bytes) -> bytes:
     return digest.digest()
 
 
-class MarketplaceClient:
-    """A marketplace session for one account."""
+class MarketplaceReader:
+    """The server's read-only API over HTTP: no account, no chain connection.
+
+    ``http`` may be given (e.g. a FastAPI TestClient); otherwise the reader opens its own
+    connection pool, closed by :meth:`close` or at the end of a ``with`` block.
+    """
+
+    def __init__(self, base_url: str, *, http: httpx.Client | None = None, timeout: float = 60) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._owns_http = http is None
+        self.http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        """Close the connection pool (if this reader opened it)."""
+        if self._owns_http:
+            self.http.close()
+
+    def __enter__(self) -> MarketplaceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise AgentmarketError(f"cannot reach the marketplace server at {self.base_url} ({exc})") from None
+        _raise_for_error(response)
+        return response
+
+    def assets(self, **filters: Any) -> dict[str, Any]:
+        """A page of the catalog (filters: kind, provider, min_price, max_price, q, limit, offset)."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self._request("GET", "/v1/assets", params=params).json()
+
+    def asset(self, asset_id: int) -> dict[str, Any]:
+        """One asset with its split, lineage, revenue, sales and rating."""
+        return self._request("GET", f"/v1/assets/{asset_id}").json()
+
+    def agent(self, agent_id: int) -> dict[str, Any]:
+        """One agent."""
+        return self._request("GET", f"/v1/agents/{agent_id}").json()
+
+    def earnings(self, address: str) -> dict[str, Any]:
+        """Claimable and released amounts per vault for ``address``."""
+        return self._request("GET", f"/v1/accounts/{address}/earnings").json()
+
+    def stats(self) -> dict[str, Any]:
+        """Marketplace-wide figures."""
+        return self._request("GET", "/v1/stats").json()
+
+
+class MarketplaceClient(MarketplaceReader):
+    """A marketplace session for one account (the reads are :class:`MarketplaceReader`'s)."""
 
     def __init__(
         self,
@@ -61,16 +121,17 @@ class MarketplaceClient:
         encryption_key: bytes | None = None,
         http: httpx.Client | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, http=http)
         self.account = account
         self.chain = chain
         self.deployment = deployment
         self.market: Market = deployment.market(chain)
         self.encryption_key = encryption_key
-        self.http = http or httpx.Client(base_url=self.base_url, timeout=60)
         self._token: tuple[str, int] | None = None
         self._channel_spent: dict[int, int] = {}
         self._prices: dict[int, int] = {}  # per-call prices of models this client called
+        self._vouchers: VoucherHasher | None = None
+        self._x402: x402HTTPClientSync | None = None
 
     @classmethod
     def connect(cls, base_url: str, account: LocalAccount, chain: Chain | str, **options: Any) -> MarketplaceClient:
@@ -94,15 +155,9 @@ class MarketplaceClient:
     # ------------------------------------------------------------------ HTTP plumbing
 
     def _request(self, method: str, path: str, *, auth: bool = False, **kwargs: Any) -> httpx.Response:
-        headers = kwargs.pop("headers", {})
         if auth:
-            headers["Authorization"] = f"Bearer {self.login()}"
-        try:
-            response = self.http.request(method, path, headers=headers, **kwargs)
-        except httpx.HTTPError as exc:
-            raise AgentmarketError(f"cannot reach the marketplace server at {self.base_url} ({exc})") from None
-        _raise_for_error(response)
-        return response
+            kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {self.login()}"}
+        return super()._request(method, path, **kwargs)
 
     def login(self) -> str:
         """A bearer token for this account (Sign-In with Ethereum; cached until shortly before expiry)."""
@@ -116,28 +171,11 @@ class MarketplaceClient:
         self._token = (verified["token"], verified["expires_at"])
         return verified["token"]
 
-    # ------------------------------------------------------------------ catalog
-
-    def assets(self, **filters: Any) -> dict[str, Any]:
-        """A page of the catalog (filters: kind, provider, min_price, max_price, q, limit, offset)."""
-        params = {k: v for k, v in filters.items() if v is not None}
-        return self._request("GET", "/v1/assets", params=params).json()
-
-    def asset(self, asset_id: int) -> dict[str, Any]:
-        """One asset with its split, lineage, revenue, sales and rating."""
-        return self._request("GET", f"/v1/assets/{asset_id}").json()
-
-    def agent(self, agent_id: int) -> dict[str, Any]:
-        """One agent."""
-        return self._request("GET", f"/v1/agents/{agent_id}").json()
+    # ------------------------------------------------------------------ reads
 
     def earnings(self, address: str | None = None) -> dict[str, Any]:
         """Claimable and released amounts per vault for ``address`` (default: this account)."""
-        return self._request("GET", f"/v1/accounts/{address or self.address}/earnings").json()
-
-    def stats(self) -> dict[str, Any]:
-        """Marketplace-wide figures."""
-        return self._request("GET", "/v1/stats").json()
+        return super().earnings(address or self.address)
 
     # ------------------------------------------------------------------ providers
 
@@ -234,19 +272,27 @@ class MarketplaceClient:
         return channels.open(self.account, asset_id, self.market.token.address, deposit, expiry, signer)
 
     def invoke(
-        self, model_id: int, payload: Any, *, channel_id: int, signer: LocalAccount | None = None
+        self, model_id: int, payload: Any, *, channel_id: int | None = None, signer: LocalAccount | None = None
     ) -> dict[str, Any]:
-        """Call a served model, paying with a voucher on ``channel_id`` (signed by ``signer``, default
-        this account). Returns ``{"output", "payment"}``."""
+        """Call a served model and pay for the call. Returns ``{"output", "payment"}``.
+
+        With ``channel_id``, pays with a voucher on that channel (signed by ``signer``, default this
+        account): no transaction per call. Without it, pays per call with x402 (this account signs an
+        EIP-3009 authorization of the price; the server settles it into the model's vault).
+        """
+        if channel_id is None:
+            return self._invoke_x402(model_id, payload)
         if model_id not in self._prices:
             self._prices[model_id] = self.market.marketplace.asset(model_id).price
         price = self._prices[model_id]
         signer = signer or self.account
+        if self._vouchers is None:
+            self._vouchers = VoucherHasher(self.market.channels.domain)
         cumulative = self._channel_spent.get(channel_id, 0) + price
         for _attempt in range(2):
-            voucher = Voucher(channel_id, cumulative, self.market.channels.sign_voucher(signer, channel_id, cumulative))
-            response = self.http.post(f"/v1/models/{model_id}/invoke", json={"input": payload},
-                                      headers={HEADER: voucher.to_header()})  # fmt: skip
+            voucher = Voucher(channel_id, cumulative, self._vouchers.sign(signer, channel_id, cumulative))
+            response = self._send("POST", f"/v1/models/{model_id}/invoke", json={"input": payload},
+                                  headers={HEADER: voucher.to_header()})  # fmt: skip
             if response.status_code == 402:
                 # The server knows better what this channel already spent (e.g. after a restart).
                 needed = response.json().get("requirements", {}).get("channel", {}).get("minCumulativeAmount")
@@ -259,6 +305,34 @@ class MarketplaceClient:
             return result
         _raise_for_error(response)
         raise AssertionError("unreachable")
+
+    def _invoke_x402(self, model_id: int, payload: Any) -> dict[str, Any]:
+        """One call paid with x402 by the x402 SDK's own client (402, sign, retry with PAYMENT-SIGNATURE)."""
+        path, body = f"/v1/models/{model_id}/invoke", {"input": payload}
+        unpaid = self._send("POST", path, json=body)
+        if unpaid.status_code != 402 or "payment-required" not in unpaid.headers:
+            _raise_for_error(unpaid)
+            raise AgentmarketError(f"model {model_id} answered without asking for payment")
+        if self._x402 is None:
+            network = f"eip155:{self.chain.chain_id}"
+            client = x402ClientSync()
+            register_exact_evm_client(client, EthAccountSigner(self.account), networks=network)
+            client.set_spend_controls({"allowed_assets": [{"network": network, "asset": self.market.token.address}]})
+            self._x402 = x402HTTPClientSync(client)
+        required = self._x402.get_payment_required_response(unpaid.headers.get)
+        try:
+            signed = self._x402.create_payment_payload(required)
+        except Exception as exc:  # the x402 SDK refuses requirements it cannot pay (network, asset, scheme)
+            raise AgentmarketError(f"cannot pay model {model_id} with x402: {exc}") from None
+        paid = self._send("POST", path, json=body, headers=self._x402.encode_payment_signature_header(signed))
+        _raise_for_error(paid)
+        return paid.json()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise AgentmarketError(f"cannot reach the marketplace server at {self.base_url} ({exc})") from None
 
     # ------------------------------------------------------------------ earnings
 

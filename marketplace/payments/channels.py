@@ -6,10 +6,12 @@ EIP-712 ``Voucher`` the channel's signer signed for everything paid so far. Thre
 
 - :class:`VoucherLedger` keeps, per channel, the highest voucher, the credit the calls served so
   far used (``debited``) and what was claimed on chain, in SQLite (WAL, ``synchronous=FULL``).
-  :meth:`VoucherLedger.record` debits one call and stores its voucher in a single transaction that
-  is committed before it returns: answer the request only after it returned.
+  :meth:`VoucherLedger.record` debits one call and stores its voucher in a transaction that is
+  committed (fsync'd) before it returns: answer the request only after it returned. Concurrent
+  writes share commits (group commit): one fsync makes a whole batch durable.
 - :class:`ChannelGate` verifies a voucher off-chain (channel state read from chain and cached,
-  signature recovered locally) and debits the call's price through the ledger.
+  signature recovered locally with :class:`VoucherHasher`) and debits the call's price through the
+  ledger. No chain call is made per voucher once a channel's state is cached.
 - :class:`Settler` claims each channel's highest voucher on chain, every ``interval`` seconds and
   once more when stopped; the claimed increase goes into the asset's vault.
 
@@ -21,24 +23,35 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from coincurve import PrivateKey, PublicKey
+from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 
 from marketplace.chain import ContractRevert
-from marketplace.chain.eip712 import VOUCHER_FIELDS, recover_typed
+from marketplace.chain.eip712 import VOUCHER_FIELDS, Domain
 from marketplace.chain.market import Asset, Channel, Market
 from marketplace.errors import AgentmarketError
+
+try:  # the C Keccak of safe-pysha3 holds the GIL for a short hash; pycryptodome's releases it several times
+    from sha3 import keccak_256
+
+    def keccak(data: bytes) -> bytes:
+        """Keccak-256 of ``data``."""
+        return keccak_256(data).digest()
+
+except ImportError:  # pragma: no cover - depends on the environment
+    from eth_hash.auto import keccak
 
 log = logging.getLogger("agentmarket.payments.channels")
 
@@ -49,9 +62,11 @@ CLAIM_GAS = 150_000
 #: Longest header value accepted (a voucher is about 250 characters).
 MAX_HEADER_LENGTH = 2048
 
+_T = TypeVar("_T")
 _UINT256_MAX = 2**256 - 1
 _AMOUNT_DIGITS = 78  # len(str(2**256 - 1)): zero-padded amounts compare as numbers in SQL
-_SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_SECP256K1_HALF_N = _SECP256K1_N // 2
 _EIP712_DOMAIN_FIELDS = [
     {"name": "name", "type": "string"},
     {"name": "version", "type": "string"},
@@ -207,6 +222,61 @@ def _signature(body: dict[str, Any]) -> bytes:
     raise MalformedPayment("signature must be 0x followed by 130 hex digits (r, s, v)")
 
 
+# ---------------------------------------------------------------------- signing and recovering vouchers
+
+
+class VoucherHasher:
+    """EIP-712 ``Voucher(channelId, cumulativeAmount)`` digests under one domain: sign and recover per call.
+
+    The domain separator is computed once (by eth-account, and the struct hash checked against
+    eth-account's at construction), so a voucher costs two keccaks plus one libsecp256k1 call
+    (coincurve). Signatures are the same bytes eth-account makes (RFC 6979, low s).
+    """
+
+    def __init__(self, domain: Domain) -> None:
+        self.domain = domain
+        types = {"Voucher": [{"name": n, "type": t} for n, t in VOUCHER_FIELDS]}
+        type_string = "Voucher(" + ",".join(f"{t} {n}" for n, t in VOUCHER_FIELDS) + ")"
+        self._typehash = keccak(type_string.encode())
+        sample = encode_typed_data(domain_data=domain.as_dict(), message_types=types,
+                                   message_data={"channelId": 1, "cumulativeAmount": 2})  # fmt: skip
+        if sample.body != self._struct_hash(1, 2):
+            raise AssertionError("VOUCHER_FIELDS changed: the voucher struct hash no longer matches eth-account's")
+        self._prefix = b"\x19\x01" + sample.header
+        self._keys: dict[str, PrivateKey] = {}
+
+    def _struct_hash(self, channel_id: int, cumulative_amount: int) -> bytes:
+        return keccak(self._typehash + channel_id.to_bytes(32, "big") + cumulative_amount.to_bytes(32, "big"))
+
+    def digest(self, channel_id: int, cumulative_amount: int) -> bytes:
+        """The 32-byte EIP-712 hash a voucher's signer signs."""
+        return keccak(self._prefix + self._struct_hash(channel_id, cumulative_amount))
+
+    def sign(self, signer: LocalAccount, channel_id: int, cumulative_amount: int) -> bytes:
+        """A voucher for ``cumulative_amount`` in total: 65 bytes r ‖ s ‖ v (v = 27 or 28)."""
+        key = self._keys.get(signer.address)
+        if key is None:
+            key = self._keys[signer.address] = PrivateKey(bytes(signer.key))
+        signature = key.sign_recoverable(self.digest(channel_id, cumulative_amount), hasher=None)  # r, s, recovery id
+        return signature[:64] + bytes([signature[64] + 27])
+
+    def recover(self, voucher: Voucher) -> str | None:
+        """The signer's address (lowercase hex), or None for a signature the channels contract would refuse.
+
+        Like OpenZeppelin's ECDSA: v must be 27 or 28 and s in the lower half of the curve order.
+        """
+        sig = voucher.signature
+        r, s, v = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64]
+        if v not in (27, 28) or not 0 < r < _SECP256K1_N or not 0 < s <= _SECP256K1_HALF_N:
+            return None
+        digest = self.digest(voucher.channel_id, voucher.cumulative_amount)
+        try:
+            public_key = PublicKey.from_signature_and_message(sig[:64] + bytes([v - 27]), digest, hasher=None)
+        except ValueError:  # no point on the curve recovers from this signature
+            return None
+        return "0x" + keccak(public_key.format(compressed=False)[1:])[-20:].hex()
+
+
 # ---------------------------------------------------------------------- the ledger
 
 
@@ -286,18 +356,59 @@ def _entry(row: tuple[Any, ...]) -> LedgerEntry:
     )
 
 
+def _debit(
+    db: sqlite3.Connection, channel_id: int, asset_id: int, cumulative: int, signature: bytes, price: int
+) -> LedgerEntry:
+    """Debit one call inside a write transaction (see :meth:`VoucherLedger.record`)."""
+    row = db.execute(f"SELECT {_COLUMNS} FROM channels WHERE channel_id = ?", (channel_id,)).fetchone()
+    highest, best_signature, debited, calls, claimed = 0, b"", 0, 0, 0
+    if row is not None:
+        entry = _entry(row)
+        if entry.final is not None:
+            raise ChannelFinalized(channel_id, entry.final)
+        highest, best_signature = entry.cumulative, entry.signature
+        debited, calls, claimed = entry.debited, entry.calls, entry.claimed
+    if cumulative > highest:
+        highest, best_signature = cumulative, signature
+    if highest < debited + price:
+        raise InsufficientCredit(channel_id, highest=highest, debited=debited, price=price)
+    debited, calls = debited + price, calls + 1
+    db.execute(
+        "INSERT INTO channels"
+        " (channel_id, asset_id, cumulative, signature, debited, calls, claimed, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id) DO UPDATE SET"
+        " cumulative = excluded.cumulative, signature = excluded.signature, debited = excluded.debited,"
+        " calls = excluded.calls, updated_at = excluded.updated_at",
+        (channel_id, asset_id, _enc(highest), best_signature, _enc(debited), calls, _enc(0), time.time()),
+    )
+    return LedgerEntry(channel_id, asset_id, highest, best_signature, debited, calls, claimed, None, None, None)
+
+
+@dataclass
+class _Ticket:
+    """One write waiting for the group commit that makes it durable."""
+
+    op: Callable[[sqlite3.Connection], Any]
+    done: bool = False
+    value: Any = None
+    error: BaseException | None = field(default=None, repr=False)
+
+
 class VoucherLedger:
     """Per channel: the highest voucher, the credit used, and what was claimed, in SQLite.
 
     WAL journal with ``synchronous=FULL``: a committed write survives a crash of the process or of
-    the machine. Each write runs in a ``BEGIN IMMEDIATE`` transaction, so debits stay atomic even
-    with several processes on one file. Safe to share between threads.
+    the machine. Writes are group-committed: each write method queues its operation and returns
+    only once a commit holding it is on disk; concurrent writers share one ``BEGIN IMMEDIATE`` ...
+    ``COMMIT`` (one fsync) instead of taking turns at one each; an operation refuses before it
+    writes, so one refused operation leaves the others of its batch in. ``BEGIN IMMEDIATE`` keeps
+    debits atomic even with several processes on one file. Reads use a second connection and see
+    committed data only. Safe to share between threads.
     """
 
     def __init__(self, path: str | PathLike[str], *, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         (mode,) = self._db.execute("PRAGMA journal_mode=WAL").fetchone()
         if str(mode).lower() != "wal":
@@ -305,11 +416,18 @@ class VoucherLedger:
             raise LedgerError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); put the ledger on a local disk")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._reader = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        self._read_lock = threading.Lock()
+        self._commit_lock = threading.Lock()  # held by the thread committing a batch
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Ticket] = []
+        self.commits = 0  # group commits made (each one fsync), for measurements
 
     def close(self) -> None:
         """Close the database (committed writes are already on disk)."""
-        with self._lock:
+        with self._commit_lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
     def __enter__(self) -> VoucherLedger:
         return self
@@ -317,16 +435,63 @@ class VoucherLedger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+    # ------------------------------------------------------------------ group commit
+
+    def _commit(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``op`` in a transaction; return its result (or raise its error) once that transaction is on disk.
+
+        The caller queues ``op`` and takes the commit lock. Whoever holds the lock runs every queued
+        operation in one transaction and commits it; callers whose operation was in that batch find
+        it done when they get the lock, the others form the next batch meanwhile.
+
+        An operation makes at most one write, as its last step: one that raises has written
+        nothing (a failed statement is undone by SQLite itself), so the others in its batch stand.
+        No savepoints: every SQLite call releases the GIL, and in a busy server each release costs
+        a thread switch.
+        """
+        ticket = _Ticket(op)
+        with self._queue_lock:
+            self._queue.append(ticket)
+        with self._commit_lock:
+            if not ticket.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._run(batch)
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.value
+
+    def _run(self, batch: list[_Ticket]) -> None:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for ticket in batch:
+                try:
+                    ticket.value = ticket.op(db)
+                except Exception as exc:  # the operation's own refusal; it wrote nothing (see _commit)
+                    if not db.in_transaction:  # SQLite gave up the whole transaction (I/O error, disk full)
+                        raise
+                    ticket.error = exc
+            db.execute("COMMIT")
+            self.commits += 1
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            for ticket in batch:
+                ticket.value = None
+                ticket.error = LedgerError(f"{self.path}: the write was not committed ({type(exc).__name__}: {exc})")
+                ticket.error.__cause__ = exc
+            if not isinstance(exc, Exception):
                 raise
-            self._db.execute("COMMIT")
+        finally:
+            for ticket in batch:
+                ticket.done = True
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            return self._reader.execute(sql, params).fetchall()
+
+    # ------------------------------------------------------------------ writes
 
     def bind(self, identity: str) -> None:
         """Tie the ledger to one channels contract (see :func:`chain_identity`); refuse another one.
@@ -334,7 +499,8 @@ class VoucherLedger:
         Channel ids restart at 1 on every chain and deployment, so a ledger kept from an earlier
         chain would lend one channel's vouchers to another.
         """
-        with self._write() as db:
+
+        def op(db: sqlite3.Connection) -> None:
             row = db.execute("SELECT value FROM meta WHERE key = 'channels'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta (key, value) VALUES ('channels', ?)", (identity,))
@@ -343,6 +509,8 @@ class VoucherLedger:
                     f"{self.path} holds the vouchers of channels contract {row[0]}, not of {identity}: "
                     "give this chain its own data directory (or move the file away once its vouchers are claimed)"
                 )
+
+        self._commit(op)
 
     def record(self, channel_id: int, *, asset_id: int, cumulative: int, signature: bytes, price: int) -> LedgerEntry:
         """Debit ``price`` for one call paid by a verified voucher, and keep the voucher if it is the highest.
@@ -353,79 +521,70 @@ class VoucherLedger:
         """
         if price < 0 or cumulative < 0:
             raise ValueError("price and cumulative amount must not be negative")
-        with self._write() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM channels WHERE channel_id = ?", (channel_id,)).fetchone()
-            if row is None:
-                highest, best_signature, debited, calls, claimed = 0, b"", 0, 0, 0
-            else:
-                entry = _entry(row)
-                if entry.final is not None:
-                    raise ChannelFinalized(channel_id, entry.final)
-                highest, best_signature, debited, calls, claimed = (
-                    entry.cumulative,
-                    entry.signature,
-                    entry.debited,
-                    entry.calls,
-                    entry.claimed,
-                )
-            if cumulative > highest:
-                highest, best_signature = cumulative, signature
-            if highest < debited + price:
-                raise InsufficientCredit(channel_id, highest=highest, debited=debited, price=price)
-            debited, calls = debited + price, calls + 1
+
+        return self._commit(lambda db: _debit(db, channel_id, asset_id, cumulative, signature, price))
+
+    def refund(self, channel_id: int, price: int) -> None:
+        """Give back the credit one call used (its handler failed): ``debited`` drops by ``price``.
+
+        The highest voucher stays: it still pays for the next calls.
+        """
+
+        def op(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT debited, calls FROM channels WHERE channel_id = ?", (channel_id,)).fetchone()
+            if row is None or int(row[0]) < price or row[1] < 1:
+                raise ValueError(f"channel {channel_id} has no debit of {price} to give back")
             db.execute(
-                "INSERT INTO channels"
-                " (channel_id, asset_id, cumulative, signature, debited, calls, claimed, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id) DO UPDATE SET"
-                " cumulative = excluded.cumulative, signature = excluded.signature, debited = excluded.debited,"
-                " calls = excluded.calls, updated_at = excluded.updated_at",
-                (channel_id, asset_id, _enc(highest), best_signature, _enc(debited), calls, _enc(0), time.time()),
+                "UPDATE channels SET debited = ?, calls = ?, updated_at = ? WHERE channel_id = ?",
+                (_enc(int(row[0]) - price), row[1] - 1, time.time(), channel_id),
             )
-        return LedgerEntry(channel_id, asset_id, highest, best_signature, debited, calls, claimed, None, None, None)
+
+        self._commit(op)
 
     def mark_claimed(self, channel_id: int, cumulative: int) -> None:
         """Note that ``cumulative`` is claimed on chain (never lowers what was noted before)."""
-        with self._write() as db:
-            db.execute(
+        self._commit(
+            lambda db: db.execute(
                 "UPDATE channels SET claimed = max(claimed, ?), failed_cumulative = NULL, last_error = NULL,"
                 " updated_at = ? WHERE channel_id = ?",
                 (_enc(cumulative), time.time(), channel_id),
             )
+        )
 
     def mark_final(self, channel_id: int, reason: str) -> None:
         """Note that no voucher of the channel can be claimed any more (and refuse further calls on it)."""
-        with self._write() as db:
-            db.execute(
+        self._commit(
+            lambda db: db.execute(
                 "UPDATE channels SET final = ?, updated_at = ? WHERE channel_id = ?", (reason, time.time(), channel_id)
             )
+        )
 
     def mark_failed(self, channel_id: int, cumulative: int, error: str) -> None:
         """Note that claiming ``cumulative`` failed; the settler retries only once a higher voucher arrives."""
-        with self._write() as db:
-            db.execute(
+        self._commit(
+            lambda db: db.execute(
                 "UPDATE channels SET failed_cumulative = ?, last_error = ?, updated_at = ? WHERE channel_id = ?",
                 (_enc(cumulative), error, time.time(), channel_id),
             )
+        )
+
+    # ------------------------------------------------------------------ reads (committed data)
 
     def entry(self, channel_id: int) -> LedgerEntry | None:
         """The channel's entry, or None if no call was paid on it."""
-        with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM channels WHERE channel_id = ?", (channel_id,)).fetchone()
-        return None if row is None else _entry(row)
+        rows = self._read(f"SELECT {_COLUMNS} FROM channels WHERE channel_id = ?", (channel_id,))
+        return _entry(rows[0]) if rows else None
 
     def entries(self) -> list[LedgerEntry]:
         """Every channel, by id."""
-        with self._lock:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM channels ORDER BY channel_id").fetchall()
-        return [_entry(r) for r in rows]
+        return [_entry(r) for r in self._read(f"SELECT {_COLUMNS} FROM channels ORDER BY channel_id")]
 
     def unclaimed(self) -> list[LedgerEntry]:
         """Live channels whose highest voucher is above what was claimed (and did not already fail)."""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM channels WHERE final IS NULL AND cumulative > claimed"
-                " AND (failed_cumulative IS NULL OR cumulative > failed_cumulative) ORDER BY channel_id"
-            ).fetchall()
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM channels WHERE final IS NULL AND cumulative > claimed"
+            " AND (failed_cumulative IS NULL OR cumulative > failed_cumulative) ORDER BY channel_id"
+        )
         return [_entry(r) for r in rows]
 
 
@@ -478,6 +637,8 @@ class ChannelGate:
 
     Channel state is read from chain once and cached; it is read again when a voucher exceeds the
     cached deposit or the cached expiry is too near (a top-up or extension may have happened).
+    Signatures are recovered locally; calls on one channel or on many run concurrently, and the
+    ledger alone decides, atomically, whether the credit covers each call.
     ``clock`` returns the current unix time (compare it with block timestamps).
     Vouchers of contract signers (ERC-1271) are refused: only ECDSA signers are verified off-chain.
     """
@@ -495,6 +656,7 @@ class ChannelGate:
         self.min_seconds_to_expiry = min_seconds_to_expiry
         self.clock = clock
         self.domain = market.channels.domain
+        self.vouchers = VoucherHasher(self.domain)
         ledger.bind(chain_identity(market))
         self._channels: dict[int, Channel] = {}
         self._assets: dict[int, Asset] = {}
@@ -518,23 +680,28 @@ class ChannelGate:
             raise self._refuse("payment_missing", asset_id, price)
         voucher = Voucher.from_header(header_value)
         channel_id, cumulative = voucher.channel_id, voucher.cumulative_amount
-        with self._lock_for(channel_id):
-            channel = self._usable_channel(voucher, asset, price)
-            self._verify_signature(channel, voucher, asset_id, price)
-            try:
-                entry = self.ledger.record(
-                    channel_id, asset_id=asset_id, cumulative=cumulative, signature=voucher.signature, price=price
-                )
-            except InsufficientCredit as exc:
-                detail = (
-                    f"channel {channel_id} has used {exc.debited} of its credit: this call needs a voucher for "
-                    f"at least {exc.needed} in total (the highest received is {exc.highest})"
-                )
-                raise self._refuse("insufficient_voucher", asset_id, price, channel_id, detail) from None
-            except ChannelFinalized as exc:
+        channel = self._usable_channel(voucher, asset, price)
+        if self.vouchers.recover(voucher) != channel.signer.lower():
+            raise self._refuse("invalid_signature", asset_id, price, channel_id)
+        try:
+            entry = self.ledger.record(
+                channel_id, asset_id=asset_id, cumulative=cumulative, signature=voucher.signature, price=price
+            )
+        except InsufficientCredit as exc:
+            detail = (
+                f"channel {channel_id} has used {exc.debited} of its credit: this call needs a voucher for "
+                f"at least {exc.needed} in total (the highest received is {exc.highest})"
+            )
+            raise self._refuse("insufficient_voucher", asset_id, price, channel_id, detail) from None
+        except ChannelFinalized as exc:
+            with self._lock_for(channel_id):
                 self._channels[channel_id] = replace(channel, closed=True)
-                raise self._refuse("channel_closed", asset_id, price, channel_id, str(exc)) from None
+            raise self._refuse("channel_closed", asset_id, price, channel_id, str(exc)) from None
         return Receipt(channel_id, asset_id, price, cumulative, entry.cumulative, entry.debited, entry.calls)
+
+    def refund(self, receipt: Receipt) -> None:
+        """Give back the credit of a charged call that was not answered (its model failed)."""
+        self.ledger.refund(receipt.channel_id, receipt.price)
 
     def requirements(self, asset_id: int, price: int) -> dict[str, Any]:
         """How to pay for a call on ``asset_id`` with a channel (JSON-able; amounts as decimal strings)."""
@@ -572,10 +739,11 @@ class ChannelGate:
 
     def _usable_channel(self, voucher: Voucher, asset: Asset, price: int) -> Channel:
         channel_id, cumulative = voucher.channel_id, voucher.cumulative_amount
-        channel = self._channels.get(channel_id)
-        stale = channel is not None and (cumulative > channel.deposit or self._expiring(channel))
-        if channel is None or (stale and not channel.closed):
-            channel = self._read_channel(channel_id)
+        with self._lock_for(channel_id):  # one chain read per channel refresh, however many calls wait for it
+            channel = self._channels.get(channel_id)
+            stale = channel is not None and (cumulative > channel.deposit or self._expiring(channel))
+            if channel is None or (stale and not channel.closed):
+                channel = self._read_channel(channel_id)
         if channel is None:
             raise self._refuse("unknown_channel", asset.asset_id, price, None, f"no payment channel {channel_id}")
         refusal = None
@@ -595,19 +763,6 @@ class ChannelGate:
 
     def _expiring(self, channel: Channel) -> bool:
         return channel.expiry - self.clock() < self.min_seconds_to_expiry
-
-    def _verify_signature(self, channel: Channel, voucher: Voucher, asset_id: int, price: int) -> None:
-        sig = voucher.signature
-        r, s, v = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64]
-        # The contract (OpenZeppelin ECDSA) refuses v other than 27/28 and high-s signatures that a
-        # plain recovery accepts; a voucher it would refuse must not be accepted here.
-        signer = None
-        if v in (27, 28) and r > 0 and 0 < s <= _SECP256K1_HALF_N:
-            message = {"channelId": voucher.channel_id, "cumulativeAmount": voucher.cumulative_amount}
-            with contextlib.suppress(Exception):
-                signer = recover_typed(self.domain, "Voucher", VOUCHER_FIELDS, message, sig)
-        if signer is None or signer.lower() != channel.signer.lower():
-            raise self._refuse("invalid_signature", asset_id, price, voucher.channel_id)
 
     # ------------------------------------------------------------------ chain reads (cached)
 

@@ -10,15 +10,19 @@ matches a payment to them and drives verify/settle. What this module adds:
   node) and the relayer key that pays the gas;
 - :class:`X402Payments`, which charges one :class:`Offer` (amount, payTo vault, resource) per
   request and turns every way a payment can fail into a typed error with a sentence a client can
-  act on.
+  act on. :meth:`X402Payments.verify` checks a payment without moving money and
+  :meth:`X402Payments.settle` moves it; :meth:`X402Payments.charge` does both.
 
-The SDK's FastAPI middleware is not used: it settles only after the handler produced the whole
-body (buffered in memory), treats an undecodable header as "no payment", and answers in its own
-error format. Here settlement finishes before a single byte of content is sent.
+The SDK's FastAPI middleware is not used: it treats an undecodable header as "no payment" and
+answers in its own error format. Each route decides when to settle: a download settles before a
+single byte of content is sent (a stream cannot be taken back), a model call verifies, runs the
+model, and settles before it answers (a failed call costs nothing; no output leaves unpaid).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +60,7 @@ __all__ = [
     "Offer",
     "PaymentRequiredError",
     "Settlement",
+    "VerifiedPayment",
     "X402Payments",
 ]
 
@@ -113,6 +118,11 @@ class PaymentRequiredError(AgentmarketError):
         self.code, self.detail, self.header, self.settlement_header = code, detail, header, settlement_header
 
     @property
+    def payment_required(self) -> dict[str, Any]:
+        """The PAYMENT-REQUIRED value decoded: the x402 v2 ``PaymentRequired`` JSON (for a response body)."""
+        return json.loads(base64.b64decode(self.header))
+
+    @property
     def headers(self) -> dict[str, str]:
         """The x402 headers of the 402 response."""
         headers = {PAYMENT_REQUIRED_HEADER: self.header, "Cache-Control": "no-store"}
@@ -133,6 +143,21 @@ class Offer:
 
 
 @dataclass(frozen=True)
+class VerifiedPayment:
+    """A payment the facilitator verified for ``offer``; nothing has moved until it is settled."""
+
+    offer: Offer
+    payload: PaymentPayload
+    requirements: PaymentRequirements
+    authorization: ParsedEIP3009Authorization | None
+
+    @property
+    def payer(self) -> str | None:
+        """Who signed the authorization (None for a payload without one)."""
+        return Web3.to_checksum_address(self.authorization.from_address) if self.authorization else None
+
+
+@dataclass(frozen=True)
 class Settlement:
     """A settled payment: the transfer's transaction, who paid, and the PAYMENT-RESPONSE value."""
 
@@ -140,7 +165,19 @@ class Settlement:
     payer: str
     network: str
     amount: int
+    pay_to: str
     header: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form (amount as a decimal string), e.g. for a response body."""
+        return {
+            "scheme": SCHEME,
+            "network": self.network,
+            "transaction": self.transaction,
+            "payer": self.payer,
+            "payTo": self.pay_to,
+            "amount": str(self.amount),
+        }
 
 
 # ---------------------------------------------------------------------- the facilitator's signer
@@ -310,18 +347,21 @@ class X402Payments:
         return encode_payment_required_header(required)
 
     def charge(self, offer: Offer, payment_header: str | None) -> Settlement:
-        """Verify and settle the payment in ``payment_header`` for ``offer``.
+        """Verify and settle the payment in ``payment_header`` for ``offer`` (see :meth:`verify`, :meth:`settle`)."""
+        return self.settle(self.verify(offer, payment_header))
+
+    def verify(self, offer: Offer, payment_header: str | None) -> VerifiedPayment:
+        """Check the payment in ``payment_header`` against ``offer`` with the facilitator; nothing moves yet.
 
         Raises :class:`MalformedPaymentError` when the header cannot be decoded, and
         :class:`PaymentRequiredError` when it is missing or the payment is refused (wrong amount or
-        payTo, expired, bad signature, replayed nonce, insufficient balance, failed settlement).
+        payTo, expired, bad signature, used nonce, insufficient balance).
         """
-        price = f"{format_units(offer.amount)} tUSD"
-        if not payment_header:
+        if not payment_header or not payment_header.strip():
             raise PaymentRequiredError(
                 "payment_required",
-                f"this costs {price} per request, paid with x402 (exact scheme, TestUSD on {self.network}) "
-                f"to {offer.pay_to}; see the {PAYMENT_REQUIRED_HEADER} header",
+                f"this costs {format_units(offer.amount)} tUSD per request, paid with x402 (exact scheme, TestUSD on "
+                f"{self.network}) to {offer.pay_to}; see the {PAYMENT_REQUIRED_HEADER} header",
                 self.payment_required_header(offer, "Payment required"),
             )
         payload = _decode(payment_header)
@@ -342,10 +382,18 @@ class X402Payments:
         if not verified.is_valid:
             reason = self._diagnose(verified.invalid_reason or "invalid_payment", authorization)
             raise self._refused(offer, "payment_invalid", _explain(reason), reason)
+        return VerifiedPayment(offer, payload, requirements, authorization)
 
-        settled = self.server.settle_payment(payload, requirements)
+    def settle(self, payment: VerifiedPayment) -> Settlement:
+        """Settle a verified payment on chain (the relayer pays the gas); returns once the transfer is mined.
+
+        Raises :class:`PaymentRequiredError` when the settlement fails (e.g. the same authorization
+        was settled meanwhile, or the payer's balance fell below the price).
+        """
+        offer = payment.offer
+        settled = self.server.settle_payment(payment.payload, payment.requirements)
         if not settled.success:
-            reason = self._diagnose(settled.error_reason or "settlement_failed", authorization)
+            reason = self._diagnose(settled.error_reason or "settlement_failed", payment.authorization)
             raise self._refused(
                 offer,
                 "settlement_failed",
@@ -355,9 +403,10 @@ class X402Payments:
             )
         return Settlement(
             transaction=settled.transaction,
-            payer=Web3.to_checksum_address(settled.payer or authorization.from_address),
+            payer=Web3.to_checksum_address(settled.payer or payment.payer or ""),
             network=settled.network,
             amount=offer.amount,
+            pay_to=Web3.to_checksum_address(offer.pay_to),
             header=encode_payment_response_header(settled),
         )
 

@@ -1,18 +1,40 @@
-"""POST /v1/models/{asset_id}/invoke: a paid call to a served model, paid by channel voucher."""
+"""POST /v1/models/{asset_id}/invoke: a paid call to a served model.
+
+Each call is paid one of two ways (never both), at the asset's on-chain price, into its vault:
+
+- **x402 v2** (header ``PAYMENT-SIGNATURE``): the payment is verified, the model runs, and the
+  payment is settled on chain before the answer is sent (``PAYMENT-RESPONSE`` names the
+  transaction). A call whose model fails is not settled, so it costs nothing; a payment whose
+  settlement fails gets 402 and no output.
+- **a payment-channel voucher** (header ``X-Payment-Channel``): verified off-chain and debited
+  durably before the model runs; if the model fails, the debit is returned to the channel's credit.
+
+Without a payment the answer is 402 naming both: the x402 ``PAYMENT-REQUIRED`` header (which any
+x402 v2 client reads), and a JSON body with the channel requirements and the same x402 requirements.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Header, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from marketplace.api.deps import ServicesDep
+from marketplace.api.deps import Services, ServicesDep
 from marketplace.api.errors import ApiError
-from marketplace.chain.market import AssetKind
-from marketplace.inference import InferenceError
+from marketplace.chain.market import Asset, AssetKind
+from marketplace.chain.token import format_units
+from marketplace.inference import InferenceError, ModelHandler
 from marketplace.payments.channels import HEADER, MalformedPayment, PaymentRequired
+from marketplace.payments.x402 import (
+    PAYMENT_REQUIRED_HEADER,
+    PAYMENT_RESPONSE_HEADER,
+    PAYMENT_SIGNATURE_HEADER,
+    MalformedPaymentError,
+    Offer,
+    PaymentRequiredError,
+)
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -24,21 +46,54 @@ class InvokeRequest(BaseModel):
 
 
 class InvokeResponse(BaseModel):
-    """The model's output and what the call cost."""
+    """The model's output and what the call cost (a channel receipt, or an x402 settlement)."""
 
     output: Any
     payment: dict[str, Any]
 
 
-@router.post("/{asset_id}/invoke", response_model=InvokeResponse,
-             responses={402: {"description": "payment required: price and channel requirements"}})  # fmt: skip
-def invoke(
-    asset_id: Annotated[int, Path(ge=1, le=2**63 - 1)], body: InvokeRequest, request: Request, services: ServicesDep
-) -> Any:
-    """Charge the call to the caller's channel (header X-Payment-Channel), then run the model.
+class InvokePaymentRequired(BaseModel):
+    """402: how to pay for a call, by payment channel (``requirements``) or by x402 (``x402``)."""
 
-    The voucher is verified and the debit committed durably before the model runs; the price per
-    call is the asset's on-chain price.
+    error: str
+    detail: str
+    #: Why the payment was refused (``payment_missing``, a channel refusal, or an x402 code).
+    reason: str
+    #: How to pay with a channel voucher in ``X-Payment-Channel`` (plus a ``channel`` entry once it is known).
+    requirements: dict[str, Any]
+    #: The x402 v2 PaymentRequired (as in the PAYMENT-REQUIRED header); absent when x402 cannot pay the asset.
+    x402: dict[str, Any] | None = None
+
+
+AssetId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Model asset id")]
+PaymentSignature = Annotated[
+    str | None,
+    Header(description="x402 v2 payment (base64 JSON), sent by an x402 client after a 402 (or use X-Payment-Channel)"),
+]
+
+
+@router.post(
+    "/{asset_id}/invoke",
+    response_model=InvokeResponse,
+    responses={
+        400: {"description": "A malformed payment header, or both kinds of payment at once"},
+        402: {"model": InvokePaymentRequired, "description": "Pay first: by x402 (PAYMENT-REQUIRED) or by channel"},
+        404: {"description": "This server does not serve the model"},
+    },
+)
+def invoke(
+    asset_id: AssetId,
+    body: InvokeRequest,
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    payment_signature: PaymentSignature = None,
+) -> Any:
+    """Pay for one call (x402 in PAYMENT-SIGNATURE, or a voucher in X-Payment-Channel), then run the model.
+
+    The price per call is the asset's on-chain price. An x402 payment is settled into the model's
+    vault after the model answered and before the answer is sent; a voucher is debited durably
+    before the model runs.
     """
     handler = services.model_handlers.get(asset_id)
     if handler is None:
@@ -46,16 +101,110 @@ def invoke(
     asset = services.asset(asset_id)
     if asset.kind != AssetKind.MODEL:
         raise ApiError(404, "model_not_served", f"asset {asset_id} is a dataset, not a model")
+    voucher = request.headers.get(HEADER)
+    x402_payment = payment_signature if payment_signature and payment_signature.strip() else None
+    if x402_payment and voucher and voucher.strip():
+        raise ApiError(
+            400,
+            "ambiguous_payment",
+            f"send one payment per call: either {PAYMENT_SIGNATURE_HEADER} (x402) or {HEADER} (channel), not both",
+        )
+    if x402_payment:
+        return _paid_with_x402(services, asset, _offer(services, asset, request), handler, body, response, x402_payment)
+    return _paid_with_channel(services, asset, request, handler, body, voucher)
+
+
+def _paid_with_x402(
+    services: Services,
+    asset: Asset,
+    offer: Offer | None,
+    handler: ModelHandler,
+    body: InvokeRequest,
+    response: Response,
+    payment: str,
+) -> Any:
+    if offer is None:
+        detail = f"model {asset.asset_id} is priced in {asset.token}; x402 sells TestUSD-priced assets"
+        raise ApiError(409, "x402_unsupported_token", detail)
     try:
-        receipt = services.gate.charge(request.headers.get(HEADER), asset.price, asset_id=asset_id)
+        verified = services.x402.verify(offer, payment)
+        output = _run(handler, body)  # a failure here leaves the verified payment unsettled: nothing is charged
+        settlement = services.x402.settle(verified)
+    except MalformedPaymentError as exc:
+        raise ApiError(400, "malformed_payment", str(exc)) from None
+    except PaymentRequiredError as exc:
+        channel = services.gate.requirements(asset.asset_id, asset.price)
+        return _payment_required(exc.code, exc.detail, exc.code, channel, exc.payment_required, exc.headers)
+    response.headers[PAYMENT_RESPONSE_HEADER] = settlement.header
+    return InvokeResponse(output=output, payment=settlement.as_dict())
+
+
+def _paid_with_channel(
+    services: Services,
+    asset: Asset,
+    request: Request,
+    handler: ModelHandler,
+    body: InvokeRequest,
+    voucher: str | None,
+) -> Any:
+    try:
+        receipt = services.gate.charge(voucher, asset.price, asset_id=asset.asset_id)
     except MalformedPayment as exc:
         raise ApiError(400, exc.code, exc.detail) from None
     except PaymentRequired as exc:
-        return JSONResponse(exc.to_dict(), status_code=402)
+        x402, headers = None, {"Cache-Control": "no-store"}
+        offer = _offer(services, asset, request)
+        if offer is not None:
+            header = services.x402.payment_required_header(offer, exc.reason)
+            refusal = PaymentRequiredError(exc.reason, exc.detail, header)
+            x402, headers = refusal.payment_required, refusal.headers
+        detail = exc.detail
+        if exc.reason == "payment_missing":
+            detail = (
+                f"this call costs {format_units(asset.price)} tUSD: pay it per call with x402 (see the "
+                f"{PAYMENT_REQUIRED_HEADER} header) or with a payment-channel voucher in {HEADER} (see requirements)"
+            )
+        return _payment_required(exc.code, detail, exc.reason, exc.requirements, x402, headers)
     try:
-        output = handler(body.input)
+        output = _run(handler, body)
+    except Exception as exc:  # the call was not answered: its credit goes back to the channel
+        services.gate.refund(receipt)
+        if isinstance(exc, ApiError):
+            raise ApiError(exc.status, exc.code, f"{exc.detail}; the call's debit went back to the channel") from None
+        raise
+    return InvokeResponse(output=output, payment=receipt.as_dict())
+
+
+def _offer(services: Services, asset: Asset, request: Request) -> Offer | None:
+    """What one call costs over x402 (None when the asset is priced in a token x402 does not sell here)."""
+    if asset.token.lower() != services.market.token.address.lower():
+        return None
+    return Offer(
+        amount=asset.price,
+        pay_to=asset.vault,
+        resource_url=str(request.url),
+        description=f"one call of model {asset.asset_id} (version {asset.version})",
+        mime_type="application/json",
+    )
+
+
+def _run(handler: ModelHandler, body: InvokeRequest) -> Any:
+    """The model's output; its failures as client-facing errors."""
+    try:
+        return handler(body.input)
     except InferenceError as exc:
         raise ApiError(502, "model_failed", str(exc)) from None
     except (ValueError, TypeError, KeyError) as exc:
         raise ApiError(422, "bad_model_input", f"the model rejected its input: {exc}") from None
-    return InvokeResponse(output=output, payment=receipt.as_dict())
+
+
+def _payment_required(
+    code: str,
+    detail: str,
+    reason: str,
+    requirements: dict[str, Any],
+    x402: dict[str, Any] | None,
+    headers: dict[str, str],
+) -> JSONResponse:
+    body = InvokePaymentRequired(error=code, detail=detail, reason=reason, requirements=requirements, x402=x402)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=402, headers=headers)
