@@ -52,6 +52,10 @@ class ActionRefused(AgentError):
     """The marketplace or the chain refused a non-payment action (e.g. a rating from a non-payer)."""
 
 
+class BadDataset(AgentError):
+    """Dataset content could not be decoded (wrong header, a malformed line, a non-numeric value)."""
+
+
 def translate(exc: Exception, *, payment: bool) -> Exception:
     """The typed agent error for a marketplace failure (the caller raises it ``from exc``).
 

@@ -286,11 +286,15 @@ def mcp_tools() -> list[dict[str, Any]]:
     return [tool.mcp_spec() for tool in TOOLS.values()]
 
 
-def parse_arguments(name: str, raw_arguments: dict[str, Any] | str | None) -> tuple[Tool, Args]:
-    """Look up tool ``name`` and validate its arguments (a dict or a JSON string, as LLMs send them)."""
-    tool = TOOLS.get(name)
+def parse_arguments(
+    name: str, raw_arguments: dict[str, Any] | str | None, tools: dict[str, Tool] | None = None
+) -> tuple[Tool, Args]:
+    """Look up tool ``name`` (in ``tools``, default all) and validate its arguments (a dict or a JSON
+    string, as LLMs send them)."""
+    tools = TOOLS if tools is None else tools
+    tool = tools.get(name)
     if tool is None:
-        raise UnknownTool(name, sorted(TOOLS))
+        raise UnknownTool(name, sorted(tools))
     try:
         if isinstance(raw_arguments, str | bytes):
             args = tool.args.model_validate_json(raw_arguments or "{}")
@@ -302,7 +306,13 @@ def parse_arguments(name: str, raw_arguments: dict[str, Any] | str | None) -> tu
     return tool, args
 
 
-def run_tool(context: ToolContext, name: str, raw_arguments: dict[str, Any] | str | None = None) -> BaseModel | dict:
-    """Validate, then run tool ``name``; returns its result or raises a typed error."""
-    tool, args = parse_arguments(name, raw_arguments)
+def run_tool(
+    context: ToolContext,
+    name: str,
+    raw_arguments: dict[str, Any] | str | None = None,
+    *,
+    tools: dict[str, Tool] | None = None,
+) -> BaseModel | dict:
+    """Validate, then run tool ``name`` (one of ``tools``, default all); returns its result or raises a typed error."""
+    tool, args = parse_arguments(name, raw_arguments, tools)
     return tool.function(context, args)

@@ -232,6 +232,41 @@ class AgentWallet:
         delta, channel.drawn = debited - channel.drawn, debited
         return result, self._log(model_id, delta, "voucher", f"voucher:{channel_id}:{debited}", channel_id)
 
+    def buy_over_x402(self, client: MarketplaceClient, asset_id: int) -> tuple[bytes, LedgerEntry]:
+        """Pay for one download of ``asset_id`` over x402 v2 (a stock x402 client signing an EIP-3009
+        authorization for exactly the on-chain price); returns (content, entry). Checked against the caps first."""
+        import asyncio
+
+        import httpx
+        from x402 import x402Client
+        from x402.http.clients.httpx import x402HttpxClient
+        from x402.http.utils import decode_payment_response_header
+        from x402.mechanisms.evm.exact import register_exact_evm_client
+        from x402.mechanisms.evm.signers import EthAccountSigner
+
+        self._own(client)
+        price = self._price(client, asset_id)
+        self.guard.check(asset_id, price, price)
+        network = f"eip155:{client.chain.chain_id}"
+        payer = x402Client()
+        register_exact_evm_client(payer, EthAccountSigner(self.account), networks=network)
+        # The x402 client itself refuses to sign for more than the on-chain price the guard checked.
+        cap = {"network": network, "asset": client.market.token.address, "max_amount_per_payment": str(price)}
+        payer = payer.set_spend_controls({"allowed_assets": [cap]})
+
+        async def fetch() -> httpx.Response:
+            async with x402HttpxClient(payer, timeout=60) as http:
+                return await http.get(f"{client.base_url}/v1/assets/{asset_id}/x402")
+
+        response = asyncio.run(fetch())
+        if response.status_code != 200 or "payment-response" not in response.headers:
+            raise PaymentRefused(
+                f"x402 payment for asset {asset_id} failed: HTTP {response.status_code} {response.text[:200]}"
+            )
+        settlement = decode_payment_response_header(response.headers["payment-response"])
+        self.guard.commit(asset_id, price)
+        return response.content, self._log(asset_id, price, "x402", settlement.transaction)
+
     # ------------------------------------------------------------------ internals
 
     def _own(self, client: MarketplaceClient) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 
+import anyio
 import httpx
 import pytest
+from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from tests.test_cli import AGENTMARKET, assert_one_line_error, free_port, run_cli
 
@@ -102,6 +105,13 @@ def test_provider_and_buyer_round_trip(stack):
     provider = json.loads(ok(cli(stack, "wallet", "show", "--json", wallet="provider.json")))
     assert provider["tusd"] == str(50_000_000 + 2_475_000)
 
+    # Without --channel a call is paid per call with x402: settled into the model's vault before the answer.
+    paid = json.loads(ok(cli(stack, "invoke", "2", "--input", "[1, 2]", wallet="buyer.json")))
+    assert (paid["output"], paid["payment"]["scheme"], paid["payment"]["amount"]) == (2, "exact", "10000")
+    by_address = json.loads(ok(cli(stack, "earnings", provider["address"], "--json", wallet="nobody.json")))
+    assert by_address["address"] == provider["address"]
+    assert [v["asset_id"] for v in by_address["vaults"] if int(v["claimable"]) > 0] == [2]
+
 
 def test_cli_mistakes_are_one_line(stack):
     assert_one_line_error(cli(stack, "buy", "1", wallet="nobody.json"), "wallet new")
@@ -114,3 +124,50 @@ def test_cli_mistakes_are_one_line(stack):
     assert_one_line_error(cli(stack, "asset", "publish", __file__, "--price", "1", "--payee", "0xabc", wallet="w.json"),
                           "ADDR:BPS")  # fmt: skip
     assert_one_line_error(cli(stack, "buy", "77", wallet="w.json"), "77")
+
+
+def test_agent_run_pays_for_calls_within_its_caps(stack):
+    """Runs after the round trip: model 2 is served at 0.01 tUSD a call."""
+    home, _env = stack
+    ok(cli(stack, "wallet", "new", wallet="agent.json"))
+    ok(cli(stack, "faucet", "--amount", "5", wallet="agent.json"))
+    ledger, trace = home / "agent-ledger.jsonl", home / "agent-trace.jsonl"
+    report = json.loads(ok(cli(stack, "agent", "run", "--role", "buyer", "--brain", "greedy", "--budget", "1",
+                               "--queries", "3", "--ledger", str(ledger), "--trace", str(trace), "--json",
+                               wallet="agent.json")))  # fmt: skip
+    assert (report["reason"], report["steps"], report["spent"]) == ("task_complete", 3, 100_000)  # 10 calls' deposit
+    kinds = [json.loads(line)["kind"] for line in ledger.read_text().splitlines()]
+    assert kinds == ["channel_deposit", "voucher", "voucher", "voucher"]
+    assert [json.loads(line)["event"] for line in trace.read_text().splitlines()] == ["step"] * 3 + ["stop"]
+    shown = json.loads(ok(cli(stack, "wallet", "show", "--json", wallet="agent.json")))
+    assert shown["tusd"] == str(5_000_000 - 100_000)
+
+    assert_one_line_error(cli(stack, "agent", "run", "--role", "buyer", "--brain", "llm", wallet="agent.json"),
+                          "--llm-url")  # fmt: skip
+    assert_one_line_error(cli(stack, "agent", "run", "--role", "buyer", "--brain", "greedy", "--budget", "lots",
+                              wallet="agent.json"), "--budget")  # fmt: skip
+
+
+def test_mcp_command_serves_the_tools_with_the_caps(stack):
+    home, env = stack
+    ok(cli(stack, "wallet", "new", wallet="mcp.json"))
+    ok(cli(stack, "faucet", "--amount", "5", wallet="mcp.json"))
+    parameters = StdioServerParameters(
+        command=AGENTMARKET[0], args=[*AGENTMARKET[1:], "mcp", "--budget", "1", "--ledger", str(home / "mcp.jsonl")],
+        cwd=home, env={**os.environ, **env, "AGENTMARKET_WALLET": str(home / "mcp.json")},
+    )  # fmt: skip
+
+    async def session_calls() -> tuple[list[str], object, object]:
+        with (home / "mcp-stderr.log").open("w") as errlog:
+            async with stdio_client(parameters, errlog=errlog) as streams, ClientSession(*streams) as session:
+                await session.initialize()
+                names = [tool.name for tool in (await session.list_tools()).tools]
+                balance = await session.call_tool("check_balance", {})
+                over = await session.call_tool("buy_license", {"asset_id": 1})  # 2.5 tUSD > the 1 tUSD cap
+                return names, balance, over
+
+    names, balance, over = anyio.run(session_calls)
+    assert "buy_license" in names and "invoke_model" in names
+    assert not balance.is_error and balance.structured_content["balance"] == 5_000_000
+    assert over.is_error and "OverBudget" in over.content[0].text
+    assert not (home / "mcp.jsonl").exists()  # nothing was signed

@@ -542,3 +542,29 @@ class Market:
     def vault(self, asset_id: int) -> RevenueVaultContract:
         """The RevenueVault of ``asset_id``."""
         return RevenueVaultContract(self.chain, self.marketplace.vault_of(asset_id))
+
+    def release_upstream(self, caller: LocalAccount, asset_id: int) -> list[tuple[int, int]]:
+        """Forward royalties up the lineage of ``asset_id``: release every parent vault's claim from its
+        child's vault, children before parents, so each ancestor's own payees can then claim.
+
+        Returns ``(parent asset id, amount)`` for each release that moved tokens. Anyone may call it.
+        """
+        released: list[tuple[int, int]] = []
+        lineage, pending = set(), [asset_id]
+        while pending:
+            current = pending.pop()
+            if current not in lineage:
+                lineage.add(current)
+                pending += list(self.marketplace.asset(current).parents)
+        # Parents are published before their children, so their ids are smaller: descending id order
+        # releases every vault before any of its ancestors.
+        for child in sorted(lineage, reverse=True):
+            asset = self.marketplace.asset(child)
+            vault = self.vault(child)
+            for parent in asset.parents:
+                parent_vault = self.marketplace.vault_of(parent)
+                if vault.claimable(asset.token, parent_vault) > 0:
+                    receipt = vault.release(caller, asset.token, parent_vault)
+                    (event,) = self.chain.events(vault.contract, receipt, "PaymentReleased")
+                    released.append((parent, event["amount"]))
+        return released

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -195,15 +196,12 @@ def serve(
     uvicorn.run(create_app(settings, model_handlers=handlers), host=settings.host, port=port, log_level="warning")
 
 
-@app.command()
-def demo(
-    chain_target: Annotated[str, typer.Option("--chain", help="embedded, anvil, or an RPC URL.")] = "embedded",
-    as_json: JsonOption = False,
-) -> None:
-    """Run the agentmarket story on a local chain (today: a relayed EIP-3009 payment)."""
-    from marketplace.demo import run_demo
-
-    run_demo(chain_target, as_json=as_json, console=console)
+def load_plugins(typer_app: typer.Typer) -> None:
+    """Add the commands of installed plugins (entry point group ``agentmarket.cli``; e.g. the agents
+    package's ``agent run`` and ``mcp``), so this package never imports them."""
+    for entry in entry_points(group="agentmarket.cli"):
+        entry.load()(typer_app)
 
 
 market_commands.register(app)
+load_plugins(app)

@@ -1,0 +1,353 @@
+"""The three roles of the marketplace, each an ``Agent`` with a brain suited to it.
+
+- ``ProviderAgent`` publishes dataset shards (content uploaded, hash on chain) and withdraws earnings.
+- ``BuilderAgent`` buys datasets, downloads and verifies them, trains a real scikit-learn model on
+  them, sets its parents' royalty shares with a data-value rule, publishes the model with those
+  upstream shares, and serves it through the server's model endpoint.
+- ``BuyerAgent`` answers a stream of classification queries by paying for model calls (any brain:
+  a policy or an LLM); its utility is measured by real correctness against held-out labels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from agents.brains import Action, Brain, Offer, Outcome, ScriptedBrain
+from agents.datavalue import RULES, RoyaltyInputs, to_bps
+from agents.errors import AgentError
+from agents.learning import Shard, accuracy, decode_shard, encode_shard, predictor, train_model
+from agents.runtime import Agent, Idle, RunReport
+from agents.wallet import AgentWallet
+from marketplace.client import MarketplaceClient
+
+#: Attaches an inference handler to a served model id (e.g. on an in-process server).
+ServeModel = Callable[[int, Callable[[Any], Any]], None]
+
+
+def _require(outcomes: list[Outcome], what: str) -> list[Any]:
+    """The results of a scripted step, or an ``AgentError`` naming the first failure."""
+    for outcome in outcomes:
+        if not outcome.ok:
+            assert outcome.error is not None
+            raise AgentError(f"{what} failed: {outcome.error['type']}: {outcome.error['message']}")
+    return [o.result for o in outcomes]
+
+
+def _nothing() -> Generator[list[Action], list[Outcome], None]:
+    yield from ()
+
+
+# ---------------------------------------------------------------------- provider
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A dataset a provider sells: its rows, its license price, and a name for the catalog."""
+
+    shard: Shard
+    price: int
+    name: str
+
+
+class ProviderAgent:
+    """Publishes datasets, then withdraws what their vaults earned."""
+
+    def __init__(self, wallet: AgentWallet, client: MarketplaceClient, *, trace_path: Path | None = None) -> None:
+        self.published: list[int] = []
+        self.agent = Agent(None, wallet, ScriptedBrain(_nothing()), client=client, trace_path=trace_path)
+
+    def publish(self, listings: list[Listing]) -> list[int]:
+        """Publish every listing (content uploaded, sha256 on chain); returns the new asset ids."""
+
+        def script() -> Generator[list[Action], list[Outcome], None]:
+            actions = [
+                Action("publish_asset", {"content": encode_shard(item.shard).decode(), "price": item.price,
+                                         "kind": "dataset", "uri": item.name})
+                for item in listings
+            ]  # fmt: skip
+            outcomes = yield actions
+            self.published += [result["asset_id"] for result in _require(outcomes, "publishing")]
+
+        self.agent.brain = ScriptedBrain(script())
+        self.agent.run(max_steps=2).raise_if_interrupted()
+        return self.published[-len(listings) :]
+
+    def withdraw(self) -> dict[int, int]:
+        """Release everything this provider can claim; returns the amount per asset."""
+        return self.agent.client.withdraw()
+
+
+# ---------------------------------------------------------------------- builder
+
+
+@dataclass
+class BuildPlan:
+    """What a builder makes: model type, the rule for its parents' shares, and how it sells the model."""
+
+    model: Literal["knn", "logreg"]
+    rule: str
+    royalty_bps: int  # the part of every payment to the model that goes up to its parents
+    price_per_call: int
+    X_val: np.ndarray
+    y_val: np.ndarray
+    parents: list[int] | None = None  # None: every listed dataset the budget allows, cheapest first
+    k: int = 5
+    seed: int = 0
+    # Every dataset trained on stays in the on-chain lineage: a parent the rule values at zero still gets
+    # this many bps (taken from the largest shares), unless the rule is ``none`` or the royalty is 0.
+    min_parent_bps: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise AgentError(f"unknown royalty rule {self.rule!r}; choose one of: {', '.join(RULES)}")
+        if not 0 <= self.royalty_bps <= 9_900:
+            raise AgentError(f"royalty_bps must be within 0..9900, not {self.royalty_bps}")
+
+
+@dataclass
+class BuiltModel:
+    """What the builder published."""
+
+    model_id: int
+    parents: list[int]
+    weights: list[float]
+    shares_bps: list[int]
+    validation_accuracy: float
+    rows: int
+    estimator: Any = field(repr=False)
+
+
+class BuilderAgent:
+    """Buys data, trains on it, publishes the model with upstream royalties, and serves it."""
+
+    def __init__(
+        self,
+        wallet: AgentWallet,
+        client: MarketplaceClient,
+        plan: BuildPlan,
+        serve: ServeModel,
+        *,
+        trace_path: Path | None = None,
+        download_dir: Path | None = None,
+    ) -> None:
+        self.plan, self.serve = plan, serve
+        self.built: BuiltModel | None = None
+        self.agent = Agent(None, wallet, ScriptedBrain(self._script()), client=client, trace_path=trace_path,
+                           download_dir=download_dir)  # fmt: skip
+
+    def run(self) -> BuiltModel:
+        """Carry out the plan; raises ``AgentError`` naming the step that failed."""
+        report = self.agent.run(max_steps=5).raise_if_interrupted()
+        if self.built is None:
+            raise AgentError(f"the builder stopped before publishing ({report.reason})")
+        return self.built
+
+    def _choose_parents(self) -> list[int]:
+        if self.plan.parents is not None:
+            return list(self.plan.parents)
+        listed = self.agent.client.assets(kind="dataset", limit=50)["items"]
+        chosen, budget = [], self.agent.wallet.guard.remaining
+        for item in sorted(listed, key=lambda a: (int(a["price"]), a["asset_id"])):
+            if item["listed"] and int(item["price"]) <= budget:
+                chosen.append(item["asset_id"])
+                budget -= int(item["price"])
+        return chosen[:8]
+
+    def _script(self) -> Generator[list[Action], list[Outcome], None]:
+        plan = self.plan
+        parents = self._choose_parents()
+        if not parents:
+            raise AgentError("no dataset to build on: none listed within the budget")
+        _require((yield [Action("buy_license", {"asset_id": p}) for p in parents]), "buying licenses")
+        downloaded = _require((yield [Action("download", {"asset_id": p}) for p in parents]), "downloading")
+        shards = [decode_shard(Path(result["path"]).read_bytes()) for result in downloaded]
+        X = np.concatenate([s.X for s in shards])
+        y = np.concatenate([s.y for s in shards])
+        estimator = train_model(plan.model, X, y, seed=plan.seed, k=plan.k)
+        score = accuracy(estimator, plan.X_val, plan.y_val)
+        inputs = RoyaltyInputs(parents=shards, X_val=plan.X_val, y_val=plan.y_val, model=plan.model, k=plan.k,
+                               seed=plan.seed)  # fmt: skip
+        weights = [float(w) for w in RULES[plan.rule](inputs)]
+        shares = _with_floor(to_bps(weights, plan.royalty_bps), plan.min_parent_bps)
+        card = {
+            "type": "model-card", "estimator": plan.model, "features": int(X.shape[1]),
+            "classes": sorted(int(c) for c in np.unique(y)), "trained_on": parents, "rows": len(y),
+            "validation_accuracy": round(score, 6), "royalty_rule": plan.rule,
+            "input": {"features": [[0.0] * int(X.shape[1])]}, "output": {"labels": [0]},
+        }  # fmt: skip
+        royalties = [{"asset_id": p, "share_bps": s} for p, s in zip(parents, shares, strict=True) if s > 0]
+        publish = Action("publish_asset", {"content": json.dumps(card, sort_keys=True), "kind": "model",
+                                           "price": plan.price_per_call, "uri": f"model:{plan.model}:{plan.rule}",
+                                           "parents": royalties})  # fmt: skip
+        (published,) = _require((yield [publish]), "publishing the model")
+        self.serve(published["asset_id"], predictor(estimator))
+        self.built = BuiltModel(published["asset_id"], parents, weights, shares, score, len(y), estimator)
+
+
+# ---------------------------------------------------------------------- open-ended errands
+
+
+class Errand:
+    """A free-form task for an LLM agent, with the whole listed catalog on offer; the brain says when it is done."""
+
+    done = False
+
+    def __init__(self, task: str, *, refresh_every: int = 10) -> None:
+        self.task = task
+        self.refresh_every = refresh_every
+        self._offers: list[Offer] = []
+        self._fetched_at = -1
+
+    def query(self) -> Any:
+        """No work item: the task is the prompt."""
+        return None
+
+    def offers(self, agent: Agent) -> list[Offer]:
+        """Every listed asset (re-read every ``refresh_every`` steps)."""
+        if self._fetched_at < 0 or agent.steps - self._fetched_at >= self.refresh_every:
+            items = agent.client.assets(limit=50)["items"]
+            self._offers = [Offer(i["asset_id"], i["kind"], int(i["price"])) for i in items if i["listed"]]
+            self._fetched_at = agent.steps
+        return self._offers
+
+    def record(self, outcomes: list[Outcome]) -> dict[int, float]:
+        """Nothing to score."""
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        """Nothing to report."""
+        return {}
+
+
+def _with_floor(shares: list[int], floor: int) -> list[int]:
+    """``shares`` with every zero raised to ``floor``, paid for by the largest shares (sum unchanged)."""
+    shares = list(shares)
+    if not any(shares) or floor <= 0:
+        return shares
+    for index, share in enumerate(shares):
+        if share == 0:
+            donor = max(range(len(shares)), key=lambda i: (shares[i], -i))
+            if shares[donor] <= floor:
+                break
+            shares[donor] -= floor
+            shares[index] = floor
+    return shares
+
+
+# ---------------------------------------------------------------------- buyer
+
+
+class ClassificationTask:
+    """Classify a stream of held-out rows by paying for model calls; a right answer is worth ``value_per_success``."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, *, value_per_success: int, refresh_every: int = 25) -> None:
+        self.X, self.y = X, y
+        self.value_per_success = value_per_success
+        self.refresh_every = refresh_every
+        self.index = 0
+        self.correct = 0
+        self.paid_calls = 0
+        self.per_model: dict[int, list[int]] = {}  # model id -> [calls, correct]
+        self._offers: list[Offer] = []
+        self._fetched_at = -1
+        self.task = (
+            f"Classify {len(y)} rows, one per step. For each work item, call invoke_model on a model with "
+            f'input {{"features": [[...the row...]]}}; the model answers {{"labels": [label]}}. Each right '
+            f"answer is worth {value_per_success} base units to you: prefer models that are accurate for their price."
+        )
+
+    @property
+    def done(self) -> bool:
+        """True once every row was answered."""
+        return self.index >= len(self.y)
+
+    def query(self) -> Any:
+        """The next row to classify, as a model input."""
+        return None if self.done else {"features": [self.X[self.index].tolist()]}
+
+    def offers(self, agent: Agent) -> list[Offer]:
+        """The listed models and their ratings (re-read every ``refresh_every`` steps)."""
+        if self._fetched_at < 0 or agent.steps - self._fetched_at >= self.refresh_every:
+            items = agent.client.assets(kind="model", limit=50)["items"]
+            offers = []
+            for item in items:
+                if item["listed"]:
+                    rating = agent.client.asset(item["asset_id"])["rating"]["average"]
+                    offers.append(Offer(item["asset_id"], "model", int(item["price"]), rating))
+            self._offers, self._fetched_at = offers, agent.steps
+        return self._offers
+
+    def record(self, outcomes: list[Outcome]) -> dict[int, float]:
+        """Score the step's model answer (the last successful call) against the true label."""
+        answers = [o for o in outcomes if o.ok and o.action.tool == "invoke_model"]
+        if not answers or self.done:
+            return {}
+        self.paid_calls += len(answers)
+        result = answers[-1].result
+        try:
+            label = int(result["output"]["labels"][0])
+        except (KeyError, IndexError, TypeError, ValueError):
+            label = None
+        right = label == int(self.y[self.index])
+        self.index += 1
+        self.correct += right
+        stats = self.per_model.setdefault(result["model_id"], [0, 0])
+        stats[0] += 1
+        stats[1] += right
+        return {result["model_id"]: 1.0 if right else 0.0}
+
+    def summary(self) -> dict[str, Any]:
+        """Answers, accuracy and the value they earned."""
+        return {
+            "answered": self.index, "correct": self.correct, "paid_calls": self.paid_calls,
+            "accuracy": self.correct / self.index if self.index else 0.0,
+            "value_earned": self.correct * self.value_per_success,
+            "per_model": {str(k): {"calls": v[0], "correct": v[1]} for k, v in self.per_model.items()},
+        }  # fmt: skip
+
+
+class BuyerAgent:
+    """Pays for model calls to get a task done, with any brain; stops when done or out of budget."""
+
+    def __init__(
+        self,
+        wallet: AgentWallet,
+        client: MarketplaceClient,
+        brain: Brain,
+        task: ClassificationTask,
+        *,
+        identity: int | None = None,
+        trace_path: Path | None = None,
+        on_step: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.task = task
+        self.agent = Agent(identity, wallet, brain, client=client, role=task, trace_path=trace_path,
+                           on_step=on_step)  # fmt: skip
+
+    def run(self, max_steps: int = 1_000) -> RunReport:
+        """Work through the task; the report says why it stopped and how well it did."""
+        return self.agent.run(max_steps=max_steps)
+
+    def utility(self) -> int:
+        """Value of the right answers less what was paid (deposits still locked in channels not counted)."""
+        wallet = self.agent.wallet
+        return self.task.correct * self.task.value_per_success - (wallet.guard.spent - wallet.locked)
+
+
+__all__ = [
+    "BuildPlan",
+    "BuilderAgent",
+    "BuiltModel",
+    "BuyerAgent",
+    "ClassificationTask",
+    "Errand",
+    "Idle",
+    "Listing",
+    "ProviderAgent",
+]

@@ -1,0 +1,201 @@
+"""The MCP server: a real MCP client session lists the agent tools and calls them on an in-process marketplace
+with a real chain; refusals (over budget, bad arguments, unknown tool) come back as tool errors with nothing
+signed, concurrent purchases cannot overspend, unexpected failures never carry the key, and stdio works."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import anyio
+import mcp_types as types
+import pytest
+from eth_account import Account
+from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
+from mcp.shared.memory import create_client_server_memory_streams
+
+from agents.mcp_server import build_mcp_server
+from agents.tools import TOOLS, ToolContext
+from marketplace.chain.token import to_units
+from tests import test_agent_wallet as wallet_tests
+from tests.test_agent_tools import context_for
+from tests.test_agent_wallet import DATA_PRICE, MODEL_PRICE, Budget, make_wallet
+
+assets, server = wallet_tests.assets, wallet_tests.server  # the same fixtures
+
+pytestmark = pytest.mark.anyio
+embedded_only = pytest.mark.parametrize("session_chain", ["embedded"], indirect=True)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@contextlib.asynccontextmanager
+async def connected(context: ToolContext) -> AsyncIterator[ClientSession]:
+    """A client session with an MCP server for ``context``, over in-memory streams."""
+    mcp_server = build_mcp_server(context)
+    async with (
+        create_client_server_memory_streams() as (client_streams, server_streams),
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(mcp_server.run, *server_streams, mcp_server.create_initialization_options())
+        async with ClientSession(*client_streams) as session:
+            await session.initialize()
+            yield session
+        tasks.cancel_scope.cancel()
+
+
+def offline_context(tmp_path: Path, client: object = None) -> ToolContext:
+    """A context with a real wallet and no marketplace behind it (for calls that never reach one)."""
+    return ToolContext(client, make_wallet(Account.create(), tmp_path), tmp_path / "downloads")  # type: ignore[arg-type]
+
+
+def refusal(result: types.CallToolResult) -> str:
+    assert result.is_error
+    [content] = result.content
+    assert isinstance(content, types.TextContent)
+    assert content.text == f"{result.structured_content['error']}: {result.structured_content['detail']}"
+    return content.text
+
+
+async def test_lists_exactly_the_tools_with_their_pydantic_schemas(tmp_path):
+    async with connected(offline_context(tmp_path)) as session:
+        assert session.server_info and session.server_info.name == "agentmarket"
+        listed = (await session.list_tools()).tools
+    assert [tool.name for tool in listed] == list(TOOLS)
+    for tool in listed:
+        assert tool.input_schema == TOOLS[tool.name].args.model_json_schema()
+        assert tool.description == TOOLS[tool.name].description
+    schemas = {tool.name: tool.output_schema for tool in listed}
+    assert schemas["search_assets"] is None and schemas["get_asset"] is None  # these return the API's JSON
+    assert schemas["buy_license"]["required"] == ["asset_id", "amount", "kind", "ref", "remaining_budget"]
+
+
+@embedded_only
+async def test_search_get_and_buy_through_mcp(server, chain, market, alice, assets, tmp_path):
+    agent = context_for(alice, server, chain, tmp_path)
+    before = market.token.balance_of(alice.address)
+    async with connected(agent) as session:
+        found = await session.call_tool("search_assets", {"kind": "dataset"})
+        assert not found.is_error
+        assert [item["asset_id"] for item in found.structured_content["items"]] == [assets["data"]]
+        assert json.loads(found.content[0].text) == found.structured_content
+
+        asset = await session.call_tool("get_asset", {"asset_id": assets["data"]})
+        assert not asset.is_error and asset.structured_content["price"] == str(DATA_PRICE)
+
+        bought = await session.call_tool("buy_license", {"asset_id": assets["data"], "max_price": DATA_PRICE})
+        assert not bought.is_error, bought.content
+        assert json.loads(bought.content[0].text) == bought.structured_content
+
+    receipt = bought.structured_content
+    assert (receipt["kind"], receipt["amount"], receipt["asset_id"]) == ("license", DATA_PRICE, assets["data"])
+    assert chain.w3.eth.get_transaction_receipt(receipt["ref"])["status"] == 1
+    assert market.marketplace.has_access(assets["data"], alice.address)
+    [entry] = agent.ledger.entries()
+    assert (entry.kind, entry.amount, entry.ref) == ("license", DATA_PRICE, receipt["ref"])
+    assert agent.ledger.total() == before - market.token.balance_of(alice.address) == DATA_PRICE
+
+
+@embedded_only
+async def test_refusals_are_tool_errors_and_nothing_is_signed(server, chain, market, alice, assets, tmp_path):
+    budget = Budget(run_cap=to_units(1), asset_cap=to_units(1), call_ceiling=to_units(1))
+    agent = context_for(alice, server, chain, tmp_path, budget)
+    nonce, balance = chain.w3.eth.get_transaction_count(alice.address), market.token.balance_of(alice.address)
+    async with connected(agent) as session:
+        over = refusal(await session.call_tool("buy_license", {"asset_id": assets["data"]}))
+        assert over.startswith("OverBudget: over the per_call budget")
+        assert refusal(await session.call_tool("get_asset", {"asset_id": -1})).startswith("BadArguments: ")
+        extra = refusal(await session.call_tool("buy_license", {"asset_id": assets["data"], "surprise": 1}))
+        assert "surprise" in extra and extra.startswith("BadArguments: ")
+        assert refusal(await session.call_tool("get_asset")).startswith("BadArguments: ")  # no arguments at all
+        unknown = refusal(await session.call_tool("drain_wallet", {"to": "0x0"}))
+        assert unknown.startswith("UnknownTool: ") and "buy_license" in unknown
+        assert refusal(await session.call_tool("get_asset", {"asset_id": 999})).startswith("NotFound: ")
+
+        still_serving = await session.call_tool("check_balance", {})  # the server is still up after refusals
+    assert not still_serving.is_error
+    assert still_serving.structured_content["spent_this_run"] == 0
+    assert still_serving.structured_content["balance"] == balance
+    assert chain.w3.eth.get_transaction_count(alice.address) == nonce
+    assert market.token.balance_of(alice.address) == balance
+    assert agent.ledger.entries() == [] and not market.marketplace.has_access(assets["data"], alice.address)
+
+
+@embedded_only
+async def test_concurrent_purchases_cannot_overspend(server, chain, market, alice, assets, tmp_path):
+    """Two purchases sent at once, only one of which fits the run cap: exactly one is paid."""
+    budget = Budget(run_cap=DATA_PRICE + MODEL_PRICE - 1, asset_cap=to_units(10), call_ceiling=to_units(10))
+    agent = context_for(alice, server, chain, tmp_path, budget)
+    before = market.token.balance_of(alice.address)
+    results: dict[str, types.CallToolResult] = {}
+    async with connected(agent) as session:
+
+        async def buy(asset: str) -> None:
+            results[asset] = await session.call_tool("buy_license", {"asset_id": assets[asset]})
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(buy, "data")
+            tasks.start_soon(buy, "model")
+    assert sorted(result.is_error for result in results.values()) == [False, True]
+    assert any(refusal(r).startswith("OverBudget: over the run budget") for r in results.values() if r.is_error)
+    assert agent.ledger.total() == before - market.token.balance_of(alice.address) <= budget.run_cap
+    assert len(agent.ledger.entries()) == 1
+
+
+async def test_unexpected_failures_are_mcp_errors_without_the_key(tmp_path):
+    class Broken:
+        def balance_of(self, address: str) -> int:
+            raise RuntimeError(f"node said no to {address} signing with 0x{key.upper()} and {x25519}")
+
+    context = offline_context(tmp_path, SimpleNamespace(market=SimpleNamespace(token=Broken())))
+    key, x25519 = bytes(context.wallet.account.key).hex(), bytes(context.wallet.encryption_key).hex()
+    async with connected(context) as session:
+        with pytest.raises(MCPError) as failed:
+            await session.call_tool("check_balance", {})
+        assert (await session.call_tool("search_assets", {"limit": 0})).is_error  # still serving
+    message = failed.value.message
+    assert message.startswith("check_balance failed unexpectedly: RuntimeError: node said no to 0x")
+    assert key not in message.lower() and x25519 not in message.lower() and message.count("<redacted>") == 2
+
+
+SERVE = """
+    import sys
+    from pathlib import Path
+    from eth_account import Account
+    from agents.mcp_server import run_stdio
+    from agents.tools import ToolContext
+    from agents.wallet import AgentWallet, AuditLedger, Budget
+
+    class Offline:
+        @property
+        def market(self):
+            print("stray output goes to stderr, not onto the wire")
+            raise LookupError("no marketplace in this process")
+
+    folder = Path(sys.argv[1])
+    wallet = AgentWallet(Account.create(), Budget(1, 1, 1), AuditLedger(folder / "ledger.jsonl"))
+    run_stdio(ToolContext(Offline(), wallet, folder))
+"""
+
+
+async def test_run_stdio_serves_the_tools(tmp_path):
+    parameters = StdioServerParameters(command=sys.executable, args=["-c", textwrap.dedent(SERVE), str(tmp_path)],
+                                       cwd=Path(__file__).parents[1])  # fmt: skip
+    with (tmp_path / "stderr.log").open("w") as errlog:
+        async with stdio_client(parameters, errlog=errlog) as streams, ClientSession(*streams) as session:
+            await session.initialize()
+            assert [tool.name for tool in (await session.list_tools()).tools] == list(TOOLS)
+            assert refusal(await session.call_tool("nope", {})).startswith("UnknownTool: ")
+            with pytest.raises(MCPError, match="check_balance failed unexpectedly: LookupError: no marketplace"):
+                await session.call_tool("check_balance", {})
+            assert refusal(await session.call_tool("get_asset", {})).startswith("BadArguments: ")  # still serving
+    assert "stray output goes to stderr" in (tmp_path / "stderr.log").read_text()
