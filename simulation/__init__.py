@@ -1,0 +1,7 @@
+"""Research simulations of value distribution: seeded scenarios of producers, builders and consumers trading on a
+local chain, royalty rules compared, metrics, plots and reports.
+
+- ``simulation.scenario``: scenario files (TOML, validated), overrides and sweep grids.
+- ``simulation.metrics``: pure functions over a run's results (Gini, Lorenz, correlations, summary, CSVs).
+- ``simulation.plots`` / ``simulation.report``: PNG figures and the Markdown report that embeds them.
+"""

@@ -1,0 +1,171 @@
+"""``agentmarket simulate`` and ``agentmarket sweep`` (a plugin of the ``agentmarket`` CLI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from marketplace.chain.token import format_units
+
+console = Console(highlight=False)
+
+ScenarioArgument = Annotated[Path, typer.Argument(help="Scenario file (TOML), e.g. scenarios/baseline.toml.")]
+OutOption = Annotated[Path, typer.Option("--out", help="Where metrics, CSVs, plots and the report go.")]
+ChainOption = Annotated[str, typer.Option("--chain", help="embedded, anvil, or an RPC URL.")]
+ParamOption = Annotated[list[str] | None, typer.Option("--param", help="KEY=VALUE override (sweep: KEY=V1,V2,…).")]
+
+
+def _units(value: Any) -> str:
+    return "-" if value is None else f"{format_units(int(value))}"
+
+
+def _ratio(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def summary_table(summary: dict[str, Any], title: str) -> Table:
+    """The one-screen summary of a run."""
+    table = Table(title=title, show_header=False)
+    correlation = summary["revenue_value_correlation"]
+    rows = [
+        ("producer revenue (tUSD)", ", ".join(_units(v) for v in summary["producer_revenue"])),
+        ("true value (LOO accuracy drop)", ", ".join(f"{v:+.3f}" for v in summary["producer_true_value"])),
+        ("revenue ~ value (pearson / spearman)",
+         f"{_ratio(correlation['pearson'])} / {_ratio(correlation['spearman'])}"),
+        ("Gini of producer revenue", _ratio(summary["gini_producer_revenue"])),
+        ("share of consumer spend reaching producers", _ratio(summary["producer_share"])),
+        ("builder profit (tUSD)", ", ".join(_units(v) for v in summary["builder_profit"]["per_builder"])),
+        ("consumer surplus (tUSD)", _units(summary["consumer_surplus"]["total"])),
+        ("consumer spend / protocol fee (tUSD)",
+         f"{_units(summary['consumer_spend'])} / {_units(summary['protocol_fee'])}"),
+        ("answers right", f"{summary['correct']}/{summary['answered']}"),
+        ("gas used / transactions", f"{summary['gas_used']:,} / {summary['tx_count']}"),
+        ("wall time / on-chain actions per s",
+         f"{summary['timing']['wall_time']:.1f} s / {_ratio(summary['timing']['actions_per_second'])}"),
+    ]  # fmt: skip
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def simulate(
+    scenario_file: ScenarioArgument,
+    out: OutOption = Path("sim-out"),
+    chain: ChainOption = "embedded",
+    seed: Annotated[int | None, typer.Option("--seed", help="Override the scenario's seed.")] = None,
+    param: ParamOption = None,
+) -> None:
+    """Run a seeded simulation where every payment goes through the contracts; write metrics, plots, a report."""
+    from simulation.runner import simulate as run
+    from simulation.scenario import load_scenario
+
+    scenario = load_scenario(scenario_file, param or [], seed=seed)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console)  # fmt: skip
+    with progress:
+        task = progress.add_task(f"{scenario.name} (seed {scenario.seed}) rounds", total=scenario.rounds, last="")
+
+        def advance(number: int, figures: dict[str, Any]) -> None:
+            spent = format_units(figures["consumer_spend"])
+            progress.update(
+                task, completed=number, last=f"{figures['correct']}/{figures['answered']} right, {spent} tUSD"
+            )
+
+        summary = run(scenario, out, chain_target=chain, on_round=advance)
+    console.print(summary_table(summary, f"{scenario.name}: seed {scenario.seed}, rule {scenario.royalty.rule}"))
+    console.print(f"metrics: {out / 'metrics.json'}  report: {out / 'report.md'}", style="dim")
+
+
+def sweep(
+    scenario_file: ScenarioArgument,
+    param: ParamOption = None,
+    out: OutOption = Path("sweep-out"),
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Grid points run in parallel processes.")] = 1,
+    chain: ChainOption = "embedded",
+) -> None:
+    """Run a scenario over a grid of parameters (each point its own process and chain); one table at the end."""
+    from simulation.runner import sweep as run
+    from simulation.scenario import load_scenario, parse_sweep
+
+    scenario = load_scenario(scenario_file)
+    total = len(parse_sweep(param or []))
+    with Progress(TextColumn("grid points"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:  # fmt: skip
+        task = progress.add_task("sweep", total=total)
+        rows = run(scenario, param or [], out, workers=workers, chain_target=chain,
+                   on_point=lambda _row: progress.advance(task))  # fmt: skip
+    table = Table(title=f"{scenario.name}: {total} grid points")
+    keys = list(dict.fromkeys(k for row in rows for k in row["params"]))
+    for column in [*keys, "revenue~value", "Gini", "producer share", "builder profit", "surplus", "accuracy"]:
+        table.add_column(column)
+    for row in rows:
+        m = row["metrics"]
+        table.add_row(*[row["params"].get(k, "") for k in keys], _ratio(m["revenue_value_spearman"]),
+                      _ratio(m["gini_producer_revenue"]), _ratio(m["producer_share"]),
+                      _units(m["builder_profit_total"]), _units(m["consumer_surplus_total"]),
+                      _ratio(m["accuracy"]))  # fmt: skip
+    console.print(table)
+    console.print(f"table: {out / 'sweep.csv'}  report: {out / 'report.md'}", style="dim")
+
+
+def demo(
+    chain: ChainOption = "embedded",
+    llm_url: Annotated[
+        str | None, typer.Option("--llm-url", help="Drive the buyer with this OpenAI-compatible LLM.")
+    ] = None,
+    model: Annotated[str, typer.Option("--model", help="LLM model name (with --llm-url).")] = "default",
+    out: Annotated[Path | None, typer.Option("--out", help="Also write demo.json and report.md here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+) -> None:
+    """The whole story on a local chain: agents with wallets and caps buy data and model calls, and every
+    payment flows back up the data lineage. Every number is read back from the chain."""
+    import json
+    import tempfile
+
+    from marketplace.cli.app import _interrupt_on_signals
+    from simulation.demo import run_demo, write_outputs
+
+    _interrupt_on_signals()  # Ctrl-C / SIGTERM unwind: the server, and anvil if started, are stopped
+    say = (lambda _line: None) if as_json else (lambda line: console.print(f"• {line}"))
+    with tempfile.TemporaryDirectory(prefix="agentmarket-demo-") as work:
+        summary = run_demo(chain, llm_url=llm_url, llm_model=model, work_dir=Path(work), say=say)
+    if out:
+        write_outputs(summary, out)
+    if as_json:
+        print(json.dumps(summary))
+        return
+    console.print(demo_tables(summary))
+    if out:
+        console.print(f"wrote {out / 'demo.json'} and {out / 'report.md'}", style="dim")
+
+
+def demo_tables(summary: dict[str, Any]) -> Table:
+    """Who paid whom, who earned what, and the totals."""
+    table = Table(title=f"agentmarket demo on chain {summary['chain_id']} ({summary['chain']})")
+    for column in ("", "who", "what", "tUSD"):
+        table.add_column(column)
+    for payment in summary["payments"]:
+        table.add_row("paid", payment["from"], f"asset #{payment['asset_id']} ({payment['kind']})",
+                      format_units(payment["amount"]))  # fmt: skip
+    for address, earned in summary["earnings_by_address"].items():
+        table.add_row("earned", address, earned["role"], format_units(earned["amount"]))
+    table.add_row("fee", "protocol treasury", f"{len(summary['assets'])} vaults", format_units(summary["protocol_fee"]))
+    accuracy = summary["model_accuracy"]
+    table.add_section()
+    table.add_row("", "reached data producers", f"{summary['producer_share']:.1%} of all payments", "")
+    table.add_row("", "model accuracy", f"{accuracy['validation']:.3f} validation, "
+                  f"{accuracy['buyer_queries']:.3f} on the buyer's queries", "")  # fmt: skip
+    table.add_row("", "on chain", f"{summary['tx_count']} transactions, {summary['gas_used']:,} gas", "")
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``simulate``, ``sweep`` and ``demo`` to the ``agentmarket`` CLI."""
+    app.command("simulate")(simulate)
+    app.command("sweep")(sweep)
+    app.command("demo")(demo)

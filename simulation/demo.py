@@ -1,0 +1,324 @@
+"""``agentmarket demo``: the whole story in one command, every number read back from the chain.
+
+A human owner registers two agents (wallets, X25519 keys, spend permissions); three providers publish
+shards of scikit-learn's digits (one of them label-noised) to a real server on 127.0.0.1; the builder
+agent buys licenses, downloads the content sealed to its key, decrypts and verifies it, trains a
+k-NN model, publishes it with royalty shares set by a data-value rule (k-NN Shapley) and serves it;
+the buyer agent pays for model calls over a payment channel and for one dataset over x402, and rates
+what it bought; the server settles the channel, royalties are released up the lineage, and everyone
+withdraws.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+
+from agents import AgentWallet, AuditLedger, Budget
+from agents.brains import LLMBrain, UCBBrain
+from agents.learning import load_source, make_shards, split_holdout, with_label_noise
+from agents.roles import BuilderAgent, BuildPlan, BuyerAgent, ClassificationTask, Listing, ProviderAgent
+from agents.tools import ToolContext, run_tool
+from marketplace.api import Settings, create_app
+from marketplace.api.app import attach_model_handler
+from marketplace.chain import Chain, connect
+from marketplace.chain.deployment import deploy_all
+from marketplace.chain.market import Market, SubjectKind
+from marketplace.chain.token import format_units, to_units
+from marketplace.errors import AgentmarketError
+from simulation.engine import GAS_ETH, chain_activity, derived_account
+
+SEED = 11
+FEE_BPS = 100
+DATASET_PRICE = to_units(3)
+CALL_PRICE = to_units("0.05")
+ROYALTY_BPS = 6_000
+PROVIDERS = [("provider-a", 0.0), ("provider-b", 0.0), ("provider-c (noisy)", 0.5)]
+QUERIES = 40
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """Run ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL, stops it after."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="agentmarket-demo-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise AgentmarketError(f"the demo server did not start on 127.0.0.1:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+def run_demo(
+    chain_target: str = "embedded",
+    *,
+    llm_url: str | None = None,
+    llm_model: str = "default",
+    work_dir: Path,
+    say: Callable[[str], None] = lambda _line: None,
+) -> dict[str, Any]:
+    """Tell the story on ``chain_target``; returns the summary (every amount read from the chain)."""
+    started = time.perf_counter()
+    with connect(chain_target) as chain:
+        deployer = chain.accounts[0]
+        first_block = chain.block_number() + 1
+        say(f"connected to the {chain.kind} chain (chain id {chain.chain_id})")
+        deployment = deploy_all(chain, deployer, fee_bps=FEE_BPS)
+        market = deployment.market(chain)
+        say(f"deployed {len(deployment.contracts)} contracts (TestUSD, Marketplace, vaults, channels, registries)")
+        settings = Settings(manifest=deployment.save(work_dir / "deployment.json"), data_dir=work_dir / "server",
+                            siwe_domain="127.0.0.1", settle_interval=3600)  # fmt: skip
+        app = create_app(settings, chain=chain)
+        with serving(app) as base_url:
+            say(f"marketplace server (uvicorn) on {base_url}")
+            story = _Story(chain, market, deployer, base_url, app, work_dir, say)
+            story.register_agents()
+            story.publish_datasets()
+            story.build_model()
+            story.buy(llm_url, llm_model)
+            story.settle()
+            story.rate()
+            story.release_and_withdraw()
+        summary = story.summary(chain_activity(chain, first_block))
+    summary["wall_time_s"] = round(time.perf_counter() - started, 1)
+    return summary
+
+
+class _Story:
+    def __init__(
+        self, chain: Chain, market: Market, deployer: Any, base_url: str, app: FastAPI, work_dir: Path,
+        say: Callable[[str], None],
+    ) -> None:  # fmt: skip
+        self.chain, self.market, self.deployer, self.base_url, self.app = chain, market, deployer, base_url, app
+        self.work_dir, self.say = work_dir, say
+        self.token = market.token
+        self.payments: list[dict[str, Any]] = []
+        self.assets: list[dict[str, Any]] = []
+        self.roles: dict[str, str] = {deployer.address: "protocol treasury"}
+        X, y = load_source("digits", seed=SEED)
+        self.X_train, self.y_train, X_held, y_held = split_holdout(X, y, 0.3, SEED)
+        self.X_val, self.y_val, self.X_query, self.y_query = X_held[:200], y_held[:200], X_held[200:], y_held[200:]
+
+    def _party(self, role: str, tusd: int = 0) -> Any:
+        account = derived_account(SEED, role, 0)
+        self.chain.send_eth(self.deployer, account.address, GAS_ETH)
+        if tusd:
+            self.token.mint(self.deployer, account.address, tusd)
+        self.roles[account.address] = role
+        return account
+
+    def _wallet(self, account: Any, name: str, cap: int) -> AgentWallet:
+        return AgentWallet(account, Budget(cap, cap, cap), AuditLedger(self.work_dir / f"{name}-ledger.jsonl"))
+
+    # ------------------------------------------------------------------ the story
+
+    def register_agents(self) -> None:
+        agents, token = self.market.agents, self.token
+        self.owner = self._party("owner (human)", to_units(30))
+        builder, buyer = self._party("builder agent"), self._party("buyer agent")
+        self.builder_wallet = self._wallet(builder, "builder", to_units(12))
+        self.buyer_wallet = self._wallet(buyer, "buyer", to_units(6))
+        allowances = {"builder": to_units(12), "buyer": to_units(6)}
+        token.approve(self.owner, agents.address, sum(allowances.values()))
+        self.agent_ids = {}
+        for name, wallet in (("builder", self.builder_wallet), ("buyer", self.buyer_wallet)):
+            agent_id = agents.register(self.owner, f"agentmarket-demo://{name}",
+                                       {"encryptionKey": wallet.public_encryption_key})  # fmt: skip
+            deadline = self.chain.timestamp() + 240
+            signature = agents.sign_wallet_binding(wallet.account, agent_id, self.owner.address, deadline)
+            agents.set_agent_wallet(self.owner, agent_id, wallet.address, deadline, signature.packed)
+            agents.grant_spend_permission(self.owner, agent_id, token.address, allowances[name], 86_400)
+            self.agent_ids[name] = agent_id
+        self.say(
+            f"the owner registered agents #{self.agent_ids['builder']} (builder) and #{self.agent_ids['buyer']} "
+            "(buyer): wallets bound by their signatures, X25519 keys, spend permissions of 12 and 6 tUSD a day"
+        )
+        for name, wallet in (("builder", self.builder_wallet), ("buyer", self.buyer_wallet)):
+            agents.spend_from_owner(
+                wallet.account, self.agent_ids[name], token.address, wallet.address, allowances[name]
+            )
+        self.say("each agent pulled its day's allowance from the owner under its spend permission")
+
+    def publish_datasets(self) -> None:
+        shards = make_shards(self.X_train, self.y_train, [200, 200, 200], seed=SEED)
+        rng = np.random.default_rng(SEED)
+        self.providers = []
+        for (name, noise), shard in zip(PROVIDERS, shards, strict=True):
+            if noise:
+                shard = with_label_noise(shard, noise, 10, rng)
+            account = self._party(name)
+            provider = ProviderAgent(self._wallet(account, name.split()[0], 0), self._client_for(account))
+            (asset_id,) = provider.publish([Listing(shard, DATASET_PRICE, f"digits-{name.split()[0]}")])
+            self.providers.append((name, account, provider, asset_id, noise))
+            self.assets.append({"asset_id": asset_id, "kind": "dataset", "name": f"digits shard of {name}",
+                                "owner": account.address, "price": DATASET_PRICE, "label_noise": noise})  # fmt: skip
+            self.say(f"{name} published dataset #{asset_id}: 200 digits rows at {format_units(DATASET_PRICE)} tUSD"
+                     + (f", {noise:.0%} of labels wrong" if noise else "") + "; content uploaded")  # fmt: skip
+
+    def _client_for(self, account: Any, wallet: AgentWallet | None = None) -> Any:
+        if wallet is not None:
+            return wallet.client(self.base_url, self.chain)
+        return self._wallet(account, "tmp", 0).client(self.base_url, self.chain)
+
+    def build_model(self) -> None:
+        plan = BuildPlan(model="knn", rule="knn_shapley", royalty_bps=ROYALTY_BPS, price_per_call=CALL_PRICE,
+                         X_val=self.X_val, y_val=self.y_val, seed=SEED)  # fmt: skip
+        client = self._client_for(None, self.builder_wallet)
+        builder = BuilderAgent(self.builder_wallet, client, plan,
+                               lambda model_id, handler: attach_model_handler(self.app, model_id, handler),
+                               download_dir=self.work_dir / "builder-downloads")  # fmt: skip
+        self.built = built = builder.run()
+        for asset_id in built.parents:
+            self.payments.append({"from": self.builder_wallet.address, "asset_id": asset_id, "kind": "license",
+                                  "amount": DATASET_PRICE})  # fmt: skip
+        self.say(f"the builder bought {len(built.parents)} licenses and downloaded each dataset sealed to its "
+                 "X25519 key, decrypted it and checked it against the on-chain sha256")  # fmt: skip
+        shares = ", ".join(f"#{p} {s / 100:.2f}%" for p, s in zip(built.parents, built.shares_bps, strict=True))
+        self.say(f"it trained k-NN on {built.rows} rows (validation accuracy {built.validation_accuracy:.3f}), "
+                 f"published model #{built.model_id} with royalties by k-NN Shapley ({shares}) "
+                 "and serves it")  # fmt: skip
+        self.assets.append({"asset_id": built.model_id, "kind": "model", "name": "k-NN digits classifier",
+                            "owner": self.builder_wallet.address, "price": CALL_PRICE, "parents": built.parents,
+                            "parent_shares_bps": built.shares_bps,
+                            "validation_accuracy": built.validation_accuracy})  # fmt: skip
+
+    def buy(self, llm_url: str | None, llm_model: str) -> None:
+        wallet = self.buyer_wallet
+        client = self._client_for(None, wallet)
+        if llm_url:
+            brain: Any = LLMBrain(base_url=llm_url, model=llm_model)
+        else:
+            brain = UCBBrain(seed=SEED, deposit_calls=QUERIES)
+        task = ClassificationTask(self.X_query[:QUERIES], self.y_query[:QUERIES], value_per_success=to_units("0.2"))
+        report = BuyerAgent(wallet, client, brain, task, identity=self.agent_ids["buyer"],
+                            trace_path=self.work_dir / "buyer-trace.jsonl").run(max_steps=3 * QUERIES)  # fmt: skip
+        report.raise_if_interrupted()
+        self.buyer_accuracy = task.correct / task.index if task.index else 0.0
+        self.say(f"the buyer ({'LLM' if llm_url else 'UCB bandit'}) classified {task.index} rows paying "
+                 f"{format_units(CALL_PRICE)} tUSD a call by channel vouchers: {task.correct} right "
+                 f"({report.reason})")  # fmt: skip
+        clean = self.providers[0][3]
+        _content, entry = wallet.buy_over_x402(client, clean)
+        self.payments.append({"from": wallet.address, "asset_id": clean, "kind": "x402", "amount": entry.amount,
+                              "tx": entry.ref})  # fmt: skip
+        self.say(f"it bought one download of dataset #{clean} over x402 (a stock x402 client signed EIP-3009; "
+                 "the server's facilitator settled it into the vault and paid the gas)")  # fmt: skip
+        self.buyer_client, self.x402_dataset = client, clean
+
+    def rate(self) -> None:
+        """Paid-only feedback: the channel counts once its vouchers are claimed on chain."""
+        context = ToolContext(self.buyer_client, self.buyer_wallet, self.work_dir / "buyer-downloads")
+        model = self.built.model_id
+        run_tool(context, "rate_asset", {"asset_id": model, "value": 90, "tag": "accurate"})
+        summary = self.market.reputation.summary(SubjectKind.ASSET, model)
+        self.say(f"the buyer rated model #{model} 90/100 (only payers may rate; {summary.count} rating on chain)")
+
+    def settle(self) -> None:
+        settled = self.app.state.services.settler.settle_once()
+        claimed = sum(s.amount for s in settled if s.outcome == "claimed")
+        self.channel_claimed = claimed
+        self.payments.append({"from": self.buyer_wallet.address, "asset_id": self.built.model_id, "kind": "channel",
+                              "amount": claimed})  # fmt: skip
+        self.say(f"the server's settler claimed the channel's highest voucher: {format_units(claimed)} tUSD "
+                 f"into model #{self.built.model_id}'s vault in {len(settled)} transaction(s)")  # fmt: skip
+
+    def release_and_withdraw(self) -> None:
+        market, token = self.market, self.token.address
+        forwarded = market.release_upstream(self.deployer, self.built.model_id)
+        self.say(f"royalties released up the lineage: {format_units(sum(a for _, a in forwarded))} tUSD "
+                 f"to {len(forwarded)} dataset vaults")  # fmt: skip
+        self.earnings: dict[str, int] = {}
+        for _name, account, provider, _asset_id, _noise in self.providers:
+            self.earnings[account.address] = sum(provider.withdraw().values())
+        builder_client = self._client_for(None, self.builder_wallet)
+        self.earnings[self.builder_wallet.address] = sum(builder_client.withdraw().values())
+        self.fee = 0
+        for asset in self.assets:
+            vault = market.vault(asset["asset_id"])
+            if vault.claimable(token, self.deployer.address):
+                vault.release(self.deployer, token, self.deployer.address)
+            self.fee += vault.released(token, self.deployer.address)
+            asset["revenue_received"] = vault.total_received(token)
+        self.say("providers and the builder withdrew their earnings; the treasury released the protocol fee")
+
+    # ------------------------------------------------------------------ the report
+
+    def summary(self, activity: dict[str, int]) -> dict[str, Any]:
+        token = self.token.address
+        paid = sum(p["amount"] for p in self.payments)
+        dust = sum(self.token.balance_of(self.market.marketplace.vault_of(a["asset_id"])) for a in self.assets)
+        leftover = {}
+        for asset in self.assets:
+            vault = self.market.vault(asset["asset_id"])
+            for payee in vault.payees():
+                claimable = vault.claimable(token, payee)
+                if claimable:
+                    leftover[f"{asset['asset_id']}:{payee}"] = claimable
+        producers = {account.address: self.earnings[account.address] for _, account, *_ in self.providers}
+        return {
+            "chain_id": self.chain.chain_id,
+            "chain": self.chain.kind,
+            "assets": self.assets,
+            "payments": self.payments,
+            "paid_total": paid,
+            "earnings_by_address": {a: {"role": self.roles.get(a, "?"), "amount": v} for a, v in self.earnings.items()},
+            "protocol_fee": self.fee,
+            "left_in_vaults": dust,
+            "claimable_left": leftover,
+            "producer_earnings": producers,
+            "producer_share": sum(producers.values()) / paid if paid else 0.0,
+            "model_accuracy": {"validation": self.built.validation_accuracy, "buyer_queries": self.buyer_accuracy},
+            "gas_used": activity["gas_used"],
+            "tx_count": activity["tx_count"],
+        }
+
+
+def report_markdown(summary: dict[str, Any]) -> str:
+    """A small Markdown report of a demo run."""
+    lines = [f"# agentmarket demo (chain {summary['chain_id']}, {summary['chain']})", "", "## Payments", "",
+             "| from | asset | kind | tUSD |", "| --- | --- | --- | ---: |"]  # fmt: skip
+    lines += [
+        f"| {p['from']} | #{p['asset_id']} | {p['kind']} | {format_units(p['amount'])} |" for p in summary["payments"]
+    ]
+    lines += [
+        "",
+        "## Earnings (withdrawn, read from the chain)",
+        "",
+        "| address | role | tUSD |",
+        "| --- | --- | ---: |",
+    ]
+    lines += [f"| {a} | {e['role']} | {format_units(e['amount'])} |" for a, e in summary["earnings_by_address"].items()]
+    lines += ["", f"Protocol fee: {format_units(summary['protocol_fee'])} tUSD. "
+              f"Share of all payments that reached data producers: {summary['producer_share']:.1%}. "
+              f"Gas used: {summary['gas_used']:,} in {summary['tx_count']} transactions.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_outputs(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    """``demo.json`` and ``report.md`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data, report = out_dir / "demo.json", out_dir / "report.md"
+    data.write_text(json.dumps(summary, indent=2) + "\n")
+    report.write_text(report_markdown(summary))
+    return [data, report]

@@ -1,0 +1,295 @@
+"""Figures of a run and of a sweep, as PNG files (matplotlib, Agg canvas: no display needed).
+
+Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas, never through pyplot, so nothing
+touches global state and plotting is safe in worker processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from marketplace.chain.token import UNIT
+from simulation.metrics import lorenz
+
+#: File names ``plot_run`` writes, in order.
+RUN_FIGURES = ("revenue_vs_quality.png", "lorenz.png", "money_flow.png", "rounds.png")
+#: File names ``plot_sweep`` writes, in order.
+SWEEP_FIGURES = ("sweep_distribution.png", "sweep_welfare.png")
+
+_ORIGINAL, _DUPLICATE = "tab:blue", "tab:orange"
+_PARTY_COLOURS = {"consumers": "tab:green", "builders": "tab:purple", "producers": "tab:blue", "protocol": "tab:gray"}
+_DPI = 100
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure on an Agg canvas."""
+    figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, out_dir: Path, name: str) -> Path:
+    """Write ``figure`` as ``out_dir/name`` (PNG, no timestamp metadata)."""
+    path = out_dir / name
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def _tusd(units: float) -> float:
+    """Base units as tUSD (for axes)."""
+    return units / UNIT
+
+
+def _rule(result: Mapping[str, Any]) -> str:
+    """The royalty rule(s) of the run's builders, for titles."""
+    rules = sorted({str(b.get("rule")) for b in result.get("builders", []) if b.get("rule") is not None})
+    return ", ".join(rules) or "n/a"
+
+
+# --------------------------------------------------------------------------------------------------
+# One run
+
+
+def plot_run(result: Mapping[str, Any], summary: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write the run's figures (``RUN_FIGURES``) into ``out_dir``; returns their paths in that order."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        _revenue_vs_quality(result, summary, out),
+        _lorenz(summary, out),
+        _money_flow(result, summary, out),
+        _rounds(result, out),
+    ]
+
+
+def _revenue_vs_quality(result: Mapping[str, Any], summary: Mapping[str, Any], out: Path) -> Path:
+    """Producer revenue against label noise and against true value; duplicating producers marked."""
+    producers = sorted(result["producers"], key=lambda p: p["index"])
+    figure = _figure(10, 4.2)
+    axes = figure.subplots(1, 2, sharey=True)
+    correlation = summary["revenue_value_correlation"]
+    for axis, field, label in (
+        (axes[0], "label_noise", "label noise (fraction of labels flipped)"),
+        (axes[1], "true_value", "true value (leave-one-out accuracy contribution)"),
+    ):
+        for duplicate, colour, marker in ((False, _ORIGINAL, "o"), (True, _DUPLICATE, "X")):
+            chosen = [p for p in producers if (p.get("duplicate_of") is not None) == duplicate]
+            if not chosen:
+                continue
+            axis.scatter(
+                [float(p[field]) for p in chosen], [_tusd(p["revenue"]) for p in chosen],
+                c=colour, marker=marker, s=60, label="resells duplicates" if duplicate else "original data",
+            )  # fmt: skip
+            for p in chosen:
+                text = f"P{p['index']}" + (f"←P{p['duplicate_of']}" if duplicate else "")
+                axis.annotate(text, (float(p[field]), _tusd(p["revenue"])), textcoords="offset points", xytext=(5, 4))
+        axis.set_xlabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("producer revenue (tUSD)")
+    axes[0].legend(loc="best", fontsize="small")
+    pearson, spearman = correlation["pearson"], correlation["spearman"]
+    figure.suptitle(
+        f"Revenue vs. data quality — rule: {_rule(result)}; "
+        f"revenue-value correlation: Pearson {_number(pearson)}, Spearman {_number(spearman)}"
+    )
+    return _save(figure, out, "revenue_vs_quality.png")
+
+
+def _number(value: float | None) -> str:
+    """Two decimals, or n/a."""
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _lorenz(summary: Mapping[str, Any], out: Path) -> Path:
+    """Lorenz curve of producer revenue against the line of equality."""
+    figure = _figure(5, 5)
+    axis = figure.subplots()
+    revenue = summary["producer_revenue"]
+    if revenue:
+        x, y = lorenz(revenue)
+        axis.plot(x, y, marker="o", color=_ORIGINAL, label="producer revenue")
+        axis.fill_between(x, y, x, color=_ORIGINAL, alpha=0.15)
+    axis.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect equality")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("share of producers (poorest first)")
+    axis.set_ylabel("share of producer revenue")
+    axis.set_title(f"Lorenz curve — Gini {_number(summary['gini_producer_revenue'])}")
+    axis.legend(loc="upper left", fontsize="small")
+    axis.grid(alpha=0.3)
+    return _save(figure, out, "lorenz.png")
+
+
+def _money_flow(result: Mapping[str, Any], summary: Mapping[str, Any], out: Path) -> Path:
+    """Stacked bars for each stage of the money path: consumers → builders → producers → protocol fee."""
+    producers, builders = result["producers"], result["builders"]
+    producer_total = sum(int(p["revenue"]) for p in producers)
+    if producers and all("royalty_revenue" in p for p in producers):
+        royalties = sum(int(p["royalty_revenue"]) for p in producers)
+        producer_parts = [("royalties", royalties), ("license sales", producer_total - royalties)]
+    else:
+        producer_parts = [("revenue", producer_total)]
+    stages: list[tuple[str, str, list[tuple[str, int]]]] = [
+        ("consumers\npaid", "consumers", [("model calls", int(summary["consumer_spend"]))]),
+        ("builders\nearned", "builders", [("model revenue", sum(int(b["revenue"]) for b in builders))]),
+        ("builders\nspent", "builders", [("data licenses", sum(int(b["spend"]) for b in builders))]),
+        ("producers\nearned", "producers", producer_parts),
+        ("protocol\nfee", "protocol", [("fee", int(summary["protocol_fee"]))]),
+    ]
+    figure = _figure(9, 4.5)
+    axis = figure.subplots()
+    for position, (_, party, parts) in enumerate(stages):
+        bottom = 0.0
+        for part_index, (part, amount) in enumerate(parts):
+            height = _tusd(amount)
+            axis.bar(
+                position, height, bottom=bottom, color=_PARTY_COLOURS[party], alpha=1.0 - 0.35 * part_index,
+                edgecolor="black", linewidth=0.5,
+            )  # fmt: skip
+            if height > 0 and len(parts) > 1:
+                axis.text(position, bottom + height / 2, part, ha="center", va="center", fontsize="x-small")
+            bottom += height
+        axis.text(position, bottom, f"{bottom:.2f}", ha="center", va="bottom", fontsize="small")
+    axis.set_xticks(range(len(stages)), [label for label, _, _ in stages])
+    axis.set_ylabel("tUSD")
+    axis.set_title("Money flow: consumers → builders → producers → protocol fee")
+    axis.grid(axis="y", alpha=0.3)
+    return _save(figure, out, "money_flow.png")
+
+
+def _rounds(result: Mapping[str, Any], out: Path) -> Path:
+    """Consumer spend and answer accuracy per round; builders' test accuracy for reference."""
+    rounds = sorted(result.get("rounds", []), key=lambda r: r["round"])
+    numbers = [int(r["round"]) for r in rounds]
+    figure = _figure(10, 4)
+    spend_axis, accuracy_axis = figure.subplots(1, 2)
+    spend_axis.bar(numbers, [_tusd(r["consumer_spend"]) for r in rounds], color=_PARTY_COLOURS["consumers"])
+    spend_axis.set_xlabel("round")
+    spend_axis.set_ylabel("consumer spend (tUSD)")
+    spend_axis.set_title("Consumer spend per round")
+    accuracy = [int(r["correct"]) / int(r["answered"]) if int(r["answered"]) else math.nan for r in rounds]
+    accuracy_axis.plot(numbers, accuracy, marker="o", color="black", label="answers correct")
+    for builder in sorted(result.get("builders", []), key=lambda b: b["index"]):
+        accuracy_axis.axhline(
+            float(builder["accuracy"]), linestyle=":", color=f"C{builder['index'] % 10}",
+            label=f"builder {builder['index']} ({builder.get('model', '?')}) test accuracy",
+        )  # fmt: skip
+    accuracy_axis.set_ylim(0, 1.05)
+    accuracy_axis.set_xlabel("round")
+    accuracy_axis.set_ylabel("fraction correct")
+    accuracy_axis.set_title("Answer accuracy per round")
+    accuracy_axis.legend(loc="lower right", fontsize="x-small")
+    for axis in (spend_axis, accuracy_axis):
+        axis.grid(alpha=0.3)
+        if numbers:
+            axis.set_xticks(numbers)
+    return _save(figure, out, "rounds.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# Sweeps
+
+
+def _grid(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str], dict[tuple[str, str], list[Any]]]:
+    """Group rows by (first parameter value, other parameters): x labels, series labels, metrics per cell."""
+    keys = list(dict.fromkeys(key for row in rows for key in row["params"]))
+    primary, others = (keys[0], keys[1:]) if keys else (None, [])
+    xs: list[str] = []
+    series: list[str] = []
+    cells: dict[tuple[str, str], list[Any]] = {}
+    for row in rows:
+        params = row["params"]
+        x = f"{params.get(primary)}" if primary else "run"
+        name = ", ".join(f"{key}={params.get(key)}" for key in others) or "all"
+        if x not in xs:
+            xs.append(x)
+        if name not in series:
+            series.append(name)
+        cells.setdefault((x, name), []).append(row["metrics"])
+    return xs, series, cells
+
+
+def _mean(values: list[Any]) -> float:
+    """Mean of the non-None values, NaN if none."""
+    present = [float(v) for v in values if v is not None]
+    return float(np.mean(present)) if present else math.nan
+
+
+def _grouped_bars(
+    figure: Figure, rows: Sequence[Mapping[str, Any]], panels: Sequence[tuple[str, str, float]], xlabel: str
+) -> None:
+    """One panel per ``(metric, title, scale)``: grouped bars, x = first parameter, one bar per series."""
+    xs, series, cells = _grid(rows)
+    columns = 2
+    axes = figure.subplots(math.ceil(len(panels) / columns), columns, squeeze=False).ravel()
+    width = 0.8 / max(len(series), 1)
+    for axis, (metric, title, scale) in zip(axes, panels, strict=False):
+        for index, name in enumerate(series):
+            heights = [_mean([m.get(metric) for m in cells.get((x, name), [])]) / scale for x in xs]
+            positions = [x + (index - (len(series) - 1) / 2) * width for x in range(len(xs))]
+            axis.bar(positions, heights, width=width, label=name, color=f"C{index % 10}")
+            for position, height in zip(positions, heights, strict=True):
+                if math.isnan(height):
+                    axis.text(position, 0, "n/a", ha="center", va="bottom", fontsize="x-small")
+        axis.axhline(0, color="black", linewidth=0.5)
+        axis.set_xticks(range(len(xs)), xs, fontsize="small")
+        axis.set_xlabel(xlabel)
+        axis.set_title(title, fontsize="medium")
+        if metric.startswith("revenue_value_"):  # correlations
+            axis.set_ylim(-1.05, 1.05)
+        axis.grid(axis="y", alpha=0.3)
+    for axis in axes[len(panels) :]:
+        axis.set_visible(False)
+    if len(series) > 1:
+        axes[0].legend(fontsize="x-small", loc="best")
+
+
+def plot_sweep(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Write comparison figures (``SWEEP_FIGURES``) across a sweep's grid; ``rows`` come from ``sweep_row``.
+
+    The first swept parameter is the x axis; the other parameters' combinations are bar groups; grid
+    points with the same parameters (repeated seeds) are averaged.
+    """
+    if not rows:
+        raise ValueError("a sweep needs at least one row to plot")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(key for row in rows for key in row["params"]))
+    xlabel = keys[0] if keys else ""
+    distribution = _figure(10, 7)
+    _grouped_bars(
+        distribution, rows,
+        [
+            ("revenue_value_pearson", "revenue-value correlation (Pearson)", 1.0),
+            ("revenue_value_spearman", "revenue-value correlation (Spearman)", 1.0),
+            ("gini_producer_revenue", "Gini of producer revenue", 1.0),
+            ("producer_share", "producer revenue / consumer spend", 1.0),
+        ],
+        xlabel,
+    )  # fmt: skip
+    distribution.suptitle("How value reaches producers, per grid point")
+    welfare = _figure(10, 7)
+    _grouped_bars(
+        welfare, rows,
+        [
+            ("builder_profit_total", "builder profit (tUSD)", UNIT),
+            ("consumer_surplus_total", "consumer surplus (tUSD)", UNIT),
+            ("protocol_fee", "protocol fee (tUSD)", UNIT),
+            ("accuracy", "answer accuracy", 1.0),
+        ],
+        xlabel,
+    )  # fmt: skip
+    welfare.suptitle("Who gains, per grid point")
+    return [_save(distribution, out, SWEEP_FIGURES[0]), _save(welfare, out, SWEEP_FIGURES[1])]
+
+
+def grid_labels(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``key=value, ...`` for each row's parameters (stable order), e.g. for tables."""
+    return [", ".join(f"{k}={v}" for k, v in row["params"].items()) or "run" for row in rows]

@@ -1,0 +1,295 @@
+"""Simulation metrics on hand-computed inputs; CSVs and metrics.json; plots are real PNGs; reports link them."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulation.metrics import (
+    SWEEP_METRICS,
+    gini,
+    lorenz,
+    pearson,
+    ranks,
+    spearman,
+    summarize,
+    sweep_row,
+    write_csvs,
+    write_metrics,
+    write_sweep_csv,
+)
+from simulation.plots import RUN_FIGURES, SWEEP_FIGURES, plot_run, plot_sweep
+from simulation.report import summary_rows, tusd, write_report, write_sweep_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TUSD = 1_000_000
+
+
+def synthetic_result() -> dict[str, Any]:
+    """Three producers (one noisy, one copying producer 0), two builders, two consumers; listed out of order."""
+    return {
+        "scenario": "synthetic",
+        "producers": [
+            {"index": 2, "address": "0xP2", "asset_id": 3, "label_noise": 0.0, "duplicate_of": 0, "rows": 100,
+             "revenue": 4 * TUSD, "true_value": 0.0},
+            {"index": 0, "address": "0xP0", "asset_id": 1, "label_noise": 0.0, "duplicate_of": None, "rows": 100,
+             "revenue": 6 * TUSD, "true_value": 0.05},
+            {"index": 1, "address": "0xP1", "asset_id": 2, "label_noise": 0.5, "duplicate_of": None, "rows": 100,
+             "revenue": 2 * TUSD, "true_value": 0.01},
+        ],
+        "builders": [
+            {"index": 0, "address": "0xB0", "model_id": 4, "model": "knn", "rule": "equal", "spend": 4 * TUSD,
+             "revenue": 5 * TUSD, "accuracy": 0.9, "parents": [1, 3], "shares_bps": [2500, 2500]},
+            {"index": 1, "address": "0xB1", "model_id": 5, "model": "logreg", "rule": "equal", "spend": 6 * TUSD,
+             "revenue": 2_500_000, "accuracy": 0.8, "parents": [1, 2, 3], "shares_bps": [1667, 1667, 1666]},
+        ],
+        "consumers": [
+            {"index": 0, "address": "0xC0", "spend": 3 * TUSD, "answered": 30, "correct": 25, "value": 5 * TUSD},
+            {"index": 1, "address": "0xC1", "spend": 2 * TUSD, "answered": 20, "correct": 5, "value": 1 * TUSD},
+        ],
+        "protocol_fee": 150_000,
+        "consumer_spend": 5 * TUSD,
+        "rounds": [
+            {"round": 2, "consumer_spend": 3 * TUSD, "answered": 30, "correct": 20},
+            {"round": 1, "consumer_spend": 2 * TUSD, "answered": 20, "correct": 10},
+        ],
+        "chain": {"kind": "embedded", "chain_id": 131277322940537, "gas_used": 1_234_567, "tx_count": 89},
+        "wall_time": 2.5,
+        "onchain_actions": 50,
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Gini, Lorenz, correlations
+
+
+def test_gini_of_equal_values_is_zero_and_of_one_takes_all_is_n_minus_one_over_n() -> None:
+    assert gini([5, 5, 5, 5]) == pytest.approx(0.0, abs=1e-12)
+    for n in (2, 3, 4, 10):
+        assert gini([0] * (n - 1) + [7]) == pytest.approx((n - 1) / n)
+    assert gini([0, 0, 0]) == 0.0  # nobody earned anything: equal
+
+
+def test_gini_matches_the_mean_absolute_difference_formula() -> None:
+    values = [4, 1, 3, 2]  # sum over pairs |xi - xj| = 20; G = 20 / (2 * 4**2 * 2.5) = 0.25
+    assert gini(values) == pytest.approx(0.25)
+    assert gini([2, 4, 6]) == pytest.approx(8 / 36)
+
+
+def test_gini_refuses_empty_or_negative_input() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        gini([])
+    with pytest.raises(ValueError, match="non-negative"):
+        gini([1, -1])
+
+
+def test_lorenz_runs_from_origin_to_one_and_sags_below_equality() -> None:
+    x, y = lorenz([3, 1])
+    assert x.tolist() == [0.0, 0.5, 1.0]
+    assert y.tolist() == [0.0, 0.25, 1.0]
+    x, y = lorenz([0, 0, 9])
+    assert (x[0], y[0], x[-1], y[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert y.tolist() == pytest.approx([0.0, 0.0, 0.0, 1.0])
+    x, y = lorenz([0, 0])
+    assert y.tolist() == x.tolist()  # all zero: the line of equality
+
+
+def test_pearson_on_hand_computed_inputs() -> None:
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert pearson([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+
+
+def test_correlations_are_none_when_undefined() -> None:
+    assert pearson([1, 1, 1], [1, 2, 3]) is None
+    assert pearson([0.1, 0.1, 0.1], [3, 2, 1]) is None
+    assert pearson([1], [2]) is None
+    assert spearman([4, 4, 4], [1, 2, 3]) is None
+    with pytest.raises(ValueError, match="same length"):
+        pearson([1, 2], [1, 2, 3])
+
+
+def test_spearman_uses_average_ranks() -> None:
+    assert ranks([10, 20, 20, 30]).tolist() == [1.0, 2.5, 2.5, 4.0]
+    cubes = [1, 8, 27, 64]
+    assert spearman([1, 2, 3, 4], cubes) == pytest.approx(1.0)
+    assert pearson([1, 2, 3, 4], cubes) < 0.99  # monotone but not linear
+    assert spearman([6, 2, 4], [0.05, 0.01, 0.0]) == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary
+
+
+def test_summarize_synthetic_result_by_hand() -> None:
+    summary = summarize(synthetic_result())
+    assert summary["producer_revenue"] == [6 * TUSD, 2 * TUSD, 4 * TUSD]  # by producer index
+    assert summary["producer_revenue_total"] == 12 * TUSD
+    assert summary["producer_true_value"] == [0.05, 0.01, 0.0]
+    # revenue deviations (2, -2, 0), value deviations (.03, -.01, -.02): r = .08 / sqrt(8 * .0014)
+    assert summary["revenue_value_correlation"]["pearson"] == pytest.approx(0.08 / math.sqrt(8 * 0.0014))
+    assert summary["revenue_value_correlation"]["spearman"] == pytest.approx(0.5)
+    assert summary["gini_producer_revenue"] == pytest.approx(8 / 36)
+    assert summary["producer_share"] == pytest.approx(12 / 5)  # no royalty split given: all producer revenue
+    assert summary["builder_profit"] == {"per_builder": [1 * TUSD, -3_500_000], "total": -2_500_000}
+    assert summary["consumer_surplus"] == {"per_consumer": [2 * TUSD, -1 * TUSD], "total": 1 * TUSD}
+    assert summary["consumer_spend"] == 5 * TUSD
+    assert summary["protocol_fee"] == 150_000
+    assert (summary["answered"], summary["correct"], summary["accuracy"]) == (50, 30, pytest.approx(0.6))
+    assert summary["builder_accuracy"] == [0.9, 0.8]
+    assert (summary["gas_used"], summary["tx_count"]) == (1_234_567, 89)
+    assert summary["timing"] == {"wall_time": 2.5, "onchain_actions": 50, "actions_per_second": pytest.approx(20.0)}
+
+
+def test_producer_share_counts_only_royalties_when_the_engine_splits_them() -> None:
+    result = synthetic_result()
+    by_index = sorted(result["producers"], key=lambda p: p["index"])
+    for producer, royalty in zip(by_index, [1_000_000, 500_000, 0], strict=True):
+        producer["royalty_revenue"] = royalty
+    assert summarize(result)["producer_share"] == pytest.approx(0.3)
+
+
+def test_summarize_reports_none_for_undefined_ratios() -> None:
+    result = synthetic_result()
+    result.update(consumer_spend=0, wall_time=0.0)
+    for consumer in result["consumers"]:
+        consumer.update(answered=0, correct=0)
+    for producer in result["producers"]:
+        producer["revenue"] = 1 * TUSD
+    summary = summarize(result)
+    assert summary["producer_share"] is None
+    assert summary["accuracy"] is None
+    assert summary["timing"]["actions_per_second"] is None
+    assert summary["revenue_value_correlation"] == {"pearson": None, "spearman": None}
+    assert summary["gini_producer_revenue"] == 0.0
+
+
+def test_metrics_json_is_identical_for_identical_runs_and_timing_is_kept_apart(tmp_path: Path) -> None:
+    first, second = synthetic_result(), synthetic_result()
+    second["wall_time"] = 9.75
+    paths_a = write_metrics(summarize(first), tmp_path / "a")
+    paths_b = write_metrics(summarize(second), tmp_path / "b")
+    assert paths_a[0].read_bytes() == paths_b[0].read_bytes()
+    assert "timing" not in json.loads(paths_a[0].read_text())
+    assert json.loads(paths_b[1].read_text())["wall_time"] == 9.75
+
+
+def test_write_csvs_one_file_per_entity_sorted_with_lists_joined(tmp_path: Path) -> None:
+    paths = write_csvs(synthetic_result(), tmp_path)
+    assert [p.name for p in paths] == ["producers.csv", "builders.csv", "consumers.csv", "rounds.csv"]
+    producers = list(csv.DictReader(paths[0].open()))
+    assert [row["index"] for row in producers] == ["0", "1", "2"]
+    assert producers[0]["duplicate_of"] == "" and producers[2]["duplicate_of"] == "0"
+    assert producers[0]["revenue"] == str(6 * TUSD)
+    builders = list(csv.DictReader(paths[1].open()))
+    assert builders[1]["parents"] == "1;2;3" and builders[1]["shares_bps"] == "1667;1667;1666"
+    rounds = list(csv.DictReader(paths[3].open()))
+    assert [(row["round"], row["correct"]) for row in rounds] == [("1", "10"), ("2", "20")]
+
+
+def test_write_sweep_csv_has_parameter_then_metric_columns(tmp_path: Path) -> None:
+    summary = summarize(synthetic_result())
+    rows = [sweep_row({"royalty.rule": rule}, summary) for rule in ("none", "equal")]
+    lines = list(csv.reader(write_sweep_csv(rows, tmp_path).open()))
+    assert lines[0] == ["royalty.rule", *SWEEP_METRICS]
+    assert [line[0] for line in lines[1:]] == ["none", "equal"]
+    assert float(lines[1][1 + SWEEP_METRICS.index("gini_producer_revenue")]) == pytest.approx(8 / 36)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots and reports
+
+
+def assert_png(path: Path) -> None:
+    """``path`` is a non-trivial PNG file."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > 5_000, path
+
+
+def linked_files(report: Path) -> list[str]:
+    """The targets of the Markdown image links in ``report``."""
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
+
+
+@pytest.fixture(scope="module")
+def run_output(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], Path]:
+    """Figures and report of the synthetic run."""
+    out = tmp_path_factory.mktemp("run")
+    result = synthetic_result()
+    summary = summarize(result)
+    images = plot_run(result, summary, out)
+    return out, images, write_report(result, summary, images, out)
+
+
+def test_plot_run_writes_the_four_figures_as_png(run_output: tuple[Path, list[Path], Path]) -> None:
+    out, images, _ = run_output
+    assert [image.name for image in images] == list(RUN_FIGURES)
+    for image in images:
+        assert image.parent == out
+        assert_png(image)
+
+
+def test_run_report_links_exactly_the_figures_and_shows_the_summary(run_output: tuple[Path, list[Path], Path]) -> None:
+    out, images, report = run_output
+    assert report == out / "report.md"
+    assert linked_files(report) == [image.name for image in images]
+    text = report.read_text()
+    assert text.startswith("# Simulation report: synthetic\n")
+    assert "| Gini of producer revenue | 0.222 |" in text
+    assert "| producer share of consumer spend | 240.0% |" in text
+    assert "| builder profit (total) | -2.50 |" in text
+    assert "| 2 | 0.00 | 0 | 100 | 4.00 | 0.0000 |" in text  # producer 2 copies producer 0
+    assert text.count("### ") == len(images)
+
+
+def test_report_paths_are_relative_to_the_report(tmp_path: Path, run_output: tuple[Path, list[Path], Path]) -> None:
+    _, images, _ = run_output
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    moved = figures / images[1].name
+    moved.write_bytes(images[1].read_bytes())
+    result = synthetic_result()
+    report = write_report(result, summarize(result), [moved], tmp_path, title="moved")
+    assert linked_files(report) == ["figures/lorenz.png"]
+
+
+def test_summary_rows_format_amounts_and_missing_values() -> None:
+    result = synthetic_result()
+    result["consumer_spend"] = 0
+    rows = dict(summary_rows(summarize(result)))
+    assert rows["producer revenue (each)"] == "6.00, 2.00, 4.00"
+    assert rows["producer share of consumer spend"] == "n/a"
+    assert rows["answers correct"] == "30 / 50 (60.0%)"
+    assert tusd(1_234_567) == "1.234567" and tusd(-1_500_000) == "-1.50"
+
+
+def test_sweep_plots_and_report(tmp_path: Path) -> None:
+    base = summarize(synthetic_result())
+    rows = []
+    for rule in ("none", "equal", "knn_shapley"):
+        for count in ("3", "5"):
+            summary = copy.deepcopy(base)
+            summary["gini_producer_revenue"] = 0.1 * len(rule) / int(count)
+            if rule == "none":
+                summary["revenue_value_correlation"] = {"pearson": None, "spearman": None}
+            rows.append(sweep_row({"royalty.rule": rule, "producers.count": count}, summary))
+    images = plot_sweep(rows, tmp_path)
+    assert [image.name for image in images] == list(SWEEP_FIGURES)
+    for image in images:
+        assert_png(image)
+    report = write_sweep_report(rows, images, tmp_path, title="rules")
+    assert linked_files(report) == list(SWEEP_FIGURES)
+    text = report.read_text()
+    table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| royalty.rule")]
+    assert len(table) == len(rows)
+    assert table[0].startswith("| none | 3 | n/a | n/a | 0.133 |")
+    with pytest.raises(ValueError, match="at least one row"):
+        plot_sweep([], tmp_path)
