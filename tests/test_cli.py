@@ -62,19 +62,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
         assert fragment in result.stderr
 
 
-def test_demo_json_reports_relayed_payment_from_chain():
-    result = run_cli("demo", "--json")
-    assert result.returncode == 0, result.stderr
-    story = json.loads(result.stdout)
-    assert story["chain_id"] == 31337
-    balances = story["balances"]
-    assert balances["agent"]["tusd_after"] == str(87_500_000)
-    assert balances["provider"]["tusd_after"] == str(12_500_000)
-    assert balances["agent"]["eth_spent_wei"] == "0"
-    assert int(balances["relayer"]["eth_spent_wei"]) > 0
-    assert 50_000 < story["payment"]["gas_used"] < 120_000
-
-
 def test_unreachable_rpc_is_one_line():
     result = run_cli("balances", "--rpc", "http://127.0.0.1:9")
     assert_one_line_error(result, "http://127.0.0.1:9", "agentmarket node")

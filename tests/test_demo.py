@@ -1,0 +1,81 @@
+"""`agentmarket demo --json` on the embedded chain tells an honest story: the invariants hold on what
+was read back from the chain."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import AGENTMARKET, run_cli
+
+
+def test_demo_story_invariants(tmp_path):
+    result = run_cli("demo", "--json", "--out", str(tmp_path / "out"), timeout=300)
+    assert result.returncode == 0, result.stderr
+    story = json.loads(result.stdout)
+    assert story["chain_id"] == 31337 and story["tx_count"] > 30 and story["gas_used"] > 5_000_000
+    assert json.loads((tmp_path / "out" / "demo.json").read_text()) == story
+    assert "## Payments" in (tmp_path / "out" / "report.md").read_text()
+
+    kinds = {p["kind"] for p in story["payments"]}
+    assert kinds == {"license", "x402", "channel"}
+    datasets = [a for a in story["assets"] if a["kind"] == "dataset"]
+    (model,) = [a for a in story["assets"] if a["kind"] == "model"]
+    assert model["parents"] == [d["asset_id"] for d in datasets]  # trained on what it bought, lineage on chain
+
+    # Every provider earned something; the noisy one earned less than each clean one under the data-value rule.
+    producers = story["producer_earnings"]
+    earned = {d["asset_id"]: producers[d["owner"]] for d in datasets}
+    assert min(earned.values()) > 0
+    noisy = [d["asset_id"] for d in datasets if d["label_noise"] > 0]
+    clean = [d["asset_id"] for d in datasets if d["label_noise"] == 0]
+    assert len(noisy) == 1 and all(earned[noisy[0]] < earned[c] for c in clean)
+
+    # Conservation: what buyers paid = everyone's earnings + the protocol fee + rounding dust left in
+    # vaults, and after the final releases nothing is claimable beyond dust below one unit per payee.
+    earnings = sum(e["amount"] for e in story["earnings_by_address"].values())
+    paid = sum(p["amount"] for p in story["payments"])
+    assert paid == story["paid_total"] == earnings + story["protocol_fee"] + story["left_in_vaults"]
+    payees = sum(1 + len(a.get("parents", [])) + 1 for a in story["assets"])  # owner(s), parents, treasury
+    assert 0 <= story["left_in_vaults"] < payees
+    assert all(amount < 1 for amount in story["claimable_left"].values())
+    assert story["model_accuracy"]["validation"] > 0.9 and story["model_accuracy"]["buyer_queries"] > 0.8
+    assert 0 < story["producer_share"] < 1
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.anvil
+def test_ctrl_c_stops_the_demo_and_the_anvil_it_started():
+    demo = subprocess.Popen([*AGENTMARKET, "demo", "--chain", "anvil"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        lines = []
+        for line in demo.stdout:  # wait until the story is under way: chain, contracts, server
+            lines.append(line)
+            if "marketplace server" in line:
+                break
+        children = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(demo.pid)], capture_output=True,
+                                  text=True, check=False).stdout.split()  # fmt: skip
+        anvil = [int(pid) for pid, name in zip(children[::2], children[1::2], strict=True) if name == "anvil"]
+        assert len(anvil) == 1, (lines, children)
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 130
+        deadline = time.monotonic() + 10
+        while running(anvil[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running(anvil[0])
+    finally:
+        demo.kill()
