@@ -10,6 +10,7 @@ inference handler.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 from collections.abc import Callable, Sequence
@@ -327,3 +328,18 @@ def _is_finite_number(value: Any) -> bool:
         return math.isfinite(float(value))
     except OverflowError:
         return False
+
+
+@functools.cache
+def _digits_knn() -> ClassifierMixin:
+    X, y = load_source("digits")
+    X_train, y_train, _, _ = split_holdout(X, y, 0.3, 0)
+    return train_model("knn", X_train, y_train)
+
+
+def digits_classifier(payload: Any) -> Any:
+    """A ready model to serve: k-NN trained on the training split (seed 0) of scikit-learn's digits.
+
+    ``agentmarket serve --model ID=agents.learning:digits_classifier``; input ``{"features": [[64 numbers]]}``.
+    """
+    return predictor(_digits_knn())(payload)

@@ -8,12 +8,16 @@ endpoint unpaid, and x402 with on-chain settlement per call.
 Targets (from the payments issue): channel-paid >= 0.75x unpaid, and >= 20x x402 per-call. They are
 reported as measured (PASS/FAIL text), never asserted: the machine is shared and noisy.
 
-How it measures: one anvil node, the contract set, and the real API (create_app) under uvicorn on a
-free port of 127.0.0.1, in a thread of this process. An asyncio loop in the main thread drives it
-with httpx (``--concurrency`` worker coroutines, keep-alive connections) for every path:
+How it measures: one anvil node and the contract set; the gateway runs as its own process, the way a
+provider runs it (``scripts/bench_gateway_server.py``: ``create_app`` under ``uvicorn.run`` with the
+options of ``agentmarket serve``, one worker, the model handler loaded from ``--model
+ID=bench_gateway_server:add_numbers``), on a free port of 127.0.0.1. This process is the load
+generator: an asyncio loop with httpx (``--concurrency`` worker coroutines, keep-alive connections)
+drives every path:
 
-- ``unpaid``: POST /bench/unpaid/{id}, a route added here that runs the same model handler as
-  /v1/models/{id}/invoke, with the same request and response models, but charges nothing;
+- ``unpaid``: POST /bench/unpaid/{id}, a route the server script mounts for this baseline only (it is
+  no part of the product API): the same handler lookup, request and response models and model handler
+  as /v1/models/{id}/invoke, but no payment;
 - ``channel-paid``: POST /v1/models/{id}/invoke with a voucher the client signs for that call (one
   channel per worker); ``channel-paid, pre-signed`` sends vouchers signed before the clock starts;
 - ``x402 per-call``: POST /v1/models/{id}/invoke, the same endpoint and model, paid by the stock
@@ -21,11 +25,11 @@ with httpx (``--concurrency`` worker coroutines, keep-alive connections) for eve
   runs the model and settles every call on anvil before answering.
 
 The paths take turns in ``--rounds`` rounds (order rotated each round) so that a burst of load from
-elsewhere on the machine spreads over all of them. Client and server share one process and its GIL
-(anvil runs in its own): a path's rate covers the client's and the server's work together, and
-"cpu ms/call" is this process's CPU time per call. The settler runs as configured (every 30 s by
-default). After the run the app is stopped (its settler claims every voucher) and the vaults are
-checked on chain: the model's vault holds every channel and x402 call's price.
+elsewhere on the machine spreads over all of them. "server cpu ms/call" is the gateway process's CPU
+time per call (from /proc), "client cpu ms/call" this process's; anvil runs in a third process. The
+settler runs as configured (every 30 s by default). After the run the server is stopped with SIGINT
+(its settler claims every voucher) and the vaults are checked on chain: the model's vault holds every
+channel and x402 call's price. ``--profile FILE`` writes cProfile statistics of every server thread.
 """
 
 from __future__ import annotations
@@ -35,18 +39,19 @@ import asyncio
 import json
 import os
 import statistics
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
-import uvicorn
-from fastapi import FastAPI, Path
 from rich.console import Console
 from rich.table import Table
 from x402 import x402Client
@@ -54,10 +59,6 @@ from x402.http.clients.httpx import x402_httpx_transport
 from x402.mechanisms.evm.exact import register_exact_evm_client
 from x402.mechanisms.evm.signers import EthAccountSigner
 
-from marketplace.api import Settings, create_app
-from marketplace.api.deps import ServicesDep
-from marketplace.api.errors import ApiError
-from marketplace.api.routes.models import InvokeRequest, InvokeResponse
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, deploy_all
 from marketplace.chain.market import AssetKind, Market
@@ -72,48 +73,77 @@ TARGETS = {  # name: (numerator path, denominator path, minimum ratio)
 }
 
 
-def add_numbers(payload: Any) -> dict[str, float]:
-    """The served model: sums its input (cheap, so the gateway's own cost is what gets measured)."""
-    return {"sum": float(sum(payload))}
+# ---------------------------------------------------------------------- the server (its own process)
+
+SERVER_SCRIPT = FilePath(__file__).with_name("bench_gateway_server.py")
+MODEL_HANDLER = "bench_gateway_server:add_numbers"
 
 
-# ---------------------------------------------------------------------- the server
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
-def add_unpaid_route(app: FastAPI) -> None:
-    """/bench/unpaid/{id}: the model route's handler lookup, models and handler call, without payment."""
+@dataclass
+class Server:
+    """The gateway process."""
 
-    @app.post("/bench/unpaid/{asset_id}", response_model=InvokeResponse)
-    def unpaid(asset_id: Annotated[int, Path(ge=1, le=2**63 - 1)], body: InvokeRequest, services: ServicesDep) -> Any:
-        handler = services.model_handlers.get(asset_id)
-        if handler is None:
-            raise ApiError(404, "model_not_served", f"this server does not serve model {asset_id}")
-        return InvokeResponse(output=handler(body.input), payment={})
+    process: subprocess.Popen[bytes]
+    base_url: str
+    stats_file: FilePath
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, all threads) the process used so far."""
+        fields = FilePath(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stats(self) -> dict[str, Any]:
+        """What the process wrote on exit."""
+        return json.loads(self.stats_file.read_text())
 
 
 @contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free port of 127.0.0.1 (lifespan on); yields its base URL.
+def serving(setup: Setup, work: FilePath, settle_interval: float, profile: FilePath | None) -> Iterator[Server]:
+    """Start the gateway process for ``setup`` and wait until it answers; stop it (SIGINT) on leaving.
 
-    Leaving the block shuts the app down, which makes its settler claim every voucher.
+    Stopping it makes its settler claim every voucher; the block raises if it does not exit cleanly.
     """
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="bench-uvicorn", daemon=True)
-    thread.start()
+    port = free_port()
+    data_dir, stats_file = work / "server", work / "server-stats.json"
+    command = [sys.executable, str(SERVER_SCRIPT), "--rpc", str(setup.chain.rpc_url),
+               "--manifest", str(setup.deployment.save(work / "deployment.json")), "--data-dir", str(data_dir),
+               "--port", str(port), "--model", f"{setup.model_id}={MODEL_HANDLER}",
+               "--settle-interval", str(settle_interval), "--stats", str(stats_file)]  # fmt: skip
+    if profile is not None:
+        command += ["--profile", str(profile)]
+    process = subprocess.Popen(command, cwd=FilePath(__file__).resolve().parent.parent)
+    server = Server(process, f"http://127.0.0.1:{port}", stats_file)
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the gateway process exited with {process.returncode}")
+            try:
+                if httpx.get(f"{server.base_url}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gateway process did not start")
+            time.sleep(0.05)
+        yield server
     finally:
-        server.should_exit = True
-        thread.join(timeout=120)
-        if thread.is_alive():
-            raise RuntimeError("uvicorn did not stop")
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise RuntimeError("the gateway process did not stop") from None
+    if code != 0:
+        raise RuntimeError(f"the gateway process exited with {code}")
 
 
 # ---------------------------------------------------------------------- the set-up on chain
@@ -158,14 +188,6 @@ def prepare(chain: Chain, concurrency: int, channel_calls: int) -> Setup:
         market.channels.open(payer, model_id, market.token.address, per_channel, expiry) for _ in range(concurrency)
     ]
     return Setup(chain, deployment, market, payer, model_id, channels)
-
-
-def build_app(setup: Setup, data_dir: FilePath, manifest: FilePath, settle_interval: float) -> FastAPI:
-    settings = Settings(manifest=manifest, data_dir=data_dir, rpc_url=setup.chain.rpc_url,
-                        settle_interval=settle_interval)  # fmt: skip
-    app = create_app(settings, model_handlers={setup.model_id: add_numbers})
-    add_unpaid_route(app)
-    return app
 
 
 # ---------------------------------------------------------------------- the clients

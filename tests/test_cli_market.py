@@ -32,7 +32,8 @@ def stack(tmp_path_factory):
             assert node.poll() is None, node.stderr.read()
             time.sleep(0.1)
         server = subprocess.Popen([*AGENTMARKET, "serve", "--rpc", f"http://127.0.0.1:{rpc_port}", "--manifest",
-                                   str(manifest), "--port", str(api_port), "--model", "2=builtins:len"], cwd=home,
+                                   str(manifest), "--port", str(api_port), "--model", "2=builtins:len",
+                                   "--model", "3=agents.learning:digits_classifier"], cwd=home,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         processes.append(server)
         url = f"http://127.0.0.1:{api_port}"
@@ -127,20 +128,27 @@ def test_cli_mistakes_are_one_line(stack):
 
 
 def test_agent_run_pays_for_calls_within_its_caps(stack):
-    """Runs after the round trip: model 2 is served at 0.01 tUSD a call."""
+    """Runs after the round trip (model 2 counts its input at 0.01 tUSD a call); the provider publishes
+    model 3, served as a real digits classifier, at 0.005 tUSD: the greedy buyer pays for it."""
     home, _env = stack
+    card = home / "digits-knn.json"
+    card.write_text('{"model": "k-NN on digits", "input": {"features": [[64 numbers]]}}')
+    assert "published asset 3" in ok(cli(stack, "asset", "publish", str(card), "--price", "0.005", "--kind", "1",
+                                         wallet="provider.json"))  # fmt: skip
     ok(cli(stack, "wallet", "new", wallet="agent.json"))
     ok(cli(stack, "faucet", "--amount", "5", wallet="agent.json"))
     ledger, trace = home / "agent-ledger.jsonl", home / "agent-trace.jsonl"
     report = json.loads(ok(cli(stack, "agent", "run", "--role", "buyer", "--brain", "greedy", "--budget", "1",
                                "--queries", "3", "--ledger", str(ledger), "--trace", str(trace), "--json",
                                wallet="agent.json")))  # fmt: skip
-    assert (report["reason"], report["steps"], report["spent"]) == ("task_complete", 3, 100_000)  # 10 calls' deposit
+    assert (report["reason"], report["steps"], report["spent"]) == ("task_complete", 3, 50_000)  # 10 calls' deposit
+    assert report["task"]["per_model"] == {"3": {"calls": 3, "correct": report["task"]["correct"]}}
+    assert report["task"]["correct"] >= 2  # a real classifier answered, scored against the true labels
     kinds = [json.loads(line)["kind"] for line in ledger.read_text().splitlines()]
     assert kinds == ["channel_deposit", "voucher", "voucher", "voucher"]
     assert [json.loads(line)["event"] for line in trace.read_text().splitlines()] == ["step"] * 3 + ["stop"]
     shown = json.loads(ok(cli(stack, "wallet", "show", "--json", wallet="agent.json")))
-    assert shown["tusd"] == str(5_000_000 - 100_000)
+    assert shown["tusd"] == str(5_000_000 - 50_000)
 
     assert_one_line_error(cli(stack, "agent", "run", "--role", "buyer", "--brain", "llm", wallet="agent.json"),
                           "--llm-url")  # fmt: skip
