@@ -38,9 +38,9 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -200,6 +200,7 @@ class PathResult:
     calls: int = 0
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+    server_cpu_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
 
     @property
@@ -213,7 +214,8 @@ class PathResult:
             "calls": self.calls,
             "seconds": round(self.seconds, 4),
             "calls_per_s": round(self.rate, 2),
-            "cpu_ms_per_call": round(self.cpu_seconds / self.calls * 1000, 2) if self.calls else None,
+            "server_cpu_ms_per_call": round(self.server_cpu_seconds / self.calls * 1000, 2) if self.calls else None,
+            "client_cpu_ms_per_call": round(self.cpu_seconds / self.calls * 1000, 2) if self.calls else None,
             "latency_ms_p50": round(statistics.median(ordered) * 1000, 2) if ordered else None,
             "latency_ms_p95": round(p95 * 1000, 2),
         }
@@ -227,8 +229,10 @@ def split(calls: int, workers: int) -> list[int]:
     return [calls // workers + (1 if w < calls % workers else 0) for w in range(workers)]
 
 
-async def drive(call: Call, calls: int, concurrency: int, result: PathResult | None) -> None:
-    """Make ``calls`` calls from ``concurrency`` workers at once; add the time taken to ``result``."""
+async def drive(
+    call: Call, calls: int, concurrency: int, result: PathResult | None, server_cpu: Callable[[], float]
+) -> None:
+    """Make ``calls`` calls from ``concurrency`` workers at once; add the time and CPU taken to ``result``."""
     latencies: list[float] = []
 
     async def worker(index: int, count: int) -> None:
@@ -237,13 +241,15 @@ async def drive(call: Call, calls: int, concurrency: int, result: PathResult | N
             await call(index)
             latencies.append(time.perf_counter() - started)
 
-    started, cpu_started = time.perf_counter(), time.process_time()
+    started, cpu_started, server_started = time.perf_counter(), time.process_time(), server_cpu()
     await asyncio.gather(*(worker(w, n) for w, n in enumerate(split(calls, concurrency)) if n))
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    server = server_cpu() - server_started
     if result is not None:
         result.calls += calls
         result.seconds += elapsed
         result.cpu_seconds += cpu
+        result.server_cpu_seconds += server
         result.latencies += latencies
 
 
@@ -269,8 +275,9 @@ class Plan:
     warmup: int
 
 
-async def measure(setup: Setup, base_url: str, plan: Plan) -> tuple[dict[str, PathResult], dict[str, int]]:
+async def measure(setup: Setup, server: Server, plan: Plan) -> tuple[dict[str, PathResult], dict[str, int]]:
     """Run every path for ``plan.rounds`` rounds; returns the timed results and every call made (warm-up too)."""
+    base_url = server.base_url
     limits = httpx.Limits(max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency)
     body = {"input": [1, 2, 3]}
     unpaid_url = f"/bench/unpaid/{setup.model_id}"
@@ -320,7 +327,7 @@ async def measure(setup: Setup, base_url: str, plan: Plan) -> tuple[dict[str, Pa
             count = max(1, min(plan.warmup, _calls))
             if name == PRESIGNED:
                 presign(count)
-            await drive(call, count, plan.concurrency, None)
+            await drive(call, count, plan.concurrency, None, server.cpu_seconds)
             made[name] += count
 
         results = {name: PathResult() for name, _call, _calls in paths}
@@ -332,7 +339,7 @@ async def measure(setup: Setup, base_url: str, plan: Plan) -> tuple[dict[str, Pa
                     continue
                 if name == PRESIGNED:
                     presign(count)
-                await drive(call, count, plan.concurrency, results[name])
+                await drive(call, count, plan.concurrency, results[name], server.cpu_seconds)
                 made[name] += count
     return results, made
 
@@ -340,23 +347,21 @@ async def measure(setup: Setup, base_url: str, plan: Plan) -> tuple[dict[str, Pa
 # ---------------------------------------------------------------------- the run
 
 
-def run(plan: Plan, settle_interval: float) -> dict[str, Any]:
+def run(plan: Plan, settle_interval: float, profile: FilePath | None = None) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     chain = connect("anvil")
     try:
         setup = prepare(chain, plan.concurrency, 2 * plan.calls + 2 * plan.warmup)
         with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
-            data_dir = FilePath(tmp) / "server"
-            manifest = FilePath(tmp) / "deployment.json"
-            app = build_app(setup, data_dir, setup.deployment.save(manifest), settle_interval)
-            with serving(app) as base_url:
-                results, made = asyncio.run(measure(setup, base_url, plan))
-            # The app is stopped: its settler made its last round. Check the books.
-            with VoucherLedger(data_dir / "channels.sqlite3") as ledger:
+            work = FilePath(tmp)
+            with serving(setup, work, settle_interval, profile) as server:
+                results, made = asyncio.run(measure(setup, server, plan))
+            # The server is stopped: its settler made its last round. Check the books.
+            with VoucherLedger(work / "server" / "channels.sqlite3") as ledger:
                 unclaimed = ledger.unclaimed()
             settlement = check_vaults(setup, made, unclaimed)
             # Group commit: every write of the voucher ledger (debits, and the settler's notes) per fsync'd commit.
-            settlement["ledger_commits"] = app.state.services.ledger.commits
+            settlement["ledger_commits"] = server.stats()["ledger_commits"]
         data = report(plan, settle_interval, results, settlement)
         data["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0], "cpus": os.cpu_count()}
         return data
@@ -400,7 +405,8 @@ def report(
         targets[name] = {"measured": round(ratio, 3), "target": f">= {minimum:g}", "pass": ratio >= minimum}
     return {
         "chain": "anvil",
-        "client": "httpx.AsyncClient, one asyncio loop; server: uvicorn in a thread of the same process",
+        "client": "httpx.AsyncClient, one asyncio loop in this process",
+        "server": "scripts/bench_gateway_server.py: create_app under uvicorn.run, its own process (one worker)",
         "concurrency": plan.concurrency,
         "rounds": plan.rounds,
         "warmup_calls_per_path": plan.warmup,
@@ -417,14 +423,17 @@ def print_tables(data: dict[str, Any]) -> None:
     load = data["load_average_1m"]
     table = Table(
         title=f"gateway throughput on anvil (concurrency {data['concurrency']}, {data['rounds']} rounds, one run)",
-        caption=f"cpu ms/call: this process (client + server) per call. 1-min load average {load['before']:.2f} "
-        f"before, {load['after']:.2f} after, on {load['cpus']} CPUs",
+        caption="cpu ms/call: server = the gateway process, client = this one. "
+        f"1-min load average {load['before']:.2f} before, {load['after']:.2f} after, on {load['cpus']} CPUs",
     )
-    for column in ("path", "calls", "seconds", "calls/s", "vs unpaid", "cpu ms/call", "p50 ms", "p95 ms"):
+    columns = ("path", "calls", "seconds", "calls/s", "vs unpaid", "server cpu ms/call", "client cpu ms/call", "p50 ms",
+               "p95 ms")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="left" if column == "path" else "right", no_wrap=True)
     for name, row in data["paths"].items():
         table.add_row(name, str(row["calls"]), f"{row['seconds']:.2f}", f"{row['calls_per_s']:.1f}",
-                      f"{row['ratio_vs_unpaid']:.3f}x", f"{row['cpu_ms_per_call']:.1f}", f"{row['latency_ms_p50']:.1f}",
+                      f"{row['ratio_vs_unpaid']:.3f}x", f"{row['server_cpu_ms_per_call']:.2f}",
+                      f"{row['client_cpu_ms_per_call']:.2f}", f"{row['latency_ms_p50']:.1f}",
                       f"{row['latency_ms_p95']:.1f}")  # fmt: skip
     console.print(table)
     targets = Table(title="targets (informational)")
@@ -454,11 +463,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=8, help="untimed calls per path first (default 8)")
     parser.add_argument("--settle-interval", type=float, default=30.0, help="settler interval, s (default 30)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--profile", type=FilePath, help="write cProfile statistics of the server's threads here")
     args = parser.parse_args()
     if min(args.calls, args.x402_calls, args.concurrency, args.rounds) < 1 or args.warmup < 0:
         parser.error("--calls, --x402-calls, --concurrency and --rounds must be >= 1, --warmup >= 0")
     plan = Plan(args.calls, args.x402_calls, args.concurrency, args.rounds, args.warmup)
-    data = run(plan, args.settle_interval)
+    data = run(plan, args.settle_interval, args.profile)
     if args.json:
         print(json.dumps(data, indent=2))
     else:

@@ -196,7 +196,7 @@ class _World:
         for index in range(spec.count):
             party = self._party("builder", index, spec.budget_units)
             plan = BuildPlan(model=spec.model_for(index), rule=self.scenario.royalty.rule,
-                             royalty_bps=spec.royalty_bps, price_per_call=spec.price_per_call_units,
+                             royalty_bps=spec.royalty_bps, price_per_call=self._call_price(),
                              X_val=self.X_val, y_val=self.y_val, seed=self.scenario.seed + index)  # fmt: skip
             builder = BuilderAgent(party.wallet, self._client(party), plan,
                                    lambda model_id, handler: attach_model_handler(self.http.app, model_id, handler),
@@ -212,6 +212,19 @@ class _World:
         for index in range(spec_c.count):
             self.consumers.append(self._party("consumer", index, spec_c.budget_units))
             self.brains.append(policy_brain(spec_c.brain, seed=self.scenario.seed * 1000 + index))
+
+    def _call_price(self) -> int:
+        """A builder's price per call under the scenario's pricing policy."""
+        builders, producers, consumers = self.scenario.builders, self.scenario.producers, self.scenario.consumers
+        if builders.pricing == "fixed":
+            return builders.price_per_call_units
+        # cost_recovery: the licenses it will buy (cheapest first within its budget, at most 8 parents) ...
+        affordable = builders.budget_units // producers.price_units if producers.price_units else producers.count
+        license_cost = producers.price_units * min(producers.count, affordable, 8)
+        # ... repaid, with the margin, by its share of every query all consumers will ask.
+        calls = max(1, consumers.count * consumers.queries_per_round * self.scenario.rounds // builders.count)
+        price = -(-int(license_cost * (1 + builders.margin)) // calls)  # ceiling
+        return max(price, builders.price_per_call_units)
 
     def play_round(self, round_number: int) -> dict[str, Any]:
         """Every consumer classifies its share of this round's queries, paying per call."""

@@ -112,6 +112,7 @@ def _non_empty(value: str) -> str:
 
 
 Amount = Annotated[str, BeforeValidator(_amount)]
+PRICING_POLICIES = ("fixed", "cost_recovery")
 Bps = Annotated[int, _between(0, 10_000)]
 Rate = Annotated[float, _between(0.0, 1.0)]
 
@@ -232,6 +233,11 @@ class BuildersSpec(_Section):
     )
     royalty_bps: Bps = 5000
     price_per_call: Amount = "0.02"
+    # "fixed": every call costs price_per_call. "cost_recovery": a builder prices a call so that the
+    # calls it expects (all consumers' queries spread evenly over the builders) repay its license
+    # spend plus ``margin``, never below price_per_call.
+    pricing: Annotated[str, _one_of(PRICING_POLICIES, "pricing policy")] = "fixed"
+    margin: Annotated[float, _between(0.0, 10.0)] = 0.2
 
     @property
     def budget_units(self) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from marketplace.chain.token import to_units
 from simulation.engine import LedgerMismatch, _World
 from simulation.scenario import load_scenario
 from tests.test_cli import assert_one_line_error, run_cli
@@ -53,6 +54,15 @@ def test_a_chain_that_disagrees_with_the_ledger_fails_loudly():
     result["producers"][0]["revenue"] = 99
     with pytest.raises(LedgerMismatch, match="producer 0: chain 99, ledger 100"):
         world.reconcile(result)
+
+
+def test_cost_recovery_prices_calls_to_repay_the_licenses_with_the_margin():
+    world = object.__new__(_World)
+    world.scenario = load_scenario(BASELINE)
+    assert world._call_price() == to_units("0.02")  # fixed
+    world.scenario = load_scenario(BASELINE, ["builders.pricing=cost_recovery"])
+    # 4 licenses at 2 tUSD, +20%, over 3 consumers x 8 queries x 5 rounds / 2 builders = 60 calls each
+    assert world._call_price() == to_units("9.6") // 60 == to_units("0.16")
 
 
 def test_a_bad_scenario_is_a_one_line_error(tmp_path):
