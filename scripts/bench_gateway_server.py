@@ -23,6 +23,7 @@ import json
 import pstats
 import sys
 import threading
+import time
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -73,7 +74,7 @@ class ThreadProfiles:
         self._start()
 
     def _start(self) -> None:
-        profile = cProfile.Profile()
+        profile = cProfile.Profile(time.thread_time)  # CPU time of its thread: waits do not count
         with self._lock:
             self.profiles.append(profile)
         profile.enable()

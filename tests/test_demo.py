@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.openai_stub import ScriptedLLM, answer, tool_calls
 from tests.test_cli import AGENTMARKET, run_cli
 
 
@@ -46,6 +47,31 @@ def test_demo_story_invariants(tmp_path):
     assert all(amount < 1 for amount in story["claimable_left"].values())
     assert story["model_accuracy"]["validation"] > 0.9 and story["model_accuracy"]["buyer_queries"] > 0.8
     assert 0 < story["producer_share"] < 1
+
+
+def llm_buyer(body: dict) -> dict:
+    """Plays the buyer's LLM: open a channel to the model on offer once, then pay it for each work item."""
+    system, last = body["messages"][0]["content"], body["messages"][-1]
+    if last["role"] != "user" or "Work item: " not in last["content"]:
+        return answer("All rows classified.")
+    (model_id,) = [line.split()[1] for line in system.splitlines() if line.startswith("- ") and " model " in line]
+    item = json.loads(last["content"].split("Work item: ", 1)[1])
+    invoke = ("invoke_model", json.dumps({"model_id": int(model_id), "input": item}))
+    if f"{model_id}: " in system.split("Channels you hold")[1]:
+        return tool_calls(invoke)
+    return tool_calls(("open_channel", json.dumps({"asset_id": int(model_id), "deposit": 2_000_000})), invoke)
+
+
+def test_demo_with_an_llm_buyer():
+    """`--llm-url`: the buyer is an LLM brain talking to an OpenAI-compatible server (a local stub here)."""
+    with ScriptedLLM(llm_buyer) as llm:
+        result = run_cli("demo", "--json", "--llm-url", llm.base_url, "--model", "stub-buyer", timeout=300)
+    assert result.returncode == 0, result.stderr
+    story = json.loads(result.stdout)
+    assert len(llm.requests) == 40 and {r["model"] for r in llm.requests} == {"stub-buyer"}
+    (channel,) = [p for p in story["payments"] if p["kind"] == "channel"]
+    assert channel["amount"] == 40 * 50_000  # every row paid for, by voucher
+    assert story["model_accuracy"]["buyer_queries"] > 0.8
 
 
 def running(pid: int) -> bool:
