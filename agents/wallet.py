@@ -12,6 +12,10 @@ Budget rules (one run = one ``AgentWallet`` instance):
 
 So the ledger's committed total (licenses + deposits + x402) is exactly the agent's tUSD balance drop,
 and never exceeds the run cap. Vouchers are logged too (kind ``voucher``) but kept out of ``total()``.
+
+The owner's on-chain spend permission is the second line: a wallet built with ``agent_id`` that cannot
+cover a payment the guard allowed pulls the shortfall from its owner (``AgentRegistry.spendFromOwner``,
+capped per period by the chain) and logs it as ``owner_top_up`` (an inflow, also kept out of ``total()``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from marketplace.client import ApiClientError, MarketplaceClient
 from marketplace.wallet_file import encryption_keypair, load_wallet
 
 KEY_ENV = "AGENTMARKET_AGENT_KEY"
-PaymentKind = Literal["license", "channel_deposit", "voucher", "x402"]
+PaymentKind = Literal["license", "channel_deposit", "voucher", "x402", "owner_top_up"]
 #: Kinds whose amount left the wallet (vouchers only spend a deposit already counted).
 COMMITTED_KINDS: frozenset[str] = frozenset({"license", "channel_deposit", "x402"})
 
@@ -137,13 +141,18 @@ class ChannelState:
 class AgentWallet:
     """An agent's account, encryption key, budget guard and audit ledger. All payments go through here."""
 
-    def __init__(self, account: LocalAccount, budget: Budget, ledger: AuditLedger) -> None:
+    def __init__(
+        self, account: LocalAccount, budget: Budget, ledger: AuditLedger, *, agent_id: int | None = None
+    ) -> None:
         self.account = account
         self.encryption_key: PrivateKey = encryption_keypair(account)
         self.guard = BudgetGuard(budget)
         self.ledger = ledger
         self.run = uuid.uuid4().hex
         self.channels: dict[int, ChannelState] = {}
+        # With an agent id, a payment the wallet's balance cannot cover first pulls the shortfall from the
+        # owner under the on-chain spend permission (the second line: the chain caps it per period).
+        self.agent_id = agent_id
 
     @classmethod
     def from_keystore(cls, path: Path, password: str, budget: Budget, ledger: AuditLedger) -> AgentWallet:
@@ -190,6 +199,7 @@ class AgentWallet:
         if max_price is not None and price > max_price:
             raise OverBudget("max_price", max_price, 0, price, asset_id)
         self.guard.check(asset_id, price, price)
+        self._fund(client, price)
         try:
             receipt = client.buy(asset_id, max_price=price)
         except (ApiClientError, ContractRevert) as exc:
@@ -203,6 +213,7 @@ class AgentWallet:
         if deposit <= 0:
             raise PaymentRefused(f"a channel deposit must be positive, not {deposit}")
         self.guard.check(asset_id, deposit, self._price(client, asset_id))
+        self._fund(client, deposit)
         try:
             channel_id = client.open_channel(asset_id, deposit, ttl=ttl)
         except (ApiClientError, ContractRevert) as exc:
@@ -247,6 +258,7 @@ class AgentWallet:
         self._own(client)
         price = self._price(client, asset_id)
         self.guard.check(asset_id, price, price)
+        self._fund(client, price)
         network = f"eip155:{client.chain.chain_id}"
         payer = x402Client()
         register_exact_evm_client(payer, EthAccountSigner(self.account), networks=network)
@@ -268,6 +280,21 @@ class AgentWallet:
         return response.content, self._log(asset_id, price, "x402", settlement.transaction)
 
     # ------------------------------------------------------------------ internals
+
+    def _fund(self, client: MarketplaceClient, amount: int) -> None:
+        """Make sure the wallet holds ``amount``: pull any shortfall from the owner under the spend
+        permission (logged as ``owner_top_up``); PaymentRefused if the permission does not allow it."""
+        token = client.market.token
+        shortfall = amount - token.balance_of(self.address)
+        if shortfall <= 0 or self.agent_id is None:
+            return
+        try:
+            receipt = client.market.agents.spend_from_owner(
+                self.account, self.agent_id, token.address, self.address, shortfall
+            )
+        except ContractRevert as exc:
+            raise PaymentRefused(f"the owner's spend permission does not cover {shortfall} more: {exc}") from exc
+        self._log(0, shortfall, "owner_top_up", "0x" + bytes(receipt["transactionHash"]).hex())
 
     def _own(self, client: MarketplaceClient) -> None:
         if client.address != self.address:

@@ -149,16 +149,12 @@ class _Story:
             signature = agents.sign_wallet_binding(wallet.account, agent_id, self.owner.address, deadline)
             agents.set_agent_wallet(self.owner, agent_id, wallet.address, deadline, signature.packed)
             agents.grant_spend_permission(self.owner, agent_id, token.address, allowances[name], 86_400)
-            self.agent_ids[name] = agent_id
+            self.agent_ids[name] = wallet.agent_id = agent_id  # payments top up from the owner, within the cap
         self.say(
             f"the owner registered agents #{self.agent_ids['builder']} (builder) and #{self.agent_ids['buyer']} "
-            "(buyer): wallets bound by their signatures, X25519 keys, spend permissions of 12 and 6 tUSD a day"
+            "(buyer): wallets bound by their signatures, X25519 keys, spend permissions of 12 and 6 tUSD a day; "
+            "the agents hold no tUSD and draw on the owner's, within those caps, as they pay"
         )
-        for name, wallet in (("builder", self.builder_wallet), ("buyer", self.buyer_wallet)):
-            agents.spend_from_owner(
-                wallet.account, self.agent_ids[name], token.address, wallet.address, allowances[name]
-            )
-        self.say("each agent pulled its day's allowance from the owner under its spend permission")
 
     def publish_datasets(self) -> None:
         shards = make_shards(self.X_train, self.y_train, [200, 200, 200], seed=SEED)
@@ -289,6 +285,10 @@ class _Story:
             "producer_earnings": producers,
             "producer_share": sum(producers.values()) / paid if paid else 0.0,
             "model_accuracy": {"validation": self.built.validation_accuracy, "buyer_queries": self.buyer_accuracy},
+            "owner_funding": {
+                name: sum(e.amount for e in wallet.ledger.entries() if e.kind == "owner_top_up")
+                for name, wallet in (("builder", self.builder_wallet), ("buyer", self.buyer_wallet))
+            },
             "gas_used": activity["gas_used"],
             "tx_count": activity["tx_count"],
         }

@@ -6,7 +6,7 @@ import pytest
 from eth_account import Account
 from fastapi.testclient import TestClient
 
-from agents import AgentError, AgentWallet, AuditLedger, Budget, OverBudget
+from agents import AgentError, AgentWallet, AuditLedger, Budget, OverBudget, PaymentRefused
 from marketplace.api import Settings, create_app
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import to_units
@@ -150,3 +150,34 @@ def test_wallet_from_keystore_and_environment(tmp_path, monkeypatch):
         AgentWallet.from_env(GENEROUS, ledger)
     with pytest.raises(ValueError):
         Budget(run_cap=-1, asset_cap=0, call_ceiling=0)
+
+
+def test_a_shortfall_is_pulled_from_the_owner_within_the_spend_permission(server, chain, market, alice, assets,
+                                                                          tmp_path):  # fmt: skip
+    """The agent wallet holds nothing; its owner (alice) lets it pull 3 tUSD a day: the first 2 tUSD license is
+    funded from the owner, the second is refused by the chain's cap before any payment is made."""
+    agent_key = Account.create()
+    chain.send_eth(chain.accounts[0], agent_key.address, 10**18)
+    agent_id = market.agents.register(alice, "")
+    deadline = chain.timestamp() + 120
+    binding = market.agents.sign_wallet_binding(agent_key, agent_id, alice.address, deadline)
+    market.agents.set_agent_wallet(alice, agent_id, agent_key.address, deadline, binding.packed)
+    market.agents.grant_spend_permission(alice, agent_id, market.token.address, to_units(3), 86_400)
+    market.token.approve(alice, market.agents.address, to_units(100))
+    other = market.marketplace.publish(alice, kind=AssetKind.DATASET, content_hash=b"\x03" * 32, uri="ipfs://3",
+                                       price=DATA_PRICE, token=market.token.address,
+                                       payees=[(alice.address, 10_000)])  # fmt: skip
+
+    wallet = AgentWallet(agent_key, GENEROUS, AuditLedger(tmp_path / "ledger.jsonl"), agent_id=agent_id)
+    client = connect(wallet, server, chain)
+    owner_before = market.token.balance_of(alice.address)
+    wallet.buy_license(client, assets["data"])
+    assert market.marketplace.has_access(assets["data"], agent_key.address)
+    assert owner_before - market.token.balance_of(alice.address) == DATA_PRICE  # funded by the owner
+    assert [e.kind for e in wallet.ledger.entries()] == ["owner_top_up", "license"]
+    assert wallet.ledger.total() == DATA_PRICE  # the inflow is not spend
+
+    with pytest.raises(PaymentRefused, match="SpendPermissionExceeded"):
+        wallet.buy_license(client, other)  # 2 more would pass the 3 tUSD a day the owner allowed
+    assert not market.marketplace.has_access(other, agent_key.address)
+    assert wallet.guard.spent == DATA_PRICE and len(wallet.ledger.entries()) == 2

@@ -23,6 +23,10 @@ def test_demo_story_invariants(tmp_path):
     assert json.loads((tmp_path / "out" / "demo.json").read_text()) == story
     assert "## Payments" in (tmp_path / "out" / "report.md").read_text()
 
+    # The agents held no tUSD: every payment was funded from the owner under the on-chain spend permission.
+    licenses = sum(p["amount"] for p in story["payments"] if p["kind"] == "license")
+    assert story["owner_funding"]["builder"] == licenses
+    assert story["owner_funding"]["buyer"] >= sum(p["amount"] for p in story["payments"] if p["kind"] != "license")
     kinds = {p["kind"] for p in story["payments"]}
     assert kinds == {"license", "x402", "channel"}
     datasets = [a for a in story["assets"] if a["kind"] == "dataset"]

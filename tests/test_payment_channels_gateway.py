@@ -20,6 +20,7 @@ from marketplace.chain.market import AssetKind
 from marketplace.chain.token import to_units
 from marketplace.payments.channels import (
     HEADER,
+    AssetCache,
     ChannelGate,
     InsufficientCredit,
     LedgerError,
@@ -228,6 +229,46 @@ def test_a_top_up_is_seen_when_a_voucher_exceeds_the_cached_deposit(market, alic
     assert refusal(gate, beyond, model).reason == "voucher_exceeds_deposit"
     market.channels.top_up(alice, channel, to_units(1))
     assert gate.charge(beyond, PRICE, asset_id=model).highest_voucher == to_units(1) + PRICE
+
+
+def test_a_price_change_reaches_the_gate_once_its_cached_asset_expires(market, bob, model, ledger, clock):
+    now = [0.0]
+    gate = ChannelGate(market, ledger, clock=clock, assets=AssetCache(market, max_age=2.0, clock=lambda: now[0]))
+    assert gate.requirements(model, PRICE)["payTo"] == market.marketplace.vault_of(model)
+    assert gate.assets.get(model).price == PRICE
+    market.marketplace.set_price(bob, model, 3 * PRICE)
+    now[0] += 1.0
+    assert gate.assets.get(model).price == PRICE  # still within max_age
+    now[0] += 1.5
+    assert gate.assets.get(model).price == 3 * PRICE  # re-read from chain
+    market.marketplace.set_price(bob, model, 2 * PRICE)
+    gate.assets.invalidate(model)
+    assert gate.assets.get(model).price == 2 * PRICE
+
+
+def test_an_expired_asset_is_read_once_however_many_threads_want_it(market, model):
+    now, reads, release = [0.0], [], threading.Event()
+    cache = AssetCache(market, max_age=2.0, clock=lambda: now[0])
+    first = cache.get(model)
+    read = market.marketplace.asset
+
+    def slow_read(asset_id: int):
+        reads.append(asset_id)
+        release.wait(5)
+        return read(asset_id)
+
+    now[0] += 3.0
+    market.marketplace.asset = slow_read
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(cache.get, model) for _ in range(8)]
+            time.sleep(0.2)
+            stale = [f.result() for f in futures if f.done()]  # the threads not reading got the previous value
+            release.set()
+            results = [f.result() for f in futures]
+    finally:
+        del market.marketplace.asset
+    assert reads == [model] and len(stale) == 7 and all(r == first for r in results)
 
 
 def test_malformed_headers_raise_malformed_payment(market, model, gate):

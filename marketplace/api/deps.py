@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -44,19 +43,13 @@ class Services:
     x402: X402Payments
     model_handlers: dict[int, ModelHandler] = field(default_factory=dict)
     sync_lock: threading.Lock = field(default_factory=threading.Lock)
-    _assets: dict[int, tuple[float, Asset]] = field(default_factory=dict)
 
-    def asset(self, asset_id: int, max_age: float = 2.0) -> Asset:
-        """The asset as read on chain at most ``max_age`` seconds ago (hot paths: paid calls).
+    def asset(self, asset_id: int) -> Asset:
+        """The asset as read on chain a moment ago (hot paths: paid calls); the channel gate's cache.
 
-        A price change or delisting reaches paid calls within ``max_age`` seconds.
+        A price change or delisting reaches paid calls within the cache's ``max_age`` (2 s by default).
         """
-        now = time.monotonic()
-        cached = self._assets.get(asset_id)
-        if cached is None or now - cached[0] > max_age:
-            cached = (now, self.market.marketplace.asset(asset_id))
-            self._assets[asset_id] = cached
-        return cached[1]
+        return self.gate.assets.get(asset_id)
 
     def fresh_session(self) -> Session:
         """A database session over a read model brought up to the chain head first."""

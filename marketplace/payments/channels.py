@@ -11,7 +11,8 @@ EIP-712 ``Voucher`` the channel's signer signed for everything paid so far. Thre
   writes share commits (group commit): one fsync makes a whole batch durable.
 - :class:`ChannelGate` verifies a voucher off-chain (channel state read from chain and cached,
   signature recovered locally with :class:`VoucherHasher`) and debits the call's price through the
-  ledger. No chain call is made per voucher once a channel's state is cached.
+  ledger. No chain call is made per voucher once a channel's state is cached; the asset (price,
+  token, vault) is re-read at most every couple of seconds (:class:`AssetCache`).
 - :class:`Settler` claims each channel's highest voucher on chain, every ``interval`` seconds and
   once more when stopped; the claimed increase goes into the asset's vault.
 
@@ -598,6 +599,45 @@ def chain_identity(market: Market) -> str:
 # ---------------------------------------------------------------------- the gate
 
 
+class AssetCache:
+    """Assets as read on chain at most ``max_age`` seconds ago, shared by every thread of a server.
+
+    One thread at a time re-reads an expired asset; while it does, the others keep the value it
+    replaces instead of queueing for the same read. So a ``setPrice``, a delisting or a new vault
+    reaches callers within ``max_age`` seconds plus one chain read. ``clock`` is monotonic seconds.
+    """
+
+    def __init__(self, market: Market, max_age: float = 2.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.market = market
+        self.max_age = max_age
+        self.clock = clock
+        self._entries: dict[int, tuple[float, Asset]] = {}
+        self._refresh_lock = threading.Lock()
+
+    def get(self, asset_id: int) -> Asset:
+        """The asset (raises ContractRevert ``UnknownAsset`` for an unknown id; that is not cached)."""
+        cached = self._entries.get(asset_id)
+        if cached is not None and self.clock() - cached[0] <= self.max_age:
+            return cached[1]
+        if not self._refresh_lock.acquire(blocking=cached is None):
+            return cached[1]  # type: ignore[index]  # another thread is re-reading: keep the previous value meanwhile
+        try:
+            cached = self._entries.get(asset_id)
+            if cached is None or self.clock() - cached[0] > self.max_age:
+                read_at = self.clock()
+                cached = self._entries[asset_id] = (read_at, self.market.marketplace.asset(asset_id))
+            return cached[1]
+        finally:
+            self._refresh_lock.release()
+
+    def invalidate(self, asset_id: int | None = None) -> None:
+        """Drop one asset (or all): the next :meth:`get` reads it from chain."""
+        if asset_id is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(asset_id, None)
+
+
 @dataclass(frozen=True)
 class Receipt:
     """A paid call: what it cost and where the channel stands after it."""
@@ -637,6 +677,8 @@ class ChannelGate:
 
     Channel state is read from chain once and cached; it is read again when a voucher exceeds the
     cached deposit or the cached expiry is too near (a top-up or extension may have happened).
+    Assets come from ``assets`` (an :class:`AssetCache`, re-read every ``asset_max_age`` seconds
+    unless given; share it with whatever else reads assets per call).
     Signatures are recovered locally; calls on one channel or on many run concurrently, and the
     ledger alone decides, atomically, whether the credit covers each call.
     ``clock`` returns the current unix time (compare it with block timestamps).
@@ -650,8 +692,11 @@ class ChannelGate:
         *,
         min_seconds_to_expiry: int = 60,
         clock: Callable[[], float] = time.time,
+        assets: AssetCache | None = None,
+        asset_max_age: float = 2.0,
     ) -> None:
         self.market = market
+        self.assets = assets or AssetCache(market, asset_max_age)
         self.ledger = ledger
         self.min_seconds_to_expiry = min_seconds_to_expiry
         self.clock = clock
@@ -659,7 +704,6 @@ class ChannelGate:
         self.vouchers = VoucherHasher(self.domain)
         ledger.bind(chain_identity(market))
         self._channels: dict[int, Channel] = {}
-        self._assets: dict[int, Asset] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._chain_lock = threading.Lock()
@@ -786,11 +830,7 @@ class ChannelGate:
         return channel
 
     def _asset(self, asset_id: int) -> Asset:
-        asset = self._assets.get(asset_id)
-        if asset is None:
-            with self._chain_lock:
-                asset = self._assets[asset_id] = self.market.marketplace.asset(asset_id)
-        return asset
+        return self.assets.get(asset_id)
 
     # ------------------------------------------------------------------ refusals
 
