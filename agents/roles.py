@@ -193,6 +193,28 @@ class BuilderAgent:
 # ---------------------------------------------------------------------- open-ended errands
 
 
+class Catalog:
+    """What a role puts on offer: the listed assets (of ``kind``, if given), re-read every ``refresh_every``
+    steps; ``with_ratings`` adds each asset's average rating (one more read per asset)."""
+
+    def __init__(self, *, kind: str | None = None, with_ratings: bool = False, refresh_every: int = 10) -> None:
+        self.kind, self.with_ratings, self.refresh_every = kind, with_ratings, refresh_every
+        self._offers: list[Offer] = []
+        self._fetched_at = -1
+
+    def offers(self, agent: Agent) -> list[Offer]:
+        """The offers, from the server's catalog (cached between refreshes)."""
+        if self._fetched_at < 0 or agent.steps - self._fetched_at >= self.refresh_every:
+            items = [i for i in agent.client.assets(kind=self.kind, limit=50)["items"] if i["listed"]]
+            self._offers = [
+                Offer(i["asset_id"], i["kind"], int(i["price"]),
+                      agent.client.asset(i["asset_id"])["rating"]["average"] if self.with_ratings else None)
+                for i in items
+            ]  # fmt: skip
+            self._fetched_at = agent.steps
+        return self._offers
+
+
 class Errand:
     """A free-form task for an LLM agent, with the whole listed catalog on offer; the brain says when it is done."""
 
@@ -200,21 +222,15 @@ class Errand:
 
     def __init__(self, task: str, *, refresh_every: int = 10) -> None:
         self.task = task
-        self.refresh_every = refresh_every
-        self._offers: list[Offer] = []
-        self._fetched_at = -1
+        self.catalog = Catalog(refresh_every=refresh_every)
 
     def query(self) -> Any:
         """No work item: the task is the prompt."""
         return None
 
     def offers(self, agent: Agent) -> list[Offer]:
-        """Every listed asset (re-read every ``refresh_every`` steps)."""
-        if self._fetched_at < 0 or agent.steps - self._fetched_at >= self.refresh_every:
-            items = agent.client.assets(limit=50)["items"]
-            self._offers = [Offer(i["asset_id"], i["kind"], int(i["price"])) for i in items if i["listed"]]
-            self._fetched_at = agent.steps
-        return self._offers
+        """Every listed asset."""
+        return self.catalog.offers(agent)
 
     def record(self, outcomes: list[Outcome]) -> dict[int, float]:
         """Nothing to score."""
@@ -249,13 +265,11 @@ class ClassificationTask:
     def __init__(self, X: np.ndarray, y: np.ndarray, *, value_per_success: int, refresh_every: int = 25) -> None:
         self.X, self.y = X, y
         self.value_per_success = value_per_success
-        self.refresh_every = refresh_every
+        self.catalog = Catalog(kind="model", with_ratings=True, refresh_every=refresh_every)
         self.index = 0
         self.correct = 0
         self.paid_calls = 0
         self.per_model: dict[int, list[int]] = {}  # model id -> [calls, correct]
-        self._offers: list[Offer] = []
-        self._fetched_at = -1
         self.task = (
             f"Classify {len(y)} rows, one per step. For each work item, call invoke_model on a model with "
             f'input {{"features": [[...the row...]]}}; the model answers {{"labels": [label]}}. Each right '
@@ -272,16 +286,8 @@ class ClassificationTask:
         return None if self.done else {"features": [self.X[self.index].tolist()]}
 
     def offers(self, agent: Agent) -> list[Offer]:
-        """The listed models and their ratings (re-read every ``refresh_every`` steps)."""
-        if self._fetched_at < 0 or agent.steps - self._fetched_at >= self.refresh_every:
-            items = agent.client.assets(kind="model", limit=50)["items"]
-            offers = []
-            for item in items:
-                if item["listed"]:
-                    rating = agent.client.asset(item["asset_id"])["rating"]["average"]
-                    offers.append(Offer(item["asset_id"], "model", int(item["price"]), rating))
-            self._offers, self._fetched_at = offers, agent.steps
-        return self._offers
+        """The listed models and their ratings."""
+        return self.catalog.offers(agent)
 
     def record(self, outcomes: list[Outcome]) -> dict[int, float]:
         """Score the step's model answer (the last successful call) against the true label."""

@@ -116,6 +116,7 @@ class _Story:
         self.payments: list[dict[str, Any]] = []
         self.assets: list[dict[str, Any]] = []
         self.roles: dict[str, str] = {deployer.address: "protocol treasury"}
+        self.clients: dict[str, Any] = {}
         X, y = load_source("digits", seed=SEED)
         self.X_train, self.y_train, X_held, y_held = split_holdout(X, y, 0.3, SEED)
         self.X_val, self.y_val, self.X_query, self.y_query = X_held[:200], y_held[:200], X_held[200:], y_held[200:]
@@ -164,7 +165,8 @@ class _Story:
             if noise:
                 shard = with_label_noise(shard, noise, 10, rng)
             account = self._party(name)
-            provider = ProviderAgent(self._wallet(account, name.split()[0], 0), self._client_for(account))
+            wallet = self._wallet(account, name.split()[0], 0)
+            provider = ProviderAgent(wallet, self._client(wallet))
             (asset_id,) = provider.publish([Listing(shard, DATASET_PRICE, f"digits-{name.split()[0]}")])
             self.providers.append((name, account, provider, asset_id, noise))
             self.assets.append({"asset_id": asset_id, "kind": "dataset", "name": f"digits shard of {name}",
@@ -172,15 +174,16 @@ class _Story:
             self.say(f"{name} published dataset #{asset_id}: 200 digits rows at {format_units(DATASET_PRICE)} tUSD"
                      + (f", {noise:.0%} of labels wrong" if noise else "") + "; content uploaded")  # fmt: skip
 
-    def _client_for(self, account: Any, wallet: AgentWallet | None = None) -> Any:
-        if wallet is not None:
-            return wallet.client(self.base_url, self.chain)
-        return self._wallet(account, "tmp", 0).client(self.base_url, self.chain)
+    def _client(self, wallet: AgentWallet) -> Any:
+        """The wallet's SDK client (made once: connecting fetches and verifies the deployment)."""
+        if wallet.address not in self.clients:
+            self.clients[wallet.address] = wallet.client(self.base_url, self.chain)
+        return self.clients[wallet.address]
 
     def build_model(self) -> None:
         plan = BuildPlan(model="knn", rule="knn_shapley", royalty_bps=ROYALTY_BPS, price_per_call=CALL_PRICE,
                          X_val=self.X_val, y_val=self.y_val, seed=SEED)  # fmt: skip
-        client = self._client_for(None, self.builder_wallet)
+        client = self._client(self.builder_wallet)
         builder = BuilderAgent(self.builder_wallet, client, plan,
                                lambda model_id, handler: attach_model_handler(self.app, model_id, handler),
                                download_dir=self.work_dir / "builder-downloads")  # fmt: skip
@@ -201,7 +204,7 @@ class _Story:
 
     def buy(self, llm_url: str | None, llm_model: str) -> None:
         wallet = self.buyer_wallet
-        client = self._client_for(None, wallet)
+        client = self._client(wallet)
         if llm_url:
             brain: Any = LLMBrain(base_url=llm_url, model=llm_model)
         else:
@@ -247,7 +250,7 @@ class _Story:
         self.earnings: dict[str, int] = {}
         for _name, account, provider, _asset_id, _noise in self.providers:
             self.earnings[account.address] = sum(provider.withdraw().values())
-        builder_client = self._client_for(None, self.builder_wallet)
+        builder_client = self._client(self.builder_wallet)
         self.earnings[self.builder_wallet.address] = sum(builder_client.withdraw().values())
         self.fee = 0
         for asset in self.assets:

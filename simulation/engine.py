@@ -153,6 +153,7 @@ class _World:
         self.correct = [0] * scenario.consumers.count
         self.channel_revenue_claimed = 0
         self.withdrawn: dict[str, int] = {}
+        self.clients: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ parties
 
@@ -166,7 +167,10 @@ class _World:
         return Party(role, index, account, wallet)
 
     def _client(self, party: Party) -> Any:
-        return party.wallet.client("http://testserver", self.chain, http=self.http)
+        """The party's SDK client (made once: connecting fetches and verifies the deployment)."""
+        if party.account.address not in self.clients:
+            self.clients[party.account.address] = party.wallet.client("http://testserver", self.chain, http=self.http)
+        return self.clients[party.account.address]
 
     # ------------------------------------------------------------------ steps
 
