@@ -34,6 +34,8 @@ def stack(tmp_path_factory):
         server = subprocess.Popen([*AGENTMARKET, "serve", "--rpc", f"http://127.0.0.1:{rpc_port}", "--manifest",
                                    str(manifest), "--port", str(api_port), "--model", "2=builtins:len",
                                    "--model", "3=agents.learning:digits_classifier"], cwd=home,
+                                  # no settlement round mid-module: earnings checks see only what tests paid
+                                  env={**os.environ, "AGENTMARKET_SETTLE_INTERVAL": "3600"},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         processes.append(server)
         url = f"http://127.0.0.1:{api_port}"
