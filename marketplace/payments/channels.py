@@ -4,11 +4,11 @@ A payer opens a channel for one asset on chain. With every call it sends, in the
 ``X-Payment-Channel`` header, base64 JSON ``{"channelId", "cumulativeAmount", "signature"}``: an
 EIP-712 ``Voucher`` the channel's signer signed for everything paid so far. Three pieces:
 
-- :class:`VoucherLedger` keeps, per channel, the highest voucher, the credit the calls served so
-  far used (``debited``) and what was claimed on chain, in SQLite (WAL, ``synchronous=FULL``).
-  :meth:`VoucherLedger.record` debits one call and stores its voucher in a transaction that is
-  committed (fsync'd) before it returns: answer the request only after it returned. Concurrent
-  writes share commits (group commit): one fsync makes a whole batch durable.
+- :class:`~marketplace.payments.ledger.VoucherLedger` keeps, per channel, the highest voucher, the
+  credit the calls served so far used (``debited``) and what was claimed on chain: in memory,
+  written through to SQLite (WAL, ``synchronous=FULL``). :meth:`VoucherLedger.record` debits one
+  call and returns once its voucher is on disk: answer the request only after it returned.
+  Concurrent writes share commits (group commit): one fsync makes a whole batch durable.
 - :class:`ChannelGate` verifies a voucher off-chain (channel state read from chain and cached,
   signature recovered locally with :class:`VoucherHasher`) and debits the call's price through the
   ledger. No chain call is made per voucher once a channel's state is cached; the asset (price,
@@ -26,16 +26,13 @@ import base64
 import binascii
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from os import PathLike
-from pathlib import Path
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any
 
-from coincurve import PrivateKey, PublicKey
+from coincurve import PrivateKey
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 
@@ -43,6 +40,20 @@ from marketplace.chain import ContractRevert
 from marketplace.chain.eip712 import VOUCHER_FIELDS, Domain
 from marketplace.chain.market import Asset, Channel, Market
 from marketplace.errors import AgentmarketError
+from marketplace.payments.ledger import (
+    ChannelFinalized,
+    InsufficientCredit,
+    LedgerEntry,
+    LedgerError,
+    VoucherLedger,
+)
+from marketplace.payments.secp256k1 import recover_public_key
+
+__all__ = [  # the ledger's names are part of this module's interface too
+    "HEADER", "AssetCache", "ChannelFinalized", "ChannelGate", "InsufficientCredit", "LedgerEntry", "LedgerError",
+    "MalformedPayment", "PaymentError", "PaymentRequired", "Receipt", "Settlement", "Settler", "Voucher",
+    "VoucherHasher", "VoucherLedger", "chain_identity",
+]  # fmt: skip
 
 try:  # the C Keccak of safe-pysha3 holds the GIL for a short hash; pycryptodome's releases it several times
     from sha3 import keccak_256
@@ -63,9 +74,7 @@ CLAIM_GAS = 150_000
 #: Longest header value accepted (a voucher is about 250 characters).
 MAX_HEADER_LENGTH = 2048
 
-_T = TypeVar("_T")
 _UINT256_MAX = 2**256 - 1
-_AMOUNT_DIGITS = 78  # len(str(2**256 - 1)): zero-padded amounts compare as numbers in SQL
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _SECP256K1_HALF_N = _SECP256K1_N // 2
 _EIP712_DOMAIN_FIELDS = [
@@ -130,33 +139,6 @@ REFUSAL_REASONS = {
     "invalid_signature": "the voucher was not signed by the channel's signer for this channel and contract",
     "insufficient_voucher": "the voucher does not cover every call served so far plus this one",
 }
-
-
-class LedgerError(AgentmarketError):
-    """The voucher ledger cannot be used (wrong journal mode, or it belongs to another chain)."""
-
-
-class InsufficientCredit(AgentmarketError):
-    """The highest voucher does not cover the calls served so far plus this one."""
-
-    def __init__(self, channel_id: int, *, highest: int, debited: int, price: int) -> None:
-        super().__init__(
-            f"channel {channel_id}: highest voucher {highest} does not cover {debited} already debited plus {price}"
-        )
-        self.channel_id, self.highest, self.debited, self.price = channel_id, highest, debited, price
-
-    @property
-    def needed(self) -> int:
-        """The smallest cumulative amount that pays for the call."""
-        return self.debited + self.price
-
-
-class ChannelFinalized(AgentmarketError):
-    """The settler found the channel closed, expired or gone: no voucher of it can be claimed any more."""
-
-    def __init__(self, channel_id: int, reason: str) -> None:
-        super().__init__(f"channel {channel_id} can no longer be claimed ({reason})")
-        self.channel_id, self.reason = channel_id, reason
 
 
 # ---------------------------------------------------------------------- the voucher on the wire
@@ -271,322 +253,10 @@ class VoucherHasher:
         if v not in (27, 28) or not 0 < r < _SECP256K1_N or not 0 < s <= _SECP256K1_HALF_N:
             return None
         digest = self.digest(voucher.channel_id, voucher.cumulative_amount)
-        try:
-            public_key = PublicKey.from_signature_and_message(sig[:64] + bytes([v - 27]), digest, hasher=None)
-        except ValueError:  # no point on the curve recovers from this signature
+        public_key = recover_public_key(sig[:64], v - 27, digest)  # holds the GIL: see payments.secp256k1
+        if public_key is None:
             return None
-        return "0x" + keccak(public_key.format(compressed=False)[1:])[-20:].hex()
-
-
-# ---------------------------------------------------------------------- the ledger
-
-
-def _enc(amount: int) -> str:
-    return format(amount, f"0{_AMOUNT_DIGITS}d")
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One channel as the gateway knows it."""
-
-    channel_id: int
-    asset_id: int
-    #: The highest voucher verified so far, and its signature.
-    cumulative: int
-    signature: bytes
-    #: Credit used by the calls served so far (never above ``cumulative``).
-    debited: int
-    calls: int
-    #: Cumulative amount claimed on chain.
-    claimed: int
-    #: Why no voucher of the channel can be claimed any more (``ChannelClosed``, ``ChannelExpired``,
-    #: ``UnknownChannel``); None while it is live.
-    final: str | None
-    #: A voucher whose claim failed for another reason, and why (retried only for a higher voucher).
-    failed_cumulative: int | None
-    last_error: str | None
-
-    @property
-    def credit(self) -> int:
-        """What the highest voucher still pays for."""
-        return self.cumulative - self.debited
-
-    @property
-    def unclaimed(self) -> int:
-        """What a claim of the highest voucher would pay now."""
-        return self.cumulative - self.claimed
-
-
-_COLUMNS = "channel_id, asset_id, cumulative, signature, debited, calls, claimed, final, failed_cumulative, last_error"
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
--- Amounts are zero-padded {_AMOUNT_DIGITS}-digit decimal strings: they hold any uint256 and compare as numbers.
-CREATE TABLE IF NOT EXISTS channels (
-    channel_id INTEGER PRIMARY KEY,
-    asset_id INTEGER NOT NULL,
-    cumulative TEXT NOT NULL,
-    signature BLOB NOT NULL,
-    debited TEXT NOT NULL,
-    calls INTEGER NOT NULL,
-    claimed TEXT NOT NULL,
-    final TEXT,
-    failed_cumulative TEXT,
-    last_error TEXT,
-    updated_at REAL NOT NULL,
-    CHECK (debited <= cumulative)
-);
-"""
-
-
-def _entry(row: tuple[Any, ...]) -> LedgerEntry:
-    channel_id, asset_id, cumulative, signature, debited, calls, claimed, final, failed, error = row
-    return LedgerEntry(
-        channel_id=channel_id,
-        asset_id=asset_id,
-        cumulative=int(cumulative),
-        signature=bytes(signature),
-        debited=int(debited),
-        calls=calls,
-        claimed=int(claimed),
-        final=final,
-        failed_cumulative=None if failed is None else int(failed),
-        last_error=error,
-    )
-
-
-def _debit(
-    db: sqlite3.Connection, channel_id: int, asset_id: int, cumulative: int, signature: bytes, price: int
-) -> LedgerEntry:
-    """Debit one call inside a write transaction (see :meth:`VoucherLedger.record`)."""
-    row = db.execute(f"SELECT {_COLUMNS} FROM channels WHERE channel_id = ?", (channel_id,)).fetchone()
-    highest, best_signature, debited, calls, claimed = 0, b"", 0, 0, 0
-    if row is not None:
-        entry = _entry(row)
-        if entry.final is not None:
-            raise ChannelFinalized(channel_id, entry.final)
-        highest, best_signature = entry.cumulative, entry.signature
-        debited, calls, claimed = entry.debited, entry.calls, entry.claimed
-    if cumulative > highest:
-        highest, best_signature = cumulative, signature
-    if highest < debited + price:
-        raise InsufficientCredit(channel_id, highest=highest, debited=debited, price=price)
-    debited, calls = debited + price, calls + 1
-    db.execute(
-        "INSERT INTO channels"
-        " (channel_id, asset_id, cumulative, signature, debited, calls, claimed, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id) DO UPDATE SET"
-        " cumulative = excluded.cumulative, signature = excluded.signature, debited = excluded.debited,"
-        " calls = excluded.calls, updated_at = excluded.updated_at",
-        (channel_id, asset_id, _enc(highest), best_signature, _enc(debited), calls, _enc(0), time.time()),
-    )
-    return LedgerEntry(channel_id, asset_id, highest, best_signature, debited, calls, claimed, None, None, None)
-
-
-@dataclass
-class _Ticket:
-    """One write waiting for the group commit that makes it durable."""
-
-    op: Callable[[sqlite3.Connection], Any]
-    done: bool = False
-    value: Any = None
-    error: BaseException | None = field(default=None, repr=False)
-
-
-class VoucherLedger:
-    """Per channel: the highest voucher, the credit used, and what was claimed, in SQLite.
-
-    WAL journal with ``synchronous=FULL``: a committed write survives a crash of the process or of
-    the machine. Writes are group-committed: each write method queues its operation and returns
-    only once a commit holding it is on disk; concurrent writers share one ``BEGIN IMMEDIATE`` ...
-    ``COMMIT`` (one fsync) instead of taking turns at one each; an operation refuses before it
-    writes, so one refused operation leaves the others of its batch in. ``BEGIN IMMEDIATE`` keeps
-    debits atomic even with several processes on one file. Reads use a second connection and see
-    committed data only. Safe to share between threads.
-    """
-
-    def __init__(self, path: str | PathLike[str], *, busy_timeout: float = 10.0) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
-        (mode,) = self._db.execute("PRAGMA journal_mode=WAL").fetchone()
-        if str(mode).lower() != "wal":
-            self._db.close()
-            raise LedgerError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); put the ledger on a local disk")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._reader = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
-        self._read_lock = threading.Lock()
-        self._commit_lock = threading.Lock()  # held by the thread committing a batch
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Ticket] = []
-        self.commits = 0  # group commits made (each one fsync), for measurements
-
-    def close(self) -> None:
-        """Close the database (committed writes are already on disk)."""
-        with self._commit_lock, self._read_lock:
-            self._db.close()
-            self._reader.close()
-
-    def __enter__(self) -> VoucherLedger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ------------------------------------------------------------------ group commit
-
-    def _commit(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``op`` in a transaction; return its result (or raise its error) once that transaction is on disk.
-
-        The caller queues ``op`` and takes the commit lock. Whoever holds the lock runs every queued
-        operation in one transaction and commits it; callers whose operation was in that batch find
-        it done when they get the lock, the others form the next batch meanwhile.
-
-        An operation makes at most one write, as its last step: one that raises has written
-        nothing (a failed statement is undone by SQLite itself), so the others in its batch stand.
-        No savepoints: every SQLite call releases the GIL, and in a busy server each release costs
-        a thread switch.
-        """
-        ticket = _Ticket(op)
-        with self._queue_lock:
-            self._queue.append(ticket)
-        with self._commit_lock:
-            if not ticket.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._run(batch)
-        if ticket.error is not None:
-            raise ticket.error
-        return ticket.value
-
-    def _run(self, batch: list[_Ticket]) -> None:
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            for ticket in batch:
-                try:
-                    ticket.value = ticket.op(db)
-                except Exception as exc:  # the operation's own refusal; it wrote nothing (see _commit)
-                    if not db.in_transaction:  # SQLite gave up the whole transaction (I/O error, disk full)
-                        raise
-                    ticket.error = exc
-            db.execute("COMMIT")
-            self.commits += 1
-        except BaseException as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            for ticket in batch:
-                ticket.value = None
-                ticket.error = LedgerError(f"{self.path}: the write was not committed ({type(exc).__name__}: {exc})")
-                ticket.error.__cause__ = exc
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            for ticket in batch:
-                ticket.done = True
-
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._read_lock:
-            return self._reader.execute(sql, params).fetchall()
-
-    # ------------------------------------------------------------------ writes
-
-    def bind(self, identity: str) -> None:
-        """Tie the ledger to one channels contract (see :func:`chain_identity`); refuse another one.
-
-        Channel ids restart at 1 on every chain and deployment, so a ledger kept from an earlier
-        chain would lend one channel's vouchers to another.
-        """
-
-        def op(db: sqlite3.Connection) -> None:
-            row = db.execute("SELECT value FROM meta WHERE key = 'channels'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta (key, value) VALUES ('channels', ?)", (identity,))
-            elif row[0] != identity:
-                raise LedgerError(
-                    f"{self.path} holds the vouchers of channels contract {row[0]}, not of {identity}: "
-                    "give this chain its own data directory (or move the file away once its vouchers are claimed)"
-                )
-
-        self._commit(op)
-
-    def record(self, channel_id: int, *, asset_id: int, cumulative: int, signature: bytes, price: int) -> LedgerEntry:
-        """Debit ``price`` for one call paid by a verified voucher, and keep the voucher if it is the highest.
-
-        Succeeds when the highest voucher (this one included) covers the credit already used plus
-        ``price``; raises :class:`InsufficientCredit` otherwise, or :class:`ChannelFinalized` when
-        the settler found the channel closed or expired. Committed to disk before it returns.
-        """
-        if price < 0 or cumulative < 0:
-            raise ValueError("price and cumulative amount must not be negative")
-
-        return self._commit(lambda db: _debit(db, channel_id, asset_id, cumulative, signature, price))
-
-    def refund(self, channel_id: int, price: int) -> None:
-        """Give back the credit one call used (its handler failed): ``debited`` drops by ``price``.
-
-        The highest voucher stays: it still pays for the next calls.
-        """
-
-        def op(db: sqlite3.Connection) -> None:
-            row = db.execute("SELECT debited, calls FROM channels WHERE channel_id = ?", (channel_id,)).fetchone()
-            if row is None or int(row[0]) < price or row[1] < 1:
-                raise ValueError(f"channel {channel_id} has no debit of {price} to give back")
-            db.execute(
-                "UPDATE channels SET debited = ?, calls = ?, updated_at = ? WHERE channel_id = ?",
-                (_enc(int(row[0]) - price), row[1] - 1, time.time(), channel_id),
-            )
-
-        self._commit(op)
-
-    def mark_claimed(self, channel_id: int, cumulative: int) -> None:
-        """Note that ``cumulative`` is claimed on chain (never lowers what was noted before)."""
-        self._commit(
-            lambda db: db.execute(
-                "UPDATE channels SET claimed = max(claimed, ?), failed_cumulative = NULL, last_error = NULL,"
-                " updated_at = ? WHERE channel_id = ?",
-                (_enc(cumulative), time.time(), channel_id),
-            )
-        )
-
-    def mark_final(self, channel_id: int, reason: str) -> None:
-        """Note that no voucher of the channel can be claimed any more (and refuse further calls on it)."""
-        self._commit(
-            lambda db: db.execute(
-                "UPDATE channels SET final = ?, updated_at = ? WHERE channel_id = ?", (reason, time.time(), channel_id)
-            )
-        )
-
-    def mark_failed(self, channel_id: int, cumulative: int, error: str) -> None:
-        """Note that claiming ``cumulative`` failed; the settler retries only once a higher voucher arrives."""
-        self._commit(
-            lambda db: db.execute(
-                "UPDATE channels SET failed_cumulative = ?, last_error = ?, updated_at = ? WHERE channel_id = ?",
-                (_enc(cumulative), error, time.time(), channel_id),
-            )
-        )
-
-    # ------------------------------------------------------------------ reads (committed data)
-
-    def entry(self, channel_id: int) -> LedgerEntry | None:
-        """The channel's entry, or None if no call was paid on it."""
-        rows = self._read(f"SELECT {_COLUMNS} FROM channels WHERE channel_id = ?", (channel_id,))
-        return _entry(rows[0]) if rows else None
-
-    def entries(self) -> list[LedgerEntry]:
-        """Every channel, by id."""
-        return [_entry(r) for r in self._read(f"SELECT {_COLUMNS} FROM channels ORDER BY channel_id")]
-
-    def unclaimed(self) -> list[LedgerEntry]:
-        """Live channels whose highest voucher is above what was claimed (and did not already fail)."""
-        rows = self._read(
-            f"SELECT {_COLUMNS} FROM channels WHERE final IS NULL AND cumulative > claimed"
-            " AND (failed_cumulative IS NULL OR cumulative > failed_cumulative) ORDER BY channel_id"
-        )
-        return [_entry(r) for r in rows]
+        return "0x" + keccak(public_key[1:])[-20:].hex()
 
 
 def chain_identity(market: Market) -> str:

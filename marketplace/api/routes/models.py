@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Request, Response
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -66,9 +66,23 @@ class InvokePaymentRequired(BaseModel):
 
 
 AssetId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Model asset id")]
-PaymentSignature = Annotated[
-    str | None,
-    Header(description="x402 v2 payment (base64 JSON), sent by an x402 client after a 402 (or use X-Payment-Channel)"),
+#: The payment headers, documented here and read from the request in the handler (a paid call is a
+#: hot path: FastAPI's per-parameter header and response plumbing cost more than the lookups).
+_PAYMENT_HEADERS = [
+    {
+        "name": PAYMENT_SIGNATURE_HEADER,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "x402 v2 payment (base64 JSON), sent by an x402 client after a 402",
+    },
+    {
+        "name": HEADER,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "payment-channel voucher: base64 JSON {channelId, cumulativeAmount, signature}",
+    },
 ]
 
 
@@ -80,15 +94,9 @@ PaymentSignature = Annotated[
         402: {"model": InvokePaymentRequired, "description": "Pay first: by x402 (PAYMENT-REQUIRED) or by channel"},
         404: {"description": "This server does not serve the model"},
     },
+    openapi_extra={"parameters": _PAYMENT_HEADERS},
 )
-def invoke(
-    asset_id: AssetId,
-    body: InvokeRequest,
-    request: Request,
-    response: Response,
-    services: ServicesDep,
-    payment_signature: PaymentSignature = None,
-) -> Any:
+def invoke(asset_id: AssetId, body: InvokeRequest, request: Request, services: ServicesDep) -> Any:
     """Pay for one call (x402 in PAYMENT-SIGNATURE, or a voucher in X-Payment-Channel), then run the model.
 
     The price per call is the asset's on-chain price. An x402 payment is settled into the model's
@@ -102,6 +110,7 @@ def invoke(
     if asset.kind != AssetKind.MODEL:
         raise ApiError(404, "model_not_served", f"asset {asset_id} is a dataset, not a model")
     voucher = request.headers.get(HEADER)
+    payment_signature = request.headers.get(PAYMENT_SIGNATURE_HEADER)
     x402_payment = payment_signature if payment_signature and payment_signature.strip() else None
     if x402_payment and voucher and voucher.strip():
         raise ApiError(
@@ -110,7 +119,7 @@ def invoke(
             f"send one payment per call: either {PAYMENT_SIGNATURE_HEADER} (x402) or {HEADER} (channel), not both",
         )
     if x402_payment:
-        return _paid_with_x402(services, asset, _offer(services, asset, request), handler, body, response, x402_payment)
+        return _paid_with_x402(services, asset, _offer(services, asset, request), handler, body, x402_payment)
     return _paid_with_channel(services, asset, request, handler, body, voucher)
 
 
@@ -120,7 +129,6 @@ def _paid_with_x402(
     offer: Offer | None,
     handler: ModelHandler,
     body: InvokeRequest,
-    response: Response,
     payment: str,
 ) -> Any:
     if offer is None:
@@ -135,8 +143,8 @@ def _paid_with_x402(
     except PaymentRequiredError as exc:
         channel = services.gate.requirements(asset.asset_id, asset.price)
         return _payment_required(exc.code, exc.detail, exc.code, channel, exc.payment_required, exc.headers)
-    response.headers[PAYMENT_RESPONSE_HEADER] = settlement.header
-    return InvokeResponse(output=output, payment=settlement.as_dict())
+    answer = InvokeResponse(output=output, payment=settlement.as_dict())
+    return JSONResponse(answer.model_dump(mode="json"), headers={PAYMENT_RESPONSE_HEADER: settlement.header})
 
 
 def _paid_with_channel(
