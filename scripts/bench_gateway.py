@@ -4,6 +4,7 @@ endpoint unpaid, and x402 with on-chain settlement per call.
     python scripts/bench_gateway.py                 # table
     python scripts/bench_gateway.py --json          # machine-readable
     python scripts/bench_gateway.py --calls 600 --x402-calls 60 --concurrency 8
+    python scripts/bench_gateway.py --voucher-sync normal   # the gateway as `serve --voucher-sync normal`
 
 Targets (from the payments issue): channel-paid >= 0.75x unpaid, and >= 20x x402 per-call. They are
 reported as measured (PASS/FAIL text), never asserted: the machine is shared and noisy.
@@ -105,7 +106,9 @@ class Server:
 
 
 @contextmanager
-def serving(setup: Setup, work: FilePath, settle_interval: float, profile: FilePath | None) -> Iterator[Server]:
+def serving(
+    setup: Setup, work: FilePath, settle_interval: float, profile: FilePath | None, voucher_sync: str = "full"
+) -> Iterator[Server]:
     """Start the gateway process for ``setup`` and wait until it answers; stop it (SIGINT) on leaving.
 
     Stopping it makes its settler claim every voucher; the block raises if it does not exit cleanly.
@@ -115,7 +118,8 @@ def serving(setup: Setup, work: FilePath, settle_interval: float, profile: FileP
     command = [sys.executable, str(SERVER_SCRIPT), "--rpc", str(setup.chain.rpc_url),
                "--manifest", str(setup.deployment.save(work / "deployment.json")), "--data-dir", str(data_dir),
                "--port", str(port), "--model", f"{setup.model_id}={MODEL_HANDLER}",
-               "--settle-interval", str(settle_interval), "--stats", str(stats_file)]  # fmt: skip
+               "--settle-interval", str(settle_interval), "--voucher-sync", voucher_sync,
+               "--stats", str(stats_file)]  # fmt: skip
     if profile is not None:
         command += ["--profile", str(profile)]
     process = subprocess.Popen(command, cwd=FilePath(__file__).resolve().parent.parent)
@@ -347,14 +351,16 @@ async def measure(setup: Setup, server: Server, plan: Plan) -> tuple[dict[str, P
 # ---------------------------------------------------------------------- the run
 
 
-def run(plan: Plan, settle_interval: float, profile: FilePath | None = None) -> dict[str, Any]:
+def run(
+    plan: Plan, settle_interval: float, profile: FilePath | None = None, voucher_sync: str = "full"
+) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     chain = connect("anvil")
     try:
         setup = prepare(chain, plan.concurrency, 2 * plan.calls + 2 * plan.warmup)
         with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
             work = FilePath(tmp)
-            with serving(setup, work, settle_interval, profile) as server:
+            with serving(setup, work, settle_interval, profile, voucher_sync) as server:
                 results, made = asyncio.run(measure(setup, server, plan))
             # The server is stopped: its settler made its last round. Check the books.
             with VoucherLedger(work / "server" / "channels.sqlite3") as ledger:
@@ -362,7 +368,7 @@ def run(plan: Plan, settle_interval: float, profile: FilePath | None = None) -> 
             settlement = check_vaults(setup, made, unclaimed)
             # Group commit: every write of the voucher ledger (debits, and the settler's notes) per fsync'd commit.
             settlement["ledger_commits"] = server.stats()["ledger_commits"]
-        data = report(plan, settle_interval, results, settlement)
+        data = report(plan, settle_interval, results, settlement) | {"voucher_sync": voucher_sync}
         data["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0], "cpus": os.cpu_count()}
         return data
     finally:
@@ -422,7 +428,8 @@ def print_tables(data: dict[str, Any]) -> None:
     console.width = max(console.width, 110)  # piped output defaults to 80 columns
     load = data["load_average_1m"]
     table = Table(
-        title=f"gateway throughput on anvil (concurrency {data['concurrency']}, {data['rounds']} rounds, one run)",
+        title=f"gateway throughput on anvil (concurrency {data['concurrency']}, {data['rounds']} rounds, one run; "
+        f"voucher ledger synchronous={data['voucher_sync']})",
         caption="cpu ms/call: server = the gateway process, client = this one. "
         f"1-min load average {load['before']:.2f} before, {load['after']:.2f} after, on {load['cpus']} CPUs",
     )
@@ -451,7 +458,8 @@ def print_tables(data: dict[str, Any]) -> None:
         f"{format_units(s['channels_claimed'])}, unclaimed ledger entries {s['unclaimed_ledger_entries']}) -> "
         + ("[green]OK[/]" if s["ok"] else "[red]MISMATCH[/]")
     )
-    console.print(f"voucher ledger: {s['channel_calls']} paid calls in {s['ledger_commits']} fsync'd commits")
+    synced = "fsync'd commits" if data["voucher_sync"] == "full" else "commits (fsync'd at checkpoints)"
+    console.print(f"voucher ledger: {s['channel_calls']} paid calls in {s['ledger_commits']} {synced}")
 
 
 def main() -> None:
@@ -462,13 +470,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds the paths take turns in (default 3)")
     parser.add_argument("--warmup", type=int, default=8, help="untimed calls per path first (default 8)")
     parser.add_argument("--settle-interval", type=float, default=30.0, help="settler interval, s (default 30)")
+    parser.add_argument("--voucher-sync", choices=["full", "normal"], default="full",
+                        help="voucher ledger commits: full (fsync each, the default) or normal")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--profile", type=FilePath, help="write cProfile statistics of the server's threads here")
     args = parser.parse_args()
     if min(args.calls, args.x402_calls, args.concurrency, args.rounds) < 1 or args.warmup < 0:
         parser.error("--calls, --x402-calls, --concurrency and --rounds must be >= 1, --warmup >= 0")
     plan = Plan(args.calls, args.x402_calls, args.concurrency, args.rounds, args.warmup)
-    data = run(plan, args.settle_interval, args.profile)
+    data = run(plan, args.settle_interval, args.profile, args.voucher_sync)
     if args.json:
         print(json.dumps(data, indent=2))
     else:

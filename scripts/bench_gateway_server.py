@@ -1,7 +1,8 @@
 """The gateway process that ``scripts/bench_gateway.py`` measures, run the way a provider runs it.
 
     python scripts/bench_gateway_server.py --rpc URL --manifest PATH --data-dir DIR --port N \\
-        --model ID=bench_gateway_server:add_numbers [--settle-interval S] [--stats FILE] [--profile FILE]
+        --model ID=bench_gateway_server:add_numbers [--settle-interval S] [--voucher-sync full|normal] \\
+        [--stats FILE] [--profile FILE]
 
 The app is ``create_app(settings, model_handlers=...)`` served by ``uvicorn.run`` with the options
 ``agentmarket serve`` uses (one process, one worker), the ``--model`` handler loaded by
@@ -98,11 +99,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", action="append", default=[], help="ID=package.module:function (repeatable)")
     parser.add_argument("--settle-interval", type=float, default=30.0)
+    parser.add_argument("--voucher-sync", choices=["full", "normal"], default="full")
     parser.add_argument("--stats", type=FilePath, help="write JSON statistics here on exit")
     parser.add_argument("--profile", type=FilePath, help="write cProfile statistics of every thread here on exit")
     args = parser.parse_args()
     settings = Settings(rpc_url=args.rpc, manifest=args.manifest, data_dir=args.data_dir, port=args.port,
-                        settle_interval=args.settle_interval)  # fmt: skip
+                        settle_interval=args.settle_interval, voucher_sync=args.voucher_sync)  # fmt: skip
     app = create_app(settings, model_handlers=parse_models(args.model))
     add_unpaid_route(app)
     profiles = ThreadProfiles() if args.profile else None

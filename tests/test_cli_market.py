@@ -127,6 +127,12 @@ def test_cli_mistakes_are_one_line(stack):
     assert_one_line_error(cli(stack, "asset", "publish", __file__, "--price", "1", "--payee", "0xabc", wallet="w.json"),
                           "ADDR:BPS")  # fmt: skip
     assert_one_line_error(cli(stack, "buy", "77", wallet="w.json"), "77")
+    # A second gateway on the running one's data directory (the default, in the same home) is refused.
+    rpc, manifest = env["AGENTMARKET_RPC"], str(home / ".agentmarket" / "deployment.json")
+    second = run_cli("serve", "--rpc", rpc, "--manifest", manifest, "--port", "9", cwd=home)
+    assert_one_line_error(second, "channels.sqlite3 is in use by process", "--data-dir")
+    bad_sync = run_cli("serve", "--rpc", rpc, "--manifest", manifest, "--voucher-sync", "sometimes", cwd=home)
+    assert_one_line_error(bad_sync, "--voucher-sync must be one of full, normal")
 
 
 def test_agent_run_pays_for_calls_within_its_caps(stack):

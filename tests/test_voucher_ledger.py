@@ -43,6 +43,14 @@ def test_one_process_owns_a_ledger_file_at_a_time(tmp_path):
         assert (entry.cumulative, entry.debited, entry.calls, entry.signature) == (5, 5, 1, SIG)
 
 
+def test_the_operator_picks_how_hard_commits_sync(tmp_path):
+    for synchronous, pragma in (("full", 2), ("normal", 1)):
+        with VoucherLedger(tmp_path / f"{synchronous}.sqlite3", synchronous=synchronous) as ledger:
+            assert ledger._db.execute("PRAGMA synchronous").fetchone() == (pragma,)
+    with pytest.raises(ValueError, match="synchronous must be one of full, normal"):
+        VoucherLedger(tmp_path / "off.sqlite3", synchronous="off")
+
+
 def test_state_survives_reopening_with_every_field(tmp_path):
     path = tmp_path / "vouchers.sqlite3"
     big = 2**256 - 1

@@ -55,7 +55,7 @@ def build_services(
     ServerBase.metadata.create_all(engine)
     market = deployment.market(chain)
     relayer = _relayer(settings, chain)
-    ledger = VoucherLedger(settings.data_dir / "channels.sqlite3")
+    ledger = VoucherLedger(settings.data_dir / "channels.sqlite3", synchronous=settings.voucher_sync)
     return Services(
         chain=chain,
         deployment=deployment,

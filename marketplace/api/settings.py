@@ -8,6 +8,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from marketplace.chain.deployment import DEFAULT_MANIFEST
+from marketplace.payments.ledger import Synchronous
 
 
 class Settings(BaseSettings):
@@ -35,6 +36,9 @@ class Settings(BaseSettings):
     settle_interval: float = 30.0
     #: Channels closer than this to expiry are refused (must exceed settle_interval).
     channel_min_seconds_to_expiry: int = 120
+    #: How hard the voucher ledger syncs each commit: "full" (fsync: survives a power loss) or
+    #: "normal" (survives the process being killed; a power loss may undo the last commits).
+    voucher_sync: Synchronous = "full"
 
     @property
     def expected_siwe_domain(self) -> str:

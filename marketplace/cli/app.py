@@ -174,6 +174,15 @@ def serve(
         list[str] | None,
         typer.Option("--model", help="Serve a model asset: ID=package.module:function or ID=openai+URL#model."),
     ] = None,
+    voucher_sync: Annotated[
+        str,
+        typer.Option(
+            "--voucher-sync",
+            help="Voucher ledger commits: full (fsync each; survives a power loss) or normal (faster; survives a "
+            "killed process, a power loss may undo the last commits).",
+            envvar="AGENTMARKET_VOUCHER_SYNC",
+        ),
+    ] = "full",
 ) -> None:
     """Serve the marketplace API: catalog, login, content, paid model calls, settlement."""
     import uvicorn
@@ -181,6 +190,7 @@ def serve(
     from marketplace.api import Settings, create_app
     from marketplace.api.app import build_services
     from marketplace.inference import parse_handler
+    from marketplace.payments.ledger import SYNCHRONOUS
 
     handlers = {}
     for spec in model or []:
@@ -188,7 +198,9 @@ def serve(
         if not sep or not asset_id.isdigit():
             raise AgentmarketError(f"--model {spec!r} must look like ID=package.module:function")
         handlers[int(asset_id)] = parse_handler(handler)
-    settings = Settings(rpc_url=rpc, manifest=manifest, port=port, data_dir=data_dir)
+    if voucher_sync not in SYNCHRONOUS:
+        raise AgentmarketError(f"--voucher-sync must be one of {', '.join(SYNCHRONOUS)}, not {voucher_sync!r}")
+    settings = Settings(rpc_url=rpc, manifest=manifest, port=port, data_dir=data_dir, voucher_sync=voucher_sync)
     services = build_services(settings)  # fail fast, in one line, on a bad RPC URL or manifest
     services.ledger.close()
     services.engine.dispose()

@@ -1,12 +1,12 @@
 """The gateway's voucher ledger: per payment channel, the highest voucher, the credit used, what was claimed.
 
 The state of every channel lives in memory (one small row per channel, loaded when the ledger
-opens) and is written through to SQLite (WAL, ``synchronous=FULL``) before any write method
-returns, so a call is answered only once its debit and voucher are on disk. Writes are
-group-committed: the thread that commits runs every queued operation against the in-memory state,
-writes the channels they changed in one statement (one fsync), and only then makes the new state
-visible. Concurrent calls thus share fsyncs, and a refused operation leaves the others of its batch
-in.
+opens) and is written through to SQLite (WAL; ``synchronous=FULL`` unless the operator chose
+``NORMAL``, see :class:`VoucherLedger`) before any write method returns, so a call is answered
+only once its debit and voucher are committed. Writes are group-committed: the thread that commits
+runs every queued operation against the in-memory state, writes the channels they changed in one
+statement (one fsync), and only then makes the new state visible. Concurrent calls thus share
+fsyncs, and a refused operation leaves the others of its batch in.
 
 One process writes a ledger file at a time (an exclusive lock on ``<file>.lock``, released when the
 ledger is closed or the process dies): two gateways on one data directory would each trust their
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from marketplace.errors import AgentmarketError
 
@@ -226,6 +226,10 @@ def _lock_exclusively(path: Path) -> int:
 
 # ---------------------------------------------------------------------- the ledger
 
+#: SQLite ``synchronous`` levels a ledger may run at (see :class:`VoucherLedger`).
+Synchronous = Literal["full", "normal"]
+SYNCHRONOUS: tuple[Synchronous, ...] = ("full", "normal")
+
 #: An operation on one channel: its entry (None if unknown) -> the new entry, or None to write nothing.
 Operation = Callable[[LedgerEntry | None], LedgerEntry | None]
 
@@ -244,14 +248,24 @@ class _Ticket:
 class VoucherLedger:
     """Per channel: the highest voucher, the credit used, and what was claimed; in memory, written through.
 
-    WAL journal with ``synchronous=FULL``: a write that returned survives a crash of the process or
-    of the machine. Every write method queues its operation and returns once a commit holding it is
-    on disk (group commit, see the module's docstring). Reads see committed state only. Safe to
-    share between threads; one process at a time may open a ledger file (:class:`LedgerError`).
+    WAL journal. With ``synchronous="full"`` (the default) every commit is fsync'd: a write that
+    returned survives a crash of the process or of the machine. With ``"normal"`` commits reach the
+    WAL file but are fsync'd only at checkpoints: a write that returned survives the process being
+    killed (``kill -9``), and a power loss or kernel crash may undo the last commits (the payer's next,
+    cumulative voucher covers them again; one never sent again is lost).
+
+    Every write method queues its operation and returns once a commit holding it is made (group
+    commit, see the module's docstring). Reads see committed state only. Safe to share between
+    threads; one process at a time may open a ledger file (:class:`LedgerError`).
     """
 
-    def __init__(self, path: str | PathLike[str], *, busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self, path: str | PathLike[str], *, synchronous: Synchronous = "full", busy_timeout: float = 10.0
+    ) -> None:
+        if synchronous not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}")
         self.path = Path(path)
+        self.synchronous = synchronous
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock_exclusively(self.path)
         try:
@@ -262,7 +276,7 @@ class VoucherLedger:
                 raise LedgerError(
                     f"{self.path}: SQLite refused WAL mode (got {mode!r}); keep the ledger on a local disk"
                 )
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.executescript(_SCHEMA)
             self._entries = self._load()
         except BaseException:
