@@ -213,6 +213,12 @@ def test_a_failed_call_costs_nothing(app_factory, chain, market, alice, model):
             client.invoke(model, ["not a number"], channel_id=channel)
         assert bad_input.value.status == 422 and "debit went back" in bad_input.value.detail
         assert client.invoke(model, [1], channel_id=channel)["payment"]["debited"] == str(PRICE)
+        with pytest.raises(ApiClientError):  # a failed call, and the payer never calls again
+            client.invoke(model, ["not a number"], channel_id=channel)
+        before_claim = market.token.balance_of(vault)
+    # The server stopped: its settler claimed the one answered call, not the failed ones.
+    assert market.channels.channel(channel).claimed == PRICE
+    assert market.token.balance_of(vault) - before_claim == PRICE
 
 
 def test_sdk_pays_per_call_with_x402_when_no_channel_is_named(app_factory, chain, market, alice, model):

@@ -103,6 +103,65 @@ def test_a_batch_larger_than_one_statement_is_one_transaction(tmp_path, monkeypa
         ]
 
 
+def test_the_settler_is_given_the_voucher_that_pays_for_the_calls_served(tmp_path):
+    """Served voucher: the highest held whose amount the served calls used up. Credit sent ahead, or
+    handed back by a failed call, is not claimed until a call uses it."""
+    with VoucherLedger(tmp_path / "vouchers.sqlite3") as ledger:
+        ahead = b"\x05" * 65
+        ledger.record(1, asset_id=1, cumulative=50, signature=ahead, price=10)  # five calls paid ahead
+        assert (ledger.entry(1).served, ledger.unclaimed()) == (0, [])
+        for _ in range(4):
+            ledger.record(1, asset_id=1, cumulative=50, signature=ahead, price=10)
+        assert (ledger.entry(1).served, ledger.entry(1).served_signature) == (50, ahead)
+
+        # Vouchers that do not fall on the debits: the one before the highest is claimed once used up.
+        ledger.record(2, asset_id=1, cumulative=100, signature=b"\x0a" * 65, price=30)
+        for _ in range(2):
+            ledger.record(2, asset_id=1, cumulative=100, signature=b"\x0a" * 65, price=30)  # debited 60, 90
+        assert ledger.entry(2).served == 0
+        ledger.record(2, asset_id=1, cumulative=200, signature=b"\x14" * 65, price=30)  # debited 120
+        assert (ledger.entry(2).cumulative, ledger.entry(2).served) == (200, 100)
+
+        # A failed call hands its credit back, and the claim falls back to the voucher before it.
+        first, second = b"\x01" * 65, b"\x02" * 65
+        ledger.record(3, asset_id=1, cumulative=10, signature=first, price=10)
+        ledger.record(3, asset_id=1, cumulative=20, signature=second, price=10)
+        ledger.refund(3, 10)
+        entry = ledger.entry(3)
+        assert (entry.cumulative, entry.debited, entry.served, entry.served_signature) == (20, 10, 10, first)
+        assert [(e.channel_id, e.unclaimed) for e in ledger.unclaimed()] == [(1, 50), (2, 100), (3, 10)]
+        ledger.record(3, asset_id=1, cumulative=20, signature=second, price=10)  # the payer comes back
+        assert (ledger.entry(3).served, ledger.entry(3).served_signature) == (20, second)
+
+        # A refund with nothing to fall back to claims nothing beyond what is already claimed.
+        ledger.record(4, asset_id=1, cumulative=10, signature=first, price=10)
+        ledger.mark_claimed(4, 10)
+        ledger.record(4, asset_id=1, cumulative=30, signature=b"\x03" * 65, price=10)
+        ledger.record(4, asset_id=1, cumulative=30, signature=b"\x03" * 65, price=10)
+        ledger.refund(4, 10)
+        ledger.refund(4, 10)
+        assert (ledger.entry(4).debited, ledger.entry(4).served, ledger.entry(4).unclaimed) == (10, 10, 0)
+
+
+def test_a_ledger_from_before_the_served_voucher_claims_its_highest(tmp_path):
+    path = tmp_path / "vouchers.sqlite3"
+    with sqlite3.connect(path) as db:  # the previous release's table
+        db.execute(
+            "CREATE TABLE channels (channel_id INTEGER PRIMARY KEY, asset_id INTEGER NOT NULL, cumulative TEXT NOT"
+            " NULL, signature BLOB NOT NULL, debited TEXT NOT NULL, calls INTEGER NOT NULL, claimed TEXT NOT NULL,"
+            " final TEXT, failed_cumulative TEXT, last_error TEXT, updated_at REAL NOT NULL)"
+        )
+        db.execute("INSERT INTO channels VALUES (7, 1, ?, ?, ?, 2, ?, NULL, NULL, NULL, 0)",
+                   (f"{40:078d}", SIG, f"{40:078d}", f"{20:078d}"))  # fmt: skip
+    db.close()
+    with VoucherLedger(path) as ledger:
+        entry = ledger.entry(7)
+        assert (entry.cumulative, entry.served, entry.served_signature, entry.unclaimed) == (40, 40, SIG, 20)
+        ledger.record(7, asset_id=1, cumulative=50, signature=b"\x09" * 65, price=10)
+    with VoucherLedger(path) as ledger:
+        assert (ledger.entry(7).served, ledger.entry(7).calls) == (50, 3)
+
+
 def test_gil_holding_recovery_agrees_with_coincurve():
     assert secp256k1.recover_public_key is not secp256k1._coincurve_recover  # the ctypes path loaded here
     for _ in range(20):

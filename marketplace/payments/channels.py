@@ -6,15 +6,16 @@ EIP-712 ``Voucher`` the channel's signer signed for everything paid so far. Thre
 
 - :class:`~marketplace.payments.ledger.VoucherLedger` keeps, per channel, the highest voucher, the
   credit the calls served so far used (``debited``) and what was claimed on chain: in memory,
-  written through to SQLite (WAL, ``synchronous=FULL``). :meth:`VoucherLedger.record` debits one
-  call and returns once its voucher is on disk: answer the request only after it returned.
+  written through to SQLite (WAL, ``synchronous=FULL`` by default). :meth:`VoucherLedger.record`
+  debits one call and returns once its voucher is committed: answer the request only after it returned.
   Concurrent writes share commits (group commit): one fsync makes a whole batch durable.
 - :class:`ChannelGate` verifies a voucher off-chain (channel state read from chain and cached,
   signature recovered locally with :class:`VoucherHasher`) and debits the call's price through the
   ledger. No chain call is made per voucher once a channel's state is cached; the asset (price,
   token, vault) is re-read at most every couple of seconds (:class:`AssetCache`).
-- :class:`Settler` claims each channel's highest voucher on chain, every ``interval`` seconds and
-  once more when stopped; the claimed increase goes into the asset's vault.
+- :class:`Settler` claims each channel's served voucher (the highest whose amount the calls served
+  used up: credit paid ahead or handed back by a failed call is not claimed) on chain, every
+  ``interval`` seconds and once more when stopped; the claimed increase goes into the asset's vault.
 
 Vouchers may arrive out of order when a client makes concurrent calls: a voucher is accepted when
 the highest voucher seen so far (counting this one) covers every call served plus this one.
@@ -317,7 +318,7 @@ class Receipt:
     price: int
     #: The cumulative amount of the voucher presented with this call.
     voucher: int
-    #: The highest voucher held for the channel (what the settler will claim).
+    #: The highest voucher held for the channel (the credit calls may use).
     highest_voucher: int
     #: Credit used by every call served on the channel, this one included.
     debited: int
@@ -545,7 +546,7 @@ _FINAL_OUTCOMES = {"ChannelClosed": "closed", "ChannelExpired": "expired", "Unkn
 
 
 class Settler:
-    """Claims the highest voucher of every channel on chain, now and then and once more at shutdown.
+    """Claims the served voucher of every channel on chain, now and then and once more at shutdown.
 
     ``relayer`` pays the gas. Pass ``send_lock`` when something else sends transactions from the
     same account, so that nonces do not collide. Keep ``interval`` well below the gate's
@@ -574,7 +575,7 @@ class Settler:
         ledger.bind(chain_identity(market))
 
     def settle_once(self) -> list[Settlement]:
-        """Claim every channel whose highest voucher is above what was claimed; one result per channel tried."""
+        """Claim every channel whose served voucher is above what was claimed; one result per channel tried."""
         with self._round_lock:
             entries = self.ledger.unclaimed()
             if not entries:
@@ -613,7 +614,7 @@ class Settler:
                 log.exception("channel settlement round failed; retrying in %s s", self.interval)
 
     def _settle(self, entry: LedgerEntry, now: int) -> Settlement:
-        channel_id, cumulative = entry.channel_id, entry.cumulative
+        channel_id, cumulative = entry.channel_id, entry.served
         try:
             state = self.market.channels.channel(channel_id)
             if state.claimed >= cumulative:
@@ -625,7 +626,7 @@ class Settler:
                 return self._final(entry, "ChannelExpired")
             with self._send_lock:
                 receipt = self.market.channels.claim(
-                    self.relayer, channel_id, cumulative, entry.signature, gas=self.gas
+                    self.relayer, channel_id, cumulative, entry.served_signature, gas=self.gas
                 )
         except ContractRevert as exc:
             if exc.error in _FINAL_OUTCOMES:
@@ -651,4 +652,4 @@ class Settler:
             error,
             entry.unclaimed,
         )
-        return Settlement(entry.channel_id, _FINAL_OUTCOMES[error], entry.cumulative, detail=error)
+        return Settlement(entry.channel_id, _FINAL_OUTCOMES[error], entry.served, detail=error)

@@ -88,6 +88,15 @@ class LedgerEntry:
     #: A voucher whose claim failed for another reason, and why (retried only for a higher voucher).
     failed_cumulative: int | None = None
     last_error: str | None = None
+    #: The highest voucher received that pays for no more than the calls served (its amount is at most
+    #: ``debited``), and its signature: what the settler claims. Credit a payer sent ahead, or got back
+    #: when a call failed, stays unclaimed until a call uses it.
+    served: int = 0
+    served_signature: bytes = b""
+    #: ``served`` before it last moved up, kept in memory only: a refund (of a call still in flight in
+    #: this process) falls back to it.
+    previous_served: int = field(default=0, compare=False)
+    previous_served_signature: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def credit(self) -> int:
@@ -96,20 +105,23 @@ class LedgerEntry:
 
     @property
     def unclaimed(self) -> int:
-        """What a claim of the highest voucher would pay now."""
-        return self.cumulative - self.claimed
+        """What a claim of the served voucher would pay now."""
+        return self.served - self.claimed
 
     @property
     def claimable(self) -> bool:
         """Live, above what was claimed, and not a voucher whose claim already failed."""
         failed = self.failed_cumulative
-        return self.final is None and self.cumulative > self.claimed and (failed is None or self.cumulative > failed)
+        return self.final is None and self.served > self.claimed and (failed is None or self.served > failed)
 
 
 def debit(
     entry: LedgerEntry | None, channel_id: int, asset_id: int, cumulative: int, signature: bytes, price: int
 ) -> LedgerEntry:
     """``entry`` after one call of ``price`` paid by a verified voucher (kept if it is the highest).
+
+    The served voucher moves up to the highest of this voucher, the highest before and the highest
+    after whose amount the calls served so far (this one included) have used up.
 
     Raises :class:`InsufficientCredit` unless the highest voucher, this one included, covers the
     credit already used plus ``price``; :class:`ChannelFinalized` once the channel can no longer be claimed.
@@ -123,15 +135,44 @@ def debit(
         highest, best_signature = cumulative, signature
     if highest < entry.debited + price:
         raise InsufficientCredit(channel_id, highest=highest, debited=entry.debited, price=price)
-    return replace(entry, cumulative=highest, signature=best_signature, debited=entry.debited + price,
-                   calls=entry.calls + 1)  # fmt: skip
+    debited = entry.debited + price
+    served, served_signature = entry.served, entry.served_signature
+    candidates = ((entry.cumulative, entry.signature), (cumulative, signature), (highest, best_signature))
+    for amount, amount_signature in candidates:
+        if served < amount <= debited:
+            served, served_signature = amount, amount_signature
+    previous = (entry.served, entry.served_signature) if served != entry.served else None
+    updated = replace(entry, cumulative=highest, signature=best_signature, debited=debited, calls=entry.calls + 1,
+                      served=served, served_signature=served_signature)  # fmt: skip
+    if previous is not None:
+        updated = replace(updated, previous_served=previous[0], previous_served_signature=previous[1])
+    return updated
+
+
+def refund(entry: LedgerEntry | None, channel_id: int, price: int) -> LedgerEntry:
+    """``entry`` after giving back the credit one unanswered call used: ``debited`` drops by ``price``.
+
+    The highest voucher stays (it pays for the next calls); the served voucher falls back to the one
+    before it when it now pays for more than was served, so a payer who never calls again is not
+    charged for the failed call. Raises ValueError when the channel has no such debit.
+    """
+    if entry is None or entry.debited < price or entry.calls < 1:
+        raise ValueError(f"channel {channel_id} has no debit of {price} to give back")
+    debited = entry.debited - price
+    updated = replace(entry, debited=debited, calls=entry.calls - 1)
+    if entry.served > debited:
+        served, served_signature = entry.previous_served, entry.previous_served_signature
+        if not entry.claimed <= served <= debited:  # no voucher held pays for exactly the calls served
+            served, served_signature = entry.claimed, b""
+        updated = replace(updated, served=served, served_signature=served_signature)
+    return updated
 
 
 # ---------------------------------------------------------------------- storage
 
 _COLUMNS = (
     "channel_id", "asset_id", "cumulative", "signature", "debited", "calls", "claimed", "final",
-    "failed_cumulative", "last_error", "updated_at",
+    "failed_cumulative", "last_error", "served", "served_signature", "updated_at",
 )  # fmt: skip
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (
@@ -150,10 +191,18 @@ CREATE TABLE IF NOT EXISTS channels (
     final TEXT,
     failed_cumulative TEXT,
     last_error TEXT,
+    served TEXT NOT NULL,
+    served_signature BLOB NOT NULL,
     updated_at REAL NOT NULL,
     CHECK (debited <= cumulative)
 );
 """
+#: Ledgers written before the served voucher existed claimed the highest voucher: so they start out.
+_MIGRATIONS = (
+    f"ALTER TABLE channels ADD COLUMN served TEXT NOT NULL DEFAULT '{0:0{_AMOUNT_DIGITS}d}'",
+    "ALTER TABLE channels ADD COLUMN served_signature BLOB NOT NULL DEFAULT x''",
+    "UPDATE channels SET served = cumulative, served_signature = signature",
+)
 
 
 def _enc(amount: int) -> str:
@@ -163,11 +212,13 @@ def _enc(amount: int) -> str:
 def _row(entry: LedgerEntry, now: float) -> tuple[Any, ...]:
     failed = None if entry.failed_cumulative is None else _enc(entry.failed_cumulative)
     return (entry.channel_id, entry.asset_id, _enc(entry.cumulative), entry.signature, _enc(entry.debited),
-            entry.calls, _enc(entry.claimed), entry.final, failed, entry.last_error, now)  # fmt: skip
+            entry.calls, _enc(entry.claimed), entry.final, failed, entry.last_error, _enc(entry.served),
+            entry.served_signature, now)  # fmt: skip
 
 
 def _entry(row: tuple[Any, ...]) -> LedgerEntry:
     channel_id, asset_id, cumulative, signature, debited, calls, claimed, final, failed, error = row[:10]
+    served, served_signature = row[10:12]
     return LedgerEntry(
         channel_id=channel_id,
         asset_id=asset_id,
@@ -179,6 +230,8 @@ def _entry(row: tuple[Any, ...]) -> LedgerEntry:
         final=final,
         failed_cumulative=None if failed is None else int(failed),
         last_error=error,
+        served=int(served),
+        served_signature=bytes(served_signature),
     )
 
 
@@ -278,6 +331,7 @@ class VoucherLedger:
                 )
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.executescript(_SCHEMA)
+            self._migrate()
             self._entries = self._load()
         except BaseException:
             os.close(self._lock_fd)
@@ -287,6 +341,14 @@ class VoucherLedger:
         self._queue: list[_Ticket] = []
         self._closed = False
         self.commits = 0  # group commits made (each one fsync), for measurements
+
+    def _migrate(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(channels)")}
+        if "served" not in columns:
+            self._db.execute("BEGIN IMMEDIATE")
+            for statement in _MIGRATIONS:
+                self._db.execute(statement)
+            self._db.execute("COMMIT")
 
     def _load(self) -> dict[int, LedgerEntry]:
         rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM channels").fetchall()
@@ -393,17 +455,9 @@ class VoucherLedger:
         return entry
 
     def refund(self, channel_id: int, price: int) -> None:
-        """Give back the credit one call used (its handler failed): ``debited`` drops by ``price``.
+        """Give back the credit one call used (its handler failed): see :func:`refund`."""
 
-        The highest voucher stays: it still pays for the next calls.
-        """
-
-        def op(entry: LedgerEntry | None) -> LedgerEntry:
-            if entry is None or entry.debited < price or entry.calls < 1:
-                raise ValueError(f"channel {channel_id} has no debit of {price} to give back")
-            return replace(entry, debited=entry.debited - price, calls=entry.calls - 1)
-
-        self._commit(channel_id, op)
+        self._commit(channel_id, lambda entry: refund(entry, channel_id, price))
 
     def mark_claimed(self, channel_id: int, cumulative: int) -> None:
         """Note that ``cumulative`` is claimed on chain (never lowers what was noted before)."""
