@@ -56,22 +56,26 @@ def build_services(
     market = deployment.market(chain)
     relayer = _relayer(settings, chain)
     ledger = VoucherLedger(settings.data_dir / "channels.sqlite3", synchronous=settings.voucher_sync)
-    return Services(
-        chain=chain,
-        deployment=deployment,
-        market=market,
-        engine=engine,
-        indexer=Indexer(chain, deployment, engine),
-        settings=settings,
-        content=ContentStore(settings.data_dir / "content"),
-        relayer=relayer,
-        tokens=TokenIssuer(load_or_create_secret(settings.data_dir / "auth.key"), settings.auth_token_ttl),
-        ledger=ledger,
-        gate=ChannelGate(market, ledger, min_seconds_to_expiry=settings.channel_min_seconds_to_expiry),
-        settler=Settler(market, ledger, relayer, settings.settle_interval, send_lock=RELAYER_LOCK),
-        x402=X402Payments(chain, market.token, relayer, send_lock=RELAYER_LOCK),
-        model_handlers=dict(model_handlers or {}),
-    )
+    try:
+        return Services(
+            chain=chain,
+            deployment=deployment,
+            market=market,
+            engine=engine,
+            indexer=Indexer(chain, deployment, engine),
+            settings=settings,
+            content=ContentStore(settings.data_dir / "content"),
+            relayer=relayer,
+            tokens=TokenIssuer(load_or_create_secret(settings.data_dir / "auth.key"), settings.auth_token_ttl),
+            ledger=ledger,
+            gate=ChannelGate(market, ledger, min_seconds_to_expiry=settings.channel_min_seconds_to_expiry),
+            settler=Settler(market, ledger, relayer, settings.settle_interval, send_lock=RELAYER_LOCK),
+            x402=X402Payments(chain, market.token, relayer, send_lock=RELAYER_LOCK),
+            model_handlers=dict(model_handlers or {}),
+        )
+    except BaseException:  # e.g. the ledger belongs to another chain: let the data directory go
+        ledger.close()
+        raise
 
 
 def create_app(
