@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
@@ -235,6 +236,7 @@ def _entry(row: tuple[Any, ...]) -> LedgerEntry:
     )
 
 
+@functools.lru_cache(maxsize=64)
 def _upsert(rows: int) -> str:
     values = ", ".join(["(" + ", ".join("?" * len(_COLUMNS)) + ")"] * rows)
     updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])
