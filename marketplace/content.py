@@ -1,28 +1,73 @@
-"""Content-addressed storage of asset content, encrypted at rest, streamed in and out.
+"""Asset content, stored per (chain, asset, version) by its owner's upload, encrypted at rest, streamed.
 
-Files are stored under their sha256 as a sequence of frames: a 4-byte big-endian length, then a
-NaCl SecretBox of one plaintext chunk (nonce and MAC included). Neither upload nor download ever
-holds a whole file in memory. The same framing carries content sealed to a buyer's X25519 key
-(:func:`seal_frames`), which the buyer opens frame by frame (:func:`open_sealed_frames`).
+The right to serve bytes comes from an **upload record**, never from a hash alone: the asset id,
+the version, the sha256 the asset had on chain, the uploader (the asset's on-chain owner at upload
+time), the plaintext size and the *scope* — the chain identity (CAIP-2 chain id, genesis block
+hash, Marketplace address), because asset ids restart at 1 on every new chain or deployment. Two
+assets that name the same content hash share nothing: each is served only what its own owner
+uploaded for that very version.
+
+Layout under ``root``::
+
+    secret.key                              the at-rest key (NaCl SecretBox, 32 bytes, mode 0600)
+    <scope key>/CHAIN                       the scope in clear, for operators
+    <scope key>/<asset id>/v<version>.bin   one upload: MAGIC, record frame, content frames
+
+``<scope key>`` is the first 32 hex digits of sha256(scope). A file is MAGIC, then the record as
+one fixed-size frame, then the content as frames: a 4-byte big-endian length and a SecretBox of one
+plaintext chunk of up to :data:`CHUNK_SIZE` bytes (nonce and MAC included). The record is inside
+the file, encrypted and authenticated with the same key, so a file copied to another asset's,
+version's or chain's place is refused, not served. Neither upload nor download ever holds a whole
+file in memory; an upload always streams and hashes every byte (nothing is skipped because some
+bytes "already exist"), and a download first checks every frame's MAC so that a damaged file is a
+clear error before any byte (or any payment) is taken (once per file: see :meth:`ContentStore.find`).
+
+Files of the format before upload records (``<sha256>.bin`` directly under ``root``) are never
+served: their owners upload the content again.
+
+The same framing carries content sealed to a buyer's X25519 key (:func:`seal_frames`), which the
+buyer opens frame by frame (:func:`open_sealed_frames`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import logging
+import os
 import secrets
 import struct
+import time
 from collections.abc import AsyncIterable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
+from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.secret import SecretBox
 
 from marketplace.errors import AgentmarketError
 from marketplace.keyfile import load_or_create_secret
 
+if TYPE_CHECKING:
+    from marketplace.chain import Chain
+
 CHUNK_SIZE = 64 * 1024
 _LENGTH = struct.Struct(">I")
+#: First bytes of every stored upload (format 2: an upload record, then the content).
+MAGIC = b"AMCONT2\n"
+#: Format name inside every upload record.
+RECORD_FORMAT = "agentmarket-content/2"
+#: The record's plaintext is padded to this many bytes, so its frame has a fixed length.
+_RECORD_SIZE = 1024
+_BOX_OVERHEAD = SecretBox.NONCE_SIZE + SecretBox.MACBYTES
+_RECORD_FRAME = _LENGTH.size + _BOX_OVERHEAD + _RECORD_SIZE
+#: A file whose ctime is older than this (ns) when it is checked whole cannot change unseen later.
+_SETTLED_NS = 2_000_000_000
+
+log = logging.getLogger("agentmarket.content")
 
 
 class ContentError(AgentmarketError):
@@ -45,12 +90,79 @@ class ContentHashMismatch(ContentError):
         self.expected, self.actual = expected, actual
 
 
+class ContentNotUploaded(ContentError):
+    """No upload by the asset's owner is on record for this (chain, asset, version, sha256)."""
+
+    def __init__(self, asset_id: int, version: int) -> None:
+        super().__init__(
+            f"asset {asset_id} version {version} has no content uploaded by its owner on this server; "
+            f"the owner uploads it with PUT /v1/assets/{asset_id}/content (content stored before upload "
+            "records existed, or for another chain or version, must be uploaded again)"
+        )
+        self.asset_id, self.version = asset_id, version
+
+
+class ContentUnreadable(ContentError):
+    """A stored upload exists but is damaged: truncated, altered, or not this asset's and version's."""
+
+    def __init__(self, asset_id: int, version: int, reason: str) -> None:
+        super().__init__(
+            f"the stored content of asset {asset_id} version {version} is damaged on this server ({reason}); "
+            f"its owner must upload it again with PUT /v1/assets/{asset_id}/content"
+        )
+        self.asset_id, self.version, self.reason = asset_id, version, reason
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """One upload: what grants the right to serve content, for exactly one (scope, asset, version).
+
+    ``sha256`` is ``0x`` + 64 hex digits of the plaintext; ``uploader`` the checksummed address of
+    the asset's on-chain owner when it uploaded; ``size`` plaintext bytes; ``uploaded_at`` unix
+    seconds; ``scope`` the chain identity (see :func:`chain_scope`).
+    """
+
+    scope: str
+    asset_id: int
+    version: int
+    sha256: str
+    uploader: str
+    size: int
+    uploaded_at: int
+
+
 @dataclass(frozen=True)
 class StoredContent:
-    """What was stored."""
+    """An upload found intact for the asset version asked for; stream it with :meth:`iter_plaintext`."""
 
-    sha256: str
-    size: int
+    record: UploadRecord
+    path: Path
+    store: ContentStore
+
+    @property
+    def sha256(self) -> str:
+        """``0x`` + the plaintext's sha256 in hex."""
+        return self.record.sha256
+
+    @property
+    def size(self) -> int:
+        """Plaintext size in bytes."""
+        return self.record.size
+
+    def iter_plaintext(self) -> Iterator[bytes]:
+        """The content, decrypted chunk by chunk (raises :class:`ContentUnreadable` if it changed since)."""
+        return self.store._iter_plaintext(self.record, self.path)
+
+
+def chain_scope(chain: Chain, marketplace_address: str) -> str:
+    """The chain identity stored content is bound to: ``eip155:<chain id>/genesis:0x<hash>/marketplace:<addr>``.
+
+    Asset ids restart at 1 on a new chain (an ``agentmarket node`` restart) and on a redeployment,
+    so the chain id alone (CAIP-2) does not tell two chains apart; the genesis block hash and the
+    Marketplace contract's address do.
+    """
+    genesis = bytes(chain.w3.eth.get_block(0)["hash"]).hex()
+    return f"eip155:{chain.chain_id}/genesis:0x{genesis}/marketplace:{marketplace_address}"
 
 
 def frame(payload: bytes) -> bytes:
@@ -87,32 +199,79 @@ def open_sealed_frames(stream: Iterable[bytes], private_key: bytes) -> Iterator[
         yield box.decrypt(payload)
 
 
-class ContentStore:
-    """Encrypted, content-addressed files under ``root``; the key lives in ``root/secret.key``."""
+def _digest(sha256_hex: str) -> str:
+    digest = sha256_hex.removeprefix("0x").lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ContentError(f"not a sha256 hex digest: {sha256_hex!r}")
+    return digest
 
-    def __init__(self, root: Path) -> None:
+
+def _stored_size(size: int) -> int:
+    """Bytes on disk of an upload of ``size`` plaintext bytes (an empty upload is one empty frame)."""
+    frames = max(1, -(-size // CHUNK_SIZE))
+    return len(MAGIC) + _RECORD_FRAME + frames * (_LENGTH.size + _BOX_OVERHEAD) + size
+
+
+class ContentStore:
+    """Uploads of one chain's assets, encrypted under ``root``; the key lives in ``root/secret.key``.
+
+    ``scope`` is the chain identity (:func:`chain_scope`); a store never reads another scope's files.
+    """
+
+    def __init__(self, root: Path, scope: str) -> None:
+        if not scope:
+            raise ContentError("a content store needs its chain scope (see chain_scope)")
         self.root = root
+        self.scope = scope
         self.root.mkdir(parents=True, exist_ok=True)
         self._box = SecretBox(load_or_create_secret(root / "secret.key", SecretBox.KEY_SIZE))
+        self.scope_dir = root / hashlib.sha256(scope.encode()).hexdigest()[:32]
+        #: path -> (inode, size, mtime, ctime) of an upload file checked whole, MAC by MAC.
+        self._verified: dict[Path, tuple[int, int, int, int]] = {}
+        self.scope_dir.mkdir(exist_ok=True)
+        label = self.scope_dir / "CHAIN"
+        if not label.exists():
+            label.write_text(scope + "\n")
 
-    def path_of(self, sha256_hex: str) -> Path:
-        """Where content with this hash is (or would be) stored."""
-        digest = sha256_hex.removeprefix("0x").lower()
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ContentError(f"not a sha256 hex digest: {sha256_hex!r}")
-        return self.root / f"{digest}.bin"
+    @classmethod
+    def for_chain(cls, root: Path, chain: Chain, marketplace_address: str) -> ContentStore:
+        """The store of the deployment whose Marketplace is at ``marketplace_address`` on ``chain``."""
+        return cls(root, chain_scope(chain, marketplace_address))
 
-    def has(self, sha256_hex: str) -> bool:
-        """True if content with this hash is stored."""
-        return self.path_of(sha256_hex).exists()
+    def path_of(self, asset_id: int, version: int) -> Path:
+        """Where the upload for ``asset_id`` at ``version`` is (or would be) stored."""
+        if asset_id < 1 or not 1 <= version < 2**16:
+            raise ContentError(f"no asset {asset_id} version {version}: ids start at 1, versions are uint16 from 1")
+        return self.scope_dir / str(asset_id) / f"v{version}.bin"
 
-    async def put(self, chunks: AsyncIterable[bytes], expected_sha256: str, max_bytes: int) -> StoredContent:
-        """Stream ``chunks`` to disk encrypted; keep them only if their sha256 is ``expected_sha256``."""
-        target = self.path_of(expected_sha256)
-        partial = target.with_suffix(f".{secrets.token_hex(4)}.part")
+    async def put(
+        self,
+        chunks: AsyncIterable[bytes],
+        *,
+        asset_id: int,
+        version: int,
+        sha256: str,
+        uploader: str,
+        max_bytes: int,
+    ) -> StoredContent:
+        """Stream ``chunks`` to disk encrypted, as ``uploader``'s upload of ``asset_id`` at ``version``.
+
+        Every byte is read and hashed; the upload is kept only if the plaintext's sha256 is
+        ``sha256`` (the version's on-chain content hash) and it is at most ``max_bytes`` long. It
+        then replaces any earlier upload of the same version atomically (re-uploading is
+        idempotent) and drops the asset's older versions. The caller checks that ``uploader`` is
+        the asset's on-chain owner. Raises :class:`ContentTooLarge`, :class:`ContentHashMismatch`;
+        a failed upload leaves what was stored before untouched.
+        """
+        expected = _digest(sha256)
+        target = self.path_of(asset_id, version)
+        target.parent.mkdir(exist_ok=True)
+        partial = target.with_name(f"{target.stem}.{secrets.token_hex(8)}.part")
         digest, size, pending = hashlib.sha256(), 0, bytearray()
         try:
             with partial.open("wb") as out:
+                out.write(MAGIC)
+                out.write(self._record_frame(None))  # placeholder of the same length, rewritten below
                 async for piece in chunks:
                     size += len(piece)
                     if size > max_bytes:
@@ -124,25 +283,136 @@ class ContentStore:
                         del pending[:CHUNK_SIZE]
                 if pending or size == 0:
                     out.write(frame(self._box.encrypt(bytes(pending))))
-            actual = digest.hexdigest()
-            expected = expected_sha256.removeprefix("0x").lower()
-            if actual != expected:
-                raise ContentHashMismatch("0x" + expected, "0x" + actual)
+                actual = digest.hexdigest()
+                if actual != expected:
+                    raise ContentHashMismatch("0x" + expected, "0x" + actual)
+                record = UploadRecord(
+                    scope=self.scope, asset_id=asset_id, version=version, sha256="0x" + actual,
+                    uploader=uploader, size=size, uploaded_at=int(time.time()),
+                )  # fmt: skip
+                out.seek(len(MAGIC))
+                out.write(self._record_frame(record))
+                out.flush()
+                await asyncio.to_thread(os.fsync, out.fileno())  # durable before it replaces anything
             partial.replace(target)
-            return StoredContent("0x" + actual, size)
         finally:
             partial.unlink(missing_ok=True)
+        self._drop_versions_before(asset_id, version)
+        return StoredContent(record, target, self)
 
-    def iter_plaintext(self, sha256_hex: str) -> Iterator[bytes]:
-        """The stored content, decrypted chunk by chunk."""
-        path = self.path_of(sha256_hex)
-        if not path.exists():
-            raise ContentError(f"no content stored for {sha256_hex}")
+    def find(self, asset_id: int, version: int, sha256: str, owner: str) -> StoredContent:
+        """The intact upload of ``asset_id`` at ``version`` by ``owner`` of content ``sha256``.
 
-        def chunks() -> Iterator[bytes]:
-            with path.open("rb") as handle:
-                while piece := handle.read(CHUNK_SIZE):
-                    yield piece
+        ``version``, ``sha256`` (``0x`` + hex) and ``owner`` are what the chain says now. The file's
+        record, size and (see below) every frame's MAC are checked before this returns, without
+        holding the content in memory. Raises
+        :class:`ContentNotUploaded` when no such upload is on record (none for this chain, asset or
+        version, or one for another hash or uploader), :class:`ContentUnreadable` when the stored
+        file is damaged.
 
-        for payload in read_frames(chunks()):
-            yield self._box.decrypt(payload)
+        A file already checked whole is not decrypted again while its inode, size, mtime and ctime
+        stay the same, so asking (e.g. an unpaid x402 request) costs a record read, not a pass over
+        the content. A file changed less than 2 s before its check is checked again next time, as
+        file times are coarser than writes. Downloads still check every frame's MAC as they stream.
+        """
+        expected = "0x" + _digest(sha256)
+        path = self.path_of(asset_id, version)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            raise ContentNotUploaded(asset_id, version) from None
+        with handle:
+            record = self._read_record(handle, asset_id, version)
+            if record.sha256 != expected or record.uploader != owner:
+                # The chain no longer has what was uploaded (a reorg, or a chain restarted in the same
+                # second): not this version's content.
+                raise ContentNotUploaded(asset_id, version)
+            stat = os.fstat(handle.fileno())
+            if stat.st_size != _stored_size(record.size):
+                raise self._damaged(record, f"{stat.st_size} bytes on disk, {_stored_size(record.size)} expected")
+            identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+            if self._verified.get(path) != identity:
+                started = time.time_ns()
+                for _ in self._decrypt_content(handle, record):
+                    pass
+                if started - stat.st_ctime_ns > _SETTLED_NS:
+                    self._verified[path] = identity
+        return StoredContent(record, path, self)
+
+    # ------------------------------------------------------------------ internal
+
+    def _record_frame(self, record: UploadRecord | None) -> bytes:
+        text = b"" if record is None else json.dumps({"format": RECORD_FORMAT, **asdict(record)}).encode()
+        if len(text) > _RECORD_SIZE:
+            raise ContentError(f"upload record longer than {_RECORD_SIZE} bytes (scope {self.scope!r} too long?)")
+        return frame(self._box.encrypt(text.ljust(_RECORD_SIZE)))
+
+    def _read_record(self, handle: IO[bytes], asset_id: int, version: int) -> UploadRecord:
+        """Parse and check the record at the start of ``handle`` (left positioned after it)."""
+
+        def damaged(reason: str) -> ContentUnreadable:
+            return self._unreadable(asset_id, version, reason)
+
+        head = handle.read(len(MAGIC) + _RECORD_FRAME)
+        if len(head) < len(MAGIC) + _RECORD_FRAME or not head.startswith(MAGIC):
+            raise damaged("no upload record at the start of the file")
+        (length,) = _LENGTH.unpack_from(head, len(MAGIC))
+        if length != _BOX_OVERHEAD + _RECORD_SIZE:
+            raise damaged("the upload record has the wrong length")
+        try:
+            fields = json.loads(self._box.decrypt(head[len(MAGIC) + _LENGTH.size :]))
+            if fields.pop("format") != RECORD_FORMAT:
+                raise ValueError("unknown record format")
+            record = UploadRecord(**fields)
+        except (CryptoError, ValueError, TypeError, KeyError, AttributeError):
+            raise damaged("the upload record does not decrypt or parse with this server's key") from None
+        if (record.scope, record.asset_id, record.version) != (self.scope, asset_id, version):
+            raise damaged(
+                f"the file holds the upload of asset {record.asset_id} version {record.version} "
+                f"on {record.scope}, not this one"
+            )
+        return record
+
+    def _decrypt_content(self, handle: IO[bytes], record: UploadRecord) -> Iterator[bytes]:
+        """Decrypt the content frames after the record; check their total against the record."""
+        total, digest = 0, hashlib.sha256()
+        while header := handle.read(_LENGTH.size):
+            (length,) = _LENGTH.unpack(header.ljust(_LENGTH.size, b"\xff"))
+            if not _BOX_OVERHEAD <= length <= _BOX_OVERHEAD + CHUNK_SIZE:
+                raise self._damaged(record, f"the content frame at plaintext byte {total} has a bad length")
+            payload = handle.read(length)
+            try:
+                chunk = self._box.decrypt(payload)
+            except CryptoError:  # also a short (truncated) frame
+                raise self._damaged(record, f"the content frame at plaintext byte {total} fails its MAC") from None
+            total += len(chunk)
+            digest.update(chunk)
+            yield chunk
+        if total != record.size or "0x" + digest.hexdigest() != record.sha256:
+            raise self._damaged(record, "the decrypted content is not the recorded size and sha256")
+
+    def _iter_plaintext(self, record: UploadRecord, path: Path) -> Iterator[bytes]:
+        """Stream ``path`` (opened at the first chunk; a re-upload of the same content may have replaced it)."""
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            raise self._damaged(record, "the file was removed") from None
+        with handle:
+            now = self._read_record(handle, record.asset_id, record.version)
+            if (now.sha256, now.uploader) != (record.sha256, record.uploader):
+                raise self._damaged(record, "the file was replaced by another upload since it was found")
+            yield from self._decrypt_content(handle, record)
+
+    def _damaged(self, record: UploadRecord, reason: str) -> ContentUnreadable:
+        return self._unreadable(record.asset_id, record.version, reason)
+
+    def _unreadable(self, asset_id: int, version: int, reason: str) -> ContentUnreadable:
+        log.error("content of asset %s version %s in %s: %s", asset_id, version, self.scope_dir, reason)
+        return ContentUnreadable(asset_id, version, reason)
+
+    def _drop_versions_before(self, asset_id: int, version: int) -> None:
+        """Delete the asset's uploads of older versions (never served again: the chain moved on)."""
+        for old in self.path_of(asset_id, version).parent.glob("v*.bin"):
+            number = old.stem.removeprefix("v")
+            if number.isdigit() and int(number) < version:
+                old.unlink(missing_ok=True)

@@ -125,14 +125,15 @@ def test_owner_uploads_and_others_cannot(client, alice, bob, dataset):
     too_big = client.put(put, content=b"x" * 1_000_001, headers=owner)
     assert (too_big.status_code, too_big.json()["error"]) == (413, "content_too_large")
     stored = client.put(put, content=CONTENT, headers=owner)
-    assert stored.status_code == 201 and stored.json() == {"asset_id": dataset, "sha256": "0x" + CONTENT_HASH.hex(),
+    assert stored.status_code == 201 and stored.json() == {"asset_id": dataset, "version": 1,
+                                                           "sha256": "0x" + CONTENT_HASH.hex(),
                                                            "size": len(CONTENT)}  # fmt: skip
     assert client.put("/v1/assets/999/content", content=CONTENT, headers=owner).status_code == 404
 
 
 def test_content_is_encrypted_at_rest(client, bob, dataset, tmp_path):
     client.put(f"/v1/assets/{dataset}/content", content=CONTENT, headers=bearer(login(client, bob)))
-    (stored,) = (tmp_path / "server" / "content").glob("*.bin")
+    (stored,) = (tmp_path / "server" / "content").rglob("*.bin")
     assert CONTENT[:64] not in stored.read_bytes()
 
 

@@ -64,10 +64,13 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
 
 
 @pytest.fixture
-def app(chain, deployment, tmp_path, relayer, asset_id):
-    """The API with the x402 route, CONTENT in its store, settling with the ``relayer`` fixture's key."""
+def app(chain, deployment, tmp_path, relayer, asset_id, bob):
+    """The API with the x402 route, CONTENT uploaded by its owner, settling with the ``relayer`` fixture's key."""
     data_dir = tmp_path / "server"
-    asyncio.run(ContentStore(data_dir / "content").put(_once(CONTENT), "0x" + CONTENT_HASH.hex(), len(CONTENT)))
+    store = ContentStore.for_chain(data_dir / "content", chain, deployment.address("Marketplace"))
+    upload = store.put(_once(CONTENT), asset_id=asset_id, version=1, sha256="0x" + CONTENT_HASH.hex(),
+                       uploader=bob.address, max_bytes=len(CONTENT))  # fmt: skip
+    asyncio.run(upload)
     settings = Settings(
         manifest=deployment.save(tmp_path / "deployment.json"),
         data_dir=data_dir,

@@ -64,7 +64,7 @@ def build_services(
             engine=engine,
             indexer=Indexer(chain, deployment, engine),
             settings=settings,
-            content=ContentStore(settings.data_dir / "content"),
+            content=ContentStore.for_chain(settings.data_dir / "content", chain, deployment.address("Marketplace")),
             relayer=relayer,
             tokens=TokenIssuer(load_or_create_secret(settings.data_dir / "auth.key"), settings.auth_token_ttl),
             ledger=ledger,

@@ -1,4 +1,8 @@
-"""Asset content: PUT (the owner uploads) and GET (a license holder downloads, sealed to its key)."""
+"""Asset content: PUT (the owner uploads) and GET (a license holder downloads, sealed to its key).
+
+Content is served only through the asset whose owner uploaded it, for the version the chain names
+now: :func:`stored_content` is the one lookup every route that serves content uses.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,14 @@ from marketplace.api.deps import CallerDep, ServicesDep
 from marketplace.api.errors import ApiError, not_found
 from marketplace.chain import ContractRevert
 from marketplace.chain.market import Asset
-from marketplace.content import ContentHashMismatch, ContentTooLarge, seal_frames
+from marketplace.content import (
+    ContentHashMismatch,
+    ContentNotUploaded,
+    ContentTooLarge,
+    ContentUnreadable,
+    StoredContent,
+    seal_frames,
+)
 from marketplace.indexer.models import AgentRow
 
 router = APIRouter(prefix="/v1/assets", tags=["content"])
@@ -27,6 +38,8 @@ class Uploaded(BaseModel):
     """What the server stored."""
 
     asset_id: int
+    #: The asset version this upload is the content of (the one on chain when the upload began).
+    version: int
     sha256: str
     size: int
 
@@ -40,9 +53,24 @@ def _asset_on_chain(services: ServicesDep, asset_id: int) -> Asset:
         raise
 
 
+def stored_content(services: ServicesDep, asset: Asset) -> StoredContent:
+    """The intact upload of ``asset``'s current version by its owner: never bytes another asset or
+    version named, another chain stored, or a file damaged on disk (404 ``content_not_uploaded`` /
+    ``content_unreadable``, each telling the owner to upload again)."""
+    try:
+        return services.content.find(asset.asset_id, asset.version, "0x" + asset.content_hash.hex(), asset.owner)
+    except ContentNotUploaded as exc:
+        raise ApiError(404, "content_not_uploaded", str(exc)) from None
+    except ContentUnreadable as exc:
+        raise ApiError(404, "content_unreadable", str(exc)) from None
+
+
 @router.put("/{asset_id}/content", response_model=Uploaded, status_code=201)
 async def upload(asset_id: AssetId, request: Request, caller: CallerDep, services: ServicesDep) -> Uploaded:
-    """Store the asset's content, streamed and encrypted at rest; only its on-chain owner may."""
+    """Store the content of the asset's current version, streamed and encrypted at rest; only its
+    on-chain owner may. Every byte is hashed against the version's on-chain content hash (422
+    otherwise); uploading the same version again replaces it. 409 if the owner published another
+    version while the upload streamed (upload again, for the new version)."""
     asset = await run_in_threadpool(_asset_on_chain, services, asset_id)
     if asset.owner != caller:
         raise ApiError(403, "not_asset_owner", f"only the asset's owner {asset.owner} may upload its content")
@@ -51,12 +79,27 @@ async def upload(asset_id: AssetId, request: Request, caller: CallerDep, service
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "content_too_large", f"content is larger than the limit of {limit} bytes")
     try:
-        stored = await services.content.put(request.stream(), "0x" + asset.content_hash.hex(), limit)
+        stored = await services.content.put(
+            request.stream(),
+            asset_id=asset_id,
+            version=asset.version,
+            sha256="0x" + asset.content_hash.hex(),
+            uploader=caller,
+            max_bytes=limit,
+        )
     except ContentTooLarge as exc:
         raise ApiError(413, "content_too_large", str(exc)) from None
     except ContentHashMismatch as exc:
         raise ApiError(422, "content_hash_mismatch", str(exc)) from None
-    return Uploaded(asset_id=asset_id, sha256=stored.sha256, size=stored.size)
+    now = await run_in_threadpool(_asset_on_chain, services, asset_id)
+    if now.version != asset.version:
+        raise ApiError(
+            409,
+            "asset_version_changed",
+            f"asset {asset_id} moved from version {asset.version} to {now.version} while the content streamed; "
+            "upload the new version's content",
+        )
+    return Uploaded(asset_id=asset_id, version=stored.record.version, sha256=stored.sha256, size=stored.size)
 
 
 def _recipient_key(services: ServicesDep, caller: str, agent_id: int | None) -> bytes | None:
@@ -94,7 +137,8 @@ def download(
     services: ServicesDep,
     agent_id: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="Seal to this agent's key")] = None,
 ) -> StreamingResponse:
-    """The content, to a caller holding a license on chain right now (or the owner).
+    """The content of the asset's current version, as its owner uploaded it, to a caller holding a
+    license on chain right now (or the owner); 404 while the owner has not uploaded this version.
 
     Sealed to the caller's agent's X25519 key when it has one; X-Content-SHA256 is the plaintext's
     hash either way, so the receiver can verify what it decrypted.
@@ -102,12 +146,10 @@ def download(
     asset = _asset_on_chain(services, asset_id)
     if caller != asset.owner and not services.market.marketplace.has_access(asset_id, caller):
         raise ApiError(402, "license_required", f"{caller} holds no license to asset {asset_id}; buy one first")
-    content_hash = "0x" + asset.content_hash.hex()
-    if not services.content.has(content_hash):
-        raise ApiError(404, "content_not_uploaded", f"the owner has not uploaded asset {asset_id}'s content yet")
+    stored = stored_content(services, asset)
     key = _recipient_key(services, caller, agent_id)
-    headers = {"X-Content-SHA256": content_hash}
-    plaintext = services.content.iter_plaintext(content_hash)
+    headers = {"X-Content-SHA256": stored.sha256}
+    plaintext = stored.iter_plaintext()
     if key is None:
         return StreamingResponse(plaintext, media_type="application/octet-stream", headers=headers)
     headers["X-Content-Encryption"] = "x25519-sealedbox-frames"

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from marketplace.api.deps import ServicesDep
 from marketplace.api.errors import ApiError, not_found
+from marketplace.api.routes.content import stored_content
 from marketplace.chain import ContractRevert
 from marketplace.chain.market import Asset
 from marketplace.payments.x402 import (
@@ -81,9 +82,8 @@ def download_paid_per_request(
     X-Content-SHA256 is the content's hash, PAYMENT-RESPONSE the settlement.
     """
     asset = _sellable_asset(services, asset_id)
-    content_hash = "0x" + asset.content_hash.hex()
-    if not services.content.has(content_hash):
-        raise ApiError(404, "content_not_uploaded", f"the owner has not uploaded asset {asset_id}'s content yet")
+    stored = stored_content(services, asset)  # what this asset's owner uploaded, checked intact before payment
+    content_hash = stored.sha256
     offer = Offer(
         amount=asset.price,
         pay_to=asset.vault,
@@ -101,6 +101,4 @@ def download_paid_per_request(
         PAYMENT_RESPONSE_HEADER: settlement.header,
         "Cache-Control": "private, no-store",
     }
-    return StreamingResponse(
-        services.content.iter_plaintext(content_hash), media_type="application/octet-stream", headers=headers
-    )
+    return StreamingResponse(stored.iter_plaintext(), media_type="application/octet-stream", headers=headers)
