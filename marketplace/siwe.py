@@ -75,7 +75,7 @@ _STATEMENT_RE = re.compile(rf"[{_UNRESERVED}{_SUB_DELIMS}:/?#\[\]@ ]+")
 _REQUEST_ID_RE = re.compile(rf"{_PCHAR}*")
 _ADDRESS_RE = re.compile(r"0x[0-9A-Fa-f]{40}")
 _NONCE_RE = re.compile(r"[A-Za-z0-9]{8,}")
-_CHAIN_ID_RE = re.compile(r"[0-9]{1,78}")
+_CHAIN_ID_RE = re.compile(r"[0-9]+")
 # RFC 3339 section 5.6 date-time; "T" and "Z" may be lower case (its NOTE, and RFC 5234 strings).
 _DATE_TIME_RE = re.compile(
     r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})[Tt]"
@@ -186,7 +186,9 @@ class SiweMessage:
                             "unknown; EIP-4361 fixes the order and allows each field once)")  # fmt: skip
         chain_id = str(fields["chain_id"])
         if not _CHAIN_ID_RE.fullmatch(chain_id):
-            raise SiweError(f"the chain id {chain_id[:80]!r} is not a decimal number of at most 78 digits")
+            raise SiweError(f"the chain id {_show(chain_id)} is not a decimal number (ASCII digits)")
+        if len(chain_id) > 78:  # (and Python's int() refuses over 4,300 digits)
+            raise SiweError(f"the chain id {_show(chain_id)} is not an EIP-155 chain id (0 to 2**256 - 1)")
         fields["chain_id"] = int(chain_id)
         return cls(**fields)  # type: ignore[arg-type]
 
