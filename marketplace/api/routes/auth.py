@@ -57,9 +57,11 @@ def client_key(request: Request) -> str:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return host[:64] or "unknown"
-    if ip.version == 6 and ip.ipv4_mapped is None:
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip.ipv4_mapped or ip)
+    return str(ip)
 
 
 @router.post("/nonce", response_model=NonceResponse)
