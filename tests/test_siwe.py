@@ -515,7 +515,10 @@ def test_parse_is_total(text: str, data: st.DataObject):
 #: PyPI ``siwe`` (the maintained Python SIWE library) and the ``abnf`` it runs on: abnf 2.9 refuses
 #: siwe 4.4.0's grammar (it redefines the core rule ALPHA), so abnf is pinned below it.
 ORACLE_REQUIREMENTS = ("siwe==4.4.0", "abnf==2.8.3")
-ORACLE_HOME = Path(sys.prefix) / "oracles" / "siwe-4.4.0"
+#: Cached beside the project's venv (``make clean`` removes it); outside a venv, in the git-ignored .agentmarket/.
+ORACLE_HOME = (Path(sys.prefix) if sys.prefix != sys.base_prefix else Path(__file__).parents[1] / ".agentmarket") / (
+    "oracles/siwe-4.4.0"
+)
 DRIVER = Path(__file__).with_name("siwe_oracle_driver.py")
 
 #: Where PyPI ``siwe`` 4.4.0 departs from the RFCs that EIP-4361 cites, and we follow the RFC.
