@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import PositiveInt, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from marketplace.chain.deployment import DEFAULT_MANIFEST
 from marketplace.payments.ledger import Synchronous
+from marketplace.siwe import SiweError, authority_parts, origin_of
 
 
 class Settings(BaseSettings):
@@ -29,8 +30,22 @@ class Settings(BaseSettings):
     relayer_key: SecretStr | None = None
     #: Domain a Sign-In with Ethereum message must name (default: host:port).
     siwe_domain: str | None = None
-    #: Lifetime of a login nonce and of a bearer token, in seconds.
-    siwe_nonce_ttl: int = 300
+    # -- Sign-In with Ethereum (EIP-4361) login: what a message must say, and how many nonces may wait.
+    #: URI this server's login messages name (default: http://<siwe domain>). A signed message's URI must
+    #: have its origin (scheme, host, port) and the message's optional scheme must be its scheme.
+    siwe_uri: str | None = None
+    #: Lifetime of a login nonce, in seconds; also the longest a login message may be valid (its
+    #: Expiration Time at most this long after its Issued At, which must be present).
+    siwe_nonce_ttl: PositiveInt = 300
+    #: Unused login nonces one client may hold for one address; asking for one more drops that
+    #: client's oldest for the address (no 429: nobody can lock an address out by asking for its nonces).
+    siwe_max_nonces_per_address: PositiveInt = 10
+    #: Unused login nonces one client (IP address; IPv6: its /64) may hold; more is a 429 until some
+    #: are used or expire. Behind a reverse proxy every client is the proxy unless it forwards the address.
+    siwe_max_nonces_per_client: PositiveInt = 100
+    #: Unused login nonces the server holds for all clients together; more is a 429.
+    siwe_max_nonces: PositiveInt = 10_000
+    #: Lifetime of a bearer token, in seconds.
     auth_token_ttl: int = 900
     #: How often the channel settler claims vouchers on chain (and once more at shutdown), in seconds.
     settle_interval: float = 30.0
@@ -40,10 +55,33 @@ class Settings(BaseSettings):
     #: "normal" (survives the process being killed; a power loss may undo the last commits).
     voucher_sync: Synchronous = "full"
 
+    @field_validator("siwe_uri")
+    @classmethod
+    def _siwe_uri_has_an_origin(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                origin_of(value)
+            except SiweError as exc:
+                raise ValueError(f"AGENTMARKET_SIWE_URI: {exc}") from None
+        return value
+
+    @field_validator("siwe_domain")
+    @classmethod
+    def _siwe_domain_is_an_authority(cls, value: str | None) -> str | None:
+        if value is not None and (not value or authority_parts(value) is None):
+            raise ValueError(f"AGENTMARKET_SIWE_DOMAIN: {value!r} is not an RFC 3986 authority (host[:port])")
+        return value
+
     @property
     def expected_siwe_domain(self) -> str:
         """The domain SIWE messages must carry."""
-        return self.siwe_domain or f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address in an authority
+        return self.siwe_domain or f"{host}:{self.port}"
+
+    @property
+    def expected_siwe_uri(self) -> str:
+        """The URI this server's SIWE messages name; a signed message's URI must share its origin."""
+        return self.siwe_uri or f"http://{self.expected_siwe_domain}"
 
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL of the read model (SQLite in the data dir unless set)."""
