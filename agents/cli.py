@@ -32,7 +32,7 @@ from marketplace.cli.market import (
     agent_app,
 )
 from marketplace.errors import AgentmarketError
-from marketplace.wallet_file import DEFAULT_WALLET, load_wallet
+from marketplace.wallet_file import DEFAULT_WALLET, PASSWORD_ENV, load_wallet
 
 console = Console(highlight=False)
 AGENT_DIR = Path(".agentmarket") / "agent"
@@ -167,10 +167,19 @@ def mcp(
     ledger: LedgerOption = AGENT_DIR / "ledger.jsonl",
     download_dir: Annotated[Path, typer.Option("--download-dir", help="Where downloads go.")] = AGENT_DIR / "downloads",
 ) -> None:
-    """Serve the marketplace tools over MCP (stdio) with this wallet and its caps."""
+    """Serve the marketplace tools over MCP (stdio) with this wallet and its caps.
+
+    The wallet's key comes from $AGENTMARKET_AGENT_KEY, or the keystore file unlocked with
+    $AGENTMARKET_PASSWORD: never from a prompt, since stdin carries the MCP protocol.
+    """
     from agents.mcp_server import run_stdio
     from agents.tools import ToolContext
 
+    if not os.environ.get(KEY_ENV) and not os.environ.get(PASSWORD_ENV):
+        raise AgentError(
+            f"agentmarket mcp reads the MCP protocol on stdin, so it cannot prompt for a password: set {PASSWORD_ENV} "
+            f"(the password of {wallet}) or {KEY_ENV} (the agent's hex private key)"
+        )
     the_wallet = agent_wallet(wallet, budget, asset_cap, call_ceiling, ledger)
     client = the_wallet.client(server, rpc_chain(rpc))
     run_stdio(ToolContext(client, the_wallet, download_dir))

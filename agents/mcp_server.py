@@ -2,11 +2,17 @@
 agent with this agent's wallet and caps — and no way past them.
 
 The MCP tools are exactly ``agents.tools.TOOLS``: input schemas come from their pydantic argument models,
-output schemas from their pydantic result models. A call runs ``run_tool`` in a worker thread, one call at
-a time (the budget guard checks then commits, so concurrent purchases must not interleave). A typed agent
-error (``OverBudget``, ``BadArguments``, ...) comes back as a tool result with ``isError`` set, naming the
-error, so the model can see why and correct itself. Any other exception becomes an MCP internal error whose
-message never carries the wallet's keys.
+output schemas from their pydantic result models (every tool has one). A call runs ``run_tool`` in a worker
+thread, one call at a time (the budget guard checks then commits, so concurrent purchases must not
+interleave). What comes back, per the MCP tools specification (2025-06-18 and later):
+
+- a result: ``structuredContent`` is the result model dumped as JSON (it always validates against the
+  tool's ``outputSchema``), and one text block carries the same JSON;
+- a typed agent error (``OverBudget``, ``BadArguments``, ``NotFound``, ...): a tool result with ``isError``
+  and one text block ``"<ErrorType>: <detail>"``, and no ``structuredContent`` (it would not match the
+  output schema), so the model can see why and correct itself;
+- an unknown tool name: a JSON-RPC protocol error, code -32602 (invalid params), naming the known tools;
+- any other exception: a JSON-RPC internal error (-32603) whose message never carries the wallet's keys.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import logging
 import re
 import sys
 import traceback
-from typing import Any, get_type_hints
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -41,31 +47,28 @@ INSTRUCTIONS = (
 )
 
 
-def output_schema(tool: Tool) -> dict[str, Any] | None:
-    """The JSON schema of the tool's result, if its function returns a pydantic model (else ``None``)."""
-    returned = get_type_hints(tool.function).get("return")
-    if isinstance(returned, type) and issubclass(returned, BaseModel):
-        return returned.model_json_schema(mode="serialization")
-    return None
-
-
 def mcp_tool(tool: Tool) -> types.Tool:
-    """One agent tool as an MCP tool description."""
+    """One agent tool as an MCP tool description (with its input and output schemas)."""
     spec = tool.mcp_spec()
     return types.Tool(name=spec["name"], description=spec["description"], input_schema=spec["inputSchema"],
-                      output_schema=output_schema(tool))  # fmt: skip
+                      output_schema=spec["outputSchema"])  # fmt: skip
 
 
-def _result(value: BaseModel | dict[str, Any]) -> types.CallToolResult:
-    structured = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+def _result(value: BaseModel) -> types.CallToolResult:
+    structured = value.model_dump(mode="json")
     text = json.dumps(structured, separators=(",", ":"))
     return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=structured)
 
 
 def _refusal(error: AgentError) -> types.CallToolResult:
-    kind, detail = type(error).__name__, str(error)
-    return types.CallToolResult(content=[types.TextContent(text=f"{kind}: {detail}")],
-                                structured_content={"error": kind, "detail": detail}, is_error=True)  # fmt: skip
+    """A tool execution error: text only (structured content would have to match the output schema)."""
+    text = f"{type(error).__name__}: {error}"
+    return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
+
+
+def _unknown_tool(name: str) -> MCPError:
+    """The protocol error for a tool name the server does not have (JSON-RPC -32602, as the MCP spec says)."""
+    return MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name[:64]!r}; known tools: {', '.join(TOOLS)}")
 
 
 class _Redactor:
@@ -92,6 +95,8 @@ def build_mcp_server(context: ToolContext, *, name: str = "agentmarket") -> Serv
         return types.ListToolsResult(tools=tools)
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+        if params.name not in TOOLS:
+            raise _unknown_tool(params.name)
         try:
             async with one_at_a_time:  # never abandoned mid-payment: the thread finishes even if cancelled
                 value = await anyio.to_thread.run_sync(run_tool, context, params.name, params.arguments)

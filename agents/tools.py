@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -46,16 +46,40 @@ class ToolContext:
 
 @dataclass(frozen=True)
 class Tool:
-    """A named action: description, argument model, and ``function(context, args) -> result``."""
+    """A named action: description, argument model, and ``function(context, args) -> result``.
+
+    ``function`` is annotated with the pydantic model it returns: that model is the tool's result schema
+    (the MCP ``outputSchema``), and every result is checked against it (``result``).
+    """
 
     name: str
     description: str
     args: type[Args]
-    function: Callable[[ToolContext, Any], BaseModel | dict[str, Any]]
+    function: Callable[[ToolContext, Any], BaseModel]
 
     def parameters(self) -> dict[str, Any]:
         """The JSON schema of the arguments."""
         return self.args.model_json_schema()
+
+    def result_model(self) -> type[BaseModel]:
+        """The pydantic model ``function`` returns (its return annotation).
+
+        Raises ``TypeError`` if the function is not annotated with a pydantic model.
+        """
+        returned = get_type_hints(self.function).get("return")
+        if not (isinstance(returned, type) and issubclass(returned, BaseModel)):
+            raise TypeError(f"tool {self.name}: {self.function.__name__} must be annotated to return a pydantic model")
+        return returned
+
+    def output_schema(self) -> dict[str, Any]:
+        """The JSON schema of the tool's result, as serialized (``result(...).model_dump(mode="json")``)."""
+        return self.result_model().model_json_schema(mode="serialization")
+
+    def result(self, value: BaseModel | dict[str, Any]) -> BaseModel:
+        """``value`` as the tool's result model (validated if it is not one already; ``ValidationError`` if
+        it does not fit), so that what a client receives always matches ``output_schema``."""
+        model = self.result_model()
+        return value if type(value) is model else model.model_validate(value, from_attributes=True)
 
     def openai_spec(self) -> dict[str, Any]:
         """An OpenAI-compatible function tool."""
@@ -63,8 +87,9 @@ class Tool:
         return {"type": "function", "function": function}
 
     def mcp_spec(self) -> dict[str, Any]:
-        """An MCP tool description."""
-        return {"name": self.name, "description": self.description, "inputSchema": self.parameters()}
+        """An MCP tool description: ``name``, ``description``, ``inputSchema`` and ``outputSchema``."""
+        return {"name": self.name, "description": self.description, "inputSchema": self.parameters(),
+                "outputSchema": self.output_schema()}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- argument and result models
@@ -120,6 +145,26 @@ class PublishArgs(Args):
     kind: Literal["dataset", "model"] = "dataset"
     uri: str = Field("", max_length=200, description="Where the asset is described (default: its hash)")
     parents: list[ParentShare] = Field(default_factory=list, max_length=8, description="Upstream assets")
+
+
+class CatalogItem(BaseModel):
+    """One asset in the catalog, as the marketplace API lists it (amounts are decimal strings of base units).
+
+    Fields the API adds later pass through unchanged (``additionalProperties`` in the schema)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    asset_id: int
+    kind: str
+    price: str
+
+
+class CatalogPage(BaseModel):
+    """A page of the catalog: ``items`` and the API's paging fields (``total``, ``limit``, ``offset``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    items: list[CatalogItem]
 
 
 class PaymentResult(BaseModel):
@@ -182,13 +227,14 @@ def _api(call: Callable[[], Any], *, payment: bool = False) -> Any:
         raise translate(exc, payment=payment) from exc
 
 
-def search_assets(ctx: ToolContext, args: SearchArgs) -> dict[str, Any]:
-    return _api(lambda: ctx.client.assets(kind=args.kind, q=args.query, min_price=args.min_price,
+def search_assets(ctx: ToolContext, args: SearchArgs) -> CatalogPage:
+    page = _api(lambda: ctx.client.assets(kind=args.kind, q=args.query, min_price=args.min_price,
                                           max_price=args.max_price, limit=args.limit))  # fmt: skip
+    return CatalogPage.model_validate(page)
 
 
-def get_asset(ctx: ToolContext, args: AssetArgs) -> dict[str, Any]:
-    return _api(lambda: ctx.client.asset(args.asset_id))
+def get_asset(ctx: ToolContext, args: AssetArgs) -> CatalogItem:
+    return CatalogItem.model_validate(_api(lambda: ctx.client.asset(args.asset_id)))
 
 
 def buy_license(ctx: ToolContext, args: BuyArgs) -> PaymentResult:
@@ -290,14 +336,21 @@ def parse_arguments(
     name: str, raw_arguments: dict[str, Any] | str | None, tools: dict[str, Tool] | None = None
 ) -> tuple[Tool, Args]:
     """Look up tool ``name`` (in ``tools``, default all) and validate its arguments (a dict or a JSON
-    string, as LLMs send them)."""
+    string, as LLMs send them).
+
+    No arguments may come as ``None``, ``{}``, an empty or blank string, or the JSON ``null`` (what some
+    models send for a tool without parameters): all mean ``{}``. Raises ``UnknownTool`` or
+    ``BadArguments``.
+    """
     tools = TOOLS if tools is None else tools
     tool = tools.get(name)
     if tool is None:
         raise UnknownTool(name, sorted(tools))
+    if isinstance(raw_arguments, str | bytes) and raw_arguments.strip() in ("", "null", b"", b"null"):
+        raw_arguments = None
     try:
         if isinstance(raw_arguments, str | bytes):
-            args = tool.args.model_validate_json(raw_arguments or "{}")
+            args = tool.args.model_validate_json(raw_arguments)
         else:
             args = tool.args.model_validate({} if raw_arguments is None else raw_arguments)
     except ValidationError as exc:
@@ -312,7 +365,8 @@ def run_tool(
     raw_arguments: dict[str, Any] | str | None = None,
     *,
     tools: dict[str, Tool] | None = None,
-) -> BaseModel | dict:
-    """Validate, then run tool ``name`` (one of ``tools``, default all); returns its result or raises a typed error."""
+) -> BaseModel:
+    """Validate, then run tool ``name`` (one of ``tools``, default all); returns its result model (see
+    ``Tool.result``) or raises a typed error (``UnknownTool``, ``BadArguments``, ``OverBudget``, ...)."""
     tool, args = parse_arguments(name, raw_arguments, tools)
-    return tool.function(context, args)
+    return tool.result(tool.function(context, args))

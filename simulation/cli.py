@@ -158,8 +158,11 @@ def demo_tables(summary: dict[str, Any]) -> Table:
     accuracy = summary["model_accuracy"]
     table.add_section()
     table.add_row("", "reached data producers", f"{summary['producer_share']:.1%} of all payments", "")
-    table.add_row("", "model accuracy", f"{accuracy['validation']:.3f} validation, "
-                  f"{accuracy['buyer_queries']:.3f} on the buyer's queries", "")  # fmt: skip
+    on_queries = accuracy["buyer_queries"]
+    queries = f"{on_queries:.3f} on the buyer's queries" if on_queries is not None else "no buyer query answered"
+    table.add_row("", "model accuracy", f"{accuracy['validation']:.3f} validation, {queries}", "")
+    buyer = summary["buyer"]
+    table.add_row("", "buyer", f"{buyer['calls']} paid model calls ({buyer['brain']}, stopped: {buyer['stopped']})", "")
     table.add_row("", "on chain", f"{summary['tx_count']} transactions, {summary['gas_used']:,} gas", "")
     return table
 

@@ -6,7 +6,8 @@ agent buys licenses, downloads the content sealed to its key, decrypts and verif
 k-NN model, publishes it with royalty shares set by a data-value rule (k-NN Shapley) and serves it;
 the buyer agent pays for model calls over a payment channel and for one dataset over x402, and rates
 what it bought; the server settles the channel, royalties are released up the lineage, and everyone
-withdraws.
+withdraws. A buyer that pays for no call (an LLM that answers in text and calls no tool) is part of the
+story too: the demo says it bought nothing, and skips the x402 download and the rating.
 """
 
 from __future__ import annotations
@@ -213,8 +214,20 @@ class _Story:
         report = BuyerAgent(wallet, client, brain, task, identity=self.agent_ids["buyer"],
                             trace_path=self.work_dir / "buyer-trace.jsonl").run(max_steps=3 * QUERIES)  # fmt: skip
         report.raise_if_interrupted()
-        self.buyer_accuracy = task.correct / task.index if task.index else 0.0
-        self.say(f"the buyer ({'LLM' if llm_url else 'UCB bandit'}) classified {task.index} rows paying "
+        calls = sum(1 for entry in wallet.ledger.entries() if entry.kind == "voucher")
+        self.buyer_accuracy = task.correct / task.index if task.index else None
+        self.buyer = {"brain": "llm" if llm_url else "ucb", "calls": calls, "rows_answered": task.index,
+                      "correct": task.correct, "stopped": report.reason,
+                      "final_answer": getattr(brain, "final_answer", None)}  # fmt: skip
+        who = "LLM" if llm_url else "UCB bandit"
+        self.buyer_client, self.x402_dataset = client, None
+        if not calls:  # e.g. a model that answers in text and never calls a tool: the story goes on without it
+            answered = self.buyer["final_answer"]
+            said = f" and answered: {_quote(answered)}" if answered else ""
+            self.say(f"the buyer ({who}) bought nothing: it made no paid model call ({report.reason}){said}; "
+                     "it skips the x402 download too")  # fmt: skip
+            return
+        self.say(f"the buyer ({who}) classified {task.index} rows paying "
                  f"{format_units(CALL_PRICE)} tUSD a call by channel vouchers: {task.correct} right "
                  f"({report.reason})")  # fmt: skip
         clean = self.providers[0][3]
@@ -223,10 +236,13 @@ class _Story:
                               "tx": entry.ref})  # fmt: skip
         self.say(f"it bought one download of dataset #{clean} over x402 (a stock x402 client signed EIP-3009; "
                  "the server's facilitator settled it into the vault and paid the gas)")  # fmt: skip
-        self.buyer_client, self.x402_dataset = client, clean
+        self.x402_dataset = clean
 
     def rate(self) -> None:
         """Paid-only feedback: the channel counts once its vouchers are claimed on chain."""
+        if not self.channel_claimed:
+            self.say(f"no rating: the buyer paid for no call to model #{self.built.model_id}, and only payers may rate")
+            return
         context = ToolContext(self.buyer_client, self.buyer_wallet, self.work_dir / "buyer-downloads")
         model = self.built.model_id
         run_tool(context, "rate_asset", {"asset_id": model, "value": 90, "tag": "accurate"})
@@ -237,6 +253,9 @@ class _Story:
         settled = self.app.state.services.settler.settle_once()
         claimed = sum(s.amount for s in settled if s.outcome == "claimed")
         self.channel_claimed = claimed
+        if not claimed:
+            self.say("the server's settler had no voucher to claim")
+            return
         self.payments.append({"from": self.buyer_wallet.address, "asset_id": self.built.model_id, "kind": "channel",
                               "amount": claimed})  # fmt: skip
         self.say(f"the server's settler claimed the channel's highest voucher: {format_units(claimed)} tUSD "
@@ -288,6 +307,7 @@ class _Story:
             "producer_earnings": producers,
             "producer_share": sum(producers.values()) / paid if paid else 0.0,
             "model_accuracy": {"validation": self.built.validation_accuracy, "buyer_queries": self.buyer_accuracy},
+            "buyer": self.buyer,
             "owner_funding": {
                 name: sum(e.amount for e in wallet.ledger.entries() if e.kind == "owner_top_up")
                 for name, wallet in (("builder", self.builder_wallet), ("buyer", self.buyer_wallet))
@@ -295,6 +315,12 @@ class _Story:
             "gas_used": activity["gas_used"],
             "tx_count": activity["tx_count"],
         }
+
+
+def _quote(text: str, limit: int = 120) -> str:
+    """``text`` on one line, in quotes, cut to ``limit`` characters."""
+    line = " ".join(text.split())
+    return json.dumps(line if len(line) <= limit else line[: limit - 1] + "…", ensure_ascii=False)
 
 
 def report_markdown(summary: dict[str, Any]) -> str:
@@ -314,6 +340,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
     lines += [f"| {a} | {e['role']} | {format_units(e['amount'])} |" for a, e in summary["earnings_by_address"].items()]
     lines += ["", f"Protocol fee: {format_units(summary['protocol_fee'])} tUSD. "
               f"Share of all payments that reached data producers: {summary['producer_share']:.1%}. "
+              f"The buyer made {summary['buyer']['calls']} paid model calls. "
               f"Gas used: {summary['gas_used']:,} in {summary['tx_count']} transactions.", ""]  # fmt: skip
     return "\n".join(lines)
 

@@ -111,6 +111,25 @@ def test_llm_brain_buys_calls_and_hears_every_refusal(server, chain, market, ali
     assert lines[-1]["usage"]["requests"] == 5
 
 
+@EMBEDDED
+def test_llm_brain_calls_a_tool_without_parameters_with_null_or_empty_arguments(server, chain, market, alice, tmp_path):
+    """Small local models send ``null`` (or nothing) as the arguments of a tool that takes none: each works."""
+    wallet = AgentWallet(alice, Budget(to_units(1), to_units(1), to_units(1)), AuditLedger(tmp_path / "ledger.jsonl"))
+    client = wallet.client("http://testserver", chain, http=server)
+    nothing = ["null", "", "{}", " null "]
+    script = [tool_calls(*[("check_balance", raw) for raw in nothing]), answer("Checked.")]
+    with ScriptedLLM(script) as llm:
+        brain = LLMBrain(base_url=llm.base_url, model="small", max_actions_per_decision=len(nothing))
+        agent = Agent(None, wallet, brain, client=client, role=Errand("Check the balance."),
+                      trace_path=tmp_path / "trace.jsonl", download_dir=tmp_path / "downloads")  # fmt: skip
+        report = agent.run(max_steps=3)
+    assert (report.reason, report.steps) == ("brain_finished", 1)
+    replies = list(tool_messages(llm.requests[1]).values())
+    assert len(replies) == len(nothing) and all(reply["ok"] for reply in replies), replies
+    assert {reply["result"]["balance"] for reply in replies} == {market.token.balance_of(alice.address)}
+    assert wallet.ledger.entries() == []
+
+
 def test_llm_brain_refuses_extra_calls_and_reports_endpoint_failures():
     with ScriptedLLM([tool_calls(*[("check_balance", "{}")] * 3)]) as llm:
         brain = LLMBrain(base_url=llm.base_url, model="m", max_actions_per_decision=2)

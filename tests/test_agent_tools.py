@@ -14,9 +14,10 @@ from eth_account import Account
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from agents import AgentError, BadArguments, NotFound, OverBudget, PaymentRefused, UnknownTool
-from agents.tools import TOOLS, ToolContext, mcp_tools, openai_tools, run_tool
+from agents.tools import TOOLS, ToolContext, mcp_tools, openai_tools, parse_arguments, run_tool
 from marketplace.api import Settings, create_app
 from marketplace.chain.market import AssetKind, SubjectKind
 from marketplace.chain.token import to_units
@@ -44,6 +45,26 @@ def test_schemas_are_valid_json_schema_for_openai_and_mcp():
         json.dumps(spec)
     assert [t["name"] for t in mcp_tools()] == list(TOOLS)
     assert mcp_tools()[2]["inputSchema"]["required"] == ["asset_id"]
+    for spec in mcp_tools():  # every tool declares its result's schema
+        assert jsonschema_rs.meta.is_valid(spec["outputSchema"]) and spec["outputSchema"]["type"] == "object"
+
+
+def test_a_result_that_does_not_fit_its_schema_never_leaves_the_tool():
+    tool = TOOLS["get_asset"]
+    assert tool.result({"asset_id": 3, "kind": "model", "price": "7", "rating": {"count": 0}}).price == "7"
+    for unfit in ({"asset_id": "three", "kind": "model", "price": "7"}, {"kind": "model"}, [1, 2]):
+        with pytest.raises(ValidationError):
+            tool.result(unfit)
+
+
+@pytest.mark.parametrize("nothing", ["null", "", "  ", " null ", b"null", "{}", {}, None])
+def test_no_arguments_may_be_null_empty_or_an_empty_object(nothing):
+    tool, args = parse_arguments("check_balance", nothing)
+    assert tool is TOOLS["check_balance"] and args.model_dump() == {}
+    _, defaults = parse_arguments("search_assets", nothing)  # only optional parameters: all defaults
+    assert defaults.model_dump() == {"kind": None, "query": None, "min_price": None, "max_price": None, "limit": 10}
+    with pytest.raises(BadArguments, match="asset_id"):  # a required parameter is still required
+        parse_arguments("get_asset", nothing)
 
 
 def test_every_tool_on_the_happy_path(server, chain, market, alice, bob, assets, tmp_path):
@@ -54,8 +75,8 @@ def test_every_tool_on_the_happy_path(server, chain, market, alice, bob, assets,
     market.agents.register(alice, "", {"encryptionKey": agent.wallet.public_encryption_key})  # sealed downloads
     before = market.token.balance_of(alice.address)
     found = run_tool(agent, "search_assets", {"kind": "dataset", "query": "cities"})
-    assert [a["asset_id"] for a in found["items"]] == [published.asset_id]
-    assert run_tool(agent, "get_asset", {"asset_id": published.asset_id})["price"] == "1500000"
+    assert [a.asset_id for a in found.items] == [published.asset_id]
+    assert run_tool(agent, "get_asset", {"asset_id": published.asset_id}).price == "1500000"
 
     bought = run_tool(agent, "buy_license", json.dumps({"asset_id": published.asset_id, "max_price": 2_000_000}))
     assert (bought.kind, bought.amount) == ("license", 1_500_000)

@@ -78,6 +78,29 @@ def test_demo_with_an_llm_buyer():
     assert story["model_accuracy"]["buyer_queries"] > 0.8
 
 
+def test_demo_with_an_llm_that_never_calls_a_tool(tmp_path):
+    """A real small model often answers in text and calls no tool: the story still completes, says the buyer
+    bought nothing (0 calls in the lines, the table and the JSON), and skips the rating with the reason."""
+    with ScriptedLLM(lambda _body: answer("I would need to look at the digits first.")) as llm:
+        result = run_cli("demo", "--llm-url", llm.base_url, "--model", "small", "--out", str(tmp_path),
+                         env={"COLUMNS": "250"}, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(llm.requests) == 1  # asked once; it answered without a tool call, so the buyer stopped
+    out = result.stdout
+    assert 'the buyer (LLM) bought nothing: it made no paid model call (brain_finished) and answered: "I would' in out
+    assert "no rating: the buyer paid for no call to model #4, and only payers may rate" in out
+    assert "0 paid model calls (llm, stopped: brain_finished)" in out and "no buyer query answered" in out
+    story = json.loads((tmp_path / "demo.json").read_text())
+    assert (
+        story["buyer"]["calls"] == 0 and story["buyer"]["final_answer"] == "I would need to look at the digits first."
+    )
+    assert story["model_accuracy"]["buyer_queries"] is None
+    assert [p["kind"] for p in story["payments"]] == ["license"] * 3  # no channel, no x402
+    assert "The buyer made 0 paid model calls." in (tmp_path / "report.md").read_text()
+    earnings = sum(e["amount"] for e in story["earnings_by_address"].values())
+    assert story["paid_total"] == 3 * 3_000_000 == earnings + story["protocol_fee"] + story["left_in_vaults"]
+
+
 def running(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie waiting to be reaped."""
     try:

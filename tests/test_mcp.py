@@ -1,6 +1,8 @@
-"""The MCP server: a real MCP client session lists the agent tools and calls them on an in-process marketplace
-with a real chain; refusals (over budget, bad arguments, unknown tool) come back as tool errors with nothing
-signed, concurrent purchases cannot overspend, unexpected failures never carry the key, and stdio works."""
+"""The MCP server: a real MCP client session lists the agent tools (each with an output schema) and calls them
+on an in-process marketplace with a real chain; every result validates against its tool's output schema;
+refusals (over budget, bad arguments) come back as tool errors with no structured content and nothing signed;
+an unknown tool is a protocol error (-32602); concurrent purchases cannot overspend, unexpected failures never
+carry the key, and stdio works."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import anyio
+import jsonschema
 import mcp_types as types
 import pytest
 from eth_account import Account
@@ -59,11 +62,22 @@ def offline_context(tmp_path: Path, client: object = None) -> ToolContext:
 
 
 def refusal(result: types.CallToolResult) -> str:
+    """The text of a tool error, which carries no structured content (it could not match the output schema)."""
     assert result.is_error
+    assert "structured_content" not in result.model_fields_set  # not sent at all (not even as null)
     [content] = result.content
     assert isinstance(content, types.TextContent)
-    assert content.text == f"{result.structured_content['error']}: {result.structured_content['detail']}"
+    kind, _, detail = content.text.partition(": ")
+    assert kind.isidentifier() and detail
     return content.text
+
+
+def conforming(name: str, result: types.CallToolResult) -> dict:
+    """The structured content of a successful call, checked against the tool's output schema and its text."""
+    assert not result.is_error, result.content
+    jsonschema.validate(result.structured_content, TOOLS[name].output_schema())
+    assert json.loads(result.content[0].text) == result.structured_content
+    return result.structured_content
 
 
 async def test_lists_exactly_the_tools_with_their_pydantic_schemas(tmp_path):
@@ -74,9 +88,12 @@ async def test_lists_exactly_the_tools_with_their_pydantic_schemas(tmp_path):
     for tool in listed:
         assert tool.input_schema == TOOLS[tool.name].args.model_json_schema()
         assert tool.description == TOOLS[tool.name].description
+        assert tool.output_schema == TOOLS[tool.name].output_schema() and tool.output_schema["type"] == "object"
+        jsonschema.Draft202012Validator.check_schema(tool.output_schema)
     schemas = {tool.name: tool.output_schema for tool in listed}
-    assert schemas["search_assets"] is None and schemas["get_asset"] is None  # these return the API's JSON
     assert schemas["buy_license"]["required"] == ["asset_id", "amount", "kind", "ref", "remaining_budget"]
+    assert schemas["search_assets"]["required"] == ["items"]  # the API's page: more fields may pass through
+    assert schemas["get_asset"]["additionalProperties"] is True
 
 
 @embedded_only
@@ -84,17 +101,15 @@ async def test_search_get_and_buy_through_mcp(server, chain, market, alice, asse
     agent = context_for(alice, server, chain, tmp_path)
     before = market.token.balance_of(alice.address)
     async with connected(agent) as session:
-        found = await session.call_tool("search_assets", {"kind": "dataset"})
-        assert not found.is_error
-        assert [item["asset_id"] for item in found.structured_content["items"]] == [assets["data"]]
-        assert json.loads(found.content[0].text) == found.structured_content
+        found = conforming("search_assets", await session.call_tool("search_assets", {"kind": "dataset"}))
+        assert [item["asset_id"] for item in found["items"]] == [assets["data"]]
+        assert found["total"] == 1  # the API's paging fields pass through
 
-        asset = await session.call_tool("get_asset", {"asset_id": assets["data"]})
-        assert not asset.is_error and asset.structured_content["price"] == str(DATA_PRICE)
+        asset = conforming("get_asset", await session.call_tool("get_asset", {"asset_id": assets["data"]}))
+        assert asset["price"] == str(DATA_PRICE) and asset["licenses_sold"] == 0
 
         bought = await session.call_tool("buy_license", {"asset_id": assets["data"], "max_price": DATA_PRICE})
-        assert not bought.is_error, bought.content
-        assert json.loads(bought.content[0].text) == bought.structured_content
+        conforming("buy_license", bought)
 
     receipt = bought.structured_content
     assert (receipt["kind"], receipt["amount"], receipt["asset_id"]) == ("license", DATA_PRICE, assets["data"])
@@ -117,8 +132,12 @@ async def test_refusals_are_tool_errors_and_nothing_is_signed(server, chain, mar
         extra = refusal(await session.call_tool("buy_license", {"asset_id": assets["data"], "surprise": 1}))
         assert "surprise" in extra and extra.startswith("BadArguments: ")
         assert refusal(await session.call_tool("get_asset")).startswith("BadArguments: ")  # no arguments at all
-        unknown = refusal(await session.call_tool("drain_wallet", {"to": "0x0"}))
-        assert unknown.startswith("UnknownTool: ") and "buy_license" in unknown
+        with pytest.raises(MCPError) as unknown:  # a protocol error, not a tool result
+            await session.call_tool("drain_wallet", {"to": "0x0"})
+        assert unknown.value.code == types.INVALID_PARAMS == -32602
+        assert (
+            unknown.value.message.startswith("Unknown tool: 'drain_wallet'") and "buy_license" in unknown.value.message
+        )
         assert refusal(await session.call_tool("get_asset", {"asset_id": 999})).startswith("NotFound: ")
 
         still_serving = await session.call_tool("check_balance", {})  # the server is still up after refusals
@@ -194,7 +213,9 @@ async def test_run_stdio_serves_the_tools(tmp_path):
         async with stdio_client(parameters, errlog=errlog) as streams, ClientSession(*streams) as session:
             await session.initialize()
             assert [tool.name for tool in (await session.list_tools()).tools] == list(TOOLS)
-            assert refusal(await session.call_tool("nope", {})).startswith("UnknownTool: ")
+            with pytest.raises(MCPError, match="Unknown tool: 'nope'") as unknown:
+                await session.call_tool("nope", {})
+            assert unknown.value.code == -32602
             with pytest.raises(MCPError, match="check_balance failed unexpectedly: LookupError: no marketplace"):
                 await session.call_tool("check_balance", {})
             assert refusal(await session.call_tool("get_asset", {})).startswith("BadArguments: ")  # still serving
