@@ -199,12 +199,23 @@ def download(
     asset_id: Annotated[int, typer.Argument(help="Licensed asset.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the content.")],
     agent_id: Annotated[int | None, typer.Option("--agent", help="Seal to this agent's key.")] = None,
+    x402: Annotated[
+        bool, typer.Option("--x402", help="No license: pay this one download per request with x402.")
+    ] = False,
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
 ) -> None:
-    """Download licensed content, decrypt it and verify it against the on-chain hash."""
+    """Download licensed content (or pay for it per request with --x402), verified against the on-chain hash."""
+    if x402 and agent_id is not None:
+        raise AgentmarketError("--agent seals a licensed download; an --x402 download is sent over HTTP unsealed")
     client = _client(wallet, server, rpc)
+    if x402:
+        paid = client.download_x402(asset_id, out)
+        payment = paid.payment
+        console.print(f"wrote {out} ({out.stat().st_size} bytes, sha256 verified against the chain); paid "
+                      f"{format_units(payment.amount)} tUSD to {payment.pay_to} in {payment.transaction}")  # fmt: skip
+        return
     client.download(asset_id, out, agent_id=agent_id)
     console.print(f"wrote {out} ({out.stat().st_size} bytes, sha256 verified against the chain)")
 
