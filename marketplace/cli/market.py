@@ -214,7 +214,8 @@ def download(
         paid = client.download_x402(asset_id, out)
         payment = paid.payment
         console.print(f"wrote {out} ({out.stat().st_size} bytes, sha256 verified against the chain); paid "
-                      f"{format_units(payment.amount)} tUSD to {payment.pay_to} in {payment.transaction}")  # fmt: skip
+                      f"{format_units(payment.amount)} tUSD to {payment.pay_to} in {payment.transaction}",
+                      soft_wrap=True)  # fmt: skip
         return
     client.download(asset_id, out, agent_id=agent_id)
     console.print(f"wrote {out} ({out.stat().st_size} bytes, sha256 verified against the chain)")
