@@ -36,6 +36,7 @@ from agents.errors import AgentError, NotFound, OverBudget, PaymentRefused, tran
 from marketplace.chain import ContractRevert
 from marketplace.client import ApiClientError, MarketplaceClient
 from marketplace.client.checks import PaymentTermsRefused
+from marketplace.client.sdk import X402DeliveryError
 from marketplace.wallet_file import encryption_keypair, load_wallet
 
 KEY_ENV = "AGENTMARKET_AGENT_KEY"
@@ -250,7 +251,9 @@ class AgentWallet:
         The SDK (:meth:`MarketplaceClient.download_x402`) signs an EIP-3009 authorization only for what
         the chain says — the asset's vault, its token and network, and exactly its on-chain price, which
         must not exceed the price the guard checked — so a hostile server cannot bend it:
-        ``PaymentRefused`` (nothing signed) otherwise, as for a payment the server refuses.
+        ``PaymentRefused`` (nothing signed) otherwise, as for a payment the server refuses. A payment
+        that moved on chain without the content arriving intact is still counted and logged (its ref
+        is ``x402:<nonce>`` when the server named no transaction), then raises ``AgentError``.
         """
         self._own(client)
         price = self._price(client, asset_id)
@@ -260,6 +263,10 @@ class AgentWallet:
             paid = client.download_x402(asset_id, max_amount=price)
         except PaymentTermsRefused as exc:
             raise PaymentRefused(str(exc)) from exc
+        except X402DeliveryError as exc:  # the money moved: it counts, whatever came back
+            self.guard.commit(asset_id, exc.payment.amount)
+            self._log(asset_id, exc.payment.amount, "x402", exc.payment.transaction or f"x402:{exc.nonce}")
+            raise AgentError(str(exc)) from exc
         except (ApiClientError, ContractRevert) as exc:
             raise translate(exc, payment=True) from exc
         self.guard.commit(asset_id, price)

@@ -22,13 +22,13 @@ from x402 import x402ClientSync
 from x402.http.utils import encode_payment_signature_header
 from x402.schemas import NoMatchingRequirementsError, PaymentRequired
 
-from agents import AgentWallet, AuditLedger, Budget, PaymentRefused
+from agents import AgentError, AgentWallet, AuditLedger, Budget, PaymentRefused
 from marketplace.api import Settings, create_app
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import TestUSD, to_units
 from marketplace.client import MarketplaceClient
 from marketplace.client.checks import PaymentTerms, PaymentTermsRefused
-from marketplace.client.sdk import x402_payer
+from marketplace.client.sdk import X402DeliveryError, x402_payer
 from marketplace.content import ContentStore
 from tests.fake_gateway import FakeGateway
 from tests.test_x402 import serving, stock_client
@@ -206,6 +206,33 @@ def test_the_fake_gateway_robs_a_client_that_does_not_check(chain, deployment, m
                    headers={"PAYMENT-SIGNATURE": encode_payment_signature_header(payload)})  # fmt: skip
     assert len(fake.stolen) == 1
     assert market.token.balance_of(thief.address) - before_thief == 950 * PRICE
+
+
+def test_a_payment_that_moved_without_the_content_is_still_counted(chain, deployment, market, alice, thief, assets,
+                                                                    tmp_path):  # fmt: skip
+    """A gateway that asks honestly, settles the authorization itself and sends no content: the SDK says
+    the money moved (X402DeliveryError, from the chain's authorizationState) and the agent wallet counts
+    it against its caps and its ledger, so such a gateway cannot drain the wallet past its run cap."""
+    vault = market.marketplace.vault_of(assets.dataset)
+    before = (market.token.balance_of(alice.address), market.token.balance_of(vault))
+    wallet = AgentWallet(alice, GENEROUS, AuditLedger(tmp_path / "ledger.jsonl"))
+    with FakeGateway(chain, deployment, thief, lambda required: required) as fake:
+        client = MarketplaceClient.connect(fake.url, alice, chain)
+        with pytest.raises(X402DeliveryError) as undelivered:
+            client.download_x402(assets.dataset)
+        with pytest.raises(AgentError) as agent:
+            wallet.buy_over_x402(client, assets.dataset)
+    assert len(fake.stolen) == 2
+    payment = undelivered.value.payment
+    assert (payment.amount, payment.pay_to, payment.payer) == (DATA_PRICE, vault, alice.address)
+    assert "is used on chain" in str(undelivered.value) and "PAYMENT-RESPONSE" in str(undelivered.value)
+    assert isinstance(agent.value.__cause__, X402DeliveryError)
+    (entry,) = wallet.ledger.entries()
+    assert (entry.kind, entry.amount, entry.ref) == ("x402", DATA_PRICE, "x402:" + agent.value.__cause__.nonce)
+    assert wallet.guard.spent == DATA_PRICE
+    assert (before[0] - market.token.balance_of(alice.address), market.token.balance_of(vault) - before[1]) == (
+        2 * DATA_PRICE, 2 * DATA_PRICE,
+    )  # fmt: skip
 
 
 def test_the_sdks_x402_client_refuses_on_its_own_what_the_chain_does_not_say(market, alice, assets):

@@ -35,6 +35,7 @@ from x402.schemas import PaymentRequired
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, parse_manifest, verify_deployment
 from marketplace.chain.market import AssetKind, Market
+from marketplace.chain.token import TestUSD
 from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms
 from marketplace.content import open_sealed_frames
 from marketplace.errors import AgentmarketError
@@ -60,6 +61,28 @@ class X402Payment:
     pay_to: str
     amount: int
     network: str
+
+
+class X402DeliveryError(AgentmarketError):
+    """An x402 payment moved on chain, but what it paid for did not arrive (intact).
+
+    ``payment`` is what was paid (its ``transaction`` is "" when the server did not name one),
+    ``nonce`` the authorization's EIP-3009 nonce (hex); the error that ended the request is the
+    exception's ``__cause__``.
+    """
+
+    def __init__(self, detail: str, payment: X402Payment, nonce: str) -> None:
+        super().__init__(detail)
+        self.payment, self.nonce = payment, nonce
+
+
+@dataclass(frozen=True)
+class _SignedPayment:
+    """A PAYMENT-SIGNATURE ready to send: its headers, the terms it pays and its EIP-3009 nonce."""
+
+    headers: dict[str, str]
+    terms: PaymentTerms
+    nonce: bytes
 
 
 @dataclass(frozen=True)
@@ -353,13 +376,19 @@ class MarketplaceClient(MarketplaceReader):
         raise AssertionError("unreachable")
 
     def _invoke_x402(self, model_id: int, payload: Any) -> dict[str, Any]:
-        """One call paid with x402: 402, check the requirements against the chain, sign, retry."""
+        """One call paid with x402: 402, check the requirements against the chain, sign, retry.
+
+        :class:`X402DeliveryError` when the payment moved but no answer came back."""
         path, body = f"/v1/models/{model_id}/invoke", {"input": payload}
         unpaid = self._send("POST", path, json=body)
-        headers, _terms = self._x402_payment(model_id, unpaid, None)
-        paid = self._send("POST", path, json=body, headers=headers)
-        _raise_for_error(paid)
-        return paid.json()
+        signed = self._x402_payment(model_id, unpaid, None)
+        try:
+            paid = self._send("POST", path, json=body, headers=signed.headers)
+            _raise_for_error(paid)
+            return paid.json()
+        except (AgentmarketError, ValueError) as exc:
+            self._raise_if_paid(signed, f"a call of model {model_id}", exc)
+            raise
 
     def download_x402(
         self, asset_id: int, destination: Path | None = None, *, max_amount: int | None = None
@@ -370,7 +399,8 @@ class MarketplaceClient(MarketplaceReader):
         checked against the chain before it is signed (:class:`PaymentTermsRefused` otherwise;
         also when the price is above ``max_amount``, in base units). The content is verified against
         the on-chain hash; with ``destination`` it is streamed to that file (and ``content`` is b"").
-        Raises :class:`ApiClientError` when the server refuses the payment.
+        Raises :class:`ApiClientError` when the server refuses the payment, and
+        :class:`X402DeliveryError` when the payment moved on chain but the content did not arrive intact.
         """
         path = f"/v1/assets/{asset_id}/x402"
         expected = self.market.marketplace.asset(asset_id).content_hash
@@ -378,23 +408,43 @@ class MarketplaceClient(MarketplaceReader):
             with self.http.stream("GET", path) as unpaid:
                 if unpaid.status_code >= 400:
                     unpaid.read()
-                headers, terms = self._x402_payment(asset_id, unpaid, max_amount)
-            with self.http.stream("GET", path, headers=headers) as paid:
+                signed = self._x402_payment(asset_id, unpaid, max_amount)
+        except httpx.HTTPError as exc:
+            raise AgentmarketError(f"cannot reach the marketplace server at {self.base_url} ({exc})") from None
+        try:
+            with self.http.stream("GET", path, headers=signed.headers) as paid:
                 if paid.status_code >= 400:
                     paid.read()
                     _raise_for_error(paid)
-                payment = _settled(paid, terms)
+                payment = _settled(paid, signed.terms)
                 content = _receive(paid.iter_bytes(), expected, destination, f"asset {asset_id}")
-        except httpx.HTTPError as exc:
-            raise AgentmarketError(f"cannot reach the marketplace server at {self.base_url} ({exc})") from None
+        except (AgentmarketError, httpx.HTTPError) as exc:
+            self._raise_if_paid(signed, f"a download of asset {asset_id}", exc)
+            if isinstance(exc, httpx.HTTPError):
+                raise AgentmarketError(f"cannot reach the marketplace server at {self.base_url} ({exc})") from None
+            raise
         return PaidDownload(content, payment)
 
-    def _x402_payment(
-        self, asset_id: int, unpaid: httpx.Response, max_amount: int | None
-    ) -> tuple[dict[str, str], PaymentTerms]:
-        """The PAYMENT-SIGNATURE header that pays the 402 ``unpaid`` for ``asset_id``, once its requirements
-        passed the chain's checks (:class:`PaymentTermsRefused` otherwise, with nothing signed), and the
-        terms it pays."""
+    def _raise_if_paid(self, signed: _SignedPayment, what: str, failure: Exception) -> None:
+        """After a paid request failed with ``failure``: raise :class:`X402DeliveryError` (from ``failure``)
+        if its authorization was used on chain, since the money moved whatever the server said."""
+        terms = signed.terms
+        try:
+            used = TestUSD(self.chain, terms.asset).authorization_state(self.address, signed.nonce)
+        except AgentmarketError:
+            return
+        if used:
+            payment = X402Payment("", self.address, terms.pay_to, terms.amount, terms.network)
+            raise X402DeliveryError(
+                f"paid {terms.amount} base units to {terms.pay_to} for {what} (EIP-3009 nonce "
+                f"0x{signed.nonce.hex()} is used on chain), but it was not delivered: {failure}",
+                payment,
+                "0x" + signed.nonce.hex(),
+            ) from failure
+
+    def _x402_payment(self, asset_id: int, unpaid: httpx.Response, max_amount: int | None) -> _SignedPayment:
+        """The PAYMENT-SIGNATURE that pays the 402 ``unpaid`` for ``asset_id``, once its requirements passed
+        the chain's checks (:class:`PaymentTermsRefused` otherwise, with nothing signed)."""
         header = unpaid.headers.get(PAYMENT_REQUIRED_HEADER)
         if unpaid.status_code != 402 or not header:
             _raise_for_error(unpaid)
@@ -413,7 +463,9 @@ class MarketplaceClient(MarketplaceReader):
         # Only the checked requirement goes to the signer, without server-declared extensions (which
         # could ask the scheme to sign more than this one authorization).
         checked = PaymentRequired(x402_version=2, accepts=[accepted], resource=required.resource)
-        return payer.encode_payment_signature_header(payer.create_payment_payload(checked)), terms
+        payload = payer.create_payment_payload(checked)
+        nonce = bytes.fromhex(payload.payload["authorization"]["nonce"].removeprefix("0x"))
+        return _SignedPayment(payer.encode_payment_signature_header(payload), terms, nonce)
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
