@@ -25,7 +25,7 @@ from marketplace.content import ContentStore
 from tests.fake_gateway import FakeGateway
 from tests.test_cli import AGENTMARKET, assert_one_line_error
 from tests.test_x402 import serving
-from tests.test_x402_client_checks import LIES, TEN_YEARS
+from tests.test_x402_client_checks import LIES, TEN_YEARS, forged_deployment
 
 pytestmark = pytest.mark.anvil
 
@@ -65,9 +65,9 @@ class Stack:
         return {**os.environ, "AGENTMARKET_RPC": self.chain.rpc_url or "", "AGENTMARKET_SERVER": server,
                 "AGENTMARKET_WALLET": str(self.wallet), "AGENTMARKET_PASSWORD": PASSWORD}  # fmt: skip
 
-    def spawn(self, server: str, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([*AGENTMARKET, *args], cwd=self.home, env=self.env(server), text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    def spawn(self, server: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen([*AGENTMARKET, *args], cwd=self.home, env={**self.env(server), **(env or {})},
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
 
     def balances(self) -> tuple[int, int, int, int]:
         token, marketplace = self.market.token, self.market.marketplace
@@ -158,3 +158,16 @@ def test_cli_pays_the_honest_server(stack: Stack, honest_url: str):
     sealed_and_paid = finished(stack.spawn(honest_url, "download", str(stack.dataset), "--x402", "--agent", "1",
                                            "--out", str(out)))  # fmt: skip
     assert_one_line_error(sealed_and_paid, "--agent", "--x402")
+
+
+def test_cli_trusts_the_manifest_in_its_environment(stack: Stack):
+    """With $AGENTMARKET_MANIFEST set, a gateway serving another deployment (a copy of the contracts
+    around the real token, pricing the thief's asset 950x) is refused before anything is signed."""
+    forged, asset_id = forged_deployment(stack.chain, stack.deployment, stack.thief)
+    trusted = stack.deployment.save(stack.home / "trusted.json")
+    before = stack.balances()
+    with FakeGateway(stack.chain, forged, stack.thief, lambda required: required) as fake:
+        result = finished(stack.spawn(fake.url, "invoke", str(asset_id), "--input", "[1]",
+                                      env={"AGENTMARKET_MANIFEST": str(trusted)}))  # fmt: skip
+    assert_one_line_error(result, "follows another deployment than your manifest", "refusing to use it")
+    assert fake.signatures == [] and stack.balances() == before

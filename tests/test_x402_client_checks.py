@@ -24,6 +24,7 @@ from x402.schemas import NoMatchingRequirementsError, PaymentRequired
 
 from agents import AgentError, AgentWallet, AuditLedger, Budget, PaymentRefused
 from marketplace.api import Settings, create_app
+from marketplace.chain.deployment import Deployment, DeploymentError, deploy_all
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import TestUSD, to_units
 from marketplace.client import MarketplaceClient
@@ -233,6 +234,37 @@ def test_a_payment_that_moved_without_the_content_is_still_counted(chain, deploy
     assert (before[0] - market.token.balance_of(alice.address), market.token.balance_of(vault) - before[1]) == (
         2 * DATA_PRICE, 2 * DATA_PRICE,
     )  # fmt: skip
+
+
+def forged_deployment(chain, deployment, thief) -> tuple[Deployment, int]:
+    """The thief's own copy of the contracts (same code: the chain's code check passes) around the real
+    TestUSD, with an asset priced 950x and paid to the thief's vault; returns (deployment, asset id)."""
+    forged = deploy_all(chain, thief)
+    forged.contracts["TestUSD"] = deployment.contracts["TestUSD"]
+    asset_id = forged.market(chain).marketplace.publish(
+        thief, kind=AssetKind.MODEL, content_hash=b"\x66" * 32, uri="ipfs://x", price=950 * PRICE,
+        token=deployment.contracts["TestUSD"].address, payees=[(thief.address, 10_000)],
+    )  # fmt: skip
+    return forged, asset_id
+
+
+def test_a_gateway_following_another_deployment_is_refused_when_the_client_trusts_its_own(
+    chain, deployment, market, alice, thief, assets
+):
+    """The chain checks are relative to the deployment the server names; a client that pins the one it
+    trusts (``trusted=``, the CLI's $AGENTMARKET_MANIFEST) refuses a server serving a copy."""
+    forged, asset_id = forged_deployment(chain, deployment, thief)
+    before = market.token.balance_of(alice.address)
+    with FakeGateway(chain, forged, thief, lambda required: required) as fake:
+        with pytest.raises(DeploymentError) as refused:
+            MarketplaceClient.connect(fake.url, alice, chain, trusted=deployment)
+        assert fake.signatures == []
+        # Without a pin, the server's manifest is the trust anchor: the copy's prices and vaults are paid.
+        MarketplaceClient.connect(fake.url, alice, chain).invoke(asset_id, [1])
+    message = str(refused.value)
+    assert "follows another deployment than your manifest" in message
+    assert forged.contracts["AgentRegistry"].address in message  # the first contract (by name) that differs
+    assert before - market.token.balance_of(alice.address) == 950 * PRICE
 
 
 def test_the_sdks_x402_client_refuses_on_its_own_what_the_chain_does_not_say(market, alice, assets):

@@ -33,7 +33,7 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentRequired
 
 from marketplace.chain import Chain, connect
-from marketplace.chain.deployment import Deployment, parse_manifest, verify_deployment
+from marketplace.chain.deployment import Deployment, DeploymentError, parse_manifest, verify_deployment
 from marketplace.chain.market import AssetKind, Market
 from marketplace.chain.token import TestUSD
 from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms
@@ -203,8 +203,23 @@ class MarketplaceClient(MarketplaceReader):
         self.x402_max_timeout_seconds = MAX_TIMEOUT_SECONDS
 
     @classmethod
-    def connect(cls, base_url: str, account: LocalAccount, chain: Chain | str, **options: Any) -> MarketplaceClient:
-        """Fetch the server's deployment, check it against ``chain`` (a Chain or RPC URL), and connect."""
+    def connect(
+        cls,
+        base_url: str,
+        account: LocalAccount,
+        chain: Chain | str,
+        *,
+        trusted: Deployment | None = None,
+        **options: Any,
+    ) -> MarketplaceClient:
+        """Fetch the server's deployment, check it against ``chain`` (a Chain or RPC URL), and connect.
+
+        The server's manifest names the contracts this client reads prices and vaults from; the
+        chain's code is checked, but a copy of the contracts anyone deployed passes that check too.
+        With ``trusted`` (a deployment you trust, e.g. ``read_manifest`` of your own manifest) the
+        server must follow exactly that one — same chain id and contract addresses — else
+        :class:`DeploymentError`, before anything is signed.
+        """
         http = options.pop("http", None) or httpx.Client(base_url=base_url.rstrip("/"), timeout=60)
         chain = connect(chain) if isinstance(chain, str) else chain
         try:
@@ -214,6 +229,8 @@ class MarketplaceClient(MarketplaceReader):
                 f"cannot reach the marketplace server at {base_url} ({exc}); is it running?"
             ) from None
         deployment = verify_deployment(parse_manifest(manifest, f"{base_url}/v1/deployment"), chain, base_url)
+        if trusted is not None:
+            _same_deployment(trusted, deployment, base_url)
         return cls(base_url, account, chain, deployment, http=http, **options)
 
     @property
@@ -485,6 +502,23 @@ class MarketplaceClient(MarketplaceReader):
                 (event,) = self.chain.events(contract.contract, receipt, "PaymentReleased")
                 released[vault["asset_id"]] = event["amount"]
         return released
+
+
+def _same_deployment(trusted: Deployment, served: Deployment, base_url: str) -> None:
+    """DeploymentError unless the server at ``base_url`` follows the ``trusted`` deployment."""
+    if served.chain_id != trusted.chain_id:
+        raise DeploymentError(
+            f"the server at {base_url} follows a deployment on chain id {served.chain_id}, yours is on chain id "
+            f"{trusted.chain_id}; refusing to use it"
+        )
+    for name in sorted(set(trusted.contracts) | set(served.contracts)):
+        theirs, ours = served.contracts.get(name), trusted.contracts.get(name)
+        if theirs is None or ours is None or theirs.address.lower() != ours.address.lower():
+            raise DeploymentError(
+                f"the server at {base_url} follows another deployment than your manifest: {name} at "
+                f"{theirs.address if theirs else 'nowhere'} there, {ours.address if ours else 'nowhere'} in yours; "
+                "refusing to use it (check the server URL, or the manifest you trust)"
+            )
 
 
 def _settled(response: httpx.Response, terms: PaymentTerms) -> X402Payment:
