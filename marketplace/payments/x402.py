@@ -342,7 +342,7 @@ class _Reservations:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._settled_at: dict[tuple[str, bytes], bool] = {}  # key -> settled (False: in flight)
+        self._settled_at: dict[tuple[str, bytes], bool] = {}  # key -> settled? (False: in flight)
         self._expiries: list[tuple[int, tuple[str, bytes]]] = []  # (validBefore, key) of settled ones
 
     def reserve(self, key: tuple[str, bytes], now: int) -> str | None:
@@ -514,6 +514,7 @@ class X402Payments:
     def settle(self, payment: VerifiedPayment) -> Settlement:
         """Settle a verified payment on chain (the relayer pays the gas); returns once the transfer is mined.
 
+        A settled authorization stays reserved until its ``validBefore``; a failed one is released.
         Raises :class:`PaymentRequiredError` when the settlement fails (e.g. the same authorization
         was settled meanwhile, or the payer's balance fell below the price).
         """
