@@ -6,26 +6,24 @@ the client and an honest one — can ask for any amount, to any address, in any 
 So the client never takes those values from the server. :meth:`PaymentTerms.from_chain` reads them
 from the chain the client is connected to:
 
-================== ==========================================================================
-x402 field         the chain's value
-================== ==========================================================================
-``x402Version``    2
-``scheme``         ``exact`` (an EIP-3009 ``transferWithAuthorization`` of one exact amount)
-``network``        ``eip155:<chain id>`` (CAIP-2)
-``asset``          the asset's token (``Marketplace.getAsset(assetId).token``)
-``payTo``          ``Marketplace.vaultOf(assetId)``: the asset's RevenueVault
-``amount``         the asset's on-chain price, in the token's base units (one call or one download)
-``maxTimeoutSeconds`` at most :data:`MAX_TIMEOUT_SECONDS` (the authorization's lifetime, which the
-                   client signs as ``validBefore = now + maxTimeoutSeconds``)
-``extra``          exactly ``{"name", "version"}`` of the token's EIP-712 domain, read from the token
-                   (ERC-5267 ``eip712Domain()``); no other key (e.g. no Permit2 transfer method)
-================== ==========================================================================
+- ``x402Version``: 2;
+- ``scheme``: ``exact`` (an EIP-3009 ``transferWithAuthorization`` of one exact amount);
+- ``network``: ``eip155:<chain id>`` (CAIP-2);
+- ``asset``: the asset's token (``Marketplace.getAsset(assetId).token``);
+- ``payTo``: ``Marketplace.vaultOf(assetId)``, the asset's RevenueVault;
+- ``amount``: the asset's on-chain price, in the token's base units (one call or one download);
+- ``maxTimeoutSeconds``: at most :data:`MAX_TIMEOUT_SECONDS` (the authorization's lifetime: the
+  client signs ``validBefore = now + maxTimeoutSeconds``);
+- ``extra``: exactly ``{"name", "version"}`` of the token's EIP-712 domain, read from the token
+  (ERC-5267 ``eip712Domain()``), and no other key (e.g. no Permit2 transfer method).
 
 :meth:`PaymentTerms.select` picks the first requirement the server offers that matches every
 field, or raises :class:`PaymentTermsRefused` naming the field, the server's value and the chain's;
 :meth:`PaymentTerms.before_payment_creation` is the same check as an x402 SDK hook, so the SDK's
 client cannot sign a requirement that did not pass it. This module is the one place these checks
-live: the SDK (``MarketplaceClient``), the CLI and agent wallets all pay through it.
+live: the SDK (``MarketplaceClient``), the CLI and agent wallets all pay through it. "The chain"
+means the contracts of the deployment the client connected with: pin the one you trust with
+``MarketplaceClient.connect(..., trusted=...)`` (the CLI: ``$AGENTMARKET_MANIFEST``).
 """
 
 from __future__ import annotations
