@@ -35,6 +35,8 @@ from nacl.public import PrivateKey
 from agents.errors import AgentError, NotFound, OverBudget, PaymentRefused, translate
 from marketplace.chain import ContractRevert
 from marketplace.client import ApiClientError, MarketplaceClient
+from marketplace.client.checks import PaymentTermsRefused
+from marketplace.client.sdk import X402DeliveryError
 from marketplace.wallet_file import encryption_keypair, load_wallet
 
 KEY_ENV = "AGENTMARKET_AGENT_KEY"
@@ -244,40 +246,31 @@ class AgentWallet:
         return result, self._log(model_id, delta, "voucher", f"voucher:{channel_id}:{debited}", channel_id)
 
     def buy_over_x402(self, client: MarketplaceClient, asset_id: int) -> tuple[bytes, LedgerEntry]:
-        """Pay for one download of ``asset_id`` over x402 v2 (a stock x402 client signing an EIP-3009
-        authorization for exactly the on-chain price); returns (content, entry). Checked against the caps first."""
-        import asyncio
+        """Pay for one download of ``asset_id`` over x402 v2; returns (content, entry). Checked against the caps first.
 
-        import httpx
-        from x402 import x402Client
-        from x402.http.clients.httpx import x402HttpxClient
-        from x402.http.utils import decode_payment_response_header
-        from x402.mechanisms.evm.exact import register_exact_evm_client
-        from x402.mechanisms.evm.signers import EthAccountSigner
-
+        The SDK (:meth:`MarketplaceClient.download_x402`) signs an EIP-3009 authorization only for what
+        the chain says — the asset's vault, its token and network, and exactly its on-chain price, which
+        must not exceed the price the guard checked — so a hostile server cannot bend it:
+        ``PaymentRefused`` (nothing signed) otherwise, as for a payment the server refuses. A payment
+        that moved on chain without the content arriving intact is still counted and logged (its ref
+        is ``x402:<nonce>`` when the server named no transaction), then raises ``AgentError``.
+        """
         self._own(client)
         price = self._price(client, asset_id)
         self.guard.check(asset_id, price, price)
         self._fund(client, price)
-        network = f"eip155:{client.chain.chain_id}"
-        payer = x402Client()
-        register_exact_evm_client(payer, EthAccountSigner(self.account), networks=network)
-        # The x402 client itself refuses to sign for more than the on-chain price the guard checked.
-        cap = {"network": network, "asset": client.market.token.address, "max_amount_per_payment": str(price)}
-        payer = payer.set_spend_controls({"allowed_assets": [cap]})
-
-        async def fetch() -> httpx.Response:
-            async with x402HttpxClient(payer, timeout=60) as http:
-                return await http.get(f"{client.base_url}/v1/assets/{asset_id}/x402")
-
-        response = asyncio.run(fetch())
-        if response.status_code != 200 or "payment-response" not in response.headers:
-            raise PaymentRefused(
-                f"x402 payment for asset {asset_id} failed: HTTP {response.status_code} {response.text[:200]}"
-            )
-        settlement = decode_payment_response_header(response.headers["payment-response"])
+        try:
+            paid = client.download_x402(asset_id, max_amount=price)
+        except PaymentTermsRefused as exc:
+            raise PaymentRefused(str(exc)) from exc
+        except X402DeliveryError as exc:  # the money moved: it counts, whatever came back
+            self.guard.commit(asset_id, exc.payment.amount)
+            self._log(asset_id, exc.payment.amount, "x402", exc.payment.transaction or f"x402:{exc.nonce}")
+            raise AgentError(str(exc)) from exc
+        except (ApiClientError, ContractRevert) as exc:
+            raise translate(exc, payment=True) from exc
         self.guard.commit(asset_id, price)
-        return response.content, self._log(asset_id, price, "x402", settlement.transaction)
+        return paid.content, self._log(asset_id, price, "x402", paid.payment.transaction)
 
     # ------------------------------------------------------------------ internals
 

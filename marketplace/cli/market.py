@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from marketplace.chain import LOCAL_CHAIN_ID, rpc_chain, to_address
+from marketplace.chain.deployment import Deployment, read_manifest
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import format_units, to_units
 from marketplace.client import MarketplaceClient
@@ -32,6 +33,8 @@ ServerOption = Annotated[str, typer.Option("--server", help="Marketplace API URL
 RpcOption = Annotated[str, typer.Option("--rpc", help="JSON-RPC URL of the chain.", envvar="AGENTMARKET_RPC")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DEFAULT_SERVER = "http://127.0.0.1:8000"
+#: A manifest path the client side trusts (the same variable `serve` and `node` read theirs from).
+MANIFEST_ENV = "AGENTMARKET_MANIFEST"
 DEFAULT_RPC = "http://127.0.0.1:8545"
 
 
@@ -44,10 +47,17 @@ def _account(wallet: Path) -> LocalAccount:
     return load_wallet(wallet, _password())
 
 
+def _trusted() -> Deployment | None:
+    """The deployment the user trusts: the manifest in $AGENTMARKET_MANIFEST, if set (a server following
+    another deployment is then refused before anything is signed)."""
+    path = os.environ.get(MANIFEST_ENV)
+    return read_manifest(Path(path)) if path else None
+
+
 def _client(wallet: Path, server: str, rpc: str) -> MarketplaceClient:
     account = _account(wallet)
     key = bytes(encryption_keypair(account))
-    return MarketplaceClient.connect(server, account, rpc_chain(rpc), encryption_key=key)
+    return MarketplaceClient.connect(server, account, rpc_chain(rpc), encryption_key=key, trusted=_trusted())
 
 
 def _print_json(data: object) -> None:
@@ -105,7 +115,7 @@ def faucet(
     if chain.chain_id != LOCAL_CHAIN_ID:
         raise AgentmarketError(f"the faucet only runs on a local dev chain (chain id {LOCAL_CHAIN_ID})")
     target = to_address(address) if address else _account(wallet).address
-    client = MarketplaceClient.connect(server, chain.accounts[0], chain)
+    client = MarketplaceClient.connect(server, chain.accounts[0], chain, trusted=_trusted())
     client.market.token.mint(chain.accounts[0], target, units)
     if chain.balance(target) < 10**17:
         chain.send_eth(chain.accounts[0], target, 10**18)
@@ -199,12 +209,24 @@ def download(
     asset_id: Annotated[int, typer.Argument(help="Licensed asset.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the content.")],
     agent_id: Annotated[int | None, typer.Option("--agent", help="Seal to this agent's key.")] = None,
+    x402: Annotated[
+        bool, typer.Option("--x402", help="No license: pay this one download per request with x402.")
+    ] = False,
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
 ) -> None:
-    """Download licensed content, decrypt it and verify it against the on-chain hash."""
+    """Download licensed content (or pay for it per request with --x402), verified against the on-chain hash."""
+    if x402 and agent_id is not None:
+        raise AgentmarketError("--agent seals a licensed download; an --x402 download is sent over HTTP unsealed")
     client = _client(wallet, server, rpc)
+    if x402:
+        paid = client.download_x402(asset_id, out)
+        payment = paid.payment
+        console.print(f"wrote {out} ({out.stat().st_size} bytes, sha256 verified against the chain); paid "
+                      f"{format_units(payment.amount)} tUSD to {payment.pay_to} in {payment.transaction}",
+                      soft_wrap=True)  # fmt: skip
+        return
     client.download(asset_id, out, agent_id=agent_id)
     console.print(f"wrote {out} ({out.stat().st_size} bytes, sha256 verified against the chain)")
 

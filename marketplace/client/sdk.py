@@ -4,7 +4,11 @@
 - :class:`MarketplaceClient`: a session for one account, what providers, builders, buyers and the
   CLI use. Its reads are the reader's; content goes over HTTP; money moves on chain, signed
   locally with the caller's key (which never leaves this process). Downloads are verified against
-  the on-chain content hash. Model calls are paid per call with x402 or with channel vouchers.
+  the on-chain content hash. Model calls are paid per call with x402 or with channel vouchers, and a
+  download can be paid per request with x402 (:meth:`MarketplaceClient.download_x402`).
+- :func:`x402_payer`: the one x402 client this SDK signs payments with. Before it signs, the
+  server's requirements are checked against the chain (:mod:`marketplace.client.checks`): a server
+  cannot make this client pay more than the asset's on-chain price, or pay anyone but its vault.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +26,17 @@ from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from web3.types import TxReceipt
 from x402 import x402ClientSync
-from x402.http import x402HTTPClientSync
-from x402.mechanisms.evm.exact import register_exact_evm_client
+from x402.http import PAYMENT_REQUIRED_HEADER, PAYMENT_RESPONSE_HEADER, x402HTTPClientSync
+from x402.http.utils import decode_payment_required_header, decode_payment_response_header
+from x402.mechanisms.evm.exact import ExactEvmClientScheme
 from x402.mechanisms.evm.signers import EthAccountSigner
+from x402.schemas import PaymentRequired
 
 from marketplace.chain import Chain, connect
-from marketplace.chain.deployment import Deployment, parse_manifest, verify_deployment
+from marketplace.chain.deployment import Deployment, DeploymentError, parse_manifest, verify_deployment
 from marketplace.chain.market import AssetKind, Market
+from marketplace.chain.token import TestUSD
+from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms
 from marketplace.content import open_sealed_frames
 from marketplace.errors import AgentmarketError
 from marketplace.payments.channels import HEADER, Voucher, VoucherHasher
@@ -41,6 +50,65 @@ class ApiClientError(AgentmarketError):
     def __init__(self, status: int, code: str, detail: str) -> None:
         super().__init__(f"{detail} (HTTP {status} {code})")
         self.status, self.code, self.detail = status, code, detail
+
+
+@dataclass(frozen=True)
+class X402Payment:
+    """A settled x402 payment: the settlement transaction, who paid whom, and how much (base units)."""
+
+    transaction: str
+    payer: str
+    pay_to: str
+    amount: int
+    network: str
+
+
+class X402DeliveryError(AgentmarketError):
+    """An x402 payment moved on chain, but what it paid for did not arrive (intact).
+
+    ``payment`` is what was paid (its ``transaction`` is "" when the server did not name one),
+    ``nonce`` the authorization's EIP-3009 nonce (hex); the error that ended the request is the
+    exception's ``__cause__``.
+    """
+
+    def __init__(self, detail: str, payment: X402Payment, nonce: str) -> None:
+        super().__init__(detail)
+        self.payment, self.nonce = payment, nonce
+
+
+@dataclass(frozen=True)
+class _SignedPayment:
+    """A PAYMENT-SIGNATURE ready to send: its headers, the terms it pays and its EIP-3009 nonce."""
+
+    headers: dict[str, str]
+    terms: PaymentTerms
+    nonce: bytes
+
+
+@dataclass(frozen=True)
+class PaidDownload:
+    """One download paid over x402: the content (b"" when written to a file) and its payment."""
+
+    content: bytes
+    payment: X402Payment
+
+
+def x402_payer(account: LocalAccount, terms: PaymentTerms) -> x402HTTPClientSync:
+    """The x402 v2 client this SDK pays with, bound to one payment's on-chain ``terms``.
+
+    It is the x402 SDK's own client with only what this payment needs: the exact EVM scheme (EIP-3009)
+    on ``terms.network`` alone (no v1, no other network), spend controls that allow only the asset's
+    token up to ``terms.amount``, and :meth:`PaymentTerms.before_payment_creation` as its
+    before-payment hook, so whatever it is handed, it signs only a requirement that matches the chain
+    (else :class:`~marketplace.client.checks.PaymentTermsRefused`, nothing signed). ``account``
+    signs locally; the key never leaves this process.
+    """
+    client = x402ClientSync()
+    client.register(terms.network, ExactEvmClientScheme(EthAccountSigner(account)))
+    cap = {"network": terms.network, "asset": terms.asset, "max_amount_per_payment": str(terms.amount)}
+    client.set_spend_controls({"allowed_assets": [cap], "max_amount_per_payment": False})
+    client.on_before_payment_creation(terms.before_payment_creation)
+    return x402HTTPClientSync(client)
 
 
 def sha256_of(source: Path | bytes) -> bytes:
@@ -131,11 +199,27 @@ class MarketplaceClient(MarketplaceReader):
         self._channel_spent: dict[int, int] = {}
         self._prices: dict[int, int] = {}  # per-call prices of models this client called
         self._vouchers: VoucherHasher | None = None
-        self._x402: x402HTTPClientSync | None = None
+        #: The longest x402 authorization this client signs, in seconds (see :mod:`marketplace.client.checks`).
+        self.x402_max_timeout_seconds = MAX_TIMEOUT_SECONDS
 
     @classmethod
-    def connect(cls, base_url: str, account: LocalAccount, chain: Chain | str, **options: Any) -> MarketplaceClient:
-        """Fetch the server's deployment, check it against ``chain`` (a Chain or RPC URL), and connect."""
+    def connect(
+        cls,
+        base_url: str,
+        account: LocalAccount,
+        chain: Chain | str,
+        *,
+        trusted: Deployment | None = None,
+        **options: Any,
+    ) -> MarketplaceClient:
+        """Fetch the server's deployment, check it against ``chain`` (a Chain or RPC URL), and connect.
+
+        The server's manifest names the contracts this client reads prices and vaults from; the
+        chain's code is checked, but a copy of the contracts anyone deployed passes that check too.
+        With ``trusted`` (a deployment you trust, e.g. ``read_manifest`` of your own manifest) the
+        server must follow exactly that one — same chain id and contract addresses — else
+        :class:`DeploymentError`, before anything is signed.
+        """
         http = options.pop("http", None) or httpx.Client(base_url=base_url.rstrip("/"), timeout=60)
         chain = connect(chain) if isinstance(chain, str) else chain
         try:
@@ -145,6 +229,8 @@ class MarketplaceClient(MarketplaceReader):
                 f"cannot reach the marketplace server at {base_url} ({exc}); is it running?"
             ) from None
         deployment = verify_deployment(parse_manifest(manifest, f"{base_url}/v1/deployment"), chain, base_url)
+        if trusted is not None:
+            _same_deployment(trusted, deployment, base_url)
         return cls(base_url, account, chain, deployment, http=http, **options)
 
     @property
@@ -307,26 +393,96 @@ class MarketplaceClient(MarketplaceReader):
         raise AssertionError("unreachable")
 
     def _invoke_x402(self, model_id: int, payload: Any) -> dict[str, Any]:
-        """One call paid with x402 by the x402 SDK's own client (402, sign, retry with PAYMENT-SIGNATURE)."""
+        """One call paid with x402: 402, check the requirements against the chain, sign, retry.
+
+        :class:`X402DeliveryError` when the payment moved but no answer came back."""
         path, body = f"/v1/models/{model_id}/invoke", {"input": payload}
         unpaid = self._send("POST", path, json=body)
-        if unpaid.status_code != 402 or "payment-required" not in unpaid.headers:
-            _raise_for_error(unpaid)
-            raise AgentmarketError(f"model {model_id} answered without asking for payment")
-        if self._x402 is None:
-            network = f"eip155:{self.chain.chain_id}"
-            client = x402ClientSync()
-            register_exact_evm_client(client, EthAccountSigner(self.account), networks=network)
-            client.set_spend_controls({"allowed_assets": [{"network": network, "asset": self.market.token.address}]})
-            self._x402 = x402HTTPClientSync(client)
-        required = self._x402.get_payment_required_response(unpaid.headers.get)
+        signed = self._x402_payment(model_id, unpaid, None)
         try:
-            signed = self._x402.create_payment_payload(required)
-        except Exception as exc:  # the x402 SDK refuses requirements it cannot pay (network, asset, scheme)
-            raise AgentmarketError(f"cannot pay model {model_id} with x402: {exc}") from None
-        paid = self._send("POST", path, json=body, headers=self._x402.encode_payment_signature_header(signed))
-        _raise_for_error(paid)
-        return paid.json()
+            paid = self._send("POST", path, json=body, headers=signed.headers)
+            _raise_for_error(paid)
+            return paid.json()
+        except (AgentmarketError, ValueError) as exc:
+            self._raise_if_paid(signed, f"a call of model {model_id}", exc)
+            raise
+
+    def download_x402(
+        self, asset_id: int, destination: Path | None = None, *, max_amount: int | None = None
+    ) -> PaidDownload:
+        """Buy one download of ``asset_id`` over x402 (``GET /v1/assets/{id}/x402``), no license needed.
+
+        The payment is an EIP-3009 authorization of exactly the asset's on-chain price to its vault,
+        checked against the chain before it is signed (:class:`PaymentTermsRefused` otherwise;
+        also when the price is above ``max_amount``, in base units). The content is verified against
+        the on-chain hash; with ``destination`` it is streamed to that file (and ``content`` is b"").
+        Raises :class:`ApiClientError` when the server refuses the payment, and
+        :class:`X402DeliveryError` when the payment moved on chain but the content did not arrive intact.
+        """
+        path = f"/v1/assets/{asset_id}/x402"
+        expected = self.market.marketplace.asset(asset_id).content_hash
+        try:
+            with self.http.stream("GET", path) as unpaid:
+                if unpaid.status_code >= 400:
+                    unpaid.read()
+                signed = self._x402_payment(asset_id, unpaid, max_amount)
+        except httpx.HTTPError as exc:
+            raise AgentmarketError(f"cannot reach the marketplace server at {self.base_url} ({exc})") from None
+        try:
+            with self.http.stream("GET", path, headers=signed.headers) as paid:
+                if paid.status_code >= 400:
+                    paid.read()
+                    _raise_for_error(paid)
+                payment = _settled(paid, signed.terms)
+                content = _receive(paid.iter_bytes(), expected, destination, f"asset {asset_id}")
+        except (AgentmarketError, httpx.HTTPError) as exc:
+            self._raise_if_paid(signed, f"a download of asset {asset_id}", exc)
+            if isinstance(exc, httpx.HTTPError):
+                raise AgentmarketError(f"cannot reach the marketplace server at {self.base_url} ({exc})") from None
+            raise
+        return PaidDownload(content, payment)
+
+    def _raise_if_paid(self, signed: _SignedPayment, what: str, failure: Exception) -> None:
+        """After a paid request failed with ``failure``: raise :class:`X402DeliveryError` (from ``failure``)
+        if its authorization was used on chain, since the money moved whatever the server said."""
+        terms = signed.terms
+        try:
+            used = TestUSD(self.chain, terms.asset).authorization_state(self.address, signed.nonce)
+        except AgentmarketError:
+            return
+        if used:
+            payment = X402Payment("", self.address, terms.pay_to, terms.amount, terms.network)
+            raise X402DeliveryError(
+                f"paid {terms.amount} base units to {terms.pay_to} for {what} (EIP-3009 nonce "
+                f"0x{signed.nonce.hex()} is used on chain), but it was not delivered: {failure}",
+                payment,
+                "0x" + signed.nonce.hex(),
+            ) from failure
+
+    def _x402_payment(self, asset_id: int, unpaid: httpx.Response, max_amount: int | None) -> _SignedPayment:
+        """The PAYMENT-SIGNATURE that pays the 402 ``unpaid`` for ``asset_id``, once its requirements passed
+        the chain's checks (:class:`PaymentTermsRefused` otherwise, with nothing signed)."""
+        header = unpaid.headers.get(PAYMENT_REQUIRED_HEADER)
+        if unpaid.status_code != 402 or not header:
+            _raise_for_error(unpaid)
+            raise AgentmarketError(f"the server answered for asset {asset_id} without asking for an x402 payment")
+        try:
+            required = decode_payment_required_header(header)
+        except (ValueError, TypeError, AttributeError):
+            raise AgentmarketError(
+                f"the server's {PAYMENT_REQUIRED_HEADER} header for asset {asset_id} is not x402 JSON; "
+                "nothing was signed"
+            ) from None
+        terms = PaymentTerms.from_chain(self.market, asset_id, max_timeout_seconds=self.x402_max_timeout_seconds)
+        accepted = terms.select(required)
+        terms.at_most(max_amount)
+        payer = x402_payer(self.account, terms)
+        # Only the checked requirement goes to the signer, without server-declared extensions (which
+        # could ask the scheme to sign more than this one authorization).
+        checked = PaymentRequired(x402_version=2, accepts=[accepted], resource=required.resource)
+        payload = payer.create_payment_payload(checked)
+        nonce = bytes.fromhex(payload.payload["authorization"]["nonce"].removeprefix("0x"))
+        return _SignedPayment(payer.encode_payment_signature_header(payload), terms, nonce)
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -346,6 +502,62 @@ class MarketplaceClient(MarketplaceReader):
                 (event,) = self.chain.events(contract.contract, receipt, "PaymentReleased")
                 released[vault["asset_id"]] = event["amount"]
         return released
+
+
+def _same_deployment(trusted: Deployment, served: Deployment, base_url: str) -> None:
+    """DeploymentError unless the server at ``base_url`` follows the ``trusted`` deployment."""
+    if served.chain_id != trusted.chain_id:
+        raise DeploymentError(
+            f"the server at {base_url} follows a deployment on chain id {served.chain_id}, yours is on chain id "
+            f"{trusted.chain_id}; refusing to use it"
+        )
+    for name in sorted(set(trusted.contracts) | set(served.contracts)):
+        theirs, ours = served.contracts.get(name), trusted.contracts.get(name)
+        if theirs is None or ours is None or theirs.address.lower() != ours.address.lower():
+            raise DeploymentError(
+                f"the server at {base_url} follows another deployment than your manifest: {name} at "
+                f"{theirs.address if theirs else 'nowhere'} there, {ours.address if ours else 'nowhere'} in yours; "
+                "refusing to use it (check the server URL, or the manifest you trust)"
+            )
+
+
+def _settled(response: httpx.Response, terms: PaymentTerms) -> X402Payment:
+    """The settlement of ``terms`` a paid response names in PAYMENT-RESPONSE (AgentmarketError if none)."""
+    try:
+        settled = decode_payment_response_header(response.headers[PAYMENT_RESPONSE_HEADER])
+        if not settled.success:
+            raise ValueError("not a successful settlement")
+        return X402Payment(settled.transaction, settled.payer or "", terms.pay_to, terms.amount, settled.network)
+    except (KeyError, ValueError, TypeError):
+        raise AgentmarketError(
+            f"the server sent asset {terms.asset_id} without a successful {PAYMENT_RESPONSE_HEADER}; check the chain "
+            "for a transfer from your address before paying again"
+        ) from None
+
+
+def _receive(chunks: Iterator[bytes], expected: bytes, destination: Path | None, what: str) -> bytes:
+    """Collect ``chunks`` (or stream them to ``destination`` through a ``.part`` file) and check their
+    sha256 against the on-chain ``expected`` hash; returns the bytes (b"" when written to a file)."""
+    digest, collected = hashlib.sha256(), bytearray()
+    partial = destination.with_suffix(destination.suffix + ".part") if destination else None
+    sink = partial.open("wb") if partial else None
+    try:
+        for chunk in chunks:
+            digest.update(chunk)
+            if sink:
+                sink.write(chunk)
+            else:
+                collected += chunk
+    finally:
+        if sink:
+            sink.close()
+    if digest.digest() != expected:
+        if partial:
+            partial.unlink(missing_ok=True)
+        raise AgentmarketError(f"downloaded content of {what} does not match its on-chain hash")
+    if partial and destination:
+        partial.replace(destination)
+    return bytes(collected)
 
 
 def _raise_for_error(response: httpx.Response) -> None:

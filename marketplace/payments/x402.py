@@ -11,7 +11,16 @@ matches a payment to them and drives verify/settle. What this module adds:
 - :class:`X402Payments`, which charges one :class:`Offer` (amount, payTo vault, resource) per
   request and turns every way a payment can fail into a typed error with a sentence a client can
   act on. :meth:`X402Payments.verify` checks a payment without moving money and
-  :meth:`X402Payments.settle` moves it; :meth:`X402Payments.charge` does both.
+  :meth:`X402Payments.settle` moves it; :meth:`X402Payments.run_paid` verifies, runs the request's
+  work, then settles; :meth:`X402Payments.charge` verifies and settles;
+- what the SDK's exact facilitator leaves out: an authorization may stay valid for at most the
+  ``maxTimeoutSeconds`` the server advertised (``validBefore - now <= maxTimeoutSeconds`` plus
+  :data:`VALIDITY_SKEW_SECONDS`; the facilitator itself checks ``validBefore >= now + 6`` and
+  ``validAfter <= now``), and one authorization pays for one request: a verified authorization is
+  reserved, keyed by payer and EIP-3009 nonce, before the request's work runs, so the same
+  authorization sent with concurrent requests is refused (:class:`PaymentInFlightError`, HTTP 409)
+  instead of running a model twice for one payment. A settled authorization stays known until its
+  ``validBefore`` (when the token refuses it anyway); a failed one is released and may pay again.
 
 The SDK's FastAPI middleware is not used: it treats an undecodable header as "no payment" and
 answers in its own error format. Each route decides when to settle: a download settles before a
@@ -22,10 +31,13 @@ model, and settles before it answers (a failed call costs nothing; no output lea
 from __future__ import annotations
 
 import base64
+import heapq
 import json
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
@@ -58,6 +70,7 @@ __all__ = [
     "ChainFacilitatorSigner",
     "MalformedPaymentError",
     "Offer",
+    "PaymentInFlightError",
     "PaymentRequiredError",
     "Settlement",
     "VerifiedPayment",
@@ -68,6 +81,10 @@ __all__ = [
 SCHEME = "exact"
 #: How long a client's signed authorization may stay valid (it signs validBefore = now + this).
 DEFAULT_MAX_TIMEOUT_SECONDS = 300
+#: Clock skew allowed between a payer and this server on an authorization's lifetime, in seconds.
+VALIDITY_SKEW_SECONDS = 15
+#: Reason code: the authorization stays valid longer than maxTimeoutSeconds (+ skew) from now.
+ERR_VALIDITY_TOO_LONG = "invalid_exact_evm_payload_authorization_validity_too_long"
 #: Gas headroom over an estimate (as in :meth:`Chain.send`).
 _GAS_MARGIN_NUMERATOR, _GAS_MARGIN_DENOMINATOR = 5, 4
 _RECEIPT_TIMEOUT_SECONDS = 30
@@ -95,7 +112,9 @@ _REASONS: dict[str, str] = {
     evm.ERR_TRANSACTION_FAILED: "the transfer transaction failed",
     evm.ERR_TRANSFER_EVENT_MISMATCH: "the settlement transaction did not move the price to the vault",
     evm.ERR_SETTLEMENT_PENDING: "the settlement transaction was not confirmed in time",
+    ERR_VALIDITY_TOO_LONG: "the authorization stays valid longer than this server's maxTimeoutSeconds",
 }
+_T = TypeVar("_T")
 
 
 # ---------------------------------------------------------------------- errors and results
@@ -131,6 +150,15 @@ class PaymentRequiredError(AgentmarketError):
         return headers
 
 
+class PaymentInFlightError(AgentmarketError):
+    """The same authorization (payer, EIP-3009 nonce) is paying for another request right now (HTTP 409).
+
+    ``code`` is ``payment_in_flight``; the message says what to do.
+    """
+
+    code = "payment_in_flight"
+
+
 @dataclass(frozen=True)
 class Offer:
     """What one request costs: ``amount`` atomic TestUSD units paid to ``pay_to`` for ``resource_url``."""
@@ -155,6 +183,11 @@ class VerifiedPayment:
     def payer(self) -> str | None:
         """Who signed the authorization (None for a payload without one)."""
         return Web3.to_checksum_address(self.authorization.from_address) if self.authorization else None
+
+    @property
+    def key(self) -> tuple[str, bytes] | None:
+        """What identifies the authorization on the token: (payer, EIP-3009 nonce), or None."""
+        return _key(self.authorization) if self.authorization else None
 
 
 @dataclass(frozen=True)
@@ -296,6 +329,55 @@ class ChainFacilitatorSigner:
         return "0x" + bytes(tx_hash).hex()
 
 
+# ---------------------------------------------------------------------- one authorization, one request
+
+
+class _Reservations:
+    """The EIP-3009 authorizations, keyed by (payer, nonce), this process is settling or has settled.
+
+    :meth:`reserve` claims an authorization for one request; :meth:`settled` keeps it until its
+    ``validBefore`` (after which the token refuses it anyway, so memory stays bounded by what can
+    be settled within ``maxTimeoutSeconds``); :meth:`release` frees it after a failure. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._settled_at: dict[tuple[str, bytes], bool] = {}  # key -> settled? (False: in flight)
+        self._expiries: list[tuple[int, tuple[str, bytes]]] = []  # (validBefore, key) of settled ones
+
+    def reserve(self, key: tuple[str, bytes], now: int) -> str | None:
+        """Claim ``key``; None when claimed, else ``"in_flight"`` or ``"settled"``."""
+        with self._lock:
+            while self._expiries and self._expiries[0][0] < now:
+                _, expired = heapq.heappop(self._expiries)
+                self._settled_at.pop(expired, None)
+            state = self._settled_at.get(key)
+            if state is not None:
+                return "settled" if state else "in_flight"
+            self._settled_at[key] = False
+            return None
+
+    def settled(self, key: tuple[str, bytes], valid_before: int) -> None:
+        """Remember ``key`` as settled until ``valid_before`` (unix seconds)."""
+        with self._lock:
+            self._settled_at[key] = True
+            heapq.heappush(self._expiries, (valid_before, key))
+
+    def release(self, key: tuple[str, bytes]) -> None:
+        """Free an in-flight ``key`` (a settled one stays known)."""
+        with self._lock:
+            if self._settled_at.get(key) is False:
+                del self._settled_at[key]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._settled_at)
+
+
+def _key(authorization: ParsedEIP3009Authorization) -> tuple[str, bytes]:
+    return authorization.from_address.lower(), bytes(authorization.nonce)
+
+
 # ---------------------------------------------------------------------- the payment service
 
 
@@ -303,7 +385,9 @@ class X402Payments:
     """Sells per-request access over x402 v2: exact scheme, EIP-3009 on TestUSD, network ``eip155:<chain id>``.
 
     Every payment is settled on chain by the in-process facilitator (the relayer pays the gas)
-    before :meth:`charge` returns, so a caller that got a :class:`Settlement` has paid.
+    before :meth:`charge` returns, so a caller that got a :class:`Settlement` has paid. An
+    authorization valid for longer than ``max_timeout_seconds`` (+ :data:`VALIDITY_SKEW_SECONDS`)
+    is refused, and one authorization pays for one request at a time (see the module docstring).
     """
 
     def __init__(
@@ -322,6 +406,7 @@ class X402Payments:
         self.facilitator = x402FacilitatorSync().register([self.network], ExactEvmFacilitatorScheme(self.signer))
         self.server = x402ResourceServerSync(self.facilitator).register(self.network, ExactEvmServerScheme())
         self.server.initialize()
+        self._reservations = _Reservations()
 
     def requirements(self, offer: Offer) -> list[PaymentRequirements]:
         """The PaymentRequirements (one) a client must satisfy to buy ``offer``."""
@@ -350,12 +435,28 @@ class X402Payments:
         """Verify and settle the payment in ``payment_header`` for ``offer`` (see :meth:`verify`, :meth:`settle`)."""
         return self.settle(self.verify(offer, payment_header))
 
-    def verify(self, offer: Offer, payment_header: str | None) -> VerifiedPayment:
-        """Check the payment in ``payment_header`` against ``offer`` with the facilitator; nothing moves yet.
+    def run_paid(self, offer: Offer, payment_header: str | None, work: Callable[[], _T]) -> tuple[_T, Settlement]:
+        """Verify (and reserve) the payment, run ``work``, then settle; returns (work's result, settlement).
 
-        Raises :class:`MalformedPaymentError` when the header cannot be decoded, and
-        :class:`PaymentRequiredError` when it is missing or the payment is refused (wrong amount or
-        payTo, expired, bad signature, used nonce, insufficient balance).
+        If ``work`` raises, the payment is released unsettled (nothing moves) and the exception
+        propagates. Raises what :meth:`verify` and :meth:`settle` raise.
+        """
+        payment = self.verify(offer, payment_header)
+        try:
+            result = work()
+        except BaseException:
+            self.release(payment)
+            raise
+        return result, self.settle(payment)
+
+    def verify(self, offer: Offer, payment_header: str | None) -> VerifiedPayment:
+        """Check the payment in ``payment_header`` against ``offer`` with the facilitator and reserve it.
+
+        Nothing moves yet; the caller must :meth:`settle` or :meth:`release` the result. Raises
+        :class:`MalformedPaymentError` when the header cannot be decoded, :class:`PaymentRequiredError`
+        when it is missing or the payment is refused (wrong amount or payTo, valid too long or
+        expired, bad signature, used nonce, insufficient balance), and :class:`PaymentInFlightError`
+        when the same authorization is paying for another request right now.
         """
         if not payment_header or not payment_header.strip():
             raise PaymentRequiredError(
@@ -368,6 +469,16 @@ class X402Payments:
         if not isinstance(payload, PaymentPayload):
             raise self._refused(offer, "unsupported_x402_version", "only x402 version 2 payments are accepted")
         authorization = _eip3009_authorization(payload)
+        now = int(time.time())
+        if authorization is not None:
+            lifetime = authorization.valid_before - now
+            if lifetime > self.max_timeout_seconds + VALIDITY_SKEW_SECONDS:
+                detail = (
+                    f"payment refused: the authorization stays valid for {lifetime} s (validBefore "
+                    f"{authorization.valid_before}), longer than the {self.max_timeout_seconds} s this server allows "
+                    f"(maxTimeoutSeconds); sign one that expires sooner ({ERR_VALIDITY_TOO_LONG})"
+                )
+                raise self._refused(offer, "payment_invalid", detail, ERR_VALIDITY_TOO_LONG)
 
         requirements = self.server.find_matching_requirements(self.requirements(offer), payload)
         if requirements is None:
@@ -382,17 +493,39 @@ class X402Payments:
         if not verified.is_valid:
             reason = self._diagnose(verified.invalid_reason or "invalid_payment", authorization)
             raise self._refused(offer, "payment_invalid", _explain(reason), reason)
-        return VerifiedPayment(offer, payload, requirements, authorization)
+        payment = VerifiedPayment(offer, payload, requirements, authorization)
+        if payment.key is not None:
+            state = self._reservations.reserve(payment.key, now)
+            if state == "in_flight":
+                raise PaymentInFlightError(
+                    "this authorization is paying for another request right now; one authorization pays for "
+                    "one request: sign a new one for this request"
+                )
+            if state == "settled":
+                reason = evm.ERR_NONCE_ALREADY_USED
+                raise self._refused(offer, "payment_invalid", _explain(reason), reason)
+        return payment
+
+    def release(self, payment: VerifiedPayment) -> None:
+        """Give up a verified payment without settling it: its authorization may pay again."""
+        if payment.key is not None:
+            self._reservations.release(payment.key)
 
     def settle(self, payment: VerifiedPayment) -> Settlement:
         """Settle a verified payment on chain (the relayer pays the gas); returns once the transfer is mined.
 
+        A settled authorization stays reserved until its ``validBefore``; a failed one is released.
         Raises :class:`PaymentRequiredError` when the settlement fails (e.g. the same authorization
         was settled meanwhile, or the payer's balance fell below the price).
         """
         offer = payment.offer
-        settled = self.server.settle_payment(payment.payload, payment.requirements)
+        try:
+            settled = self.server.settle_payment(payment.payload, payment.requirements)
+        except BaseException:
+            self.release(payment)
+            raise
         if not settled.success:
+            self.release(payment)
             reason = self._diagnose(settled.error_reason or "settlement_failed", payment.authorization)
             raise self._refused(
                 offer,
@@ -401,6 +534,8 @@ class X402Payments:
                 reason,
                 settlement_header=encode_payment_response_header(settled),
             )
+        if payment.key is not None and payment.authorization is not None:
+            self._reservations.settled(payment.key, payment.authorization.valid_before)
         return Settlement(
             transaction=settled.transaction,
             payer=Web3.to_checksum_address(settled.payer or payment.payer or ""),

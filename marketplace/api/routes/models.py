@@ -33,6 +33,7 @@ from marketplace.payments.x402 import (
     PAYMENT_SIGNATURE_HEADER,
     MalformedPaymentError,
     Offer,
+    PaymentInFlightError,
     PaymentRequiredError,
 )
 
@@ -93,6 +94,7 @@ _PAYMENT_HEADERS = [
         400: {"description": "A malformed payment header, or both kinds of payment at once"},
         402: {"model": InvokePaymentRequired, "description": "Pay first: by x402 (PAYMENT-REQUIRED) or by channel"},
         404: {"description": "This server does not serve the model"},
+        409: {"description": "The x402 authorization is paying for another request right now"},
     },
     openapi_extra={"parameters": _PAYMENT_HEADERS},
 )
@@ -134,12 +136,12 @@ def _paid_with_x402(
     if offer is None:
         detail = f"model {asset.asset_id} is priced in {asset.token}; x402 sells TestUSD-priced assets"
         raise ApiError(409, "x402_unsupported_token", detail)
-    try:
-        verified = services.x402.verify(offer, payment)
-        output = _run(handler, body)  # a failure here leaves the verified payment unsettled: nothing is charged
-        settlement = services.x402.settle(verified)
+    try:  # the authorization is reserved while the model runs; a failed run releases it unsettled: nothing charged
+        output, settlement = services.x402.run_paid(offer, payment, lambda: _run(handler, body))
     except MalformedPaymentError as exc:
         raise ApiError(400, "malformed_payment", str(exc)) from None
+    except PaymentInFlightError as exc:
+        raise ApiError(409, exc.code, str(exc)) from None
     except PaymentRequiredError as exc:
         channel = services.gate.requirements(asset.asset_id, asset.price)
         return _payment_required(exc.code, exc.detail, exc.code, channel, exc.payment_required, exc.headers)

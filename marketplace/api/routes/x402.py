@@ -22,6 +22,7 @@ from marketplace.payments.x402 import (
     PAYMENT_RESPONSE_HEADER,
     MalformedPaymentError,
     Offer,
+    PaymentInFlightError,
     PaymentRequiredError,
     X402Payments,
 )
@@ -64,6 +65,7 @@ def _sellable_asset(services: ServicesDep, asset_id: int) -> Asset:
         400: {"description": "PAYMENT-SIGNATURE is not a decodable x402 payment"},
         402: {"description": "Pay first: PAYMENT-REQUIRED (base64 JSON) names the price, payTo and token"},
         404: {"description": "Unknown asset, or its content is not uploaded"},
+        409: {"description": "Delisted, not sold over x402, or the authorization is paying for another request"},
     },
 )
 def download_paid_per_request(
@@ -94,6 +96,8 @@ def download_paid_per_request(
         settlement = payments.charge(offer, payment_signature)
     except MalformedPaymentError as exc:
         raise ApiError(400, "malformed_payment", str(exc)) from None
+    except PaymentInFlightError as exc:
+        raise ApiError(409, exc.code, str(exc)) from None
     except PaymentRequiredError as exc:
         return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=402, headers=exc.headers)
     headers = {
