@@ -74,15 +74,16 @@ def counting() -> CountingModel:
 
 
 @pytest.fixture
-def url(chain, deployment, tmp_path, relayer, model, dataset, counting):
+def url(chain, deployment, tmp_path, relayer, model, dataset, counting, bob):
     """The real server on a socket: serving the counting model, holding the dataset's content."""
 
     async def once():
         yield CONTENT
 
     data_dir = tmp_path / "server"
-    asyncio.run(ContentStore(data_dir / "content").put(once(), "0x" + hashlib.sha256(CONTENT).hexdigest(),
-                                                       len(CONTENT)))  # fmt: skip
+    store = ContentStore.for_chain(data_dir / "content", chain, deployment.address("Marketplace"))
+    asyncio.run(store.put(once(), asset_id=dataset, version=1, sha256="0x" + hashlib.sha256(CONTENT).hexdigest(),
+                          uploader=bob.address, max_bytes=len(CONTENT)))  # fmt: skip
     settings = Settings(manifest=deployment.save(tmp_path / "deployment.json"), data_dir=data_dir,
                         relayer_key=SecretStr(Web3.to_hex(relayer.key)), settle_interval=3600)  # fmt: skip
     with serving(create_app(settings, chain=chain, model_handlers={model: counting})) as base_url:
