@@ -149,7 +149,9 @@ class _Story:
             deadline = self.chain.timestamp() + 240
             signature = agents.sign_wallet_binding(wallet.account, agent_id, self.owner.address, deadline)
             agents.set_agent_wallet(self.owner, agent_id, wallet.address, deadline, signature.packed)
-            agents.grant_spend_permission(self.owner, agent_id, token.address, allowances[name], 86_400)
+            agents.grant_spend_permission(
+                self.owner, agent_id, token.address, allowances[name], 86_400, wallet=wallet.address
+            )
             self.agent_ids[name] = wallet.agent_id = agent_id  # payments top up from the owner, within the cap
         self.say(
             f"the owner registered agents #{self.agent_ids['builder']} (builder) and #{self.agent_ids['buyer']} "

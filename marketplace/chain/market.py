@@ -111,7 +111,14 @@ class AgentRecord:
 
 @dataclass(frozen=True)
 class SpendPermission:
-    """An owner's grant letting the agent wallet spend the owner's tokens."""
+    """An owner's grant letting one agent wallet spend the owner's tokens (amounts in token base
+    units, ``period`` and ``period_start`` in seconds).
+
+    ``grantor`` is the zero address once revoked (or if never granted); ``wallet`` is the wallet it
+    was granted to; ``epoch`` the agent's ownership epoch at the grant. ``active`` is true while the
+    agent wallet can use it (granted, not revoked, the agent not moved since, ``wallet`` still bound);
+    ``remaining`` is what is left in the current period (0 when not active).
+    """
 
     grantor: str
     allowance: int
@@ -119,6 +126,9 @@ class SpendPermission:
     period_start: int
     spent_in_period: int
     remaining: int
+    wallet: str = "0x0000000000000000000000000000000000000000"
+    epoch: int = 0
+    active: bool = False
 
 
 @dataclass(frozen=True)
@@ -458,22 +468,34 @@ class AgentRegistryContract:
         )
 
     def grant_spend_permission(
-        self, owner: LocalAccount, agent_id: int, token: str, allowance: int, period: int
+        self, owner: LocalAccount, agent_id: int, token: str, allowance: int, period: int, *, wallet: str
     ) -> TxReceipt:
-        """Let the agent wallet pull ``allowance`` per ``period`` seconds from ``owner``."""
-        fn = self.contract.functions.grantSpendPermission(agent_id, token, allowance, period)
+        """Let ``wallet`` (the agent's wallet now) pull ``allowance`` (base units) per ``period`` seconds
+        of ``token`` from ``owner``. Re-granting within a period keeps what it already spent.
+
+        Raises ContractRevert: NotAgentOwner (not the owner; operators may not grant), WalletNotBound
+        (``wallet`` is not the agent's wallet now), InvalidPeriod, ZeroAddress.
+        """
+        fn = self.contract.functions.grantSpendPermission(agent_id, token, wallet, allowance, period)
         return self.chain.send(fn, owner)
 
-    def revoke_spend_permission(self, owner: LocalAccount, agent_id: int, token: str) -> TxReceipt:
-        """Withdraw the permission."""
-        return self.chain.send(self.contract.functions.revokeSpendPermission(agent_id, token), owner)
+    def revoke_spend_permission(self, grantor: LocalAccount, agent_id: int, token: str) -> TxReceipt:
+        """Withdraw the permission (its grantor may, also after the agent changed hands).
+
+        Raises ContractRevert: NoSpendPermission (none, or already revoked), NotGrantor.
+        """
+        return self.chain.send(self.contract.functions.revokeSpendPermission(agent_id, token), grantor)
 
     def spend_permission(self, agent_id: int, token: str) -> SpendPermission:
-        """The permission and what is left of it this period."""
-        (grantor, period, start, allowance, spent), remaining = self.chain.call(
+        """The permission, whether the agent wallet can use it now, and what is left of it this period."""
+        (grantor, period, start, wallet, epoch, allowance, spent), active, remaining = self.chain.call(
             self.contract.functions.spendPermission(agent_id, token)
         )
-        return SpendPermission(grantor, allowance, period, start, spent, remaining)
+        return SpendPermission(grantor, allowance, period, start, spent, remaining, wallet, epoch, active)
+
+    def ownership_epoch(self, agent_id: int) -> int:
+        """How many times the agent NFT has moved; permissions of an earlier epoch are dead."""
+        return self.chain.call(self.contract.functions.ownershipEpoch(agent_id))
 
     def spend_from_owner(self, wallet: LocalAccount, agent_id: int, token: str, to: str, amount: int) -> TxReceipt:
         """The agent wallet pulls ``amount`` of the owner's tokens to ``to``."""
