@@ -232,8 +232,12 @@ class _Story:
         context = ToolContext(self.buyer_client, self.buyer_wallet, self.work_dir / "buyer-downloads")
         model = self.built.model_id
         run_tool(context, "rate_asset", {"asset_id": model, "value": 90, "tag": "accurate"})
-        summary = self.market.reputation.summary(SubjectKind.ASSET, model)
-        self.say(f"the buyer rated model #{model} 90/100 (only payers may rate; {summary.count} rating on chain)")
+        buyer = self.buyer_wallet.address
+        summary = self.market.reputation.summary(SubjectKind.ASSET, model, [buyer])
+        floor = self.market.reputation.min_payment()
+        self.say(f"the buyer rated model #{model} 90/100: a rater must have paid the model's vault at least "
+                 f"max(its price, {format_units(floor)} tUSD); this one's channel claims did "
+                 f"({summary.count} rating from it on chain, average {summary.average:.0f})")  # fmt: skip
 
     def settle(self) -> None:
         settled = self.app.state.services.settler.settle_once()

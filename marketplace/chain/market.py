@@ -5,6 +5,7 @@ account's key and return receipts (or the new id)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cached_property
@@ -133,7 +134,8 @@ class SpendPermission:
 
 @dataclass(frozen=True)
 class FeedbackSummary:
-    """Count and average of the paid-for feedback about a subject."""
+    """Count and average of the paid-for feedback about a subject; ``average_raw`` is on the
+    [0, 100] scale with ``decimals`` decimals (0 when ``count`` is 0)."""
 
     count: int
     average_raw: int
@@ -143,6 +145,36 @@ class FeedbackSummary:
     def average(self) -> float:
         """The average value as a float."""
         return self.average_raw / 10**self.decimals
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """One rater's feedback: ``value / 10**value_decimals`` lies in [0, 100]."""
+
+    value: int
+    value_decimals: int
+    tag1: str
+    tag2: str
+
+    @property
+    def score(self) -> float:
+        """The value on the [0, 100] scale."""
+        return self.value / 10**self.value_decimals
+
+
+@dataclass(frozen=True)
+class RaterPayment:
+    """What an account paid into an asset's vault by one proof (licenses, or one channel's claims)
+    and what qualifies a rater: ``required`` = max(the asset's current price, the deployment's floor).
+    Token base units."""
+
+    paid: int
+    required: int
+
+    @property
+    def qualifies(self) -> bool:
+        """True if the payment is enough to rate."""
+        return self.paid >= self.required
 
 
 @dataclass(frozen=True)
@@ -298,6 +330,10 @@ class MarketplaceContract:
     def has_access(self, asset_id: int, account: str) -> bool:
         """True while ``account`` holds an unexpired license."""
         return self.chain.call(self.contract.functions.hasAccess(asset_id, account))
+
+    def license_paid(self, asset_id: int, account: str) -> int:
+        """What ``account`` paid for licenses to ``asset_id``, all purchases together (base units)."""
+        return self.chain.call(self.contract.functions.licensePaid(asset_id, account))
 
     def license(self, asset_id: int, account: str) -> License:
         """``account``'s license to ``asset_id``."""
@@ -503,7 +539,9 @@ class AgentRegistryContract:
 
 
 class ReputationContract:
-    """Feedback accepted only from paying accounts."""
+    """Feedback on a [0, 100] scale, accepted only from accounts whose payment for the subject
+    qualifies them (at least max(price, the deployment's floor) into the asset's vault), once per
+    account and subject; never from the subject's owner, operators or agent wallet."""
 
     def __init__(self, chain: Chain, address: str) -> None:
         self.chain = chain
@@ -524,8 +562,15 @@ class ReputationContract:
         tag2: str = "",
         feedback_uri: str = "",
         feedback_hash: bytes = b"\x00" * 32,
+        gas: int | None = None,
     ) -> TxReceipt:
-        """Rate a subject the author paid for (by license, or by ``channel_id``)."""
+        """Rate a subject the author paid for (by its licenses of ``paid_asset_id``, or by the claims of
+        its channel ``channel_id`` for it); ``value / 10**value_decimals`` must lie in [0, 100].
+
+        Raises ContractRevert: InsufficientPayment, NotChannelPayer, ChannelForOtherAsset,
+        PaymentForOtherAsset, AssetNotOfAgent, SelfFeedback, AlreadyRated, ValueOutOfRange,
+        InvalidValueDecimals. ``gas`` skips the estimate (a revert then costs a mined transaction).
+        """
         feedback = (
             int(subject_kind),
             subject_id,
@@ -538,12 +583,54 @@ class ReputationContract:
             paid_asset_id,
             channel_id,
         )
-        return self.chain.send(self.contract.functions.giveFeedback(feedback), author)
+        return self.chain.send(self.contract.functions.giveFeedback(feedback), author, gas=gas)
 
-    def summary(self, subject_kind: SubjectKind, subject_id: int) -> FeedbackSummary:
-        """Count and average of the feedback about a subject."""
-        count, average, decimals = self.chain.call(self.contract.functions.getSummary(int(subject_kind), subject_id))
+    def summary(
+        self,
+        subject_kind: SubjectKind,
+        subject_id: int,
+        clients: Sequence[str] | None = None,
+        *,
+        tag1: str = "",
+        tag2: str = "",
+    ) -> FeedbackSummary:
+        """Count and average of the feedback about a subject.
+
+        With ``clients`` (ERC-8004 ``getSummary``): only those raters' feedback (each counted once),
+        whose tags equal ``tag1`` / ``tag2`` (empty matches any); an empty list raises ContractRevert
+        ClientAddressesRequired. Without (``None``): every rater's, in O(1) (``getUnfilteredSummary``;
+        tags are not filtered there, so passing a tag without clients raises ValueError).
+        """
+        if clients is None:
+            if tag1 or tag2:
+                raise ValueError("filtering by tag needs the raters to trust: pass clients")
+            fn = self.contract.functions.getUnfilteredSummary(int(subject_kind), subject_id)
+        else:
+            fn = self.contract.functions.getSummary(int(subject_kind), subject_id, list(clients), tag1, tag2)
+        count, average, decimals = self.chain.call(fn)
         return FeedbackSummary(count, average, decimals)
+
+    def payment_of(self, paid_asset_id: int, account: str, channel_id: int = 0) -> RaterPayment:
+        """What ``account`` paid into ``paid_asset_id``'s vault by its licenses (``channel_id`` 0) or by
+        that channel's claims, and what qualifies a rater. Raises ContractRevert NotChannelPayer,
+        ChannelForOtherAsset, UnknownAsset, UnknownChannel."""
+        paid, required = self.chain.call(self.contract.functions.paymentOf(paid_asset_id, channel_id, account))
+        return RaterPayment(paid, required)
+
+    def feedback(self, subject_kind: SubjectKind, subject_id: int, client: str) -> Feedback:
+        """``client``'s feedback about a subject (ContractRevert NoFeedback if none)."""
+        value, decimals, tag1, tag2 = self.chain.call(
+            self.contract.functions.readFeedback(int(subject_kind), subject_id, client)
+        )
+        return Feedback(value, decimals, tag1, tag2)
+
+    def clients(self, subject_kind: SubjectKind, subject_id: int) -> list[str]:
+        """Every account that rated the subject, in the order they rated."""
+        return list(self.chain.call(self.contract.functions.getClients(int(subject_kind), subject_id)))
+
+    def min_payment(self) -> int:
+        """The deployment's payment floor for raters (token base units)."""
+        return self.chain.call(self.contract.functions.minPayment())
 
     def has_rated(self, subject_kind: SubjectKind, subject_id: int, account: str) -> bool:
         """True if ``account`` already rated the subject."""
