@@ -139,7 +139,8 @@ def test_an_approved_operator_cannot_bind_its_wallet_and_spend_the_owners_allowa
     chain, market, alice, bob, session_key, funded_agent, approval
 ):
     """The issue's attack: bob, approved on the agent NFT, binds his own wallet (ERC-8004 lets an
-    operator do that) and pulls alice's tokens. The permission names the wallet alice granted it to."""
+    operator do that) and pulls alice's tokens. The permission lasts only as long as the binding
+    alice granted it under."""
     agent, token = funded_agent, market.token
     grant(market, alice, agent, session_key, to_units(100))
     if approval == "approve":
@@ -150,7 +151,7 @@ def test_an_approved_operator_cannot_bind_its_wallet_and_spend_the_owners_allowa
 
     bind_wallet(chain, market, bob, agent, bob)  # the operator binds itself: allowed, and now...
     assert market.agents.agent_wallet(agent) == bob.address
-    revert = expect_revert("PermissionForOtherWallet", spend, market, bob, agent, bob, to_units(100))
+    revert = expect_revert("WalletBindingChanged", spend, market, bob, agent, bob, to_units(100))
     assert revert.args_by_name == {"agentId": agent, "token": token.address,
                                    "permittedWallet": session_key.address, "agentWallet": bob.address}  # fmt: skip
     assert not permission(market, agent).active and permission(market, agent).remaining == 0
@@ -162,8 +163,10 @@ def test_an_approved_operator_cannot_bind_its_wallet_and_spend_the_owners_allowa
                                    "grantor": alice.address}  # fmt: skip
     assert (token.balance_of(alice.address), token.balance_of(bob.address)) == (alice_before, bob_before)
 
-    # the owner binds her wallet again: the permission she granted works for it, and only for it
+    # binding her wallet again does not revive it either: the owner grants anew, for that binding
     bind_wallet(chain, market, alice, agent, session_key)
+    expect_revert("WalletBindingChanged", spend, market, session_key, agent, alice, 1)
+    grant(market, alice, agent, session_key, to_units(100))
     spend(market, session_key, agent, alice, to_units(1))
     assert permission(market, agent).remaining == to_units(99)
 
@@ -184,11 +187,36 @@ def test_an_operator_cannot_unbind_then_bind_a_contract_wallet_that_says_yes_to_
     alice_before = token.balance_of(alice.address)
     call = market.agents.contract.functions.spendFromOwner(agent, token.address, bob.address, to_units(100))
     pull = wallet.functions.execute(market.agents.address, call._encode_transaction_data())
-    revert = expect_revert("PermissionForOtherWallet", chain.send, pull, bob)
+    revert = expect_revert("WalletBindingChanged", chain.send, pull, bob)
     assert (revert.args_by_name["permittedWallet"], revert.args_by_name["agentWallet"]) == (
         session_key.address, wallet.address,
     )  # fmt: skip
     assert token.balance_of(alice.address) == alice_before
+
+
+def test_an_operator_cannot_revive_a_permission_by_rebinding_the_granted_wallet(
+    chain, market, alice, bob, carol, session_key, funded_agent
+):
+    """Same kind, same wallet: alice unbinds her agent's wallet to stop it; bob (operator for all)
+    binds that very wallet again by replaying the signature it gave for the original binding (still
+    within its deadline). Any rebinding ends the permission, so nothing flows."""
+    agent, token = funded_agent, market.token
+    deadline = chain.timestamp() + 240
+    consent = market.agents.sign_wallet_binding(session_key, agent, alice.address, deadline).packed
+    market.agents.set_agent_wallet(alice, agent, session_key.address, deadline, consent)
+    grant(market, alice, agent, session_key, to_units(100))
+    binding = market.agents.wallet_binding_epoch(agent)
+    chain.send(market.agents.contract.functions.setApprovalForAll(bob.address, True), alice)
+    market.agents.unset_agent_wallet(alice, agent)
+    market.agents.set_agent_wallet(bob, agent, session_key.address, deadline, consent)  # the replay
+    assert market.agents.agent_wallet(agent) == session_key.address
+    assert market.agents.wallet_binding_epoch(agent) == binding + 2
+    revert = expect_revert("WalletBindingChanged", spend, market, session_key, agent, carol, 1)
+    assert (revert.args_by_name["permittedWallet"], revert.args_by_name["agentWallet"]) == (
+        session_key.address, session_key.address,
+    )  # fmt: skip
+    assert not permission(market, agent).active
+    assert token.balance_of(carol.address) == 0
 
 
 def test_a_grant_names_the_wallet_so_a_rebinding_sent_first_makes_it_fail(
@@ -208,7 +236,8 @@ def test_a_grant_names_the_wallet_so_a_rebinding_sent_first_makes_it_fail(
 
 def test_lowering_a_cap_mid_period_carries_what_was_spent(chain, market, alice, carol, session_key, funded_agent):
     """The issue's attack: re-grant 50 after 100 spent must not grant 50 more the same period; nor may
-    revoke-then-grant, a raise only adds the difference, and a new period length keeps counting."""
+    revoke-then-grant or rebind-then-grant, a raise only adds the difference, and a new period length
+    keeps counting."""
     agent = funded_agent
     grant(market, alice, agent, session_key, to_units(100))
     spend(market, session_key, agent, carol, to_units(100))
@@ -222,6 +251,10 @@ def test_lowering_a_cap_mid_period_carries_what_was_spent(chain, market, alice, 
     market.agents.revoke_spend_permission(alice, agent, market.token.address)
     grant(market, alice, agent, session_key, to_units(50))
     assert permission(market, agent).remaining == 0
+    expect_revert("SpendPermissionExceeded", spend, market, session_key, agent, carol, 1)
+
+    bind_wallet(chain, market, alice, agent, session_key)  # a rebinding ends the grant...
+    grant(market, alice, agent, session_key, to_units(50))  # ...but the period's spending carries over
     expect_revert("SpendPermissionExceeded", spend, market, session_key, agent, carol, 1)
 
     grant(market, alice, agent, session_key, to_units(130))  # a raise: 30 more this period, not 130

@@ -16,10 +16,10 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 /// An owner can let the agent wallet pull up to `allowance` of a token per `period` from the
 /// owner's balance, so a human caps what the agent can spend; revocable at once.
 /// A spend permission is the owner's alone: only the owner grants or changes it; it names the
-/// wallet it was granted to and works only while that wallet is the agent's (so an approved
-/// operator who binds its own wallet gets nothing); re-granting within a period keeps what was
-/// spent in it; any transfer of the agent NFT ends every permission for good (a per-agent
-/// ownership epoch), and the grantor can always revoke.
+/// wallet it was granted to and works only while that binding lasts — any rebinding (another
+/// wallet, or the same one unbound and bound again, e.g. by an approved operator) ends it;
+/// re-granting within a period keeps what was spent in it; any transfer of the agent NFT ends
+/// every permission for good (a per-agent ownership epoch), and the grantor can always revoke.
 /// @dev Function and event names follow the ERC-8004 identity registry.
 contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
@@ -31,17 +31,26 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice An owner's grant to one agent wallet for one token (three storage slots).
-    /// `grantor` is zero once revoked; `epoch` is the agent's ownership epoch at the grant, so the
-    /// permission is dead once the agent changes hands; `periodStart`, `period` in seconds;
-    /// amounts in token base units.
+    /// `grantor` is zero once revoked; `epoch` and `binding` are the agent's ownership epoch and
+    /// wallet-binding count at the grant: the permission is dead once the agent changes hands or its
+    /// wallet is bound again; `periodStart`, `period` in seconds; amounts in token base units.
     struct SpendPermission {
         address grantor;
         uint48 period;
         uint48 periodStart;
         address wallet;
-        uint64 epoch;
+        uint48 epoch;
+        uint48 binding;
         uint128 allowance;
         uint128 spentInPeriod;
+    }
+
+    /// @notice An agent's wallet and the counters of its history, in one slot: how many times the
+    /// NFT moved (transfer, transfer to self, burn) and how many times a wallet was bound or unbound.
+    struct AgentState {
+        address wallet;
+        uint48 ownershipEpoch;
+        uint48 bindingEpoch;
     }
 
     // ---------------------------------------------------------------- errors
@@ -62,8 +71,9 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
     error NotAgentWallet(uint256 agentId, address caller, address wallet);
     /// @notice There is no live permission (never granted, revoked, or the agent changed owner).
     error NoSpendPermission(uint256 agentId, address token);
-    /// @notice The permission was granted to `permittedWallet`, not to the agent's wallet now.
-    error PermissionForOtherWallet(uint256 agentId, address token, address permittedWallet, address agentWallet);
+    /// @notice The wallet binding changed since the grant: the agent's wallet is now `agentWallet`
+    /// (another wallet than `permittedWallet`, or the same one unbound and bound again).
+    error WalletBindingChanged(uint256 agentId, address token, address permittedWallet, address agentWallet);
     /// @notice A grant must name the agent's current wallet (`boundWallet`, zero if none).
     error WalletNotBound(uint256 agentId, address wallet, address boundWallet);
     /// @notice Only the permission's grantor may revoke it.
@@ -115,13 +125,11 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
     uint256 public agentCount;
     /// @dev Metadata by agent and key.
     mapping(uint256 agentId => mapping(string metadataKey => bytes metadataValue)) private _metadata;
-    /// @dev The wallet the agent acts from.
-    mapping(uint256 agentId => address wallet) private _agentWallet;
+    /// @dev The wallet the agent acts from, and its epochs: a permission granted before either
+    /// epoch moved on is dead.
+    mapping(uint256 agentId => AgentState) private _agents;
     /// @notice Spend permissions by agent and token.
     mapping(uint256 agentId => mapping(address token => SpendPermission)) private _permissions;
-    /// @notice How many times the agent NFT has moved (transfer, transfer to self, burn); a
-    /// permission granted under an earlier epoch is dead.
-    mapping(uint256 agentId => uint64 epoch) public ownershipEpoch;
 
     // ---------------------------------------------------------------- constructor
 
@@ -162,7 +170,7 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
 
     /// @notice Binds `newWallet` to the agent; `signature` is newWallet's EIP-712 AgentWalletSet
     /// (ERC-1271 for a contract wallet). The owner or an approved operator may call it (ERC-8004);
-    /// a spend permission still pays only the wallet its grantor named.
+    /// any (re)binding ends the spend permissions granted before it: the owner grants anew.
     function setAgentWallet(uint256 agentId, address newWallet, uint256 deadline, bytes calldata signature)
         external
     {
@@ -180,8 +188,8 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         _writeAgentWallet(agentId, newWallet);
     }
 
-    /// @notice Removes the agent's wallet binding; spend permissions stop working until the wallet
-    /// they name is bound again.
+    /// @notice Removes the agent's wallet binding; this ends its spend permissions (binding the
+    /// same wallet again does not revive them: the owner grants anew).
     function unsetAgentWallet(uint256 agentId) external {
         _checkOwnerOrOperator(agentId);
         _writeAgentWallet(agentId, address(0));
@@ -191,9 +199,10 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
 
     /// @notice Lets `wallet` (which must be the agent's wallet now) pull up to `allowance` of
     /// `token` (base units; above 2^128 - 1 means unlimited) per `period` seconds from the caller,
-    /// the agent's owner. The owner must also approve this registry on the token. Naming the wallet
-    /// means a rebinding sent just before the grant makes it revert instead of empowering another
-    /// wallet. Re-granting (to lower, raise or change the period) within the current period keeps
+    /// the agent's owner, for as long as this wallet binding lasts. The owner must also approve
+    /// this registry on the token. Naming the wallet means a rebinding sent just before the grant
+    /// makes it revert instead of empowering another wallet. Re-granting (to lower, raise, change
+    /// the period, or after a rebinding) under the same ownership within the current period keeps
     /// what it already spent; a new period length starts a new period now, still counting that.
     /// @dev Reverts NotAgentOwner (caller is not the owner, operators included), ZeroAddress,
     /// InvalidPeriod (0 or above 2^48 - 1), WalletNotBound.
@@ -203,15 +212,15 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         if (_requireOwned(agentId) != msg.sender) revert NotAgentOwner(agentId, msg.sender);
         if (token == address(0) || wallet == address(0)) revert ZeroAddress();
         if (period == 0 || period > type(uint48).max) revert InvalidPeriod(period);
-        address bound = _agentWallet[agentId];
-        if (wallet != bound) revert WalletNotBound(agentId, wallet, bound);
+        AgentState memory agent = _agents[agentId];
+        if (wallet != agent.wallet) revert WalletNotBound(agentId, wallet, agent.wallet);
 
         SpendPermission storage permission = _permissions[agentId][token];
-        uint64 epoch = ownershipEpoch[agentId];
         uint48 periodStart = uint48(block.timestamp);
         uint128 spent;
-        // A permission written under this epoch (live or revoked) is the same owner's: keep counting.
-        if (permission.period != 0 && permission.epoch == epoch) {
+        // A permission written under this ownership (live, revoked or rebound) is the same owner's
+        // money this period: keep counting.
+        if (permission.period != 0 && permission.epoch == agent.ownershipEpoch) {
             (uint48 currentStart, bool rolled) = _currentPeriod(permission.periodStart, permission.period);
             if (!rolled) spent = permission.spentInPeriod;
             if (permission.period == period) periodStart = currentStart;
@@ -222,7 +231,8 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
             period: uint48(period),
             periodStart: periodStart,
             wallet: wallet,
-            epoch: epoch,
+            epoch: agent.ownershipEpoch,
+            binding: agent.bindingEpoch,
             allowance: cap,
             spentInPeriod: spent
         });
@@ -244,18 +254,22 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
 
     /// @notice Called by the agent wallet: moves `amount` (base units) of the owner's `token` to `to`.
     /// @dev Reverts NotAgentWallet (caller is not the agent's wallet), NoSpendPermission (never
-    /// granted, revoked, or the agent moved since), PermissionForOtherWallet (granted to another
-    /// wallet than the one bound now), SpendPermissionExceeded.
+    /// granted, revoked, or the agent moved since), WalletBindingChanged (the wallet was bound
+    /// again since the grant), SpendPermissionExceeded.
     function spendFromOwner(uint256 agentId, address token, address to, uint256 amount) external nonReentrant {
-        address wallet = _agentWallet[agentId];
+        AgentState memory agent = _agents[agentId];
+        address wallet = agent.wallet;
         if (msg.sender != wallet || wallet == address(0)) revert NotAgentWallet(agentId, msg.sender, wallet);
         SpendPermission storage permission = _permissions[agentId][token];
         address grantor = permission.grantor;
         // The grantor is the owner: only the owner grants, and any move of the NFT bumps the epoch.
-        if (grantor == address(0) || permission.epoch != ownershipEpoch[agentId]) {
+        if (grantor == address(0) || permission.epoch != agent.ownershipEpoch) {
             revert NoSpendPermission(agentId, token);
         }
-        if (permission.wallet != wallet) revert PermissionForOtherWallet(agentId, token, permission.wallet, wallet);
+        // The wallet is the one granted to, under the same binding: any rebinding bumps the count.
+        if (permission.binding != agent.bindingEpoch) {
+            revert WalletBindingChanged(agentId, token, permission.wallet, wallet);
+        }
         (uint48 periodStart, bool rolled) = _currentPeriod(permission.periodStart, permission.period);
         if (rolled) {
             permission.periodStart = periodStart;
@@ -273,7 +287,7 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
     /// @notice ERC-8004: the wallet the agent acts from.
     function getAgentWallet(uint256 agentId) external view returns (address) {
         _requireOwned(agentId);
-        return _agentWallet[agentId];
+        return _agents[agentId].wallet;
     }
 
     /// @notice ERC-8004: one metadata entry.
@@ -282,19 +296,30 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice The permission for `token`, whether the agent wallet can use it now (granted, not
-    /// revoked, same ownership epoch, granted to the wallet bound now) and what is left of it in the
-    /// current period (0 when not active).
+    /// revoked, same ownership epoch, same wallet binding) and what is left of it in the current
+    /// period (0 when not active).
     function spendPermission(uint256 agentId, address token)
         external
         view
         returns (SpendPermission memory permission, bool active, uint256 remaining)
     {
         permission = _permissions[agentId][token];
-        active = permission.grantor != address(0) && permission.epoch == ownershipEpoch[agentId]
-            && permission.wallet == _agentWallet[agentId];
+        AgentState memory agent = _agents[agentId];
+        active = permission.grantor != address(0) && permission.epoch == agent.ownershipEpoch
+            && permission.binding == agent.bindingEpoch;
         if (!active) return (permission, false, 0);
         (, bool rolled) = _currentPeriod(permission.periodStart, permission.period);
         remaining = _remaining(permission.allowance, rolled ? 0 : permission.spentInPeriod);
+    }
+
+    /// @notice How many times the agent NFT has moved (transfer, transfer to self, burn).
+    function ownershipEpoch(uint256 agentId) external view returns (uint256) {
+        return _agents[agentId].ownershipEpoch;
+    }
+
+    /// @notice How many times the agent's wallet was bound or unbound (registration included).
+    function walletBindingEpoch(uint256 agentId) external view returns (uint256) {
+        return _agents[agentId].bindingEpoch;
     }
 
     /// @notice The EIP-712 digest a wallet signs to be bound to `agentId`.
@@ -322,8 +347,12 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         emit MetadataSet(agentId, metadataKey, metadataKey, metadataValue);
     }
 
+    /// @dev Every write of the binding (bind, unbind, transfer) ends the permissions granted under
+    /// the previous one.
     function _writeAgentWallet(uint256 agentId, address wallet) internal {
-        _agentWallet[agentId] = wallet;
+        AgentState storage agent = _agents[agentId];
+        agent.wallet = wallet;
+        ++agent.bindingEpoch;
         bytes memory value = wallet == address(0) ? bytes("") : abi.encodePacked(wallet);
         _metadata[agentId]["agentWallet"] = value;
         emit MetadataSet(agentId, "agentWallet", "agentWallet", value);
@@ -354,7 +383,7 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
     function _update(address to, uint256 tokenId, address auth) internal override returns (address from) {
         from = super._update(to, tokenId, auth);
         if (from != address(0)) {
-            ++ownershipEpoch[tokenId];
+            ++_agents[tokenId].ownershipEpoch;
             _writeAgentWallet(tokenId, address(0));
         }
     }

@@ -116,9 +116,10 @@ class SpendPermission:
     units, ``period`` and ``period_start`` in seconds).
 
     ``grantor`` is the zero address once revoked (or if never granted); ``wallet`` is the wallet it
-    was granted to; ``epoch`` the agent's ownership epoch at the grant. ``active`` is true while the
-    agent wallet can use it (granted, not revoked, the agent not moved since, ``wallet`` still bound);
-    ``remaining`` is what is left in the current period (0 when not active).
+    was granted to; ``epoch`` and ``binding`` the agent's ownership epoch and wallet-binding count at
+    the grant. ``active`` is true while the agent wallet can use it (granted, not revoked, the agent
+    not moved and its wallet not bound again since); ``remaining`` is what is left in the current
+    period (0 when not active).
     """
 
     grantor: str
@@ -130,6 +131,7 @@ class SpendPermission:
     wallet: str = "0x0000000000000000000000000000000000000000"
     epoch: int = 0
     active: bool = False
+    binding: int = 0
 
 
 @dataclass(frozen=True)
@@ -507,7 +509,8 @@ class AgentRegistryContract:
         self, owner: LocalAccount, agent_id: int, token: str, allowance: int, period: int, *, wallet: str
     ) -> TxReceipt:
         """Let ``wallet`` (the agent's wallet now) pull ``allowance`` (base units) per ``period`` seconds
-        of ``token`` from ``owner``. Re-granting within a period keeps what it already spent.
+        of ``token`` from ``owner``, while this wallet binding lasts (any rebinding or transfer ends it).
+        Re-granting within a period keeps what it already spent.
 
         Raises ContractRevert: NotAgentOwner (not the owner; operators may not grant), WalletNotBound
         (``wallet`` is not the agent's wallet now), InvalidPeriod, ZeroAddress.
@@ -524,14 +527,18 @@ class AgentRegistryContract:
 
     def spend_permission(self, agent_id: int, token: str) -> SpendPermission:
         """The permission, whether the agent wallet can use it now, and what is left of it this period."""
-        (grantor, period, start, wallet, epoch, allowance, spent), active, remaining = self.chain.call(
+        (grantor, period, start, wallet, epoch, binding, allowance, spent), active, remaining = self.chain.call(
             self.contract.functions.spendPermission(agent_id, token)
         )
-        return SpendPermission(grantor, allowance, period, start, spent, remaining, wallet, epoch, active)
+        return SpendPermission(grantor, allowance, period, start, spent, remaining, wallet, epoch, active, binding)
 
     def ownership_epoch(self, agent_id: int) -> int:
         """How many times the agent NFT has moved; permissions of an earlier epoch are dead."""
         return self.chain.call(self.contract.functions.ownershipEpoch(agent_id))
+
+    def wallet_binding_epoch(self, agent_id: int) -> int:
+        """How many times the agent's wallet was bound or unbound; permissions granted before are dead."""
+        return self.chain.call(self.contract.functions.walletBindingEpoch(agent_id))
 
     def spend_from_owner(self, wallet: LocalAccount, agent_id: int, token: str, to: str, amount: int) -> TxReceipt:
         """The agent wallet pulls ``amount`` of the owner's tokens to ``to``."""
