@@ -284,10 +284,17 @@ def check_balance(ctx: ToolContext, args: NoArgs) -> BalanceResult:
 
 
 def rate_asset(ctx: ToolContext, args: RateArgs) -> RateResult:
-    channels = [cid for cid, c in ctx.wallet.channels.items() if c.asset_id == args.asset_id]
-    receipt = _api(lambda: ctx.client.market.reputation.give_feedback(
+    """Rate with the payment that proves the most: this wallet's licenses of the asset (proof 0) or
+    one of its channels for it; the chain refuses (ActionRefused, InsufficientPayment) unless that is
+    at least max(the asset's price, the deployment's floor)."""
+    reputation = ctx.client.market.reputation
+    proofs = [0, *(cid for cid, c in ctx.wallet.channels.items() if c.asset_id == args.asset_id)]
+    paid = {cid: _api(lambda cid=cid: reputation.payment_of(args.asset_id, ctx.wallet.address, cid).paid)
+            for cid in proofs}  # fmt: skip
+    channel_id = max(proofs, key=paid.__getitem__)
+    receipt = _api(lambda: reputation.give_feedback(
         ctx.wallet.account, subject_kind=SubjectKind.ASSET, subject_id=args.asset_id, value=args.value,
-        paid_asset_id=args.asset_id, channel_id=channels[0] if channels else 0, tag1=args.tag))  # fmt: skip
+        paid_asset_id=args.asset_id, channel_id=channel_id, tag1=args.tag))  # fmt: skip
     return RateResult(asset_id=args.asset_id, value=args.value, tx_hash="0x" + bytes(receipt["transactionHash"]).hex())
 
 
@@ -316,7 +323,9 @@ TOOLS: dict[str, Tool] = {
              invoke_model),
         Tool("check_balance", "The agent's tUSD balance, spend so far, and remaining budget.", NoArgs,
              check_balance),
-        Tool("rate_asset", "Rate an asset this agent paid for (0-100).", RateArgs, rate_asset),
+        Tool("rate_asset", "Rate an asset this agent paid for (0-100): its licenses, or one channel's claims, must "
+             "have paid the asset's vault at least its price and the deployment's floor (0.01 tUSD by default).",
+             RateArgs, rate_asset),
         Tool("publish_asset", "Publish text content as a dataset or model at a price.", PublishArgs, publish_asset),
     ]
 }  # fmt: skip

@@ -20,7 +20,7 @@ from web3 import Web3
 
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import AssetKind
+from marketplace.chain.market import AssetKind, SubjectKind
 from marketplace.chain.token import to_units
 
 HOUR = 3600
@@ -96,11 +96,33 @@ def measure() -> dict[str, int]:
         gas["channel claim (first)"] = channels.claim(relayer, channel_id, to_units(1), first)["gasUsed"]
         second = channels.sign_voucher(session_key, channel_id, to_units(2))
         gas["channel claim (later)"] = channels.claim(relayer, channel_id, to_units(2), second)["gasUsed"]
+        # carol bought `wide` (license proof) and paid `simple` 2 tUSD through the channel (channel proof)
+        rate = market.reputation.give_feedback
+        gas["giveFeedback (license proof)"] = rate(
+            carol, subject_kind=SubjectKind.ASSET, subject_id=wide, paid_asset_id=wide, value=80, tag1="quality"
+        )["gasUsed"]
+        gas["giveFeedback (channel proof)"] = rate(
+            carol, subject_kind=SubjectKind.ASSET, subject_id=simple, paid_asset_id=simple, channel_id=channel_id,
+            value=80, tag1="quality",
+        )["gasUsed"]  # fmt: skip
         chain.time_travel(deadline)
         gas["channel reclaim"] = channels.reclaim(relayer, channel_id)["gasUsed"]
 
         register = market.agents.contract.get_function_by_signature("register(string)")("https://agent.example/1")
-        gas["agent register (with URI)"] = chain.send(register, alice)["gasUsed"]
+        receipt = chain.send(register, alice)
+        gas["agent register (with URI)"] = receipt["gasUsed"]
+        (registered,) = chain.events(market.agents.contract, receipt, "Registered")
+        agent_id, agents = registered["agentId"], market.agents
+        binding_deadline = chain.timestamp() + 60
+        binding = agents.sign_wallet_binding(session_key, agent_id, alice.address, binding_deadline)
+        agents.set_agent_wallet(alice, agent_id, session_key.address, binding_deadline, binding.packed)
+        token.approve(alice, agents.address, to_units(10))
+        gas["grantSpendPermission"] = agents.grant_spend_permission(
+            alice, agent_id, token.address, to_units(5), 86_400, wallet=session_key.address
+        )["gasUsed"]
+        spend = agents.spend_from_owner
+        gas["spendFromOwner (first)"] = spend(session_key, agent_id, token.address, bob.address, 1)["gasUsed"]
+        gas["spendFromOwner (later)"] = spend(session_key, agent_id, token.address, bob.address, 1)["gasUsed"]
     return gas
 
 

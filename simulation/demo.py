@@ -150,7 +150,9 @@ class _Story:
             deadline = self.chain.timestamp() + 240
             signature = agents.sign_wallet_binding(wallet.account, agent_id, self.owner.address, deadline)
             agents.set_agent_wallet(self.owner, agent_id, wallet.address, deadline, signature.packed)
-            agents.grant_spend_permission(self.owner, agent_id, token.address, allowances[name], 86_400)
+            agents.grant_spend_permission(
+                self.owner, agent_id, token.address, allowances[name], 86_400, wallet=wallet.address
+            )
             self.agent_ids[name] = wallet.agent_id = agent_id  # payments top up from the owner, within the cap
         self.say(
             f"the owner registered agents #{self.agent_ids['builder']} (builder) and #{self.agent_ids['buyer']} "
@@ -246,8 +248,12 @@ class _Story:
         context = ToolContext(self.buyer_client, self.buyer_wallet, self.work_dir / "buyer-downloads")
         model = self.built.model_id
         run_tool(context, "rate_asset", {"asset_id": model, "value": 90, "tag": "accurate"})
-        summary = self.market.reputation.summary(SubjectKind.ASSET, model)
-        self.say(f"the buyer rated model #{model} 90/100 (only payers may rate; {summary.count} rating on chain)")
+        buyer = self.buyer_wallet.address
+        summary = self.market.reputation.summary(SubjectKind.ASSET, model, [buyer])
+        floor = self.market.reputation.min_payment()
+        self.say(f"the buyer rated model #{model} 90/100: a rater must have paid the model's vault at least "
+                 f"max(its price, {format_units(floor)} tUSD); this one's channel claims did "
+                 f"({summary.count} rating from it on chain, average {summary.average:.0f})")  # fmt: skip
 
     def settle(self) -> None:
         settled = self.app.state.services.settler.settle_once()

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agents import AgentError, BadArguments, NotFound, OverBudget, PaymentRefused, UnknownTool
+from agents import ActionRefused, AgentError, BadArguments, NotFound, OverBudget, PaymentRefused, UnknownTool
 from agents.tools import TOOLS, ToolContext, mcp_tools, openai_tools, parse_arguments, run_tool
 from marketplace.api import Settings, create_app
 from marketplace.chain.market import AssetKind, SubjectKind
@@ -94,6 +94,21 @@ def test_every_tool_on_the_happy_path(server, chain, market, alice, bob, assets,
     balance = run_tool(agent, "check_balance", {})
     assert balance.spent_this_run == 1_500_000 + to_units(1) == before - balance.balance == agent.ledger.total()
     assert balance.locked_in_channels == to_units(1) - MODEL_PRICE
+
+
+def test_rate_asset_needs_a_payment_that_reached_the_vault(server, chain, market, alice, relayer, assets, tmp_path):
+    """A model call paid by a voucher the gateway has not claimed yet is no payment on chain: the chain
+    refuses the rating (typed). Once the channel's claims reach the price the tool rates through it."""
+    agent = context_for(alice, server, chain, tmp_path)
+    model = assets["model"]
+    channel = run_tool(agent, "open_channel", {"asset_id": model, "deposit": to_units(1)}).channel_id
+    run_tool(agent, "invoke_model", {"model_id": model, "input": [1, 2]})
+    with pytest.raises(ActionRefused, match=f"InsufficientPayment.*paid=0, required={MODEL_PRICE}"):
+        run_tool(agent, "rate_asset", {"asset_id": model, "value": 70})
+    market.channels.claim(relayer, channel, MODEL_PRICE, market.channels.sign_voucher(alice, channel, MODEL_PRICE))
+    run_tool(agent, "rate_asset", {"asset_id": model, "value": 70, "tag": "fast"})
+    feedback = market.reputation.feedback(SubjectKind.ASSET, model, alice.address)
+    assert (feedback.value, feedback.tag1) == (70, "fast")
 
 
 def test_bad_arguments_unknown_tools_refusals_are_typed(server, chain, market, alice, assets, tmp_path):

@@ -162,7 +162,9 @@ def test_a_shortfall_is_pulled_from_the_owner_within_the_spend_permission(server
     deadline = chain.timestamp() + 120
     binding = market.agents.sign_wallet_binding(agent_key, agent_id, alice.address, deadline)
     market.agents.set_agent_wallet(alice, agent_id, agent_key.address, deadline, binding.packed)
-    market.agents.grant_spend_permission(alice, agent_id, market.token.address, to_units(3), 86_400)
+    market.agents.grant_spend_permission(
+        alice, agent_id, market.token.address, to_units(3), 86_400, wallet=agent_key.address
+    )
     market.token.approve(alice, market.agents.address, to_units(100))
     other = market.marketplace.publish(alice, kind=AssetKind.DATASET, content_hash=b"\x03" * 32, uri="ipfs://3",
                                        price=DATA_PRICE, token=market.token.address,

@@ -68,11 +68,18 @@ def test_catalog_filters_and_pages(client, alice, story):
     assert (page["total"], [a["asset_id"] for a in page["items"]]) == (3, [story["wine"]])
 
 
-def test_asset_detail_has_split_lineage_revenue_and_rating(client, market, carol, story):
+def test_asset_detail_has_split_lineage_revenue_and_rating(client, market, admin, carol, story):
     detail = client.get(f"/v1/assets/{story['model']}").json()
     assert detail["licenses_sold"] == 1
     assert detail["revenue_received"] == str(to_units(2))
     assert detail["rating"] == {"count": 1, "average": 4.0}
+    # ratings are value / 10**valueDecimals on the chain's [0, 100] scale: 4 and 65.5 average 34.75
+    market.token.mint(admin, admin.address, to_units(2))
+    market.token.approve(admin, market.marketplace.address, to_units(2))
+    market.marketplace.buy(admin, story["model"], to_units(2))
+    market.reputation.give_feedback(admin, subject_kind=SubjectKind.ASSET, subject_id=story["model"], value=655,
+                                    value_decimals=1, paid_asset_id=story["model"])  # fmt: skip
+    assert client.get(f"/v1/assets/{story['model']}").json()["rating"] == {"count": 2, "average": 34.75}
     shares = {p["account"]: (p["share_bps"], p["parent_asset_id"]) for p in detail["payees"]}
     assert shares[carol.address] == (8_000 * 0.99, None)
     assert shares[market.marketplace.vault_of(story["iris"])] == (1_000 * 0.99, story["iris"])

@@ -15,6 +15,11 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 /// keys the marketplace reads: `encryptionKey` (32-byte X25519 public key) and `endpoint`.
 /// An owner can let the agent wallet pull up to `allowance` of a token per `period` from the
 /// owner's balance, so a human caps what the agent can spend; revocable at once.
+/// A spend permission is the owner's alone: only the owner grants or changes it; it names the
+/// wallet it was granted to and works only while that binding lasts — any rebinding (another
+/// wallet, or the same one unbound and bound again, e.g. by an approved operator) ends it;
+/// re-granting within a period keeps what was spent in it; any transfer of the agent NFT ends
+/// every permission for good (a per-agent ownership epoch), and the grantor can always revoke.
 /// @dev Function and event names follow the ERC-8004 identity registry.
 contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
@@ -25,18 +30,32 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         bytes metadataValue;
     }
 
-    /// @notice An owner's grant to the agent wallet for one token.
+    /// @notice An owner's grant to one agent wallet for one token (three storage slots).
+    /// `grantor` is zero once revoked; `epoch` and `binding` are the agent's ownership epoch and
+    /// wallet-binding count at the grant: the permission is dead once the agent changes hands or its
+    /// wallet is bound again; `periodStart`, `period` in seconds; amounts in token base units.
     struct SpendPermission {
         address grantor;
         uint48 period;
         uint48 periodStart;
+        address wallet;
+        uint48 epoch;
+        uint48 binding;
         uint128 allowance;
         uint128 spentInPeriod;
     }
 
+    /// @notice An agent's wallet and the counters of its history, in one slot: how many times the
+    /// NFT moved (transfer, transfer to self, burn) and how many times a wallet was bound or unbound.
+    struct AgentState {
+        address wallet;
+        uint48 ownershipEpoch;
+        uint48 bindingEpoch;
+    }
+
     // ---------------------------------------------------------------- errors
 
-    /// @notice Only the agent's owner (or an approved operator) may do this.
+    /// @notice Only the agent's owner may do this (for identity updates, also an approved operator).
     error NotAgentOwner(uint256 agentId, address caller);
     /// @notice `agentWallet` is set only through setAgentWallet.
     error ReservedMetadataKey(string metadataKey);
@@ -52,6 +71,13 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
     error NotAgentWallet(uint256 agentId, address caller, address wallet);
     /// @notice There is no live permission (never granted, revoked, or the agent changed owner).
     error NoSpendPermission(uint256 agentId, address token);
+    /// @notice The wallet binding changed since the grant: the agent's wallet is now `agentWallet`
+    /// (another wallet than `permittedWallet`, or the same one unbound and bound again).
+    error WalletBindingChanged(uint256 agentId, address token, address permittedWallet, address agentWallet);
+    /// @notice A grant must name the agent's current wallet (`boundWallet`, zero if none).
+    error WalletNotBound(uint256 agentId, address wallet, address boundWallet);
+    /// @notice Only the permission's grantor may revoke it.
+    error NotGrantor(uint256 agentId, address token, address caller, address grantor);
     /// @notice The request is above what is left of this period's allowance.
     error SpendPermissionExceeded(uint256 agentId, address token, uint256 remaining, uint256 requested);
     /// @notice A permission period must be at least one second.
@@ -67,12 +93,19 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
     event MetadataSet(
         uint256 indexed agentId, string indexed indexedMetadataKey, string metadataKey, bytes metadataValue
     );
-    /// @notice The owner let the agent wallet spend `allowance` of `token` per `period` seconds.
+    /// @notice The owner let `wallet` spend `allowance` of `token` per `period` seconds;
+    /// `spentInPeriod` is what the current period already used (carried over by a re-grant).
     event SpendPermissionGranted(
-        uint256 indexed agentId, address indexed token, address indexed grantor, uint256 allowance, uint256 period
+        uint256 indexed agentId,
+        address indexed token,
+        address indexed grantor,
+        address wallet,
+        uint256 allowance,
+        uint256 period,
+        uint256 spentInPeriod
     );
-    /// @notice The owner withdrew the permission.
-    event SpendPermissionRevoked(uint256 indexed agentId, address indexed token);
+    /// @notice The grantor withdrew the permission.
+    event SpendPermissionRevoked(uint256 indexed agentId, address indexed token, address indexed grantor);
     /// @notice The agent wallet pulled `amount` of the owner's `token` to `to`.
     event SpendPermissionUsed(
         uint256 indexed agentId, address indexed token, address indexed to, uint256 amount, uint256 spentInPeriod
@@ -92,8 +125,9 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
     uint256 public agentCount;
     /// @dev Metadata by agent and key.
     mapping(uint256 agentId => mapping(string metadataKey => bytes metadataValue)) private _metadata;
-    /// @dev The wallet the agent acts from.
-    mapping(uint256 agentId => address wallet) private _agentWallet;
+    /// @dev The wallet the agent acts from, and its epochs: a permission granted before either
+    /// epoch moved on is dead.
+    mapping(uint256 agentId => AgentState) private _agents;
     /// @notice Spend permissions by agent and token.
     mapping(uint256 agentId => mapping(address token => SpendPermission)) private _permissions;
 
@@ -134,7 +168,9 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         _setMetadata(agentId, metadataKey, metadataValue);
     }
 
-    /// @notice Binds `newWallet` to the agent; `signature` is newWallet's EIP-712 AgentWalletSet.
+    /// @notice Binds `newWallet` to the agent; `signature` is newWallet's EIP-712 AgentWalletSet
+    /// (ERC-1271 for a contract wallet). The owner or an approved operator may call it (ERC-8004);
+    /// any (re)binding ends the spend permissions granted before it: the owner grants anew.
     function setAgentWallet(uint256 agentId, address newWallet, uint256 deadline, bytes calldata signature)
         external
     {
@@ -152,7 +188,8 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         _writeAgentWallet(agentId, newWallet);
     }
 
-    /// @notice Removes the agent's wallet binding (its spend permissions stop working too).
+    /// @notice Removes the agent's wallet binding; this ends its spend permissions (binding the
+    /// same wallet again does not revive them: the owner grants anew).
     function unsetAgentWallet(uint256 agentId) external {
         _checkOwnerOrOperator(agentId);
         _writeAgentWallet(agentId, address(0));
@@ -160,42 +197,85 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- external: spend permissions
 
-    /// @notice Lets the agent wallet pull up to `allowance` of `token` per `period` seconds from
-    /// the caller (the agent's owner). The owner must also approve this registry on the token.
-    function grantSpendPermission(uint256 agentId, address token, uint256 allowance, uint256 period) external {
+    /// @notice Lets `wallet` (which must be the agent's wallet now) pull up to `allowance` of
+    /// `token` (base units; above 2^128 - 1 means unlimited) per `period` seconds from the caller,
+    /// the agent's owner, for as long as this wallet binding lasts. The owner must also approve
+    /// this registry on the token. Naming the wallet means a rebinding sent just before the grant
+    /// makes it revert instead of empowering another wallet. Re-granting (to lower, raise, change
+    /// the period, or after a rebinding) under the same ownership within the current period keeps
+    /// what it already spent; a new period length starts a new period now, still counting that.
+    /// @dev Reverts NotAgentOwner (caller is not the owner, operators included), ZeroAddress,
+    /// InvalidPeriod (0 or above 2^48 - 1), WalletNotBound.
+    function grantSpendPermission(uint256 agentId, address token, address wallet, uint256 allowance, uint256 period)
+        external
+    {
         if (_requireOwned(agentId) != msg.sender) revert NotAgentOwner(agentId, msg.sender);
-        if (token == address(0)) revert ZeroAddress();
+        if (token == address(0) || wallet == address(0)) revert ZeroAddress();
         if (period == 0 || period > type(uint48).max) revert InvalidPeriod(period);
+        AgentState memory agent = _agents[agentId];
+        if (wallet != agent.wallet) revert WalletNotBound(agentId, wallet, agent.wallet);
+
+        SpendPermission storage permission = _permissions[agentId][token];
+        uint48 periodStart = uint48(block.timestamp);
+        uint128 spent;
+        // A permission written under this ownership (live, revoked or rebound) is the same owner's
+        // money this period: keep counting.
+        if (permission.period != 0 && permission.epoch == agent.ownershipEpoch) {
+            (uint48 currentStart, bool rolled) = _currentPeriod(permission.periodStart, permission.period);
+            if (!rolled) spent = permission.spentInPeriod;
+            if (permission.period == period) periodStart = currentStart;
+        }
+        uint128 cap = uint128(allowance > type(uint128).max ? type(uint128).max : allowance);
         _permissions[agentId][token] = SpendPermission({
             grantor: msg.sender,
             period: uint48(period),
-            periodStart: uint48(block.timestamp),
-            allowance: uint128(allowance > type(uint128).max ? type(uint128).max : allowance),
-            spentInPeriod: 0
+            periodStart: periodStart,
+            wallet: wallet,
+            epoch: agent.ownershipEpoch,
+            binding: agent.bindingEpoch,
+            allowance: cap,
+            spentInPeriod: spent
         });
-        emit SpendPermissionGranted(agentId, token, msg.sender, allowance, period);
+        emit SpendPermissionGranted(agentId, token, msg.sender, wallet, allowance, period, spent);
     }
 
-    /// @notice Withdraws the permission at once.
+    /// @notice Withdraws the permission at once. Its grantor may always revoke, also after the
+    /// agent changed hands (the permission is dead then anyway). What the current period spent is
+    /// remembered, so revoking and re-granting does not reset it.
+    /// @dev Reverts NoSpendPermission (none, or already revoked), NotGrantor.
     function revokeSpendPermission(uint256 agentId, address token) external {
-        if (_requireOwned(agentId) != msg.sender) revert NotAgentOwner(agentId, msg.sender);
-        delete _permissions[agentId][token];
-        emit SpendPermissionRevoked(agentId, token);
+        SpendPermission storage permission = _permissions[agentId][token];
+        address grantor = permission.grantor;
+        if (grantor == address(0)) revert NoSpendPermission(agentId, token);
+        if (grantor != msg.sender) revert NotGrantor(agentId, token, msg.sender, grantor);
+        permission.grantor = address(0);
+        emit SpendPermissionRevoked(agentId, token, msg.sender);
     }
 
-    /// @notice Called by the agent wallet: moves `amount` of the owner's `token` to `to`.
+    /// @notice Called by the agent wallet: moves `amount` (base units) of the owner's `token` to `to`.
+    /// @dev Reverts NotAgentWallet (caller is not the agent's wallet), NoSpendPermission (never
+    /// granted, revoked, or the agent moved since), WalletBindingChanged (the wallet was bound
+    /// again since the grant), SpendPermissionExceeded.
     function spendFromOwner(uint256 agentId, address token, address to, uint256 amount) external nonReentrant {
-        address wallet = _agentWallet[agentId];
+        AgentState memory agent = _agents[agentId];
+        address wallet = agent.wallet;
         if (msg.sender != wallet || wallet == address(0)) revert NotAgentWallet(agentId, msg.sender, wallet);
         SpendPermission storage permission = _permissions[agentId][token];
         address grantor = permission.grantor;
-        if (grantor == address(0) || grantor != _ownerOf(agentId)) revert NoSpendPermission(agentId, token);
-        if (block.timestamp >= uint256(permission.periodStart) + permission.period) {
-            uint256 elapsed = block.timestamp - permission.periodStart;
-            permission.periodStart += uint48(elapsed - (elapsed % permission.period));
+        // The grantor is the owner: only the owner grants, and any move of the NFT bumps the epoch.
+        if (grantor == address(0) || permission.epoch != agent.ownershipEpoch) {
+            revert NoSpendPermission(agentId, token);
+        }
+        // The wallet is the one granted to, under the same binding: any rebinding bumps the count.
+        if (permission.binding != agent.bindingEpoch) {
+            revert WalletBindingChanged(agentId, token, permission.wallet, wallet);
+        }
+        (uint48 periodStart, bool rolled) = _currentPeriod(permission.periodStart, permission.period);
+        if (rolled) {
+            permission.periodStart = periodStart;
             permission.spentInPeriod = 0;
         }
-        uint256 remaining = permission.allowance - permission.spentInPeriod;
+        uint256 remaining = _remaining(permission.allowance, permission.spentInPeriod);
         if (amount > remaining) revert SpendPermissionExceeded(agentId, token, remaining, amount);
         permission.spentInPeriod += uint128(amount);
         IERC20(token).safeTransferFrom(grantor, to, amount);
@@ -207,7 +287,7 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
     /// @notice ERC-8004: the wallet the agent acts from.
     function getAgentWallet(uint256 agentId) external view returns (address) {
         _requireOwned(agentId);
-        return _agentWallet[agentId];
+        return _agents[agentId].wallet;
     }
 
     /// @notice ERC-8004: one metadata entry.
@@ -215,16 +295,31 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         return _metadata[agentId][metadataKey];
     }
 
-    /// @notice The permission for `token` and what is left of it in the current period.
+    /// @notice The permission for `token`, whether the agent wallet can use it now (granted, not
+    /// revoked, same ownership epoch, same wallet binding) and what is left of it in the current
+    /// period (0 when not active).
     function spendPermission(uint256 agentId, address token)
         external
         view
-        returns (SpendPermission memory permission, uint256 remaining)
+        returns (SpendPermission memory permission, bool active, uint256 remaining)
     {
         permission = _permissions[agentId][token];
-        if (permission.grantor == address(0) || permission.grantor != _ownerOf(agentId)) return (permission, 0);
-        bool rolled = block.timestamp >= uint256(permission.periodStart) + permission.period;
-        remaining = permission.allowance - (rolled ? 0 : permission.spentInPeriod);
+        AgentState memory agent = _agents[agentId];
+        active = permission.grantor != address(0) && permission.epoch == agent.ownershipEpoch
+            && permission.binding == agent.bindingEpoch;
+        if (!active) return (permission, false, 0);
+        (, bool rolled) = _currentPeriod(permission.periodStart, permission.period);
+        remaining = _remaining(permission.allowance, rolled ? 0 : permission.spentInPeriod);
+    }
+
+    /// @notice How many times the agent NFT has moved (transfer, transfer to self, burn).
+    function ownershipEpoch(uint256 agentId) external view returns (uint256) {
+        return _agents[agentId].ownershipEpoch;
+    }
+
+    /// @notice How many times the agent's wallet was bound or unbound (registration included).
+    function walletBindingEpoch(uint256 agentId) external view returns (uint256) {
+        return _agents[agentId].bindingEpoch;
     }
 
     /// @notice The EIP-712 digest a wallet signs to be bound to `agentId`.
@@ -252,8 +347,12 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         emit MetadataSet(agentId, metadataKey, metadataKey, metadataValue);
     }
 
+    /// @dev Every write of the binding (bind, unbind, transfer) ends the permissions granted under
+    /// the previous one.
     function _writeAgentWallet(uint256 agentId, address wallet) internal {
-        _agentWallet[agentId] = wallet;
+        AgentState storage agent = _agents[agentId];
+        agent.wallet = wallet;
+        ++agent.bindingEpoch;
         bytes memory value = wallet == address(0) ? bytes("") : abi.encodePacked(wallet);
         _metadata[agentId]["agentWallet"] = value;
         emit MetadataSet(agentId, "agentWallet", "agentWallet", value);
@@ -264,9 +363,28 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         if (!_isAuthorized(owner, msg.sender, agentId)) revert NotAgentOwner(agentId, msg.sender);
     }
 
-    /// @dev A transferred agent loses its wallet binding; permissions die with the old owner.
+    /// @dev The start of the period `block.timestamp` falls in, and whether it is later than
+    /// the stored one (then nothing of the allowance is spent in it yet).
+    function _currentPeriod(uint48 periodStart, uint256 period) internal view returns (uint48 start, bool rolled) {
+        start = periodStart;
+        if (block.timestamp < uint256(start) + period) return (start, false);
+        uint256 elapsed = block.timestamp - start;
+        return (uint48(block.timestamp - (elapsed % period)), true);
+    }
+
+    /// @dev What is left of `allowance` after `spent` (0 when a lowered cap is below what was spent).
+    function _remaining(uint128 allowance, uint128 spent) internal pure returns (uint256) {
+        return allowance > spent ? allowance - spent : 0;
+    }
+
+    /// @dev Every move of the agent NFT (transfer, transfer to self, burn) unbinds its wallet
+    /// (ERC-8004) and starts a new ownership epoch, which ends every spend permission for good:
+    /// the NFT coming back to a grantor does not revive one.
     function _update(address to, uint256 tokenId, address auth) internal override returns (address from) {
         from = super._update(to, tokenId, auth);
-        if (from != address(0) && to != address(0)) _writeAgentWallet(tokenId, address(0));
+        if (from != address(0)) {
+            ++_agents[tokenId].ownershipEpoch;
+            _writeAgentWallet(tokenId, address(0));
+        }
     }
 }

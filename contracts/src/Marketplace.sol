@@ -36,6 +36,12 @@ contract Marketplace is ReentrancyGuardTransient {
         bool listed;
     }
 
+    /// @notice An account's license to an asset, in one storage slot.
+    struct License {
+        uint64 expiresAt;
+        uint192 paid;
+    }
+
     /// @notice Everything about an asset, for views.
     struct AssetView {
         uint256 assetId;
@@ -141,8 +147,9 @@ contract Marketplace is ReentrancyGuardTransient {
     mapping(uint256 assetId => string uri) public uriOf;
     /// @dev Upstream assets whose vaults receive royalties.
     mapping(uint256 assetId => uint256[] parentIds) private _parents;
-    /// @notice When `account`'s license to `assetId` ends (0 = never bought, PERPETUAL = never ends).
-    mapping(uint256 assetId => mapping(address account => uint64 expiresAt)) public licenseExpiry;
+    /// @dev `account`'s license to `assetId`: when it ends (0 = never bought, PERPETUAL = never
+    /// ends) and the total it paid for it over every purchase (token base units).
+    mapping(uint256 assetId => mapping(address account => License)) private _licenses;
 
     // ---------------------------------------------------------------- constructor
 
@@ -278,12 +285,29 @@ contract Marketplace is ReentrancyGuardTransient {
 
     /// @notice True while `account` holds an unexpired license to `assetId`.
     function hasAccess(uint256 assetId, address account) external view returns (bool) {
-        return licenseExpiry[assetId][account] > block.timestamp;
+        return _licenses[assetId][account].expiresAt > block.timestamp;
+    }
+
+    /// @notice When `account`'s license to `assetId` ends (0 = never bought, PERPETUAL = never ends).
+    function licenseExpiry(uint256 assetId, address account) external view returns (uint64) {
+        return _licenses[assetId][account].expiresAt;
+    }
+
+    /// @notice What `account` paid into `assetId`'s vault for licenses, all purchases together
+    /// (token base units; 0 if it never bought one, or only at price 0).
+    function licensePaid(uint256 assetId, address account) external view returns (uint256) {
+        return _licenses[assetId][account].paid;
     }
 
     /// @notice The asset's owner (who may change it and close its channels early).
     function ownerOf(uint256 assetId) external view returns (address) {
         return _existing(assetId).owner;
+    }
+
+    /// @notice The asset's current price: of a license, or of one call for a model paid by channel
+    /// (token base units). Reverts with UnknownAsset for an unknown id.
+    function priceOf(uint256 assetId) external view returns (uint256) {
+        return _existing(assetId).price;
     }
 
     /// @notice Token the asset is paid in and the vault payments go to.
@@ -343,7 +367,8 @@ contract Marketplace is ReentrancyGuardTransient {
     }
 
     function _recordLicense(uint256 assetId, Asset memory asset, address buyer) internal {
-        uint64 current = licenseExpiry[assetId][buyer];
+        License storage license = _licenses[assetId][buyer];
+        uint64 current = license.expiresAt;
         if (current == PERPETUAL) revert AlreadyLicensed(assetId, buyer);
         uint64 expiresAt;
         if (asset.licenseDuration == 0) {
@@ -352,7 +377,9 @@ contract Marketplace is ReentrancyGuardTransient {
             uint64 start = current > block.timestamp ? current : uint64(block.timestamp);
             expiresAt = start + asset.licenseDuration;
         }
-        licenseExpiry[assetId][buyer] = expiresAt;
+        // One slot: the expiry and the running total paid (a uint96 price cannot overflow uint192).
+        license.expiresAt = expiresAt;
+        license.paid += asset.price;
         emit LicensePurchased(assetId, buyer, asset.price, expiresAt);
     }
 

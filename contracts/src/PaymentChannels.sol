@@ -177,6 +177,13 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         return _existing(channelId);
     }
 
+    /// @notice Who opened `channelId`, the asset it pays for, and how much has been claimed into
+    /// that asset's vault so far (IChannelPayments). Reverts with UnknownChannel for an unknown id.
+    function payment(uint256 channelId) external view returns (address payer, uint256 assetId, uint256 claimed) {
+        Channel storage channel = _existing(channelId);
+        return (channel.payer, channel.assetId, channel.claimed);
+    }
+
     /// @notice The EIP-712 digest of a voucher, as the signer signs it.
     function voucherDigest(uint256 channelId, uint256 cumulativeAmount) public view returns (bytes32) {
         return _hashTypedDataV4(keccak256(abi.encode(VOUCHER_TYPEHASH, channelId, cumulativeAmount)));

@@ -58,7 +58,7 @@ class Payee(BaseModel):
 
 
 class Rating(BaseModel):
-    """Paid-for feedback summary."""
+    """Paid-for feedback summary: how many raters, and their average on the [0, 100] scale (null if none)."""
 
     count: int
     average: float | None

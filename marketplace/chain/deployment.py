@@ -100,6 +100,9 @@ class Deployment:
 # name -> constructor arguments given the deployer and what is deployed so far. Order matters:
 # a contract may take an earlier one's address.
 DEFAULT_FEE_BPS = 100
+#: ReputationRegistry's payment floor (base units of the asset's token; 0.01 tUSD): a rater must have
+#: paid at least max(the asset's price, this) into the asset's vault, so a price of 0 mints no raters.
+MIN_RATING_PAYMENT = 10_000
 
 DEPLOY_PLAN: list[tuple[str, Callable[[LocalAccount, Deployment, int], tuple[Any, ...]]]] = [
     ("TestUSD", lambda deployer, _done, _fee: (deployer.address,)),
@@ -113,6 +116,7 @@ DEPLOY_PLAN: list[tuple[str, Callable[[LocalAccount, Deployment, int], tuple[Any
             done.address("Marketplace"),
             done.address("PaymentChannels"),
             done.address("AgentRegistry"),
+            MIN_RATING_PAYMENT,
         ),
     ),
 ]

@@ -5,6 +5,7 @@ account's key and return receipts (or the new id)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cached_property
@@ -111,7 +112,15 @@ class AgentRecord:
 
 @dataclass(frozen=True)
 class SpendPermission:
-    """An owner's grant letting the agent wallet spend the owner's tokens."""
+    """An owner's grant letting one agent wallet spend the owner's tokens (amounts in token base
+    units, ``period`` and ``period_start`` in seconds).
+
+    ``grantor`` is the zero address once revoked (or if never granted); ``wallet`` is the wallet it
+    was granted to; ``epoch`` and ``binding`` the agent's ownership epoch and wallet-binding count at
+    the grant. ``active`` is true while the agent wallet can use it (granted, not revoked, the agent
+    not moved and its wallet not bound again since); ``remaining`` is what is left in the current
+    period (0 when not active).
+    """
 
     grantor: str
     allowance: int
@@ -119,11 +128,16 @@ class SpendPermission:
     period_start: int
     spent_in_period: int
     remaining: int
+    wallet: str = "0x0000000000000000000000000000000000000000"
+    epoch: int = 0
+    active: bool = False
+    binding: int = 0
 
 
 @dataclass(frozen=True)
 class FeedbackSummary:
-    """Count and average of the paid-for feedback about a subject."""
+    """Count and average of the paid-for feedback about a subject; ``average_raw`` is on the
+    [0, 100] scale with ``decimals`` decimals (0 when ``count`` is 0)."""
 
     count: int
     average_raw: int
@@ -133,6 +147,36 @@ class FeedbackSummary:
     def average(self) -> float:
         """The average value as a float."""
         return self.average_raw / 10**self.decimals
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """One rater's feedback: ``value / 10**value_decimals`` lies in [0, 100]."""
+
+    value: int
+    value_decimals: int
+    tag1: str
+    tag2: str
+
+    @property
+    def score(self) -> float:
+        """The value on the [0, 100] scale."""
+        return self.value / 10**self.value_decimals
+
+
+@dataclass(frozen=True)
+class RaterPayment:
+    """What an account paid into an asset's vault by one proof (licenses, or one channel's claims)
+    and what qualifies a rater: ``required`` = max(the asset's current price, the deployment's floor).
+    Token base units."""
+
+    paid: int
+    required: int
+
+    @property
+    def qualifies(self) -> bool:
+        """True if the payment is enough to rate."""
+        return self.paid >= self.required
 
 
 @dataclass(frozen=True)
@@ -288,6 +332,10 @@ class MarketplaceContract:
     def has_access(self, asset_id: int, account: str) -> bool:
         """True while ``account`` holds an unexpired license."""
         return self.chain.call(self.contract.functions.hasAccess(asset_id, account))
+
+    def license_paid(self, asset_id: int, account: str) -> int:
+        """What ``account`` paid for licenses to ``asset_id``, all purchases together (base units)."""
+        return self.chain.call(self.contract.functions.licensePaid(asset_id, account))
 
     def license(self, asset_id: int, account: str) -> License:
         """``account``'s license to ``asset_id``."""
@@ -458,22 +506,39 @@ class AgentRegistryContract:
         )
 
     def grant_spend_permission(
-        self, owner: LocalAccount, agent_id: int, token: str, allowance: int, period: int
+        self, owner: LocalAccount, agent_id: int, token: str, allowance: int, period: int, *, wallet: str
     ) -> TxReceipt:
-        """Let the agent wallet pull ``allowance`` per ``period`` seconds from ``owner``."""
-        fn = self.contract.functions.grantSpendPermission(agent_id, token, allowance, period)
+        """Let ``wallet`` (the agent's wallet now) pull ``allowance`` (base units) per ``period`` seconds
+        of ``token`` from ``owner``, while this wallet binding lasts (any rebinding or transfer ends it).
+        Re-granting within a period keeps what it already spent.
+
+        Raises ContractRevert: NotAgentOwner (not the owner; operators may not grant), WalletNotBound
+        (``wallet`` is not the agent's wallet now), InvalidPeriod, ZeroAddress.
+        """
+        fn = self.contract.functions.grantSpendPermission(agent_id, token, wallet, allowance, period)
         return self.chain.send(fn, owner)
 
-    def revoke_spend_permission(self, owner: LocalAccount, agent_id: int, token: str) -> TxReceipt:
-        """Withdraw the permission."""
-        return self.chain.send(self.contract.functions.revokeSpendPermission(agent_id, token), owner)
+    def revoke_spend_permission(self, grantor: LocalAccount, agent_id: int, token: str) -> TxReceipt:
+        """Withdraw the permission (its grantor may, also after the agent changed hands).
+
+        Raises ContractRevert: NoSpendPermission (none, or already revoked), NotGrantor.
+        """
+        return self.chain.send(self.contract.functions.revokeSpendPermission(agent_id, token), grantor)
 
     def spend_permission(self, agent_id: int, token: str) -> SpendPermission:
-        """The permission and what is left of it this period."""
-        (grantor, period, start, allowance, spent), remaining = self.chain.call(
+        """The permission, whether the agent wallet can use it now, and what is left of it this period."""
+        (grantor, period, start, wallet, epoch, binding, allowance, spent), active, remaining = self.chain.call(
             self.contract.functions.spendPermission(agent_id, token)
         )
-        return SpendPermission(grantor, allowance, period, start, spent, remaining)
+        return SpendPermission(grantor, allowance, period, start, spent, remaining, wallet, epoch, active, binding)
+
+    def ownership_epoch(self, agent_id: int) -> int:
+        """How many times the agent NFT has moved; permissions of an earlier epoch are dead."""
+        return self.chain.call(self.contract.functions.ownershipEpoch(agent_id))
+
+    def wallet_binding_epoch(self, agent_id: int) -> int:
+        """How many times the agent's wallet was bound or unbound; permissions granted before are dead."""
+        return self.chain.call(self.contract.functions.walletBindingEpoch(agent_id))
 
     def spend_from_owner(self, wallet: LocalAccount, agent_id: int, token: str, to: str, amount: int) -> TxReceipt:
         """The agent wallet pulls ``amount`` of the owner's tokens to ``to``."""
@@ -481,7 +546,9 @@ class AgentRegistryContract:
 
 
 class ReputationContract:
-    """Feedback accepted only from paying accounts."""
+    """Feedback on a [0, 100] scale, accepted only from accounts whose payment for the subject
+    qualifies them (at least max(price, the deployment's floor) into the asset's vault), once per
+    account and subject; never from the subject's owner, operators or agent wallet."""
 
     def __init__(self, chain: Chain, address: str) -> None:
         self.chain = chain
@@ -502,8 +569,15 @@ class ReputationContract:
         tag2: str = "",
         feedback_uri: str = "",
         feedback_hash: bytes = b"\x00" * 32,
+        gas: int | None = None,
     ) -> TxReceipt:
-        """Rate a subject the author paid for (by license, or by ``channel_id``)."""
+        """Rate a subject the author paid for (by its licenses of ``paid_asset_id``, or by the claims of
+        its channel ``channel_id`` for it); ``value / 10**value_decimals`` must lie in [0, 100].
+
+        Raises ContractRevert: InsufficientPayment, NotChannelPayer, ChannelForOtherAsset,
+        PaymentForOtherAsset, AssetNotOfAgent, SelfFeedback, AlreadyRated, ValueOutOfRange,
+        InvalidValueDecimals. ``gas`` skips the estimate (a revert then costs a mined transaction).
+        """
         feedback = (
             int(subject_kind),
             subject_id,
@@ -516,12 +590,54 @@ class ReputationContract:
             paid_asset_id,
             channel_id,
         )
-        return self.chain.send(self.contract.functions.giveFeedback(feedback), author)
+        return self.chain.send(self.contract.functions.giveFeedback(feedback), author, gas=gas)
 
-    def summary(self, subject_kind: SubjectKind, subject_id: int) -> FeedbackSummary:
-        """Count and average of the feedback about a subject."""
-        count, average, decimals = self.chain.call(self.contract.functions.getSummary(int(subject_kind), subject_id))
+    def summary(
+        self,
+        subject_kind: SubjectKind,
+        subject_id: int,
+        clients: Sequence[str] | None = None,
+        *,
+        tag1: str = "",
+        tag2: str = "",
+    ) -> FeedbackSummary:
+        """Count and average of the feedback about a subject.
+
+        With ``clients`` (ERC-8004 ``getSummary``): only those raters' feedback (each counted once),
+        whose tags equal ``tag1`` / ``tag2`` (empty matches any); an empty list raises ContractRevert
+        ClientAddressesRequired. Without (``None``): every rater's, in O(1) (``getUnfilteredSummary``;
+        tags are not filtered there, so passing a tag without clients raises ValueError).
+        """
+        if clients is None:
+            if tag1 or tag2:
+                raise ValueError("filtering by tag needs the raters to trust: pass clients")
+            fn = self.contract.functions.getUnfilteredSummary(int(subject_kind), subject_id)
+        else:
+            fn = self.contract.functions.getSummary(int(subject_kind), subject_id, list(clients), tag1, tag2)
+        count, average, decimals = self.chain.call(fn)
         return FeedbackSummary(count, average, decimals)
+
+    def payment_of(self, paid_asset_id: int, account: str, channel_id: int = 0) -> RaterPayment:
+        """What ``account`` paid into ``paid_asset_id``'s vault by its licenses (``channel_id`` 0) or by
+        that channel's claims, and what qualifies a rater. Raises ContractRevert NotChannelPayer,
+        ChannelForOtherAsset, UnknownAsset, UnknownChannel."""
+        paid, required = self.chain.call(self.contract.functions.paymentOf(paid_asset_id, channel_id, account))
+        return RaterPayment(paid, required)
+
+    def feedback(self, subject_kind: SubjectKind, subject_id: int, client: str) -> Feedback:
+        """``client``'s feedback about a subject (ContractRevert NoFeedback if none)."""
+        value, decimals, tag1, tag2 = self.chain.call(
+            self.contract.functions.readFeedback(int(subject_kind), subject_id, client)
+        )
+        return Feedback(value, decimals, tag1, tag2)
+
+    def clients(self, subject_kind: SubjectKind, subject_id: int) -> list[str]:
+        """Every account that rated the subject, in the order they rated."""
+        return list(self.chain.call(self.contract.functions.getClients(int(subject_kind), subject_id)))
+
+    def min_payment(self) -> int:
+        """The deployment's payment floor for raters (token base units)."""
+        return self.chain.call(self.contract.functions.minPayment())
 
     def has_rated(self, subject_kind: SubjectKind, subject_id: int, account: str) -> bool:
         """True if ``account`` already rated the subject."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
-from sqlalchemy import func, or_, select
+from sqlalchemy import Float, cast, func, or_, select
 
 from marketplace.api.deps import ServicesDep, SessionDep
 from marketplace.api.errors import ApiError, not_found
@@ -92,10 +92,14 @@ def get_asset(asset_id: AssetId, session: SessionDep, services: ServicesDep) -> 
         for account, shares in vault.payees().items()
     ]  # fmt: skip
     children = list(session.scalars(select(AssetParentRow.asset_id).where(AssetParentRow.parent_id == asset_id)))
-    count, average = session.execute(
-        select(func.count(FeedbackRow.id), func.avg(FeedbackRow.value))
+    # A rating is value / 10**value_decimals on the chain's [0, 100] scale: sum per decimals (≤ 19 groups).
+    by_decimals = session.execute(
+        select(FeedbackRow.value_decimals, func.count(FeedbackRow.id), func.sum(cast(FeedbackRow.value, Float)))
         .where(FeedbackRow.subject_kind == "asset", FeedbackRow.subject_id == asset_id)
-    ).one()  # fmt: skip
+        .group_by(FeedbackRow.value_decimals)
+    ).all()  # fmt: skip
+    count = sum(n for _decimals, n, _total in by_decimals)
+    average = sum(total / 10**decimals for decimals, _n, total in by_decimals) / count if count else None
     licenses = session.scalar(select(func.count(LicenseRow.id)).where(LicenseRow.asset_id == asset_id)) or 0
     return AssetDetail(
         **_summary(row, parents).model_dump(),
@@ -103,5 +107,5 @@ def get_asset(asset_id: AssetId, session: SessionDep, services: ServicesDep) -> 
         children=sorted(children),
         revenue_received=str(vault.total_received(row.token)),
         licenses_sold=licenses,
-        rating=Rating(count=count, average=float(average) if count else None),
+        rating=Rating(count=count, average=average),
     )
