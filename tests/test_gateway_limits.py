@@ -533,6 +533,7 @@ def test_when_every_connection_is_busy_a_new_one_gets_503(gateway: Gateway):
         (b"GET /v1/assets?q=" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431, "headers_too_large"),
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 40_000 + b"\r\n\r\n", 431, "headers_too_large"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64) + b"\r\n\r\n", 400, "bad_request"),  # TLS
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 404, "not_found"),  # an HTTP/2 preface: no such resource
     ],
 )
 def test_malformed_http_gets_a_json_4xx(gateway: Gateway, request_bytes: bytes, status: int, code: str):
@@ -553,6 +554,8 @@ def test_odd_but_valid_requests_are_served(gateway: Gateway):
     status, _, body = _response(_exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Odd: \xe9\xff\r\n"
                                                    b"Connection: close\r\n\r\n"))  # fmt: skip
     assert status == 200 and json.loads(body)["status"] == "ok"
+    upgrade = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    assert _response(_exchange(gateway, upgrade))[0] == 200  # no WebSocket here: served as plain HTTP
     chunked = b'{"address": "0x0000000000000000000000000000000000000001"}'
     request = b"POST /v1/auth/nonce HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
     request += b"Content-Type: application/json\r\n\r\n" + f"{len(chunked):x}\r\n".encode() + chunked + b"\r\n0\r\n\r\n"

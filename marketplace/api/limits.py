@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -49,6 +48,10 @@ from marketplace.payments.x402 import PAYMENT_SIGNATURE_HEADER
 
 #: Headers whose value is base64 JSON that a route decodes (lower case, as ASGI gives them).
 JSON_HEADERS = (CHANNEL_HEADER.lower().encode(), PAYMENT_SIGNATURE_HEADER.lower().encode())
+
+#: Scope key an HTTP server may set (``marketplace.api.server`` does) when the whole request body
+#: arrived with its head: then reading it cannot wait on the client, and is not timed.
+BODY_BUFFERED = "agentmarket.body_buffered"
 
 #: A JSON string, or an unterminated one running to the end of the input. It matches wherever a
 #: quote starts (so the scan never backtracks: linear time on any input).
@@ -121,10 +124,15 @@ def header_too_deep(value: bytes, limit: int) -> bool:
     decodes) or as URL-safe base64 with optional padding (as the channel voucher parser decodes)."""
     if len(value) <= limit:
         return False  # n bytes nest at most n deep, and the base64 readings are shorter
-    readings = [value]
-    for text in (value, value.replace(b"-", b"+").replace(b"_", b"/")):
-        with contextlib.suppress(binascii.Error, ValueError):
-            readings.append(base64.b64decode(text + b"=" * (-len(text) % 4), validate=False))
+    readings = [value, value]
+    if b"-" in value or b"_" in value:  # (else both base64 readings are the same bytes)
+        readings.append(value.replace(b"-", b"+").replace(b"_", b"/"))
+    for index in range(1, len(readings)):
+        text = readings[index]
+        try:
+            readings[index] = base64.b64decode(text + b"=" * (-len(text) % 4), validate=False)
+        except (binascii.Error, ValueError):
+            readings[index] = b""
     return any(too_deep(reading, limit) for reading in readings)
 
 
@@ -166,11 +174,11 @@ class _Exchange:
 class _MeteredBody:
     """The request body as the app receives it, with the size and time limits applied."""
 
-    __slots__ = ("code", "done", "exchange", "limit", "limits", "receive", "received", "waited")
+    __slots__ = ("code", "done", "exchange", "expired", "limit", "limits", "receive", "received", "waited")
 
     def __init__(self, receive: Receive, limits: Limits, limit: int, code: str, exchange: _Exchange) -> None:
         self.receive, self.limits, self.limit, self.code, self.exchange = receive, limits, limit, code, exchange
-        self.received, self.waited, self.done = 0, 0.0, False
+        self.received, self.waited, self.done, self.expired = 0, 0.0, False, False
 
     async def next(self) -> Message:
         """The next body message; raises :class:`Refusal` when a limit is broken."""
@@ -181,11 +189,17 @@ class _MeteredBody:
             raise self._too_slow()
         loop = asyncio.get_running_loop()
         started = loop.time()
+        task = asyncio.current_task()
+        assert task is not None
+        timer = loop.call_at(started + wait, self._expire, task)
         try:
-            async with asyncio.timeout(wait):
-                message = await self.receive()
-        except TimeoutError:
+            message = await self.receive()
+        except asyncio.CancelledError:
+            if not self.expired or task.uncancel():
+                raise  # cancelled from elsewhere
             raise self._too_slow() from None
+        finally:
+            timer.cancel()
         self.waited += loop.time() - started
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
@@ -209,6 +223,10 @@ class _MeteredBody:
             await self.exchange.refuse(refusal)
             self.done = True
             return {"type": "http.disconnect"}
+
+    def _expire(self, task: asyncio.Task[Any]) -> None:
+        self.expired = True
+        task.cancel()
 
     def _too_slow(self) -> Refusal:
         limits = self.limits
@@ -273,7 +291,13 @@ class RequestLimits:
             _check_length(length, limits.max_upload_bytes, "content_too_large")
             return _MeteredBody(receive, limits, limits.max_upload_bytes, "content_too_large", exchange).app_receive
         _check_length(length, limits.max_body_bytes, "body_too_large")
-        body = await _read_whole(_MeteredBody(receive, limits, limits.max_body_bytes, "body_too_large", exchange))
+        if scope.get(BODY_BUFFERED) and length is not None:  # it came with the head: no waiting, no timer
+            message = await receive()
+            body = message.get("body", b"") if message["type"] == "http.request" else b""
+            if len(body) != length or message.get("more_body"):
+                raise Refusal(400, "body_incomplete", "the request body is not the length Content-Length announced")
+        else:
+            body = await _read_whole(_MeteredBody(receive, limits, limits.max_body_bytes, "body_too_large", exchange))
         if too_deep(body, limits.max_json_depth):
             raise Refusal(
                 422, "json_too_deep", f"the request body nests JSON deeper than {limits.max_json_depth} levels"

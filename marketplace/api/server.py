@@ -41,6 +41,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from marketplace.api.errors import error_body, log_unexpected
+from marketplace.api.limits import BODY_BUFFERED
 from marketplace.api.settings import Settings
 
 
@@ -149,6 +150,9 @@ class GatewayProtocol(H11Protocol):
             log_unexpected(exc, "the HTTP parser")
             self._answer_and_close(400, "bad_request", "the request is not valid HTTP/1.1")
             return
+        cycle = self.cycle
+        if cycle is not None and not cycle.more_body and not cycle.response_started:
+            cycle.scope[BODY_BUFFERED] = True  # type: ignore[literal-required]  # (read by the limits middleware)
         self._watch()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -180,6 +184,9 @@ class GatewayProtocol(H11Protocol):
             return
         reason = str(error)[:200] if error is not None else msg
         self._answer_and_close(400, "bad_request", f"the request is not valid HTTP/1.1: {reason}")
+
+    def _unsupported_upgrade_warning(self) -> None:
+        pass  # the API has no WebSocket routes: an Upgrade header is ignored and the request served as HTTP
 
     # ------------------------------------------------------------------ limits
 
