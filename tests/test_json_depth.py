@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -98,3 +100,17 @@ def test_header_readings_cover_what_each_parser_decodes():
     )
     assert not header_too_deep(shallow, 64)
     assert not header_too_deep(b"not base64 at all \xe9\xff" * 10, 64)
+
+
+def test_without_the_scan_deep_json_kills_a_process_that_imports_the_server():
+    """Why the scan exists: once the server's imports have raised the recursion limit (py_ecc sets
+    100,000), ``json.loads`` of 100,000 nested arrays overflows the C stack instead of raising."""
+    script = (
+        "import sys, json, marketplace.api.app\n"
+        "assert sys.getrecursionlimit() >= 100_000, sys.getrecursionlimit()\n"
+        "json.loads('[' * 100_000 + ']' * 100_000)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert "AssertionError" not in result.stderr, result.stderr
+    assert result.returncode < 0 or "RecursionError" in result.stderr  # killed by a signal (SIGSEGV here)
+    assert too_deep(b"[" * 100_000 + b"]" * 100_000, 64)

@@ -1,7 +1,7 @@
 """Request limits: what one HTTP request may cost the server, checked before the app sees it.
 
-:class:`RequestLimits` is a pure ASGI middleware (the innermost of the app's own middleware
-stack, so it runs for every route). Per request it bounds
+:class:`RequestLimits` is a pure ASGI middleware that ``create_app`` adds: it runs for every
+request, before routing. Per request it bounds
 
 - the head: at most ``max_headers`` header lines and ``max_header_bytes`` of request target plus
   header names and values (431 ``headers_too_large``);
@@ -15,7 +15,8 @@ stack, so it runs for every route). Per request it bounds
   ``max_upload_bytes`` and whose body stays streaming). Every other body is read whole (it is
   small) and scanned, then replayed to the app;
 - body time: each wait for the next piece is at most ``body_timeout`` seconds, and the time spent
-  waiting may not exceed ``body_timeout + received / body_min_rate`` (408 ``body_timeout``).
+  waiting may not exceed ``body_timeout + received / body_min_rate`` (408 ``body_timeout``). A
+  body the HTTP server marks as already received (:data:`BODY_BUFFERED`) is read without a timer.
 
 A refusal is answered right away (JSON ``{"error", "detail"}``); the app, if it was reading, is
 then told the client disconnected, and whatever it sends afterwards is dropped. An exception the
@@ -63,15 +64,16 @@ _STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 @dataclass(frozen=True)
 class Limits:
-    """The per-request limits (sizes in bytes, times in seconds, rates in bytes per second)."""
+    """The per-request limits (sizes in bytes, times in seconds, rates in bytes per second;
+    defaults: :class:`Settings`)."""
 
-    max_body_bytes: int = 1024 * 1024
-    max_upload_bytes: int = 256 * 1024 * 1024
-    max_json_depth: int = 64
-    max_header_bytes: int = 32 * 1024
-    max_headers: int = 100
-    body_timeout: float = 10.0
-    body_min_rate: int = 16 * 1024
+    max_body_bytes: int
+    max_upload_bytes: int
+    max_json_depth: int
+    max_header_bytes: int
+    max_headers: int
+    body_timeout: float
+    body_min_rate: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -94,7 +96,9 @@ def too_deep(document: bytes | str, limit: int) -> bool:
     ``document`` is JSON text, or bytes in any encoding ``json.loads`` accepts (UTF-8, -16 or -32,
     detected the same way). Brackets inside strings do not count. Invalid JSON is measured too, as
     far as its brackets outside strings go: ``json.loads`` recurses into a valid prefix before it
-    finds an error, and on a valid prefix this scan and the JSON grammar agree. Cost: one byte count
+    finds an error, and on a valid prefix this scan and the JSON grammar agree. (A parser that decodes
+    bytes as UTF-8 whatever their encoding reads the same text, or fails at its first character.)
+    Cost: one byte count
     when the document holds at most ``limit`` opening brackets (its depth cannot be more), else
     linear in its length (no backtracking on any input).
     """

@@ -47,13 +47,13 @@ from marketplace.api.settings import Settings
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """The connection-level limits (sizes in bytes, times in seconds)."""
+    """The connection-level limits (sizes in bytes, times in seconds; defaults: :class:`Settings`)."""
 
-    max_header_bytes: int = 32 * 1024
-    head_timeout: float = 10.0
-    body_timeout: float = 10.0
-    send_timeout: float = 30.0
-    max_connections: int = 512
+    max_header_bytes: int
+    head_timeout: float
+    body_timeout: float
+    send_timeout: float
+    max_connections: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
@@ -119,7 +119,8 @@ class GatewayProtocol(H11Protocol):
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
-        self.limits: ConnectionLimits = getattr(config, "connection_limits", None) or ConnectionLimits()
+        limits = getattr(config, "connection_limits", None)  # (a plain uvicorn.Config: the settings' defaults)
+        self.limits: ConnectionLimits = limits or ConnectionLimits.from_settings(Settings())
         self.conn = _Connection(h11.SERVER, self.limits.max_header_bytes)
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_kind: str | None = None

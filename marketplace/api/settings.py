@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, ge=0)
     #: Deepest nesting of arrays and objects in a JSON body (422) or JSON-carrying header (400).
     max_json_depth: int = Field(64, ge=1)
-    #: Largest request head: request line plus header names and values (431 above it).
+    #: Largest request head: request target plus header names and values (431 above it).
     max_header_bytes: int = Field(32 * 1024, ge=1024)
     #: Most header lines in one request (431 above it).
     max_headers: int = Field(100, ge=1)
