@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from marketplace.chain.deployment import DEFAULT_MANIFEST
+from marketplace.errors import AgentmarketError
 from marketplace.payments.ledger import Synchronous
 
 
@@ -66,6 +68,17 @@ class Settings(BaseSettings):
     max_connections: int = Field(512, ge=1)
     #: On shutdown, how long requests in flight may take to finish before they are cancelled.
     shutdown_timeout: float = Field(30.0, gt=0)
+
+    @classmethod
+    def load(cls, **values: Any) -> Settings:
+        """Settings from ``values`` and the environment; a bad value raises :class:`AgentmarketError`
+        naming the setting and its ``AGENTMARKET_*`` variable (not the value, which may be a secret)."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            name = str(first["loc"][0]) if first.get("loc") else "?"
+            raise AgentmarketError(f"setting {name} (AGENTMARKET_{name.upper()}) is invalid: {first['msg']}") from None
 
     @property
     def expected_siwe_domain(self) -> str:

@@ -202,7 +202,7 @@ def serve(
         handlers[int(asset_id)] = parse_handler(handler)
     if voucher_sync not in SYNCHRONOUS:
         raise AgentmarketError(f"--voucher-sync must be one of {', '.join(SYNCHRONOUS)}, not {voucher_sync!r}")
-    settings = Settings(rpc_url=rpc, manifest=manifest, port=port, data_dir=data_dir, voucher_sync=voucher_sync)
+    settings = Settings.load(rpc_url=rpc, manifest=manifest, port=port, data_dir=data_dir, voucher_sync=voucher_sync)
     services = build_services(settings)  # fail fast, in one line, on a bad RPC URL or manifest
     services.ledger.close()
     services.engine.dispose()

@@ -1,8 +1,10 @@
-"""The non-recursive JSON depth scan the gateway runs before any ``json.loads`` (marketplace/api/limits.py).
+"""The gateway's limits without a chain: the JSON depth scan and the limit settings.
 
-It must agree with the nesting ``json.loads`` really builds, for any document and any encoding json
-accepts; never be fooled by brackets inside strings or escaped quotes; and stay linear on inputs
-built to make a regex backtrack.
+The non-recursive depth scan runs before any ``json.loads`` (marketplace/api/limits.py). It must
+agree with the nesting ``json.loads`` really builds, for any document and any encoding json accepts;
+never be fooled by brackets inside strings or escaped quotes; and stay linear on inputs built to
+make a regex backtrack. The limits are settings: a bad ``AGENTMARKET_*`` value stops ``serve`` with
+one line. (The limits against a live server: tests/test_gateway_limits.py.)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from marketplace.api.limits import header_too_deep, too_deep
+from tests.test_cli import assert_one_line_error, run_cli
 
 TRICKY_TEXT = st.text(alphabet='[]{}"\\,:ab \u00e9\U0001f600', max_size=12)
 JSON_VALUES = st.recursive(
@@ -114,3 +117,18 @@ def test_without_the_scan_deep_json_kills_a_process_that_imports_the_server():
     assert "AssertionError" not in result.stderr, result.stderr
     assert result.returncode < 0 or "RecursionError" in result.stderr  # killed by a signal (SIGSEGV here)
     assert too_deep(b"[" * 100_000 + b"]" * 100_000, 64)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("AGENTMARKET_HEAD_TIMEOUT", "soon", "setting head_timeout (AGENTMARKET_HEAD_TIMEOUT) is invalid"),
+        ("AGENTMARKET_MAX_CONNECTIONS", "0", "AGENTMARKET_MAX_CONNECTIONS) is invalid: Input should be greater"),
+        ("AGENTMARKET_MAX_BODY_BYTES", "-1", "AGENTMARKET_MAX_BODY_BYTES"),
+    ],
+)
+def test_a_bad_limit_stops_serve_with_one_line(tmp_path, variable: str, value: str, fragment: str):
+    result = run_cli("serve", "--rpc", "http://127.0.0.1:9", "--manifest", str(tmp_path / "none.json"),
+                     env={variable: value})  # fmt: skip
+    assert_one_line_error(result, fragment)
+    assert "soon" not in result.stderr  # values are not echoed (some settings are secrets)
