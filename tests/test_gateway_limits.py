@@ -492,7 +492,7 @@ def test_when_every_connection_is_busy_a_new_one_gets_503(gateway: Gateway):
             sock = _connect(gateway)
             sock.sendall(_request("POST", "/v1/auth/nonce", b"x" * 100)[:-50])
             busy.append(sock)
-        time.sleep(0.2)
+        time.sleep(0.5)  # (all of them reading their bodies by now)
         assert _error(_exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")) == (503, "too_many_connections")
         for sock in busy:  # they run out of time, and room comes back
             assert _error(_read_all(sock)) == (408, "body_timeout")
@@ -589,6 +589,9 @@ def test_many_clients_at_once_are_all_answered(gateway: Gateway):
 
 
 def test_zz_the_log_holds_no_traceback_token_key_or_secret(gateway: Gateway):
+    headers = {HEADER: gateway.next_voucher(), "Authorization": f"Bearer {gateway.token}"}  # a token that must not leak
+    exploded = httpx.post(f"{gateway.url}/v1/models/{gateway.model}/invoke", json={"input": [1]}, headers=headers)
+    assert exploded.status_code == 500
     gateway.assert_serving()
     log = gateway.log.read_text(errors="replace")
     assert "Traceback" not in log
