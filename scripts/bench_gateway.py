@@ -10,8 +10,8 @@ Targets (from the payments issue): channel-paid >= 0.75x unpaid, and >= 20x x402
 reported as measured (PASS/FAIL text), never asserted: the machine is shared and noisy.
 
 How it measures: one anvil node and the contract set; the gateway runs as its own process, the way a
-provider runs it (``scripts/bench_gateway_server.py``: ``create_app`` under ``uvicorn.run`` with the
-options of ``agentmarket serve``, one worker, the model handler loaded from ``--model
+provider runs it (``scripts/bench_gateway_server.py``: ``create_app`` under uvicorn with the
+configuration of ``agentmarket serve``, one worker, the model handler loaded from ``--model
 ID=bench_gateway_server:add_numbers``), on a free port of 127.0.0.1. This process is the load
 generator: an asyncio loop with httpx (``--concurrency`` worker coroutines, keep-alive connections)
 drives every path:
@@ -412,7 +412,7 @@ def report(
     return {
         "chain": "anvil",
         "client": "httpx.AsyncClient, one asyncio loop in this process",
-        "server": "scripts/bench_gateway_server.py: create_app under uvicorn.run, its own process (one worker)",
+        "server": "scripts/bench_gateway_server.py: create_app under uvicorn (server_config), its own process",
         "concurrency": plan.concurrency,
         "rounds": plan.rounds,
         "warmup_calls_per_path": plan.warmup,

@@ -4,10 +4,11 @@
         --model ID=bench_gateway_server:add_numbers [--settle-interval S] [--voucher-sync full|normal] \\
         [--stats FILE] [--profile FILE]
 
-The app is ``create_app(settings, model_handlers=...)`` served by ``uvicorn.run`` with the options
-``agentmarket serve`` uses (one process, one worker), the ``--model`` handler loaded by
-``marketplace.inference.parse_handler`` as ``agentmarket serve --model`` loads it. One route is
-mounted here, for the benchmark's baseline only (never part of the product API):
+The app is ``create_app(settings, model_handlers=...)`` served by uvicorn with the configuration
+``agentmarket serve`` uses (``marketplace.api.server.server_config``: one process, the same limits),
+the ``--model`` handler loaded by ``marketplace.inference.parse_handler`` as ``agentmarket serve
+--model`` loads it. One route is mounted here, for the benchmark's baseline only (never part of the
+product API):
 ``POST /bench/unpaid/{id}`` runs the same handler lookup, request and response models and handler
 call as ``POST /v1/models/{id}/invoke``, and charges nothing.
 
@@ -35,6 +36,7 @@ from marketplace.api import Settings, create_app
 from marketplace.api.deps import ServicesDep
 from marketplace.api.errors import ApiError
 from marketplace.api.routes.models import InvokeRequest, InvokeResponse
+from marketplace.api.server import server_config
 from marketplace.inference import ModelHandler, parse_handler
 
 
@@ -109,7 +111,7 @@ def main() -> None:
     add_unpaid_route(app)
     profiles = ThreadProfiles() if args.profile else None
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+        uvicorn.Server(server_config(app)).run()  # as `agentmarket serve` runs it
     except KeyboardInterrupt:  # uvicorn re-raises the signal it shut down on
         pass
     finally:

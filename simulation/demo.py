@@ -30,6 +30,7 @@ from agents.roles import BuilderAgent, BuildPlan, BuyerAgent, ClassificationTask
 from agents.tools import ToolContext, run_tool
 from marketplace.api import Settings, create_app
 from marketplace.api.app import attach_model_handler
+from marketplace.api.server import server_config
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import deploy_all
 from marketplace.chain.market import Market, SubjectKind
@@ -56,7 +57,7 @@ def serving(app: FastAPI) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, port=port))  # the app's settings' limits, as `serve` has them
     thread = threading.Thread(target=server.run, name="agentmarket-demo-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -37,6 +37,7 @@ from x402.mechanisms.evm.exact import register_exact_evm_client
 from x402.mechanisms.evm.signers import EthAccountSigner
 
 from marketplace.api import Settings, create_app
+from marketplace.api.server import server_config
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import to_units
 from marketplace.content import ContentStore
@@ -143,7 +144,7 @@ def payment_required(http: TestClient, asset: int):
 @contextmanager
 def serving(app) -> Iterator[str]:
     """Run ``app`` under uvicorn on a free port of 127.0.0.1; yields its base URL; always stops it."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(server_config(app, port=0))  # with the limits `agentmarket serve` has
     thread = threading.Thread(target=server.run, name="uvicorn-x402-test", daemon=True)
     thread.start()
     try:

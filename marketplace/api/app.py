@@ -14,6 +14,7 @@ from sqlalchemy import create_engine
 import marketplace
 from marketplace.api.deps import Services
 from marketplace.api.errors import install_error_handlers
+from marketplace.api.limits import Limits, RequestLimits, upload_matcher
 from marketplace.api.routes import accounts, agents, assets, auth, content, health, models, x402
 from marketplace.api.schemas import ErrorBody
 from marketplace.api.settings import Settings
@@ -84,7 +85,9 @@ def create_app(
     """The marketplace API for ``settings``.
 
     ``chain`` may be given (e.g. the embedded chain in tests); ``model_handlers`` maps model asset
-    ids to the callables that answer their paid calls.
+    ids to the callables that answer their paid calls. Every request passes the per-request limits
+    of ``settings`` (:mod:`marketplace.api.limits`); serve it with
+    :func:`marketplace.api.server.server_config` for the connection-level ones too.
     """
 
     @asynccontextmanager
@@ -101,6 +104,7 @@ def create_app(
             services.engine.dispose()
 
     app = FastAPI(title="agentmarket", version=marketplace.__version__, lifespan=lifespan)
+    app.state.settings = settings  # (marketplace.api.server.server_config reads the connection limits here)
     install_error_handlers(app)
     for router in (
         health.router,
@@ -113,6 +117,11 @@ def create_app(
         models.router,
     ):
         app.include_router(router, responses={"4XX": {"model": ErrorBody, "description": "Client error"}})
+    app.add_middleware(
+        RequestLimits,
+        limits=Limits.from_settings(settings),
+        is_upload=upload_matcher(content.router.routes, [content.upload]),  # streamed, up to max_upload_bytes
+    )
     return app
 
 

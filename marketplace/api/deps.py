@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -76,17 +77,34 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
+#: RFC 6750 ``b64token`` (RFC 7235 ``token68``): the only characters a bearer token may hold.
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+#: Longest bearer token looked at (an issued one is about 110 characters).
+MAX_TOKEN_LENGTH = 512
+
+
 def get_caller(
     services: ServicesDep,
     authorization: Annotated[str | None, Header(description="Bearer token from /v1/auth/verify")] = None,
 ) -> str:
-    """The address a valid bearer token was issued to (401 otherwise)."""
-    if not authorization or not authorization.startswith("Bearer "):
+    """The address a valid bearer token was issued to.
+
+    401 ``unauthorized`` for a missing header, another scheme, a token that is not RFC 6750
+    ``b64token`` syntax (non-ASCII included) or longer than ``MAX_TOKEN_LENGTH`` characters, and a
+    token the issuer refuses. The scheme name is case-insensitive (RFC 7235).
+    """
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>; get one from /v1/auth/verify")
+    if len(token) > MAX_TOKEN_LENGTH or not _BEARER_TOKEN.fullmatch(token):
+        raise ApiError(401, "unauthorized", "the bearer token is malformed; sign in again at /v1/auth/verify")
     try:
-        return services.tokens.verify(authorization.removeprefix("Bearer ").strip())
+        return services.tokens.verify(token)
     except SiweError as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
+    except (ValueError, TypeError, UnicodeError):  # a token the issuer cannot even read is not valid either
+        raise ApiError(401, "unauthorized", "the bearer token is malformed; sign in again at /v1/auth/verify") from None
 
 
 CallerDep = Annotated[str, Depends(get_caller)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import traceback
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +33,18 @@ def _body(code: str, detail: str) -> dict[str, str]:
     return {"error": code, "detail": detail}
 
 
+def error_body(code: str, detail: str) -> bytes:
+    """The JSON bytes of an error answer, ``{"error": code, "detail": detail}``."""
+    return json.dumps(_body(code, detail), separators=(",", ":")).encode()
+
+
+def log_unexpected(exc: BaseException, where: str) -> None:
+    """Log an unhandled exception for the operator: its type and stack frames, never its message
+    (which may quote request data: bearer tokens, signatures, payment headers)."""
+    frames = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)))
+    log.error("unhandled %s in %s (message withheld)\n%s", type(exc).__name__, where, frames.rstrip())
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map domain exceptions to HTTP in one place."""
 
@@ -55,6 +69,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(_body(exc.error, str(exc)), status_code=status)
 
     @app.exception_handler(Exception)
-    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled %s: %s", type(exc).__name__, exc)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log_unexpected(exc, f"{request.method} {request.url.path}")
         return JSONResponse(_body("internal", "the server failed; see its log"), status_code=500)

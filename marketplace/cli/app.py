@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -189,6 +190,7 @@ def serve(
 
     from marketplace.api import Settings, create_app
     from marketplace.api.app import build_services
+    from marketplace.api.server import server_config
     from marketplace.inference import parse_handler
     from marketplace.payments.ledger import SYNCHRONOUS
 
@@ -200,12 +202,16 @@ def serve(
         handlers[int(asset_id)] = parse_handler(handler)
     if voucher_sync not in SYNCHRONOUS:
         raise AgentmarketError(f"--voucher-sync must be one of {', '.join(SYNCHRONOUS)}, not {voucher_sync!r}")
-    settings = Settings(rpc_url=rpc, manifest=manifest, port=port, data_dir=data_dir, voucher_sync=voucher_sync)
+    settings = Settings.load(rpc_url=rpc, manifest=manifest, port=port, data_dir=data_dir, voucher_sync=voucher_sync)
     services = build_services(settings)  # fail fast, in one line, on a bad RPC URL or manifest
     services.ledger.close()
     services.engine.dispose()
     console.print(f"serving http://{settings.host}:{port} (OpenAPI at /openapi.json)")
-    uvicorn.run(create_app(settings, model_handlers=handlers), host=settings.host, port=port, log_level="warning")
+    server = uvicorn.Server(server_config(create_app(settings, model_handlers=handlers)))
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shut down on Ctrl-C, then re-raised it
+        server.run()
+    if not server.started:
+        raise AgentmarketError(f"the server did not start on {settings.host}:{port}; see the messages above")
 
 
 def load_plugins(typer_app: typer.Typer) -> None:
