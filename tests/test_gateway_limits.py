@@ -532,7 +532,7 @@ def test_when_every_connection_is_busy_a_new_one_gets_503(gateway: Gateway):
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 20_000 + b"\r\n", 431, "headers_too_large"),
         (b"GET /v1/assets?q=" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431, "headers_too_large"),
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 40_000 + b"\r\n\r\n", 431, "headers_too_large"),
-        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64) + b"\r\n\r\n", 400, "bad_request"),  # TLS
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(64)) + b"\r\n\r\n", 400, "bad_request"),  # TLS
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 404, "not_found"),  # an HTTP/2 preface: no such resource
     ],
 )

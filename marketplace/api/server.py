@@ -80,8 +80,9 @@ def server_config(app: FastAPI, *, port: int | None = None, **overrides: Any) ->
 
     Host and port come from the app's settings (``port`` overrides the port; 0 picks a free one).
     One process, the h11 parser with :class:`GatewayProtocol`, no WebSocket upgrades (the API has
-    none), no trust in ``X-Forwarded-For``, access log off (warnings and errors only), requests still in flight cancelled
-    ``shutdown_timeout`` seconds after a shutdown began. ``overrides`` go to ``uvicorn.Config`` last.
+    none), no trust in ``X-Forwarded-For``, access log off (warnings and errors only), requests still
+    in flight cancelled ``shutdown_timeout`` seconds after a shutdown began.
+    ``overrides`` go to ``uvicorn.Config`` last.
     Raises ``ValueError`` for an app that ``create_app`` did not make.
     """
     settings = getattr(app.state, "settings", None)
