@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
 from marketplace.api import Settings, create_app
@@ -147,6 +147,19 @@ def test_reorg_is_detected_and_the_read_model_follows_the_new_chain(chain, deplo
     fresh = create_engine(databases.url("fresh"))
     Indexer(chain, deployment, fresh).sync()
     assert _dump(engine) == _dump(fresh)
+
+
+def test_a_read_model_an_older_version_wrote_is_rebuilt(chain, deployment, databases, story):
+    engine = create_engine(databases.url("old"))
+    with engine.begin() as connection:  # the agent_metadata and assets tables as an earlier version made them
+        connection.execute(text("CREATE TABLE agent_metadata (agent_id BIGINT, key VARCHAR(128), value TEXT, "
+                                "PRIMARY KEY (agent_id, key))"))  # fmt: skip
+        connection.execute(text("CREATE TABLE assets (asset_id BIGINT PRIMARY KEY, uri TEXT)"))
+        connection.execute(text("INSERT INTO assets VALUES (1, 'stale')"))
+    Indexer(chain, deployment, engine).sync()
+    fresh = create_engine(databases.url("new"))
+    Indexer(chain, deployment, fresh).sync()
+    assert _dump(engine) == _dump(fresh) and len(_dump(engine)["assets"]) == 3
 
 
 def test_earnings_and_stats(client, market, admin, alice, bob, carol, relayer, story):

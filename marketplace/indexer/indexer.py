@@ -17,7 +17,7 @@ from eth_abi.codec import ABICodec
 from eth_abi.decoding import StringDecoder
 from eth_abi.encoding import TextStringEncoder
 from eth_abi.registry import registry as abi_registry
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, inspect, select
 from sqlalchemy.orm import Session
 from web3 import Web3
 
@@ -79,6 +79,8 @@ class Indexer:
         self.deployment = deployment
         self.engine = engine
         self.batch_size = batch_size
+        if not self._schema_is_current():  # written by another version: it is a cache, so rebuild it
+            Base.metadata.drop_all(engine)
         Base.metadata.create_all(engine)
         self._decoders: dict[tuple[str, bytes], Callable[[Any], Any]] = {}
         self._contract_of: dict[str, str] = {
@@ -123,6 +125,15 @@ class Indexer:
         """Drop the read model; the next sync rebuilds it from the deploy block."""
         Base.metadata.drop_all(self.engine)
         Base.metadata.create_all(self.engine)
+
+    def _schema_is_current(self) -> bool:
+        """Whether every read-model table that exists has exactly the columns this version writes."""
+        inspector = inspect(self.engine)
+        return all(
+            {column["name"] for column in inspector.get_columns(table.name)} == set(table.columns.keys())
+            for table in Base.metadata.sorted_tables
+            if inspector.has_table(table.name)
+        )
 
     def _reorged(self) -> bool:
         with Session(self.engine) as session:
