@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import time
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +20,7 @@ from marketplace.chain.backends import LOCAL_CHAIN_ID, rpc_chain
 from marketplace.chain.deployment import DEFAULT_MANIFEST, deploy_all, load_deployment
 from marketplace.chain.token import format_units
 from marketplace.cli import market as market_commands
+from marketplace.cli.plugins import load_plugins
 from marketplace.errors import AgentmarketError
 
 app = typer.Typer(
@@ -206,13 +206,6 @@ def serve(
     services.engine.dispose()
     console.print(f"serving http://{settings.host}:{port} (OpenAPI at /openapi.json)")
     uvicorn.run(create_app(settings, model_handlers=handlers), host=settings.host, port=port, log_level="warning")
-
-
-def load_plugins(typer_app: typer.Typer) -> None:
-    """Add the commands of installed plugins (entry point group ``agentmarket.cli``; e.g. the agents
-    package's ``agent run`` and ``mcp``), so this package never imports them."""
-    for entry in entry_points(group="agentmarket.cli"):
-        entry.load()(typer_app)
 
 
 market_commands.register(app)
