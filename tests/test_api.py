@@ -204,7 +204,8 @@ def test_search_ignores_case_on_every_engine_and_takes_wildcards_literally(clien
 
 
 UINT64_MAX = 2**64 - 1
-INT128_MIN = -(2**127)
+#: A rating of 100 with 18 decimals: above a signed 64-bit column, within the registry's [0, 100] scale.
+WIDE_RATING = 100 * 10**18
 
 
 def _send_with_raw_bytes(chain, fn, sender, placeholder: bytes, raw: bytes):
@@ -225,7 +226,7 @@ def test_whatever_the_contracts_accept_the_read_model_stores_on_every_engine(
 ):
     """Anyone can put these values on chain; none may stop the indexer (and with it every read) on any engine:
     NUL characters (PostgreSQL text refuses them), strings that are not UTF-8, uint64 maxima (above a signed
-    64-bit column), keys longer than a B-tree index entry, int128 extremes."""
+    64-bit column), keys longer than a B-tree index entry, ratings wider than 64 bits."""
     forever = publish(market, alice, "ipfs://nul\x00inside", to_units(1), license_duration=UINT64_MAX)
     marketplace = market.marketplace.contract
     fn = marketplace.functions.publish(0, b"\x01" * 32, "ipfs://PLACEHOLDER", 5, market.token.address, 0,
@@ -241,7 +242,7 @@ def test_whatever_the_contracts_accept_the_read_model_stores_on_every_engine(
     market.token.approve(carol, market.marketplace.address, to_units(5))
     market.marketplace.buy(carol, story["iris"], to_units(1))
     market.reputation.give_feedback(carol, subject_kind=SubjectKind.ASSET, subject_id=story["iris"],
-                                    value=INT128_MIN, value_decimals=18, paid_asset_id=story["iris"], tag1="\x00",
+                                    value=WIDE_RATING, value_decimals=18, paid_asset_id=story["iris"], tag1="\x00",
                                     tag2="é" * 3_000)  # fmt: skip
 
     catalog = client.get("/v1/assets", params={"limit": 200}).json()
@@ -252,7 +253,7 @@ def test_whatever_the_contracts_accept_the_read_model_stores_on_every_engine(
     assert by_id[not_utf8]["uri"].startswith("ipfs://\ufffd\ufffd") and "bad" in by_id[not_utf8]["uri"]
     assert client.get("/v1/assets", params={"q": "nul"}).json()["total"] == 1
     detail = client.get(f"/v1/assets/{story['iris']}").json()
-    assert detail["rating"] == {"count": 1, "average": INT128_MIN / 10**18}
+    assert detail["rating"] == {"count": 1, "average": 100.0}
     assert client.get(f"/v1/assets/{not_utf8}").status_code == 200
     view = client.get(f"/v1/agents/{agent}").json()
     assert view["uri"] == "https://agents.example/\ufffd"

@@ -15,6 +15,7 @@ same rows. The same queries give the same answers on both engines:
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -23,16 +24,18 @@ from sqlalchemy.dialects.postgresql import NUMERIC
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-#: Digits of the largest uint256 (2**256 - 1) and of the smallest int256, sign included.
+#: Digits of the largest uint256 (2**256 - 1).
 _WIDE_DIGITS = 78
+_DECIMAL = re.compile(r"-?[0-9]{1,78}")
 
 
 class WideInt(TypeDecorator[int]):
     """An integer of up to 256 bits, signed or not, stored exactly on every engine.
 
     PostgreSQL: ``NUMERIC(78, 0)``; SQLite (and any other engine): a decimal string. Values are
-    Python ints both ways; anything that is not an int of at most 78 digits raises ``ValueError``
-    when bound. Equality filters work on both engines; ordering and arithmetic do not (see the module).
+    Python ints both ways (an int's decimal string is accepted too); anything else, or more than 78
+    digits, raises ``ValueError`` when bound. Equality filters work on both engines; ordering and
+    arithmetic do not (see the module).
     """
 
     impl = String(_WIDE_DIGITS + 1)
@@ -44,10 +47,12 @@ class WideInt(TypeDecorator[int]):
             return dialect.type_descriptor(NUMERIC(_WIDE_DIGITS, 0))
         return dialect.type_descriptor(self.impl)
 
-    def process_bind_param(self, value: int | None, dialect: Dialect) -> Any:
-        """An int (bool refused) → Decimal on PostgreSQL, decimal string elsewhere."""
+    def process_bind_param(self, value: int | str | None, dialect: Dialect) -> Any:
+        """An int (bool refused) or its decimal string → Decimal on PostgreSQL, decimal string elsewhere."""
         if value is None:
             return None
+        if isinstance(value, str) and _DECIMAL.fullmatch(value):
+            value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or len(str(abs(value))) > _WIDE_DIGITS:
             raise ValueError(f"WideInt wants an int of at most {_WIDE_DIGITS} digits, not {value!r}")
         return Decimal(value) if dialect.name == "postgresql" else str(value)
