@@ -57,8 +57,9 @@ def _lenient_codec() -> ABICodec:
 
 
 def storable_text(value: str) -> str:
-    """``value`` as every engine can store it: NUL (refused by PostgreSQL) and lone surrogates become U+FFFD."""
-    return value.encode("utf-8", errors="replace").decode("utf-8").replace("\x00", "\ufffd")
+    """``value`` (decoded by the lenient codec, so valid Unicode) as every engine can store it: NUL, which
+    PostgreSQL's text refuses, becomes U+FFFD."""
+    return value.replace("\x00", "\ufffd")
 
 
 @dataclass(frozen=True)
