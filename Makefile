@@ -1,15 +1,17 @@
 # The README's two commands: `make demo` and `make test`. Both do all their own set-up.
+# `make demo` installs agentmarket with the `sim` extra (agents and simulations); `make test` with `dev`
+# (every extra and the test tools), plus the PostgreSQL server programs the API tests start.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint format contracts bench-gas clean
+.PHONY: demo test lint format contracts bench-gas postgres-server clean
 
 demo: $(VENV)/.installed
 	$(BIN)/agentmarket demo
 
-test: $(VENV)/.installed-dev contracts/node_modules/.package-lock.json
+test: $(VENV)/.installed-dev contracts/node_modules/.package-lock.json postgres-server
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 --dist loadfile
@@ -31,7 +33,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -e .
+	$(PIP) install -e '.[sim]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
@@ -40,6 +42,19 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 contracts/node_modules/.package-lock.json: contracts/package-lock.json
 	cd contracts && npm ci --no-audit --no-fund
+
+# tests/test_api.py and tests/test_schemathesis.py also run on a PostgreSQL server that the test session
+# starts from PostgreSQL's own programs (tests/postgres.py says where it looks). Debian's `postgresql`
+# package has them: installed here when missing and we are root; otherwise those cases skip and say why.
+postgres-server: $(VENV)/.installed-dev
+	@if [ -n "$$AGENTMARKET_TEST_POSTGRES_URL" ] || \
+	    $(BIN)/python -c 'import sys; from tests.postgres import find_bindir; sys.exit(find_bindir() is None)'; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's postgresql package (server programs for the PostgreSQL tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	else \
+	    echo "note: no PostgreSQL server programs here; the PostgreSQL test cases will skip (install postgresql)"; \
+	fi
 
 clean:
 	rm -rf $(VENV) contracts/node_modules .pytest_cache .ruff_cache .agentmarket

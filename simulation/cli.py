@@ -14,7 +14,9 @@ from marketplace.chain.token import format_units
 
 console = Console(highlight=False)
 
-ScenarioArgument = Annotated[Path, typer.Argument(help="Scenario file (TOML), e.g. scenarios/baseline.toml.")]
+ScenarioArgument = Annotated[
+    Path, typer.Argument(help="A packaged scenario (baseline, noisy-producers, free-riders) or a TOML file.")
+]
 OutOption = Annotated[Path, typer.Option("--out", help="Where metrics, CSVs, plots and the report go.")]
 ChainOption = Annotated[str, typer.Option("--chain", help="embedded, anvil, or an RPC URL.")]
 ParamOption = Annotated[list[str] | None, typer.Option("--param", help="KEY=VALUE override (sweep: KEY=V1,V2,…).")]

@@ -20,6 +20,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
@@ -356,9 +357,34 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parse_value(value.strip())
 
 
-def load_scenario(path: str | Path, overrides: Sequence[str] = (), seed: int | None = None) -> Scenario:
-    """Read and validate the scenario file ``path``, apply ``overrides`` (``key.path=value``) and ``seed``."""
+def packaged_scenarios() -> list[str]:
+    """Names of the scenarios shipped inside the package (``simulation/scenarios/*.toml``), sorted."""
+    folder = resources.files("simulation") / "scenarios"
+    return sorted(item.name.removesuffix(".toml") for item in folder.iterdir() if item.name.endswith(".toml"))
+
+
+def resolve_scenario(path: str | Path) -> Path:
+    """The scenario file ``path`` names: the file itself if it exists, else, for a bare name such as
+    ``baseline`` (or ``baseline.toml``), the packaged scenario of that name.
+
+    Raises ``ScenarioError`` naming the packaged scenarios when neither exists.
+    """
     path = Path(path)
+    if path.is_file() or path.parent != Path("."):
+        return path
+    name = path.name.removesuffix(".toml")
+    packaged = resources.files("simulation") / "scenarios" / f"{name}.toml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    raise ScenarioError(
+        f"scenario {str(path)!r} is neither a file nor a packaged scenario ({', '.join(packaged_scenarios())})"
+    )
+
+
+def load_scenario(path: str | Path, overrides: Sequence[str] = (), seed: int | None = None) -> Scenario:
+    """Read and validate the scenario ``path`` (a TOML file, or the name of a packaged scenario such as
+    ``baseline``; see :func:`resolve_scenario`), apply ``overrides`` (``key.path=value``) and ``seed``."""
+    path = resolve_scenario(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -16,6 +16,9 @@ from marketplace.chain import Chain, ContractRevert, connect
 from marketplace.chain.deployment import Deployment, deploy_all
 from marketplace.chain.market import Market
 from marketplace.chain.token import TestUSD, to_units
+from tests.postgres import Databases, PostgresServer
+from tests.postgres import Unavailable as PostgresUnavailable
+from tests.postgres import start_server as start_postgres
 
 BACKENDS = ["embedded", pytest.param("anvil", marks=pytest.mark.anvil)]
 
@@ -102,3 +105,28 @@ def expect_revert(error: str, fn, *args, **kwargs) -> ContractRevert:
         fn(*args, **kwargs)
     assert info.value.error == error, str(info.value)
     return info.value
+
+
+#: Read-model engines the API tests run on: SQLite (the default) and a real PostgreSQL server.
+DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server per test session (per xdist worker), started on first use; skips if none can be had."""
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def databases(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Databases:
+    """Fresh read-model databases of one engine for this test module: ``databases.url(label)`` is empty each time."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    server = request.getfixturevalue("postgres_server") if request.param == "postgresql" else None
+    return Databases(request.param, prefix=module, directory=tmp_path_factory.mktemp(f"db-{module}"), server=server)

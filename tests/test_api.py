@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
 from marketplace.api import Settings, create_app
@@ -16,10 +16,11 @@ from marketplace.indexer import Indexer
 from marketplace.indexer.models import Base
 
 
-def publish(market, owner, uri, price, *, kind=AssetKind.DATASET, payees=None, parents=()):
+def publish(market, owner, uri, price, *, kind=AssetKind.DATASET, payees=None, parents=(), license_duration=0):
     return market.marketplace.publish(
         owner, kind=kind, content_hash=hashlib.sha256(uri.encode()).digest(), uri=uri, price=price,
         token=market.token.address, payees=payees or [(owner.address, 10_000)], parents=list(parents),
+        license_duration=license_duration,
     )  # fmt: skip
 
 
@@ -39,9 +40,9 @@ def story(market, admin, alice, bob, carol):
 
 
 @pytest.fixture
-def client(chain, deployment, tmp_path, story):
+def client(chain, deployment, tmp_path, story, databases):
     manifest = deployment.save(tmp_path / "deployment.json")
-    settings = Settings(manifest=manifest, data_dir=tmp_path / "server")
+    settings = Settings(manifest=manifest, data_dir=tmp_path / "server", database_url=databases.url("api"))
     with TestClient(create_app(settings, chain=chain)) as test_client:
         yield test_client
 
@@ -124,10 +125,10 @@ def _dump(engine) -> dict[str, list[tuple]]:
         }
 
 
-def test_rebuilding_from_scratch_gives_identical_rows(chain, deployment, tmp_path, story):
-    first = create_engine(f"sqlite:///{tmp_path / 'a.sqlite3'}")
+def test_rebuilding_from_scratch_gives_identical_rows(chain, deployment, databases, story):
+    first = create_engine(databases.url("a"))
     Indexer(chain, deployment, first, batch_size=3).sync()
-    second = create_engine(f"sqlite:///{tmp_path / 'b.sqlite3'}")
+    second = create_engine(databases.url("b"))
     Indexer(chain, deployment, second, batch_size=1000).sync()
     assert _dump(first) == _dump(second)
     assert len(_dump(first)["assets"]) == 3
@@ -136,8 +137,8 @@ def test_rebuilding_from_scratch_gives_identical_rows(chain, deployment, tmp_pat
     assert indexer.sync().events == 0
 
 
-def test_reorg_is_detected_and_the_read_model_follows_the_new_chain(chain, deployment, market, alice, tmp_path, story):
-    engine = create_engine(f"sqlite:///{tmp_path / 'r.sqlite3'}")
+def test_reorg_is_detected_and_the_read_model_follows_the_new_chain(chain, deployment, market, alice, databases, story):
+    engine = create_engine(databases.url("r"))
     indexer = Indexer(chain, deployment, engine)
     snapshot = chain.snapshot()
     publish(market, alice, "ipfs://on-the-abandoned-fork", 1)
@@ -150,9 +151,22 @@ def test_reorg_is_detected_and_the_read_model_follows_the_new_chain(chain, deplo
     assert report.reorg
     uris = [row[-1] for row in _dump(engine)["assets"]]
     assert "ipfs://on-the-new-fork" in str(_dump(engine)["assets"]) and "abandoned" not in str(uris)
-    fresh = create_engine(f"sqlite:///{tmp_path / 'fresh.sqlite3'}")
+    fresh = create_engine(databases.url("fresh"))
     Indexer(chain, deployment, fresh).sync()
     assert _dump(engine) == _dump(fresh)
+
+
+def test_a_read_model_an_older_version_wrote_is_rebuilt(chain, deployment, databases, story):
+    engine = create_engine(databases.url("old"))
+    with engine.begin() as connection:  # the agent_metadata and assets tables as an earlier version made them
+        connection.execute(text("CREATE TABLE agent_metadata (agent_id BIGINT, key VARCHAR(128), value TEXT, "
+                                "PRIMARY KEY (agent_id, key))"))  # fmt: skip
+        connection.execute(text("CREATE TABLE assets (asset_id BIGINT PRIMARY KEY, uri TEXT)"))
+        connection.execute(text("INSERT INTO assets VALUES (1, 'stale')"))
+    Indexer(chain, deployment, engine).sync()
+    fresh = create_engine(databases.url("new"))
+    Indexer(chain, deployment, fresh).sync()
+    assert _dump(engine) == _dump(fresh) and len(_dump(engine)["assets"]) == 3
 
 
 def test_earnings_and_stats(client, market, admin, alice, bob, carol, relayer, story):
@@ -180,3 +194,76 @@ def test_earnings_and_stats(client, market, admin, alice, bob, carol, relayer, s
     assert stats["top_assets"][0]["asset_id"] == story["model"]
     assert stats["released_by_payee"][carol.address] == model_earning["released"]
     assert client.get("/v1/accounts/0x12/earnings").status_code == 422
+
+
+def test_search_ignores_case_on_every_engine_and_takes_wildcards_literally(client, market, alice, story):
+    found = client.get("/v1/assets", params={"q": "IRIS"}).json()
+    assert {a["asset_id"] for a in found["items"]} == {story["iris"], story["model"]}
+    assert client.get("/v1/assets", params={"q": "Wine-KNN"}).json()["total"] == 1
+    accented = publish(market, alice, "ipfs://Éclair-Straße", 1)
+    for q in ("éclair", "ÉCLAIR", "strasse", "STRASSE"):  # Unicode case folding, not ASCII only
+        assert [a["asset_id"] for a in client.get("/v1/assets", params={"q": q}).json()["items"]] == [accented], q
+    for q in ("%", "_", "iris%shard", "ipfs:__", "\\"):  # LIKE's wildcards and escape match only themselves
+        assert client.get("/v1/assets", params={"q": q}).json()["total"] == 0, q
+    percent = publish(market, alice, "ipfs://100%_pure\\data", 1)
+    for q in ("%", "_", "100%_", "\\"):
+        assert [a["asset_id"] for a in client.get("/v1/assets", params={"q": q}).json()["items"]] == [percent], q
+
+
+UINT64_MAX = 2**64 - 1
+#: A rating of 100 with 18 decimals: above a signed 64-bit column, within the registry's [0, 100] scale.
+WIDE_RATING = 100 * 10**18
+
+
+def _send_with_raw_bytes(chain, fn, sender, placeholder: bytes, raw: bytes):
+    """Send ``fn`` with ``placeholder`` in its calldata replaced by ``raw`` (same length): e.g. a string argument
+    that is not UTF-8, which web3 never encodes but any transaction may carry."""
+    assert len(placeholder) == len(raw)
+    tx = fn.build_transaction({"from": sender.address, "gas": 3_000_000,
+                               "nonce": chain.w3.eth.get_transaction_count(sender.address, "pending")})  # fmt: skip
+    assert tx["data"].count(placeholder.hex()) == 1
+    tx["data"] = tx["data"].replace(placeholder.hex(), raw.hex())
+    receipt = chain.send_raw(sender.sign_transaction(tx).raw_transaction)
+    assert receipt["status"] == 1
+    return receipt
+
+
+def test_whatever_the_contracts_accept_the_read_model_stores_on_every_engine(
+    client, chain, market, admin, alice, bob, carol, story
+):
+    """Anyone can put these values on chain; none may stop the indexer (and with it every read) on any engine:
+    NUL characters (PostgreSQL text refuses them), strings that are not UTF-8, uint64 maxima (above a signed
+    64-bit column), keys longer than a B-tree index entry, ratings wider than 64 bits."""
+    forever = publish(market, alice, "ipfs://nul\x00inside", to_units(1), license_duration=UINT64_MAX)
+    marketplace = market.marketplace.contract
+    fn = marketplace.functions.publish(0, b"\x01" * 32, "ipfs://PLACEHOLDER", 5, market.token.address, 0,
+                                       [alice.address], [10_000], [], [])  # fmt: skip
+    _send_with_raw_bytes(chain, fn, alice, b"PLACEHOLDER", b"\xff\xfe\xc3(\x00bad\xed\xa0\x80")
+    not_utf8 = forever + 1
+    long_key = "k" * 5_000
+    agent = market.agents.register(bob, "https://agents.example/\x00", {long_key: b"\x00" * 3, "nul\x00key": b"v"})
+    market.agents.set_metadata(bob, agent, long_key, b"\x01")  # the same long key, updated
+    market.token.approve(alice, market.channels.address, to_units(1))
+    market.channels.open(alice, story["model"], market.token.address, to_units(1), UINT64_MAX)
+    market.token.mint(admin, carol.address, to_units(5))
+    market.token.approve(carol, market.marketplace.address, to_units(5))
+    market.marketplace.buy(carol, story["iris"], to_units(1))
+    market.reputation.give_feedback(carol, subject_kind=SubjectKind.ASSET, subject_id=story["iris"],
+                                    value=WIDE_RATING, value_decimals=18, paid_asset_id=story["iris"], tag1="\x00",
+                                    tag2="é" * 3_000)  # fmt: skip
+
+    catalog = client.get("/v1/assets", params={"limit": 200}).json()
+    assert catalog["total"] == 5
+    by_id = {a["asset_id"]: a for a in catalog["items"]}
+    assert by_id[forever]["license_duration"] == UINT64_MAX
+    assert by_id[forever]["uri"] == "ipfs://nul\ufffdinside"  # NUL cannot be stored everywhere: shown replaced
+    assert by_id[not_utf8]["uri"].startswith("ipfs://\ufffd\ufffd") and "bad" in by_id[not_utf8]["uri"]
+    assert client.get("/v1/assets", params={"q": "nul"}).json()["total"] == 1
+    detail = client.get(f"/v1/assets/{story['iris']}").json()
+    assert detail["rating"] == {"count": 1, "average": 100.0}
+    assert client.get(f"/v1/assets/{not_utf8}").status_code == 200
+    view = client.get(f"/v1/agents/{agent}").json()
+    assert view["uri"] == "https://agents.example/\ufffd"
+    assert view["metadata"] == {long_key: "0x01", "nul\ufffdkey": "0x" + b"v".hex()}
+    assert client.get("/v1/stats").json()["assets"] == 5
+    assert client.get("/healthz").json()["indexer_lag"] == 0

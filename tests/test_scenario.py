@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from marketplace.errors import AgentmarketError
-from simulation.scenario import Scenario, ScenarioError, load_scenario, parse_sweep, sweep_scenarios, train_rows
+from simulation.scenario import (
+    Scenario,
+    ScenarioError,
+    load_scenario,
+    packaged_scenarios,
+    parse_sweep,
+    sweep_scenarios,
+    train_rows,
+)
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 BASELINE = SCENARIOS / "baseline.toml"
@@ -270,3 +278,21 @@ def test_a_minimal_file_gets_defaults(tmp_path: Path) -> None:
     scenario = load_scenario(path)
     assert scenario.producers.shard_size == [150, 150] and scenario.producers.label_noise == [0.0, 0.0]
     assert scenario.builders.models == ["knn", "logreg"] and scenario.royalty.rule == "knn_shapley"
+
+
+# --------------------------------------------------------------------------------------------------
+# Packaged scenarios by name
+
+
+def test_a_bare_name_is_the_packaged_scenario_from_any_directory(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert packaged_scenarios() == ["baseline", "free-riders", "noisy-producers"]
+    for name in ("baseline", "baseline.toml"):
+        assert load_scenario(name).model_dump() == load_scenario(BASELINE).model_dump()
+    (tmp_path / "baseline.toml").write_text(BASELINE.read_text().replace("rounds = 5", "rounds = 2"))
+    assert load_scenario("baseline.toml").rounds == 2  # a file in the working directory comes first
+    assert load_scenario("baseline").rounds == 5
+    with pytest.raises(ScenarioError, match=r"'nosuch' is neither a file nor a packaged scenario \(baseline, "):
+        load_scenario("nosuch")
+    with pytest.raises(ScenarioError, match=r"scenario file sub/baseline\.toml not found"):
+        load_scenario("sub/baseline.toml")  # a path is a path: no fallback

@@ -1,6 +1,7 @@
 """Every operation of the HTTP API, fuzzed with schemathesis from the app's own OpenAPI document.
 
-The app runs on the embedded chain with real data behind its paths: two datasets (one delisted),
+The app runs on the embedded chain, once with its read model on SQLite and once on a PostgreSQL server
+(the ``databases`` fixture), with real data behind its paths: two datasets (one delisted),
 a model built on one of them and served by a handler, a purchase and a rating, two agents (one
 with an encryption key), uploaded content and an open payment channel. Each generated request is
 often steered onto that data (known ids, a valid bearer token, a valid or forged voucher, a
@@ -45,6 +46,7 @@ from marketplace.chain.deployment import deploy_all
 from marketplace.chain.market import AssetKind, Market, SubjectKind
 from marketplace.chain.token import to_units
 from marketplace.payments.channels import HEADER, Voucher
+from tests.postgres import Databases
 from tests.test_x402 import serving
 
 CONTENT = os.urandom(150_000)  # three 64 KiB frames
@@ -99,7 +101,7 @@ def _login(client: httpx.Client, account: LocalAccount) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory):
+def world(tmp_path_factory: pytest.TempPathFactory, databases: Databases):
     chain = connect("embedded")
     try:
         admin, alice, bob, carol, session_key = (chain.accounts[i] for i in (0, 1, 2, 3, 5))
@@ -126,7 +128,8 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 
         home = tmp_path_factory.mktemp("schemathesis")
         settings_ = Settings(manifest=deployment.save(home / "deployment.json"), data_dir=home / "server",
-                             siwe_domain="testserver", settle_interval=3600, max_upload_bytes=1_000_000)  # fmt: skip
+                             database_url=databases.url("world"), siwe_domain="testserver", settle_interval=3600,
+                             max_upload_bytes=1_000_000)  # fmt: skip
         app = create_app(settings_, chain=chain, model_handlers={model: items_in})
         with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
             assert client.get("/openapi.json").json() == OPENAPI  # the document under test is the one served

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI
-from sqlalchemy import create_engine
 
 import marketplace
 from marketplace.api.deps import Services
@@ -24,6 +23,7 @@ from marketplace.chain.deployment import load_deployment
 from marketplace.content import ContentStore
 from marketplace.errors import AgentmarketError
 from marketplace.indexer import Indexer
+from marketplace.indexer.database import open_database
 from marketplace.inference import ModelHandler
 from marketplace.keyfile import load_or_create_secret
 from marketplace.payments.channels import ChannelGate, Settler, VoucherLedger
@@ -52,7 +52,7 @@ def build_services(
     voucher ledger."""
     chain = chain or rpc_chain(settings.rpc_url)
     deployment = load_deployment(settings.manifest, chain)
-    engine = create_engine(settings.resolved_database_url())
+    engine = open_database(settings.resolved_database_url())
     ServerBase.metadata.create_all(engine)
     market = deployment.market(chain)
     relayer = _relayer(settings, chain)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from marketplace.cli.app import app
 from marketplace.errors import AgentmarketError
@@ -20,7 +21,7 @@ def main() -> None:
     try:
         app()
     except AgentmarketError as exc:
-        _stderr.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        _stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # "[sim]" is text, not markup
         sys.exit(1)
     except KeyboardInterrupt:
         _stderr.print("interrupted")

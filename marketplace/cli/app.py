@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import time
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +21,7 @@ from marketplace.chain.backends import LOCAL_CHAIN_ID, rpc_chain
 from marketplace.chain.deployment import DEFAULT_MANIFEST, deploy_all, load_deployment
 from marketplace.chain.token import format_units
 from marketplace.cli import market as market_commands
+from marketplace.cli.plugins import load_plugins
 from marketplace.errors import AgentmarketError
 
 app = typer.Typer(
@@ -212,13 +212,6 @@ def serve(
         server.run()
     if not server.started:
         raise AgentmarketError(f"the server did not start on {settings.host}:{port}; see the messages above")
-
-
-def load_plugins(typer_app: typer.Typer) -> None:
-    """Add the commands of installed plugins (entry point group ``agentmarket.cli``; e.g. the agents
-    package's ``agent run`` and ``mcp``), so this package never imports them."""
-    for entry in entry_points(group="agentmarket.cli"):
-        entry.load()(typer_app)
 
 
 market_commands.register(app)

@@ -8,11 +8,16 @@ records the hash of every block it indexed and, when a stored hash no longer mat
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, select
+from eth_abi.codec import ABICodec
+from eth_abi.decoding import StringDecoder
+from eth_abi.encoding import TextStringEncoder
+from eth_abi.registry import registry as abi_registry
+from sqlalchemy import Engine, delete, inspect, select
 from sqlalchemy.orm import Session
 from web3 import Web3
 
@@ -38,6 +43,23 @@ from marketplace.indexer.models import (
 _FOLLOWED = ("Marketplace", "PaymentChannels", "AgentRegistry", "ReputationRegistry", "RevenueVault")
 #: How many recent block hashes are kept to detect reorgs.
 _KEPT_BLOCK_HASHES = 256
+#: Largest value a signed 64-bit SQL column holds (``price_sort``).
+_INT64_MAX = 2**63 - 1
+
+
+def _lenient_codec() -> ABICodec:
+    """eth-abi's codec, except that a ``string`` whose bytes are not UTF-8 decodes with U+FFFD in place of
+    the bad bytes instead of raising: a log anyone can emit must not stop the indexer."""
+    registry = abi_registry.copy()
+    registry.unregister("string")
+    registry.register("string", TextStringEncoder, StringDecoder(handle_string_errors="replace"), label="string")
+    return ABICodec(registry)
+
+
+def storable_text(value: str) -> str:
+    """``value`` (decoded by the lenient codec, so valid Unicode) as every engine can store it: NUL, which
+    PostgreSQL's text refuses, becomes U+FFFD."""
+    return value.replace("\x00", "\ufffd")
 
 
 @dataclass(frozen=True)
@@ -58,13 +80,17 @@ class Indexer:
         self.deployment = deployment
         self.engine = engine
         self.batch_size = batch_size
+        if not self._schema_is_current():  # written by another version: it is a cache, so rebuild it
+            Base.metadata.drop_all(engine)
         Base.metadata.create_all(engine)
         self._decoders: dict[tuple[str, bytes], Callable[[Any], Any]] = {}
         self._contract_of: dict[str, str] = {
             Web3.to_checksum_address(deployment.address(name)): name for name in _FOLLOWED if name != "RevenueVault"
         }
+        decoding = Web3()  # no provider: only its codec is used, to decode logs
+        decoding.codec = _lenient_codec()
         for name in _FOLLOWED:
-            contract = chain.w3.eth.contract(abi=load_artifact(name).abi)
+            contract = decoding.eth.contract(abi=load_artifact(name).abi)
             for entry in contract.abi:
                 if entry.get("type") == "event":
                     event = contract.events[entry["name"]]()
@@ -100,6 +126,15 @@ class Indexer:
         """Drop the read model; the next sync rebuilds it from the deploy block."""
         Base.metadata.drop_all(self.engine)
         Base.metadata.create_all(self.engine)
+
+    def _schema_is_current(self) -> bool:
+        """Whether every read-model table that exists has exactly the columns this version writes."""
+        inspector = inspect(self.engine)
+        return all(
+            {column["name"] for column in inspector.get_columns(table.name)} == set(table.columns.keys())
+            for table in Base.metadata.sorted_tables
+            if inspector.has_table(table.name)
+        )
 
     def _reorged(self) -> bool:
         with Session(self.engine) as session:
@@ -145,13 +180,13 @@ class Indexer:
                 kind=AssetKind(a["kind"]).name.lower(),
                 owner=a["owner"],
                 token=a["token"],
-                price=str(a["price"]),
-                price_sort=min(a["price"], 2**63 - 1),
+                price=a["price"],
+                price_sort=min(a["price"], _INT64_MAX),
                 license_duration=a["licenseDuration"],
                 version=1,
                 listed=True,
                 content_hash="0x" + bytes(a["contentHash"]).hex(),
-                uri=a["uri"],
+                **_uri_columns(a["uri"]),
                 vault=a["vault"],
                 **origin,
             )
@@ -165,11 +200,13 @@ class Indexer:
     def _on_AssetVersionPublished(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
         a = event["args"]
         row = session.get(AssetRow, a["assetId"])
-        row.version, row.content_hash, row.uri = a["version"], "0x" + bytes(a["contentHash"]).hex(), a["uri"]
+        row.version, row.content_hash = a["version"], "0x" + bytes(a["contentHash"]).hex()
+        columns = _uri_columns(a["uri"])
+        row.uri, row.uri_folded = columns["uri"], columns["uri_folded"]
 
     def _on_PriceUpdated(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
         row = session.get(AssetRow, event["args"]["assetId"])
-        row.price, row.price_sort = str(event["args"]["price"]), min(event["args"]["price"], 2**63 - 1)
+        row.price, row.price_sort = event["args"]["price"], min(event["args"]["price"], _INT64_MAX)
 
     def _on_ListingChanged(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
         session.get(AssetRow, event["args"]["assetId"]).listed = event["args"]["listed"]
@@ -177,14 +214,14 @@ class Indexer:
     def _on_LicensePurchased(self, session: Session, event: Any, origin: dict[str, Any]) -> None:
         a = event["args"]
         expires = "perpetual" if a["expiresAt"] == PERPETUAL else str(a["expiresAt"])
-        session.add(LicenseRow(asset_id=a["assetId"], buyer=a["buyer"], price=str(a["price"]), expires_at=expires,
+        session.add(LicenseRow(asset_id=a["assetId"], buyer=a["buyer"], price=a["price"], expires_at=expires,
                                **origin))  # fmt: skip
 
     # ------------------------------------------------------------------ RevenueVault
 
     def _on_PaymentReleased(self, session: Session, event: Any, origin: dict[str, Any]) -> None:
         a = event["args"]
-        session.add(ReleaseRow(vault=event["address"], token=a["token"], payee=a["payee"], amount=str(a["amount"]),
+        session.add(ReleaseRow(vault=event["address"], token=a["token"], payee=a["payee"], amount=a["amount"],
                                **origin))  # fmt: skip
 
     # ------------------------------------------------------------------ PaymentChannels
@@ -193,32 +230,32 @@ class Indexer:
         a = event["args"]
         session.merge(
             ChannelRow(channel_id=a["channelId"], asset_id=a["assetId"], payer=a["payer"], token=a["token"],
-                       signer=a["signer"], deposit=str(a["deposit"]), claimed="0", expiry=a["expiry"], closed=False,
+                       signer=a["signer"], deposit=a["deposit"], claimed=0, expiry=a["expiry"], closed=False,
                        **origin)
         )  # fmt: skip
 
     def _on_ChannelToppedUp(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
-        session.get(ChannelRow, event["args"]["channelId"]).deposit = str(event["args"]["deposit"])
+        session.get(ChannelRow, event["args"]["channelId"]).deposit = event["args"]["deposit"]
 
     def _on_ChannelExtended(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
         session.get(ChannelRow, event["args"]["channelId"]).expiry = event["args"]["expiry"]
 
     def _on_ChannelClaimed(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
-        session.get(ChannelRow, event["args"]["channelId"]).claimed = str(event["args"]["cumulativeAmount"])
+        session.get(ChannelRow, event["args"]["channelId"]).claimed = event["args"]["cumulativeAmount"]
 
     def _on_ChannelSettled(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
         row = session.get(ChannelRow, event["args"]["channelId"])
-        row.closed, row.claimed = True, str(event["args"]["claimed"])
+        row.closed, row.claimed = True, event["args"]["claimed"]
 
     # ------------------------------------------------------------------ AgentRegistry
 
     def _on_Registered(self, session: Session, event: Any, origin: dict[str, Any]) -> None:
         a = event["args"]
-        session.merge(AgentRow(agent_id=a["agentId"], owner=a["owner"], uri=a["agentURI"], wallet=a["owner"],
-                               **origin))  # fmt: skip
+        session.merge(AgentRow(agent_id=a["agentId"], owner=a["owner"], uri=storable_text(a["agentURI"]),
+                               wallet=a["owner"], **origin))  # fmt: skip
 
     def _on_URIUpdated(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
-        session.get(AgentRow, event["args"]["agentId"]).uri = event["args"]["newURI"]
+        session.get(AgentRow, event["args"]["agentId"]).uri = storable_text(event["args"]["newURI"])
 
     def _on_MetadataSet(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
         a = event["args"]
@@ -228,7 +265,10 @@ class Indexer:
             if agent is not None:  # MetadataSet for the wallet is emitted just before Registered
                 agent.wallet = Web3.to_checksum_address(value) if value else None
             return
-        session.merge(AgentMetadataRow(agent_id=a["agentId"], key=a["metadataKey"], value=value.hex()))
+        key = a["metadataKey"]
+        key_hash = hashlib.sha256(key.encode()).hexdigest()
+        session.merge(AgentMetadataRow(agent_id=a["agentId"], key_hash=key_hash, key=storable_text(key),
+                                       value=value.hex()))  # fmt: skip
 
     def _on_Transfer(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
         a = event["args"]
@@ -242,8 +282,9 @@ class Indexer:
         a = event["args"]
         session.add(
             FeedbackRow(subject_kind="asset" if a["subjectKind"] == 0 else "agent", subject_id=a["subjectId"],
-                        client=a["clientAddress"], value=str(a["value"]), value_decimals=a["valueDecimals"],
-                        tag1=a["tag1"], tag2=a["tag2"], **origin)
+                        client=a["clientAddress"], value=a["value"], value_decimals=a["valueDecimals"],
+                        score=a["value"] / 10 ** a["valueDecimals"], tag1=storable_text(a["tag1"]),
+                        tag2=storable_text(a["tag2"]), **origin)
         )  # fmt: skip
 
 
@@ -251,6 +292,12 @@ def _event_signature(entry: dict[str, Any]) -> str:
     from marketplace.chain.errors import _abi_type
 
     return f"{entry['name']}({','.join(_abi_type(p) for p in entry['inputs'])})"
+
+
+def _uri_columns(uri: str) -> dict[str, str]:
+    """An asset's ``uri`` and ``uri_folded`` columns."""
+    stored = storable_text(uri)
+    return {"uri": stored, "uri_folded": stored.casefold()}
 
 
 def _origin(log: Any) -> dict[str, Any]:

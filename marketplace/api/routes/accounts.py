@@ -58,14 +58,14 @@ def stats(session: SessionDep, services: ServicesDep) -> Stats:
     revenue = {a.asset_id: RevenueVaultContract(services.chain, a.vault).total_received(a.token) for a in assets}
     released: dict[str, int] = {}
     for payee, amount in session.execute(select(ReleaseRow.payee, ReleaseRow.amount)):
-        released[payee] = released.get(payee, 0) + int(amount)
+        released[payee] = released.get(payee, 0) + amount  # exact ints, summed here: the same on every engine
     top = sorted(assets, key=lambda a: (-revenue[a.asset_id], a.asset_id))[:10]
     return Stats(
         assets=len(assets),
         agents=session.scalar(select(func.count(AgentRow.agent_id))) or 0,
         licenses_sold=session.scalar(select(func.count(LicenseRow.id))) or 0,
-        license_volume=str(sum(int(p) for p in session.scalars(select(LicenseRow.price)))),
-        channel_volume=str(sum(int(c) for c in session.scalars(select(ChannelRow.claimed)))),
+        license_volume=str(sum(session.scalars(select(LicenseRow.price)))),
+        channel_volume=str(sum(session.scalars(select(ChannelRow.claimed)))),
         revenue_received=str(sum(revenue.values())),
         released_by_payee={k: str(v) for k, v in sorted(released.items())},
         top_assets=[

@@ -22,5 +22,6 @@ def get_agent(agent_id: Annotated[int, Path(ge=1, le=2**63 - 1)], session: Sessi
     if row is None:
         raise not_found("agent", agent_id)
     metadata = session.scalars(select(AgentMetadataRow).where(AgentMetadataRow.agent_id == agent_id))
+    # Sorted here, not in SQL: engines (and their collations) order text differently.
     return Agent(agent_id=row.agent_id, owner=row.owner, uri=row.uri, wallet=row.wallet,
-                 metadata={m.key: "0x" + m.value for m in metadata})  # fmt: skip
+                 metadata={m.key: "0x" + m.value for m in sorted(metadata, key=lambda m: m.key)})  # fmt: skip

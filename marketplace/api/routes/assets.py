@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from eth_utils import to_checksum_address
 from fastapi import APIRouter, Path, Query
-from sqlalchemy import Float, cast, func, or_, select
+from sqlalchemy import func, select
 
 from marketplace.api.deps import ServicesDep, SessionDep
 from marketplace.api.errors import ApiError, not_found
@@ -20,7 +21,7 @@ _VAULT_TOTAL_SHARES = 100_000_000
 
 def _summary(row: AssetRow, parents: list[int]) -> AssetSummary:
     return AssetSummary(
-        asset_id=row.asset_id, kind=row.kind, owner=row.owner, token=row.token, price=row.price,
+        asset_id=row.asset_id, kind=row.kind, owner=row.owner, token=row.token, price=str(row.price),
         license_duration=row.license_duration, version=row.version, listed=row.listed,
         content_hash=row.content_hash, uri=row.uri, vault=row.vault, parents=parents,
     )  # fmt: skip
@@ -43,25 +44,31 @@ def list_assets(
     provider: Annotated[str | None, Query(pattern=r"^0x[0-9a-fA-F]{40}$", description="Owner address")] = None,
     min_price: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     max_price: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
-    q: Annotated[str | None, Query(max_length=200, description="Text searched in the asset's URI")] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="Text searched in the asset's URI (any case; % and _ literal)")
+    ] = None,
     listed_only: bool = True,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
 ) -> AssetPage:
-    """Assets, filtered and paginated, oldest first."""
+    """Assets, filtered and paginated, oldest first.
+
+    The same on every engine: ``q`` matches case-folded text (``str.casefold``, so "STRASSE" finds
+    "Straße") and its ``%`` and ``_`` are plain characters; prices filter on the price capped at 2**63 - 1.
+    """
     if min_price is not None and max_price is not None and min_price > max_price:
         raise ApiError(422, "invalid_request", f"min_price {min_price} is above max_price {max_price}")
     query = select(AssetRow)
     if kind:
         query = query.where(AssetRow.kind == kind)
     if provider:
-        query = query.where(func.lower(AssetRow.owner) == provider.lower())
+        query = query.where(AssetRow.owner == to_checksum_address(provider))
     if min_price is not None:
         query = query.where(AssetRow.price_sort >= min_price)
     if max_price is not None:
         query = query.where(AssetRow.price_sort <= max_price)
     if q:
-        query = query.where(or_(AssetRow.uri.contains(q)))
+        query = query.where(AssetRow.uri_folded.contains(q.casefold(), autoescape=True))
     if listed_only:
         query = query.where(AssetRow.listed.is_(True))
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
@@ -92,9 +99,8 @@ def get_asset(asset_id: AssetId, session: SessionDep, services: ServicesDep) -> 
         for account, shares in vault.payees().items()
     ]  # fmt: skip
     children = list(session.scalars(select(AssetParentRow.asset_id).where(AssetParentRow.parent_id == asset_id)))
-    # A rating is value / 10**value_decimals on the chain's [0, 100] scale: sum per decimals (≤ 19 groups).
-    by_decimals = session.execute(
-        select(FeedbackRow.value_decimals, func.count(FeedbackRow.id), func.sum(cast(FeedbackRow.value, Float)))
+    count, average = session.execute(
+        select(func.count(FeedbackRow.id), func.avg(FeedbackRow.score))
         .where(FeedbackRow.subject_kind == "asset", FeedbackRow.subject_id == asset_id)
         .group_by(FeedbackRow.value_decimals)
     ).all()  # fmt: skip
