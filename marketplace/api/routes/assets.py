@@ -102,10 +102,7 @@ def get_asset(asset_id: AssetId, session: SessionDep, services: ServicesDep) -> 
     count, average = session.execute(
         select(func.count(FeedbackRow.id), func.avg(FeedbackRow.score))
         .where(FeedbackRow.subject_kind == "asset", FeedbackRow.subject_id == asset_id)
-        .group_by(FeedbackRow.value_decimals)
-    ).all()  # fmt: skip
-    count = sum(n for _decimals, n, _total in by_decimals)
-    average = sum(total / 10**decimals for decimals, _n, total in by_decimals) / count if count else None
+    ).one()  # fmt: skip
     licenses = session.scalar(select(func.count(LicenseRow.id)).where(LicenseRow.asset_id == asset_id)) or 0
     return AssetDetail(
         **_summary(row, parents).model_dump(),
