@@ -110,5 +110,5 @@ def get_asset(asset_id: AssetId, session: SessionDep, services: ServicesDep) -> 
         children=sorted(children),
         revenue_received=str(vault.total_received(row.token)),
         licenses_sold=licenses,
-        rating=Rating(count=count, average=average),
+        rating=Rating(count=count, average=float(average) if count else None),
     )
