@@ -97,8 +97,9 @@ def honest_url(stack: Stack, tmp_path_factory) -> Iterator[str]:
     async def once():
         yield CONTENT
 
-    asyncio.run(ContentStore(data_dir / "content").put(once(), "0x" + hashlib.sha256(CONTENT).hexdigest(),
-                                                       len(CONTENT)))  # fmt: skip
+    store = ContentStore.for_chain(data_dir / "content", stack.chain, stack.deployment.address("Marketplace"))
+    asyncio.run(store.put(once(), asset_id=stack.dataset, version=1, sha256="0x" + hashlib.sha256(CONTENT).hexdigest(),
+                          uploader=stack.chain.accounts[2].address, max_bytes=len(CONTENT)))  # fmt: skip
     relayer_key = SecretStr(Web3.to_hex(stack.chain.accounts[3].key))
     settings = Settings(manifest=stack.deployment.save(data_dir / "deployment.json"), data_dir=data_dir,
                         relayer_key=relayer_key, settle_interval=3600)  # fmt: skip
