@@ -49,10 +49,11 @@ def test_non_payer_and_seller_cannot_rate(market, bob, carol, asset):
 
 def test_channel_payer_rates_only_after_a_claim(chain, market, alice, relayer, asset):
     market.token.approve(alice, market.channels.address, to_units(10))
-    channel = market.channels.open(alice, asset, market.token.address, to_units(2), chain.timestamp() + HOUR)
+    channel = market.channels.open(alice, asset, market.token.address, to_units(2), chain.timestamp() + HOUR,
+                                   receiver_authorizer=relayer.address)  # fmt: skip
     expect_revert("NotAPayer", rate, market, alice, asset, 50, channel_id=channel)
     voucher = market.channels.sign_voucher(alice, channel, 1)
-    market.channels.claim(relayer, channel, 1, voucher)
+    market.channels.claim(relayer, channel, 1, 1, voucher)
     expect_revert("NotAPayer", rate, market, relayer, asset, 50, channel_id=channel)  # not the channel's payer
     rate(market, alice, asset, 50, channel_id=channel)
     assert market.reputation.summary(SubjectKind.ASSET, asset).count == 1
