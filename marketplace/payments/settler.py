@@ -75,8 +75,11 @@ class Settler:
         send_lock: threading.Lock | None = None,
     ) -> None:
         if interval >= CLAIM_WINDOW / 2:
-            raise ValueError(
-                f"settle interval {interval} s is too long: claims close {CLAIM_WINDOW} s after a channel expires"
+            log.warning(
+                "settle interval %s s: calls answered just before a channel expires may go unclaimed (claims close "
+                "%s s after expiry; a close wakes the settler, an expiry does not)",
+                interval,
+                CLAIM_WINDOW,
             )
         self.market = market
         self.ledger = ledger
