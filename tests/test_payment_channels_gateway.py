@@ -344,6 +344,14 @@ def test_missing_or_insufficient_payment_gets_the_price_and_how_to_pay(
     assert refusal(gate, header(market, session_key, 999, PRICE), model).reason == "unknown_channel"
 
 
+def test_ids_that_are_no_channel_leave_nothing_behind(market, session_key, model, channel, gate):
+    """A flood of vouchers for channel ids that do not exist costs one read each and no memory."""
+    for missing in range(1000, 1020):
+        assert refusal(gate, header(market, session_key, missing, PRICE), model).reason == "unknown_channel"
+    assert call(gate, header(market, session_key, channel, PRICE), model).calls == 1
+    assert set(gate._accounts) == {channel}
+
+
 def test_a_ceiling_above_the_deposit_pays_up_to_the_deposit(market, session_key, model, open_channel, gate):
     """The contract claims any total up to min(ceiling, deposit): so does the gate serve."""
     channel = open_channel(model, deposit=2 * PRICE)

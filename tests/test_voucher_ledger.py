@@ -92,6 +92,17 @@ def test_only_answered_calls_are_claimable_whatever_the_ceiling(tmp_path):
         assert [(e.channel_id, e.unclaimed) for e in ledger.unclaimed()] == [(1, 50)]
 
 
+def test_no_debit_goes_beyond_the_deposit_whatever_the_ceiling(tmp_path):
+    """A claim cannot exceed the deposit: neither can what the ledger debits (the settler's claim must succeed)."""
+    with VoucherLedger(tmp_path / "vouchers.sqlite3") as ledger:
+        ledger.record(1, asset_id=1, price=10, ceiling=2**128 - 1, signature=SIG, deposit=25)
+        ledger.record(1, asset_id=1, price=10, ceiling=2**128 - 1, signature=SIG, deposit=25)
+        with pytest.raises(InsufficientCredit) as info:
+            ledger.record(1, asset_id=1, price=10, ceiling=2**128 - 1, signature=SIG, deposit=25)
+        assert (info.value.highest, info.value.needed) == (25, 30)
+        assert ledger.entry(1).debited == 20
+
+
 def test_credit_claimed_on_chain_is_used_credit(tmp_path):
     """A fresh ledger learns what another one claimed: that credit cannot pay for calls again."""
     with VoucherLedger(tmp_path / "vouchers.sqlite3") as ledger:

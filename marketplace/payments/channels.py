@@ -202,6 +202,7 @@ class Reservation:
     #: The ceiling of the voucher presented with this call.
     voucher: int
     _account: _Account = field(repr=False)
+    _channel: Channel = field(repr=False)
     done: bool = False
 
 
@@ -318,7 +319,7 @@ class ChannelGate:
             account.in_flight += price
             if voucher.max_claimable_amount > account.ceiling:
                 account.ceiling, account.signature = voucher.max_claimable_amount, voucher.signature
-        return Reservation(channel_id, asset_id, price, voucher.max_claimable_amount, account)
+        return Reservation(channel_id, asset_id, price, voucher.max_claimable_amount, account, channel)
 
     def commit(self, reservation: Reservation) -> Receipt:
         """Debit the answered call durably (with the highest voucher); returns once it is on disk.
@@ -333,10 +334,11 @@ class ChannelGate:
         account, channel_id, price = reservation._account, reservation.channel_id, reservation.price
         with account.lock:
             ceiling, signature = account.ceiling, account.signature
-            claimed = account.channel.claimed if account.channel is not None else 0
+            channel = account.channel or reservation._channel  # the state the reservation was judged on, if dropped
+            claimed, deposit = channel.claimed, channel.deposit
         try:
             entry = self.ledger.record(channel_id, asset_id=reservation.asset_id, price=price, ceiling=ceiling,
-                                       signature=signature, claimed_on_chain=claimed)  # fmt: skip
+                                       signature=signature, claimed_on_chain=claimed, deposit=deposit)  # fmt: skip
         except (InsufficientCredit, ChannelFinalized, LedgerError) as exc:
             self.release(reservation)
             if isinstance(exc, LedgerError):
@@ -432,6 +434,11 @@ class ChannelGate:
         if channel is None:
             channel = self._read_channel(channel_id)
             if channel is None:
+                with (
+                    self._accounts_guard
+                ):  # remember nothing of ids that are no channel (a flood of them costs no memory)
+                    if self._accounts.get(channel_id) is account and not account.in_flight and not account.debited:
+                        del self._accounts[channel_id]
                 raise self._refuse("unknown_channel", asset.asset_id, price, None, f"no payment channel {channel_id}")
             account.channel = channel
             committed = account.debited - account.in_flight  # credit claimed on chain is used credit

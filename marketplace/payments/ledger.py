@@ -131,13 +131,14 @@ def debit(
     ceiling: int,
     signature: bytes,
     claimed_on_chain: int = 0,
+    deposit: int | None = None,
 ) -> LedgerEntry:
     """``entry`` after one answered call of ``price``, paid under the voucher (``ceiling``, ``signature``).
 
     The voucher is kept if it is the highest. ``claimed_on_chain`` (the channel's ``claimed`` as last
     read) raises both ``claimed`` and the credit already used. Raises :class:`InsufficientCredit`
-    unless the highest voucher covers the credit used plus ``price``; :class:`ChannelFinalized` once
-    the channel can no longer be claimed.
+    unless the highest voucher (and ``deposit``, when given: no claim can exceed it) covers the
+    credit used plus ``price``; :class:`ChannelFinalized` once the channel can no longer be claimed.
     """
     if entry is None:
         entry = LedgerEntry(channel_id, asset_id, 0, b"", 0, 0, 0)
@@ -148,8 +149,9 @@ def debit(
     highest, best_signature = entry.ceiling, entry.signature
     if ceiling > highest:
         highest, best_signature = ceiling, signature
-    if highest < used + price:
-        raise InsufficientCredit(channel_id, highest=highest, debited=used, price=price)
+    limit = highest if deposit is None else min(highest, deposit)
+    if limit < used + price:
+        raise InsufficientCredit(channel_id, highest=limit, debited=used, price=price)
     return replace(entry, ceiling=highest, signature=best_signature, debited=used + price, calls=entry.calls + 1,
                    claimed=claimed)  # fmt: skip
 
@@ -446,19 +448,21 @@ class VoucherLedger:
         ceiling: int,
         signature: bytes,
         claimed_on_chain: int = 0,
+        deposit: int | None = None,
     ) -> LedgerEntry:
         """Debit ``price`` for one **answered** call paid under the voucher (``ceiling``, ``signature``), keep
         the voucher if it is the highest; on disk before it returns (answer the call only then).
 
         ``claimed_on_chain`` is the channel's on-chain ``claimed`` as the caller last read it (used
-        credit). Raises :class:`InsufficientCredit` when the highest voucher does not cover the credit
-        used plus ``price``, :class:`ChannelFinalized` once the settler found the channel unclaimable,
-        :class:`LedgerError` when the write failed (then nothing changed).
+        credit), ``deposit`` its deposit (a claim cannot exceed it). Raises :class:`InsufficientCredit`
+        when the highest voucher or the deposit does not cover the credit used plus ``price``,
+        :class:`ChannelFinalized` once the settler found the channel unclaimable, :class:`LedgerError`
+        when the write failed (then nothing changed).
         """
         if price < 0 or ceiling < 0:
             raise ValueError("price and ceiling must not be negative")
         entry = self._commit(
-            channel_id, lambda e: debit(e, channel_id, asset_id, price, ceiling, signature, claimed_on_chain)
+            channel_id, lambda e: debit(e, channel_id, asset_id, price, ceiling, signature, claimed_on_chain, deposit)
         )
         assert entry is not None
         return entry
