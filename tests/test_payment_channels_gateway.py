@@ -428,6 +428,18 @@ def test_a_slow_watcher_bounds_how_long_a_close_goes_unseen(market, bob, relayer
     assert refusal(gate, header(market, session_key, channel, 3 * PRICE), model).reason == "channel_expired"
 
 
+def test_an_unreachable_chain_view_leaves_the_last_one_in_force(market, session_key, model, channel, gate, watcher):
+    call(gate, header(market, session_key, channel, 2 * PRICE), model)  # the channel is cached, the view read
+
+    def unreachable() -> None:
+        raise ConnectionError("the RPC node went away")
+
+    watcher._refresh = unreachable
+    assert call(gate, header(market, session_key, channel, 2 * PRICE), model).debited == 2 * PRICE
+    fresh = ChainWatcher(market, poll_interval=0)
+    assert abs(fresh.now() - time.time()) < 5  # never read: the wall clock, nothing else
+
+
 def test_a_price_change_reaches_the_gate_once_its_cached_asset_expires(market, bob, relayer, model, ledger):
     now = [0.0]
     gate = ChannelGate(market, ledger, receiver_authorizer=relayer.address,

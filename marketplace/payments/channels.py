@@ -29,6 +29,7 @@ is cached, and a close, top-up, extension or claim drops the cached state.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +59,8 @@ from marketplace.protocol.vouchers import (
     Voucher,
     VoucherHasher,
 )
+
+log = logging.getLogger("agentmarket.payments.channels")
 
 __all__ = [  # the ledger's, settler's and wire format's names are part of this module's interface too
     "CLAIM_GAS", "HEADER", "AssetCache", "ChainWatcher", "ChannelFinalized", "ChannelGate", "InsufficientCredit",
@@ -297,7 +300,11 @@ class ChannelGate:
             voucher = Voucher.from_header(header_value)
         except MalformedVoucher as exc:
             raise MalformedPayment(str(exc)) from None
-        self.watcher.maybe_refresh()
+        try:
+            self.watcher.maybe_refresh()
+        except Exception as exc:  # the chain is unreachable: judge by the last view (and the wall clock)
+            log.warning("cannot refresh the chain view (%s: %s); using the one read %.1f s ago",
+                        type(exc).__name__, exc, self.watcher.age)  # fmt: skip
         signer = self.vouchers.recover(voucher)  # outside any lock: 40 us of CPU
         channel_id = voucher.channel_id
         account = self._account(channel_id)

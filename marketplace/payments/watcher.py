@@ -76,6 +76,8 @@ class ChainWatcher:
 
     def now(self) -> int:
         """The chain's time in unix seconds, as best known (never behind the wall clock)."""
+        if self._last_block is None:  # never read: the wall clock is all there is
+            return int(self.wall_clock())
         chain_time = self._head_timestamp + max(self.clock() - self._read_at, 0.0)
         return int(max(chain_time, self.wall_clock()))
 
@@ -86,8 +88,10 @@ class ChainWatcher:
 
     def maybe_refresh(self) -> None:
         """Refresh when the view is older than ``poll_interval``; if another thread is refreshing, use the
-        current view (the first call ever waits for it)."""
-        if self.age < self.poll_interval:
+        current view (the first call ever waits for it). While the background thread runs (it refreshes
+        twice per interval), callers leave the refresh to it unless it fell behind by a whole interval."""
+        running = self._thread is not None and self._thread.is_alive()
+        if self.age < self.poll_interval * (2 if running else 1):
             return
         if not self._refresh_lock.acquire(blocking=self._last_block is None):
             return
@@ -133,9 +137,10 @@ class ChainWatcher:
     # ------------------------------------------------------------------ background thread
 
     def start(self) -> None:
-        """Keep the view fresh on a background thread (every ``poll_interval`` seconds)."""
+        """Keep the view fresh on a background thread (every half ``poll_interval``: never older than one)."""
         if self._thread is not None and self._thread.is_alive():
             return
+        self.refresh()  # the first view, before any call needs it
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="chain-watcher", daemon=True)
         self._thread.start()
@@ -148,9 +153,9 @@ class ChainWatcher:
             self._thread = None
 
     def _run(self) -> None:
-        interval = max(self.poll_interval, 0.05)
+        interval = max(self.poll_interval / 2, 0.05)
         while not self._stopping.wait(interval):
             try:
-                self.maybe_refresh()
+                self.refresh()
             except Exception:
                 log.exception("reading the chain failed; retrying in %s s", interval)
