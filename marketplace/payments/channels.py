@@ -185,7 +185,7 @@ class _Account:
     loaded: bool = False
     #: Credit used: the answered calls (committed, raised to the on-chain claimed) plus the calls in flight.
     debited: int = 0
-    #: Prices reserved by calls in flight (reserved, not yet committed or released).
+    #: Prices reserved by calls in flight (reserved; neither committing nor released yet).
     in_flight: int = 0
     #: The highest verified voucher, committed or not.
     ceiling: int = 0
@@ -336,10 +336,14 @@ class ChannelGate:
         the reservation is released and :class:`PaymentRequired` raised; a failed write raises
         :class:`LedgerError` (the reservation is released too).
         """
-        if reservation.done:
-            raise ValueError(f"the reservation on channel {reservation.channel_id} was already committed or released")
         account, channel_id, price = reservation._account, reservation.channel_id, reservation.price
         with account.lock:
+            if reservation.done:
+                raise ValueError(f"the reservation on channel {channel_id} was already committed or released")
+            reservation.done = True
+            # Counted as committed from here on, before the ledger has it: so a claim the watcher reports
+            # meanwhile (which can only hold what the ledger had) is never counted on top of it.
+            account.in_flight -= price
             ceiling, signature = account.ceiling, account.signature
             channel = account.channel or reservation._channel  # the state the reservation was judged on, if dropped
             claimed, deposit = channel.claimed, channel.deposit
@@ -347,18 +351,16 @@ class ChannelGate:
             entry = self.ledger.record(channel_id, asset_id=reservation.asset_id, price=price, ceiling=ceiling,
                                        signature=signature, claimed_on_chain=claimed, deposit=deposit)  # fmt: skip
         except (InsufficientCredit, ChannelFinalized, LedgerError) as exc:
-            self.release(reservation)
+            with account.lock:  # not debited after all
+                account.debited -= price
+                if isinstance(exc, ChannelFinalized):
+                    account.final = exc.reason
             if isinstance(exc, LedgerError):
                 raise
             if isinstance(exc, ChannelFinalized):
-                with account.lock:
-                    account.final = exc.reason
                 raise self._refuse("channel_closed", reservation.asset_id, price, channel_id, str(exc)) from None
             detail = f"the call was not answered: {exc}"
             raise self._refuse("insufficient_voucher", reservation.asset_id, price, channel_id, detail) from None
-        with account.lock:
-            account.in_flight -= price
-            reservation.done = True
         return Receipt(channel_id, reservation.asset_id, price, reservation.voucher, entry.ceiling, entry.debited,
                        entry.calls)  # fmt: skip
 
