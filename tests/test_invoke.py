@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sqlite3
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from marketplace.chain.market import AssetKind
 from marketplace.chain.token import to_units
 from marketplace.client import ApiClientError, MarketplaceClient
 from marketplace.errors import AgentmarketError
+from marketplace.payments import ledger as ledger_module
 from marketplace.payments.channels import HEADER
 from tests.test_x402 import NETWORK, stock_client
 
@@ -241,3 +243,25 @@ def test_sdk_pays_per_call_with_x402_when_no_channel_is_named(app_factory, chain
     assert [r["output"] for r in results] == [{"sum": 1.0}, {"sum": 2.0}]
     assert {(r["payment"]["scheme"], r["payment"]["payer"]) for r in results} == {("exact", alice.address)}
     assert market.token.balance_of(vault) - before == 2 * PRICE
+
+
+def test_an_answer_that_cannot_be_recorded_is_withheld_and_costs_nothing(
+    app_factory, chain, market, alice, model, monkeypatch
+):
+    """A disk that refuses the ledger's write: the model ran, but the answer is not sent (503), nothing is debited."""
+    with app_factory() as server:
+        client = MarketplaceClient.connect("http://testserver", alice, chain, http=server)
+        channel = client.open_channel(model, to_units(1))
+        real_write = ledger_module._write
+
+        def disk_full(db, entries):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(ledger_module, "_write", disk_full)
+        with pytest.raises(ApiClientError) as withheld:
+            client.invoke(model, [1], channel_id=channel)
+        assert (withheld.value.status, withheld.value.code) == (503, "ledger_unavailable")
+        assert "sum" not in withheld.value.detail
+        monkeypatch.setattr(ledger_module, "_write", real_write)
+        assert client.invoke(model, [2], channel_id=channel)["payment"]["debited"] == str(PRICE)
+    assert market.channels.channel(channel).claimed == PRICE

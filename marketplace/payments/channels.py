@@ -443,9 +443,8 @@ class ChannelGate:
         if channel is None:
             channel = self._read_channel(channel_id)
             if channel is None:
-                with (
-                    self._accounts_guard
-                ):  # remember nothing of ids that are no channel (a flood of them costs no memory)
+                # Remember nothing of ids that are no channel: a flood of them costs no memory.
+                with self._accounts_guard:
                     if self._accounts.get(channel_id) is account and not account.in_flight and not account.debited:
                         del self._accounts[channel_id]
                 raise self._refuse("unknown_channel", asset.asset_id, price, None, f"no payment channel {channel_id}")
