@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from eth_account.signers.local import LocalAccount
 
 from marketplace.chain import ContractRevert
-from marketplace.chain.market import CLAIM_WINDOW, Market
+from marketplace.chain.market import Market
 from marketplace.payments.ledger import LedgerEntry, VoucherLedger
 
 log = logging.getLogger("agentmarket.payments.settler")
@@ -61,7 +61,8 @@ class Settler:
 
     ``relayer`` must be the channels' ``receiverAuthorizer`` (it pays the gas and alone may claim).
     Pass ``send_lock`` when something else sends transactions from the same account, so that
-    nonces do not collide.
+    nonces do not collide. A close wakes the settler (:meth:`wake`); an expiry does not, so keep
+    ``interval`` (seconds) well below ``CLAIM_WINDOW`` (900 s) where channels run out by time.
     """
 
     def __init__(
@@ -74,13 +75,6 @@ class Settler:
         gas: int = CLAIM_GAS,
         send_lock: threading.Lock | None = None,
     ) -> None:
-        if interval >= CLAIM_WINDOW / 2:
-            log.warning(
-                "settle interval %s s: calls answered just before a channel expires may go unclaimed (claims close "
-                "%s s after expiry; a close wakes the settler, an expiry does not)",
-                interval,
-                CLAIM_WINDOW,
-            )
         self.market = market
         self.ledger = ledger
         self.relayer = relayer
