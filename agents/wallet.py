@@ -37,6 +37,7 @@ from marketplace.chain import ContractRevert
 from marketplace.client import ApiClientError, MarketplaceClient
 from marketplace.client.checks import PaymentTermsRefused
 from marketplace.client.sdk import X402DeliveryError
+from marketplace.errors import AgentmarketError
 from marketplace.wallet_file import encryption_keypair, load_wallet
 
 KEY_ENV = "AGENTMARKET_AGENT_KEY"
@@ -60,7 +61,7 @@ class Budget:
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One signed payment: ``ref`` is the transaction hash, or ``voucher:<channel>:<cumulative>``."""
+    """One signed payment: ``ref`` is the transaction hash, or ``voucher:<channel>:<answered so far>``."""
 
     time: float
     asset_id: int
@@ -241,9 +242,11 @@ class AgentWallet:
             result = client.invoke(model_id, payload, channel_id=channel_id)
         except (ApiClientError, ContractRevert) as exc:
             raise translate(exc, payment=True) from exc
-        debited = int(result["payment"]["debited"])
-        delta, channel.drawn = debited - channel.drawn, debited
-        return result, self._log(model_id, delta, "voucher", f"voucher:{channel_id}:{debited}", channel_id)
+        except AgentmarketError as exc:  # the server asked for more than this client counted: nothing signed
+            raise PaymentRefused(str(exc)) from exc
+        # The client's own count, not the server's: one answered call is one price.
+        channel.drawn += price
+        return result, self._log(model_id, price, "voucher", f"voucher:{channel_id}:{channel.drawn}", channel_id)
 
     def buy_over_x402(self, client: MarketplaceClient, asset_id: int) -> tuple[bytes, LedgerEntry]:
         """Pay for one download of ``asset_id`` over x402 v2; returns (content, entry). Checked against the caps first.

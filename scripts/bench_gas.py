@@ -20,7 +20,7 @@ from web3 import Web3
 
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import AssetKind, SubjectKind
+from marketplace.chain.market import CLAIM_WINDOW, AssetKind, SubjectKind
 from marketplace.chain.token import to_units
 
 HOUR = 3600
@@ -87,15 +87,18 @@ def measure() -> dict[str, int]:
         ]
 
         token.approve(carol, channels.address, to_units(10_000))
-        open_fn = channels.contract.functions.open(simple, token.address, to_units(5), deadline, session_key.address)
-        receipt = chain.send(open_fn, carol)
-        gas["channel open"] = receipt["gasUsed"]
-        (opened,) = chain.events(channels.contract, receipt, "ChannelOpened")
-        channel_id = opened["channelId"]
-        first = channels.sign_voucher(session_key, channel_id, to_units(1))
-        gas["channel claim (first)"] = channels.claim(relayer, channel_id, to_units(1), first)["gasUsed"]
-        second = channels.sign_voucher(session_key, channel_id, to_units(2))
-        gas["channel claim (later)"] = channels.claim(relayer, channel_id, to_units(2), second)["gasUsed"]
+
+        def open_channel() -> tuple[int, int]:
+            fn = channels.contract.functions.open(simple, token.address, to_units(5), deadline, session_key.address,
+                                                  relayer.address)  # fmt: skip
+            receipt = chain.send(fn, carol)
+            (opened,) = chain.events(channels.contract, receipt, "ChannelOpened")
+            return opened["channelId"], receipt["gasUsed"]
+
+        channel_id, gas["channel open"] = open_channel()
+        ceiling = channels.sign_voucher(session_key, channel_id, to_units(3))  # one voucher, two claims under it
+        gas["channel claim (first)"] = channels.claim(relayer, channel_id, to_units(3), to_units(1), ceiling)["gasUsed"]
+        gas["channel claim (later)"] = channels.claim(relayer, channel_id, to_units(3), to_units(2), ceiling)["gasUsed"]
         # carol bought `wide` (license proof) and paid `simple` 2 tUSD through the channel (channel proof)
         rate = market.reputation.give_feedback
         gas["giveFeedback (license proof)"] = rate(
@@ -105,7 +108,15 @@ def measure() -> dict[str, int]:
             carol, subject_kind=SubjectKind.ASSET, subject_id=simple, paid_asset_id=simple, channel_id=channel_id,
             value=80, tag1="quality",
         )["gasUsed"]  # fmt: skip
-        chain.time_travel(deadline)
+        closing, _ = open_channel()
+        gas["channel close (owner ends service)"] = channels.close(alice, closing)["gasUsed"]
+        settling, _ = open_channel()
+        final = channels.sign_voucher(session_key, settling, to_units(1))
+        gas["channel claimAndSettle"] = channels.claim_and_settle(relayer, settling, to_units(1), to_units(1), final)[
+            "gasUsed"
+        ]
+        chain.time_travel(deadline + CLAIM_WINDOW)
+        channels.reclaim(relayer, closing)  # so that the measured reclaim empties the contract, as it did before
         gas["channel reclaim"] = channels.reclaim(relayer, channel_id)["gasUsed"]
 
         register = market.agents.contract.get_function_by_signature("register(string)")("https://agent.example/1")

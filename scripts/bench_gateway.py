@@ -64,7 +64,8 @@ from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, deploy_all
 from marketplace.chain.market import AssetKind, Market
 from marketplace.chain.token import format_units, to_units
-from marketplace.payments.channels import HEADER, Voucher, VoucherHasher, VoucherLedger
+from marketplace.payments.channels import VoucherLedger
+from marketplace.protocol.vouchers import HEADER, VoucherHasher
 
 PRICE = to_units("0.01")
 UNPAID, CHANNEL, PRESIGNED, X402 = "unpaid", "channel-paid", "channel-paid, pre-signed", "x402 per-call"
@@ -163,7 +164,7 @@ class Setup:
     payer: Any
     model_id: int
     channels: list[int]
-    #: Per channel: the cumulative amount of the last voucher signed.
+    #: Per channel: the ceiling of the last voucher signed.
     spent: dict[int, int] = field(default_factory=dict)
     vouchers: VoucherHasher | None = None
 
@@ -171,10 +172,9 @@ class Setup:
         """Sign the voucher that pays one more call on ``channel_id`` (what the SDK's client does per call)."""
         if self.vouchers is None:
             self.vouchers = VoucherHasher(self.market.channels.domain)
-        cumulative = self.spent.get(channel_id, 0) + PRICE
-        self.spent[channel_id] = cumulative
-        signature = self.vouchers.sign(self.payer, channel_id, cumulative)
-        return Voucher(channel_id, cumulative, signature).to_header()
+        ceiling = self.spent.get(channel_id, 0) + PRICE
+        self.spent[channel_id] = ceiling
+        return self.vouchers.voucher(self.payer, channel_id, ceiling).to_header()
 
 
 def prepare(chain: Chain, concurrency: int, channel_calls: int) -> Setup:
@@ -188,8 +188,10 @@ def prepare(chain: Chain, concurrency: int, channel_calls: int) -> Setup:
                                           price=PRICE)  # fmt: skip
     market.token.approve(payer, market.channels.address, per_channel * concurrency)
     expiry = chain.timestamp() + 3 * 3600
+    receiver = chain.accounts[-1].address  # the gateway's settlement key on a local chain (its relayer)
     channels = [
-        market.channels.open(payer, model_id, market.token.address, per_channel, expiry) for _ in range(concurrency)
+        market.channels.open(payer, model_id, market.token.address, per_channel, expiry, receiver_authorizer=receiver)
+        for _ in range(concurrency)
     ]
     return Setup(chain, deployment, market, payer, model_id, channels)
 

@@ -265,7 +265,7 @@ class _Story:
             return
         self.payments.append({"from": self.buyer_wallet.address, "asset_id": self.built.model_id, "kind": "channel",
                               "amount": claimed})  # fmt: skip
-        self.say(f"the server's settler claimed the channel's highest voucher: {format_units(claimed)} tUSD "
+        self.say(f"the server's settler claimed the calls it answered on the channel: {format_units(claimed)} tUSD "
                  f"into model #{self.built.model_id}'s vault in {len(settled)} transaction(s)")  # fmt: skip
 
     def release_and_withdraw(self) -> None:

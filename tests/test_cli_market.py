@@ -93,13 +93,17 @@ def test_provider_and_buyer_round_trip(stack):
                  wallet="provider.json"))  # fmt: skip
     assert "published asset 2" in out
     ok(cli(stack, "channel", "open", "2", "--deposit", "1", wallet="buyer.json"))
-    for expected_debit in ("10000", "20000"):  # a new CLI process each time: the SDK catches up with the server
+    for expected in ("10000", "20000"):  # a new CLI process each time: the wallet's voucher book keeps the count
         called = json.loads(
             ok(cli(stack, "invoke", "2", "--channel", "1", "--input", "[1, 2, 3]", wallet="buyer.json"))
         )
-        assert (called["output"], called["payment"]["debited"]) == (3, expected_debit)
+        assert (called["output"], called["payment"]["debited"], called["payment"]["maxClaimableAmount"]) == (
+            3, expected, expected,
+        )  # fmt: skip
+    book = json.loads(next((home / "vouchers").glob("0x*.json")).read_text())
+    assert [counts["1"] for counts in book.values()] == [{"answered": "20000", "signed": "20000"}]
     assert_one_line_error(cli(stack, "invoke", "1", "--channel", "1", "--input", "[1]", wallet="buyer.json"),
-                          "model_not_served")  # fmt: skip
+                          "channel 1 pays for asset 2, not model 1")  # fmt: skip
     assert_one_line_error(cli(stack, "invoke", "2", "--channel", "1", "--input", "{nope", wallet="buyer.json"), "JSON")
 
     earnings = json.loads(ok(cli(stack, "earnings", "--json", wallet="provider.json")))

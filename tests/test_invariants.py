@@ -52,7 +52,7 @@ from web3.types import TxReceipt
 
 from marketplace.chain import Chain, ContractRevert, connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import PERPETUAL, AssetKind, Channel, Market, RevenueVaultContract
+from marketplace.chain.market import CLAIM_WINDOW, PERPETUAL, AssetKind, Channel, Market, RevenueVaultContract
 from marketplace.chain.token import TestUSD
 
 # ---------------------------------------------------------------------- profiles
@@ -99,6 +99,7 @@ TOTAL_SHARES = 100_000_000
 HOUR = 3600
 DAY = 24 * HOUR
 EXPIRY_MARGIN = 600  # seconds an expiry must stay away from the head for its check to be exact
+CLOSED_MARGIN = 100  # the same for the claim deadline of a channel closed on the grid (15 minutes off it)
 
 PROGRESS_EVERY = 25  # examples between progress lines
 
@@ -148,9 +149,11 @@ class ChannelModel:
     signer: int
     deposit: int
     expiry: int
+    receiver: int  # the receiver authorizer: the only account that may claim
     claimed: int = 0
-    closed: bool = False
-    vouchers: list[tuple[int, bytes]] = field(default_factory=list)  # signed by the signer, for replays
+    settled: bool = False
+    closed_at: int | None = None  # the block time of the owner's close (then the expiry)
+    vouchers: list[tuple[int, bytes]] = field(default_factory=list)  # (ceiling, signature) by the signer
 
 
 @dataclass
@@ -403,13 +406,31 @@ class Harness:
     # ------------------------------------------------------------------ channels
 
     def expired(self, channel: ChannelModel) -> bool:
-        """Whether the next block is at or past the expiry (the head is never near it)."""
+        """Whether the next block is at or past the expiry (the head is never near an expiry it did not set)."""
+        if channel.closed_at is not None:
+            return True  # the close set the expiry to its own block's time: every later block is past it
         head = self.head()
         assert abs(channel.expiry - head) > EXPIRY_MARGIN, "test timing drifted onto a channel expiry"
         return head >= channel.expiry
 
+    def claim_window_over(self, channel: ChannelModel) -> bool:
+        """Whether the next block is at or past expiry + CLAIM_WINDOW (the head is never near it)."""
+        head, deadline = self.head(), channel.expiry + CLAIM_WINDOW
+        # A close lands on the hour grid time moves on: its deadline is 15 minutes off it, not 30.
+        margin = EXPIRY_MARGIN if channel.closed_at is None else CLOSED_MARGIN
+        assert abs(deadline - head) > margin, "test timing drifted onto a claim deadline"
+        return head >= deadline
+
     def open_channel(
-        self, payer: int, asset_id: int, deposit: int, hours: int, signer: int, *, wrong_token: bool = False
+        self,
+        payer: int,
+        asset_id: int,
+        deposit: int,
+        hours: int,
+        signer: int,
+        receiver: int = RELAYER,
+        *,
+        wrong_token: bool = False,
     ) -> int | None:
         led, w = self.ledger, self.w
         asset = led.assets[asset_id]
@@ -418,7 +439,8 @@ class Harness:
         if not wrong_token:
             self.approve(payer, token, channels.address, deposit)
         expiry = self.head() + hours * HOUR + HOUR // 2  # half an hour off the grid time moves on
-        fn = channels.contract.functions.open(asset_id, w.tokens[token].address, deposit, expiry, w.address(signer))
+        fn = channels.contract.functions.open(asset_id, w.tokens[token].address, deposit, expiry, w.address(signer),
+                                              w.address(receiver))  # fmt: skip
         receipt = self.attempt(
             "TokenMismatch" if wrong_token else None, lambda gas: w.chain.send(fn, w.accounts[payer], gas=gas)
         )
@@ -427,55 +449,83 @@ class Harness:
         (event,) = w.chain.events(channels.contract, receipt, "ChannelOpened")
         channel_id = len(led.channels) + 1
         assert event["channelId"] == channel_id
-        led.channels[channel_id] = ChannelModel(channel_id, asset_id, token, payer, signer, deposit, expiry)
+        led.channels[channel_id] = ChannelModel(channel_id, asset_id, token, payer, signer, deposit, expiry, receiver)
         led.touched_channels.add(channel_id)
         led.transfer(token, w.address(payer), channels.address, deposit)
         return channel_id
 
-    def _voucher_outcome(self, channel: ChannelModel, amount: int, signed_by_signer: bool) -> str | None:
-        if amount <= channel.claimed:
-            return "VoucherNotIncreasing"
-        if amount > channel.deposit:
-            return "VoucherExceedsDeposit"
+    def _claim_outcome(
+        self, channel: ChannelModel, caller: int, ceiling: int, total: int, signed_by_signer: bool
+    ) -> str | None:
+        """The contract's verdict on ``claim`` / ``claimAndSettle``, in its order of checks."""
+        if channel.settled:
+            return "AlreadySettled"
+        if caller != channel.receiver:
+            return "NotReceiverAuthorizer"
+        if self.claim_window_over(channel):
+            return "ClaimWindowOver"
+        if total <= channel.claimed:
+            return "ClaimNotIncreasing"
+        if total > ceiling:
+            return "ClaimAboveVoucher"
+        if total > channel.deposit:
+            return "ClaimExceedsDeposit"
         return None if signed_by_signer else "InvalidVoucherSignature"
 
-    def _live_outcome(self, channel: ChannelModel) -> str | None:
-        if channel.closed:
-            return "ChannelClosed"
+    def _before_expiry_outcome(self, channel: ChannelModel) -> str | None:
+        if channel.settled:
+            return "AlreadySettled"
         return "ChannelExpired" if self.expired(channel) else None
 
-    def _pay_claim(self, channel: ChannelModel, amount: int) -> None:
+    def _pay_claim(self, channel: ChannelModel, total: int) -> None:
         vault = self.ledger.assets[channel.asset_id].vault
-        self.ledger.transfer(channel.token, self.w.market.channels.address, vault, amount - channel.claimed)
-        channel.claimed = amount
+        self.ledger.transfer(channel.token, self.w.market.channels.address, vault, total - channel.claimed)
+        channel.claimed = total
 
     def _settle(self, channel: ChannelModel) -> None:
-        channel.closed = True
+        channel.settled = True
         refund = channel.deposit - channel.claimed
         self.ledger.transfer(channel.token, self.w.market.channels.address, self.w.address(channel.payer), refund)
 
-    def sign_voucher(self, channel: ChannelModel, amount: int, signing: int) -> bytes:
-        signature = self.w.market.channels.sign_voucher(self.w.accounts[signing], channel.channel_id, amount)
+    def sign_voucher(self, channel: ChannelModel, ceiling: int, signing: int) -> bytes:
+        signature = self.w.market.channels.sign_voucher(self.w.accounts[signing], channel.channel_id, ceiling)
         if signing == channel.signer:
-            channel.vouchers.append((amount, signature))
+            channel.vouchers.append((ceiling, signature))
         return signature
 
-    def claim(self, channel_id: int, amount: int, signature: bytes, signed_by_signer: bool, caller: int) -> None:
+    def claim(
+        self, channel_id: int, ceiling: int, total: int, signature: bytes, signed_by_signer: bool, caller: int
+    ) -> None:
         led, w = self.ledger, self.w
         channel = led.channels[channel_id]
         led.touched_channels.add(channel_id)
-        expected = self._live_outcome(channel) or self._voucher_outcome(channel, amount, signed_by_signer)
-        receipt = self.attempt(
-            expected, lambda gas: w.market.channels.claim(w.accounts[caller], channel_id, amount, signature, gas=gas)
-        )
-        if receipt is not None:
-            self._pay_claim(channel, amount)
+        expected = self._claim_outcome(channel, caller, ceiling, total, signed_by_signer)
+        fn = w.market.channels.contract.functions.claim(channel_id, ceiling, total, signature)
+        if self.attempt(expected, lambda gas: w.chain.send(fn, w.accounts[caller], gas=gas)) is not None:
+            self._pay_claim(channel, total)
+
+    def claim_and_settle(
+        self, channel_id: int, ceiling: int, total: int, signature: bytes, signed_by_signer: bool, caller: int
+    ) -> None:
+        """The receiver's final claim (none when ``total`` adds nothing) and the rest back to the payer."""
+        led, w = self.ledger, self.w
+        channel = led.channels[channel_id]
+        led.touched_channels.add(channel_id)
+        final_claim = total > channel.claimed
+        expected = self._claim_outcome(channel, caller, ceiling, total, signed_by_signer)
+        if expected == "ClaimNotIncreasing" and not final_claim:
+            expected = None  # nothing more to claim: it only settles
+        fn = w.market.channels.contract.functions.claimAndSettle(channel_id, ceiling, total, signature)
+        if self.attempt(expected, lambda gas: w.chain.send(fn, w.accounts[caller], gas=gas)) is not None:
+            if final_claim:
+                self._pay_claim(channel, total)
+            self._settle(channel)
 
     def top_up(self, channel_id: int, caller: int, amount: int) -> None:
         led, w = self.ledger, self.w
         channel = led.channels[channel_id]
         led.touched_channels.add(channel_id)
-        expected = self._live_outcome(channel)
+        expected = self._before_expiry_outcome(channel)
         if expected is None and caller != channel.payer:
             expected = "NotPayer"
         if expected is None and amount == 0:
@@ -491,30 +541,26 @@ class Harness:
         led, w = self.ledger, self.w
         channel = led.channels[channel_id]
         led.touched_channels.add(channel_id)
-        if channel.closed:
-            expected: str | None = "ChannelClosed"
+        if channel.settled:
+            expected: str | None = "AlreadySettled"
         else:
-            expected = None if self.expired(channel) else "ChannelNotExpired"
+            expected = None if self.claim_window_over(channel) else "ReclaimTooEarly"
         fn = w.market.channels.contract.functions.reclaim(channel_id)
         if self.attempt(expected, lambda gas: w.chain.send(fn, w.accounts[caller], gas=gas)) is not None:
             self._settle(channel)
 
-    def close(self, channel_id: int, caller: int, amount: int, signature: bytes, signed_by_signer: bool) -> None:
-        """The asset owner closes early, with an optional final voucher (empty ``signature``: none)."""
+    def close(self, channel_id: int, caller: int) -> None:
+        """The asset owner ends service: the expiry becomes the close's block time; nothing moves."""
         led, w = self.ledger, self.w
         channel = led.channels[channel_id]
         led.touched_channels.add(channel_id)
-        final_claim = bool(signature) and amount > channel.claimed
-        expected = self._live_outcome(channel)
+        expected = self._before_expiry_outcome(channel)
         if expected is None and caller != led.assets[channel.asset_id].owner:
             expected = "NotAssetOwner"
-        if expected is None and final_claim:
-            expected = self._voucher_outcome(channel, amount, signed_by_signer)
-        fn = w.market.channels.contract.functions.close(channel_id, amount, signature)
-        if self.attempt(expected, lambda gas: w.chain.send(fn, w.accounts[caller], gas=gas)) is not None:
-            if final_claim:
-                self._pay_claim(channel, amount)
-            self._settle(channel)
+        fn = w.market.channels.contract.functions.close(channel_id)
+        receipt = self.attempt(expected, lambda gas: w.chain.send(fn, w.accounts[caller], gas=gas))
+        if receipt is not None:
+            channel.closed_at = channel.expiry = w.chain.w3.eth.get_block(receipt["blockNumber"])["timestamp"]
 
     # ------------------------------------------------------------------ checks
 
@@ -588,12 +634,13 @@ class Harness:
                 channel_id,
                 w.address(model.payer),
                 model.expiry,
-                model.closed,
+                model.settled,
                 w.address(model.signer),
+                model.asset_id,
+                w.address(model.receiver),
                 w.tokens[model.token].address,
                 model.deposit,
                 model.claimed,
-                model.asset_id,
             ), f"channel {channel_id}: chain {seen}, model {model}"
             obs.channels[channel_id] = seen
         marketplace = w.market.marketplace.contract.functions
@@ -627,7 +674,7 @@ class Harness:
             assert held == supply, f"{TOKEN_NAMES[token]}: supply {supply} but accounted balances hold {held}"
             assert obs.balances[(token, w.market.marketplace.address)] == 0, "the Marketplace kept tokens"
             in_channels = sum(
-                c.deposit - c.claimed for c in obs.channels.values() if c.token == contract.address and not c.closed
+                c.deposit - c.claimed for c in obs.channels.values() if c.token == contract.address and not c.settled
             )
             held_by_channels = obs.balances[(token, w.market.channels.address)]
             assert held_by_channels == in_channels, (
@@ -688,7 +735,8 @@ def _build_world(chain: Chain) -> World:
         harness.buy(asset_id, buyer, "approve")
     first = harness.open_channel(2, 3, 5_000_000, 2, SESSION_KEYS[0])
     assert first is not None
-    harness.claim(first, 1_234_567, harness.sign_voucher(harness.ledger.channels[first], 1_234_567, 8), True, 7)
+    ceiling = 2_000_000  # claimed up to 1,234,567 under a higher ceiling
+    harness.claim(first, ceiling, 1_234_567, harness.sign_voucher(harness.ledger.channels[first], ceiling, 8), True, 7)
     harness.open_channel(6, 5, 999, 0, 6)
     harness.touch_everything()
     harness.check()
@@ -809,47 +857,65 @@ class MarketplaceMachine(RuleBasedStateMachine):
             data.draw(DEPOSITS, label="deposit"),
             data.draw(st.integers(0, 3), label="hours"),
             data.draw(st.sampled_from([payer, *SESSION_KEYS]), label="signer"),
+            data.draw(st.sampled_from([RELAYER, RELAYER, *ACTORS]), label="receiver"),
             wrong_token=data.draw(st.sampled_from([False, False, False, False, True]), label="wrong token"),
         )
 
     def _draw_channel(self, data: st.DataObject) -> ChannelModel:
         channels = self._ledger.channels
-        live = sorted(cid for cid, c in channels.items() if not c.closed)
+        live = sorted(cid for cid, c in channels.items() if not c.settled)
         pool = data.draw(st.sampled_from(["live", "live", "any"]), label="channel pool")
         ids = live if pool == "live" and live else sorted(channels)
         return channels[data.draw(st.sampled_from(ids), label="channel")]
+
+    def _draw_claim(self, data: st.DataObject, channel: ChannelModel) -> tuple[int, int, bytes, bool, int]:
+        """(ceiling, total, signature, signed by the signer, caller) for a claim, honest or not."""
+        kind = data.draw(
+            st.sampled_from(["raise", "raise", "raise", "replay", "lower", "above voucher", "exceed", "wrong signer"]),
+            label="voucher",
+        )
+        caller = data.draw(st.sampled_from([channel.receiver] * 3 + list(CALLERS)), label="caller")
+        if kind == "replay" and channel.vouchers:
+            ceiling, signature = data.draw(st.sampled_from(channel.vouchers), label="old voucher")
+            total = data.draw(st.integers(0, ceiling + 1), label="total")
+            self.world.stats["voucher replayed"] += 1
+            return ceiling, total, signature, True, caller
+        if kind == "lower":  # often exactly the amount already claimed: the boundary
+            total = data.draw(st.one_of(st.just(channel.claimed), st.integers(0, channel.claimed)), label="total")
+        elif kind == "exceed":
+            total = data.draw(
+                st.one_of(st.just(channel.deposit + 1), st.integers(channel.deposit + 1, channel.deposit + 10**6)),
+                label="total",
+            )
+        else:
+            total = data.draw(
+                st.integers(channel.claimed + 1, max(channel.claimed + 1, channel.deposit)), label="total"
+            )
+        if kind == "above voucher":
+            ceiling = data.draw(st.integers(max(total - 10**6, 0), max(total - 1, 0)), label="ceiling")
+        else:  # the ceiling a payer signed ahead: the claim, a little more, or everything
+            ceiling = data.draw(st.sampled_from([total, total + 1, total + 10**6, 2**128 - 1]), label="ceiling")
+        signing = channel.signer
+        if kind == "wrong signer":
+            others = [a for a in (channel.payer, *SESSION_KEYS, RELAYER) if a != channel.signer]
+            signing = data.draw(st.sampled_from(others), label="wrong signer")
+        signature = self.h.sign_voucher(channel, ceiling, signing)
+        return ceiling, total, signature, signing == channel.signer, caller
 
     @rule(data=st.data())
     def claim(self, data: st.DataObject) -> None:
         self._step("claim")
         channel = self._draw_channel(data)
-        kind = data.draw(
-            st.sampled_from(["raise", "raise", "raise", "replay", "lower", "exceed", "wrong signer"]), label="voucher"
-        )
-        if kind == "replay" and channel.vouchers:
-            amount, signature = data.draw(st.sampled_from(channel.vouchers), label="old voucher")
-            self.world.stats["voucher replayed"] += 1
-            self.h.claim(channel.channel_id, amount, signature, True, data.draw(CALLER, label="caller"))
-            return
-        if kind == "lower":  # often exactly the amount already claimed: the boundary
-            amount = data.draw(st.one_of(st.just(channel.claimed), st.integers(0, channel.claimed)), label="amount")
-        elif kind == "exceed":
-            amount = data.draw(
-                st.one_of(st.just(channel.deposit + 1), st.integers(channel.deposit + 1, channel.deposit + 10**6)),
-                label="amount",
-            )
-        else:
-            amount = data.draw(
-                st.integers(channel.claimed + 1, max(channel.claimed + 1, channel.deposit)), label="amount"
-            )
-        signing = channel.signer
-        if kind == "wrong signer":
-            others = [a for a in (channel.payer, *SESSION_KEYS, RELAYER) if a != channel.signer]
-            signing = data.draw(st.sampled_from(others), label="wrong signer")
-        signature = self.h.sign_voucher(channel, amount, signing)
-        self.h.claim(
-            channel.channel_id, amount, signature, signing == channel.signer, data.draw(CALLER, label="caller")
-        )
+        self.h.claim(channel.channel_id, *self._draw_claim(data, channel))
+
+    @rule(data=st.data())
+    def claim_and_settle(self, data: st.DataObject) -> None:
+        self._step("claim_and_settle")
+        channel = self._draw_channel(data)
+        ceiling, total, signature, signed, caller = self._draw_claim(data, channel)
+        if data.draw(st.sampled_from([False, False, True]), label="nothing more"):
+            ceiling, total, signature, signed = 0, channel.claimed, b"", False
+        self.h.claim_and_settle(channel.channel_id, ceiling, total, signature, signed, caller)
 
     @rule(data=st.data())
     def top_up(self, data: st.DataObject) -> None:
@@ -867,15 +933,10 @@ class MarketplaceMachine(RuleBasedStateMachine):
         self._step("close_early")
         channel = self._draw_channel(data)
         owner = self._ledger.assets[channel.asset_id].owner
-        how = data.draw(st.sampled_from(["voucher", "voucher", "no voucher", "stranger"]), label="how")
         caller = owner
-        if how == "stranger":
+        if data.draw(st.sampled_from(["owner", "owner", "stranger"]), label="who") == "stranger":
             caller = data.draw(st.sampled_from([a for a in CALLERS if a != owner]), label="stranger")
-        amount, signature = 0, b""
-        if how != "no voucher":
-            amount = data.draw(st.integers(0, channel.deposit + 10), label="amount")
-            signature = self.h.sign_voucher(channel, amount, channel.signer)
-        self.h.close(channel.channel_id, caller, amount, signature, True)
+        self.h.close(channel.channel_id, caller)
 
     @rule(hours=st.integers(1, 3))
     def advance_time(self, hours: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sqlite3
 
 import httpx
 import pytest
@@ -21,6 +22,8 @@ from marketplace.api import Settings, create_app
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import to_units
 from marketplace.client import ApiClientError, MarketplaceClient
+from marketplace.errors import AgentmarketError
+from marketplace.payments import ledger as ledger_module
 from marketplace.payments.channels import HEADER
 from tests.test_x402 import NETWORK, stock_client
 
@@ -63,13 +66,23 @@ def test_paid_calls_are_answered_and_settled_into_the_vault_at_shutdown(
     assert market.channels.channel(channel).claimed == 5 * PRICE
 
 
-def test_client_catches_up_with_the_servers_ledger(app_factory, chain, alice, model):
+def test_a_client_signs_its_own_count_never_the_servers(app_factory, chain, alice, model):
+    """A client that did not see the first call (its count starts at what the chain says was claimed: 0)
+    is asked for 2 calls' worth: it refuses, naming both numbers, instead of re-signing the server's number."""
     with app_factory() as server:
         first = MarketplaceClient.connect("http://testserver", alice, chain, http=server)
         channel = first.open_channel(model, to_units(1))
         first.invoke(model, [1], channel_id=channel)
-        second = MarketplaceClient.connect("http://testserver", alice, chain, http=server)  # knows nothing yet
-        assert second.invoke(model, [2], channel_id=channel)["payment"]["debited"] == str(2 * PRICE)
+        second = MarketplaceClient.connect("http://testserver", alice, chain, http=server)  # counted nothing
+        with pytest.raises(AgentmarketError) as refused:
+            second.invoke(model, [2], channel_id=channel)
+        assert str(refused.value) == (
+            f"the server asks for a voucher of {2 * PRICE} on channel {channel}, but this client counted 0 answered "
+            f"+ {PRICE} for this call = {PRICE}: refusing to sign more"
+        )
+        shared = MarketplaceClient.connect("http://testserver", alice, chain, http=server,
+                                           voucher_book=first.voucher_book)  # fmt: skip
+        assert shared.invoke(model, [2], channel_id=channel)["payment"]["debited"] == str(2 * PRICE)
 
 
 def test_unpaid_malformed_and_unserved_calls(app_factory, chain, market, alice, bob, model):
@@ -206,12 +219,12 @@ def test_a_failed_call_costs_nothing(app_factory, chain, market, alice, model):
         paid = server.post(f"/v1/models/{model}/invoke", json={"input": [4]}, headers=header)
         assert paid.status_code == 200 and market.token.balance_of(vault) - before_vault == PRICE
 
-        # On a channel, a failed call's debit goes back to the channel's credit.
+        # On a channel, a failed call is not charged: its reservation is released, nothing is written.
         client = MarketplaceClient.connect("http://testserver", alice, chain, http=server)
         channel = client.open_channel(model, to_units(1))
         with pytest.raises(ApiClientError) as bad_input:
             client.invoke(model, ["not a number"], channel_id=channel)
-        assert bad_input.value.status == 422 and "debit went back" in bad_input.value.detail
+        assert bad_input.value.status == 422 and "not charged" in bad_input.value.detail
         assert client.invoke(model, [1], channel_id=channel)["payment"]["debited"] == str(PRICE)
         with pytest.raises(ApiClientError):  # a failed call, and the payer never calls again
             client.invoke(model, ["not a number"], channel_id=channel)
@@ -230,3 +243,25 @@ def test_sdk_pays_per_call_with_x402_when_no_channel_is_named(app_factory, chain
     assert [r["output"] for r in results] == [{"sum": 1.0}, {"sum": 2.0}]
     assert {(r["payment"]["scheme"], r["payment"]["payer"]) for r in results} == {("exact", alice.address)}
     assert market.token.balance_of(vault) - before == 2 * PRICE
+
+
+def test_an_answer_that_cannot_be_recorded_is_withheld_and_costs_nothing(
+    app_factory, chain, market, alice, model, monkeypatch
+):
+    """A disk that refuses the ledger's write: the model ran, but the answer is not sent (503), nothing is debited."""
+    with app_factory() as server:
+        client = MarketplaceClient.connect("http://testserver", alice, chain, http=server)
+        channel = client.open_channel(model, to_units(1))
+        real_write = ledger_module._write
+
+        def disk_full(db, entries):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(ledger_module, "_write", disk_full)
+        with pytest.raises(ApiClientError) as withheld:
+            client.invoke(model, [1], channel_id=channel)
+        assert (withheld.value.status, withheld.value.code) == (503, "ledger_unavailable")
+        assert "sum" not in withheld.value.detail
+        monkeypatch.setattr(ledger_module, "_write", real_write)
+        assert client.invoke(model, [2], channel_id=channel)["payment"]["debited"] == str(PRICE)
+    assert market.channels.channel(channel).claimed == PRICE

@@ -30,7 +30,7 @@ from web3.contract import Contract
 
 from marketplace.chain import Chain, ContractRevert, decode_revert_data
 from marketplace.chain.deployment import Deployment
-from marketplace.chain.market import PERPETUAL, AssetKind, Market, RevenueVaultContract
+from marketplace.chain.market import CLAIM_WINDOW, PERPETUAL, AssetKind, Market, RevenueVaultContract
 
 PRICE = 1_000_000  # 1 mUSD (6 decimals)
 DEPOSIT = 5_000_000
@@ -104,7 +104,8 @@ class World:
 
     def claim(self, amount: int, signer: LocalAccount) -> None:
         assert self.channel_id is not None
-        self.market.channels.claim(self.keeper, self.channel_id, amount, self.voucher(signer, amount), gas=GAS)
+        voucher = self.voucher(signer, amount)
+        self.market.channels.claim(self.keeper, self.channel_id, amount, amount, voucher, gas=GAS)
 
     def reclaim(self) -> None:
         self.send(self.market.channels.contract.functions.reclaim(self.channel_id), self.keeper)
@@ -349,8 +350,10 @@ def _open_alice_channel(world: World) -> None:
     channels = world.market.channels.contract
     expiry = world.chain.timestamp() + HOUR
     world.send(
-        channels.functions.open(world.asset_id, world.evil.address, DEPOSIT, expiry, world.alice.address), world.alice
-    )
+        channels.functions.open(world.asset_id, world.evil.address, DEPOSIT, expiry, world.alice.address,
+                                world.keeper.address),
+        world.alice,
+    )  # fmt: skip
     world.channel_id = world.chain.call(channels.functions.channelCount())
 
 
@@ -361,7 +364,7 @@ def test_token_reentering_channels_during_claim_is_blocked(world, reentered):
     _open_alice_channel(world)
     channels = world.market.channels.contract
     args = {
-        "claim": (world.channel_id, SECOND_VOUCHER, world.voucher(world.alice, SECOND_VOUCHER)),
+        "claim": (world.channel_id, SECOND_VOUCHER, SECOND_VOUCHER, world.voucher(world.alice, SECOND_VOUCHER)),
         "reclaim": (world.channel_id,),
     }[reentered]
     honest, attacked = world.honest_then_attacked(
@@ -371,7 +374,7 @@ def test_token_reentering_channels_during_claim_is_blocked(world, reentered):
     world.assert_blocked_by_guard(world.evil)
     assert attacked == honest
     channel = attacked["channel"]
-    assert (channel.claimed, channel.deposit, channel.closed) == (FIRST_VOUCHER, DEPOSIT, False)
+    assert (channel.claimed, channel.deposit, channel.settled) == (FIRST_VOUCHER, DEPOSIT, False)
     assert attacked["balances"]["vault"] == FIRST_VOUCHER
     assert attacked["balances"]["channels"] == DEPOSIT - FIRST_VOUCHER
     assert attacked["balances"]["alice"] == ALICE_FUNDS - DEPOSIT
@@ -381,20 +384,22 @@ def test_token_reentering_channels_during_claim_is_blocked(world, reentered):
 
 
 def _payee_channel_claimed_and_expired(world: World) -> None:
-    """The payee contract opens a channel (mallory signs), FIRST_VOUCHER is claimed, it expires."""
+    """The payee contract opens a channel (mallory signs, the keeper claims), FIRST_VOUCHER is claimed, it expires
+    and its claim window ends."""
     channels = world.market.channels.contract
     world.payee_execute(world.evil, "approve", channels.address, DEPOSIT)
     expiry = world.chain.timestamp() + HOUR
-    world.payee_execute(channels, "open", world.asset_id, world.evil.address, DEPOSIT, expiry, world.mallory.address)
+    world.payee_execute(channels, "open", world.asset_id, world.evil.address, DEPOSIT, expiry, world.mallory.address,
+                        world.keeper.address)  # fmt: skip
     world.channel_id = world.chain.call(channels.functions.channelCount())
     world.claim(FIRST_VOUCHER, world.mallory)
-    world.chain.time_travel(expiry + 1)
+    world.chain.time_travel(expiry + CLAIM_WINDOW)
 
 
 def _assert_reclaimed_once(world: World, state: dict[str, Any]) -> None:
     channel = state["channel"]
     assert channel.payer == world.payee.address
-    assert (channel.claimed, channel.deposit, channel.closed) == (FIRST_VOUCHER, DEPOSIT, True)
+    assert (channel.claimed, channel.deposit, channel.settled) == (FIRST_VOUCHER, DEPOSIT, True)
     assert state["balances"]["payee"] == DEPOSIT - FIRST_VOUCHER  # refund of the unclaimed rest, once
     assert state["balances"]["channels"] == 0
     assert state["balances"]["vault"] == FIRST_VOUCHER
@@ -408,7 +413,7 @@ def test_payee_reentering_channels_when_refunded_is_blocked(world, reentered):
     channels = world.market.channels.contract
     args = {
         "reclaim": (world.channel_id,),
-        "claim": (world.channel_id, SECOND_VOUCHER, world.voucher(world.mallory, SECOND_VOUCHER)),
+        "claim": (world.channel_id, SECOND_VOUCHER, SECOND_VOUCHER, world.voucher(world.mallory, SECOND_VOUCHER)),
     }[reentered]
     honest, attacked = world.honest_then_attacked(
         arm=lambda: world.arm_payee(channels, reentered, *args),
@@ -420,7 +425,7 @@ def test_payee_reentering_channels_when_refunded_is_blocked(world, reentered):
     _assert_reclaimed_once(world, attacked)
     with pytest.raises(ContractRevert) as again:
         world.reclaim()
-    assert (again.value.error, again.value.args_by_name) == ("ChannelClosed", {"channelId": world.channel_id})
+    assert (again.value.error, again.value.args_by_name) == ("AlreadySettled", {"channelId": world.channel_id})
 
 
 def test_token_reentering_reclaim_during_reclaim_is_blocked(world):

@@ -53,12 +53,15 @@ def buy(market, buyer, asset_id, max_price=PRICE):
 
 
 def open_channel(chain, market, payer, asset_id, deposit=to_units(2)):
+    """A channel of ``payer`` for ``asset_id`` whose claims the ``relayer`` fixture's key (dev account 3) makes."""
     market.token.approve(payer, market.channels.address, deposit)
-    return market.channels.open(payer, asset_id, market.token.address, deposit, chain.timestamp() + HOUR)
+    return market.channels.open(payer, asset_id, market.token.address, deposit, chain.timestamp() + HOUR,
+                                receiver_authorizer=chain.accounts[3].address)  # fmt: skip
 
 
 def claim(market, relayer, payer, channel_id, cumulative):
-    market.channels.claim(relayer, channel_id, cumulative, market.channels.sign_voucher(payer, channel_id, cumulative))
+    voucher = market.channels.sign_voucher(payer, channel_id, cumulative)
+    market.channels.claim(relayer, channel_id, cumulative, cumulative, voucher)
 
 
 def rate(market, author, subject_id, value, *, kind=SubjectKind.ASSET, paid_asset_id=None, channel_id=0, decimals=0,

@@ -74,13 +74,13 @@ class World:
     channel: int
     session_key: LocalAccount
     token: str = ""
-    cumulative: count = field(default_factory=lambda: count(1))
+    calls: count = field(default_factory=lambda: count(1))
     #: Status codes answered, per operation.
     seen: dict[str, Counter] = field(default_factory=dict)
 
     def next_voucher(self) -> str:
-        """A valid voucher for one more call than any voucher before it (always covers the next call)."""
-        amount = next(self.cumulative) * PRICE
+        """A valid voucher whose ceiling is one call above any voucher before it (always covers the next call)."""
+        amount = next(self.calls) * PRICE
         signature = self.market.channels.sign_voucher(self.session_key, self.channel, amount)
         return Voucher(self.channel, amount, signature).to_header()
 
@@ -124,7 +124,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, databases: Databases):
         plain = market.agents.register(bob, "https://agents.example/bob.json", {"endpoint": b"http://127.0.0.1:9"})
         market.token.approve(alice, market.channels.address, DEPOSIT)
         channel = market.channels.open(alice, model, market.token.address, DEPOSIT, chain.timestamp() + 86_400,
-                                       session_key.address)  # fmt: skip
+                                       session_key.address, receiver_authorizer=chain.accounts[-1].address)  # fmt: skip
 
         home = tmp_path_factory.mktemp("schemathesis")
         settings_ = Settings(manifest=deployment.save(home / "deployment.json"), data_dir=home / "server",
@@ -164,7 +164,8 @@ def _voucher_like(world: World) -> st.SearchStrategy[str]:
     amount = st.one_of(st.integers(min_value=-1, max_value=2**257), st.just(str(DEPOSIT + 1)), _JSON)
     signature = st.one_of(st.just("0x" + "11" * 65), st.binary(min_size=65, max_size=65).map(lambda b: "0x" + b.hex()),
                           _JSON)  # fmt: skip
-    body = st.fixed_dictionaries({"channelId": channel, "cumulativeAmount": amount, "signature": signature})
+    name = st.sampled_from(["maxClaimableAmount", "maxClaimableAmount", "cumulativeAmount"])  # and the old field
+    body = st.tuples(channel, name, amount, signature).map(lambda v: {"channelId": v[0], v[1]: v[2], "signature": v[3]})
     return st.one_of(body.map(_b64_json), _JSON.map(_b64_json), _HEADER_TEXT)
 
 
@@ -262,6 +263,7 @@ REACHED = {
     "GET /v1/assets/{asset_id}/content": {200},  # the owner downloads
     "GET /v1/assets/{asset_id}/x402": {400, 402},  # the payment itself was examined
     "POST /v1/models/{asset_id}/invoke": {200},  # a paid call answered by the model
+    "GET /v1/payments": {200},
 }
 
 

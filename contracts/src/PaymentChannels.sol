@@ -3,30 +3,40 @@ pragma solidity ^0.8.26;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
-import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
 import {Marketplace} from "./Marketplace.sol";
 
 /// @title PaymentChannels — metered, per-call access to an asset
-/// @notice A payer deposits for one asset. The channel's signer (possibly a session key) signs
-/// EIP-712 vouchers for cumulative amounts; the gateway verifies them off-chain and now and then
-/// claims the increase, which goes straight into the asset's vault. After expiry the payer
-/// reclaims the rest; the asset's owner may close early. Thousands of calls, a few transactions.
+/// @notice A payer deposits for one asset and names two keys: the `signer` (possibly a session key)
+/// signs EIP-712 vouchers, each a ceiling `Voucher(channelId, maxClaimableAmount)`; the
+/// `receiverAuthorizer` (the gateway's settlement key) claims what the gateway actually served, any
+/// cumulative `totalClaimed` up to the ceiling and the deposit. Claims go straight into the asset's
+/// vault. This is the shape of x402's `batch-settlement` scheme: the payer signs a ceiling, the
+/// receiver claims what was served.
+/// @dev Lifecycle: calls are served until `expiry`; the asset owner's `close` moves `expiry` to now.
+/// Claims stay possible for `CLAIM_WINDOW` after `expiry` (so calls answered just before it are
+/// paid); after that anyone may `reclaim`, which returns the unclaimed deposit to the payer. The
+/// receiver may also end a channel at once with `claimAndSettle`. Voucher signatures are plain
+/// ECDSA (65 bytes, low s, v 27 or 28, OpenZeppelin `ECDSA`), never ERC-1271, so that a gateway
+/// verifying off chain gets the same answer as this contract whatever code the signer has.
 contract PaymentChannels is EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
-    /// @notice One channel, packed into four slots.
+    /// @notice One channel, packed into five slots.
     struct Channel {
         address payer;
         uint64 expiry;
-        bool closed;
+        bool settled;
         address signer;
+        uint96 assetId;
+        address receiverAuthorizer;
         address token;
         uint128 deposit;
         uint128 claimed;
-        uint256 assetId;
     }
 
     // ---------------------------------------------------------------- errors
@@ -37,12 +47,16 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
     error NotPayer(uint256 channelId, address caller);
     /// @notice Only the asset's owner may close a channel early.
     error NotAssetOwner(uint256 channelId, address caller);
-    /// @notice The channel was already closed or reclaimed.
-    error ChannelClosed(uint256 channelId);
-    /// @notice The channel expired; only reclaim is possible.
+    /// @notice Only the channel's receiver authorizer may claim.
+    error NotReceiverAuthorizer(uint256 channelId, address caller);
+    /// @notice The channel was already settled (reclaimed, or settled by the receiver).
+    error AlreadySettled(uint256 channelId);
+    /// @notice The channel expired (or was closed) at `expiry`; it can no longer be topped up, extended or closed.
     error ChannelExpired(uint256 channelId, uint256 expiry);
-    /// @notice The channel has not expired yet.
-    error ChannelNotExpired(uint256 channelId, uint256 expiry);
+    /// @notice Claims ended at `claimDeadline` (expiry plus the claim window); only reclaim is possible.
+    error ClaimWindowOver(uint256 channelId, uint256 claimDeadline);
+    /// @notice The unclaimed deposit can be reclaimed only from `reclaimableAt` (expiry plus the claim window).
+    error ReclaimTooEarly(uint256 channelId, uint256 reclaimableAt);
     /// @notice An expiry must lie in the future (and after the current one, to extend).
     error InvalidExpiry(uint256 expiry, uint256 notAfter);
     /// @notice A channel's token must be the asset's token.
@@ -51,12 +65,17 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
     error InvalidAmount(uint256 amount);
     /// @notice The channel's signer cannot be the zero address.
     error ZeroSigner();
-    /// @notice A voucher must raise the cumulative amount already claimed.
-    error VoucherNotIncreasing(uint256 channelId, uint256 claimed, uint256 cumulativeAmount);
-    /// @notice A voucher cannot exceed the deposit.
-    error VoucherExceedsDeposit(uint256 channelId, uint256 cumulativeAmount, uint256 deposit);
-    /// @notice The voucher was not signed by the channel's signer (or for another chain/contract).
-    error InvalidVoucherSignature(uint256 channelId);
+    /// @notice The channel's receiver authorizer cannot be the zero address.
+    error ZeroReceiverAuthorizer();
+    /// @notice A claim must raise the total already claimed.
+    error ClaimNotIncreasing(uint256 channelId, uint256 claimed, uint256 totalClaimed);
+    /// @notice A claim cannot exceed the voucher's ceiling.
+    error ClaimAboveVoucher(uint256 channelId, uint256 totalClaimed, uint256 maxClaimableAmount);
+    /// @notice A claim cannot exceed the deposit.
+    error ClaimExceedsDeposit(uint256 channelId, uint256 totalClaimed, uint256 deposit);
+    /// @notice The voucher was not signed by the channel's signer (ECDSA) for this channel, ceiling,
+    /// chain and contract; `recovered` is the address the signature recovers to (zero if none).
+    error InvalidVoucherSignature(uint256 channelId, address recovered);
 
     // ---------------------------------------------------------------- events
 
@@ -68,21 +87,33 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         address token,
         uint256 deposit,
         uint64 expiry,
-        address signer
+        address signer,
+        address receiverAuthorizer
     );
     /// @notice The payer added `amount`; the deposit is now `deposit`.
-    event ChannelToppedUp(uint256 indexed channelId, uint256 amount, uint256 deposit);
+    event ChannelToppedUp(uint256 indexed channelId, address indexed payer, uint256 amount, uint256 deposit);
     /// @notice The payer moved the expiry later.
-    event ChannelExtended(uint256 indexed channelId, uint64 expiry);
-    /// @notice `amount` went to the asset's vault; `cumulativeAmount` is now claimed in total.
-    event ChannelClaimed(uint256 indexed channelId, uint256 indexed assetId, uint256 amount, uint256 cumulativeAmount);
+    event ChannelExtended(uint256 indexed channelId, address indexed payer, uint64 expiry);
+    /// @notice The receiver claimed: `amount` went to the asset's vault; `totalClaimed` is now claimed in total.
+    event ChannelClaimed(
+        uint256 indexed channelId,
+        uint256 indexed assetId,
+        address indexed receiverAuthorizer,
+        uint256 amount,
+        uint256 totalClaimed
+    );
+    /// @notice The asset's owner ended service: the channel now expires at `expiry` (claims stay open
+    /// for the claim window).
+    event ChannelClosed(uint256 indexed channelId, address indexed owner, uint64 expiry);
     /// @notice The channel ended; `refunded` went back to the payer.
-    event ChannelSettled(uint256 indexed channelId, uint256 claimed, uint256 refunded);
+    event ChannelSettled(uint256 indexed channelId, address indexed caller, uint256 claimed, uint256 refunded);
 
     // ---------------------------------------------------------------- storage
 
-    /// @notice EIP-712 type of a voucher.
-    bytes32 public constant VOUCHER_TYPEHASH = keccak256("Voucher(uint256 channelId,uint256 cumulativeAmount)");
+    /// @notice EIP-712 type of a voucher (field names and widths as in x402's batch-settlement `Voucher`).
+    bytes32 public constant VOUCHER_TYPEHASH = keccak256("Voucher(uint256 channelId,uint128 maxClaimableAmount)");
+    /// @notice How long after expiry the receiver may still claim (x402's minimum withdraw delay: 15 minutes).
+    uint256 public constant CLAIM_WINDOW = 15 minutes;
 
     /// @notice The marketplace whose assets channels pay for.
     Marketplace public immutable marketplace;
@@ -99,74 +130,97 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- external
 
-    /// @notice Opens a channel for `assetId`, pulling `deposit` of `token` from the caller.
-    function open(uint256 assetId, address token, uint256 deposit, uint64 expiry, address signer)
-        external
-        nonReentrant
-        returns (uint256 channelId)
-    {
+    /// @notice Opens a channel for `assetId`, pulling `deposit` of `token` from the caller. `signer`
+    /// signs vouchers; `receiverAuthorizer` (the gateway's settlement key) alone may claim.
+    function open(
+        uint256 assetId,
+        address token,
+        uint256 deposit,
+        uint64 expiry,
+        address signer,
+        address receiverAuthorizer
+    ) external nonReentrant returns (uint256 channelId) {
         (address assetToken,) = marketplace.paymentTerms(assetId);
         if (token != assetToken) revert TokenMismatch(assetId, assetToken, token);
         if (deposit == 0 || deposit > type(uint128).max) revert InvalidAmount(deposit);
         if (expiry <= block.timestamp) revert InvalidExpiry(expiry, block.timestamp);
         if (signer == address(0)) revert ZeroSigner();
+        if (receiverAuthorizer == address(0)) revert ZeroReceiverAuthorizer();
         channelId = ++channelCount;
         _channels[channelId] = Channel({
             payer: msg.sender,
             expiry: expiry,
-            closed: false,
+            settled: false,
             signer: signer,
+            assetId: SafeCast.toUint96(assetId),
+            receiverAuthorizer: receiverAuthorizer,
             token: token,
             deposit: uint128(deposit),
-            claimed: 0,
-            assetId: assetId
+            claimed: 0
         });
         IERC20(token).safeTransferFrom(msg.sender, address(this), deposit);
-        emit ChannelOpened(channelId, assetId, msg.sender, token, deposit, expiry, signer);
+        emit ChannelOpened(channelId, assetId, msg.sender, token, deposit, expiry, signer, receiverAuthorizer);
     }
 
     /// @notice Adds `amount` to the deposit (payer only, before expiry).
     function topUp(uint256 channelId, uint256 amount) external nonReentrant {
-        Channel storage channel = _live(channelId);
+        Channel storage channel = _beforeExpiry(channelId);
         if (msg.sender != channel.payer) revert NotPayer(channelId, msg.sender);
         uint256 deposit = uint256(channel.deposit) + amount;
         if (amount == 0 || deposit > type(uint128).max) revert InvalidAmount(amount);
         channel.deposit = uint128(deposit);
         IERC20(channel.token).safeTransferFrom(msg.sender, address(this), amount);
-        emit ChannelToppedUp(channelId, amount, deposit);
+        emit ChannelToppedUp(channelId, msg.sender, amount, deposit);
     }
 
     /// @notice Moves the expiry later (payer only, before expiry).
     function extend(uint256 channelId, uint64 newExpiry) external {
-        Channel storage channel = _live(channelId);
+        Channel storage channel = _beforeExpiry(channelId);
         if (msg.sender != channel.payer) revert NotPayer(channelId, msg.sender);
         if (newExpiry <= channel.expiry) revert InvalidExpiry(newExpiry, channel.expiry);
         channel.expiry = newExpiry;
-        emit ChannelExtended(channelId, newExpiry);
+        emit ChannelExtended(channelId, msg.sender, newExpiry);
     }
 
-    /// @notice Pays the increase over what was claimed into the asset's vault. Anyone may call:
-    /// the money can only go to the vault.
-    function claim(uint256 channelId, uint256 cumulativeAmount, bytes calldata signature) external nonReentrant {
-        _claim(channelId, _live(channelId), cumulativeAmount, signature);
+    /// @notice The receiver authorizer claims `totalClaimed` in total (the calls it served), under a
+    /// voucher with ceiling `maxClaimableAmount` signed by the channel's signer; the increase over
+    /// what was claimed goes into the asset's vault. Allowed until expiry plus the claim window.
+    function claim(uint256 channelId, uint128 maxClaimableAmount, uint128 totalClaimed, bytes calldata signature)
+        external
+        nonReentrant
+    {
+        Channel storage channel = _claimable(channelId);
+        _claim(channelId, channel, maxClaimableAmount, totalClaimed, signature);
     }
 
-    /// @notice After expiry, returns the unclaimed deposit to the payer (callable by anyone).
-    function reclaim(uint256 channelId) external nonReentrant {
-        Channel storage channel = _existing(channelId);
-        if (channel.closed) revert ChannelClosed(channelId);
-        if (block.timestamp < channel.expiry) revert ChannelNotExpired(channelId, channel.expiry);
+    /// @notice The receiver authorizer's final claim (skipped when `totalClaimed` adds nothing) and,
+    /// in the same transaction, the unclaimed rest back to the payer: the channel is settled.
+    function claimAndSettle(
+        uint256 channelId,
+        uint128 maxClaimableAmount,
+        uint128 totalClaimed,
+        bytes calldata signature
+    ) external nonReentrant {
+        Channel storage channel = _claimable(channelId);
+        if (totalClaimed > channel.claimed) _claim(channelId, channel, maxClaimableAmount, totalClaimed, signature);
         _settle(channelId, channel);
     }
 
-    /// @notice The asset's owner closes early: a final claim (skipped if the voucher adds nothing
-    /// or `signature` is empty), then the remainder back to the payer.
-    function close(uint256 channelId, uint256 cumulativeAmount, bytes calldata signature) external nonReentrant {
-        Channel storage channel = _live(channelId);
+    /// @notice The asset's owner ends service now: the expiry becomes the current time. The receiver
+    /// may still claim the calls it answered during the claim window; then the payer reclaims the rest.
+    function close(uint256 channelId) external {
+        Channel storage channel = _beforeExpiry(channelId);
         if (msg.sender != marketplace.ownerOf(channel.assetId)) revert NotAssetOwner(channelId, msg.sender);
-        if (signature.length > 0 && cumulativeAmount > channel.claimed) {
-            _claim(channelId, channel, cumulativeAmount, signature);
-        }
+        uint64 expiry = uint64(block.timestamp);
+        channel.expiry = expiry;
+        emit ChannelClosed(channelId, msg.sender, expiry);
+    }
+
+    /// @notice After expiry plus the claim window, returns the unclaimed deposit to the payer (callable by anyone).
+    function reclaim(uint256 channelId) external nonReentrant {
+        Channel storage channel = _unsettled(channelId);
+        uint256 reclaimableAt = uint256(channel.expiry) + CLAIM_WINDOW;
+        if (block.timestamp < reclaimableAt) revert ReclaimTooEarly(channelId, reclaimableAt);
         _settle(channelId, channel);
     }
 
@@ -177,16 +231,16 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         return _existing(channelId);
     }
 
-    /// @notice Who opened `channelId`, the asset it pays for, and how much has been claimed into
-    /// that asset's vault so far (IChannelPayments). Reverts with UnknownChannel for an unknown id.
+    /// @notice Who pays through a channel, for which asset, and how much of it was claimed into the
+    /// asset's vault so far (base units of the channel's token). Reverts `UnknownChannel`.
     function payment(uint256 channelId) external view returns (address payer, uint256 assetId, uint256 claimed) {
         Channel storage channel = _existing(channelId);
         return (channel.payer, channel.assetId, channel.claimed);
     }
 
     /// @notice The EIP-712 digest of a voucher, as the signer signs it.
-    function voucherDigest(uint256 channelId, uint256 cumulativeAmount) public view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(VOUCHER_TYPEHASH, channelId, cumulativeAmount)));
+    function voucherDigest(uint256 channelId, uint128 maxClaimableAmount) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(VOUCHER_TYPEHASH, channelId, maxClaimableAmount)));
     }
 
     // ---------------------------------------------------------------- internal
@@ -196,36 +250,48 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         if (channel.payer == address(0)) revert UnknownChannel(channelId);
     }
 
-    function _live(uint256 channelId) internal view returns (Channel storage channel) {
+    function _unsettled(uint256 channelId) internal view returns (Channel storage channel) {
         channel = _existing(channelId);
-        if (channel.closed) revert ChannelClosed(channelId);
+        if (channel.settled) revert AlreadySettled(channelId);
+    }
+
+    function _beforeExpiry(uint256 channelId) internal view returns (Channel storage channel) {
+        channel = _unsettled(channelId);
         if (block.timestamp >= channel.expiry) revert ChannelExpired(channelId, channel.expiry);
     }
 
-    function _claim(uint256 channelId, Channel storage channel, uint256 cumulativeAmount, bytes calldata signature)
-        internal
-    {
-        uint256 claimed = channel.claimed;
-        if (cumulativeAmount <= claimed) revert VoucherNotIncreasing(channelId, claimed, cumulativeAmount);
-        if (cumulativeAmount > channel.deposit) {
-            revert VoucherExceedsDeposit(channelId, cumulativeAmount, channel.deposit);
-        }
-        if (!SignatureChecker.isValidSignatureNow(
-                channel.signer, voucherDigest(channelId, cumulativeAmount), signature
-            )) {
-            revert InvalidVoucherSignature(channelId);
-        }
-        channel.claimed = uint128(cumulativeAmount);
-        uint256 amount = cumulativeAmount - claimed;
+    function _claimable(uint256 channelId) internal view returns (Channel storage channel) {
+        channel = _unsettled(channelId);
+        if (msg.sender != channel.receiverAuthorizer) revert NotReceiverAuthorizer(channelId, msg.sender);
+        uint256 claimDeadline = uint256(channel.expiry) + CLAIM_WINDOW;
+        if (block.timestamp >= claimDeadline) revert ClaimWindowOver(channelId, claimDeadline);
+    }
+
+    function _claim(
+        uint256 channelId,
+        Channel storage channel,
+        uint128 maxClaimableAmount,
+        uint128 totalClaimed,
+        bytes calldata signature
+    ) internal {
+        uint128 claimed = channel.claimed;
+        if (totalClaimed <= claimed) revert ClaimNotIncreasing(channelId, claimed, totalClaimed);
+        if (totalClaimed > maxClaimableAmount) revert ClaimAboveVoucher(channelId, totalClaimed, maxClaimableAmount);
+        if (totalClaimed > channel.deposit) revert ClaimExceedsDeposit(channelId, totalClaimed, channel.deposit);
+        (address recovered,,) = ECDSA.tryRecoverCalldata(voucherDigest(channelId, maxClaimableAmount), signature);
+        if (recovered != channel.signer) revert InvalidVoucherSignature(channelId, recovered);
+        channel.claimed = totalClaimed;
+        uint256 amount = totalClaimed - claimed;
         uint256 assetId = channel.assetId;
         IERC20(channel.token).safeTransfer(marketplace.vaultOf(assetId), amount);
-        emit ChannelClaimed(channelId, assetId, amount, cumulativeAmount);
+        emit ChannelClaimed(channelId, assetId, msg.sender, amount, totalClaimed);
     }
 
     function _settle(uint256 channelId, Channel storage channel) internal {
-        channel.closed = true;
-        uint256 refund = channel.deposit - channel.claimed;
+        channel.settled = true;
+        uint256 claimed = channel.claimed;
+        uint256 refund = channel.deposit - claimed;
         if (refund > 0) IERC20(channel.token).safeTransfer(channel.payer, refund);
-        emit ChannelSettled(channelId, channel.claimed, refund);
+        emit ChannelSettled(channelId, msg.sender, claimed, refund);
     }
 }

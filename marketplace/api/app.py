@@ -14,7 +14,7 @@ import marketplace
 from marketplace.api.deps import Services
 from marketplace.api.errors import install_error_handlers
 from marketplace.api.limits import Limits, RequestLimits, upload_matcher
-from marketplace.api.routes import accounts, agents, assets, auth, content, health, models, x402
+from marketplace.api.routes import accounts, agents, assets, auth, content, health, models, payments, x402
 from marketplace.api.schemas import ErrorBody
 from marketplace.api.settings import Settings
 from marketplace.api.state import ServerBase
@@ -26,7 +26,7 @@ from marketplace.indexer import Indexer
 from marketplace.indexer.database import open_database
 from marketplace.inference import ModelHandler
 from marketplace.keyfile import load_or_create_secret
-from marketplace.payments.channels import ChannelGate, Settler, VoucherLedger
+from marketplace.payments.channels import ChainWatcher, ChannelGate, VoucherLedger, settler_for
 from marketplace.payments.x402 import X402Payments
 from marketplace.siwe import TokenIssuer
 
@@ -58,6 +58,9 @@ def build_services(
     relayer = _relayer(settings, chain)
     ledger = VoucherLedger(settings.data_dir / "channels.sqlite3", synchronous=settings.voucher_sync)
     try:
+        watcher = ChainWatcher(market, settings.chain_poll_interval)
+        gate = ChannelGate(market, ledger, receiver_authorizer=relayer.address, watcher=watcher,
+                           min_seconds_to_expiry=settings.channel_min_seconds_to_expiry)  # fmt: skip
         return Services(
             chain=chain,
             deployment=deployment,
@@ -69,8 +72,9 @@ def build_services(
             relayer=relayer,
             tokens=TokenIssuer(load_or_create_secret(settings.data_dir / "auth.key"), settings.auth_token_ttl),
             ledger=ledger,
-            gate=ChannelGate(market, ledger, min_seconds_to_expiry=settings.channel_min_seconds_to_expiry),
-            settler=Settler(market, ledger, relayer, settings.settle_interval, send_lock=RELAYER_LOCK),
+            watcher=watcher,
+            gate=gate,
+            settler=settler_for(gate, relayer, settings.settle_interval, send_lock=RELAYER_LOCK),
             x402=X402Payments(chain, market.token, relayer, send_lock=RELAYER_LOCK),
             model_handlers=dict(model_handlers or {}),
         )
@@ -94,12 +98,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings, chain, model_handlers)
         services.indexer.sync()
+        services.watcher.start()
         services.settler.start()
         app.state.services = services
         try:
             yield
         finally:
-            services.settler.stop()  # claims every voucher answered so far
+            services.settler.stop()  # claims every call answered so far
+            services.watcher.stop()
             services.ledger.close()
             services.engine.dispose()
 
@@ -115,6 +121,7 @@ def create_app(
         agents.router,
         accounts.router,
         models.router,
+        payments.router,
     ):
         app.include_router(router, responses={"4XX": {"model": ErrorBody, "description": "Client error"}})
     app.add_middleware(

@@ -20,7 +20,7 @@ from marketplace.chain.market import Asset, Market
 from marketplace.content import ContentStore
 from marketplace.indexer import Indexer
 from marketplace.inference import ModelHandler
-from marketplace.payments.channels import ChannelGate, Settler, VoucherLedger
+from marketplace.payments.channels import ChainWatcher, ChannelGate, Settler, VoucherLedger
 from marketplace.payments.x402 import X402Payments
 from marketplace.siwe import SiweError, TokenIssuer
 
@@ -39,6 +39,7 @@ class Services:
     relayer: LocalAccount
     tokens: TokenIssuer
     ledger: VoucherLedger
+    watcher: ChainWatcher
     gate: ChannelGate
     settler: Settler
     x402: X402Payments

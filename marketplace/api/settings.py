@@ -49,10 +49,14 @@ class Settings(BaseSettings):
     siwe_max_nonces: PositiveInt = 10_000
     #: Lifetime of a bearer token, in seconds.
     auth_token_ttl: int = 900
-    #: How often the channel settler claims vouchers on chain (and once more at shutdown), in seconds.
+    #: How often the channel settler claims answered calls on chain (and once more at shutdown), in
+    #: seconds; it is woken at once when a channel is closed. Below 450 (claims close 900 s after expiry).
     settle_interval: float = 30.0
-    #: Channels closer than this to expiry are refused (must exceed settle_interval).
+    #: Channels closer than this (by the chain's clock) to expiry are refused, in seconds.
     channel_min_seconds_to_expiry: int = 120
+    #: How often the gateway re-reads the chain's latest block and the channels contract's events (closes,
+    #: top-ups, claims) for the channel gate, in seconds (AGENTMARKET_CHAIN_POLL_INTERVAL).
+    chain_poll_interval: float = 1.0
     #: How hard the voucher ledger syncs each commit: "full" (fsync: survives a power loss) or
     #: "normal" (survives the process being killed; a power loss may undo the last commits).
     voucher_sync: Synchronous = "full"

@@ -158,15 +158,17 @@ def sign_cancel_authorization(signer: LocalAccount, domain: Domain, nonce: bytes
 
 # ---------------------------------------------------------------------- agentmarket's own messages
 
-VOUCHER_FIELDS = [("channelId", "uint256"), ("cumulativeAmount", "uint256")]
+#: ``Voucher(uint256 channelId,uint128 maxClaimableAmount)``: a ceiling the channel's signer allows the receiver
+#: to claim in total (field names and widths as in x402's batch-settlement ``Voucher``).
+VOUCHER_FIELDS = [("channelId", "uint256"), ("maxClaimableAmount", "uint128")]
 AGENT_WALLET_FIELDS = [("agentId", "uint256"), ("newWallet", "address"), ("owner", "address"), ("deadline", "uint256")]
 
 
-def sign_voucher(signer: LocalAccount, domain: Domain, channel_id: int, cumulative_amount: int) -> Signature:
-    """Sign a payment-channel ``Voucher(channelId, cumulativeAmount)``."""
-    return sign_typed(
-        signer, domain, "Voucher", VOUCHER_FIELDS, {"channelId": channel_id, "cumulativeAmount": cumulative_amount}
-    )
+def sign_voucher(signer: LocalAccount, domain: Domain, channel_id: int, max_claimable_amount: int) -> Signature:
+    """Sign a payment-channel ``Voucher(channelId, maxClaimableAmount)``: the receiver may claim up to
+    ``max_claimable_amount`` base units in total (a uint128) on channel ``channel_id``."""
+    message = {"channelId": channel_id, "maxClaimableAmount": max_claimable_amount}
+    return sign_typed(signer, domain, "Voucher", VOUCHER_FIELDS, message)
 
 
 def sign_agent_wallet(wallet: LocalAccount, domain: Domain, agent_id: int, owner: str, deadline: int) -> Signature:

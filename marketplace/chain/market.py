@@ -26,6 +26,10 @@ from marketplace.chain.token import TestUSD
 
 PERPETUAL = 2**64 - 1
 BPS = 10_000
+#: ``PaymentChannels.CLAIM_WINDOW``: seconds after a channel's expiry during which its receiver may still claim.
+CLAIM_WINDOW = 15 * 60
+#: Largest voucher ceiling and claim total (``uint128``).
+UINT128_MAX = 2**128 - 1
 
 
 class AssetKind(IntEnum):
@@ -80,22 +84,33 @@ class License:
 
 @dataclass(frozen=True)
 class Channel:
-    """A payment channel's on-chain state."""
+    """A payment channel's on-chain state (amounts in base units of ``token``, times in unix seconds).
+
+    Calls are served until ``expiry`` (the asset owner's ``close`` moves it to the closing time);
+    ``receiver_authorizer`` may claim until ``claim_deadline``; then anyone may reclaim the rest for
+    the payer, which sets ``settled``.
+    """
 
     channel_id: int
     payer: str
     expiry: int
-    closed: bool
+    settled: bool
     signer: str
+    asset_id: int
+    receiver_authorizer: str
     token: str
     deposit: int
     claimed: int
-    asset_id: int
 
     @property
     def unclaimed(self) -> int:
         """What the deposit still holds."""
         return self.deposit - self.claimed
+
+    @property
+    def claim_deadline(self) -> int:
+        """The first second at which claims are refused (and reclaim allowed): expiry plus the claim window."""
+        return self.expiry + CLAIM_WINDOW
 
 
 @dataclass(frozen=True)
@@ -385,7 +400,7 @@ class RevenueVaultContract:
 
 
 class PaymentChannelsContract:
-    """Metered access: channels and vouchers."""
+    """Metered access: channels, ceiling vouchers and claims of what was served (see ``PaymentChannels.sol``)."""
 
     def __init__(self, chain: Chain, address: str) -> None:
         self.chain = chain
@@ -398,46 +413,89 @@ class PaymentChannelsContract:
         return _domain_of(self.chain, self.contract)
 
     def open(
-        self, payer: LocalAccount, asset_id: int, token: str, deposit: int, expiry: int, signer: str | None = None
+        self,
+        payer: LocalAccount,
+        asset_id: int,
+        token: str,
+        deposit: int,
+        expiry: int,
+        signer: str | None = None,
+        *,
+        receiver_authorizer: str,
     ) -> int:
-        """Open a channel (the payer must have approved ``deposit``); returns its id."""
-        fn = self.contract.functions.open(asset_id, token, deposit, expiry, signer or payer.address)
+        """Open a channel (the payer must have approved ``deposit``); returns its id.
+
+        ``signer`` signs vouchers (default: the payer); ``receiver_authorizer`` alone may claim (the
+        gateway's settlement key, which the server advertises). Reverts ``TokenMismatch``,
+        ``InvalidAmount``, ``InvalidExpiry``, ``ZeroSigner``, ``ZeroReceiverAuthorizer``.
+        """
+        fn = self.contract.functions.open(asset_id, token, deposit, expiry, signer or payer.address,
+                                          receiver_authorizer)  # fmt: skip
         receipt = self.chain.send(fn, payer)
         return _event_arg(self.chain, self.contract, receipt, "ChannelOpened", "channelId")
 
     def top_up(self, payer: LocalAccount, channel_id: int, amount: int) -> TxReceipt:
-        """Add to the deposit."""
+        """Add to the deposit (payer only, before expiry)."""
         return self.chain.send(self.contract.functions.topUp(channel_id, amount), payer)
 
     def extend(self, payer: LocalAccount, channel_id: int, new_expiry: int) -> TxReceipt:
-        """Move the expiry later."""
+        """Move the expiry later (payer only, before expiry)."""
         return self.chain.send(self.contract.functions.extend(channel_id, new_expiry), payer)
 
-    def sign_voucher(self, signer: LocalAccount, channel_id: int, cumulative_amount: int) -> bytes:
-        """A voucher for ``cumulative_amount`` in total (65 packed bytes)."""
-        return sign_voucher(signer, self.domain, channel_id, cumulative_amount).packed
+    def sign_voucher(self, signer: LocalAccount, channel_id: int, max_claimable_amount: int) -> bytes:
+        """A voucher letting the receiver claim up to ``max_claimable_amount`` in total (65 packed bytes)."""
+        return sign_voucher(signer, self.domain, channel_id, max_claimable_amount).packed
 
     def claim(
-        self, caller: LocalAccount, channel_id: int, cumulative_amount: int, signature: bytes, *, gas: int | None = None
+        self,
+        receiver: LocalAccount,
+        channel_id: int,
+        max_claimable_amount: int,
+        total_claimed: int,
+        signature: bytes,
+        *,
+        gas: int | None = None,
     ) -> TxReceipt:
-        """Pay the increase since the last claim into the asset's vault."""
-        fn = self.contract.functions.claim(channel_id, cumulative_amount, signature)
-        return self.chain.send(fn, caller, gas=gas)
+        """The receiver authorizer claims ``total_claimed`` in total under a voucher for ``max_claimable_amount``;
+        the increase goes into the asset's vault."""
+        fn = self.contract.functions.claim(channel_id, max_claimable_amount, total_claimed, signature)
+        return self.chain.send(fn, receiver, gas=gas)
+
+    def claim_and_settle(
+        self,
+        receiver: LocalAccount,
+        channel_id: int,
+        max_claimable_amount: int = 0,
+        total_claimed: int = 0,
+        signature: bytes = b"",
+        *,
+        gas: int | None = None,
+    ) -> TxReceipt:
+        """The receiver's final claim (skipped when ``total_claimed`` adds nothing), then the rest back to the payer."""
+        fn = self.contract.functions.claimAndSettle(channel_id, max_claimable_amount, total_claimed, signature)
+        return self.chain.send(fn, receiver, gas=gas)
+
+    def close(self, owner: LocalAccount, channel_id: int) -> TxReceipt:
+        """The asset owner ends service now (the expiry becomes now; claims stay open for the claim window)."""
+        return self.chain.send(self.contract.functions.close(channel_id), owner)
 
     def reclaim(self, caller: LocalAccount, channel_id: int) -> TxReceipt:
-        """After expiry, return the unclaimed deposit to the payer."""
+        """After expiry plus the claim window, return the unclaimed deposit to the payer (anyone may call)."""
         return self.chain.send(self.contract.functions.reclaim(channel_id), caller)
 
-    def close(
-        self, owner: LocalAccount, channel_id: int, cumulative_amount: int = 0, signature: bytes = b""
-    ) -> TxReceipt:
-        """The asset owner closes early: final claim, remainder back to the payer."""
-        return self.chain.send(self.contract.functions.close(channel_id, cumulative_amount, signature), owner)
-
     def channel(self, channel_id: int) -> Channel:
-        """A channel's state."""
+        """A channel's state (raises ContractRevert ``UnknownChannel``)."""
         c = self.chain.call(self.contract.functions.getChannel(channel_id))
-        return Channel(channel_id, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7])
+        return Channel(channel_id, *c)
+
+    def payment(self, channel_id: int) -> tuple[str, int, int]:
+        """``(payer, asset id, claimed)``: what the channel paid into its asset's vault so far."""
+        payer, asset_id, claimed = self.chain.call(self.contract.functions.payment(channel_id))
+        return payer, asset_id, claimed
+
+    def voucher_digest(self, channel_id: int, max_claimable_amount: int) -> bytes:
+        """The EIP-712 digest the contract checks a voucher's signature against."""
+        return bytes(self.chain.call(self.contract.functions.voucherDigest(channel_id, max_claimable_amount)))
 
 
 class AgentRegistryContract:

@@ -18,6 +18,7 @@ from marketplace.chain.market import AssetKind
 from marketplace.chain.token import format_units, to_units
 from marketplace.client import MarketplaceClient
 from marketplace.client.sdk import MarketplaceReader
+from marketplace.client.vouchers import VoucherBook
 from marketplace.errors import AgentmarketError
 from marketplace.wallet_file import DEFAULT_WALLET, PASSWORD_ENV, create_wallet, encryption_keypair, load_wallet
 
@@ -57,7 +58,10 @@ def _trusted() -> Deployment | None:
 def _client(wallet: Path, server: str, rpc: str) -> MarketplaceClient:
     account = _account(wallet)
     key = bytes(encryption_keypair(account))
-    return MarketplaceClient.connect(server, account, rpc_chain(rpc), encryption_key=key, trusted=_trusted())
+    # One process per call: what this wallet counted on each channel is kept next to the wallet.
+    book = VoucherBook(wallet.parent / "vouchers" / f"{account.address}.json")
+    return MarketplaceClient.connect(server, account, rpc_chain(rpc), encryption_key=key, trusted=_trusted(),
+                                     voucher_book=book)  # fmt: skip
 
 
 def _print_json(data: object) -> None:
@@ -240,7 +244,8 @@ def channel_open(
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
 ) -> None:
-    """Open a payment channel for metered calls (your wallet signs the vouchers)."""
+    """Open a payment channel for metered calls (your wallet signs the vouchers; the server's settlement key,
+    from GET /v1/payments, claims the calls it answered)."""
     client = _client(wallet, server, rpc)
     channel_id = client.open_channel(asset_id, to_units(deposit), ttl=int(hours * 3600))
     console.print(f"opened channel {channel_id} for asset {asset_id} with {deposit} tUSD")

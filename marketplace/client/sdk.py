@@ -37,9 +37,10 @@ from marketplace.chain.deployment import Deployment, DeploymentError, parse_mani
 from marketplace.chain.market import AssetKind, Market
 from marketplace.chain.token import TestUSD
 from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms
+from marketplace.client.vouchers import VoucherBook
 from marketplace.content import open_sealed_frames
 from marketplace.errors import AgentmarketError
-from marketplace.payments.channels import HEADER, Voucher, VoucherHasher
+from marketplace.protocol.vouchers import HEADER, Voucher, VoucherHasher
 
 _READ_CHUNK = 64 * 1024
 
@@ -188,6 +189,7 @@ class MarketplaceClient(MarketplaceReader):
         *,
         encryption_key: bytes | None = None,
         http: httpx.Client | None = None,
+        voucher_book: VoucherBook | None = None,
     ) -> None:
         super().__init__(base_url, http=http)
         self.account = account
@@ -196,8 +198,10 @@ class MarketplaceClient(MarketplaceReader):
         self.market: Market = deployment.market(chain)
         self.encryption_key = encryption_key
         self._token: tuple[str, int] | None = None
-        self._channel_spent: dict[int, int] = {}
-        self._prices: dict[int, int] = {}  # per-call prices of models this client called
+        #: What this client counted as answered and signed on each channel (see marketplace.client.vouchers).
+        self.voucher_book = voucher_book or VoucherBook()
+        self._prices: dict[int, int] = {}  # on-chain per-call prices of models this client called
+        self._channels_checked: dict[tuple[int, int, str], int] = {}  # (channel, model, signer) -> claimed then
         self._vouchers: VoucherHasher | None = None
         #: The longest x402 authorization this client signs, in seconds (see :mod:`marketplace.client.checks`).
         self.x402_max_timeout_seconds = MAX_TIMEOUT_SECONDS
@@ -350,12 +354,39 @@ class MarketplaceClient(MarketplaceReader):
             partial.replace(destination)
         return bytes(collected)
 
-    def open_channel(self, asset_id: int, deposit: int, *, ttl: int = 3600, signer: str | None = None) -> int:
-        """Open a payment channel for metered calls to ``asset_id`` (approving the deposit)."""
+    def payment_terms(self) -> dict[str, Any]:
+        """The server's channel terms (``GET /v1/payments``): channels contract, ``receiverAuthorizer``, claim
+        window, voucher types."""
+        return self._request("GET", "/v1/payments").json()["payment_channel"]
+
+    def open_channel(
+        self,
+        asset_id: int,
+        deposit: int,
+        *,
+        ttl: int = 3600,
+        signer: str | None = None,
+        receiver_authorizer: str | None = None,
+    ) -> int:
+        """Open a payment channel for metered calls to ``asset_id`` (approving the deposit); returns its id.
+
+        ``receiver_authorizer`` (the key allowed to claim) defaults to the one this server advertises in
+        ``GET /v1/payments``: whoever holds it can only claim into the asset's vault, and only up to the
+        vouchers this client signs. ``signer`` signs vouchers (default: this account). ``ttl`` is seconds.
+        """
         channels = self.market.channels
+        if receiver_authorizer is None:
+            terms = self.payment_terms()
+            if str(terms.get("channels", "")).lower() != channels.address.lower():
+                raise AgentmarketError(
+                    f"the server takes channels of contract {terms.get('channels')}, not of this deployment's "
+                    f"{channels.address}"
+                )
+            receiver_authorizer = str(terms["receiverAuthorizer"])
         self.market.token.approve(self.account, channels.address, deposit)
         expiry = self.chain.timestamp() + ttl
-        return channels.open(self.account, asset_id, self.market.token.address, deposit, expiry, signer)
+        return channels.open(self.account, asset_id, self.market.token.address, deposit, expiry, signer,
+                             receiver_authorizer=receiver_authorizer)  # fmt: skip
 
     def invoke(
         self, model_id: int, payload: Any, *, channel_id: int | None = None, signer: LocalAccount | None = None
@@ -363,34 +394,67 @@ class MarketplaceClient(MarketplaceReader):
         """Call a served model and pay for the call. Returns ``{"output", "payment"}``.
 
         With ``channel_id``, pays with a voucher on that channel (signed by ``signer``, default this
-        account): no transaction per call. Without it, pays per call with x402 (this account signs an
-        EIP-3009 authorization of the price; the server settles it into the model's vault).
+        account): no transaction per call. The voucher's ceiling is this client's own count — the
+        calls it got answers for, plus the ones in flight, plus this one at the asset's on-chain price
+        — never what a server asks: a 402 asking for more raises :class:`AgentmarketError` naming
+        both numbers, and nothing more is signed. Without ``channel_id``, pays per call with x402
+        (this account signs an EIP-3009 authorization of the price; the server settles it into the
+        model's vault).
         """
         if channel_id is None:
             return self._invoke_x402(model_id, payload)
-        if model_id not in self._prices:
-            self._prices[model_id] = self.market.marketplace.asset(model_id).price
-        price = self._prices[model_id]
         signer = signer or self.account
+        scope = f"{self.chain.chain_id}:{self.market.channels.address}"
+        claimed = self._check_channel(channel_id, model_id, signer.address)
+        price = self._price(model_id)
+        for attempt in range(2):
+            ceiling = self.voucher_book.begin(scope, channel_id, price, claimed)
+            header = self._voucher(signer, channel_id, ceiling).to_header()
+            answered = False
+            try:
+                response = self._send("POST", f"/v1/models/{model_id}/invoke", json={"input": payload},
+                                      headers={HEADER: header})  # fmt: skip
+                answered = response.status_code < 400
+            finally:
+                count = self.voucher_book.finish(scope, channel_id, price, answered=answered)
+            if response.status_code == 402 and _refusal_reason(response) == "insufficient_voucher":
+                asked = _asked_ceiling(response)
+                if asked is not None and asked > ceiling:
+                    if attempt == 0 and self._price(model_id, fresh=True) != price:
+                        price = self._prices[model_id]  # the owner changed the price: count with the new one
+                        continue
+                    raise AgentmarketError(
+                        f"the server asks for a voucher of {asked} on channel {channel_id}, but this client counted "
+                        f"{count.answered} answered + {price} for this call = {ceiling}: refusing to sign more"
+                    )
+            _raise_for_error(response)
+            return response.json()
+        raise AssertionError("unreachable")
+
+    def _price(self, model_id: int, *, fresh: bool = False) -> int:
+        """The model's per-call price as the chain says (cached; ``fresh`` re-reads it)."""
+        if fresh or model_id not in self._prices:
+            self._prices[model_id] = self.market.marketplace.asset(model_id).price
+        return self._prices[model_id]
+
+    def _check_channel(self, channel_id: int, model_id: int, signer: str) -> int:
+        """Check on chain (once per channel) that it pays for ``model_id`` and that ``signer`` signs for it;
+        returns what was claimed on it (where a fresh count starts)."""
+        key = (channel_id, model_id, signer)
+        if key in self._channels_checked:
+            return self._channels_checked[key]
+        channel = self.market.channels.channel(channel_id)
+        if channel.asset_id != model_id:
+            raise AgentmarketError(f"channel {channel_id} pays for asset {channel.asset_id}, not model {model_id}")
+        if channel.signer.lower() != signer.lower():
+            raise AgentmarketError(f"channel {channel_id}'s vouchers are signed by {channel.signer}, not {signer}")
+        self._channels_checked[key] = channel.claimed
+        return channel.claimed
+
+    def _voucher(self, signer: LocalAccount, channel_id: int, ceiling: int) -> Voucher:
         if self._vouchers is None:
             self._vouchers = VoucherHasher(self.market.channels.domain)
-        cumulative = self._channel_spent.get(channel_id, 0) + price
-        for _attempt in range(2):
-            voucher = Voucher(channel_id, cumulative, self._vouchers.sign(signer, channel_id, cumulative))
-            response = self._send("POST", f"/v1/models/{model_id}/invoke", json={"input": payload},
-                                  headers={HEADER: voucher.to_header()})  # fmt: skip
-            if response.status_code == 402:
-                # The server knows better what this channel already spent (e.g. after a restart).
-                needed = response.json().get("requirements", {}).get("channel", {}).get("minCumulativeAmount")
-                if needed is not None and int(needed) > cumulative:
-                    cumulative = int(needed)
-                    continue
-            _raise_for_error(response)
-            result = response.json()
-            self._channel_spent[channel_id] = int(result["payment"]["debited"])
-            return result
-        _raise_for_error(response)
-        raise AssertionError("unreachable")
+        return self._vouchers.voucher(signer, channel_id, ceiling)
 
     def _invoke_x402(self, model_id: int, payload: Any) -> dict[str, Any]:
         """One call paid with x402: 402, check the requirements against the chain, sign, retry.
@@ -558,6 +622,24 @@ def _receive(chunks: Iterator[bytes], expected: bytes, destination: Path | None,
     if partial and destination:
         partial.replace(destination)
     return bytes(collected)
+
+
+def _refusal_reason(response: httpx.Response) -> str | None:
+    """The ``reason`` of a 402 body, if any."""
+    try:
+        reason = response.json().get("reason")
+    except (ValueError, AttributeError):
+        return None
+    return reason if isinstance(reason, str) else None
+
+
+def _asked_ceiling(response: httpx.Response) -> int | None:
+    """The ceiling a channel 402 asks for (``requirements.channel.minMaxClaimableAmount``), if it names one."""
+    try:
+        asked = response.json()["requirements"]["channel"]["minMaxClaimableAmount"]
+        return int(asked)
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _raise_for_error(response: httpx.Response) -> None:

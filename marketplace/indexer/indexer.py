@@ -241,7 +241,10 @@ class Indexer:
         session.get(ChannelRow, event["args"]["channelId"]).expiry = event["args"]["expiry"]
 
     def _on_ChannelClaimed(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
-        session.get(ChannelRow, event["args"]["channelId"]).claimed = event["args"]["cumulativeAmount"]
+        session.get(ChannelRow, event["args"]["channelId"]).claimed = event["args"]["totalClaimed"]
+
+    def _on_ChannelClosed(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
+        session.get(ChannelRow, event["args"]["channelId"]).expiry = event["args"]["expiry"]
 
     def _on_ChannelSettled(self, session: Session, event: Any, _origin: dict[str, Any]) -> None:
         row = session.get(ChannelRow, event["args"]["channelId"])

@@ -1,12 +1,24 @@
-"""The gateway's voucher ledger: per payment channel, the highest voucher, the credit used, what was claimed.
+"""The gateway's voucher ledger: per payment channel, the highest voucher, the credit answered calls used, the claim.
+
+Per channel (amounts in base units of the channel's token):
+
+- ``ceiling`` and ``signature``: the highest voucher verified so far, a ``Voucher(channelId,
+  maxClaimableAmount)`` the channel's signer signed (see ``marketplace.protocol.vouchers``);
+- ``debited``: the sum of the prices of the calls this gateway **answered** on the channel, raised to
+  what was claimed on chain whenever that is higher (credit claimed on chain is used credit, whoever
+  claimed it, so an empty ledger never serves calls twice for one voucher);
+- ``claimed``: what was claimed on chain, as last seen.
+
+The settler claims ``totalClaimed = debited`` under the highest voucher: what was served, never the
+ceiling. A call is written only once it was answered (the gate reserves in memory before the model
+runs and commits here after it succeeded, before the answer is sent); a failed call writes nothing.
 
 The state of every channel lives in memory (one small row per channel, loaded when the ledger
 opens) and is written through to SQLite (WAL; ``synchronous=FULL`` unless the operator chose
-``NORMAL``, see :class:`VoucherLedger`) before any write method returns, so a call is answered
-only once its debit and voucher are committed. Writes are group-committed: the thread that commits
-runs every queued operation against the in-memory state, writes the channels they changed in one
-statement (one fsync), and only then makes the new state visible. Concurrent calls thus share
-fsyncs, and a refused operation leaves the others of its batch in.
+``NORMAL``, see :class:`VoucherLedger`) before any write method returns. Writes are group-committed:
+the thread that commits runs every queued operation against the in-memory state, writes the
+channels they changed in one statement (one fsync), and only then makes the new state visible.
+Concurrent calls thus share fsyncs, and a refused operation leaves the others of its batch in.
 
 One process writes a ledger file at a time (an exclusive lock on ``<file>.lock``, released when the
 ledger is closed or the process dies): two gateways on one data directory would each trust their
@@ -34,17 +46,20 @@ from marketplace.errors import AgentmarketError
 _AMOUNT_DIGITS = 78  # len(str(2**256 - 1)): zero-padded amounts compare as numbers in SQL
 #: Rows per INSERT statement (SQLite allows 32766 bound parameters; a row has 11).
 _ROWS_PER_STATEMENT = 256
+#: The layout of the ``channels`` table this version writes (kept in ``meta``).
+SCHEMA_VERSION = "2"
 
 
 # ---------------------------------------------------------------------- errors
 
 
 class LedgerError(AgentmarketError):
-    """The voucher ledger cannot be used (in use, wrong journal mode, another chain's, or a failed write)."""
+    """The voucher ledger cannot be used (in use, wrong journal mode, another chain's, an older layout, a failed
+    write)."""
 
 
 class InsufficientCredit(AgentmarketError):
-    """The highest voucher does not cover the calls served so far plus this one."""
+    """The highest voucher does not cover the calls already answered plus this one."""
 
     def __init__(self, channel_id: int, *, highest: int, debited: int, price: int) -> None:
         super().__init__(
@@ -54,12 +69,12 @@ class InsufficientCredit(AgentmarketError):
 
     @property
     def needed(self) -> int:
-        """The smallest cumulative amount that pays for the call."""
+        """The smallest ceiling that pays for the call."""
         return self.debited + self.price
 
 
 class ChannelFinalized(AgentmarketError):
-    """The settler found the channel closed, expired or gone: no voucher of it can be claimed any more."""
+    """The settler found the channel settled, past its claim window, or not claimable by this gateway."""
 
     def __init__(self, channel_id: int, reason: str) -> None:
         super().__init__(f"channel {channel_id} can no longer be claimed ({reason})")
@@ -71,109 +86,97 @@ class ChannelFinalized(AgentmarketError):
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One channel as the gateway knows it."""
+    """One channel as the gateway knows it (amounts in base units)."""
 
     channel_id: int
     asset_id: int
-    #: The highest voucher verified so far, and its signature.
-    cumulative: int
+    #: The highest voucher verified so far (its ``maxClaimableAmount``), and its signature.
+    ceiling: int
     signature: bytes
-    #: Credit used by the calls served so far (never above ``cumulative``).
+    #: Prices of the calls answered, raised to ``claimed`` when the chain says more was claimed.
     debited: int
+    #: Calls answered (and committed) by this ledger.
     calls: int
-    #: Cumulative amount claimed on chain.
+    #: ``totalClaimed`` on chain, as last seen.
     claimed: int
-    #: Why no voucher of the channel can be claimed any more (``ChannelClosed``, ``ChannelExpired``,
-    #: ``UnknownChannel``); None while it is live.
+    #: Why nothing more of the channel can be claimed (``AlreadySettled``, ``ClaimWindowOver``,
+    #: ``UnknownChannel``, ``NotReceiverAuthorizer``); None while it can.
     final: str | None = None
-    #: A voucher whose claim failed for another reason, and why (retried only for a higher voucher).
-    failed_cumulative: int | None = None
+    #: A total whose claim failed for another reason, and why (retried only once ``debited`` is higher).
+    failed_total: int | None = None
     last_error: str | None = None
-    #: The highest voucher received that pays for no more than the calls served (its amount is at most
-    #: ``debited``), and its signature: what the settler claims. Credit a payer sent ahead, or got back
-    #: when a call failed, stays unclaimed until a call uses it.
-    served: int = 0
-    served_signature: bytes = b""
-    #: ``served`` before it last moved up, kept in memory only: a refund (of a call still in flight in
-    #: this process) falls back to it.
-    previous_served: int = field(default=0, compare=False)
-    previous_served_signature: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def credit(self) -> int:
-        """What the highest voucher still pays for."""
-        return self.cumulative - self.debited
+        """What the highest voucher still pays for beyond the answered calls."""
+        return max(self.ceiling - self.debited, 0)
 
     @property
     def unclaimed(self) -> int:
-        """What a claim of the served voucher would pay now."""
-        return self.served - self.claimed
+        """What a claim of ``debited`` would pay now."""
+        return self.debited - self.claimed
 
     @property
     def claimable(self) -> bool:
-        """Live, above what was claimed, and not a voucher whose claim already failed."""
-        failed = self.failed_cumulative
-        return self.final is None and self.served > self.claimed and (failed is None or self.served > failed)
+        """Not final, answered calls above what was claimed, and not a total whose claim already failed."""
+        failed = self.failed_total
+        return self.final is None and self.debited > self.claimed and (failed is None or self.debited > failed)
 
 
 def debit(
-    entry: LedgerEntry | None, channel_id: int, asset_id: int, cumulative: int, signature: bytes, price: int
+    entry: LedgerEntry | None,
+    channel_id: int,
+    asset_id: int,
+    price: int,
+    ceiling: int,
+    signature: bytes,
+    claimed_on_chain: int = 0,
+    deposit: int | None = None,
 ) -> LedgerEntry:
-    """``entry`` after one call of ``price`` paid by a verified voucher (kept if it is the highest).
+    """``entry`` after one answered call of ``price``, paid under the voucher (``ceiling``, ``signature``).
 
-    The served voucher moves up to the highest of this voucher, the highest before and the highest
-    after whose amount the calls served so far (this one included) have used up.
-
-    Raises :class:`InsufficientCredit` unless the highest voucher, this one included, covers the
-    credit already used plus ``price``; :class:`ChannelFinalized` once the channel can no longer be claimed.
+    The voucher is kept if it is the highest. ``claimed_on_chain`` (the channel's ``claimed`` as last
+    read) raises both ``claimed`` and the credit already used. Raises :class:`InsufficientCredit`
+    unless the highest voucher (and ``deposit``, when given: no claim can exceed it) covers the
+    credit used plus ``price``; :class:`ChannelFinalized` once the channel can no longer be claimed.
     """
     if entry is None:
         entry = LedgerEntry(channel_id, asset_id, 0, b"", 0, 0, 0)
     elif entry.final is not None:
         raise ChannelFinalized(channel_id, entry.final)
-    highest, best_signature = entry.cumulative, entry.signature
-    if cumulative > highest:
-        highest, best_signature = cumulative, signature
-    if highest < entry.debited + price:
-        raise InsufficientCredit(channel_id, highest=highest, debited=entry.debited, price=price)
-    debited = entry.debited + price
-    served, served_signature = entry.served, entry.served_signature
-    candidates = ((entry.cumulative, entry.signature), (cumulative, signature), (highest, best_signature))
-    for amount, amount_signature in candidates:
-        if served < amount <= debited:
-            served, served_signature = amount, amount_signature
-    previous = (entry.served, entry.served_signature) if served != entry.served else None
-    updated = replace(entry, cumulative=highest, signature=best_signature, debited=debited, calls=entry.calls + 1,
-                      served=served, served_signature=served_signature)  # fmt: skip
-    if previous is not None:
-        updated = replace(updated, previous_served=previous[0], previous_served_signature=previous[1])
-    return updated
+    claimed = max(entry.claimed, claimed_on_chain)
+    used = max(entry.debited, claimed)
+    highest, best_signature = entry.ceiling, entry.signature
+    if ceiling > highest:
+        highest, best_signature = ceiling, signature
+    limit = highest if deposit is None else min(highest, deposit)
+    if limit < used + price:
+        raise InsufficientCredit(channel_id, highest=limit, debited=used, price=price)
+    return replace(entry, ceiling=highest, signature=best_signature, debited=used + price, calls=entry.calls + 1,
+                   claimed=claimed)  # fmt: skip
 
 
-def refund(entry: LedgerEntry | None, channel_id: int, price: int) -> LedgerEntry:
-    """``entry`` after giving back the credit one unanswered call used: ``debited`` drops by ``price``.
+def note_claimed(entry: LedgerEntry | None, channel_id: int, asset_id: int | None, claimed: int) -> LedgerEntry | None:
+    """``entry`` once the chain says ``claimed`` was claimed: claimed (and so used) credit never goes down.
 
-    The highest voucher stays (it pays for the next calls); the served voucher falls back to the one
-    before it when it now pays for more than was served, so a payer who never calls again is not
-    charged for the failed call. Raises ValueError when the channel has no such debit.
+    None (nothing to write) when the ledger knows nothing of a channel nothing was claimed on, or
+    when nothing changes.
     """
-    if entry is None or entry.debited < price or entry.calls < 1:
-        raise ValueError(f"channel {channel_id} has no debit of {price} to give back")
-    debited = entry.debited - price
-    updated = replace(entry, debited=debited, calls=entry.calls - 1)
-    if entry.served > debited:
-        served, served_signature = entry.previous_served, entry.previous_served_signature
-        if not entry.claimed <= served <= debited:  # no voucher held pays for exactly the calls served
-            served, served_signature = entry.claimed, b""
-        updated = replace(updated, served=served, served_signature=served_signature)
-    return updated
+    if entry is None:
+        if claimed <= 0 or asset_id is None:
+            return None
+        entry = LedgerEntry(channel_id, asset_id, 0, b"", 0, 0, 0)
+    updated = replace(entry, claimed=max(entry.claimed, claimed), debited=max(entry.debited, claimed))
+    if updated.claimed != entry.claimed:
+        updated = replace(updated, failed_total=None, last_error=None)
+    return None if updated == entry else updated
 
 
 # ---------------------------------------------------------------------- storage
 
 _COLUMNS = (
-    "channel_id", "asset_id", "cumulative", "signature", "debited", "calls", "claimed", "final",
-    "failed_cumulative", "last_error", "served", "served_signature", "updated_at",
+    "channel_id", "asset_id", "ceiling", "signature", "debited", "calls", "claimed", "final",
+    "failed_total", "last_error", "updated_at",
 )  # fmt: skip
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (
@@ -184,26 +187,18 @@ CREATE TABLE IF NOT EXISTS meta (
 CREATE TABLE IF NOT EXISTS channels (
     channel_id INTEGER PRIMARY KEY,
     asset_id INTEGER NOT NULL,
-    cumulative TEXT NOT NULL,
+    ceiling TEXT NOT NULL,
     signature BLOB NOT NULL,
     debited TEXT NOT NULL,
     calls INTEGER NOT NULL,
     claimed TEXT NOT NULL,
     final TEXT,
-    failed_cumulative TEXT,
+    failed_total TEXT,
     last_error TEXT,
-    served TEXT NOT NULL,
-    served_signature BLOB NOT NULL,
     updated_at REAL NOT NULL,
-    CHECK (debited <= cumulative)
+    CHECK (claimed <= debited AND (debited <= ceiling OR debited = claimed))
 );
 """
-#: Ledgers written before the served voucher existed claimed the highest voucher: so they start out.
-_MIGRATIONS = (
-    f"ALTER TABLE channels ADD COLUMN served TEXT NOT NULL DEFAULT '{0:0{_AMOUNT_DIGITS}d}'",
-    "ALTER TABLE channels ADD COLUMN served_signature BLOB NOT NULL DEFAULT x''",
-    "UPDATE channels SET served = cumulative, served_signature = signature",
-)
 
 
 def _enc(amount: int) -> str:
@@ -211,28 +206,24 @@ def _enc(amount: int) -> str:
 
 
 def _row(entry: LedgerEntry, now: float) -> tuple[Any, ...]:
-    failed = None if entry.failed_cumulative is None else _enc(entry.failed_cumulative)
-    return (entry.channel_id, entry.asset_id, _enc(entry.cumulative), entry.signature, _enc(entry.debited),
-            entry.calls, _enc(entry.claimed), entry.final, failed, entry.last_error, _enc(entry.served),
-            entry.served_signature, now)  # fmt: skip
+    failed = None if entry.failed_total is None else _enc(entry.failed_total)
+    return (entry.channel_id, entry.asset_id, _enc(entry.ceiling), entry.signature, _enc(entry.debited),
+            entry.calls, _enc(entry.claimed), entry.final, failed, entry.last_error, now)  # fmt: skip
 
 
 def _entry(row: tuple[Any, ...]) -> LedgerEntry:
-    channel_id, asset_id, cumulative, signature, debited, calls, claimed, final, failed, error = row[:10]
-    served, served_signature = row[10:12]
+    channel_id, asset_id, ceiling, signature, debited, calls, claimed, final, failed, error = row[:10]
     return LedgerEntry(
         channel_id=channel_id,
         asset_id=asset_id,
-        cumulative=int(cumulative),
+        ceiling=int(ceiling),
         signature=bytes(signature),
         debited=int(debited),
         calls=calls,
         claimed=int(claimed),
         final=final,
-        failed_cumulative=None if failed is None else int(failed),
+        failed_total=None if failed is None else int(failed),
         last_error=error,
-        served=int(served),
-        served_signature=bytes(served_signature),
     )
 
 
@@ -301,13 +292,13 @@ class _Ticket:
 
 
 class VoucherLedger:
-    """Per channel: the highest voucher, the credit used, and what was claimed; in memory, written through.
+    """Per channel: the highest voucher, the answered calls' credit, and what was claimed; in memory, written through.
 
     WAL journal. With ``synchronous="full"`` (the default) every commit is fsync'd: a write that
     returned survives a crash of the process or of the machine. With ``"normal"`` commits reach the
     WAL file but are fsync'd only at checkpoints: a write that returned survives the process being
-    killed (``kill -9``), and a power loss or kernel crash may undo the last commits (the payer's next,
-    cumulative voucher covers them again; one never sent again is lost).
+    killed (``kill -9``), and a power loss or kernel crash may undo the last commits (calls answered
+    then are lost to the receiver: nothing claims them).
 
     Every write method queues its operation and returns once a commit holding it is made (group
     commit, see the module's docstring). Reads see committed state only. Safe to share between
@@ -332,8 +323,9 @@ class VoucherLedger:
                     f"{self.path}: SQLite refused WAL mode (got {mode!r}); keep the ledger on a local disk"
                 )
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._check_layout()
             self._db.executescript(_SCHEMA)
-            self._migrate()
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
             self._entries = self._load()
         except BaseException:
             os.close(self._lock_fd)
@@ -344,13 +336,17 @@ class VoucherLedger:
         self._closed = False
         self.commits = 0  # group commits made (each one fsync), for measurements
 
-    def _migrate(self) -> None:
+    def _check_layout(self) -> None:
+        """Refuse a ledger written by an older agentmarket: its vouchers are cumulative amounts for the old
+        ``PaymentChannels`` (``claim(channelId, cumulativeAmount, signature)``), which this version cannot claim."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(channels)")}
-        if "served" not in columns:
-            self._db.execute("BEGIN IMMEDIATE")
-            for statement in _MIGRATIONS:
-                self._db.execute(statement)
-            self._db.execute("COMMIT")
+        if columns and "ceiling" not in columns:
+            self._db.close()
+            raise LedgerError(
+                f"{self.path} was written by an older agentmarket (cumulative vouchers for the previous "
+                "PaymentChannels contract): claim what it holds with that version, then move the file away; "
+                "this version starts a new ledger in its place"
+            )
 
     def _load(self) -> dict[int, LedgerEntry]:
         rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM channels").fetchall()
@@ -443,36 +439,49 @@ class VoucherLedger:
                     "give this chain its own data directory (or move the file away once its vouchers are claimed)"
                 )
 
-    def record(self, channel_id: int, *, asset_id: int, cumulative: int, signature: bytes, price: int) -> LedgerEntry:
-        """Debit ``price`` for one call paid by a verified voucher, and keep the voucher if it is the highest.
+    def record(
+        self,
+        channel_id: int,
+        *,
+        asset_id: int,
+        price: int,
+        ceiling: int,
+        signature: bytes,
+        claimed_on_chain: int = 0,
+        deposit: int | None = None,
+    ) -> LedgerEntry:
+        """Debit ``price`` for one **answered** call paid under the voucher (``ceiling``, ``signature``), keep
+        the voucher if it is the highest; on disk before it returns (answer the call only then).
 
-        Succeeds when the highest voucher (this one included) covers the credit already used plus
-        ``price``; raises :class:`InsufficientCredit` otherwise, or :class:`ChannelFinalized` when
-        the settler found the channel closed or expired. On disk before it returns.
+        ``claimed_on_chain`` is the channel's on-chain ``claimed`` as the caller last read it (used
+        credit), ``deposit`` its deposit (a claim cannot exceed it). Raises :class:`InsufficientCredit`
+        when the highest voucher or the deposit does not cover the credit used plus ``price``,
+        :class:`ChannelFinalized` once the settler found the channel unclaimable, :class:`LedgerError`
+        when the write failed (then nothing changed).
         """
-        if price < 0 or cumulative < 0:
-            raise ValueError("price and cumulative amount must not be negative")
-        entry = self._commit(channel_id, lambda e: debit(e, channel_id, asset_id, cumulative, signature, price))
+        if price < 0 or ceiling < 0:
+            raise ValueError("price and ceiling must not be negative")
+        entry = self._commit(
+            channel_id, lambda e: debit(e, channel_id, asset_id, price, ceiling, signature, claimed_on_chain, deposit)
+        )
         assert entry is not None
         return entry
 
-    def refund(self, channel_id: int, price: int) -> None:
-        """Give back the credit one call used (its handler failed): see :func:`refund`."""
+    def mark_claimed(self, channel_id: int, claimed: int, *, asset_id: int | None = None) -> None:
+        """Note that the chain holds ``claimed`` as claimed; it is used credit too (never lowers anything).
 
-        self._commit(channel_id, lambda entry: refund(entry, channel_id, price))
-
-    def mark_claimed(self, channel_id: int, cumulative: int) -> None:
-        """Note that ``cumulative`` is claimed on chain (never lowers what was noted before)."""
-        self._update(channel_id, lambda e: replace(e, claimed=max(e.claimed, cumulative), failed_cumulative=None,
-                                                   last_error=None))  # fmt: skip
+        With ``asset_id`` a channel the ledger does not know yet gets an entry (so that a fresh ledger
+        remembers what another one claimed).
+        """
+        self._commit(channel_id, lambda entry: note_claimed(entry, channel_id, asset_id, claimed))
 
     def mark_final(self, channel_id: int, reason: str) -> None:
-        """Note that no voucher of the channel can be claimed any more (and refuse further calls on it)."""
+        """Note that nothing more of the channel can be claimed (and refuse further calls on it)."""
         self._update(channel_id, lambda e: replace(e, final=reason))
 
-    def mark_failed(self, channel_id: int, cumulative: int, error: str) -> None:
-        """Note that claiming ``cumulative`` failed; the settler retries only once a higher voucher arrives."""
-        self._update(channel_id, lambda e: replace(e, failed_cumulative=cumulative, last_error=error))
+    def mark_failed(self, channel_id: int, total: int, error: str) -> None:
+        """Note that claiming ``total`` failed; the settler retries only once more calls were answered."""
+        self._update(channel_id, lambda e: replace(e, failed_total=total, last_error=error))
 
     def _update(self, channel_id: int, change: Callable[[LedgerEntry], LedgerEntry]) -> None:
         """Change a known channel's entry (a channel no call was paid on has none: nothing to note)."""
@@ -489,5 +498,5 @@ class VoucherLedger:
         return sorted(self._entries.values(), key=attrgetter("channel_id"))
 
     def unclaimed(self) -> list[LedgerEntry]:
-        """Live channels whose highest voucher is above what was claimed (and did not already fail), by id."""
+        """Channels with answered calls above what was claimed (not final, not a failed total), by id."""
         return [entry for entry in self.entries() if entry.claimable]

@@ -6,8 +6,9 @@ Each call is paid one of two ways (never both), at the asset's on-chain price, i
   payment is settled on chain before the answer is sent (``PAYMENT-RESPONSE`` names the
   transaction). A call whose model fails is not settled, so it costs nothing; a payment whose
   settlement fails gets 402 and no output.
-- **a payment-channel voucher** (header ``X-Payment-Channel``): verified off-chain and debited
-  durably before the model runs; if the model fails, the debit is returned to the channel's credit.
+- **a payment-channel voucher** (header ``X-Payment-Channel``): verified off chain and the price
+  reserved before the model runs; once the model answered, the call is debited durably (what the
+  settler claims) before the answer is sent; a failed call releases its reservation and costs nothing.
 
 Without a payment the answer is 402 naming both: the x402 ``PAYMENT-REQUIRED`` header (which any
 x402 v2 client reads), and a JSON body with the channel requirements and the same x402 requirements.
@@ -26,7 +27,7 @@ from marketplace.api.errors import ApiError
 from marketplace.chain.market import Asset, AssetKind
 from marketplace.chain.token import format_units
 from marketplace.inference import InferenceError, ModelHandler
-from marketplace.payments.channels import HEADER, MalformedPayment, PaymentRequired
+from marketplace.payments.channels import HEADER, LedgerError, MalformedPayment, PaymentRequired
 from marketplace.payments.x402 import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
@@ -82,7 +83,7 @@ _PAYMENT_HEADERS = [
         "in": "header",
         "required": False,
         "schema": {"type": "string"},
-        "description": "payment-channel voucher: base64 JSON {channelId, cumulativeAmount, signature}",
+        "description": "payment-channel voucher: base64 JSON {channelId, maxClaimableAmount, signature}",
     },
 ]
 
@@ -102,8 +103,8 @@ def invoke(asset_id: AssetId, body: InvokeRequest, request: Request, services: S
     """Pay for one call (x402 in PAYMENT-SIGNATURE, or a voucher in X-Payment-Channel), then run the model.
 
     The price per call is the asset's on-chain price. An x402 payment is settled into the model's
-    vault after the model answered and before the answer is sent; a voucher is debited durably
-    before the model runs.
+    vault after the model answered and before the answer is sent; a voucher's price is reserved
+    before the model runs and debited durably after it answered, before the answer is sent.
     """
     handler = services.model_handlers.get(asset_id)
     if handler is None:
@@ -158,31 +159,44 @@ def _paid_with_channel(
     voucher: str | None,
 ) -> Any:
     try:
-        receipt = services.gate.charge(voucher, asset.price, asset_id=asset.asset_id)
+        reservation = services.gate.reserve(voucher, asset.price, asset_id=asset.asset_id)
     except MalformedPayment as exc:
         raise ApiError(400, exc.code, exc.detail) from None
     except PaymentRequired as exc:
-        x402, headers = None, {"Cache-Control": "no-store"}
-        offer = _offer(services, asset, request)
-        if offer is not None:
-            header = services.x402.payment_required_header(offer, exc.reason)
-            refusal = PaymentRequiredError(exc.reason, exc.detail, header)
-            x402, headers = refusal.payment_required, refusal.headers
-        detail = exc.detail
-        if exc.reason == "payment_missing":
-            detail = (
-                f"this call costs {format_units(asset.price)} tUSD: pay it per call with x402 (see the "
-                f"{PAYMENT_REQUIRED_HEADER} header) or with a payment-channel voucher in {HEADER} (see requirements)"
-            )
-        return _payment_required(exc.code, detail, exc.reason, exc.requirements, x402, headers)
+        return _channel_payment_required(services, asset, request, exc)
     try:
         output = _run(handler, body)
-    except Exception as exc:  # the call was not answered: its credit goes back to the channel
-        services.gate.refund(receipt)
+    except BaseException as exc:  # the call was not answered: nothing is debited
+        services.gate.release(reservation)
         if isinstance(exc, ApiError):
-            raise ApiError(exc.status, exc.code, f"{exc.detail}; the call's debit went back to the channel") from None
+            raise ApiError(exc.status, exc.code, f"{exc.detail}; the call was not charged") from None
         raise
+    try:
+        receipt = services.gate.commit(reservation)  # durable before the answer leaves
+    except PaymentRequired as exc:
+        return _channel_payment_required(services, asset, request, exc)
+    except LedgerError:
+        detail = (
+            "the call could not be recorded in the voucher ledger, so its answer is withheld and it was not charged"
+        )
+        raise ApiError(503, "ledger_unavailable", detail) from None
     return InvokeResponse(output=output, payment=receipt.as_dict())
+
+
+def _channel_payment_required(services: Services, asset: Asset, request: Request, exc: PaymentRequired) -> JSONResponse:
+    x402, headers = None, {"Cache-Control": "no-store"}
+    offer = _offer(services, asset, request)
+    if offer is not None:
+        header = services.x402.payment_required_header(offer, exc.reason)
+        refusal = PaymentRequiredError(exc.reason, exc.detail, header)
+        x402, headers = refusal.payment_required, refusal.headers
+    detail = exc.detail
+    if exc.reason == "payment_missing":
+        detail = (
+            f"this call costs {format_units(asset.price)} tUSD: pay it per call with x402 (see the "
+            f"{PAYMENT_REQUIRED_HEADER} header) or with a payment-channel voucher in {HEADER} (see requirements)"
+        )
+    return _payment_required(exc.code, detail, exc.reason, exc.requirements, x402, headers)
 
 
 def _offer(services: Services, asset: Asset, request: Request) -> Offer | None:

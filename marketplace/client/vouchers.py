@@ -1,0 +1,117 @@
+"""The client's own count of what it owes on each payment channel, so that a voucher never advances by more
+than one call's price, whatever a server asks (issue 12 §6).
+
+Per channel the client keeps ``answered`` (the prices of the calls it got answers for, starting from
+what was claimed on chain when it knows nothing else) and ``signed`` (the highest ceiling it signed).
+A call signs ``ceiling = max(signed, answered + in flight + price)``; a server asking for more is
+refused by the caller (:class:`~marketplace.client.sdk.MarketplaceClient`). A :class:`VoucherBook`
+lives in memory, or in a small JSON file (one per wallet address, written atomically) so that one
+process per call, as the CLI runs, keeps the count between calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from marketplace.errors import AgentmarketError
+
+
+@dataclass
+class ChannelCount:
+    """One channel as this client counts it (base units)."""
+
+    #: Prices of the calls this client got an answer for (plus what was claimed before it started counting).
+    answered: int
+    #: The highest ceiling this client signed.
+    signed: int
+    #: Prices of the calls sent and not answered yet (memory only).
+    in_flight: int = 0
+
+
+class VoucherBook:
+    """Per channel of one deployment (``scope``, e.g. ``"31337:0xChannels…"``): the client's count; thread-safe.
+
+    With ``path`` the counts are loaded from and saved to that JSON file (``{scope: {channel id:
+    {"answered", "signed"}}}``, amounts as decimal strings), replaced atomically after each change.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._counts: dict[str, dict[int, ChannelCount]] = {}
+        if path is not None and path.exists():
+            self._counts = _load(path)
+
+    def count(self, scope: str, channel_id: int) -> ChannelCount | None:
+        """The channel's count, or None if this book never paid on it."""
+        with self._lock:
+            found = self._counts.get(scope, {}).get(channel_id)
+            return None if found is None else ChannelCount(found.answered, found.signed, found.in_flight)
+
+    def begin(self, scope: str, channel_id: int, price: int, claimed_on_chain: int) -> int:
+        """Count one more call of ``price`` in flight; returns the ceiling to sign for it.
+
+        ``claimed_on_chain`` starts the count of a channel this book does not know yet.
+        """
+        with self._lock:
+            counts = self._counts.setdefault(scope, {})
+            count = counts.get(channel_id)
+            if count is None:
+                count = counts[channel_id] = ChannelCount(claimed_on_chain, claimed_on_chain)
+            ceiling = max(count.signed, count.answered + count.in_flight + price)
+            count.in_flight += price
+            count.signed = ceiling
+            self._save()
+            return ceiling
+
+    def finish(self, scope: str, channel_id: int, price: int, *, answered: bool) -> ChannelCount:
+        """The call of ``price`` is over: counted as answered, or not (refused, failed, unreachable)."""
+        with self._lock:
+            count = self._counts[scope][channel_id]
+            count.in_flight -= price
+            if answered:
+                count.answered += price
+            self._save()
+            return ChannelCount(count.answered, count.signed, count.in_flight)
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        body = {
+            scope: {
+                str(cid): {"answered": str(c.answered), "signed": str(c.signed)} for cid, c in sorted(counts.items())
+            }
+            for scope, counts in sorted(self._counts.items())
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=self.path.name, suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(handle, "w") as out:
+                json.dump(body, out, indent=1)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+def _load(path: Path) -> dict[str, dict[int, ChannelCount]]:
+    try:
+        body = json.loads(path.read_text())
+        return {
+            str(scope): {
+                int(cid): ChannelCount(int(entry["answered"]), int(entry["signed"])) for cid, entry in counts.items()
+            }
+            for scope, counts in body.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AgentmarketError(
+            f"{path} is not a voucher book ({type(exc).__name__}: {exc}); move it away to start counting from what "
+            "the chain says was claimed"
+        ) from None
