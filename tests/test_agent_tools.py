@@ -96,7 +96,7 @@ def test_every_tool_on_the_happy_path(server, chain, market, alice, bob, assets,
     assert balance.locked_in_channels == to_units(1) - MODEL_PRICE
 
 
-def test_rate_asset_needs_a_payment_that_reached_the_vault(server, chain, market, alice, relayer, assets, tmp_path):
+def test_rate_asset_needs_a_payment_that_reached_the_vault(server, chain, market, alice, assets, tmp_path):
     """A model call paid by a voucher the gateway has not claimed yet is no payment on chain: the chain
     refuses the rating (typed). Once the channel's claims reach the price the tool rates through it."""
     agent = context_for(alice, server, chain, tmp_path)
@@ -105,7 +105,9 @@ def test_rate_asset_needs_a_payment_that_reached_the_vault(server, chain, market
     run_tool(agent, "invoke_model", {"model_id": model, "input": [1, 2]})
     with pytest.raises(ActionRefused, match=f"InsufficientPayment.*paid=0, required={MODEL_PRICE}"):
         run_tool(agent, "rate_asset", {"asset_id": model, "value": 70})
-    market.channels.claim(relayer, channel, MODEL_PRICE, market.channels.sign_voucher(alice, channel, MODEL_PRICE))
+    voucher = market.channels.sign_voucher(alice, channel, MODEL_PRICE)
+    gateway_key = chain.accounts[-1]  # the server's settlement key (the default relayer on a local chain)
+    market.channels.claim(gateway_key, channel, MODEL_PRICE, MODEL_PRICE, voucher)
     run_tool(agent, "rate_asset", {"asset_id": model, "value": 70, "tag": "fast"})
     feedback = market.reputation.feedback(SubjectKind.ASSET, model, alice.address)
     assert (feedback.value, feedback.tag1) == (70, "fast")

@@ -244,7 +244,8 @@ def test_whatever_the_contracts_accept_the_read_model_stores_on_every_engine(
     agent = market.agents.register(bob, "https://agents.example/\x00", {long_key: b"\x00" * 3, "nul\x00key": b"v"})
     market.agents.set_metadata(bob, agent, long_key, b"\x01")  # the same long key, updated
     market.token.approve(alice, market.channels.address, to_units(1))
-    market.channels.open(alice, story["model"], market.token.address, to_units(1), UINT64_MAX)
+    market.channels.open(alice, story["model"], market.token.address, to_units(1), UINT64_MAX,
+                         receiver_authorizer=bob.address)  # fmt: skip
     market.token.mint(admin, carol.address, to_units(5))
     market.token.approve(carol, market.marketplace.address, to_units(5))
     market.marketplace.buy(carol, story["iris"], to_units(1))

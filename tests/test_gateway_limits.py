@@ -126,7 +126,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         market.token.mint(admin, payer.address, to_units(10))
         market.token.approve(payer, market.channels.address, to_units(10))
         channel = market.channels.open(payer, model, market.token.address, to_units(10), chain.timestamp() + 86_400,
-                                       session_key.address)  # fmt: skip
+                                       session_key.address, receiver_authorizer=chain.accounts[-1].address)  # fmt: skip
         port, log = free_port(), home / "server.log"
         command = [*AGENTMARKET, "serve", "--rpc", chain.rpc_url, "--manifest", str(deployment.save(home / "d.json")),
                    "--port", str(port), "--data-dir", str(home / "server"),
