@@ -149,7 +149,7 @@ class Indexer:
                 price_sort=min(a["price"], 2**63 - 1),
                 license_duration=a["licenseDuration"],
                 version=1,
-                listed=True,
+                listed=a["listed"],
                 content_hash="0x" + bytes(a["contentHash"]).hex(),
                 uri=a["uri"],
                 vault=a["vault"],
