@@ -63,7 +63,9 @@ class ProviderAgent:
         self.agent = Agent(None, wallet, ScriptedBrain(_nothing()), client=client, trace_path=trace_path)
 
     def publish(self, listings: list[Listing]) -> list[int]:
-        """Publish every listing (content uploaded, sha256 on chain); returns the new asset ids."""
+        """Publish every listing all or nothing (on chain unlisted, content uploaded, then listed: the
+        ``publish_asset`` tool over ``MarketplaceClient.publish``); returns the new asset ids. Raises
+        ``AgentError`` naming the first failure (an asset left unlisted is named with its state)."""
 
         def script() -> Generator[list[Action], list[Outcome], None]:
             actions = [

@@ -15,11 +15,11 @@ from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.errors import BadArguments, PaymentRefused, UnknownTool, translate
+from agents.errors import ActionRefused, BadArguments, PaymentRefused, UnknownTool, translate
 from agents.wallet import AgentWallet, AuditLedger
 from marketplace.chain import ContractRevert
 from marketplace.chain.market import AssetKind, SubjectKind
-from marketplace.client import ApiClientError, MarketplaceClient
+from marketplace.client import ApiClientError, MarketplaceClient, PublishIncomplete
 
 AssetId = Field(ge=1, le=2**63 - 1, description="Asset id in the marketplace catalog")
 
@@ -299,10 +299,15 @@ def rate_asset(ctx: ToolContext, args: RateArgs) -> RateResult:
 
 
 def publish_asset(ctx: ToolContext, args: PublishArgs) -> PublishResult:
+    """Publish all or nothing (``MarketplaceClient.publish``): an asset left on chain unlisted because its
+    upload or listing failed is an ``ActionRefused`` naming it (the SDK's ``PublishIncomplete`` is its cause)."""
     content = args.content.encode()
     kind = AssetKind.MODEL if args.kind == "model" else AssetKind.DATASET
-    asset_id = _api(lambda: ctx.client.publish(content, price=args.price, kind=kind, uri=args.uri,
-                                               parents=[(p.asset_id, p.share_bps) for p in args.parents]))  # fmt: skip
+    parents = [(p.asset_id, p.share_bps) for p in args.parents]
+    try:
+        asset_id = _api(lambda: ctx.client.publish(content, price=args.price, kind=kind, uri=args.uri, parents=parents))
+    except PublishIncomplete as exc:
+        raise ActionRefused(str(exc)) from exc
     return PublishResult(asset_id=asset_id, sha256=hashlib.sha256(content).hexdigest())
 
 

@@ -339,6 +339,19 @@ class ContentStore:
                     self._verified[path] = identity
         return StoredContent(record, path, self)
 
+    def has_upload(self, asset_id: int, version: int, sha256: str, owner: str) -> bool:
+        """True if ``owner``'s upload of content ``sha256`` for ``asset_id`` at ``version`` is on record here.
+
+        Cheap (one record read, no pass over the content), for listings: a file damaged past its record
+        still counts until :meth:`find` (which every download runs) checks it whole.
+        """
+        try:
+            with self.path_of(asset_id, version).open("rb") as handle:
+                record = self._read_record(handle, asset_id, version)
+        except (OSError, ContentError):
+            return False
+        return record.sha256 == "0x" + _digest(sha256) and record.uploader == owner
+
     # ------------------------------------------------------------------ internal
 
     def _record_frame(self, record: UploadRecord | None) -> bytes:

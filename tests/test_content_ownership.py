@@ -240,6 +240,8 @@ def test_a_new_version_is_served_only_once_its_owner_uploads_it(server, http, ma
         detail = refused(download(http, own, who), 404, "content_not_uploaded")
         assert "version 2" in detail
         assert_no_plaintext(download(http, own, who).content, OTHER)
+    refused(x402_get(server, market, alice, own), 409, "asset_delisted")  # a new version is unlisted...
+    market.marketplace.set_listed(carol, own, True)  # ...and even listed by hand before any upload, serves nothing
     refused(x402_get(server, market, alice, own), 404, "content_not_uploaded")
     refused(upload(http, own, OTHER, carol_auth), 422, "content_hash_mismatch")
 
@@ -275,6 +277,8 @@ def test_a_version_published_while_uploading_is_refused(server, http, market, bo
 
     detail = refused(upload(http, asset_id, body(), bob_auth), 409, "asset_version_changed")
     assert "from version 1 to 2" in detail
+    assert not market.marketplace.asset(asset_id).listed  # version 2 is not for sale until bob lists it
+    market.marketplace.set_listed(bob, asset_id, True)  # listed by hand, without its upload
     buy(market, alice, asset_id)
     refused(download(http, asset_id, login(http, alice)), 404, "content_not_uploaded")  # v1's bytes are not v2's
 

@@ -323,6 +323,7 @@ class Harness:
             [bps for _, bps in payees],
             [p for p, _ in parents],
             [bps for _, bps in parents],
+            True,
         )
         receipt = self.attempt(expected, lambda gas: w.chain.send(fn, w.accounts[owner], gas=gas), PUBLISH_GAS)
         if receipt is None:

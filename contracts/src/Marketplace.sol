@@ -15,6 +15,10 @@ import {RevenueVault} from "./RevenueVault.sol";
 /// upstream parents). Each asset gets a RevenueVault at a deterministic address; every payment for
 /// the asset goes straight into it. Buying pays exactly the price into the vault and records a
 /// license; nothing loops over payees.
+/// Only a listed asset can be bought. An asset is published listed or unlisted; clients
+/// publish unlisted, upload the content, and list once a server has verified the upload, so nobody
+/// can buy an asset whose content is not there. A new version is unlisted until its owner lists it
+/// again (after uploading that version's content).
 /// @dev Parent assets must exist before a child names them, so the royalty graph is a DAG.
 contract Marketplace is ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
@@ -95,7 +99,8 @@ contract Marketplace is ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- events
 
-    /// @notice A new asset was listed, with its vault and lineage.
+    /// @notice A new asset was published, with its vault and lineage; `listed` tells whether it can
+    /// be bought yet (ListingChanged follows every later change).
     event AssetPublished(
         uint256 indexed assetId,
         address indexed owner,
@@ -106,9 +111,11 @@ contract Marketplace is ReentrancyGuardTransient {
         uint256 price,
         uint64 licenseDuration,
         address vault,
-        uint256[] parents
+        uint256[] parents,
+        bool listed
     );
-    /// @notice The owner published a new version (new content, same lineage, same vault).
+    /// @notice The owner published a new version (new content, same lineage, same vault); a listed
+    /// asset is delisted by it (ListingChanged follows) until the owner lists it again.
     event AssetVersionPublished(uint256 indexed assetId, uint16 version, bytes32 contentHash, string uri);
     /// @notice The owner changed the price.
     event PriceUpdated(uint256 indexed assetId, uint256 price);
@@ -165,9 +172,11 @@ contract Marketplace is ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- external: publishing
 
-    /// @notice Lists a new asset and creates its vault.
+    /// @notice Publishes a new asset and creates its vault.
     /// @param shares Payee shares in bps; with `parentShares` they must add up to 10,000.
     /// @param parents Upstream asset ids; each parent's vault becomes a payee (a royalty).
+    /// @param listed True to sell it at once; false to publish it unlisted (not buyable) until the
+    /// owner's `setListed(assetId, true)`, e.g. once its content is uploaded.
     /// @return assetId The new asset's id.
     function publish(
         AssetKind kind,
@@ -179,7 +188,8 @@ contract Marketplace is ReentrancyGuardTransient {
         address[] calldata payees,
         uint256[] calldata shares,
         uint256[] calldata parents,
-        uint256[] calldata parentShares
+        uint256[] calldata parentShares,
+        bool listed
     ) external returns (uint256 assetId) {
         if (token.code.length == 0) revert InvalidToken(token);
         if (price > type(uint96).max) revert PriceTooLarge(price);
@@ -194,7 +204,7 @@ contract Marketplace is ReentrancyGuardTransient {
             licenseDuration: licenseDuration,
             version: 1,
             kind: kind,
-            listed: true
+            listed: listed
         });
         contentHashOf[assetId] = contentHash;
         uriOf[assetId] = uri;
@@ -202,17 +212,24 @@ contract Marketplace is ReentrancyGuardTransient {
 
         address vault = Clones.cloneDeterministic(vaultImplementation, bytes32(assetId));
         RevenueVault(vault).initialize(assetId, vaultPayees, vaultShares);
-        emit AssetPublished(assetId, msg.sender, kind, contentHash, uri, token, price, licenseDuration, vault, parents);
+        emit AssetPublished(
+            assetId, msg.sender, kind, contentHash, uri, token, price, licenseDuration, vault, parents, listed
+        );
     }
 
-    /// @notice Publishes new content for an asset; licenses, price, payees and lineage stay.
+    /// @notice Publishes new content for an asset; licenses, price, payees and lineage stay. The asset
+    /// is unlisted from now on (no purchase of a version whose content no server holds yet) until
+    /// its owner lists it again with `setListed`, once the new content is uploaded.
     function publishVersion(uint256 assetId, bytes32 contentHash, string calldata uri) external {
         Asset storage asset = _ownedAsset(assetId);
         uint16 version = asset.version + 1;
+        bool wasListed = asset.listed;
         asset.version = version;
+        asset.listed = false;
         contentHashOf[assetId] = contentHash;
         uriOf[assetId] = uri;
         emit AssetVersionPublished(assetId, version, contentHash, uri);
+        if (wasListed) emit ListingChanged(assetId, false);
     }
 
     /// @notice Changes the price of future purchases.

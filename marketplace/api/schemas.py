@@ -37,6 +37,9 @@ class AssetSummary(BaseModel):
     uri: str
     vault: str
     parents: list[int]
+    #: True when this server holds the owner's upload of the current version: an asset whose content is
+    #: not here cannot be downloaded from this server, even if it is listed.
+    content_uploaded: bool
 
 
 class AssetPage(BaseModel):

@@ -239,8 +239,20 @@ class MarketplaceContract:
         payees: list[tuple[str, int]],
         parents: list[tuple[int, int]] = (),  # type: ignore[assignment]
         license_duration: int = 0,
+        listed: bool = True,
     ) -> int:
-        """List an asset; ``payees`` and ``parents`` are (address or asset id, bps) pairs. Returns its id."""
+        """Publish an asset; returns its id.
+
+        ``content_hash`` is the sha256 of the content (32 bytes); ``price`` in ``token`` base units;
+        ``payees`` and ``parents`` are (address or asset id, bps) pairs whose bps sum to 10,000;
+        ``license_duration`` in seconds (0 = perpetual). ``listed=False`` publishes it unlisted: nobody
+        can buy it (``AssetDelisted``) until the owner's :meth:`set_listed` — what
+        :meth:`MarketplaceClient.publish <marketplace.client.sdk.MarketplaceClient.publish>` does,
+        listing only once the server has verified the uploaded content.
+
+        Raises ContractRevert: InvalidToken, PriceTooLarge, NoPayees, TooManyPayees, TooManyParents,
+        LengthMismatch, ZeroShare, UnknownParent, SharesDoNotSum.
+        """
         fn = self.contract.functions.publish(
             int(kind),
             content_hash,
@@ -252,12 +264,18 @@ class MarketplaceContract:
             [s for _, s in payees],
             [p for p, _ in parents],
             [s for _, s in parents],
+            listed,
         )
         receipt = self.chain.send(fn, owner)
         return _event_arg(self.chain, self.contract, receipt, "AssetPublished", "assetId")
 
     def publish_version(self, owner: LocalAccount, asset_id: int, content_hash: bytes, uri: str) -> TxReceipt:
-        """Publish new content for an asset (owner only)."""
+        """Publish new content for an asset (owner only); ``content_hash`` is its sha256.
+
+        The asset is unlisted from then on, until the owner lists it again (:meth:`set_listed`) once the
+        new version's content is uploaded: nobody buys a version whose content is not there.
+        Raises ContractRevert UnknownAsset, NotAssetOwner.
+        """
         return self.chain.send(self.contract.functions.publishVersion(asset_id, content_hash, uri), owner)
 
     def set_price(self, owner: LocalAccount, asset_id: int, price: int) -> TxReceipt:
@@ -265,7 +283,8 @@ class MarketplaceContract:
         return self.chain.send(self.contract.functions.setPrice(asset_id, price), owner)
 
     def set_listed(self, owner: LocalAccount, asset_id: int, listed: bool) -> TxReceipt:
-        """List or delist (owner only)."""
+        """List (buyable) or delist (owner only; existing licenses stay). Raises ContractRevert
+        UnknownAsset, NotAssetOwner."""
         return self.chain.send(self.contract.functions.setListed(asset_id, listed), owner)
 
     # ------------------------------------------------------------------ buying

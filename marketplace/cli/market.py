@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,7 @@ from marketplace.chain.deployment import Deployment, read_manifest
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import format_units, to_units
 from marketplace.client import MarketplaceClient
-from marketplace.client.sdk import MarketplaceReader
+from marketplace.client.sdk import MarketplaceReader, PublishIncomplete
 from marketplace.client.vouchers import VoucherBook
 from marketplace.errors import AgentmarketError
 from marketplace.wallet_file import DEFAULT_WALLET, PASSWORD_ENV, create_wallet, encryption_keypair, load_wallet
@@ -26,7 +27,7 @@ console = Console(highlight=False)
 
 wallet_app = typer.Typer(help="Your account: an encrypted keystore file.", no_args_is_help=True)
 agent_app = typer.Typer(help="Agent identities (ERC-8004).", no_args_is_help=True)
-asset_app = typer.Typer(help="List, browse and publish assets.", no_args_is_help=True)
+asset_app = typer.Typer(help="Publish, upload and browse assets.", no_args_is_help=True)
 channel_app = typer.Typer(help="Payment channels for metered model calls.", no_args_is_help=True)
 
 WalletOption = Annotated[Path, typer.Option("--wallet", help="Keystore file.", envvar="AGENTMARKET_WALLET")]
@@ -162,34 +163,70 @@ def asset_publish(
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
 ) -> None:
-    """Publish FILE on chain (its sha256 is the content hash) and upload it to the server."""
+    """Publish FILE on chain unlisted (its sha256 is the content hash), upload it, and list it once the
+    server has verified it: nobody can buy it before its content is there."""
     client = _client(wallet, server, rpc)
     payees = [(to_address(a), bps) for a, bps in _split(payee or [], "payee")] or None
     parents = [(int(i), bps) for i, bps in _split(parent or [], "parent")]
-    asset_id = client.publish(file, price=to_units(price), kind=kind, uri=uri or file.name, payees=payees,
-                              parents=parents, license_duration=license_days * 86_400)  # fmt: skip
-    console.print(f"published asset {asset_id} ({file.name}, {price} tUSD) and uploaded its content")
+    try:
+        asset_id = client.publish(file, price=to_units(price), kind=kind, uri=uri or file.name, payees=payees,
+                                  parents=parents, license_duration=license_days * 86_400)  # fmt: skip
+    except PublishIncomplete as exc:
+        raise AgentmarketError(exc.explain(_upload_hint(exc.asset_id, file))) from None
+    console.print(f"published asset {asset_id} ({file.name}, {price} tUSD), uploaded its content and listed it",
+                  soft_wrap=True)  # fmt: skip
+
+
+def _upload_hint(asset_id: int, file: Path) -> str:
+    return f"run `agentmarket asset upload {asset_id} {shlex.quote(str(file))}`"
+
+
+@asset_app.command("upload")
+def asset_upload(
+    asset_id: Annotated[int, typer.Argument(help="Your asset.")],
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Its content (the on-chain sha256).")],
+    no_list: Annotated[bool, typer.Option("--no-list", help="Upload only; leave an unlisted asset unlisted.")] = False,
+    wallet: WalletOption = DEFAULT_WALLET,
+    server: ServerOption = DEFAULT_SERVER,
+    rpc: RpcOption = DEFAULT_RPC,
+    as_json: JsonOption = False,
+) -> None:
+    """Upload FILE as the content of your asset ASSET_ID's current version (retry a publish that did not
+    finish, or restore a server's copy), then list the asset once the server has verified the upload."""
+    client = _client(wallet, server, rpc)
+    try:
+        stored = client.upload(asset_id, file, list_asset=not no_list)
+    except PublishIncomplete as exc:
+        raise AgentmarketError(exc.explain(_upload_hint(exc.asset_id, file) + " again")) from None
+    if as_json:
+        _print_json(stored)
+        return
+    state = "listed: buyers can buy it" if stored["listed"] else "unlisted: nobody can buy it yet"
+    console.print(f"uploaded asset {asset_id} version {stored['version']} ({stored['size']} bytes, sha256 verified "
+                  f"by the server); it is {state}", soft_wrap=True)  # fmt: skip
 
 
 @asset_app.command("ls")
 def asset_ls(
     kind: Annotated[str | None, typer.Option("--kind", help="dataset or model")] = None,
     q: Annotated[str | None, typer.Option("--q", help="Text search")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Unlisted assets too (not buyable).")] = False,
     server: ServerOption = DEFAULT_SERVER,
     as_json: JsonOption = False,
 ) -> None:
-    """The catalog."""
+    """The catalog: listed assets (with --all, unlisted ones too), and whether the server holds their content."""
     with MarketplaceReader(server, timeout=30) as reader:
-        page = reader.assets(kind=kind or None, q=q or None)
+        page = reader.assets(kind=kind or None, q=q or None, listed_only=False if show_all else None)
     if as_json:
         _print_json(page)
         return
     table = Table(title=f"{page['total']} assets")
-    for column in ("id", "kind", "price (tUSD)", "owner", "parents", "uri"):
+    for column in ("id", "kind", "price (tUSD)", "owner", "parents", "uri", "state"):
         table.add_column(column)
     for a in page["items"]:
+        state = ("listed" if a["listed"] else "unlisted") + ("" if a.get("content_uploaded") else ", no content")
         table.add_row(str(a["asset_id"]), a["kind"], format_units(int(a["price"])), a["owner"],
-                      ",".join(map(str, a["parents"])), a["uri"])  # fmt: skip
+                      ",".join(map(str, a["parents"])), a["uri"], state)  # fmt: skip
     console.print(table)
 
 

@@ -53,6 +53,41 @@ class ApiClientError(AgentmarketError):
         self.status, self.code, self.detail = status, code, detail
 
 
+class PublishIncomplete(AgentmarketError):
+    """An asset is on chain but unlisted — nobody can buy it — because publishing stopped halfway.
+
+    ``asset_id`` and ``version`` name what is on chain; ``uploaded`` is False when the server does not
+    hold its content (the upload failed or was refused), True when it does but the owner's listing
+    transaction failed; ``reason`` says what failed (that exception is also ``__cause__``). Retry with
+    :meth:`MarketplaceClient.upload`: it uploads the content again and lists the asset once the server
+    has verified it.
+    """
+
+    def __init__(self, asset_id: int, version: int, *, uploaded: bool, reason: str) -> None:
+        self.asset_id, self.version, self.uploaded, self.reason = asset_id, version, uploaded, reason
+        super().__init__(self.explain(f"retry with MarketplaceClient.upload({asset_id}, content), which lists it"))
+
+    @property
+    def state(self) -> str:
+        """The asset's state in words: what is on chain and what is missing."""
+        what = f"asset {self.asset_id}" + (f" version {self.version}" if self.version > 1 else "")
+        missing = "its content was uploaded but listing it failed" if self.uploaded else "its content was not uploaded"
+        return f"{what} is on chain but unlisted: {missing}"
+
+    def explain(self, remedy: str) -> str:
+        """One line: the state, the reason, then ``remedy`` (what fixes it, in the caller's own terms)."""
+        return f"{self.state} ({self.reason}); {remedy}"
+
+
+def _reason(exc: BaseException) -> str:
+    """What failed, in one line, for a :class:`PublishIncomplete`."""
+    if isinstance(exc, ApiClientError):
+        return f"HTTP {exc.status} {exc.code}: {exc.detail}"
+    if isinstance(exc, AgentmarketError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 @dataclass(frozen=True)
 class X402Payment:
     """A settled x402 payment: the settlement transaction, who paid whom, and how much (base units)."""
@@ -279,23 +314,103 @@ class MarketplaceClient(MarketplaceReader):
         payees: list[tuple[str, int]] | None = None,
         parents: list[tuple[int, int]] = (),  # type: ignore[assignment]
         license_duration: int = 0,
+        listed: bool = True,
     ) -> int:
-        """List ``content`` on chain (its sha256 is the content hash) and upload it; returns the asset id.
+        """Publish ``content`` (a file, streamed, or bytes) all or nothing; returns the asset id.
 
-        Without ``payees`` this account gets everything the parents' royalties leave.
+        Three steps: the asset goes on chain **unlisted** (its sha256 is the content hash), the content
+        is uploaded, and once the server has verified it against that hash (its 201) this account's
+        ``setListed`` transaction lists it (``listed=False`` leaves it unlisted). So an asset is never
+        buyable without its content. ``price`` is in token base units, ``payees`` and ``parents`` are
+        (address or asset id, bps) pairs (without ``payees`` this account gets everything the parents'
+        royalties leave), ``license_duration`` is in seconds (0 = perpetual).
+
+        Raises ContractRevert if the asset cannot be published (nothing is on chain then), and
+        :class:`PublishIncomplete` (with the asset id) if it is on chain but the upload or the listing
+        failed: :meth:`upload` then finishes the job.
         """
         content_hash = sha256_of(content)
         asset_id = self.market.marketplace.publish(
             self.account, kind=kind, content_hash=content_hash, uri=uri or f"sha256:{content_hash.hex()}",
             price=price, token=self.market.token.address,
             payees=payees or [(self.address, 10_000 - sum(bps for _, bps in parents))],
-            parents=list(parents), license_duration=license_duration,
+            parents=list(parents), license_duration=license_duration, listed=False,
         )  # fmt: skip
-        self.upload(asset_id, content)
+        self._upload(asset_id, 1, False, content, content_hash, list_asset=listed)
         return asset_id
 
-    def upload(self, asset_id: int, content: Path | bytes) -> dict[str, Any]:
-        """Upload an asset's content (this account must own the asset)."""
+    def publish_version(self, asset_id: int, content: Path | bytes, *, uri: str = "") -> int:
+        """Publish new content for ``asset_id`` (this account must own it), all or nothing; returns the
+        new version number.
+
+        ``Marketplace.publishVersion`` unlists the asset until its owner lists it again, so no buyer pays
+        for a version whose content is not there yet; this uploads the new content and, once the server
+        has verified it, lists the asset again if it was listed before. Raises ContractRevert
+        (NotAssetOwner, UnknownAsset: nothing changed) and :class:`PublishIncomplete` (the new version is
+        on chain, unlisted; :meth:`upload` finishes the job).
+        """
+        content_hash = sha256_of(content)
+        marketplace = self.market.marketplace
+        before = marketplace.asset(asset_id)
+        marketplace.publish_version(self.account, asset_id, content_hash, uri or f"sha256:{content_hash.hex()}")
+        self._upload(asset_id, before.version + 1, False, content, content_hash, list_asset=before.listed)
+        return before.version + 1
+
+    def upload(self, asset_id: int, content: Path | bytes, *, list_asset: bool = True) -> dict[str, Any]:
+        """Upload the content of ``asset_id``'s current version (this account must own it) and, once the
+        server has verified it against the on-chain content hash, list the asset if it is unlisted (this
+        account's ``setListed`` transaction; ``list_asset=False`` leaves the listing as it is).
+
+        What finishes a :meth:`publish` that raised :class:`PublishIncomplete`, and what re-uploads a
+        listed asset's content to a server that lost it. ``content`` is a file (streamed) or bytes; its
+        sha256 is checked against the chain before anything is sent. Returns the server's record
+        (``asset_id``, ``version``, ``sha256``, ``size`` in bytes) and ``listed``, the asset's listing
+        now. Raises AgentmarketError before anything is sent when this account is not the owner or the
+        content is not this version's (ContractRevert UnknownAsset for an unknown id);
+        :class:`PublishIncomplete` when the asset stays unlisted because the upload or the listing
+        failed; for a listed asset, ApiClientError (the server refused: 413 too large, 409 a new version
+        was published meanwhile, …) or AgentmarketError (the server is unreachable).
+        """
+        asset = self.market.marketplace.asset(asset_id)
+        if asset.owner != self.address:
+            raise AgentmarketError(
+                f"asset {asset_id} is owned by {asset.owner}, not by {self.address}: only its owner uploads its content"
+            )
+        content_hash = sha256_of(content)
+        if content_hash != asset.content_hash:
+            raise AgentmarketError(
+                f"this content's sha256 is 0x{content_hash.hex()} but asset {asset_id} version {asset.version} "
+                f"has content hash 0x{asset.content_hash.hex()} on chain: is it the right file?"
+            )
+        return self._upload(asset_id, asset.version, asset.listed, content, content_hash, list_asset=list_asset)
+
+    def _upload(
+        self, asset_id: int, version: int, listed: bool, content: Path | bytes, content_hash: bytes, *, list_asset: bool
+    ) -> dict[str, Any]:
+        """PUT the content of ``asset_id`` at ``version`` (``listed``: its listing on chain now), check the
+        server's record, then list it if asked and unlisted. Any failure that leaves the asset unlisted
+        raises :class:`PublishIncomplete` (from the failure)."""
+        uploaded = False
+        try:
+            stored = self._put_content(asset_id, content)
+            if (stored.get("sha256"), stored.get("version")) != ("0x" + content_hash.hex(), version):
+                raise AgentmarketError(
+                    f"the server's answer names sha256 {stored.get('sha256')} version {stored.get('version')}, "
+                    f"not 0x{content_hash.hex()} version {version}"
+                )
+            uploaded = True
+            if list_asset and not listed:
+                self.market.marketplace.set_listed(self.account, asset_id, True)
+                listed = True
+        except Exception as exc:
+            if listed:
+                raise
+            raise PublishIncomplete(asset_id, version, uploaded=uploaded, reason=_reason(exc)) from exc
+        return {**stored, "listed": listed}
+
+    def _put_content(self, asset_id: int, content: Path | bytes) -> dict[str, Any]:
+        """``PUT /v1/assets/{id}/content``: the bytes, or the file streamed with its size declared (so a
+        server refuses a too-large upload from its Content-Length, before the body)."""
 
         def stream() -> Iterator[bytes]:
             assert isinstance(content, Path)
@@ -303,8 +418,12 @@ class MarketplaceClient(MarketplaceReader):
                 while chunk := handle.read(_READ_CHUNK):
                     yield chunk
 
-        body = content if isinstance(content, bytes) else stream()
-        return self._request("PUT", f"/v1/assets/{asset_id}/content", auth=True, content=body).json()
+        if isinstance(content, bytes):
+            return self._request("PUT", f"/v1/assets/{asset_id}/content", auth=True, content=content).json()
+        headers = {"Content-Length": str(content.stat().st_size)}
+        return self._request(
+            "PUT", f"/v1/assets/{asset_id}/content", auth=True, content=stream(), headers=headers
+        ).json()
 
     # ------------------------------------------------------------------ buyers
 

@@ -184,7 +184,7 @@ class Indexer:
                 price_sort=min(a["price"], _INT64_MAX),
                 license_duration=a["licenseDuration"],
                 version=1,
-                listed=True,
+                listed=a["listed"],
                 content_hash="0x" + bytes(a["contentHash"]).hex(),
                 **_uri_columns(a["uri"]),
                 vault=a["vault"],

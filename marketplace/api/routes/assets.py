@@ -8,7 +8,7 @@ from eth_utils import to_checksum_address
 from fastapi import APIRouter, Path, Query
 from sqlalchemy import func, select
 
-from marketplace.api.deps import ServicesDep, SessionDep
+from marketplace.api.deps import Services, ServicesDep, SessionDep
 from marketplace.api.errors import ApiError, not_found
 from marketplace.api.schemas import AssetDetail, AssetPage, AssetSummary, Payee, Rating
 from marketplace.indexer.models import AssetParentRow, AssetRow, FeedbackRow, LicenseRow
@@ -19,11 +19,12 @@ AssetId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Asset id")]
 _VAULT_TOTAL_SHARES = 100_000_000
 
 
-def _summary(row: AssetRow, parents: list[int]) -> AssetSummary:
+def _summary(row: AssetRow, parents: list[int], services: Services) -> AssetSummary:
+    uploaded = services.content.has_upload(row.asset_id, row.version, row.content_hash, row.owner)
     return AssetSummary(
         asset_id=row.asset_id, kind=row.kind, owner=row.owner, token=row.token, price=str(row.price),
         license_duration=row.license_duration, version=row.version, listed=row.listed,
-        content_hash=row.content_hash, uri=row.uri, vault=row.vault, parents=parents,
+        content_hash=row.content_hash, uri=row.uri, vault=row.vault, parents=parents, content_uploaded=uploaded,
     )  # fmt: skip
 
 
@@ -40,6 +41,7 @@ def _parents(session: SessionDep, asset_ids: list[int]) -> dict[int, list[int]]:
 @router.get("", response_model=AssetPage)
 def list_assets(
     session: SessionDep,
+    services: ServicesDep,
     kind: Literal["dataset", "model"] | None = None,
     provider: Annotated[str | None, Query(pattern=r"^0x[0-9a-fA-F]{40}$", description="Owner address")] = None,
     min_price: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
@@ -51,7 +53,8 @@ def list_assets(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
 ) -> AssetPage:
-    """Assets, filtered and paginated, oldest first.
+    """Assets, filtered and paginated, oldest first: listed ones (buyable) unless ``listed_only=false``;
+    ``content_uploaded`` tells whether this server holds each one's content.
 
     The same on every engine: ``q`` matches case-folded text (``str.casefold``, so "STRASSE" finds
     "Straße") and its ``%`` and ``_`` are plain characters; prices filter on the price capped at 2**63 - 1.
@@ -75,7 +78,10 @@ def list_assets(
     rows = list(session.scalars(query.order_by(AssetRow.asset_id).limit(limit).offset(offset)))
     parents = _parents(session, [row.asset_id for row in rows])
     return AssetPage(
-        items=[_summary(row, parents[row.asset_id]) for row in rows], total=total, limit=limit, offset=offset
+        items=[_summary(row, parents[row.asset_id], services) for row in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
     )
 
 
@@ -105,7 +111,7 @@ def get_asset(asset_id: AssetId, session: SessionDep, services: ServicesDep) -> 
     ).one()  # fmt: skip
     licenses = session.scalar(select(func.count(LicenseRow.id)).where(LicenseRow.asset_id == asset_id)) or 0
     return AssetDetail(
-        **_summary(row, parents).model_dump(),
+        **_summary(row, parents, services).model_dump(),
         payees=payees,
         children=sorted(children),
         revenue_received=str(vault.total_received(row.token)),
