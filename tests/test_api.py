@@ -237,7 +237,7 @@ def test_whatever_the_contracts_accept_the_read_model_stores_on_every_engine(
     forever = publish(market, alice, "ipfs://nul\x00inside", to_units(1), license_duration=UINT64_MAX)
     marketplace = market.marketplace.contract
     fn = marketplace.functions.publish(0, b"\x01" * 32, "ipfs://PLACEHOLDER", 5, market.token.address, 0,
-                                       [alice.address], [10_000], [], [])  # fmt: skip
+                                       [alice.address], [10_000], [], [], True)  # fmt: skip
     _send_with_raw_bytes(chain, fn, alice, b"PLACEHOLDER", b"\xff\xfe\xc3(\x00bad\xed\xa0\x80")
     not_utf8 = forever + 1
     long_key = "k" * 5_000
