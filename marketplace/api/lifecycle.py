@@ -78,9 +78,8 @@ class Archived:
 
     def describe(self, rpc_url: str | None) -> str:
         """One line for the operator: what changed, what moved where, what stays unclaimed."""
-        line = (
-            f"{_what_changed(self.old, self.new, rpc_url)}: archived the old {', '.join(self.parts)} into {self.path}"
-        )
+        moved = " and ".join([", ".join(self.parts[:-1]), self.parts[-1]] if len(self.parts) > 1 else self.parts)
+        line = f"{_what_changed(self.old, self.new, rpc_url)}: archived the old {moved} into {self.path}"
         if self.unclaimed is not None and self.unclaimed.amount:
             line += f"; {_owed(self.unclaimed)} stay unclaimed there (--reset)"
         return line
@@ -122,9 +121,9 @@ def prepare_data_dir(
         owed = ledger.outstanding() if ledger is not None and old_ledger is not None else None
         if owed is not None and owed.amount and not reset:
             raise UnclaimedCalls(
-                f"{_what_changed(old, identity, rpc_url)}, but {ledger_path} holds answered calls never claimed on "
-                f"the old chain: {_owed(owed)}. Serve the old chain to claim them if it still runs; or run "
-                "`agentmarket serve --reset` to archive them with the old read model and content (they stay unclaimed)",
+                f"{_what_changed(old, identity, rpc_url)}, and its voucher ledger holds answered calls never claimed: "
+                f"{_owed(owed)}. To claim them, serve the old chain if it still runs; to archive them (unclaimed) with "
+                "the old read model and content and serve this chain: agentmarket serve --reset",
                 owed,
             )
         archive = _new_archive(data_dir / ARCHIVE_DIR, old)
@@ -187,7 +186,8 @@ def _what_changed(old: ChainIdentity | None, new: ChainIdentity, rpc_url: str | 
         return f"{where} is {new.short}, which this data directory did not follow"
     if old == new:
         return f"{where} runs a new deployment on {new.short}"
-    return f"{where} is a new chain: {new.short}, not {old.short} that this data directory followed"
+    was = f"genesis {old.genesis[:10]}…" if old.chain_id == new.chain_id else old.short
+    return f"{where} is a new chain ({new.short}; this data directory followed {was})"
 
 
 def _owed(owed: Outstanding) -> str:

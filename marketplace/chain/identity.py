@@ -48,8 +48,8 @@ class ChainIdentity:
 
     @property
     def short(self) -> str:
-        """For people: ``chain 31337 (genesis 0x1a2b3c4d…)``."""
-        return f"chain {self.chain_id} (genesis {self.genesis[:10]}…)"
+        """For people: ``chain 31337, genesis 0x1a2b3c4d…``."""
+        return f"chain {self.chain_id}, genesis {self.genesis[:10]}…"
 
     @property
     def slug(self) -> str:
@@ -75,7 +75,7 @@ class ChainReplaced(AgentmarketError):
         return cls(
             expected,
             actual,
-            f"{where} was replaced: {actual.short} answers where this server followed {expected.short} (a restarted "
+            f"{where} was replaced ({actual.short} answers where this server followed {expected.short}: a restarted "
             "node?); it serves nothing more until it is restarted: run `agentmarket serve` again, which archives the "
             "old chain's read model, voucher ledger and content (add --reset if it says answered calls are unclaimed)",
         )

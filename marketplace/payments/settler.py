@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from eth_account.signers.local import LocalAccount
 
 from marketplace.chain import ContractRevert
+from marketplace.chain.identity import ChainIdentity
 from marketplace.chain.market import Market
 from marketplace.payments.ledger import LedgerEntry, VoucherLedger
 
@@ -114,8 +115,10 @@ class Settler:
         if not self._replaced_logged:
             self._replaced_logged = True
             left = sum(entry.unclaimed for entry in self.ledger.unclaimed())
-            log.error("the chain was replaced (%s, bound to %s): claiming nothing; %s base units of answered calls "
-                      "stay unclaimed in %s", now, self._identity, left, self.ledger.path)  # fmt: skip
+            was, new = ChainIdentity.parse(self._identity), ChainIdentity.parse(now)
+            log.error("the chain was replaced (%s answers; the ledger is bound to %s): claiming nothing; %s base units "
+                      "of answered calls stay unclaimed in %s", new.short if new else now, was.short if was else
+                      self._identity, left, self.ledger.path)  # fmt: skip
         return True
 
     def wake(self) -> None:
