@@ -140,7 +140,7 @@ def _script(path: Path, body: str) -> Path:
 @pytest.mark.parametrize(
     ("anvil", "says"),
     [
-        (lambda tmp: tmp / "missing", "npm ci --prefix contracts"),
+        (lambda tmp: tmp / "missing", "run `make setup`"),
         (lambda tmp: _script(tmp / "anvil", "echo 'Error: no such hardfork' >&2; exit 2"), "no such hardfork"),
         (lambda tmp: _text(tmp / "anvil", "not a program"), "cannot run anvil"),
     ],

@@ -122,8 +122,9 @@ def prepare_data_dir(
         if owed is not None and owed.amount and not reset:
             raise UnclaimedCalls(
                 f"{_what_changed(old, identity, rpc_url)}, and its voucher ledger holds answered calls never claimed: "
-                f"{_owed(owed)}. To claim them, serve the old chain if it still runs; to archive them (unclaimed) with "
-                "the old read model and content and serve this chain: agentmarket serve --reset",
+                f"{_owed(owed)}. To claim them, serve the old one (its --rpc and --manifest) if it still runs; to "
+                "archive them (unclaimed) with the old read model and content and serve this one: agentmarket serve "
+                "--reset",
                 owed,
             )
         archive = _new_archive(data_dir / ARCHIVE_DIR, old)

@@ -136,8 +136,8 @@ def node(
             "--port",
             min=0,
             max=65535,
-            help="Port for anvil on 127.0.0.1 [default: the port of AGENTMARKET_RPC when it is on this machine, "
-            "else 8545].",
+            help="Port for anvil on 127.0.0.1 (default: the port of AGENTMARKET_RPC when it names this machine, "
+            "else 8545).",
             show_default=False,
         ),
     ] = None,
@@ -145,8 +145,7 @@ def node(
 ) -> None:
     """Start a local anvil chain, deploy the contracts, and keep it up until Ctrl-C.
 
-    Every start is a new chain (same chain id and contract addresses, a new genesis block): restart
-    `serve` after it, which archives the old chain's state.
+    Every start is a new chain (same chain id and addresses, a new genesis): restart `serve` after it.
     """
     _interrupt_on_signals()
     # AnvilNode refuses a busy port, and makes sure what answers is its own anvil: nothing is deployed,
@@ -245,10 +244,16 @@ def serve(
         str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).", envvar="AGENTMARKET_HOST")
     ] = "127.0.0.1",
     port: Annotated[
-        str, typer.Option("--port", help="Port to listen on (0: any free one).", envvar="AGENTMARKET_PORT")
+        str,
+        typer.Option("--port", help="Port to listen on (0: any free one).", envvar="AGENTMARKET_PORT", metavar="PORT"),
     ] = str(DEFAULT_SERVER_PORT),
     data_dir: Annotated[
-        Path, typer.Option("--data-dir", help="Where the server keeps its read model.", envvar="AGENTMARKET_DATA_DIR")
+        Path,
+        typer.Option(
+            "--data-dir",
+            help="Where the server keeps its read model, voucher ledger and content (other chains' in archive/).",
+            envvar="AGENTMARKET_DATA_DIR",
+        ),
     ] = Path(".agentmarket") / "server",
     model: Annotated[
         list[str] | None,
@@ -275,8 +280,7 @@ def serve(
 ) -> None:
     """Serve the marketplace API: catalog, login, content, paid model calls, settlement.
 
-    State the data directory holds of another chain (a restarted `node` is a new chain) is moved into
-    <data-dir>/archive/ at start, never deleted.
+    At start, another chain's state in the data directory (after a node restart) moves to <data-dir>/archive/.
     """
     import uvicorn
 
