@@ -1,15 +1,23 @@
-# The README's two commands: `make demo` and `make test`. Both do all their own set-up.
-# `make demo` installs agentmarket with the `sim` extra (agents and simulations); `make test` with `dev`
-# (every extra and the test tools), plus the PostgreSQL server programs the API tests start.
+# The README's commands: `make demo`, `make setup` / `make node` and `make test`. Each does its own set-up.
+# `make demo` installs agentmarket with the `sim` extra (agents and simulations); `make setup` adds anvil (npm),
+# which `agentmarket node` and `--chain anvil` run; `make test` installs the `dev` extra (every extra and the
+# test tools), anvil, and the PostgreSQL server programs the API tests start.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint format contracts bench-gas postgres-server clean
+.PHONY: demo setup node test lint format contracts bench-gas postgres-server clean
 
 demo: $(VENV)/.installed
 	$(BIN)/agentmarket demo
+
+# What a local marketplace needs: the venv, and anvil from npm (contracts/node_modules; needs Node.js and npm).
+setup: $(VENV)/.installed contracts/node_modules/.package-lock.json
+
+# A local chain with the contracts deployed, until Ctrl-C (anvil on 127.0.0.1:8545; `agentmarket serve` next).
+node: setup
+	$(BIN)/agentmarket node
 
 test: $(VENV)/.installed-dev contracts/node_modules/.package-lock.json postgres-server
 	$(BIN)/ruff check .

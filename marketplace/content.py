@@ -32,11 +32,13 @@ buyer opens frame by frame (:func:`open_sealed_frames`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import secrets
+import shutil
 import struct
 import time
 from collections.abc import AsyncIterable, Iterable, Iterator
@@ -163,6 +165,36 @@ def chain_scope(chain: Chain, marketplace_address: str) -> str:
     """
     genesis = bytes(chain.w3.eth.get_block(0)["hash"]).hex()
     return f"eip155:{chain.chain_id}/genesis:0x{genesis}/marketplace:{marketplace_address}"
+
+
+def stored_scopes(root: Path) -> dict[str, Path]:
+    """The chain scopes a content store under ``root`` holds uploads for, with their directories."""
+    scopes: dict[str, Path] = {}
+    if root.is_dir():
+        for label in sorted(root.glob("*/CHAIN")):
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                scopes[label.read_text().strip()] = label.parent
+    return scopes
+
+
+def archive_scopes(root: Path, keep: str, destination: Path) -> list[str]:
+    """Move the uploads of every chain scope under ``root`` except ``keep`` into ``destination``; returns those scopes.
+
+    Nothing is deleted, and nothing of ``keep`` moves. ``destination`` gets the scope directories as
+    they were and a copy of the at-rest key (``secret.key``), so a store opened on it
+    (``ContentStore(destination, scope)``) reads them. Uploads of another chain are never served
+    anyway (each file's record names its scope); this takes them out of the way.
+    """
+    moving = {scope: path for scope, path in stored_scopes(root).items() if scope != keep}
+    if not moving:
+        return []
+    destination.mkdir(parents=True, exist_ok=True)
+    key = root / "secret.key"
+    if key.exists() and not (destination / key.name).exists():
+        shutil.copy2(key, destination / key.name)
+    for path in moving.values():
+        path.replace(destination / path.name)
+    return sorted(moving)
 
 
 def frame(payload: bytes) -> bytes:

@@ -328,10 +328,6 @@ def test_a_restarted_chain_never_gets_the_old_chains_content(backend, tmp_path):
     finally:
         first.close()
 
-    # The voucher ledger refuses another chain's file: its operator moves it away (as its error says);
-    # the content store stays where it was.
-    for ledger_file in (home / "server").glob("channels.sqlite3*"):
-        ledger_file.unlink()
     _next_second()
     second, deployment, market = _fresh_market(backend)
     try:
@@ -348,7 +344,12 @@ def test_a_restarted_chain_never_gets_the_old_chains_content(backend, tmp_path):
             # The owner uploads it on this chain, and only then is it served here.
             assert upload(http, asset_id, SECRET, bob_auth).status_code == 201
             assert download(http, asset_id, alice_auth).content == SECRET
-        assert len(list((home / "server" / "content").glob("*/CHAIN"))) == 2  # one scope per chain
+        # The server archived the first chain's uploads (and ledger, and read model) as it started on the second.
+        (archive,) = (home / "server" / "archive").iterdir()
+        kept = {label.parent.name for label in (home / "server" / "content").glob("*/CHAIN")}
+        moved = {label.parent.name for label in (archive / "content").glob("*/CHAIN")}
+        assert len(kept) == len(moved) == 1 and kept != moved  # one scope per chain, the old one archived
+        assert (archive / "channels.sqlite3").exists()
     finally:
         second.close()
 

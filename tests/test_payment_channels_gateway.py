@@ -562,7 +562,7 @@ def test_a_ledger_belongs_to_one_channels_contract(tmp_path):
     with VoucherLedger(tmp_path / "l.sqlite3") as ledger:
         ledger.bind("eip155:1/genesis:0xaa/channels:0x01")
         ledger.bind("eip155:1/genesis:0xaa/channels:0x01")
-        with pytest.raises(LedgerError, match="own data directory"):
+        with pytest.raises(LedgerError, match="holds the vouchers of eip155:1/genesis:0xaa"):
             ledger.bind("eip155:1/genesis:0xbb/channels:0x01")
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from eth_account import Account
@@ -13,6 +14,7 @@ from fastapi import FastAPI
 import marketplace
 from marketplace.api.deps import Services
 from marketplace.api.errors import install_error_handlers
+from marketplace.api.lifecycle import LEDGER_FILE, ChainGuard, prepare_data_dir
 from marketplace.api.limits import Limits, RequestLimits, upload_matcher
 from marketplace.api.routes import accounts, agents, assets, auth, content, health, models, payments, x402
 from marketplace.api.schemas import ErrorBody
@@ -20,6 +22,7 @@ from marketplace.api.settings import Settings
 from marketplace.api.state import ServerBase
 from marketplace.chain import LOCAL_CHAIN_ID, Chain, rpc_chain
 from marketplace.chain.deployment import load_deployment
+from marketplace.chain.identity import ChainIdentity
 from marketplace.content import ContentStore
 from marketplace.errors import AgentmarketError
 from marketplace.indexer import Indexer
@@ -32,6 +35,8 @@ from marketplace.siwe import TokenIssuer
 
 #: Everything that sends transactions from the relayer account shares this lock (nonce order).
 RELAYER_LOCK = threading.Lock()
+
+log = logging.getLogger("agentmarket.api")
 
 
 def _relayer(settings: Settings, chain: Chain) -> LocalAccount:
@@ -46,19 +51,39 @@ def _relayer(settings: Settings, chain: Chain) -> LocalAccount:
 
 
 def build_services(
-    settings: Settings, chain: Chain | None = None, model_handlers: dict[int, ModelHandler] | None = None
+    settings: Settings,
+    chain: Chain | None = None,
+    model_handlers: dict[int, ModelHandler] | None = None,
+    *,
+    reset: bool = False,
+    announce: Callable[[str], None] | None = None,
 ) -> Services:
     """Connect to the chain, check the manifest against it, open the read model, content store and
-    voucher ledger."""
+    voucher ledger.
+
+    State the data directory (or the read model's database) holds of another chain or deployment —
+    a restarted node is a new chain — is archived first, and ``announce`` (default: the log) gets one
+    line saying so (:func:`marketplace.api.lifecycle.prepare_data_dir`); a ledger with answered calls
+    never claimed is refused (:class:`~marketplace.api.lifecycle.UnclaimedCalls`) unless ``reset``.
+    """
     chain = chain or rpc_chain(settings.rpc_url)
     deployment = load_deployment(settings.manifest, chain)
     engine = open_database(settings.resolved_database_url())
-    ServerBase.metadata.create_all(engine)
-    market = deployment.market(chain)
-    relayer = _relayer(settings, chain)
-    ledger = VoucherLedger(settings.data_dir / "channels.sqlite3", synchronous=settings.voucher_sync)
     try:
-        watcher = ChainWatcher(market, settings.chain_poll_interval)
+        ServerBase.metadata.create_all(engine)
+        market = deployment.market(chain)
+        relayer = _relayer(settings, chain)
+        identity = ChainIdentity.of(chain)
+        archived = prepare_data_dir(settings.data_dir, deployment, market, engine, identity, reset=reset,
+                                    rpc_url=chain.rpc_url, voucher_sync=settings.voucher_sync)  # fmt: skip
+        if archived is not None:
+            (announce or log.warning)(archived.describe(chain.rpc_url))
+        ledger = VoucherLedger(settings.data_dir / LEDGER_FILE, synchronous=settings.voucher_sync)
+    except BaseException:
+        engine.dispose()
+        raise
+    try:
+        watcher = ChainWatcher(market, settings.chain_poll_interval, identity=identity)
         gate = ChannelGate(market, ledger, receiver_authorizer=relayer.address, watcher=watcher,
                            min_seconds_to_expiry=settings.channel_min_seconds_to_expiry)  # fmt: skip
         return Services(
@@ -66,7 +91,7 @@ def build_services(
             deployment=deployment,
             market=market,
             engine=engine,
-            indexer=Indexer(chain, deployment, engine),
+            indexer=Indexer(chain, deployment, engine, identity=identity),
             settings=settings,
             content=ContentStore.for_chain(settings.data_dir / "content", chain, deployment.address("Marketplace")),
             relayer=relayer,
@@ -80,6 +105,7 @@ def build_services(
         )
     except BaseException:  # e.g. the ledger belongs to another chain: let the data directory go
         ledger.close()
+        engine.dispose()
         raise
 
 
@@ -129,6 +155,7 @@ def create_app(
         limits=Limits.from_settings(settings),
         is_upload=upload_matcher(content.router.routes, [content.upload]),  # streamed, up to max_upload_bytes
     )
+    app.add_middleware(ChainGuard)  # outermost: a replaced chain costs a request nothing
     return app
 
 

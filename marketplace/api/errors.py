@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from marketplace.chain import ContractRevert
+from marketplace.chain.identity import ChainReplaced
 
 log = logging.getLogger("agentmarket.api")
 
@@ -67,6 +68,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def contract_revert(_request: Request, exc: ContractRevert) -> JSONResponse:
         status = 404 if exc.error.startswith("Unknown") or exc.error == "ERC721NonexistentToken" else 409
         return JSONResponse(_body(exc.error, str(exc)), status_code=status)
+
+    @app.exception_handler(ChainReplaced)
+    async def chain_replaced(_request: Request, exc: ChainReplaced) -> JSONResponse:
+        return JSONResponse(_body("chain_replaced", exc.detail), status_code=503)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import errno
 import os
 import platform
 import shutil
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import requests
 from eth_account import Account
@@ -167,8 +168,15 @@ def anvil_chain(**node_options: object) -> Chain:
         raise
 
 
+#: How to install anvil, for error messages (the repository's `make setup` runs the npm command).
+INSTALL_ANVIL = "run `make setup` (it runs `npm ci --prefix contracts`) in a clone of agentmarket"
+
+
 def find_anvil() -> Path:
-    """Path of the anvil binary: $AGENTMARKET_ANVIL, the npm package in contracts/, or PATH."""
+    """Path of the anvil binary: $AGENTMARKET_ANVIL, the npm package in contracts/, or PATH.
+
+    Raises :class:`ChainError` (one line naming the install command) when there is none.
+    """
     from_env = os.environ.get("AGENTMARKET_ANVIL")
     if from_env:
         return Path(from_env)
@@ -181,8 +189,8 @@ def find_anvil() -> Path:
     if on_path:
         return Path(on_path)
     raise ChainError(
-        "anvil is not installed; run `npm ci --prefix contracts` (or `make test`, which does it), "
-        "or set AGENTMARKET_ANVIL to the binary"
+        f"anvil is not installed: {INSTALL_ANVIL}, or put foundry's anvil on PATH, or set AGENTMARKET_ANVIL "
+        "to the binary"
     )
 
 
@@ -192,6 +200,63 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class PortInUse(ChainError):
+    """Something already listens on the port a node was to listen on."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            f"port {port} is in use on {host}: another node (or another program) listens there; stop it, or start "
+            "this one with another --port"
+        )
+        self.host, self.port = host, port
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`PortInUse` if a listening socket holds ``host:port`` (a socket in TIME_WAIT does not)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as anvil binds: TIME_WAIT is no obstacle
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(host, port) from None
+            raise ChainError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _listening_socket_inodes(port: int) -> set[str] | None:
+    """Inodes of the TCP sockets listening on ``port`` (Linux ``/proc/net/tcp*``); None where /proc cannot tell."""
+    inodes: set[str] = set()
+    found = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found = True
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    return inodes if found else None
+
+
+def process_listens_on(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds a socket listening on TCP ``port``; None where this cannot be told (no /proc)."""
+    inodes = _listening_socket_inodes(port)
+    if inodes is None:
+        return None
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for descriptor in descriptors:
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{descriptor}")
+            if target.startswith("socket:[") and target[len("socket:[") : -1] in inodes:
+                return True
+    return False
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Ask Linux to SIGTERM the child when this process dies, even by SIGKILL (no orphans)."""
     with contextlib.suppress(Exception):
@@ -199,7 +264,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 class AnvilNode:
-    """An anvil process on 127.0.0.1 that this process owns: started, ready-checked, always stopped."""
+    """An anvil process on 127.0.0.1 that this process owns: started, ready-checked, always stopped.
+
+    :meth:`start` makes sure that what answers on the port is this anvil: it refuses a port something
+    already listens on (:class:`PortInUse`), and once the node answers it checks that the answering
+    socket is its own process's (Linux ``/proc``), so no deployment ever lands on another node.
+    """
 
     def __init__(self, port: int | None = None, binary: Path | None = None, chain_id: int = LOCAL_CHAIN_ID) -> None:
         self.port = port or _free_port()
@@ -214,10 +284,21 @@ class AnvilNode:
         """PID of the running node, or None."""
         return self._process.pid if self._process else None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code of a node that exited on its own; None while it runs (and when not started)."""
+        return self._process.poll() if self._process else None
+
     def start(self, timeout: float = 15.0) -> str:
-        """Start the node and wait until it answers JSON-RPC; returns its URL."""
+        """Start the node and wait until it answers JSON-RPC; returns its URL.
+
+        Raises :class:`ChainError` (one line) when the binary is missing, the port is in use
+        (:class:`PortInUse`), anvil exits at start, or it does not answer within ``timeout`` seconds;
+        the node is stopped then.
+        """
         if not self.binary.is_file():
-            raise ChainError(f"anvil binary not found at {self.binary}; run `npm ci --prefix contracts`")
+            raise ChainError(f"anvil binary not found at {self.binary}: {INSTALL_ANVIL}")
+        check_port_free("127.0.0.1", self.port)
         self._home = tempfile.TemporaryDirectory(prefix="agentmarket-anvil-")
         command = [
             str(self.binary),
@@ -232,14 +313,18 @@ class AnvilNode:
             "--quiet",
         ]  # fmt: skip
         env = {**os.environ, "HOME": self._home.name}
-        self._process = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches us; we stop anvil in order
-            preexec_fn=_die_with_parent,
-        )
+        try:
+            self._process = subprocess.Popen(
+                command,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches us; we stop anvil in order
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            self.stop()
+            raise ChainError(f"cannot run anvil at {self.binary}: {exc.strerror or exc}") from None
         atexit.register(self.stop)
         self._wait_ready(timeout)
         return self.url
@@ -251,16 +336,30 @@ class AnvilNode:
             process = self._process
             assert process is not None
             if process.poll() is not None:
-                stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                self.stop()
-                raise ChainError(f"anvil exited at start (code {process.returncode}): {stderr.strip()[-500:]}")
+                self._exited(process)
             try:
-                if requests.post(self.url, json=payload, timeout=1).ok:
-                    return
+                answered = requests.post(self.url, json=payload, timeout=1).ok
             except requests.exceptions.RequestException:
-                time.sleep(0.02)
+                answered = False
+            if answered:
+                owner = process_listens_on(process.pid, self.port)
+                if owner or (owner is None and process.poll() is None):
+                    return
+                if process.poll() is not None:  # it failed to bind while another program answered
+                    self._exited(process)
+                # Another program answers on the port, and this anvil has not bound it (yet): wait for either.
+            time.sleep(0.02)
         self.stop()
         raise ChainError(f"anvil did not answer on {self.url} within {timeout:.0f}s")
+
+    def _exited(self, process: subprocess.Popen[bytes]) -> NoReturn:
+        """Raise the one-line error of an anvil that exited at start (stopped and cleaned up first)."""
+        stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+        self.stop()
+        if "Address already in use" in stderr:
+            raise PortInUse("127.0.0.1", self.port)
+        last = stderr.strip().splitlines()[-1][-300:] if stderr.strip() else "no message"
+        raise ChainError(f"anvil exited at start (code {process.returncode}): {last}")
 
     def stop(self) -> None:
         """Stop the node (SIGTERM, then SIGKILL after 5 s); safe to call twice."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 from eth_account import Account
@@ -16,7 +19,7 @@ from eth_account.signers.local import LocalAccount
 from rich.console import Console
 from rich.table import Table
 
-from marketplace.chain import AnvilNode, Chain, connect, to_address
+from marketplace.chain import AnvilNode, Chain, ChainError, connect, to_address
 from marketplace.chain.backends import LOCAL_CHAIN_ID, rpc_chain
 from marketplace.chain.deployment import DEFAULT_MANIFEST, deploy_all, load_deployment
 from marketplace.chain.token import format_units
@@ -39,7 +42,11 @@ app.add_typer(contracts_app, name="contracts")
 console = Console(highlight=False)
 
 DEFAULT_RPC = "http://127.0.0.1:8545"
+DEFAULT_NODE_PORT = 8545
+DEFAULT_SERVER_PORT = 8000
 DEPLOYER_KEY_ENV = "AGENTMARKET_DEPLOYER_KEY"
+#: Host names that mean this machine's loopback interface.
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 RpcOption = Annotated[str, typer.Option("--rpc", help="JSON-RPC URL of the chain.", envvar="AGENTMARKET_RPC")]
 ManifestOption = Annotated[
@@ -110,24 +117,55 @@ def _print_deployment(chain: Chain, manifest_data: dict, manifest: Path) -> None
     console.print(f"manifest: {manifest}")
 
 
+def _node_port() -> int:
+    """``node``'s default port: that of ``AGENTMARKET_RPC`` when it names this machine (so every command
+    that reads it finds the node), else 8545."""
+    rpc = os.environ.get("AGENTMARKET_RPC", "")
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(rpc)
+        if parts.scheme == "http" and parts.hostname in _LOOPBACK and parts.port:
+            return parts.port
+    return DEFAULT_NODE_PORT
+
+
 @app.command()
 def node(
-    port: Annotated[int, typer.Option("--port", help="Port for anvil on 127.0.0.1.")] = 8545,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            min=0,
+            max=65535,
+            help="Port for anvil on 127.0.0.1 (default: the port of AGENTMARKET_RPC when it names this machine, "
+            "else 8545).",
+            show_default=False,
+        ),
+    ] = None,
     manifest: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
-    """Start a local anvil chain, deploy the contracts, and keep it up until Ctrl-C."""
+    """Start a local anvil chain, deploy the contracts, and keep it up until Ctrl-C.
+
+    Every start is a new chain (same chain id and addresses, a new genesis): restart `serve` after it.
+    """
     _interrupt_on_signals()
-    with AnvilNode(port=port) as anvil, connect(anvil.url) as chain:
+    # AnvilNode refuses a busy port, and makes sure what answers is its own anvil: nothing is deployed,
+    # and no manifest written, anywhere else.
+    with AnvilNode(port=_node_port() if port is None else port) as anvil, connect(anvil.url) as chain:
         deployment = deploy_all(chain, _deployer(chain))
         deployment.save(manifest)
         _print_deployment(chain, deployment.to_json(), manifest)
         console.print(f"RPC URL: {anvil.url}")
         console.print(f"anvil pid {anvil.pid}; press Ctrl-C to stop", style="dim")
         try:
-            while True:
-                time.sleep(3600)
+            while (code := anvil.returncode) is None:
+                time.sleep(0.5)
         except KeyboardInterrupt:
             console.print("stopping anvil")
+            return
+    raise ChainError(
+        f"anvil (pid {anvil.pid}) exited on its own (code {code}): the chain at {anvil.url} is gone; run "
+        "`agentmarket node` again for a new one (and restart `serve`)"
+    )
 
 
 @app.command()
@@ -163,13 +201,59 @@ def balances(
         console.print(table)
 
 
+def _port_number(value: str, option: str) -> int:
+    if not value.strip().isdigit() or int(value) > 65535:
+        raise AgentmarketError(f"{option} must be a port number from 0 to 65535, not {value!r}")
+    return int(value)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` and listening, or a one-line :class:`AgentmarketError` saying why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise AgentmarketError(
+            f"cannot listen on {host!r}: not an address of this machine ({exc}); use e.g. --host 127.0.0.1 "
+            "(AGENTMARKET_HOST)"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise AgentmarketError(
+                f"port {port} is in use on {host}: stop what listens there (another agentmarket serve?), or choose "
+                "another --port (AGENTMARKET_PORT)"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise AgentmarketError(f"cannot listen on {host}: not an address of this machine (--host)") from None
+        raise AgentmarketError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
 @app.command()
 def serve(
     rpc: RpcOption = DEFAULT_RPC,
     manifest: ManifestOption = DEFAULT_MANIFEST,
-    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8000,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).", envvar="AGENTMARKET_HOST")
+    ] = "127.0.0.1",
+    port: Annotated[
+        str,
+        typer.Option("--port", help="Port to listen on (0: any free one).", envvar="AGENTMARKET_PORT", metavar="PORT"),
+    ] = str(DEFAULT_SERVER_PORT),
     data_dir: Annotated[
-        Path, typer.Option("--data-dir", help="Where the server keeps its read model.", envvar="AGENTMARKET_DATA_DIR")
+        Path,
+        typer.Option(
+            "--data-dir",
+            help="Where the server keeps its read model, voucher ledger and content (other chains' in archive/).",
+            envvar="AGENTMARKET_DATA_DIR",
+        ),
     ] = Path(".agentmarket") / "server",
     model: Annotated[
         list[str] | None,
@@ -184,8 +268,20 @@ def serve(
             envvar="AGENTMARKET_VOUCHER_SYNC",
         ),
     ] = "full",
+    reset: Annotated[
+        bool,
+        typer.Option(
+            "--reset",
+            help="After a node restart (a new chain): archive the old chain's state even if its voucher ledger holds "
+            "answered calls never claimed (they stay unclaimed). Without it, the old state is archived only when "
+            "nothing is left unclaimed.",
+        ),
+    ] = False,
 ) -> None:
-    """Serve the marketplace API: catalog, login, content, paid model calls, settlement."""
+    """Serve the marketplace API: catalog, login, content, paid model calls, settlement.
+
+    At start, another chain's state in the data directory (after a node restart) moves to <data-dir>/archive/.
+    """
     import uvicorn
 
     from marketplace.api import Settings, create_app
@@ -202,16 +298,30 @@ def serve(
         handlers[int(asset_id)] = parse_handler(handler)
     if voucher_sync not in SYNCHRONOUS:
         raise AgentmarketError(f"--voucher-sync must be one of {', '.join(SYNCHRONOUS)}, not {voucher_sync!r}")
-    settings = Settings.load(rpc_url=rpc, manifest=manifest, port=port, data_dir=data_dir, voucher_sync=voucher_sync)
-    services = build_services(settings)  # fail fast, in one line, on a bad RPC URL or manifest
-    services.ledger.close()
-    services.engine.dispose()
-    console.print(f"serving http://{settings.host}:{port} (OpenAPI at /openapi.json)")
-    server = uvicorn.Server(server_config(create_app(settings, model_handlers=handlers)))
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shut down on Ctrl-C, then re-raised it
-        server.run()
-    if not server.started:
-        raise AgentmarketError(f"the server did not start on {settings.host}:{port}; see the messages above")
+    # Listen first: a busy port is one line before anything else, and nobody can take the port meanwhile.
+    listener = _listen(host, _port_number(port, "--port (AGENTMARKET_PORT)"))
+    with contextlib.closing(listener):
+        bound = listener.getsockname()[1]
+        settings = Settings.load(rpc_url=rpc, manifest=manifest, host=host, port=bound, data_dir=data_dir,
+                                 voucher_sync=voucher_sync)  # fmt: skip
+        archived: list[str] = []
+
+        def announce(line: str) -> None:
+            archived.append(line)
+            console.print(line, soft_wrap=True)
+
+        services = build_services(settings, reset=reset, announce=announce)  # fail fast, in one line
+        services.ledger.close()
+        services.engine.dispose()
+        if reset and not archived:
+            console.print(f"--reset: nothing to archive ({data_dir} holds no other chain's state)")
+        shown = f"[{host}]" if ":" in host else host
+        console.print(f"serving http://{shown}:{bound} (OpenAPI at /openapi.json)")
+        server = uvicorn.Server(server_config(create_app(settings, model_handlers=handlers)))
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn shut down on Ctrl-C, then re-raised it
+            server.run(sockets=[listener])
+        if not server.started:
+            raise AgentmarketError(f"the server did not start on {host}:{bound}; see the messages above")
 
 
 market_commands.register(app)

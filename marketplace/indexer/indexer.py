@@ -4,6 +4,12 @@ The chain is the source of truth; the database is a cache that can always be reb
 reads logs in batches from the manifest's deploy block, applies them in (block, log index) order,
 records the hash of every block it indexed and, when a stored hash no longer matches the chain
 (a reorg on anvil), drops the read model and rebuilds it from the deploy block.
+
+A chain *replaced* under it is not a reorg: the read model records the deployment it follows (chain
+id, genesis block hash, Marketplace address: see :meth:`Indexer.scope`), and when the stored hashes
+stop matching, the indexer reads the genesis hash: if it changed, :meth:`Indexer.sync` raises
+:class:`~marketplace.chain.identity.ChainReplaced` and leaves the read model as it is (the server
+archives it at its next start, :func:`archive_read_model`) instead of filling it with another chain.
 """
 
 from __future__ import annotations
@@ -11,18 +17,21 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from eth_abi.codec import ABICodec
 from eth_abi.decoding import StringDecoder
 from eth_abi.encoding import TextStringEncoder
 from eth_abi.registry import registry as abi_registry
-from sqlalchemy import Engine, delete, inspect, select
+from sqlalchemy import Engine, create_engine, delete, inspect, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from web3 import Web3
 
 from marketplace.chain import Chain, load_artifact
 from marketplace.chain.deployment import Deployment
+from marketplace.chain.identity import ChainIdentity, ChainReplaced
 from marketplace.chain.market import PERPETUAL, AssetKind, RevenueVaultContract
 from marketplace.indexer.models import (
     AgentMetadataRow,
@@ -72,14 +81,80 @@ class SyncReport:
     reorg: bool
 
 
-class Indexer:
-    """Indexes one deployment on one chain into ``engine``'s database."""
+def read_model_scope(chain: ChainIdentity, deployment: Deployment) -> str:
+    """What a read model of ``deployment`` on ``chain`` records it follows:
+    ``eip155:<chain id>/genesis:0x<hash>/marketplace:<address>`` (the content store's scope too)."""
+    return f"{chain}/marketplace:{deployment.address('Marketplace')}"
 
-    def __init__(self, chain: Chain, deployment: Deployment, engine: Engine, *, batch_size: int = 2_000) -> None:
+
+def stored_scope(engine: Engine) -> str | None:
+    """The deployment the read model in ``engine`` follows (see :func:`read_model_scope`), or None when it
+    holds none (empty, or written by a version that did not record it: the indexer rebuilds such a one)."""
+    try:
+        inspector = inspect(engine)
+        if not inspector.has_table(SyncState.__tablename__):
+            return None
+        if "chain" not in {column["name"] for column in inspector.get_columns(SyncState.__tablename__)}:
+            return None
+        with Session(engine) as session:
+            return session.scalar(select(SyncState.chain).where(SyncState.id == 1))
+    except SQLAlchemyError:
+        return None
+
+
+def archive_read_model(engine: Engine, destination: Path) -> int:
+    """Copy every row of the read model in ``engine`` into a new SQLite file ``destination``, then empty it.
+
+    Nothing is lost: the copy has the same tables (open it with ``sqlite3`` or SQLAlchemy and
+    :class:`~marketplace.indexer.models.Base`). Returns the number of rows copied. Raises
+    ``FileExistsError`` if ``destination`` exists.
+    """
+    if destination.exists():
+        raise FileExistsError(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    copy = create_engine(f"sqlite:///{destination.resolve()}")
+    rows = 0
+    try:
+        Base.metadata.create_all(copy)
+        existing = set(inspect(engine).get_table_names())
+        with engine.connect() as source, copy.begin() as target:
+            for table in Base.metadata.sorted_tables:
+                if table.name not in existing:
+                    continue
+                batch = [dict(row._mapping) for row in source.execute(table.select())]
+                if batch:
+                    target.execute(table.insert(), batch)
+                    rows += len(batch)
+    finally:
+        copy.dispose()
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    return rows
+
+
+class Indexer:
+    """Indexes one deployment on one chain into ``engine``'s database.
+
+    ``identity`` is the chain's (read from the chain unless given); :attr:`scope` what the read model
+    records it follows.
+    """
+
+    def __init__(
+        self,
+        chain: Chain,
+        deployment: Deployment,
+        engine: Engine,
+        *,
+        batch_size: int = 2_000,
+        identity: ChainIdentity | None = None,
+    ) -> None:
         self.chain = chain
         self.deployment = deployment
         self.engine = engine
         self.batch_size = batch_size
+        self.identity = identity or ChainIdentity.of(chain)
+        self.scope = read_model_scope(self.identity, deployment)
+        self._scope_checked = False
         if not self._schema_is_current():  # written by another version: it is a cache, so rebuild it
             Base.metadata.drop_all(engine)
         Base.metadata.create_all(engine)
@@ -110,9 +185,19 @@ class Indexer:
         return max(0, self.chain.block_number() - self.last_block())
 
     def sync(self) -> SyncReport:
-        """Index everything up to the current head; returns what was done."""
+        """Index everything up to the current head; returns what was done.
+
+        Raises :class:`~marketplace.chain.identity.ChainReplaced` (and changes nothing) when the read
+        model follows another deployment, or the chain was replaced since it was indexed.
+        """
+        if not self._scope_checked:
+            self.check_scope()
+            self._scope_checked = True
         reorg = self._reorged()
         if reorg:
+            actual = ChainIdentity.of(self.chain)
+            if actual != self.identity:
+                raise ChainReplaced.while_serving(self.identity, actual, self.chain.rpc_url)
             self.reset()
         start = self.last_block() + 1
         head = self.chain.block_number()
@@ -126,6 +211,18 @@ class Indexer:
         """Drop the read model; the next sync rebuilds it from the deploy block."""
         Base.metadata.drop_all(self.engine)
         Base.metadata.create_all(self.engine)
+
+    def check_scope(self) -> None:
+        """Raise :class:`~marketplace.chain.identity.ChainReplaced` if the read model follows another deployment
+        than this indexer's (another chain, or another Marketplace on this one)."""
+        stored = stored_scope(self.engine)
+        if stored is not None and stored != self.scope:
+            old = ChainIdentity.parse(stored) or self.identity
+            raise ChainReplaced(
+                old,
+                self.identity,
+                f"the read model follows {stored}, not {self.scope}: restart `agentmarket serve`, which archives it",
+            )
 
     def _schema_is_current(self) -> bool:
         """Whether every read-model table that exists has exactly the columns this version writes."""
@@ -167,7 +264,7 @@ class Indexer:
                 block_hash = "0x" + bytes(self.chain.w3.eth.get_block(number)["hash"]).hex()
                 session.merge(IndexedBlock(number=number, hash=block_hash))
             session.execute(delete(IndexedBlock).where(IndexedBlock.number <= last - _KEPT_BLOCK_HASHES))
-            session.merge(SyncState(id=1, chain_id=self.chain.chain_id, last_block=last))
+            session.merge(SyncState(id=1, chain_id=self.chain.chain_id, chain=self.scope, last_block=last))
         return applied
 
     # ------------------------------------------------------------------ Marketplace

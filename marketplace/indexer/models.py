@@ -72,6 +72,8 @@ class SyncState(Base):
     __tablename__ = "sync_state"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     chain_id: Mapped[int] = mapped_column(BigInteger)
+    #: The deployment indexed: ``eip155:<chain id>/genesis:0x<block 0 hash>/marketplace:<address>``.
+    chain: Mapped[str | None] = mapped_column(String(200), nullable=True)
     last_block: Mapped[int] = mapped_column(BigInteger)
 
 

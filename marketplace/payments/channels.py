@@ -40,6 +40,7 @@ from eth_account.signers.local import LocalAccount
 
 from marketplace.chain import ContractRevert
 from marketplace.chain.eip712 import VOUCHER_FIELDS
+from marketplace.chain.identity import ChainReplaced
 from marketplace.chain.market import CLAIM_WINDOW, Asset, Channel, Market
 from marketplace.errors import AgentmarketError
 from marketplace.payments.ledger import (
@@ -289,7 +290,8 @@ class ChannelGate:
 
         Nothing is written: :meth:`commit` once the call was answered, :meth:`release` otherwise.
         Raises :class:`MalformedPayment` (400) for an unreadable header, :class:`PaymentRequired`
-        (402) for a missing or insufficient payment; an unknown asset raises ContractRevert ``UnknownAsset``.
+        (402) for a missing or insufficient payment; an unknown asset raises ContractRevert ``UnknownAsset``;
+        a chain replaced under the watcher raises :class:`~marketplace.chain.identity.ChainReplaced`.
         """
         if price < 0:
             raise ValueError(f"price must not be negative, got {price}")
@@ -305,6 +307,9 @@ class ChannelGate:
         except Exception as exc:  # the chain is unreachable: judge by the last view (and the wall clock)
             log.warning("cannot refresh the chain view (%s: %s); using the one read %.1f s ago",
                         type(exc).__name__, exc, self.watcher.age)  # fmt: skip
+        replaced = self.watcher.replaced
+        if replaced is not None:  # a restarted chain: channel ids and signatures would match new ones
+            raise ChainReplaced(replaced.expected, replaced.actual, replaced.detail)
         signer = self.vouchers.recover(voucher)  # outside any lock: 40 us of CPU
         channel_id = voucher.channel_id
         account = self._account(channel_id)

@@ -81,6 +81,14 @@ class ChannelFinalized(AgentmarketError):
         self.channel_id, self.reason = channel_id, reason
 
 
+@dataclass(frozen=True)
+class Outstanding:
+    """Answered calls never claimed: ``amount`` in base units of the channels' tokens, on ``channels`` (ids)."""
+
+    amount: int
+    channels: list[int]
+
+
 # ---------------------------------------------------------------------- one channel
 
 
@@ -427,7 +435,9 @@ class VoucherLedger:
         """Tie the ledger to one channels contract (see ``channels.chain_identity``); refuse another one.
 
         Channel ids restart at 1 on every chain and deployment, so a ledger kept from an earlier
-        chain would lend one channel's vouchers to another.
+        chain would lend one channel's vouchers to another. Raises :class:`LedgerError` for a ledger
+        bound to another identity (``agentmarket serve`` archives such a ledger at start:
+        ``marketplace.api.lifecycle``).
         """
         with self._commit_lock:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'channels'").fetchone()
@@ -435,9 +445,45 @@ class VoucherLedger:
                 self._db.execute("INSERT INTO meta (key, value) VALUES ('channels', ?)", (identity,))
             elif row[0] != identity:
                 raise LedgerError(
-                    f"{self.path} holds the vouchers of channels contract {row[0]}, not of {identity}: "
-                    "give this chain its own data directory (or move the file away once its vouchers are claimed)"
+                    f"{self.path} holds the vouchers of {row[0]}, not of {identity}: restart `agentmarket serve`, "
+                    "which archives it"
                 )
+
+    def bound_to(self) -> str | None:
+        """The identity the ledger is bound to (see :meth:`bind`), or None before its first binding."""
+        with self._commit_lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'channels'").fetchone()
+        return None if row is None else str(row[0])
+
+    def outstanding(self) -> Outstanding:
+        """What answered calls hold that was never claimed, on channels that could still be claimed."""
+        owed = [entry for entry in self.entries() if entry.final is None and entry.debited > entry.claimed]
+        return Outstanding(sum(entry.unclaimed for entry in owed), [entry.channel_id for entry in owed])
+
+    def archive_to(self, directory: Path) -> list[Path]:
+        """Close the ledger and move its files (database, WAL, shared memory) into ``directory``; returns them.
+
+        The ledger's lock is held until the files are moved, so no other process opens the ledger
+        meanwhile; ``directory`` is created. Nothing is deleted: the moved file is a complete ledger
+        (open it with :class:`VoucherLedger` or ``sqlite3 -readonly``).
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        moved: list[Path] = []
+        with self._commit_lock:
+            if self._closed:
+                raise LedgerError(f"{self.path}: the ledger is closed")
+            self._closed = True
+            try:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything into the main file
+                self._db.close()
+                for suffix in ("", "-wal", "-shm"):
+                    source = self.path.with_name(self.path.name + suffix)
+                    if source.exists():
+                        moved.append(source.replace(directory / source.name))
+            finally:
+                os.close(self._lock_fd)
+        return moved
 
     def record(
         self,

@@ -7,6 +7,10 @@ voucher held: exactly what was served goes into the asset's vault, whatever the 
 It runs every ``interval`` seconds, when woken (a channel was closed on chain), and once more at
 shutdown. Claims are allowed until a channel's expiry plus ``CLAIM_WINDOW`` (15 minutes), so calls
 answered just before an expiry or a close are still paid: keep ``interval`` well below that.
+
+Every round first checks that the chain is still the one the ledger is bound to: on a chain replaced
+under the server (a restarted node keeps chain id and contract addresses, so channel ids and even
+voucher signatures would match new channels) the settler claims nothing, and says so once.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from eth_account.signers.local import LocalAccount
 
 from marketplace.chain import ContractRevert
+from marketplace.chain.identity import ChainIdentity
 from marketplace.chain.market import Market
 from marketplace.payments.ledger import LedgerEntry, VoucherLedger
 
@@ -85,12 +90,36 @@ class Settler:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        ledger.bind(chain_identity(market))
+        self._identity = chain_identity(market)
+        self._replaced_logged = False
+        ledger.bind(self._identity)
 
     def settle_once(self) -> list[Settlement]:
-        """Claim every channel whose answered calls exceed what was claimed; one result per channel tried."""
+        """Claim every channel whose answered calls exceed what was claimed; one result per channel tried.
+
+        Nothing (an empty list) once the chain is not the one the ledger is bound to.
+        """
         with self._round_lock:
+            if self._chain_replaced():
+                return []
             return [self._settle(entry) for entry in self.ledger.unclaimed()]
+
+    def _chain_replaced(self) -> bool:
+        """Whether another chain answers now (if the chain cannot be read, the claims will say so themselves)."""
+        try:
+            now = chain_identity(self.market)
+        except Exception:
+            return False
+        if now == self._identity:
+            return False
+        if not self._replaced_logged:
+            self._replaced_logged = True
+            left = sum(entry.unclaimed for entry in self.ledger.unclaimed())
+            was, new = ChainIdentity.parse(self._identity), ChainIdentity.parse(now)
+            log.error("the chain was replaced (%s answers; the ledger is bound to %s): claiming nothing; %s base units "
+                      "of answered calls stay unclaimed in %s", new.short if new else now, was.short if was else
+                      self._identity, left, self.ledger.path)  # fmt: skip
+        return True
 
     def wake(self) -> None:
         """Run a round now (e.g. a channel was closed: claim before its window ends) instead of at the interval."""

@@ -11,6 +11,11 @@ next call; the settler wakes up to claim a closed channel at once.
 :meth:`ChainWatcher.now` is the chain's time as best known: the latest block's timestamp plus the
 seconds elapsed since it was read, and never less than the wall clock (the next block cannot be
 older than that on a live chain), so an expiry is judged no later than the contract will judge it.
+
+A chain replaced under the watcher (a restarted node: same chain id and addresses, another genesis
+block) is not a reorg: when the latest block does not follow the last one seen, the watcher reads
+the genesis hash, and if it changed it sets :attr:`ChainWatcher.replaced`, logs it once, tells its
+subscribers that any channel may have changed, and reads nothing more.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from eth_utils import keccak
 
+from marketplace.chain.identity import ChainIdentity, ChainReplaced
 from marketplace.chain.market import Market
 
 log = logging.getLogger("agentmarket.payments.watcher")
@@ -42,7 +49,8 @@ class ChainWatcher:
     every paid call; :meth:`start` adds a background thread that keeps the view fresh without
     traffic. A chain that went backwards (a snapshot reverted, a reorg deeper than the view) or a gap
     longer than :data:`MAX_SCAN_BLOCKS` tells subscribers that any channel may have changed.
-    ``clock`` is monotonic seconds, ``wall_clock`` unix seconds.
+    ``clock`` is monotonic seconds, ``wall_clock`` unix seconds. ``identity`` is the chain it watches
+    (read at the first refresh unless given); :attr:`replaced` is set once another chain answers.
     """
 
     def __init__(
@@ -52,6 +60,7 @@ class ChainWatcher:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        identity: ChainIdentity | None = None,
     ) -> None:
         if poll_interval < 0:
             raise ValueError(f"poll_interval must not be negative, got {poll_interval}")
@@ -63,6 +72,10 @@ class ChainWatcher:
         self._listeners: list[Listener] = []
         self._refresh_lock = threading.Lock()
         self._last_block: int | None = None
+        self._last_hash = b""
+        self._identity = identity
+        #: Set once the chain was replaced under the watcher (then it reads nothing more).
+        self.replaced: ChainReplaced | None = None
         self._head_timestamp = 0
         self._read_at = float("-inf")
         self._stopping = threading.Event()
@@ -107,6 +120,8 @@ class ChainWatcher:
             self._refresh()
 
     def _refresh(self) -> None:
+        if self.replaced is not None:
+            return
         w3 = self.market.chain.w3
         read_at = self.clock()
         block = w3.eth.get_block("latest")
@@ -114,6 +129,10 @@ class ChainWatcher:
         touched: set[int] | None = set()
         closed: set[int] = set()
         last = self._last_block
+        if self._identity is None:
+            self._identity = ChainIdentity.of(self.market.chain)
+        elif not self._follows(block) and self._check_replaced():
+            return
         if last is not None and (number < last or number - last > MAX_SCAN_BLOCKS):
             touched = None  # the chain went back, or too much happened: anything may have changed
         elif last is not None and number > last:
@@ -127,12 +146,35 @@ class ChainWatcher:
                 if bytes(topics[0]) == CLOSED_TOPIC:
                     closed.add(channel_id)
         self._last_block, self._head_timestamp, self._read_at = number, timestamp, read_at
+        self._last_hash = bytes(block["hash"])
         if touched is None or touched:
             for listener in self._listeners:
                 try:
                     listener(touched, closed)
                 except Exception:  # one subscriber's failure must not starve the others
                     log.exception("a chain watcher subscriber failed")
+
+    def _follows(self, block: Any) -> bool:
+        """Whether ``block`` (the latest) is the last block seen or its child: the same chain, nothing to check."""
+        last = self._last_block
+        if last is None or (block["number"] == last and bytes(block["hash"]) == self._last_hash):
+            return True
+        return block["number"] == last + 1 and bytes(block["parentHash"]) == self._last_hash
+
+    def _check_replaced(self) -> bool:
+        """Read the genesis hash; if another chain answers now, record it in :attr:`replaced` and tell subscribers."""
+        assert self._identity is not None
+        actual = ChainIdentity.of(self.market.chain)
+        if actual == self._identity:
+            return False
+        self.replaced = ChainReplaced.while_serving(self._identity, actual, self.market.chain.rpc_url)
+        log.error("%s", self.replaced)
+        for listener in self._listeners:
+            try:
+                listener(None, set())
+            except Exception:
+                log.exception("a chain watcher subscriber failed")
+        return True
 
     # ------------------------------------------------------------------ background thread
 
