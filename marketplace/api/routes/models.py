@@ -13,6 +13,7 @@ Each call is paid one of two ways (never both), at the asset's on-chain price, i
 Either way the model's output is serialised (strict JSON: no NaN or infinities) before the call is
 debited or the payment settled: an output that cannot be sent is a 502 ``model_failed`` that costs
 nothing, as is a handler that fails (a handler that rejects its input: 422 ``bad_model_input``, free too).
+While the chain is unreachable, paid calls are refused before the model runs (503 ``chain_unavailable``).
 
 Without a payment the answer is 402 naming both: the x402 ``PAYMENT-REQUIRED`` header (which any
 x402 v2 client reads), and a JSON body with the channel requirements and the same x402 requirements.
@@ -30,7 +31,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from marketplace.api.deps import Services, ServicesDep
-from marketplace.api.errors import ApiError, log_unexpected
+from marketplace.api.errors import ApiError, chain_unavailable, log_unexpected
 from marketplace.chain.market import Asset, AssetKind
 from marketplace.chain.token import format_units
 from marketplace.inference import InferenceError, ModelHandler
@@ -117,6 +118,8 @@ def invoke(asset_id: AssetId, body: InvokeRequest, request: Request, services: S
     handler = services.model_handlers.get(asset_id)
     if handler is None:
         raise ApiError(404, "model_not_served", f"this server does not serve model {asset_id}")
+    if services.watcher.failure is not None:  # the chain cannot be read: no payment can be judged, no model runs
+        raise chain_unavailable(request)
     asset = services.asset(asset_id)
     if asset.kind != AssetKind.MODEL:
         raise ApiError(404, "model_not_served", f"asset {asset_id} is a dataset, not a model")
