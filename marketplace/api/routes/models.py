@@ -100,11 +100,33 @@ _PAYMENT_HEADERS = [
 @router.post(
     "/{asset_id}/invoke",
     response_model=InvokeResponse,
+    operation_id="invokeModel",
     responses={
+        200: {
+            "description": "The model's output and what the call cost",
+            "headers": {
+                PAYMENT_RESPONSE_HEADER: {
+                    "description": "x402 v2 SettleResponse (base64 JSON), when paid with x402",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
         400: {"description": "A malformed payment header, or both kinds of payment at once"},
-        402: {"model": InvokePaymentRequired, "description": "Pay first: by x402 (PAYMENT-REQUIRED) or by channel"},
+        402: {
+            "model": InvokePaymentRequired,
+            "description": "Pay first: by x402 (PAYMENT-REQUIRED) or by channel",
+            "headers": {
+                PAYMENT_REQUIRED_HEADER: {
+                    "description": "x402 v2 PaymentRequired (base64 JSON)",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
         404: {"description": "This server does not serve the model"},
         409: {"description": "The x402 authorization is paying for another request right now"},
+        422: {"description": "bad_model_input: the model rejected its input (not charged)"},
+        502: {"description": "model_failed: the model failed or answered what JSON cannot carry (not charged)"},
+        503: {"description": "chain_unavailable, or ledger_unavailable (the answer is withheld, not charged)"},
     },
     openapi_extra={"parameters": _PAYMENT_HEADERS},
 )
