@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import pytest
 
 from marketplace.api import Settings, create_app
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import to_units
 from marketplace.client import ApiClientError, MarketplaceClient
-from marketplace.inference import InferenceError
+from marketplace.inference import InferenceError, openai_handler
+from tests.test_hostile_gateway import DEEP, Scripted, endless
+from tests.test_hostile_gateway import answer as reply
 from tests.test_x402 import serving
 
 PRICE = to_units("0.01")
@@ -120,3 +123,28 @@ def test_failed_answers_over_x402_are_never_settled(server_url, chain, market, a
     paid = client.invoke(model, _payload("ok"))
     assert paid["output"] == {"score": 0.5, "label": "é"} and paid["payment"]["amount"] == str(PRICE)
     assert market.token.balance_of(vault) - before_vault == PRICE
+
+
+def test_an_upstream_answering_deep_or_endless_json_fails_the_call_not_the_gateway(
+    chain, deployment, market, alice, model, tmp_path
+):
+    """A resold upstream (``openai+URL``) is a peer too: JSON 100,000 levels deep from it would crash the
+    gateway's process, and an endless answer fill its memory. Both are 502 ``model_failed``, free, and the
+    gateway keeps serving."""
+    settings = Settings(manifest=deployment.save(tmp_path / "deployment.json"), data_dir=tmp_path / "server",
+                        settle_interval=3600)  # fmt: skip
+    with Scripted({"POST /chat/completions": reply(200, DEEP)}) as upstream:
+        handler = openai_handler(upstream.url, model="resold")
+        with serving(create_app(settings, chain=chain, model_handlers={model: handler})) as url:
+            client = MarketplaceClient.connect(url, alice, chain)
+            channel = client.open_channel(model, to_units(1))
+            chat = {"messages": [{"role": "user", "content": "hi"}]}
+            for script in (reply(200, DEEP), endless(upstream, announce=False)):
+                upstream.routes["POST /chat/completions"] = script
+                with pytest.raises(ApiClientError) as failed:
+                    client.invoke(model, chat, channel_id=channel)
+                assert (failed.value.status, failed.value.code) == (502, "model_failed")
+                assert upstream.url not in failed.value.detail
+                assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+            upstream.routes["POST /chat/completions"] = reply(200, b'{"choices": []}')
+            assert client.invoke(model, chat, channel_id=channel)["payment"]["debited"] == str(PRICE)
