@@ -12,8 +12,9 @@ that did not count it would sign one price less than the server needs from then 
 that channel for good. The cost is bounded: each lost answer leaves at most one call's price of ceiling
 above the calls the server really answered, and the receiver can still claim only what it served
 (``PaymentChannels.claim``'s ``totalClaimed``), so an honest gateway takes nothing for it. Only an error
-status from the server, or a request that surely never left (no connection), counts as not answered. A :class:`VoucherBook`
-lives in memory, or in a small JSON file (one per wallet address, written atomically) so that one
+status from the server, or a request that surely never left (no connection), counts as not answered.
+
+A :class:`VoucherBook` lives in memory, or in a small JSON file (one per wallet address, written atomically) so that one
 process per call, as the CLI runs, keeps the count between calls.
 """
 
