@@ -16,6 +16,11 @@ and never exceeds the run cap. Vouchers are logged too (kind ``voucher``) but ke
 The owner's on-chain spend permission is the second line: a wallet built with ``agent_id`` that cannot
 cover a payment the guard allowed pulls the shortfall from its owner (``AgentRegistry.spendFromOwner``,
 capped per period by the chain) and logs it as ``owner_top_up`` (an inflow, also kept out of ``total()``).
+
+Every payment path runs in the same order: **check, fund, sign**. What the chain and the server say
+is checked first (the asset's price, token and listing; an x402 402 against the chain; the server's
+channel terms), the owner's money is pulled only for a payment that passed, and only then is anything
+signed. So a lying gateway, or a payment the contract would refuse, never uses up the owner's per-period cap.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from nacl.public import PrivateKey
 
 from agents.errors import AgentError, NotFound, OverBudget, PaymentRefused, translate
 from marketplace.chain import ContractRevert
+from marketplace.chain.market import Asset
+from marketplace.chain.token import TestUSD
 from marketplace.client import ApiClientError, MarketplaceClient
 from marketplace.client.checks import PaymentTermsRefused
 from marketplace.client.sdk import X402DeliveryError
@@ -198,11 +205,14 @@ class AgentWallet:
     def buy_license(self, client: MarketplaceClient, asset_id: int, max_price: int | None = None) -> LedgerEntry:
         """Buy a license to ``asset_id`` after the budget check; the contract refuses a price above the checked one."""
         self._own(client)
-        price = self._price(client, asset_id)
+        asset = self._asset(client, asset_id)
+        price = asset.price
         if max_price is not None and price > max_price:
             raise OverBudget("max_price", max_price, 0, price, asset_id)
         self.guard.check(asset_id, price, price)
-        self._fund(client, price)
+        if not asset.listed:  # the contract would refuse it (AssetDelisted): fund nothing for it
+            raise PaymentRefused(f"asset {asset_id} is not listed: it cannot be bought now")
+        self._fund(client, price, asset.token)
         try:
             receipt = client.buy(asset_id, max_price=price)
         except (ApiClientError, ContractRevert) as exc:
@@ -216,9 +226,15 @@ class AgentWallet:
         if deposit <= 0:
             raise PaymentRefused(f"a channel deposit must be positive, not {deposit}")
         self.guard.check(asset_id, deposit, self._price(client, asset_id))
-        self._fund(client, deposit)
+        try:  # the server's terms first (its channels contract must be this deployment's), then the money
+            authorizer = client.receiver_authorizer()
+        except ApiClientError as exc:
+            raise translate(exc, payment=True) from exc
+        except AgentmarketError as exc:
+            raise PaymentRefused(str(exc)) from exc
+        self._fund(client, deposit, client.market.token.address)
         try:
-            channel_id = client.open_channel(asset_id, deposit, ttl=ttl)
+            channel_id = client.open_channel(asset_id, deposit, ttl=ttl, receiver_authorizer=authorizer)
         except (ApiClientError, ContractRevert) as exc:
             raise translate(exc, payment=True) from exc
         self.guard.commit(asset_id, deposit)
@@ -254,16 +270,18 @@ class AgentWallet:
         The SDK (:meth:`MarketplaceClient.download_x402`) signs an EIP-3009 authorization only for what
         the chain says — the asset's vault, its token and network, and exactly its on-chain price, which
         must not exceed the price the guard checked — so a hostile server cannot bend it:
-        ``PaymentRefused`` (nothing signed) otherwise, as for a payment the server refuses. A payment
+        ``PaymentRefused`` (nothing signed, nothing pulled from the owner) otherwise, as for a payment the
+        server refuses; the owner's spend permission is drawn on only once the 402 passed. A payment
         that moved on chain without the content arriving intact is still counted and logged (its ref
         is ``x402:<nonce>`` when the server named no transaction), then raises ``AgentError``.
         """
         self._own(client)
         price = self._price(client, asset_id)
         self.guard.check(asset_id, price, price)
-        self._fund(client, price)
-        try:
-            paid = client.download_x402(asset_id, max_amount=price)
+        try:  # the SDK checks the 402 against the chain, then this funds the checked amount, then it signs
+            paid = client.download_x402(
+                asset_id, max_amount=price, before_signing=lambda terms: self._fund(client, terms.amount, terms.asset)
+            )
         except PaymentTermsRefused as exc:
             raise PaymentRefused(str(exc)) from exc
         except X402DeliveryError as exc:  # the money moved: it counts, whatever came back
@@ -277,16 +295,19 @@ class AgentWallet:
 
     # ------------------------------------------------------------------ internals
 
-    def _fund(self, client: MarketplaceClient, amount: int) -> None:
-        """Make sure the wallet holds ``amount``: pull any shortfall from the owner under the spend
-        permission (logged as ``owner_top_up``); PaymentRefused if the permission does not allow it."""
-        token = client.market.token
-        shortfall = amount - token.balance_of(self.address)
+    def _fund(self, client: MarketplaceClient, amount: int, token_address: str) -> None:
+        """Make sure the wallet holds ``amount`` of the token at ``token_address``: pull any shortfall from
+        the owner under the spend permission for that token (logged as ``owner_top_up``); PaymentRefused if
+        the permission does not allow it. Call it only for a payment already checked (see the module)."""
+        market = client.market
+        token = market.token if token_address.lower() == market.token.address.lower() else None
+        balance = (token or TestUSD(market.chain, token_address)).balance_of(self.address)
+        shortfall = amount - balance
         if shortfall <= 0 or self.agent_id is None:
             return
         try:
             receipt = client.market.agents.spend_from_owner(
-                self.account, self.agent_id, token.address, self.address, shortfall
+                self.account, self.agent_id, token_address, self.address, shortfall
             )
         except ContractRevert as exc:
             raise PaymentRefused(f"the owner's spend permission does not cover {shortfall} more: {exc}") from exc
@@ -296,11 +317,16 @@ class AgentWallet:
         if client.address != self.address:
             raise AgentError(f"the client signs as {client.address}, not as this agent ({self.address})")
 
-    @staticmethod
-    def _price(client: MarketplaceClient, asset_id: int) -> int:
+    @classmethod
+    def _price(cls, client: MarketplaceClient, asset_id: int) -> int:
         """The asset's current on-chain price (NotFound for an unknown asset)."""
+        return cls._asset(client, asset_id).price
+
+    @staticmethod
+    def _asset(client: MarketplaceClient, asset_id: int) -> Asset:
+        """The asset as the chain says now (NotFound for an unknown asset)."""
         try:
-            return client.market.marketplace.asset(asset_id).price
+            return client.market.marketplace.asset(asset_id)
         except ContractRevert as exc:
             if exc.error == "UnknownAsset":
                 raise NotFound(f"asset {asset_id} does not exist") from exc

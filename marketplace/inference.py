@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -34,9 +34,14 @@ from urllib.parse import parse_qsl
 import httpx
 
 from marketplace.errors import AgentmarketError
+from marketplace.protocol.jsonlimits import JsonTooLarge
+from marketplace.protocol.jsonlimits import loads as bounded_loads
 
 #: A handler takes the request's JSON ``input`` and returns JSON-able output.
 ModelHandler = Callable[[Any], Any]
+#: Largest answer read from an upstream, in bytes; deepest JSON nesting parsed in it (else InferenceError: 502).
+MAX_UPSTREAM_BYTES = 8 * 1024 * 1024
+MAX_UPSTREAM_JSON_DEPTH = 256
 #: Environment variable holding the upstream's API key (sent as a bearer token; never shown to callers).
 UPSTREAM_KEY_ENV = "AGENTMARKET_UPSTREAM_API_KEY"
 
@@ -210,24 +215,41 @@ def openai_handler(
     def handle(payload: Any) -> Any:
         body = policy.request(payload)
         try:
-            response = client.post("/chat/completions", json=body)
+            with client.stream("POST", "/chat/completions", json=body) as response:
+                content = b"".join(_bounded(response.iter_bytes(), MAX_UPSTREAM_BYTES))
         except httpx.TimeoutException as exc:
             log.warning("upstream model %s at %s timed out: %s", policy.model, base_url, exc)
             raise InferenceError(f"the upstream model {policy.model!r} did not answer in time") from None
         except httpx.HTTPError as exc:
             log.warning("upstream model %s at %s is unreachable: %s", policy.model, base_url, exc)
             raise InferenceError(f"the upstream model {policy.model!r} is unreachable") from None
+        except JsonTooLarge:
+            log.warning("upstream model %s at %s answered more than %s bytes", policy.model, base_url,
+                        MAX_UPSTREAM_BYTES)  # fmt: skip
+            raise InferenceError(f"the upstream model {policy.model!r} answered too much") from None
+        text = content[:500].decode("utf-8", "replace")
         if response.status_code >= 400:
             log.warning("upstream model %s at %s answered %s: %.500s", policy.model, base_url,
-                        response.status_code, response.text)  # fmt: skip
+                        response.status_code, text)  # fmt: skip
             raise InferenceError(f"the upstream model {policy.model!r} failed (HTTP {response.status_code})")
-        try:
-            return response.json()
+        try:  # depth-bounded: deep JSON would crash this process (see marketplace.protocol.jsonlimits)
+            return bounded_loads(content, max_depth=MAX_UPSTREAM_JSON_DEPTH)
         except ValueError:
-            log.warning("upstream model %s at %s answered non-JSON: %.200s", policy.model, base_url, response.text)
+            log.warning("upstream model %s at %s answered non-JSON (or JSON nested too deep): %.200s",
+                        policy.model, base_url, text)  # fmt: skip
             raise InferenceError(f"the upstream model {policy.model!r} answered something other than JSON") from None
 
     return handle
+
+
+def _bounded(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
+    """``chunks`` until they add up to more than ``limit`` bytes (then :class:`JsonTooLarge`)."""
+    received = 0
+    for chunk in chunks:
+        received += len(chunk)
+        if received > limit:
+            raise JsonTooLarge(received, limit)
+        yield chunk
 
 
 #: ``openai+URL#model?key=value`` options an operator may set in a ``--model`` spec.

@@ -49,15 +49,11 @@ QUERIES = 40
 
 @contextmanager
 def serving(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL, stops it after."""
-    import socket
-
+    """Run ``app`` with uvicorn on 127.0.0.1 (its settings' port) in a thread; yields its base URL, stops it after."""
     import uvicorn
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(server_config(app, port=port))  # the app's settings' limits, as `serve` has them
+    port = app.state.settings.port
+    server = uvicorn.Server(server_config(app))  # the app's settings' limits and port, as `serve` has them
     thread = threading.Thread(target=server.run, name="agentmarket-demo-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -70,6 +66,15 @@ def serving(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=60)
+
+
+def _free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run_demo(
@@ -89,8 +94,9 @@ def run_demo(
         deployment = deploy_all(chain, deployer, fee_bps=FEE_BPS)
         market = deployment.market(chain)
         say(f"deployed {len(deployment.contracts)} contracts (TestUSD, Marketplace, vaults, channels, registries)")
+        # A free port, so that the login domain (127.0.0.1:port) is the one the clients reach.
         settings = Settings(manifest=deployment.save(work_dir / "deployment.json"), data_dir=work_dir / "server",
-                            siwe_domain="127.0.0.1", settle_interval=3600)  # fmt: skip
+                            port=_free_port(), settle_interval=3600)  # fmt: skip
         app = create_app(settings, chain=chain)
         with serving(app) as base_url:
             say(f"marketplace server (uvicorn) on {base_url}")

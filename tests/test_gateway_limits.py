@@ -287,15 +287,18 @@ def test_deep_json_in_payment_headers_is_refused(gateway: Gateway):
     paid = httpx.post(
         f"{gateway.url}{invoke}", json={"input": [1]}, headers={HEADER: gateway.next_voucher()}, timeout=10
     )
-    assert paid.status_code == 500
+    assert paid.status_code == 502
     gateway.assert_serving()
 
 
-def test_a_failing_handler_answers_json_500_without_its_message(gateway: Gateway):
+def test_a_failing_handler_answers_json_502_without_its_message(gateway: Gateway):
     answer = httpx.post(f"{gateway.url}/v1/models/{gateway.model}/invoke", json={"input": [1]},
                         headers={HEADER: gateway.next_voucher()}, timeout=10)  # fmt: skip
-    assert answer.status_code == 500
-    assert answer.json() == {"error": "internal", "detail": "the server failed; see its log"}
+    assert answer.status_code == 502  # the model failed, not the gateway: model_failed, and not charged
+    assert answer.json() == {
+        "error": "model_failed",
+        "detail": f"model {gateway.model} failed on this input; its operator's log says why; the call was not charged",
+    }
     assert SECRET not in answer.text and "Traceback" not in answer.text
     gateway.assert_serving()
 
@@ -591,7 +594,7 @@ def test_many_clients_at_once_are_all_answered(gateway: Gateway):
 def test_zz_the_log_holds_no_traceback_token_key_or_secret(gateway: Gateway):
     headers = {HEADER: gateway.next_voucher(), "Authorization": f"Bearer {gateway.token}"}  # a token that must not leak
     exploded = httpx.post(f"{gateway.url}/v1/models/{gateway.model}/invoke", json={"input": [1]}, headers=headers)
-    assert exploded.status_code == 500
+    assert exploded.status_code == 502
     gateway.assert_serving()
     log = gateway.log.read_text(errors="replace")
     assert "Traceback" not in log

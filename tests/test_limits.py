@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from marketplace.api.limits import header_too_deep, too_deep
+from marketplace.protocol.jsonlimits import header_too_deep, too_deep
 from tests.test_cli import assert_one_line_error, run_cli
 
 TRICKY_TEXT = st.text(alphabet='[]{}"\\,:ab \u00e9\U0001f600', max_size=12)

@@ -129,8 +129,9 @@ class Gateway:
     starts it again on the same port and data directory with another upload limit, as an operator would."""
 
     def __init__(self, chain, settings: Settings) -> None:
-        self.chain, self.settings = chain, settings
         self.port = free_port()
+        # The login domain is the one clients reach (127.0.0.1:port): the SDK signs no login for another.
+        self.chain, self.settings = chain, settings.model_copy(update={"port": self.port, "siwe_domain": None})
         self.url, self.app = f"http://127.0.0.1:{self.port}", FastAPI()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None

@@ -6,10 +6,12 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 import marketplace
 from marketplace.api.deps import Services
@@ -48,6 +50,49 @@ def _relayer(settings: Settings, chain: Chain) -> LocalAccount:
     if chain.chain_id != LOCAL_CHAIN_ID:
         raise AgentmarketError(f"chain id {chain.chain_id} is not a local dev chain; set AGENTMARKET_RELAYER_KEY")
     return chain.accounts[-1]
+
+
+#: What /openapi.json says about the API as a whole (a generated client's docstring).
+OPENAPI_DESCRIPTION = (
+    "A marketplace where agents pay in a stablecoin for data and model calls, on chain. Sign in with Ethereum "
+    "(POST /v1/auth/nonce, POST /v1/auth/verify) for a bearer token; pay per request with x402 v2 "
+    "(PAYMENT-SIGNATURE after a 402's PAYMENT-REQUIRED) or per call with a payment-channel voucher "
+    "(X-Payment-Channel). Every error is JSON {error, detail}; amounts are decimal strings of token base units."
+)
+#: The error answers every route may give, as OpenAPI ranges.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": "Client error"},
+    "5XX": {
+        "model": ErrorBody,
+        "description": "Server-side failure: 503 chain_unavailable / database_unavailable (retry later), 500 internal",
+    },
+}
+
+
+def operation_id(route: APIRoute) -> str:
+    """A route's OpenAPI operation id: the one its decorator names (``getAsset``…), else its endpoint's name
+    in camelCase (so a route added without one still gets a stable, readable id)."""
+    head, *rest = route.name.split("_")
+    return head + "".join(word.capitalize() for word in rest)
+
+
+def _document_errors_as_json(app: FastAPI) -> None:
+    """Make ``/openapi.json`` say that every error answer (4xx, 5xx) a route declares without a body is an
+    :class:`ErrorBody`, as it is: so a generated client parses ``{error, detail}`` for a 413 as for any 4XX."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    for status, response in operation.get("responses", {}).items():
+                        if str(status)[:1] in "45" and "content" not in response:
+                            response["content"] = body
+        return app.openapi_schema  # (generate() stored it)
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def build_services(
@@ -135,8 +180,15 @@ def create_app(
             services.ledger.close()
             services.engine.dispose()
 
-    app = FastAPI(title="agentmarket", version=marketplace.__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="agentmarket",
+        version=marketplace.__version__,
+        description=OPENAPI_DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+    )
     app.state.settings = settings  # (marketplace.api.server.server_config reads the connection limits here)
+    _document_errors_as_json(app)
     install_error_handlers(app)
     for router in (
         health.router,
@@ -149,7 +201,7 @@ def create_app(
         models.router,
         payments.router,
     ):
-        app.include_router(router, responses={"4XX": {"model": ErrorBody, "description": "Client error"}})
+        app.include_router(router, responses=ERROR_RESPONSES)
     app.add_middleware(
         RequestLimits,
         limits=Limits.from_settings(settings),

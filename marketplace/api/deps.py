@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from eth_account.signers.local import LocalAccount
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -84,9 +85,20 @@ _BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MAX_TOKEN_LENGTH = 512
 
 
+#: The bearer scheme OpenAPI declares (``bearerAuth``) on every route that needs a caller; it only documents:
+#: :func:`get_caller` reads and checks the header itself.
+bearer_auth = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearerAuth",
+    bearerFormat="agentmarket token",
+    description="A token from POST /v1/auth/verify (Sign-In with Ethereum, EIP-4361), sent as Authorization: Bearer",
+)
+
+
 def get_caller(
     services: ServicesDep,
-    authorization: Annotated[str | None, Header(description="Bearer token from /v1/auth/verify")] = None,
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_auth)] = None,
 ) -> str:
     """The address a valid bearer token was issued to.
 
@@ -94,7 +106,7 @@ def get_caller(
     ``b64token`` syntax (non-ASCII included) or longer than ``MAX_TOKEN_LENGTH`` characters, and a
     token the issuer refuses. The scheme name is case-insensitive (RFC 7235).
     """
-    scheme, _, token = (authorization or "").strip().partition(" ")
+    scheme, _, token = (request.headers.get("authorization") or "").strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>; get one from /v1/auth/verify")

@@ -9,7 +9,8 @@ request, before routing. Per request it bounds
   the headers that carry base64 JSON, ``X-Payment-Channel`` and ``PAYMENT-SIGNATURE`` (400
   ``json_too_deep``). Python's C JSON decoder recurses once per level and, once an imported
   library (py_ecc) has raised the recursion limit to 100,000, overflows the C stack on deep input
-  instead of raising: the process dies. A non-recursive scan (:func:`too_deep`) runs first;
+  instead of raising: the process dies. A non-recursive scan runs first
+  (:func:`marketplace.protocol.jsonlimits.too_deep`, shared with the SDK, which reads responses the same way);
 - body size: ``Content-Length`` is checked before a byte is read and streamed bytes are counted
   (413 ``body_too_large``; ``content_too_large`` on the upload route, whose limit is
   ``max_upload_bytes`` and whose body stays streaming). Every other body is read whole (it is
@@ -30,13 +31,8 @@ Connection-level limits (half-sent heads, the connection cap, stalled responses)
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -46,6 +42,7 @@ from marketplace.api.errors import error_body, log_unexpected
 from marketplace.api.settings import Settings
 from marketplace.payments.channels import HEADER as CHANNEL_HEADER
 from marketplace.payments.x402 import PAYMENT_SIGNATURE_HEADER
+from marketplace.protocol.jsonlimits import header_too_deep, too_deep
 
 #: Headers whose value is base64 JSON that a route decodes (lower case, as ASGI gives them).
 JSON_HEADERS = (CHANNEL_HEADER.lower().encode(), PAYMENT_SIGNATURE_HEADER.lower().encode())
@@ -53,13 +50,6 @@ JSON_HEADERS = (CHANNEL_HEADER.lower().encode(), PAYMENT_SIGNATURE_HEADER.lower(
 #: Scope key an HTTP server may set (``marketplace.api.server`` does) when the whole request body
 #: arrived with its head: then reading it cannot wait on the client, and is not timed.
 BODY_BUFFERED = "agentmarket.body_buffered"
-
-#: A JSON string, or an unterminated one running to the end of the input. It matches wherever a
-#: quote starts (so the scan never backtracks: linear time on any input).
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
-_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
-_RUN = 64 * 1024
-_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
 @dataclass(frozen=True)
@@ -87,57 +77,6 @@ class Limits:
             body_timeout=settings.body_timeout,
             body_min_rate=settings.body_min_rate,
         )
-
-
-def too_deep(document: bytes | str, limit: int) -> bool:
-    """True if arrays and objects nest more than ``limit`` levels deep in ``document``; no parsing,
-    no recursion.
-
-    ``document`` is JSON text, or bytes in any encoding ``json.loads`` accepts (UTF-8, -16 or -32,
-    detected the same way). Brackets inside strings do not count. Invalid JSON is measured too, as
-    far as its brackets outside strings go: ``json.loads`` recurses into a valid prefix before it
-    finds an error, and on a valid prefix this scan and the JSON grammar agree. (A parser that decodes
-    bytes as UTF-8 whatever their encoding reads the same text, or fails at its first character.)
-    Cost: one byte count
-    when the document holds at most ``limit`` opening brackets (its depth cannot be more), else
-    linear in its length (no backtracking on any input).
-    """
-    if isinstance(document, bytes):
-        # '[' and '{' are these bytes in every encoding json accepts, whatever surrounds them.
-        if document.count(b"[") + document.count(b"{") <= limit:
-            return False
-        try:
-            document = document.decode(json.detect_encoding(document), "surrogatepass")
-        except (UnicodeDecodeError, LookupError):
-            return False  # json.loads refuses it before parsing anything
-    elif document.count("[") + document.count("{") <= limit:
-        return False
-    brackets = _NOT_BRACKETS.sub("", _STRING.sub("", document)).encode("ascii")
-    depth = 0
-    for start in range(0, len(brackets), _RUN):  # in runs, to stop at the first run that goes too deep
-        levels = list(accumulate(map(_STEP.__getitem__, brackets[start : start + _RUN]), initial=depth))
-        if max(levels) > limit:
-            return True
-        depth = levels[-1]
-    return False
-
-
-def header_too_deep(value: bytes, limit: int) -> bool:
-    """True if any route could decode JSON nested more than ``limit`` deep from a header ``value``:
-    read as raw JSON, as standard base64 (lenient: other characters skipped, as the x402 SDK
-    decodes) or as URL-safe base64 with optional padding (as the channel voucher parser decodes)."""
-    if len(value) <= limit:
-        return False  # n bytes nest at most n deep, and the base64 readings are shorter
-    readings = [value, value]
-    if b"-" in value or b"_" in value:  # (else both base64 readings are the same bytes)
-        readings.append(value.replace(b"-", b"+").replace(b"_", b"/"))
-    for index in range(1, len(readings)):
-        text = readings[index]
-        try:
-            readings[index] = base64.b64decode(text + b"=" * (-len(text) % 4), validate=False)
-        except (binascii.Error, ValueError):
-            readings[index] = b""
-    return any(too_deep(reading, limit) for reading in readings)
 
 
 class Refusal(Exception):

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
+from web3 import Web3
 from web3.types import TxReceipt
 from x402 import x402ClientSync
 from x402.http import PAYMENT_REQUIRED_HEADER, PAYMENT_RESPONSE_HEADER, x402HTTPClientSync
@@ -40,9 +42,24 @@ from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms
 from marketplace.client.vouchers import VoucherBook
 from marketplace.content import open_sealed_frames
 from marketplace.errors import AgentmarketError
+from marketplace.protocol.jsonlimits import JsonTooDeep, header_too_deep
+from marketplace.protocol.jsonlimits import loads as bounded_loads
 from marketplace.protocol.vouchers import HEADER, Voucher, VoucherHasher
+from marketplace.siwe import SiweError, SiweMessage, check_message
 
 _READ_CHUNK = 64 * 1024
+#: Largest response body (bytes) the SDK reads into memory to parse: every answer but content. A server
+#: sending more is refused (:class:`BadResponse`) after that many bytes, or before any when it says so.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+#: Deepest nesting of JSON arrays and objects the SDK parses, in a response body or a JSON-carrying
+#: header; measured without parsing first (:mod:`marketplace.protocol.jsonlimits`), since deep JSON
+#: crashes a process that imported py_ecc (eth-account does) instead of raising.
+MAX_JSON_DEPTH = 256
+#: Largest content download (bytes as they arrive, before decryption), into memory or a file: twice the
+#: server's default upload limit (256 MiB), room for the sealing overhead.
+MAX_CONTENT_BYTES = 512 * 1024 * 1024
+#: Longest a login message the SDK signs may be valid, in seconds (Expiration Time minus Issued At).
+MAX_LOGIN_LIFETIME = 3600
 
 
 class ApiClientError(AgentmarketError):
@@ -51,6 +68,67 @@ class ApiClientError(AgentmarketError):
     def __init__(self, status: int, code: str, detail: str) -> None:
         super().__init__(f"{detail} (HTTP {status} {code})")
         self.status, self.code, self.detail = status, code, detail
+
+
+class ServerUnreachable(AgentmarketError):
+    """No whole answer came back from the server.
+
+    ``sent`` is False when the request surely did not reach it (no connection could be made), True when
+    it may have (the connection broke or timed out after the request went out): then the outcome is
+    unknown, and the server may have acted on it (answered a paid call, say).
+    """
+
+    def __init__(self, detail: str, *, sent: bool) -> None:
+        super().__init__(detail)
+        self.sent = sent
+
+
+class BadResponse(AgentmarketError, ValueError):
+    """The server answered, but with something this SDK will not read: a body larger than its limit, JSON
+    nested deeper than its limit, or not JSON where JSON was due. ``status`` is the answer's HTTP status."""
+
+    def __init__(self, detail: str, status: int) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+class LoginRefused(AgentmarketError):
+    """The server asked this client to sign a login message that is not for this server, account or chain,
+    or that stays valid too long; nothing was signed."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer read whole within the SDK's limits: status, headers and body bytes.
+
+    :meth:`json` parses the body through the depth- and size-bounded parser; ``where`` names the server
+    and route for error messages.
+    """
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+    where: str
+    max_json_depth: int = MAX_JSON_DEPTH
+
+    @property
+    def text(self) -> str:
+        """The body as text (UTF-8, undecodable bytes replaced)."""
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body as JSON; :class:`BadResponse` (a ``ValueError``) if it is not JSON or nests deeper than
+        ``max_json_depth`` levels."""
+        try:
+            return bounded_loads(self.content, max_depth=self.max_json_depth)
+        except JsonTooDeep:
+            raise BadResponse(
+                f"{self.where} answered JSON nested deeper than {self.max_json_depth} levels; refusing to read it",
+                self.status_code,
+            ) from None
+        except ValueError:
+            raise BadResponse(f"{self.where} answered HTTP {self.status_code} without a JSON body",
+                              self.status_code) from None  # fmt: skip
 
 
 class PublishIncomplete(AgentmarketError):
@@ -163,13 +241,24 @@ class MarketplaceReader:
     """The server's read-only API over HTTP: no account, no chain connection.
 
     ``http`` may be given (e.g. a FastAPI TestClient); otherwise the reader opens its own
-    connection pool, closed by :meth:`close` or at the end of a ``with`` block.
+    connection pool, closed by :meth:`close` or at the end of a ``with`` block. The server is not
+    trusted with this process: every answer is read up to ``max_response_bytes`` and its JSON parsed
+    up to ``max_json_depth`` levels (:class:`BadResponse` beyond either), whatever the server sends.
     """
 
-    def __init__(self, base_url: str, *, http: httpx.Client | None = None, timeout: float = 60) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        http: httpx.Client | None = None,
+        timeout: float = 60,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        max_json_depth: int = MAX_JSON_DEPTH,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._owns_http = http is None
         self.http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+        self.max_response_bytes, self.max_json_depth = max_response_bytes, max_json_depth
 
     def close(self) -> None:
         """Close the connection pool (if this reader opened it)."""
@@ -182,13 +271,18 @@ class MarketplaceReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise AgentmarketError(f"cannot reach the marketplace server at {self.base_url} ({exc})") from None
-        _raise_for_error(response)
-        return response
+    def _send(self, method: str, path: str, **kwargs: Any) -> Reply:
+        """One request, its answer read whole within the limits (any status).
+
+        Raises :class:`ServerUnreachable` when no whole answer came back and :class:`BadResponse` when
+        the body is larger than ``max_response_bytes``."""
+        return _fetch(self.http, self.base_url, method, path, self.max_response_bytes, self.max_json_depth, **kwargs)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Reply:
+        """:meth:`_send`, then :class:`ApiClientError` for an error status."""
+        reply = self._send(method, path, **kwargs)
+        _raise_for_error(reply)
+        return reply
 
     def assets(self, **filters: Any) -> dict[str, Any]:
         """A page of the catalog (filters: kind, provider, min_price, max_price, q, limit, offset)."""
@@ -212,6 +306,56 @@ class MarketplaceReader:
         return self._request("GET", "/v1/stats").json()
 
 
+#: Transport failures that happen before a request leaves this process: the server surely did not get it.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol,
+             httpx.LocalProtocolError, httpx.InvalidURL)  # fmt: skip
+
+
+def _unreachable(base_url: str, exc: Exception) -> ServerUnreachable:
+    """:class:`ServerUnreachable` for a transport failure ``exc`` (``sent`` unless it failed before sending)."""
+    sent = not isinstance(exc, _NOT_SENT)
+    what = "the connection broke or timed out before its answer arrived" if sent else "cannot connect"
+    return ServerUnreachable(
+        f"cannot reach the marketplace server at {base_url} ({what}: {type(exc).__name__}); is it running?", sent=sent
+    )
+
+
+def _fetch(http: httpx.Client, base_url: str, method: str, path: str, limit: int, depth: int, **kwargs: Any) -> Reply:
+    """``method path`` on ``http``, its answer read whole up to ``limit`` bytes (:meth:`MarketplaceReader._send`)."""
+    where = f"the marketplace server at {base_url} ({method} {path})"
+    try:
+        with http.stream(method, path, **kwargs) as response:
+            body = _read_body(response, limit, where)
+            return Reply(response.status_code, response.headers, body, where, depth)
+    except httpx.HTTPError as exc:
+        raise _unreachable(base_url, exc) from None
+
+
+def _read_body(response: httpx.Response, limit: int, where: str) -> bytes:
+    """The whole body of a streamed ``response``, or :class:`BadResponse` once it passes ``limit`` bytes
+    (at once when its Content-Length says so)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        detail = f"{where} announced a {int(declared)}-byte answer, more than the {limit} bytes this client reads"
+        raise BadResponse(f"{detail}; refusing to read it", response.status_code)
+
+    def too_large() -> BadResponse:
+        detail = f"{where} sent more than the {limit} bytes this client reads in one answer; stopped reading"
+        return BadResponse(detail, response.status_code)
+
+    return b"".join(_bounded(response.iter_bytes(), limit, too_large))
+
+
+def _bounded(chunks: Iterable[bytes], limit: int, error: Any) -> Iterator[bytes]:
+    """``chunks`` as they come, until they add up to more than ``limit`` bytes: then ``error()`` is raised."""
+    received = 0
+    for chunk in chunks:
+        received += len(chunk)
+        if received > limit:
+            raise error()
+        yield chunk
+
+
 class MarketplaceClient(MarketplaceReader):
     """A marketplace session for one account (the reads are :class:`MarketplaceReader`'s)."""
 
@@ -225,8 +369,13 @@ class MarketplaceClient(MarketplaceReader):
         encryption_key: bytes | None = None,
         http: httpx.Client | None = None,
         voucher_book: VoucherBook | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        max_json_depth: int = MAX_JSON_DEPTH,
+        max_content_bytes: int = MAX_CONTENT_BYTES,
     ) -> None:
-        super().__init__(base_url, http=http)
+        super().__init__(base_url, http=http, max_response_bytes=max_response_bytes, max_json_depth=max_json_depth)
+        #: Largest content download accepted, in bytes as received (see :data:`MAX_CONTENT_BYTES`).
+        self.max_content_bytes = max_content_bytes
         self.account = account
         self.chain = chain
         self.deployment = deployment
@@ -261,12 +410,10 @@ class MarketplaceClient(MarketplaceReader):
         """
         http = options.pop("http", None) or httpx.Client(base_url=base_url.rstrip("/"), timeout=60)
         chain = connect(chain) if isinstance(chain, str) else chain
-        try:
-            manifest = http.get("/v1/deployment").raise_for_status().json()
-        except httpx.HTTPError as exc:
-            raise AgentmarketError(
-                f"cannot reach the marketplace server at {base_url} ({exc}); is it running?"
-            ) from None
+        limit = options.get("max_response_bytes", MAX_RESPONSE_BYTES)
+        reply = _fetch(http, base_url, "GET", "/v1/deployment", limit, options.get("max_json_depth", MAX_JSON_DEPTH))
+        _raise_for_error(reply)
+        manifest = reply.json()
         deployment = verify_deployment(parse_manifest(manifest, f"{base_url}/v1/deployment"), chain, base_url)
         if trusted is not None:
             _same_deployment(trusted, deployment, base_url)
@@ -279,22 +426,64 @@ class MarketplaceClient(MarketplaceReader):
 
     # ------------------------------------------------------------------ HTTP plumbing
 
-    def _request(self, method: str, path: str, *, auth: bool = False, **kwargs: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, *, auth: bool = False, **kwargs: Any) -> Reply:
         if auth:
             kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {self.login()}"}
         return super()._request(method, path, **kwargs)
 
     def login(self) -> str:
-        """A bearer token for this account (Sign-In with Ethereum; cached until shortly before expiry)."""
+        """A bearer token for this account (Sign-In with Ethereum; cached until shortly before expiry).
+
+        The server writes the message to sign; before signing, :meth:`check_login_message` checks it is
+        for this server, this account and this chain, and expires soon (:class:`LoginRefused` otherwise,
+        nothing signed): a gateway cannot relay another server's login through this client.
+        """
         if self._token and self._token[1] > time.time() + 30:
             return self._token[0]
         issued = self._request("POST", "/v1/auth/nonce", json={"address": self.address}).json()
-        signature = Account.sign_message(encode_defunct(text=issued["message"]), self.account.key).signature
+        message = issued.get("message") if isinstance(issued, dict) else None
+        self.check_login_message(message)
+        signature = Account.sign_message(encode_defunct(text=message), self.account.key).signature
         verified = self._request(
-            "POST", "/v1/auth/verify", json={"message": issued["message"], "signature": "0x" + signature.hex()}
+            "POST", "/v1/auth/verify", json={"message": message, "signature": "0x" + signature.hex()}
         ).json()
-        self._token = (verified["token"], verified["expires_at"])
-        return verified["token"]
+        try:
+            token, expires = str(verified["token"]), int(verified["expires_at"])
+        except (KeyError, TypeError, ValueError):
+            raise BadResponse(f"the marketplace server at {self.base_url} answered a login without a token",
+                              200) from None  # fmt: skip
+        self._token = (token, expires)
+        return token
+
+    def check_login_message(self, message: object, *, now: float | None = None) -> SiweMessage:
+        """The EIP-4361 message a server asks this client to sign, once it passed the checks a wallet makes
+        (EIP-4361 "Security Considerations"); else :class:`LoginRefused` naming what is wrong.
+
+        - the domain (and the scheme, if the message names one) is the server's at ``base_url``, and the
+          URI's origin (scheme, host, port) is ``base_url``'s;
+        - the address is this account's, the chain id the connected chain's;
+        - ``Expiration Time`` is present, not past, at most :data:`MAX_LOGIN_LIFETIME` seconds after
+          ``Issued At``; ``Issued At`` is not in the future; no ``Resources`` (which could grant
+          capabilities, EIP-5573) and no ``Not Before`` in the future.
+
+        ``now`` is Unix seconds (default: the clock).
+        """
+        parts = urlsplit(self.base_url)
+        if not isinstance(message, str):
+            raise LoginRefused(f"the marketplace server at {self.base_url} sent no login message to sign")
+        try:
+            parsed = SiweMessage.parse(message)
+            if parsed.address != self.address:
+                raise SiweError(f"the message signs in {parsed.address}, not this account {self.address}")
+            check_message(parsed, domain=parts.netloc, uri=self.base_url, chain_id=self.chain.chain_id,
+                          max_lifetime=MAX_LOGIN_LIFETIME, now=now)  # fmt: skip
+            if parsed.resources is not None:
+                raise SiweError("the message lists Resources (capabilities this client never asked for)")
+        except SiweError as exc:
+            raise LoginRefused(
+                f"refused to sign the login message from {self.base_url}: {exc}; nothing was signed"
+            ) from None
+        return parsed
 
     # ------------------------------------------------------------------ reads
 
@@ -438,45 +627,53 @@ class MarketplaceClient(MarketplaceReader):
     def download(self, asset_id: int, destination: Path | None = None, *, agent_id: int | None = None) -> bytes:
         """Download licensed content, decrypt it if sealed, and verify it against the on-chain hash.
 
-        With ``destination`` the content is streamed to that file (and b"" returned).
+        With ``destination`` the content is streamed to that file (and b"" returned). At most
+        ``max_content_bytes`` are received (:class:`BadResponse` beyond, nothing kept).
         """
         expected = self.market.marketplace.asset(asset_id).content_hash
         params = {"agent_id": agent_id} if agent_id else {}
         headers = {"Authorization": f"Bearer {self.login()}"}
-        digest, collected = hashlib.sha256(), bytearray()
-        partial = destination.with_suffix(destination.suffix + ".part") if destination else None
-        with self.http.stream("GET", f"/v1/assets/{asset_id}/content", params=params, headers=headers) as response:
-            if response.status_code >= 400:
-                response.read()
-                _raise_for_error(response)
-            chunks: Iterator[bytes] = response.iter_bytes()
-            if response.headers.get("x-content-encryption") == "x25519-sealedbox-frames":
-                if self.encryption_key is None:
-                    raise AgentmarketError("the content is sealed to your agent's key; give the client encryption_key")
-                chunks = open_sealed_frames(chunks, self.encryption_key)
-            sink = partial.open("wb") if partial else None
-            try:
-                for chunk in chunks:
-                    digest.update(chunk)
-                    if sink:
-                        sink.write(chunk)
-                    else:
-                        collected += chunk
-            finally:
-                if sink:
-                    sink.close()
-        if digest.digest() != expected:
-            if partial:
-                partial.unlink(missing_ok=True)
-            raise AgentmarketError(f"downloaded content of asset {asset_id} does not match its on-chain hash")
-        if partial and destination:
-            partial.replace(destination)
-        return bytes(collected)
+        path = f"/v1/assets/{asset_id}/content"
+        try:
+            with self.http.stream("GET", path, params=params, headers=headers) as response:
+                if response.status_code >= 400:
+                    _raise_for_error(self._reply(response, "GET", path))
+                chunks: Iterator[bytes] = self._content(response, path)
+                if response.headers.get("x-content-encryption") == "x25519-sealedbox-frames":
+                    if self.encryption_key is None:
+                        raise AgentmarketError(
+                            "the content is sealed to your agent's key; give the client encryption_key"
+                        )
+                    chunks = open_sealed_frames(chunks, self.encryption_key)
+                return _receive(chunks, expected, destination, f"asset {asset_id}")
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.base_url, exc) from None
 
     def payment_terms(self) -> dict[str, Any]:
         """The server's channel terms (``GET /v1/payments``): channels contract, ``receiverAuthorizer``, claim
         window, voucher types."""
-        return self._request("GET", "/v1/payments").json()["payment_channel"]
+        body = self._request("GET", "/v1/payments").json()
+        terms = body.get("payment_channel") if isinstance(body, dict) else None
+        if not isinstance(terms, dict):
+            raise BadResponse(f"the marketplace server at {self.base_url} answered GET /v1/payments without "
+                              "payment_channel terms", 200)  # fmt: skip
+        return terms
+
+    def receiver_authorizer(self) -> str:
+        """The key this server claims channels with (``GET /v1/payments``), once its channels contract is
+        checked to be this deployment's (:class:`AgentmarketError` otherwise)."""
+        terms = self.payment_terms()
+        channels = self.market.channels
+        if str(terms.get("channels", "")).lower() != channels.address.lower():
+            shown = _line(terms.get("channels"), 60)
+            raise AgentmarketError(
+                f"the server takes channels of contract {shown}, not of this deployment's {channels.address}"
+            )
+        authorizer = terms.get("receiverAuthorizer")
+        if not isinstance(authorizer, str) or not Web3.is_address(authorizer):
+            raise AgentmarketError(f"the server names no receiverAuthorizer address in GET /v1/payments: "
+                                   f"{_line(authorizer, 60)}")  # fmt: skip
+        return Web3.to_checksum_address(authorizer)
 
     def open_channel(
         self,
@@ -495,13 +692,7 @@ class MarketplaceClient(MarketplaceReader):
         """
         channels = self.market.channels
         if receiver_authorizer is None:
-            terms = self.payment_terms()
-            if str(terms.get("channels", "")).lower() != channels.address.lower():
-                raise AgentmarketError(
-                    f"the server takes channels of contract {terms.get('channels')}, not of this deployment's "
-                    f"{channels.address}"
-                )
-            receiver_authorizer = str(terms["receiverAuthorizer"])
+            receiver_authorizer = self.receiver_authorizer()
         self.market.token.approve(self.account, channels.address, deposit)
         expiry = self.chain.timestamp() + ttl
         return channels.open(self.account, asset_id, self.market.token.address, deposit, expiry, signer,
@@ -529,11 +720,21 @@ class MarketplaceClient(MarketplaceReader):
         for attempt in range(2):
             ceiling = self.voucher_book.begin(scope, channel_id, price, claimed)
             header = self._voucher(signer, channel_id, ceiling).to_header()
-            answered = False
+            # A call counts as answered unless the server said otherwise (an error status) or surely never got
+            # it: a call whose answer was lost on the way (the connection broke or timed out after it was sent,
+            # an unreadable body) may have been debited, and counting it keeps the channel usable at the cost of
+            # at most one price of ceiling above the calls answered (see marketplace.client.vouchers).
+            answered = True
             try:
                 response = self._send("POST", f"/v1/models/{model_id}/invoke", json={"input": payload},
                                       headers={HEADER: header})  # fmt: skip
                 answered = response.status_code < 400
+            except ServerUnreachable as exc:
+                answered = exc.sent
+                raise
+            except BadResponse as exc:
+                answered = exc.status < 400
+                raise
             finally:
                 count = self.voucher_book.finish(scope, channel_id, price, answered=answered)
             if response.status_code == 402 and _refusal_reason(response) == "insufficient_voucher":
@@ -591,39 +792,61 @@ class MarketplaceClient(MarketplaceReader):
             raise
 
     def download_x402(
-        self, asset_id: int, destination: Path | None = None, *, max_amount: int | None = None
+        self,
+        asset_id: int,
+        destination: Path | None = None,
+        *,
+        max_amount: int | None = None,
+        before_signing: Callable[[PaymentTerms], None] | None = None,
     ) -> PaidDownload:
         """Buy one download of ``asset_id`` over x402 (``GET /v1/assets/{id}/x402``), no license needed.
 
         The payment is an EIP-3009 authorization of exactly the asset's on-chain price to its vault,
         checked against the chain before it is signed (:class:`PaymentTermsRefused` otherwise;
-        also when the price is above ``max_amount``, in base units). The content is verified against
-        the on-chain hash; with ``destination`` it is streamed to that file (and ``content`` is b"").
+        also when the price is above ``max_amount``, in base units). ``before_signing(terms)``, if given,
+        runs once the server's requirements passed those checks and before anything is signed (an agent
+        wallet funds itself there; what it raises propagates, nothing signed). The content is verified
+        against the on-chain hash; with ``destination`` it is streamed to that file (and ``content`` is b"").
         Raises :class:`ApiClientError` when the server refuses the payment, and
-        :class:`X402DeliveryError` when the payment moved on chain but the content did not arrive intact.
+        :class:`X402DeliveryError` when the payment moved on chain but the content did not arrive intact
+        (also when it is larger than ``max_content_bytes``).
         """
         path = f"/v1/assets/{asset_id}/x402"
         expected = self.market.marketplace.asset(asset_id).content_hash
-        try:
-            with self.http.stream("GET", path) as unpaid:
-                if unpaid.status_code >= 400:
-                    unpaid.read()
-                signed = self._x402_payment(asset_id, unpaid, max_amount)
-        except httpx.HTTPError as exc:
-            raise AgentmarketError(f"cannot reach the marketplace server at {self.base_url} ({exc})") from None
+        signed = self._x402_payment(asset_id, self._send("GET", path), max_amount, before_signing)
         try:
             with self.http.stream("GET", path, headers=signed.headers) as paid:
                 if paid.status_code >= 400:
-                    paid.read()
-                    _raise_for_error(paid)
+                    _raise_for_error(self._reply(paid, "GET", path))
                 payment = _settled(paid, signed.terms)
-                content = _receive(paid.iter_bytes(), expected, destination, f"asset {asset_id}")
+                content = _receive(self._content(paid, path), expected, destination, f"asset {asset_id}")
         except (AgentmarketError, httpx.HTTPError) as exc:
             self._raise_if_paid(signed, f"a download of asset {asset_id}", exc)
             if isinstance(exc, httpx.HTTPError):
-                raise AgentmarketError(f"cannot reach the marketplace server at {self.base_url} ({exc})") from None
+                raise _unreachable(self.base_url, exc) from None
             raise
         return PaidDownload(content, payment)
+
+    def _reply(self, response: httpx.Response, method: str, path: str) -> Reply:
+        """A streamed ``response`` read whole within ``max_response_bytes`` (e.g. an error's body)."""
+        where = f"the marketplace server at {self.base_url} ({method} {path})"
+        body = _read_body(response, self.max_response_bytes, where)
+        return Reply(response.status_code, response.headers, body, where, self.max_json_depth)
+
+    def _content(self, response: httpx.Response, path: str) -> Iterator[bytes]:
+        """The body of a content download as it arrives, up to ``max_content_bytes`` (then :class:`BadResponse`)."""
+        limit = self.max_content_bytes
+        where = f"the marketplace server at {self.base_url} (GET {path})"
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise BadResponse(f"{where} announced {int(declared)} bytes of content, more than this client's "
+                              f"max_content_bytes ({limit}); nothing was kept", response.status_code)  # fmt: skip
+
+        def too_large() -> BadResponse:
+            detail = f"{where} sent more content than this client's max_content_bytes ({limit}); nothing was kept"
+            return BadResponse(detail, response.status_code)
+
+        return _bounded(response.iter_bytes(), limit, too_large)
 
     def _raise_if_paid(self, signed: _SignedPayment, what: str, failure: Exception) -> None:
         """After a paid request failed with ``failure``: raise :class:`X402DeliveryError` (from ``failure``)
@@ -642,14 +865,23 @@ class MarketplaceClient(MarketplaceReader):
                 "0x" + signed.nonce.hex(),
             ) from failure
 
-    def _x402_payment(self, asset_id: int, unpaid: httpx.Response, max_amount: int | None) -> _SignedPayment:
+    def _x402_payment(
+        self,
+        asset_id: int,
+        unpaid: Reply,
+        max_amount: int | None,
+        before_signing: Callable[[PaymentTerms], None] | None = None,
+    ) -> _SignedPayment:
         """The PAYMENT-SIGNATURE that pays the 402 ``unpaid`` for ``asset_id``, once its requirements passed
-        the chain's checks (:class:`PaymentTermsRefused` otherwise, with nothing signed)."""
+        the chain's checks (:class:`PaymentTermsRefused` otherwise, with nothing signed) and
+        ``before_signing`` (if any) returned."""
         header = unpaid.headers.get(PAYMENT_REQUIRED_HEADER)
         if unpaid.status_code != 402 or not header:
             _raise_for_error(unpaid)
             raise AgentmarketError(f"the server answered for asset {asset_id} without asking for an x402 payment")
         try:
+            if header_too_deep(header, self.max_json_depth):
+                raise JsonTooDeep(self.max_json_depth)
             required = decode_payment_required_header(header)
         except (ValueError, TypeError, AttributeError):
             raise AgentmarketError(
@@ -659,6 +891,8 @@ class MarketplaceClient(MarketplaceReader):
         terms = PaymentTerms.from_chain(self.market, asset_id, max_timeout_seconds=self.x402_max_timeout_seconds)
         accepted = terms.select(required)
         terms.at_most(max_amount)
+        if before_signing is not None:
+            before_signing(terms)
         payer = x402_payer(self.account, terms)
         # Only the checked requirement goes to the signer, without server-declared extensions (which
         # could ask the scheme to sign more than this one authorization).
@@ -666,12 +900,6 @@ class MarketplaceClient(MarketplaceReader):
         payload = payer.create_payment_payload(checked)
         nonce = bytes.fromhex(payload.payload["authorization"]["nonce"].removeprefix("0x"))
         return _SignedPayment(payer.encode_payment_signature_header(payload), terms, nonce)
-
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise AgentmarketError(f"cannot reach the marketplace server at {self.base_url} ({exc})") from None
 
     # ------------------------------------------------------------------ earnings
 
@@ -707,7 +935,10 @@ def _same_deployment(trusted: Deployment, served: Deployment, base_url: str) -> 
 def _settled(response: httpx.Response, terms: PaymentTerms) -> X402Payment:
     """The settlement of ``terms`` a paid response names in PAYMENT-RESPONSE (AgentmarketError if none)."""
     try:
-        settled = decode_payment_response_header(response.headers[PAYMENT_RESPONSE_HEADER])
+        header = response.headers[PAYMENT_RESPONSE_HEADER]
+        if header_too_deep(header, MAX_JSON_DEPTH):
+            raise JsonTooDeep(MAX_JSON_DEPTH)
+        settled = decode_payment_response_header(header)
         if not settled.success:
             raise ValueError("not a successful settlement")
         return X402Payment(settled.transaction, settled.payer or "", terms.pay_to, terms.amount, settled.network)
@@ -731,6 +962,10 @@ def _receive(chunks: Iterator[bytes], expected: bytes, destination: Path | None,
                 sink.write(chunk)
             else:
                 collected += chunk
+    except BaseException:
+        if partial:
+            partial.unlink(missing_ok=True)
+        raise
     finally:
         if sink:
             sink.close()
@@ -743,7 +978,7 @@ def _receive(chunks: Iterator[bytes], expected: bytes, destination: Path | None,
     return bytes(collected)
 
 
-def _refusal_reason(response: httpx.Response) -> str | None:
+def _refusal_reason(response: Reply) -> str | None:
     """The ``reason`` of a 402 body, if any."""
     try:
         reason = response.json().get("reason")
@@ -752,7 +987,7 @@ def _refusal_reason(response: httpx.Response) -> str | None:
     return reason if isinstance(reason, str) else None
 
 
-def _asked_ceiling(response: httpx.Response) -> int | None:
+def _asked_ceiling(response: Reply) -> int | None:
     """The ceiling a channel 402 asks for (``requirements.channel.minMaxClaimableAmount``), if it names one."""
     try:
         asked = response.json()["requirements"]["channel"]["minMaxClaimableAmount"]
@@ -761,11 +996,21 @@ def _asked_ceiling(response: httpx.Response) -> int | None:
         return None
 
 
-def _raise_for_error(response: httpx.Response) -> None:
+def _raise_for_error(response: Reply) -> None:
+    """:class:`ApiClientError` for an error status (its JSON ``error`` and ``detail``, else the body's start)."""
     if response.status_code < 400:
         return
     try:
         body = response.json()
-        raise ApiClientError(response.status_code, body.get("error", "error"), body.get("detail", response.text))
     except ValueError:
-        raise ApiClientError(response.status_code, "error", response.text[:200]) from None
+        body = None
+    if isinstance(body, dict):
+        code, detail = body.get("error", "error"), body.get("detail", response.text[:200])
+        raise ApiClientError(response.status_code, _line(code, 80), _line(detail, 500))
+    raise ApiClientError(response.status_code, "error", _line(response.text, 200))
+
+
+def _line(value: object, limit: int) -> str:
+    """``value`` as one line of text of at most ``limit`` characters (a server's words, shown to a user)."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

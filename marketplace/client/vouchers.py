@@ -4,8 +4,17 @@ than one call's price, whatever a server asks (issue 12 §6).
 Per channel the client keeps ``answered`` (the prices of the calls it got answers for, starting from
 what was claimed on chain when it knows nothing else) and ``signed`` (the highest ceiling it signed).
 A call signs ``ceiling = max(signed, answered + in flight + price)``; a server asking for more is
-refused by the caller (:class:`~marketplace.client.sdk.MarketplaceClient`). A :class:`VoucherBook`
-lives in memory, or in a small JSON file (one per wallet address, written atomically) so that one
+refused by the caller (:class:`~marketplace.client.sdk.MarketplaceClient`).
+
+A call whose outcome is unknown — the request went out, then the connection broke or timed out before
+the answer was read — counts as **answered**: the server may well have run and debited it, and a client
+that did not count it would sign one price less than the server needs from then on, and be refused on
+that channel for good. The cost is bounded: each lost answer leaves at most one call's price of ceiling
+above the calls the server really answered, and the receiver can still claim only what it served
+(``PaymentChannels.claim``'s ``totalClaimed``), so an honest gateway takes nothing for it. Only an error
+status from the server, or a request that surely never left (no connection), counts as not answered.
+
+A :class:`VoucherBook` lives in memory, or in a small JSON file (one per wallet address, written atomically) so that one
 process per call, as the CLI runs, keeps the count between calls.
 """
 
@@ -70,7 +79,8 @@ class VoucherBook:
             return ceiling
 
     def finish(self, scope: str, channel_id: int, price: int, *, answered: bool) -> ChannelCount:
-        """The call of ``price`` is over: counted as answered, or not (refused, failed, unreachable)."""
+        """The call of ``price`` is over: counted as answered (an answer, or an unknown outcome: see the
+        module), or not (the server refused or failed it, or the request never left)."""
         with self._lock:
             count = self._counts[scope][channel_id]
             count.in_flight -= price

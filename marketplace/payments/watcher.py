@@ -30,8 +30,11 @@ from eth_utils import keccak
 
 from marketplace.chain.identity import ChainIdentity, ChainReplaced
 from marketplace.chain.market import Market
+from marketplace.errors import FailureLog
 
 log = logging.getLogger("agentmarket.payments.watcher")
+#: Seconds between two log lines saying the chain cannot be read (one line each, no traceback).
+FAILURE_LOG_INTERVAL = 60.0
 
 #: Longest block range scanned in one ``eth_getLogs``; after a longer gap every cached channel is dropped instead.
 MAX_SCAN_BLOCKS = 5_000
@@ -80,6 +83,8 @@ class ChainWatcher:
         self._read_at = float("-inf")
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failure: str | None = None
+        self._failures = FailureLog(log, FAILURE_LOG_INTERVAL)
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(touched, closed)`` after each refresh that saw channel logs (or lost track)."""
@@ -93,6 +98,18 @@ class ChainWatcher:
             return int(self.wall_clock())
         chain_time = self._head_timestamp + max(self.clock() - self._read_at, 0.0)
         return int(max(chain_time, self.wall_clock()))
+
+    @property
+    def head(self) -> tuple[int, int] | None:
+        """The latest block read: (number, timestamp in unix seconds); None before the first read."""
+        if self._last_block is None:
+            return None
+        return self._last_block, self._head_timestamp
+
+    @property
+    def failure(self) -> str | None:
+        """Why the last read of the chain failed (the exception's type name); None when it succeeded."""
+        return self._failure
 
     @property
     def age(self) -> float:
@@ -122,6 +139,16 @@ class ChainWatcher:
     def _refresh(self) -> None:
         if self.replaced is not None:
             return
+        try:
+            self._read()
+        except Exception as exc:
+            self._failure = type(exc).__name__
+            raise
+        if self._failure is not None:
+            self._failure = None
+            self._failures.recovered("chain", "the chain can be read again")
+
+    def _read(self) -> None:
         w3 = self.market.chain.w3
         read_at = self.clock()
         block = w3.eth.get_block("latest")
@@ -199,5 +226,9 @@ class ChainWatcher:
         while not self._stopping.wait(interval):
             try:
                 self.refresh()
-            except Exception:
-                log.exception("reading the chain failed; retrying in %s s", interval)
+            except Exception as exc:  # the last view stays in force; one line per FAILURE_LOG_INTERVAL
+                head = "no block yet" if self._last_block is None else f"block {self._last_block}"
+                self._failures.failed(
+                    "chain", f"cannot read the chain ({type(exc).__name__}); keeping the view of {head}, "
+                    f"retrying every {interval:g} s"
+                )  # fmt: skip

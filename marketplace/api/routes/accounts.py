@@ -18,7 +18,7 @@ router = APIRouter(tags=["accounts"])
 _TOTAL_SHARES = 100_000_000
 
 
-@router.get("/v1/accounts/{address}/earnings", response_model=Earnings)
+@router.get("/v1/accounts/{address}/earnings", response_model=Earnings, operation_id="getEarnings")
 def earnings(
     address: Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{40}$")], session: SessionDep, services: ServicesDep
 ) -> Earnings:
@@ -51,7 +51,7 @@ def earnings(
     )
 
 
-@router.get("/v1/stats", response_model=Stats)
+@router.get("/v1/stats", response_model=Stats, operation_id="getStats")
 def stats(session: SessionDep, services: ServicesDep) -> Stats:
     """Volume, revenue, revenue released by payee, and the top assets by revenue."""
     assets = list(session.scalars(select(AssetRow).order_by(AssetRow.asset_id)))

@@ -15,7 +15,7 @@ from marketplace.indexer.models import AgentMetadataRow, AgentRow
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 
 
-@router.get("/{agent_id}", response_model=Agent)
+@router.get("/{agent_id}", response_model=Agent, operation_id="getAgent")
 def get_agent(agent_id: Annotated[int, Path(ge=1, le=2**63 - 1)], session: SessionDep) -> Agent:
     """An agent's owner, registration URI, wallet and metadata (values hex-encoded)."""
     row = session.get(AgentRow, agent_id)

@@ -38,7 +38,7 @@ def _parents(session: SessionDep, asset_ids: list[int]) -> dict[int, list[int]]:
     return found
 
 
-@router.get("", response_model=AssetPage)
+@router.get("", response_model=AssetPage, operation_id="listAssets")
 def list_assets(
     session: SessionDep,
     services: ServicesDep,
@@ -85,7 +85,7 @@ def list_assets(
     )
 
 
-@router.get("/{asset_id}", response_model=AssetDetail)
+@router.get("/{asset_id}", response_model=AssetDetail, operation_id="getAsset")
 def get_asset(asset_id: AssetId, session: SessionDep, services: ServicesDep) -> AssetDetail:
     """One asset: split (read from its vault), lineage, revenue received, licenses sold, ratings."""
     row = session.get(AssetRow, asset_id)

@@ -64,7 +64,7 @@ def client_key(request: Request) -> str:
     return str(ip)
 
 
-@router.post("/nonce", response_model=NonceResponse)
+@router.post("/nonce", response_model=NonceResponse, operation_id="requestLoginNonce")
 def issue_nonce(body: NonceRequest, request: Request, services: ServicesDep) -> NonceResponse:
     """A single-use nonce, and a ready-to-sign message naming this server's domain, URI and chain.
 
@@ -94,7 +94,7 @@ def issue_nonce(body: NonceRequest, request: Request, services: ServicesDep) -> 
     return NonceResponse(nonce=nonce, message=message.to_text(), expires_at=expires)
 
 
-@router.post("/verify", response_model=TokenResponse)
+@router.post("/verify", response_model=TokenResponse, operation_id="verifyLogin")
 def verify(body: VerifyRequest, services: ServicesDep) -> TokenResponse:
     """Check the signed message (EIP-4361 grammar, this server's domain, URI, chain and statement, a
     bounded validity window) and its nonce (once only), and return a short-lived bearer token.

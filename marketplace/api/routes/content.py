@@ -65,7 +65,29 @@ def stored_content(services: ServicesDep, asset: Asset) -> StoredContent:
         raise ApiError(404, "content_unreadable", str(exc)) from None
 
 
-@router.put("/{asset_id}/content", response_model=Uploaded, status_code=201)
+#: The upload's body as OpenAPI describes it (the route reads the raw stream, so FastAPI cannot infer it).
+UPLOAD_BODY = {
+    "required": True,
+    "description": "The content's bytes, streamed; their sha256 must be the version's on-chain content hash",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_SHA256_HEADER = {"X-Content-SHA256": {"description": "0x + sha256 hex of the plaintext", "schema": {"type": "string"}}}
+
+
+@router.put(
+    "/{asset_id}/content",
+    response_model=Uploaded,
+    status_code=201,
+    operation_id="uploadContent",
+    openapi_extra={"requestBody": UPLOAD_BODY},
+    responses={
+        403: {"description": "Only the asset's on-chain owner may upload"},
+        409: {"description": "A new version was published while the content streamed"},
+        413: {"description": "Larger than the server's upload limit"},
+        422: {"description": "The bytes do not hash to the version's on-chain content hash"},
+    },
+)
 async def upload(asset_id: AssetId, request: Request, caller: CallerDep, services: ServicesDep) -> Uploaded:
     """Store the content of the asset's current version, streamed and encrypted at rest; only its
     on-chain owner may. Every byte is hashed against the version's on-chain content hash (422
@@ -130,7 +152,21 @@ def _checked_key(key: bytes, agent_id: int) -> bytes:
     return key
 
 
-@router.get("/{asset_id}/content")
+@router.get(
+    "/{asset_id}/content",
+    operation_id="downloadContent",
+    response_class=StreamingResponse,
+    response_model=None,
+    responses={
+        200: {
+            "description": "The content: plaintext, or sealed frames to the caller's agent key",
+            "content": {"application/octet-stream": _BINARY, SEALED_MEDIA_TYPE: _BINARY},
+            "headers": _SHA256_HEADER,
+        },
+        402: {"description": "The caller holds no license to the asset now"},
+        404: {"description": "Unknown asset, or its owner has not uploaded the current version here"},
+    },
+)
 def download(
     asset_id: AssetId,
     caller: CallerDep,

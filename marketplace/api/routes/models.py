@@ -10,20 +10,28 @@ Each call is paid one of two ways (never both), at the asset's on-chain price, i
   reserved before the model runs; once the model answered, the call is debited durably (what the
   settler claims) before the answer is sent; a failed call releases its reservation and costs nothing.
 
+Either way the model's output is serialised (strict JSON: no NaN or infinities) before the call is
+debited or the payment settled: an output that cannot be sent is a 502 ``model_failed`` that costs
+nothing, as is a handler that fails (a handler that rejects its input: 422 ``bad_model_input``, free too).
+While the chain is unreachable, paid calls are refused before the model runs (503 ``chain_unavailable``).
+
 Without a payment the answer is 402 naming both: the x402 ``PAYMENT-REQUIRED`` header (which any
 x402 v2 client reads), and a JSON body with the channel requirements and the same x402 requirements.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from marketplace.api.deps import Services, ServicesDep
-from marketplace.api.errors import ApiError
+from marketplace.api.errors import ApiError, chain_unavailable, log_unexpected
 from marketplace.chain.market import Asset, AssetKind
 from marketplace.chain.token import format_units
 from marketplace.inference import InferenceError, ModelHandler
@@ -39,6 +47,7 @@ from marketplace.payments.x402 import (
 )
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+log = logging.getLogger("agentmarket.api")
 
 
 class InvokeRequest(BaseModel):
@@ -91,11 +100,33 @@ _PAYMENT_HEADERS = [
 @router.post(
     "/{asset_id}/invoke",
     response_model=InvokeResponse,
+    operation_id="invokeModel",
     responses={
+        200: {
+            "description": "The model's output and what the call cost",
+            "headers": {
+                PAYMENT_RESPONSE_HEADER: {
+                    "description": "x402 v2 SettleResponse (base64 JSON), when paid with x402",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
         400: {"description": "A malformed payment header, or both kinds of payment at once"},
-        402: {"model": InvokePaymentRequired, "description": "Pay first: by x402 (PAYMENT-REQUIRED) or by channel"},
+        402: {
+            "model": InvokePaymentRequired,
+            "description": "Pay first: by x402 (PAYMENT-REQUIRED) or by channel",
+            "headers": {
+                PAYMENT_REQUIRED_HEADER: {
+                    "description": "x402 v2 PaymentRequired (base64 JSON)",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
         404: {"description": "This server does not serve the model"},
         409: {"description": "The x402 authorization is paying for another request right now"},
+        422: {"description": "bad_model_input: the model rejected its input (not charged)"},
+        502: {"description": "model_failed: the model failed or answered what JSON cannot carry (not charged)"},
+        503: {"description": "chain_unavailable, or ledger_unavailable (the answer is withheld, not charged)"},
     },
     openapi_extra={"parameters": _PAYMENT_HEADERS},
 )
@@ -109,6 +140,8 @@ def invoke(asset_id: AssetId, body: InvokeRequest, request: Request, services: S
     handler = services.model_handlers.get(asset_id)
     if handler is None:
         raise ApiError(404, "model_not_served", f"this server does not serve model {asset_id}")
+    if services.watcher.failure is not None:  # the chain cannot be read: no payment can be judged, no model runs
+        raise chain_unavailable(request)
     asset = services.asset(asset_id)
     if asset.kind != AssetKind.MODEL:
         raise ApiError(404, "model_not_served", f"asset {asset_id} is a dataset, not a model")
@@ -138,16 +171,17 @@ def _paid_with_x402(
         detail = f"model {asset.asset_id} is priced in {asset.token}; x402 sells TestUSD-priced assets"
         raise ApiError(409, "x402_unsupported_token", detail)
     try:  # the authorization is reserved while the model runs; a failed run releases it unsettled: nothing charged
-        output, settlement = services.x402.run_paid(offer, payment, lambda: _run(handler, body))
+        output, settlement = services.x402.run_paid(offer, payment, lambda: _run(handler, body, asset.asset_id))
     except MalformedPaymentError as exc:
         raise ApiError(400, "malformed_payment", str(exc)) from None
     except PaymentInFlightError as exc:
         raise ApiError(409, exc.code, str(exc)) from None
+    except ApiError as exc:  # the model failed: its payment was released unsettled
+        raise ApiError(exc.status, exc.code, f"{exc.detail}; the payment was not settled") from None
     except PaymentRequiredError as exc:
         channel = services.gate.requirements(asset.asset_id, asset.price)
         return _payment_required(exc.code, exc.detail, exc.code, channel, exc.payment_required, exc.headers)
-    answer = InvokeResponse(output=output, payment=settlement.as_dict())
-    return JSONResponse(answer.model_dump(mode="json"), headers={PAYMENT_RESPONSE_HEADER: settlement.header})
+    return _answer(output, settlement.as_dict(), {PAYMENT_RESPONSE_HEADER: settlement.header})
 
 
 def _paid_with_channel(
@@ -165,7 +199,7 @@ def _paid_with_channel(
     except PaymentRequired as exc:
         return _channel_payment_required(services, asset, request, exc)
     try:
-        output = _run(handler, body)
+        output = _run(handler, body, asset.asset_id)
     except BaseException as exc:  # the call was not answered: nothing is debited
         services.gate.release(reservation)
         if isinstance(exc, ApiError):
@@ -180,7 +214,7 @@ def _paid_with_channel(
             "the call could not be recorded in the voucher ledger, so its answer is withheld and it was not charged"
         )
         raise ApiError(503, "ledger_unavailable", detail) from None
-    return InvokeResponse(output=output, payment=receipt.as_dict())
+    return _answer(output, receipt.as_dict())
 
 
 def _channel_payment_required(services: Services, asset: Asset, request: Request, exc: PaymentRequired) -> JSONResponse:
@@ -212,14 +246,50 @@ def _offer(services: Services, asset: Asset, request: Request) -> Offer | None:
     )
 
 
-def _run(handler: ModelHandler, body: InvokeRequest) -> Any:
-    """The model's output; its failures as client-facing errors."""
+def _run(handler: ModelHandler, body: InvokeRequest, asset_id: int) -> bytes:
+    """The model's output as strict JSON (RFC 8259, UTF-8), serialised before anything is charged; its
+    failures as client-facing errors, each raised before a debit or a settlement:
+
+    - the handler raises :class:`InferenceError` (e.g. its upstream failed): 502 ``model_failed``;
+    - it raises ``ValueError``, ``TypeError`` or ``KeyError`` (it rejected its input): 422 ``bad_model_input``;
+    - it raises anything else, or answers what strict JSON cannot carry (NaN, an infinity, an object that
+      is not JSON-able, nesting too deep): 502 ``model_failed``, and the operator's log gets the type and
+      stack frames.
+    """
     try:
-        return handler(body.input)
+        output = handler(body.input)
     except InferenceError as exc:
         raise ApiError(502, "model_failed", str(exc)) from None
     except (ValueError, TypeError, KeyError) as exc:
         raise ApiError(422, "bad_model_input", f"the model rejected its input: {exc}") from None
+    except Exception as exc:
+        log_unexpected(exc, f"the handler of model {asset_id}")
+        raise ApiError(
+            502, "model_failed", f"model {asset_id} failed on this input; its operator's log says why"
+        ) from None
+    try:
+        return _strict_json(to_jsonable_python(output))
+    except Exception as exc:  # NaN or an infinity (ValueError), no JSON form (PydanticSerializationError), too deep
+        log.warning("model %s answered what strict JSON cannot carry (%s); the call was refused, not charged",
+                    asset_id, type(exc).__name__)  # fmt: skip
+        raise ApiError(
+            502,
+            "model_failed",
+            f"model {asset_id} answered something that is not strict JSON (NaN, an infinity, or a value with no JSON "
+            "form)",
+        ) from None
+
+
+def _strict_json(value: Any) -> bytes:
+    """``value`` as compact strict JSON bytes: no NaN or infinities (``ValueError``), UTF-8 (lone
+    surrogates raise ``UnicodeEncodeError``)."""
+    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _answer(output: bytes, payment: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """The 200 answer ``{"output": …, "payment": …}`` around an output already serialised by :func:`_run`."""
+    body = b'{"output":' + output + b',"payment":' + _strict_json(payment) + b"}"
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def _payment_required(

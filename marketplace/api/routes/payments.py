@@ -20,7 +20,7 @@ class PaymentTerms(BaseModel):
     payment_channel: dict[str, Any]
 
 
-@router.get("", response_model=PaymentTerms)
+@router.get("", response_model=PaymentTerms, operation_id="getPaymentTerms")
 def payment_terms(services: ServicesDep) -> PaymentTerms:
     """The terms of channel payments: open a channel with ``receiverAuthorizer`` set to the address given here."""
     return PaymentTerms(payment_channel=services.gate.channel_terms())

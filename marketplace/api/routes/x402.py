@@ -19,6 +19,7 @@ from marketplace.api.routes.content import stored_content
 from marketplace.chain import ContractRevert
 from marketplace.chain.market import Asset
 from marketplace.payments.x402 import (
+    PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
     MalformedPaymentError,
     Offer,
@@ -58,12 +59,31 @@ def _sellable_asset(services: ServicesDep, asset_id: int) -> Asset:
 
 @router.get(
     "/{asset_id}/x402",
+    operation_id="downloadContentX402",
     response_class=StreamingResponse,
     response_model=None,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The content; PAYMENT-RESPONSE names the tx"},
+        200: {
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "The content; PAYMENT-RESPONSE names the settlement transaction",
+            "headers": {
+                PAYMENT_RESPONSE_HEADER: {
+                    "description": "x402 v2 SettleResponse (base64 JSON)",
+                    "schema": {"type": "string"},
+                },
+                "X-Content-SHA256": {"description": "0x + sha256 hex of the content", "schema": {"type": "string"}},
+            },
+        },
         400: {"description": "PAYMENT-SIGNATURE is not a decodable x402 payment"},
-        402: {"description": "Pay first: PAYMENT-REQUIRED (base64 JSON) names the price, payTo and token"},
+        402: {
+            "description": "Pay first: PAYMENT-REQUIRED (base64 JSON) names the price, payTo and token",
+            "headers": {
+                PAYMENT_REQUIRED_HEADER: {
+                    "description": "x402 v2 PaymentRequired (base64 JSON)",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
         404: {"description": "Unknown asset, or its content is not uploaded"},
         409: {"description": "Delisted, not sold over x402, or the authorization is paying for another request"},
     },

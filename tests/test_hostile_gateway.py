@@ -1,0 +1,424 @@
+"""The SDK, the CLI and agent wallets against gateways that lie, crash clients or lose answers (issue 12 follow-ups).
+
+Every gateway here is a real HTTP server on 127.0.0.1:
+
+- **Deep or huge answers**: importing py_ecc raises the recursion limit, so JSON 100,000 levels deep in any
+  answer overflowed the C stack of the SDK's process; a 1 GB answer was read into memory whole.
+  Expected: one bounded parser for every answer (and JSON-carrying header), one-line errors, no crash.
+- **A relayed login**: the SDK signed whatever Sign-In with Ethereum message the server sent, so a
+  gateway could relay another server's login (another domain), or one for another chain or account.
+  Expected: the message is checked against the server the client talks to, its account and chain, and a
+  short expiry before anything is signed.
+- **Funding before checking**: an agent wallet pulled its owner's money under the spend permission before
+  the server's 402 (or channel terms, or the asset's listing) was checked, so a lying gateway could use up
+  the owner's per-period cap. Expected: check, fund, sign.
+- **A lost answer**: the connection broke (or timed out) after a paid channel call was sent; the server
+  had debited it, the client's count had not, and the channel refused the client from then on. Expected:
+  an unknown outcome counts as answered and the next call succeeds.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
+
+from agents import AgentError, AgentWallet, AuditLedger, Budget, PaymentRefused
+from marketplace.api import Settings, create_app
+from marketplace.chain.market import AssetKind
+from marketplace.chain.token import to_units
+from marketplace.client import ApiClientError, MarketplaceClient, MarketplaceReader
+from marketplace.client.sdk import MAX_RESPONSE_BYTES, BadResponse, LoginRefused, ServerUnreachable
+from marketplace.errors import AgentmarketError
+from marketplace.siwe import SiweMessage, format_time
+from tests.fake_gateway import FakeGateway
+from tests.test_cli import assert_one_line_error, run_cli
+from tests.test_x402 import serving
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+PRICE = to_units("0.5")
+#: Sent until the client hangs up (or this many bytes: 1 GiB).
+HUGE = 1 << 30
+
+
+# ---------------------------------------------------------------------- a scriptable gateway
+
+
+Script = Callable[[BaseHTTPRequestHandler], None]
+
+
+class Scripted:
+    """A real HTTP server on 127.0.0.1 answering ``"METHOD /path"`` with the script a test gives (else
+    ``fallback``, else 404 JSON); a script finds the request's body in ``handler.body``. ``requests`` lists
+    what it received: (method, path, headers, body)."""
+
+    def __init__(self, routes: dict[str, Script], fallback: Script | None = None) -> None:
+        self.routes, self.fallback = routes, fallback
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.sent_bytes = 0
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?", 1)[0]
+                gateway.requests.append((self.command, path, dict(self.headers), body))
+                self.body = body
+                script = gateway.routes.get(f"{self.command} {path}", gateway.fallback)
+                if script is None:
+                    answer(404, b'{"error": "not_found", "detail": "no such route"}')(self)
+                else:
+                    script(self)
+
+            do_GET = do_POST = do_PUT = _any
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def received(self, method: str, path: str) -> list[bytes]:
+        """The bodies of the requests received on ``method path``."""
+        return [body for m, p, _, body in self.requests if (m, p) == (method, path)]
+
+    def __enter__(self) -> Scripted:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def answer(status: int, body: bytes, headers: dict[str, str] | None = None) -> Script:
+    """A whole answer: ``status``, JSON ``body``, ``headers``."""
+
+    def script(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return script
+
+
+def endless(gateway: Scripted, *, announce: bool) -> Script:
+    """A 200 whose body is 1 GiB of JSON-ish bytes (``announce``: with that Content-Length; else read until
+    the connection closes), written until the client hangs up; counts what it managed to send."""
+
+    def script(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        if announce:
+            handler.send_header("Content-Length", str(HUGE))
+        handler.end_headers()
+        chunk = b"[" + b"0," * 32_767 + b"0"
+        try:
+            while gateway.sent_bytes < HUGE:
+                handler.wfile.write(chunk)
+                gateway.sent_bytes += len(chunk)
+        except OSError:  # the client hung up
+            pass
+        handler.close_connection = True
+
+    return script
+
+
+# ---------------------------------------------------------------------- deep and huge answers
+
+
+def test_deep_json_in_any_answer_is_a_one_line_refusal():
+    deep = answer(200, DEEP)
+    routes = {"GET /v1/assets": deep, "GET /v1/assets/1": deep, "GET /v1/stats": deep, "GET /v1/agents/1": deep,
+              "GET /v1/deployment": deep, "GET /v1/accounts/0x0000000000000000000000000000000000000001/earnings":
+              answer(400, DEEP)}  # fmt: skip
+    with Scripted(routes) as gateway, MarketplaceReader(gateway.url) as reader:
+        for read in (reader.assets, lambda: reader.asset(1), reader.stats, lambda: reader.agent(1)):
+            with pytest.raises(BadResponse) as refused:
+                read()
+            assert "answered JSON nested deeper than 256 levels; refusing to read it" in str(refused.value)
+            assert "\n" not in str(refused.value)
+        with pytest.raises(ApiClientError) as error:  # an error whose body is deep: its status, and a line of it
+            reader.earnings("0x0000000000000000000000000000000000000001")
+        assert (error.value.status, error.value.code) == (400, "error") and len(error.value.detail) <= 200
+
+
+def test_a_one_gigabyte_answer_is_refused_after_a_bounded_read():
+    with Scripted({}) as gateway:
+        gateway.routes["GET /v1/assets"] = endless(gateway, announce=True)
+        gateway.routes["GET /v1/stats"] = endless(gateway, announce=False)
+        with MarketplaceReader(gateway.url) as reader:
+            with pytest.raises(
+                BadResponse, match=f"announced a {HUGE}-byte answer, more than the {MAX_RESPONSE_BYTES}"
+            ):
+                reader.assets()
+            started = time.monotonic()
+            with pytest.raises(BadResponse, match=f"sent more than the {MAX_RESPONSE_BYTES} bytes"):
+                reader.stats()
+            assert time.monotonic() - started < 30
+        time.sleep(0.2)  # (the server's writer notices the hang-up)
+        assert gateway.sent_bytes < 64 * 1024 * 1024  # the client stopped reading far below 1 GiB
+
+
+def test_the_cli_says_one_line_when_a_gateway_answers_deep_or_endless_json():
+    with Scripted({"GET /v1/assets": answer(200, DEEP)}) as gateway:
+        assert_one_line_error(run_cli("asset", "ls", "--server", gateway.url), "nested deeper than 256 levels")
+        gateway.routes["GET /v1/assets"] = endless(gateway, announce=False)
+        assert_one_line_error(run_cli("asset", "ls", "--server", gateway.url), "stopped reading")
+
+
+def test_a_deep_payment_required_header_is_refused_before_signing(chain, deployment, market, alice, bob):
+    model = market.marketplace.publish(
+        bob, kind=AssetKind.MODEL, content_hash=b"\x0b" * 32, uri="ipfs://m", price=PRICE,
+        token=market.token.address, payees=[(bob.address, 10_000)],
+    )  # fmt: skip
+    nested = base64.b64encode(b"[" * 4000 + b"]" * 4000).decode()  # fits in an HTTP head (16 KiB)
+    routes = {f"POST /v1/models/{model}/invoke": answer(402, b"{}", {"PAYMENT-REQUIRED": nested}),
+              "GET /v1/deployment": answer(200, DEEP)}  # fmt: skip
+    with Scripted(routes) as gateway:
+        with pytest.raises(BadResponse, match="nested deeper than 256"):
+            MarketplaceClient.connect(gateway.url, alice, chain)
+        client = MarketplaceClient(gateway.url, alice, chain, deployment)
+        with pytest.raises(AgentmarketError, match="is not x402 JSON; nothing was signed"):
+            client.invoke(model, [1])
+        assert all("payment-signature" not in {k.lower() for k in h} for _, _, h, _ in gateway.requests)
+
+
+# ---------------------------------------------------------------------- a relayed login
+
+
+def _login_gateway(message: Callable[[str], str]) -> Scripted:
+    """A gateway whose /v1/auth/nonce answers ``message(its own URL)`` and whose /v1/auth/verify answers a token."""
+    gateway = Scripted({})
+
+    def nonce(handler: BaseHTTPRequestHandler) -> None:
+        text = message(gateway.url)
+        answer(200, json.dumps({"nonce": "n0nce1234", "message": text, "expires_at": 0}).encode())(handler)
+
+    gateway.routes["POST /v1/auth/nonce"] = nonce
+    token = {"token": "t.1.x", "address": "", "expires_at": int(time.time()) + 600}
+    gateway.routes["POST /v1/auth/verify"] = answer(200, json.dumps(token).encode())
+    return gateway
+
+
+def _siwe(base: str, address: str, **changes: Any) -> str:
+    """The login message an honest server at ``base`` would send (with ``changes``)."""
+    now = int(time.time())
+    fields = {"domain": base.removeprefix("http://"), "address": address, "uri": base, "chain_id": 31337,
+              "nonce": "n0nce1234", "issued_at": format_time(now), "expiration_time": format_time(now + 300),
+              "statement": "Sign in to agentmarket."}  # fmt: skip
+    fields.update(changes)
+    return SiweMessage(**fields).to_text()
+
+
+LIES: dict[str, tuple[Callable[[str, str, str], str], str]] = {
+    # name: (message(base, own address, other address), what the refusal names)
+    "another domain": (lambda b, a, o: _siwe(b, a, domain="market.example"), "domain 'market.example'"),
+    "another port": (lambda b, a, o: _siwe(b, a, domain="127.0.0.1:9"), "domain '127.0.0.1:9'"),
+    "another URI": (lambda b, a, o: _siwe(b, a, uri="https://market.example/login"), "URI"),
+    "another scheme": (lambda b, a, o: _siwe(b, a, scheme="https"), "scheme 'https'"),
+    "another chain": (lambda b, a, o: _siwe(b, a, chain_id=1), "chain id 1"),
+    "another account": (lambda b, a, o: _siwe(b, o), "signs in"),
+    "valid for two days": (
+        lambda b, a, o: _siwe(b, a, expiration_time=format_time(time.time() + 2 * 86_400)),
+        "valid for",
+    ),
+    "never expires": (lambda b, a, o: _siwe(b, a, expiration_time=None), "no Expiration Time"),
+    "expired": (
+        lambda b, a, o: _siwe(
+            b, a, issued_at=format_time(time.time() - 600), expiration_time=format_time(time.time() - 300)
+        ),
+        "expired",
+    ),
+    "capabilities": (lambda b, a, o: _siwe(b, a, resources=("urn:recap:eyJhdHQiOnt9fQ",)), "Resources"),
+    "not a login": (lambda b, a, o: "Please sign: transfer everything", "not a Sign-In with Ethereum message"),
+}
+
+
+@pytest.mark.parametrize("lie", list(LIES))
+def test_a_login_for_another_server_chain_or_account_is_not_signed(chain, deployment, alice, bob, lie):
+    make, named = LIES[lie]
+    with _login_gateway(lambda base: make(base, alice.address, bob.address)) as gateway:
+        client = MarketplaceClient(gateway.url, alice, chain, deployment)
+        with pytest.raises(LoginRefused) as refused:
+            client.login()
+    message = str(refused.value)
+    assert message.startswith(f"refused to sign the login message from {gateway.url}: ") and "\n" not in message
+    assert named in message and message.endswith("nothing was signed")
+    assert gateway.received("POST", "/v1/auth/verify") == []  # no signature left this process
+
+
+def test_an_honest_login_is_signed_and_sent(chain, deployment, alice):
+    with _login_gateway(lambda base: _siwe(base, alice.address)) as gateway:
+        client = MarketplaceClient(gateway.url, alice, chain, deployment)
+        assert client.login() == "t.1.x"
+    (sent,) = gateway.received("POST", "/v1/auth/verify")
+    body = json.loads(sent)
+    assert Account.recover_message(encode_defunct(text=body["message"]), signature=body["signature"]) == alice.address
+
+
+# ---------------------------------------------------------------------- agent wallets: check, fund, sign
+
+
+@pytest.fixture
+def funded_by_owner(chain, market, alice):
+    """An agent wallet holding no tUSD whose owner (alice) lets it pull 3 tUSD a day; returns (wallet, agent id)."""
+
+    def make(tmp_path) -> AgentWallet:
+        key = Account.create()
+        chain.send_eth(chain.accounts[0], key.address, 10**18)
+        agent_id = market.agents.register(alice, "")
+        deadline = chain.timestamp() + 120
+        binding = market.agents.sign_wallet_binding(key, agent_id, alice.address, deadline)
+        market.agents.set_agent_wallet(alice, agent_id, key.address, deadline, binding.packed)
+        market.agents.grant_spend_permission(alice, agent_id, market.token.address, to_units(3), 86_400,
+                                             wallet=key.address)  # fmt: skip
+        market.token.approve(alice, market.agents.address, to_units(100))
+        budget = Budget(run_cap=to_units(100), asset_cap=to_units(100), call_ceiling=to_units(10))
+        return AgentWallet(key, budget, AuditLedger(tmp_path / "ledger.jsonl"), agent_id=agent_id)
+
+    return make
+
+
+def _dataset(market, owner, tag: bytes, *, listed: bool = True) -> int:
+    return market.marketplace.publish(
+        owner, kind=AssetKind.DATASET, content_hash=tag * 32, uri=f"ipfs://{tag.hex()}", price=PRICE,
+        token=market.token.address, payees=[(owner.address, 10_000)], listed=listed,
+    )  # fmt: skip
+
+
+def _nothing_pulled(market, wallet: AgentWallet) -> None:
+    assert market.agents.spend_permission(wallet.agent_id, market.token.address).spent_in_period == 0
+    assert market.token.balance_of(wallet.address) == 0
+    assert [e.kind for e in wallet.ledger.entries()] == []
+
+
+def test_a_lying_402_uses_none_of_the_owners_cap(chain, deployment, market, bob, carol, funded_by_owner, tmp_path):
+    wallet = funded_by_owner(tmp_path)
+    asset = _dataset(market, bob, b"\x0c")
+
+    def lie(required: dict) -> dict:
+        required["accepts"][0] |= {"payTo": carol.address, "amount": str(950 * PRICE)}
+        return required
+
+    with FakeGateway(chain, deployment, carol, lie) as fake:
+        client = wallet.client(fake.url, chain)
+        with pytest.raises(PaymentRefused, match="payTo"):
+            wallet.buy_over_x402(client, asset)
+        assert fake.signatures == []
+    _nothing_pulled(market, wallet)
+
+    # Terms that match the chain: funded (exactly the price), then signed. (This fake answers no content:
+    # the payment counts, and the wallet says so.)
+    with FakeGateway(chain, deployment, carol, lambda required: required) as fake:
+        client = wallet.client(fake.url, chain)
+        with pytest.raises(AgentError, match="not delivered"):
+            wallet.buy_over_x402(client, asset)
+        assert len(fake.signatures) == 1
+    assert market.agents.spend_permission(wallet.agent_id, market.token.address).spent_in_period == PRICE
+    assert [e.kind for e in wallet.ledger.entries()] == ["owner_top_up", "x402"]
+
+
+def test_channel_terms_and_listing_are_checked_before_the_owner_pays(
+    chain, deployment, market, bob, carol, funded_by_owner, tmp_path
+):
+    wallet = funded_by_owner(tmp_path)
+    model = market.marketplace.publish(
+        bob, kind=AssetKind.MODEL, content_hash=b"\x0d" * 32, uri="ipfs://model", price=PRICE,
+        token=market.token.address, payees=[(bob.address, 10_000)],
+    )  # fmt: skip
+    with FakeGateway(chain, deployment, carol, lambda required: required) as fake:  # no GET /v1/payments
+        client = wallet.client(fake.url, chain)
+        with pytest.raises(AgentError):
+            wallet.open_channel(client, model, to_units(1))
+        unlisted = _dataset(market, bob, b"\x0e", listed=False)
+        with pytest.raises(PaymentRefused, match="not listed"):
+            wallet.buy_license(client, unlisted)
+    _nothing_pulled(market, wallet)
+    assert not market.marketplace.has_access(unlisted, wallet.address)
+
+
+# ---------------------------------------------------------------------- a lost answer
+
+
+@contextmanager
+def _lossy_proxy(upstream: str, fault: str, client_timeout: float) -> Iterator[Scripted]:
+    """A proxy to ``upstream`` that forwards every request; the first model call is forwarded (the server runs
+    and debits it) and then its answer is lost: ``drop`` sends the head and half the body and closes,
+    ``stall`` sends nothing until the client gave up."""
+    faults = [fault]
+
+    def forward(handler: BaseHTTPRequestHandler) -> None:
+        keep = {k: v for k, v in handler.headers.items() if k.lower() in ("content-type", "x-payment-channel")}
+        real = httpx.request(handler.command, upstream + handler.path, headers=keep, content=handler.body, timeout=30)
+        lose = faults.pop() if handler.path.endswith("/invoke") and faults else None
+        if lose == "stall":
+            time.sleep(client_timeout + 2)
+            handler.close_connection = True
+            return
+        handler.send_response(real.status_code)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(real.content)))
+        handler.end_headers()
+        if lose == "drop":
+            handler.wfile.write(real.content[: len(real.content) // 2])
+            handler.close_connection = True
+            return
+        handler.wfile.write(real.content)
+
+    with Scripted({}, fallback=forward) as proxy:
+        yield proxy
+
+
+@pytest.mark.parametrize("fault", ["drop", "stall"])
+def test_a_call_whose_answer_was_lost_counts_and_the_channel_keeps_working(
+    chain, deployment, market, alice, bob, tmp_path, fault
+):
+    model = market.marketplace.publish(
+        bob, kind=AssetKind.MODEL, content_hash=b"\x0f" * 32, uri="ipfs://echo", price=PRICE,
+        token=market.token.address, payees=[(bob.address, 10_000)],
+    )  # fmt: skip
+    settings = Settings(manifest=deployment.save(tmp_path / "deployment.json"), data_dir=tmp_path / "server",
+                        settle_interval=3600)  # fmt: skip
+    app = create_app(settings, chain=chain, model_handlers={model: lambda payload: {"echo": payload}})
+    timeout = httpx.Timeout(30, read=2.0)
+    with serving(app) as upstream, _lossy_proxy(upstream, fault, 2.0) as proxy:
+        client = MarketplaceClient.connect(proxy.url, alice, chain, http=httpx.Client(base_url=proxy.url,
+                                                                                     timeout=timeout))  # fmt: skip
+        channel = client.open_channel(model, to_units(5))
+        with pytest.raises(ServerUnreachable) as lost:
+            client.invoke(model, [1], channel_id=channel)
+        assert lost.value.sent and "\n" not in str(lost.value)
+        scope = f"{chain.chain_id}:{market.channels.address}"
+        assert client.voucher_book.count(scope, channel).answered == PRICE  # the unknown outcome counts
+        second = client.invoke(model, [2], channel_id=channel)  # before the fix: 402, then refused for good
+        assert second["output"] == {"echo": [2]}
+        assert second["payment"]["debited"] == str(2 * PRICE)  # the server had debited the lost one
+        assert client.voucher_book.count(scope, channel).signed == 2 * PRICE  # no slack left once it answered
+
+        # A request that never left (nothing listens) is not counted.
+        closed = MarketplaceClient(upstream.rsplit(":", 1)[0] + ":9", alice, chain, deployment,
+                                   voucher_book=client.voucher_book)  # fmt: skip
+        with pytest.raises(ServerUnreachable) as refused:
+            closed.invoke(model, [3], channel_id=channel)
+        assert not refused.value.sent
+        assert client.voucher_book.count(scope, channel).answered == 2 * PRICE
