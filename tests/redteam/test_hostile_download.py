@@ -12,6 +12,7 @@ download is an `AgentmarketError` naming what was wrong.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from marketplace.chain.deployment import deploy_all
 from marketplace.chain.market import AssetKind
 from marketplace.client import MarketplaceClient
 from marketplace.errors import AgentmarketError
+from marketplace.siwe import SiweMessage, format_time
 from marketplace.wallet_file import encryption_keypair
 from tests.redteam.helpers import Reply, fund, hostile_server
 
@@ -47,12 +49,21 @@ def env() -> Iterator:
         chain.close()
 
 
+def _login(host: str, address: str, chain_id: int) -> str:
+    """The EIP-4361 message an honest server at ``host`` (its 127.0.0.1:port) asks ``address`` to sign."""
+    now = int(time.time())
+    return SiweMessage(domain=host, address=address, uri=f"http://{host}", chain_id=chain_id, nonce="n0nce1234",
+                       issued_at=format_time(now), expiration_time=format_time(now + 300),
+                       statement="Sign in to agentmarket.").to_text()  # fmt: skip
+
+
 def _gateway(deployment, asset_id: int, content) -> callable:
     def route(method: str, path: str, headers: dict[str, str], body: bytes) -> Reply | None:
         if path == "/v1/deployment":
             return Reply(200, deployment.to_json())
-        if path == "/v1/auth/nonce":
-            return Reply(200, {"nonce": "n", "message": "hello", "expires_at": int(time.time()) + 300})
+        if path == "/v1/auth/nonce":  # a login the SDK signs: for this very server, account and chain, short-lived
+            message = _login(headers["host"], json.loads(body)["address"], deployment.chain_id)
+            return Reply(200, {"nonce": "n0nce1234", "message": message, "expires_at": int(time.time()) + 300})
         if path == "/v1/auth/verify":
             return Reply(200, {"token": "t", "expires_at": int(time.time()) + 900})
         if path.startswith(f"/v1/assets/{asset_id}/content"):
