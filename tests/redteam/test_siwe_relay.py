@@ -22,6 +22,7 @@ from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, deploy_all
 from marketplace.client import MarketplaceClient
 from tests.redteam.helpers import Reply, fund, hostile_server, server_app, serving
+from tests.test_cli import free_port
 
 pytestmark = pytest.mark.anvil
 
@@ -33,8 +34,10 @@ def env(tmp_path_factory) -> Iterator[tuple[Chain, Deployment, str]]:
     chain = connect("anvil")
     try:
         deployment = deploy_all(chain, chain.accounts[0])
-        app = server_app(deployment, chain, tmp_path_factory.mktemp("siwe-relay"))
-        with serving(app) as url:
+        # The real server's login domain is the 127.0.0.1:port its clients reach (as `agentmarket serve --port`).
+        port = free_port()
+        app = server_app(deployment, chain, tmp_path_factory.mktemp("siwe-relay"), port=port)
+        with serving(app, port) as url:
             yield chain, deployment, url
     finally:
         chain.close()
