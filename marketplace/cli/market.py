@@ -13,11 +13,12 @@ from eth_account.signers.local import LocalAccount
 from rich.console import Console
 from rich.table import Table
 
-from marketplace.chain import LOCAL_CHAIN_ID, rpc_chain, to_address
-from marketplace.chain.deployment import Deployment, read_manifest
+from marketplace.chain import LOCAL_CHAIN_ID, ContractRevert, rpc_chain, to_address
+from marketplace.chain.deployment import DEFAULT_MANIFEST, Deployment, read_manifest
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import format_units, to_units
 from marketplace.client import MarketplaceClient
+from marketplace.client.pins import PIN_FILE, DeploymentPins, connect_trusted
 from marketplace.client.sdk import MarketplaceReader, PublishIncomplete
 from marketplace.client.vouchers import VoucherBook
 from marketplace.errors import AgentmarketError
@@ -38,6 +39,17 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 #: A manifest path the client side trusts (the same variable `serve` and `node` read theirs from).
 MANIFEST_ENV = "AGENTMARKET_MANIFEST"
 DEFAULT_RPC = "http://127.0.0.1:8545"
+#: Set (to 1, true or yes) to trust whatever deployment the server follows, and pin it (as --trust-server).
+TRUST_ENV = "AGENTMARKET_TRUST_SERVER"
+TrustOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-server",
+        help="Trust the deployment this server follows and pin it for this chain (next to the wallet), instead of "
+        "refusing a server that follows another deployment than your manifest or the one pinned.",
+        envvar=TRUST_ENV,
+    ),
+]
 
 
 def _password(confirm: bool = False) -> str:
@@ -56,13 +68,30 @@ def _trusted() -> Deployment | None:
     return read_manifest(Path(path)) if path else None
 
 
-def _client(wallet: Path, server: str, rpc: str) -> MarketplaceClient:
+def _client(wallet: Path, server: str, rpc: str, *, trust_server: bool = False) -> MarketplaceClient:
+    """A session for the wallet's account with a server following a deployment the user trusts: the manifest
+    in $AGENTMARKET_MANIFEST, else the local manifest (.agentmarket/deployment.json) if it is for this chain
+    or the one pinned for this chain next to the wallet, else the server's on first use (then pinned);
+    ``trust_server`` (or $AGENTMARKET_TRUST_SERVER) trusts and pins the server's (marketplace.client.pins)."""
     account = _account(wallet)
     key = bytes(encryption_keypair(account))
     # One process per call: what this wallet counted on each channel is kept next to the wallet.
     book = VoucherBook(wallet.parent / "vouchers" / f"{account.address}.json")
-    return MarketplaceClient.connect(server, account, rpc_chain(rpc), encryption_key=key, trusted=_trusted(),
-                                     voucher_book=book)  # fmt: skip
+    named = os.environ.get(MANIFEST_ENV)
+    trust = trust_server or os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+    return connect_trusted(server, account, rpc_chain(rpc), pins=DeploymentPins(wallet.parent / PIN_FILE),
+                           manifest=Path(named) if named else None, local_manifest=DEFAULT_MANIFEST,
+                           trust_server=trust, encryption_key=key, voucher_book=book)  # fmt: skip
+
+
+def _price_now(client: MarketplaceClient, asset_id: int) -> int:
+    """The asset's price on chain now (base units): the most a paying command signs when given no --max-price."""
+    try:
+        return client.market.marketplace.asset(asset_id).price
+    except ContractRevert as exc:
+        if exc.error == "UnknownAsset":
+            raise AgentmarketError(f"asset {asset_id} does not exist on chain {client.chain.chain_id}") from None
+        raise
 
 
 def _print_json(data: object) -> None:
@@ -253,16 +282,30 @@ def download(
     x402: Annotated[
         bool, typer.Option("--x402", help="No license: pay this one download per request with x402.")
     ] = False,
+    max_price: Annotated[
+        str | None,
+        typer.Option(
+            "--max-price",
+            help="With --x402: refuse to pay more than this many tUSD (default: the price "
+            "on chain when the command starts).",
+        ),
+    ] = None,
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
 ) -> None:
     """Download licensed content (or pay for it per request with --x402), verified against the on-chain hash."""
     if x402 and agent_id is not None:
         raise AgentmarketError("--agent seals a licensed download; an --x402 download is sent over HTTP unsealed")
-    client = _client(wallet, server, rpc)
+    if max_price is not None and not x402:
+        raise AgentmarketError("--max-price limits what an --x402 download pays; a licensed download pays nothing")
+    limit = to_units(max_price) if max_price is not None else None
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     if x402:
-        paid = client.download_x402(asset_id, out)
+        if limit is None:  # what the user approved: the price as the command starts, not one raised mid-way
+            limit = _price_now(client, asset_id)
+        paid = client.download_x402(asset_id, out, max_amount=limit)
         payment = paid.payment
         console.print(f"wrote {out} ({out.stat().st_size} bytes, sha256 verified against the chain); paid "
                       f"{format_units(payment.amount)} tUSD to {payment.pay_to} in {payment.transaction}",
@@ -294,16 +337,29 @@ def invoke(
     channel: Annotated[
         int | None, typer.Option("--channel", help="Pay with a voucher on this channel (default: x402 per call).")
     ] = None,
+    max_price: Annotated[
+        str | None,
+        typer.Option(
+            "--max-price",
+            help="Refuse to pay more than this many tUSD for the call (default: the price "
+            "on chain when the command starts).",
+        ),
+    ] = None,
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
 ) -> None:
     """Call a served model and pay for the call (a voucher on --channel, or x402); prints the JSON result."""
     try:
         model_input = json.loads(payload)
     except ValueError as exc:
         raise AgentmarketError(f"--input is not JSON: {exc}") from None
-    _print_json(_client(wallet, server, rpc).invoke(model_id, model_input, channel_id=channel))
+    limit = to_units(max_price) if max_price is not None else None
+    client = _client(wallet, server, rpc, trust_server=trust_server)
+    if limit is None:  # what the user approved: the price as the command starts, not one raised mid-call
+        limit = _price_now(client, model_id)
+    _print_json(client.invoke(model_id, model_input, channel_id=channel, max_price=limit))
 
 
 # ---------------------------------------------------------------------- earnings
