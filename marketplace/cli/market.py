@@ -18,7 +18,7 @@ from marketplace.chain.deployment import DEFAULT_MANIFEST, Deployment, read_mani
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import format_units, to_units
 from marketplace.client import MarketplaceClient
-from marketplace.client.pins import PIN_FILE, DeploymentPins, connect_trusted
+from marketplace.client.pins import PIN_FILE, TRUST_ENV, DeploymentPins, connect_trusted
 from marketplace.client.sdk import MarketplaceReader, PublishIncomplete
 from marketplace.client.vouchers import VoucherBook
 from marketplace.errors import AgentmarketError
@@ -39,8 +39,6 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 #: A manifest path the client side trusts (the same variable `serve` and `node` read theirs from).
 MANIFEST_ENV = "AGENTMARKET_MANIFEST"
 DEFAULT_RPC = "http://127.0.0.1:8545"
-#: Set (to 1, true or yes) to trust whatever deployment the server follows, and pin it (as --trust-server).
-TRUST_ENV = "AGENTMARKET_TRUST_SERVER"
 TrustOption = Annotated[
     bool,
     typer.Option(

@@ -38,10 +38,12 @@ from marketplace.chain.identity import ChainIdentity
 from marketplace.client.sdk import MarketplaceClient, UntrustedDeployment, deployment_difference
 from marketplace.errors import AgentmarketError
 
-__all__ = ["PIN_FILE", "DeploymentPins", "Pin", "connect_trusted"]
+__all__ = ["PIN_FILE", "TRUST_ENV", "DeploymentPins", "Pin", "connect_trusted"]
 
 #: Name of the pin file, in the wallet's directory.
 PIN_FILE = "trusted-deployments.json"
+#: The environment variable the CLI reads as ``--trust-server`` (1, true or yes).
+TRUST_ENV = "AGENTMARKET_TRUST_SERVER"
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ def connect_trusted(
             trusted.append((load_deployment(local_manifest, chain), f"your manifest {local_manifest}"))
     pin = pins.get(identity)
     if pin is not None:
-        trusted.append((pin.deployment, f"the deployment {pin.describe()} in {pins.path}"))
+        trusted.append((pin.deployment, f"{pin.describe()} in {pins.path}"))
     if not trusted:
         pins.pin(identity, served, server=base_url, how="first use")
         return client
@@ -153,8 +155,8 @@ def connect_trusted(
     client.close()
     deployment, source = trusted[0]
     raise UntrustedDeployment(
-        f"the server at {base_url} follows another deployment than {source} on {identity.short}: "
-        f"{deployment_difference(deployment, served)}; refusing to use it, nothing was signed. To trust that "
-        f"server deliberately, run the command again with --trust-server (it is then pinned in {pins.path}), "
-        "or edit that file"
+        f"the server at {base_url} follows another deployment than the one you trust on {identity.short} "
+        f"({source}): {deployment_difference(deployment, served)}; refusing to use it, nothing was signed. To trust "
+        f"that server deliberately, run the command again with --trust-server (or {TRUST_ENV}=1), which pins its "
+        f"deployment in {pins.path}, or edit that file"
     )
