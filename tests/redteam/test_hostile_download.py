@@ -49,7 +49,7 @@ def env() -> Iterator:
         chain.close()
 
 
-def _login(host: str, address: str, chain_id: int) -> str:
+def login_message(host: str, address: str, chain_id: int) -> str:
     """The EIP-4361 message an honest server at ``host`` (its 127.0.0.1:port) asks ``address`` to sign."""
     now = int(time.time())
     return SiweMessage(domain=host, address=address, uri=f"http://{host}", chain_id=chain_id, nonce="n0nce1234",
@@ -57,12 +57,12 @@ def _login(host: str, address: str, chain_id: int) -> str:
                        statement="Sign in to agentmarket.").to_text()  # fmt: skip
 
 
-def _gateway(deployment, asset_id: int, content) -> callable:
+def sealed_gateway(deployment, asset_id: int, content) -> callable:
     def route(method: str, path: str, headers: dict[str, str], body: bytes) -> Reply | None:
         if path == "/v1/deployment":
             return Reply(200, deployment.to_json())
         if path == "/v1/auth/nonce":  # a login the SDK signs: for this very server, account and chain, short-lived
-            message = _login(headers["host"], json.loads(body)["address"], deployment.chain_id)
+            message = login_message(headers["host"], json.loads(body)["address"], deployment.chain_id)
             return Reply(200, {"nonce": "n0nce1234", "message": message, "expires_at": int(time.time()) + 300})
         if path == "/v1/auth/verify":
             return Reply(200, {"token": "t", "expires_at": int(time.time()) + 900})
@@ -86,7 +86,7 @@ def test_a_frame_claiming_gigabytes_is_refused_before_it_is_buffered(env):
             yield chunk
 
     buyer = Account.create()
-    with hostile_server(_gateway(deployment, asset_id, frame_bomb)) as url:
+    with hostile_server(sealed_gateway(deployment, asset_id, frame_bomb)) as url:
         client = MarketplaceClient.connect(url, buyer, chain, encryption_key=bytes(encryption_keypair(buyer)))
         with pytest.raises(AgentmarketError):
             client.download(asset_id)
@@ -104,7 +104,7 @@ def test_a_frame_that_does_not_open_is_an_sdk_error(env):
         yield len(payload).to_bytes(4, "big") + payload
 
     buyer = Account.create()
-    with hostile_server(_gateway(deployment, asset_id, garbage)) as url:
+    with hostile_server(sealed_gateway(deployment, asset_id, garbage)) as url:
         client = MarketplaceClient.connect(url, buyer, chain, encryption_key=bytes(encryption_keypair(buyer)))
         try:
             client.download(asset_id)
