@@ -278,7 +278,12 @@ class AgentWallet:
     def invoke(
         self, client: MarketplaceClient, model_id: int, payload: Any, channel_id: int
     ) -> tuple[dict[str, Any], LedgerEntry]:
-        """Call a served model paying with a voucher on one of this run's channels; returns (result, entry)."""
+        """Call a served model paying with a voucher on one of this run's channels; returns (result, entry).
+
+        The model's price is checked against the per-call ceiling and the channel's deposit, then passed to the
+        SDK as the call's ``max_price``: an owner who reprices mid-call gets ``PaymentRefused``, no voucher for
+        the new price, and the entry logs what was signed for.
+        """
         self._own(client)
         channel = self.channels.get(channel_id)
         if channel is None or channel.asset_id != model_id:
@@ -307,7 +312,10 @@ class AgentWallet:
         ``PaymentRefused`` (nothing signed, nothing pulled from the owner) otherwise, as for a payment the
         server refuses; the owner's spend permission is drawn on only once the 402 passed. A payment
         that moved on chain without the content arriving intact is still counted and logged (its ref
-        is ``x402:<nonce>`` when the server named no transaction), then raises ``AgentError``.
+        is ``x402:<nonce>`` when the server named no transaction), then raises ``AgentError``. A failed
+        request's authorization is cancelled by the SDK; one it could not cancel (no ETH for gas) is counted
+        against the budget, logged as ``x402_outstanding`` and kept in :attr:`outstanding` until
+        :meth:`reconcile` (see the module), then raises ``AgentError`` saying until when it may be settled.
         """
         self._own(client)
         price = self._price(client, asset_id)

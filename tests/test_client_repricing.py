@@ -74,6 +74,7 @@ class OwnersGateway:
     owner: LocalAccount
     asset_id: int
     new_price: int
+    bait: bool = True  # False: every voucher is answered, nothing repriced
     vouchers: list[Voucher] = field(default_factory=list)
     signatures: list[str] = field(default_factory=list)
 
@@ -95,7 +96,7 @@ class OwnersGateway:
             return None
         if HEADER.lower() in headers:
             self.vouchers.append(Voucher.from_header(headers[HEADER.lower()]))
-            if len(self.vouchers) == 1:
+            if self.bait and len(self.vouchers) == 1:
                 self.reprice()
                 asked = {"channel": {"minMaxClaimableAmount": str(self.new_price)}}
                 return Reply(402, {"error": "payment_required", "detail": "the price changed",
@@ -140,6 +141,23 @@ def test_a_price_change_within_max_price_is_paid_at_the_new_price(env):
     assert answer["output"] == {"label": 7}
     assert [v.max_claimable_amount for v in gateway.vouchers] == [PRICE, 2 * PRICE]
     assert client.channel_count(channel) == ChannelCount(answered=2 * PRICE, signed=2 * PRICE)
+
+
+def test_a_price_lowered_between_calls_is_paid_at_the_new_price(env, tmp_path):
+    """The price is read at every call: an agent wallet that checked the lowered price is not refused."""
+    chain, deployment, market = env
+    owner, payer = fund(chain, market, 0), fund(chain, market, 10)
+    gateway = OwnersGateway(chain, deployment, owner, publish_model(market, owner, 2 * PRICE), 0, bait=False)
+    wallet = AgentWallet(payer, Budget(run_cap=to_units(10), asset_cap=to_units(10), call_ceiling=2 * PRICE),
+                         AuditLedger(tmp_path / "ledger.jsonl"))  # fmt: skip
+    with hostile_server(gateway.route) as url:
+        client = wallet.client(url, chain, trusted=deployment)
+        channel = int(wallet.open_channel(client, gateway.asset_id, 10 * PRICE).ref.split(":")[1])
+        wallet.invoke(client, gateway.asset_id, [1], channel)
+        market.marketplace.set_price(owner, gateway.asset_id, PRICE)
+        wallet.invoke(client, gateway.asset_id, [1], channel)
+    assert [v.max_claimable_amount for v in gateway.vouchers] == [2 * PRICE, 3 * PRICE]
+    assert [e.amount for e in wallet.ledger.entries() if e.kind == "voucher"] == [2 * PRICE, PRICE]
 
 
 def test_a_max_price_below_the_price_signs_nothing(env):

@@ -418,7 +418,6 @@ class MarketplaceClient(MarketplaceReader):
         self._token: tuple[str, int] | None = None
         #: What this client counted as answered and signed on each channel (see marketplace.client.vouchers).
         self.voucher_book = voucher_book or VoucherBook()
-        self._prices: dict[int, int] = {}  # on-chain per-call prices of models this client called
         self._channel_refs: dict[int, _ChannelRef] = {}  # channel id -> where the voucher book counts it
         self._identity: ChainIdentity | None = None
         self._vouchers: VoucherHasher | None = None
@@ -745,10 +744,10 @@ class MarketplaceClient(MarketplaceReader):
         """Call a served model and pay for the call. Returns ``{"output", "payment"}``.
 
         ``max_price`` (base units) is the most this call may cost: the SDK never signs for a price its
-        caller did not approve. Without it, the approved price is the on-chain price this client read for
-        the model (at its first call, or when a server last made it read the price again). A price above
-        it raises :class:`~marketplace.client.checks.PriceChanged` with nothing signed — also when the
-        model's owner raises the price in the middle of the call and its gateway asks for the new one.
+        caller did not approve. Without it, the approved price is the on-chain price when the call began
+        (read then). A price above it raises :class:`~marketplace.client.checks.PriceChanged` with nothing
+        signed — also when the model's owner raises the price in the middle of the call and its gateway
+        asks for the new one.
 
         With ``channel_id``, pays with a voucher on that channel (signed by ``signer``, default this
         account): no transaction per call. The voucher's ceiling is this client's own count — the
@@ -766,7 +765,7 @@ class MarketplaceClient(MarketplaceReader):
             return self._invoke_x402(model_id, payload, max_price)
         signer = signer or self.account
         scope, key, claimed = self._channel(channel_id, model_id, signer.address)
-        price = self._price(model_id)
+        price = self._price(model_id)  # read at every call: the owner may have changed it since the last one
         limit, limit_name = (price, "the price when the call began") if max_price is None else (max_price, "max_price")
         if price > limit:
             raise PriceChanged(model_id, price, limit, limit_name)
@@ -793,7 +792,7 @@ class MarketplaceClient(MarketplaceReader):
             if response.status_code == 402 and _refusal_reason(response) == "insufficient_voucher":
                 asked = _asked_ceiling(response)
                 if asked is not None and asked > ceiling:
-                    fresh = self._price(model_id, fresh=True) if attempt == 0 else price
+                    fresh = self._price(model_id) if attempt == 0 else price  # repriced mid-call?
                     if fresh > limit:  # repriced mid-call above what the caller approved: sign nothing more
                         raise PriceChanged(model_id, fresh, limit, limit_name)
                     if fresh != price:
@@ -817,11 +816,9 @@ class MarketplaceClient(MarketplaceReader):
             ref = self._channel_refs[channel_id]
         return self.voucher_book.count(ref.scope, ref.key)
 
-    def _price(self, model_id: int, *, fresh: bool = False) -> int:
-        """The model's per-call price as the chain says (cached; ``fresh`` re-reads it)."""
-        if fresh or model_id not in self._prices:
-            self._prices[model_id] = self.market.marketplace.asset(model_id).price
-        return self._prices[model_id]
+    def _price(self, model_id: int) -> int:
+        """The model's per-call price as the chain says now (base units)."""
+        return self.market.marketplace.asset(model_id).price
 
     @property
     def chain_identity(self) -> ChainIdentity:
