@@ -87,8 +87,11 @@ class DeploymentPins:
         entries = self._read()
         entries[str(identity)] = {"deployment": deployment.to_json(), "server": server, "pinned_at": pin.pinned_at,
                                   "how": how}  # fmt: skip
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=self.path.name, suffix=".tmp", dir=self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(prefix=self.path.name, suffix=".tmp", dir=self.path.parent)
+        except OSError as exc:
+            raise AgentmarketError(f"cannot write the pin file {self.path}: {exc.strerror}") from None
         try:
             with os.fdopen(handle, "w") as out:
                 json.dump(entries, out, indent=1, sort_keys=True)
