@@ -22,10 +22,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import requests
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
+from web3.exceptions import ProviderConnectionError
 from web3.types import TxReceipt
 from x402 import x402ClientSync
 from x402.http import PAYMENT_REQUIRED_HEADER, PAYMENT_RESPONSE_HEADER, x402HTTPClientSync
@@ -91,6 +93,19 @@ class BadResponse(AgentmarketError, ValueError):
     def __init__(self, detail: str, status: int) -> None:
         super().__init__(detail)
         self.status = status
+
+
+class ChainUnreachable(AgentmarketError):
+    """The chain's node did not answer a read the client needs before it signs; nothing was signed."""
+
+
+#: What web3's providers raise when the chain's node cannot be reached (HTTPProvider: requests; persistent
+#: providers: ProviderConnectionError).
+_CHAIN_DOWN: tuple[type[Exception], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    ProviderConnectionError,
+)
 
 
 class LoginRefused(AgentmarketError):
@@ -817,8 +832,16 @@ class MarketplaceClient(MarketplaceReader):
         return self.voucher_book.count(ref.scope, ref.key)
 
     def _price(self, model_id: int) -> int:
-        """The model's per-call price as the chain says now (base units)."""
-        return self.market.marketplace.asset(model_id).price
+        """The model's per-call price as the chain says now (base units); :class:`ChainUnreachable` when the
+        chain's node does not answer (nothing is signed without it)."""
+        try:
+            return self.market.marketplace.asset(model_id).price
+        except _CHAIN_DOWN as exc:
+            where = self.chain.rpc_url or "the chain"
+            raise ChainUnreachable(
+                f"cannot read model {model_id}'s price from {where} ({type(exc).__name__}): is the node running? "
+                "nothing was signed"
+            ) from None
 
     @property
     def chain_identity(self) -> ChainIdentity:
