@@ -433,7 +433,7 @@ def _reason(exc: BaseException) -> str:
     """One line for a failure that is not a revert."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
     lowered = text.lower()
-    if "insufficient funds" in lowered or "enough balance" in lowered:
+    if any(words in lowered for words in ("insufficient funds", "enough balance", "cannot afford")):
         return "the sender has not enough ETH to pay for gas (on a local chain: `agentmarket faucet`)"
     return f"{type(exc).__name__}: {text}"
 
