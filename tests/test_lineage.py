@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 from eth_account import Account
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from marketplace.api import Settings, create_app
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
 from marketplace.chain.eip712 import sign_voucher
@@ -159,6 +161,31 @@ def test_a_model_priced_in_another_token_leaves_nothing_in_its_parents_vault(cha
             assert all(vault.claimable(token, p) == 0 for p in vault.payees()), (asset_id, token)
 
 
+def test_earnings_over_http_show_every_token_waiting_up_the_lineage(chain, deployment, market, admin, alice, bob,
+                                                                    carol, tmp_path):  # fmt: skip
+    """The server's figure (its lineage from the read model) is the chain's (the SDK's plan), per token: the
+    grandparent's owner sees the royalty in token B still waiting in the model's vault."""
+    token_b = other_token(chain, admin)
+    a, b = market.token.address, token_b.address
+    grand = publish(market, alice, token=a, payees=[(alice, 10_000)])
+    parent = publish(market, bob, token=a, payees=[(bob, 7_000)], parents=[(grand, 3_000)])
+    model = publish(market, carol, token=b, payees=[(carol, 5_000)], parents=[(parent, 5_000)], kind=AssetKind.MODEL)
+    token_b.mint(admin, market.marketplace.vault_of(model), 1_000_000)
+    market.token.approve(alice, market.marketplace.address, to_units(1))
+    market.marketplace.buy(alice, grand, to_units(1))
+    settings = Settings(manifest=deployment.save(tmp_path / "deployment.json"), data_dir=tmp_path / "server")
+    with TestClient(create_app(settings, chain=chain)) as http:
+        shown = http.get(f"/v1/accounts/{alice.address}/earnings").json()
+    plan = plan_withdrawal(chain, Lineage.of_market(market), alice.address)
+    in_b = due(due(due(1_000_000, 5_000), 3_000), 10_000)
+    assert [(v["asset_id"], v["token"], v["claimable"], v["waiting"]) for v in shown["vaults"]] == [
+        (grand, a, str(due(to_units(1), 10_000)), "0"), (grand, b, "0", str(in_b)),
+    ] == [(s.asset_id, s.token, str(s.claimable), str(s.waiting)) for s in plan.slots]  # fmt: skip
+    assert (shown["token"], shown["total_claimable"], shown["total_waiting"]) == (a, str(due(to_units(1), 10_000)), "0")
+    assert [(t["token"], t["waiting"]) for t in shown["totals"]] == [(a, "0"), (b, str(in_b))]
+    assert shown["pending_releases"] == len(plan.releases) == 4 and shown["lineage_complete"]  # M-P, P-G, G-alice x2
+
+
 def relayer_of(chain):
     """An account that owns no asset: whoever pushes royalties up pays only gas."""
     return chain.accounts[6]
@@ -230,6 +257,36 @@ def test_a_vault_whose_token_cannot_be_read_is_left_out_not_fatal(chain, market,
     weird = market.marketplace.address
     assert not plan.complete and plan.unreadable == ((data, weird), (data + 1, weird))
     assert got == {token: due(to_units(1), 10_000)}
+
+
+def test_a_child_priced_in_a_gas_burning_token_costs_its_parents_owner_nothing(chain, market, admin, alice, carol):
+    """Anyone may publish a child of your dataset priced in their own token and pay its vault in it. Here the
+    token's next transfer first publishes an asset with 40 payees (about 2M gas): the release that would move
+    it is estimated, found too costly and not sent; every other release is, and the error says which one."""
+    token = market.token.address
+    data = publish(market, alice, token=token, payees=[(alice, 10_000)])
+    market.token.approve(alice, market.marketplace.address, to_units(1))
+    market.marketplace.buy(alice, data, to_units(1))
+    evil = chain.deploy("MaliciousToken", sender=carol)
+    child = publish(market, carol, token=evil.address, payees=[(carol, 5_000)], parents=[(data, 5_000)])
+    chain.send(evil.functions.mint(market.marketplace.vault_of(child), 1_000_000), carol)
+    burn = market.marketplace.contract.encode_abi("publish", args=[
+        0, b"\x01" * 32, "", 1, token, 0, [Account.create().address for _ in range(40)], [250] * 40, [], [], True,
+    ])  # fmt: skip
+    chain.send(evil.functions.arm(market.marketplace.address, burn), carol)
+
+    plan = plan_withdrawal(chain, Lineage.of_market(market), alice.address)
+    assert [(r.asset_id, r.token) for r in plan.releases] == [
+        (child, evil.address), (data, token), (data, evil.address),
+    ]  # fmt: skip
+    before = market.token.balance_of(alice.address)
+    with pytest.raises(ReleaseIncomplete) as partial:
+        execute(chain, alice, plan)
+    assert [(r.asset_id, r.token) for r in partial.value.sent] == [(data, token)]
+    assert market.token.balance_of(alice.address) - before == due(to_units(1), 10_000)
+    (refused, why), *_ = partial.value.failed
+    assert (refused.asset_id, refused.token) == (child, evil.address) and "more than 300,000" in why
+    assert not partial.value.stopped and chain.call(evil.functions.reentryCount()) == 0  # never sent
 
 
 def test_the_walk_is_bounded_and_says_what_it_left_out(chain, market, alice, bob):
@@ -365,8 +422,10 @@ def test_after_every_payee_withdraws_no_vault_owes_anything_and_every_unit_is_ac
             received[token] += amount
     for asset_id in ids:
         vault = market.vault(asset_id)
+        payees = vault.payees()
         for token in world.tokens:
-            assert all(vault.claimable(token.address, p) == 0 for p in vault.payees()), (asset_id, token.address)
+            if vault.total_received(token.address):  # a vault that never received a token owes none of it
+                assert all(vault.claimable(token.address, p) == 0 for p in payees), (asset_id, token.address)
     for token in world.tokens:
         dust = sum(token.balance_of(market.marketplace.vault_of(i)) for i in ids)
         assert received[token.address] + dust == paid[token.address]

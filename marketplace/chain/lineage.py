@@ -43,13 +43,13 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 
 from marketplace.chain.chain import Chain
-from marketplace.chain.errors import ChainError, ContractRevert
+from marketplace.chain.errors import ChainError, ContractRevert, revert_from_exception
 from marketplace.errors import AgentmarketError
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 TOTAL_SHARES = 100_000_000
 #: The most assets one walk visits (nearest first): bounds reads and transactions per plan.
 MAX_WALK_ASSETS = 1_000
+#: The most gas one release may cost (estimated); TestUSD's cost 57k-108k. A costlier one is not sent.
+MAX_RELEASE_GAS = 300_000
 
 # EIP-1167 minimal proxy creation code around the implementation address (OpenZeppelin Clones).
 _CLONE_PREFIX = bytes.fromhex("3d602d80600a3d3981f3363d3d373d3d3d363d73")
@@ -391,15 +393,16 @@ def plan_release(
     return LineagePlan(block, tuple(releases), (), len(members), left_out, ledger.unreadable_pairs(lineage))
 
 
-def execute(chain: Chain, caller: LocalAccount, plan: LineagePlan) -> list[Release]:
+def execute(chain: Chain, caller: LocalAccount, plan: LineagePlan, *, max_gas: int = MAX_RELEASE_GAS) -> list[Release]:
     """Send ``plan``'s releases in order, one transaction each, paid by ``caller``; returns what was sent
     (amounts as moved, with transaction hash and gas used).
 
     Each release is sent only if the vault's ``claimable`` is still above zero right before it (someone
     else may have released meanwhile, or more money arrived): running a plan twice sends nothing twice.
-    A release that reverts is skipped and the rest still sent; any other failure (the chain unreachable,
-    no ETH left for gas) stops at once. Either way :class:`ReleaseIncomplete` follows, naming what was
-    sent and what failed; what was not released stays claimable on chain.
+    A release that would revert, or cost more than ``max_gas`` (a token whose transfer burns gas: anyone
+    can price a child asset in one), is skipped and the rest still sent; any other failure (the chain
+    unreachable, no ETH left for gas) stops at once. Either way :class:`ReleaseIncomplete` follows,
+    naming what was sent and what failed; what was not released stays claimable on chain.
     """
     sent: list[Release] = []
     failed: list[tuple[Release, str]] = []
@@ -408,10 +411,15 @@ def execute(chain: Chain, caller: LocalAccount, plan: LineagePlan) -> list[Relea
         if step.vault not in contracts:
             contracts[step.vault] = chain.contract("RevenueVault", step.vault)
         vault = contracts[step.vault]
+        release = vault.functions.release(step.token, step.payee)
         try:
             if chain.call(vault.functions.claimable(step.token, step.payee)) == 0:
                 continue
-            receipt = chain.send(vault.functions.release(step.token, step.payee), caller)
+            gas = _estimate(release, caller.address)
+            if gas > max_gas:
+                failed.append((step, f"its token's transfer would cost {gas:,} gas (more than {max_gas:,}): not sent"))
+                continue
+            receipt = chain.send(release, caller, gas=gas * 5 // 4)
         except ContractRevert as exc:
             failed.append((step, str(exc)))
             continue
@@ -427,6 +435,17 @@ def execute(chain: Chain, caller: LocalAccount, plan: LineagePlan) -> list[Relea
 
 
 # ---------------------------------------------------------------------- internals
+
+
+def _estimate(fn: Any, sender: str) -> int:
+    """The gas ``fn`` needs from ``sender`` (a revert raises :class:`ContractRevert`)."""
+    try:
+        return fn.estimate_gas({"from": sender})
+    except Exception as exc:
+        revert = revert_from_exception(exc)
+        if revert is None:
+            raise
+        raise revert from None
 
 
 def _reason(exc: BaseException) -> str:

@@ -370,7 +370,9 @@ def _releases_report(sent: list[Release], tusd: str) -> dict[str, object]:
 
 def _incomplete(exc: ReleaseIncomplete, rerun: str) -> AgentmarketError:
     """One line for a run that sent only part of its releases."""
-    return AgentmarketError(f"{exc}; run `{rerun}` again to finish")
+    if exc.stopped:
+        return AgentmarketError(f"{exc}; run `{rerun}` again to finish")
+    return AgentmarketError(f"{exc}; every other release was sent (run `{rerun}` again to retry the failed one)")
 
 
 def withdraw(
