@@ -321,8 +321,10 @@ class LineagePlan:
 
 class ReleaseIncomplete(AgentmarketError):
     """Some releases of a plan were not sent. ``sent`` lists those that were; ``failed`` the ones that
-    failed with the reason. Nothing is lost: what was not released is still claimable on chain, and
-    planning and executing again finishes the job."""
+    failed with the reason; ``stopped`` is True when the run ended at that failure (no ETH for gas, the chain
+    unreachable), False when it went on past releases that reverted or cost too much gas. Nothing is lost:
+    what was not released is still claimable on chain, and planning and executing again finishes the job
+    (a release refused for its token's sake is refused again)."""
 
     def __init__(self, sent: list[Release], failed: list[tuple[Release, str]], stopped: bool) -> None:
         self.sent, self.failed, self.stopped = sent, failed, stopped
