@@ -277,8 +277,8 @@ class _Story:
     def release_and_withdraw(self) -> None:
         market, token = self.market, self.token.address
         forwarded = market.release_upstream(self.deployer, self.built.model_id)
-        self.say(f"royalties released up the lineage: {format_units(sum(a for _, a in forwarded))} tUSD "
-                 f"to {len(forwarded)} dataset vaults")  # fmt: skip
+        self.say(f"royalties released up the lineage: {format_units(sum(r.amount for r in forwarded))} tUSD "
+                 f"to {len({r.payee for r in forwarded})} dataset vaults")  # fmt: skip
         self.earnings: dict[str, int] = {}
         for _name, account, provider, _asset_id, _noise in self.providers:
             self.earnings[account.address] = sum(provider.withdraw().values())

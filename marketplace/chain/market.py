@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from eth_account.signers.local import LocalAccount
 from web3.types import TxReceipt
@@ -23,6 +24,9 @@ from marketplace.chain.eip712 import (
     sign_voucher,
 )
 from marketplace.chain.token import TestUSD
+
+if TYPE_CHECKING:
+    from marketplace.chain.lineage import Release
 
 PERPETUAL = 2**64 - 1
 BPS = 10_000
@@ -736,28 +740,17 @@ class Market:
         """The RevenueVault of ``asset_id``."""
         return RevenueVaultContract(self.chain, self.marketplace.vault_of(asset_id))
 
-    def release_upstream(self, caller: LocalAccount, asset_id: int) -> list[tuple[int, int]]:
-        """Forward royalties up the lineage of ``asset_id``: release every parent vault's claim from its
-        child's vault, children before parents, so each ancestor's own payees can then claim.
+    def release_upstream(self, caller: LocalAccount, asset_id: int) -> list[Release]:
+        """Push ``asset_id``'s royalties up its lineage: its vault releases to every payee that is a vault
+        (its parents), then those vaults to theirs, children first, in every token that reaches each vault
+        along the way (a model priced in another token than its parent pays the parent's vault, and the
+        grandparent, in that token too). Anyone may call it; ``caller`` pays the gas.
 
-        Returns ``(parent asset id, amount)`` for each release that moved tokens. Anyone may call it.
+        Returns the releases sent (amounts in base units of each one's token), only those that moved
+        money: one transaction each. See :mod:`marketplace.chain.lineage` (:func:`plan_release`,
+        :func:`execute`): raises :class:`~marketplace.chain.lineage.ReleaseIncomplete` if a release
+        failed (the rest stays claimable; calling again finishes), AgentmarketError for an unknown asset.
         """
-        released: list[tuple[int, int]] = []
-        lineage, pending = set(), [asset_id]
-        while pending:
-            current = pending.pop()
-            if current not in lineage:
-                lineage.add(current)
-                pending += list(self.marketplace.asset(current).parents)
-        # Parents are published before their children, so their ids are smaller: descending id order
-        # releases every vault before any of its ancestors.
-        for child in sorted(lineage, reverse=True):
-            asset = self.marketplace.asset(child)
-            vault = self.vault(child)
-            for parent in asset.parents:
-                parent_vault = self.marketplace.vault_of(parent)
-                if vault.claimable(asset.token, parent_vault) > 0:
-                    receipt = vault.release(caller, asset.token, parent_vault)
-                    (event,) = self.chain.events(vault.contract, receipt, "PaymentReleased")
-                    released.append((parent, event["amount"]))
-        return released
+        from marketplace.chain.lineage import Lineage, execute, plan_release
+
+        return execute(self.chain, caller, plan_release(self.chain, Lineage.of_market(self), asset_id))

@@ -1,4 +1,5 @@
-"""CLI commands for wallets and the marketplace: register, publish, buy, download, channels, earnings."""
+"""CLI commands for wallets and the marketplace: register, publish, buy, download, channels, earnings,
+withdraw and release."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from marketplace.chain import LOCAL_CHAIN_ID, rpc_chain, to_address
 from marketplace.chain.deployment import Deployment, read_manifest
+from marketplace.chain.lineage import Release, ReleaseIncomplete
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import format_units, to_units
 from marketplace.client import MarketplaceClient
@@ -309,6 +311,11 @@ def invoke(
 # ---------------------------------------------------------------------- earnings
 
 
+def _amount(units: int | str, token: str, tusd: str) -> str:
+    """An amount in tUSD, or in base units of another token (named by its address)."""
+    return f"{format_units(int(units))} tUSD" if token == tusd else f"{int(units)} base units of {token}"
+
+
 def earnings(
     address: Annotated[str | None, typer.Argument(help="Account (default: your wallet).")] = None,
     wallet: WalletOption = DEFAULT_WALLET,
@@ -316,7 +323,8 @@ def earnings(
     rpc: RpcOption = DEFAULT_RPC,
     as_json: JsonOption = False,
 ) -> None:
-    """What you (or ADDRESS) can claim from each vault, and what was already paid out."""
+    """What you (or ADDRESS) can claim from each vault now, what waits up the lineage (royalties still in
+    descendants' vaults: `withdraw` releases them), and what was already paid out."""
     if address:
         with MarketplaceReader(server, timeout=30) as reader:
             data = reader.earnings(to_address(address))
@@ -325,22 +333,102 @@ def earnings(
     if as_json:
         _print_json(data)
         return
+    tusd, several = data["token"], len({v["token"] for v in data["vaults"]}) > 1
     table = Table(title=f"earnings of {data['address']}")
-    for column in ("asset", "vault", "share (bps)", "claimable", "released"):
+    columns = ("asset", "vault", *(["token"] if several else []), "share (bps)", "claimable", "waiting up the lineage")
+    for column in (*columns, "released"):
         table.add_column(column)
     for v in data["vaults"]:
-        table.add_row(str(v["asset_id"]), v["vault"], f"{v['share_bps']:.0f}", format_units(int(v["claimable"])),
-                      format_units(int(v["released"])))  # fmt: skip
+        in_tusd = v["token"] == tusd
+        amounts = [format_units(int(v[k])) if in_tusd else v[k] for k in ("claimable", "waiting", "released")]
+        table.add_row(str(v["asset_id"]), v["vault"], *([v["token"]] if several else []), f"{v['share_bps']:.0f}",
+                      *amounts)  # fmt: skip
     console.print(table)
-    console.print(f"claimable {format_units(int(data['total_claimable']))} tUSD")
+    for total in data["totals"] or [{"token": tusd, "claimable": "0", "waiting": "0"}]:
+        token = total["token"]
+        console.print(f"claimable {_amount(total['claimable'], token, tusd)} now, "
+                      f"{_amount(total['waiting'], token, tusd)} waiting up the lineage", soft_wrap=True)  # fmt: skip
+    if data["pending_releases"]:
+        console.print(f"`agentmarket withdraw` collects it all in {data['pending_releases']} transaction(s)")
+    if not data["lineage_complete"]:
+        console.print("(the lineage is too large to walk whole, or a vault's token cannot be read: more may wait)")
 
 
-def withdraw(wallet: WalletOption = DEFAULT_WALLET, server: ServerOption = DEFAULT_SERVER,
-             rpc: RpcOption = DEFAULT_RPC) -> None:  # fmt: skip
-    """Release everything you can claim, from every vault, to your wallet."""
-    released = _client(wallet, server, rpc).withdraw()
-    total = sum(released.values())
-    console.print(f"withdrew {format_units(total)} tUSD from {len(released)} vault(s)")
+def _releases_report(sent: list[Release], tusd: str) -> dict[str, object]:
+    """The releases sent, for --json."""
+    return {
+        "releases": [
+            {"asset_id": r.asset_id, "vault": r.vault, "token": r.token, "payee": r.payee,
+             "payee_asset_id": r.payee_asset_id, "amount": str(r.amount), "transaction": r.transaction,
+             "gas_used": r.gas_used}
+            for r in sent
+        ],
+        "gas_used": sum(r.gas_used for r in sent),
+        "token": tusd,
+    }  # fmt: skip
+
+
+def _incomplete(exc: ReleaseIncomplete, rerun: str) -> AgentmarketError:
+    """One line for a run that sent only part of its releases."""
+    if exc.stopped:
+        return AgentmarketError(f"{exc}; run `{rerun}` again to finish")
+    return AgentmarketError(f"{exc}; every other release was sent (run `{rerun}` again to retry the failed one)")
+
+
+def withdraw(
+    wallet: WalletOption = DEFAULT_WALLET,
+    server: ServerOption = DEFAULT_SERVER,
+    rpc: RpcOption = DEFAULT_RPC,
+    as_json: JsonOption = False,
+) -> None:
+    """Collect everything waiting for you: royalties up the lineage first (descendants' vaults release to
+    your assets' vaults, children first, in every token), then every vault that pays you releases to your
+    wallet. One transaction per release that moves money; re-running after a failure finishes the job."""
+    client = _client(wallet, server, rpc)
+    tusd = client.market.token.address
+    try:
+        sent = client.collect()
+    except ReleaseIncomplete as exc:
+        raise _incomplete(exc, "agentmarket withdraw") from None
+    if as_json:
+        _print_json(_releases_report(sent, tusd))
+        return
+    mine = [r for r in sent if r.payee == client.address]
+    received: dict[str, int] = {}
+    for release in mine:
+        received[release.token] = received.get(release.token, 0) + release.amount
+    upstream = len(sent) - len(mine)
+    amounts = " + ".join(_amount(v, t, tusd) for t, v in sorted(received.items(), key=lambda i: i[0] != tusd))
+    console.print(f"withdrew {amounts or _amount(0, tusd, tusd)} from {len({r.asset_id for r in mine})} vault(s) in "
+                  f"{len(sent)} transaction(s) ({upstream} release(s) up the lineage; "
+                  f"{sum(r.gas_used for r in sent):,} gas)", soft_wrap=True)  # fmt: skip
+
+
+def release(
+    asset_id: Annotated[int, typer.Argument(help="The asset whose royalties to push up its lineage.")],
+    wallet: WalletOption = DEFAULT_WALLET,
+    server: ServerOption = DEFAULT_SERVER,
+    rpc: RpcOption = DEFAULT_RPC,
+    as_json: JsonOption = False,
+) -> None:
+    """Push ASSET_ID's royalties up its lineage: its vault releases to its parents' vaults, then those to
+    theirs, children first, in every token that reached them. Anyone may; your wallet pays the gas."""
+    client = _client(wallet, server, rpc)
+    tusd = client.market.token.address
+    try:
+        sent = client.release(asset_id)
+    except ReleaseIncomplete as exc:
+        raise _incomplete(exc, f"agentmarket release {asset_id}") from None
+    if as_json:
+        _print_json(_releases_report(sent, tusd))
+        return
+    if not sent:
+        console.print(f"nothing to release up asset {asset_id}'s lineage")
+        return
+    for r in sent:
+        console.print(f"asset {r.asset_id}'s vault -> asset {r.payee_asset_id}'s vault: "
+                      f"{_amount(r.amount, r.token, tusd)} ({r.gas_used:,} gas)", soft_wrap=True)  # fmt: skip
+    console.print(f"released royalties up asset {asset_id}'s lineage in {len(sent)} transaction(s)")
 
 
 def register(app: typer.Typer) -> None:
@@ -350,5 +438,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(asset_app, name="asset")
     app.add_typer(channel_app, name="channel")
     app.command("faucet")(faucet)
-    for command in (buy, download, invoke, earnings, withdraw):
+    for command in (buy, download, invoke, earnings, withdraw, release):
         app.command()(command)

@@ -36,6 +36,7 @@ from x402.schemas import PaymentRequired
 
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, DeploymentError, parse_manifest, verify_deployment
+from marketplace.chain.lineage import Lineage, LineagePlan, Release, execute, plan_release, plan_withdrawal
 from marketplace.chain.market import AssetKind, Market
 from marketplace.chain.token import TestUSD
 from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms
@@ -298,7 +299,10 @@ class MarketplaceReader:
         return self._request("GET", f"/v1/agents/{agent_id}").json()
 
     def earnings(self, address: str) -> dict[str, Any]:
-        """Claimable and released amounts per vault for ``address``."""
+        """``GET /v1/accounts/{address}/earnings``: for every vault ``address`` is a payee of and every token
+        that reaches it, ``claimable`` (now), ``waiting`` (what releases up the lineage would add) and
+        ``released`` (so far), in base units; totals per token; ``pending_releases``, the transactions a
+        withdrawal would send."""
         return self._request("GET", f"/v1/accounts/{address}/earnings").json()
 
     def stats(self) -> dict[str, Any]:
@@ -389,6 +393,7 @@ class MarketplaceClient(MarketplaceReader):
         self._vouchers: VoucherHasher | None = None
         #: The longest x402 authorization this client signs, in seconds (see :mod:`marketplace.client.checks`).
         self.x402_max_timeout_seconds = MAX_TIMEOUT_SECONDS
+        self._lineage: Lineage | None = None
 
     @classmethod
     def connect(
@@ -488,7 +493,9 @@ class MarketplaceClient(MarketplaceReader):
     # ------------------------------------------------------------------ reads
 
     def earnings(self, address: str | None = None) -> dict[str, Any]:
-        """Claimable and released amounts per vault for ``address`` (default: this account)."""
+        """The server's earnings of ``address`` (default: this account): per asset and token, claimable now,
+        waiting up the lineage and released (see :meth:`MarketplaceReader.earnings`; :meth:`withdrawal_plan`
+        computes the same from the chain alone)."""
         return super().earnings(address or self.address)
 
     # ------------------------------------------------------------------ providers
@@ -903,16 +910,49 @@ class MarketplaceClient(MarketplaceReader):
 
     # ------------------------------------------------------------------ earnings
 
+    def lineage(self) -> Lineage:
+        """The marketplace's royalty graph read from the chain (cached; assets published since are added)."""
+        if self._lineage is None:
+            self._lineage = Lineage.of_market(self.market)
+        else:
+            self._lineage.refresh()
+        return self._lineage
+
+    def withdrawal_plan(self, address: str | None = None) -> LineagePlan:
+        """What :meth:`collect` would send for ``address`` (default: this account) and get it, computed now
+        from on-chain reads alone (:func:`~marketplace.chain.lineage.plan_withdrawal`): per asset and token,
+        claimable now and waiting up the lineage, and the releases, children first. The server's
+        ``GET /v1/accounts/{address}/earnings`` shows the same figures."""
+        return plan_withdrawal(self.chain, self.lineage(), address or self.address)
+
+    def collect(self) -> list[Release]:
+        """Release everything waiting for this account anywhere up its assets' lineage, then to this account.
+
+        Vault-to-vault releases first (children first: a model's vault pays its parent dataset's vault,
+        in every token that reached it), then every vault that pays this account releases to it; only
+        releases that move money, one transaction each, paid by this account. Returns what was sent
+        (:class:`~marketplace.chain.lineage.Release`, amounts in base units of each one's token).
+        Idempotent: each release re-reads its claimable right before it is sent. Raises
+        :class:`~marketplace.chain.lineage.ReleaseIncomplete` when a release failed (what it sent and
+        what failed; the rest stays claimable on chain: calling again finishes).
+        """
+        return execute(self.chain, self.account, self.withdrawal_plan())
+
     def withdraw(self) -> dict[int, int]:
-        """Release everything this account can claim, from every vault; returns amount per asset."""
-        released: dict[int, int] = {}
-        for vault in self.earnings()["vaults"]:
-            if int(vault["claimable"]) > 0:
-                contract = self.market.vault(vault["asset_id"])
-                receipt = contract.release(self.account, vault["token"], self.address)
-                (event,) = self.chain.events(contract.contract, receipt, "PaymentReleased")
-                released[vault["asset_id"]] = event["amount"]
-        return released
+        """:meth:`collect`, summed per asset: what this account was sent from each asset's vault (base
+        units; a lineage that mixes tokens adds them up here, :meth:`collect` keeps them apart)."""
+        received: dict[int, int] = {}
+        for release in self.collect():
+            if release.payee == self.address:
+                received[release.asset_id] = received.get(release.asset_id, 0) + release.amount
+        return received
+
+    def release(self, asset_id: int) -> list[Release]:
+        """Push ``asset_id``'s royalties up its lineage (vault to vault, children first, every token that
+        reaches each vault): anyone may, this account pays the gas. Returns the releases sent; raises
+        AgentmarketError for an unknown asset and
+        :class:`~marketplace.chain.lineage.ReleaseIncomplete` when a release failed."""
+        return execute(self.chain, self.account, plan_release(self.chain, self.lineage(), asset_id))
 
 
 def _same_deployment(trusted: Deployment, served: Deployment, base_url: str) -> None:
