@@ -126,7 +126,9 @@ def test_a_chain_that_dies_under_serve_gets_503_and_one_log_line_per_kind(world)
         down = _wait_until(lambda: (h := _health(base)) is not None and h.status_code == 503 and h, 20, "chain down")
         body = down.json()
         assert (body["error"], body["status"], body["rpc_url"]) == ("chain_unavailable", "chain_down", rpc)
-        assert (body["chain_id"], body["last_head_block"]) == (31337, last_head)
+        # the last head the server's watcher saw: it reads the chain every poll interval (1 s), so the
+        # node may have died before it saw the very last block
+        assert body["chain_id"] == 31337 and head_before <= body["last_head_block"] <= last_head
         assert isinstance(body["last_head_timestamp"], int) and rpc in body["detail"]
 
         for path in ("/v1/assets", f"/v1/assets/{world.model}", "/v1/stats", "/v1/agents/1",
