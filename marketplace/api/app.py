@@ -6,22 +6,20 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI
 
 import marketplace
 from marketplace.api.deps import Services
 from marketplace.api.errors import install_error_handlers
 from marketplace.api.limits import Limits, RequestLimits, upload_matcher
+from marketplace.api.relayer import settlement_account
 from marketplace.api.routes import accounts, agents, assets, auth, content, health, models, payments, x402
 from marketplace.api.schemas import ErrorBody
 from marketplace.api.settings import Settings
 from marketplace.api.state import ServerBase
-from marketplace.chain import LOCAL_CHAIN_ID, Chain, rpc_chain
+from marketplace.chain import Chain, rpc_chain
 from marketplace.chain.deployment import load_deployment
 from marketplace.content import ContentStore
-from marketplace.errors import AgentmarketError
 from marketplace.indexer import Indexer
 from marketplace.indexer.database import open_database
 from marketplace.inference import ModelHandler
@@ -34,17 +32,6 @@ from marketplace.siwe import TokenIssuer
 RELAYER_LOCK = threading.Lock()
 
 
-def _relayer(settings: Settings, chain: Chain) -> LocalAccount:
-    if settings.relayer_key is not None:
-        try:
-            return Account.from_key(settings.relayer_key.get_secret_value())
-        except (ValueError, TypeError):
-            raise AgentmarketError("AGENTMARKET_RELAYER_KEY is not a valid private key (want 0x + 64 hex)") from None
-    if chain.chain_id != LOCAL_CHAIN_ID:
-        raise AgentmarketError(f"chain id {chain.chain_id} is not a local dev chain; set AGENTMARKET_RELAYER_KEY")
-    return chain.accounts[-1]
-
-
 def build_services(
     settings: Settings, chain: Chain | None = None, model_handlers: dict[int, ModelHandler] | None = None
 ) -> Services:
@@ -55,7 +42,7 @@ def build_services(
     engine = open_database(settings.resolved_database_url())
     ServerBase.metadata.create_all(engine)
     market = deployment.market(chain)
-    relayer = _relayer(settings, chain)
+    relayer = settlement_account(settings, chain)
     ledger = VoucherLedger(settings.data_dir / "channels.sqlite3", synchronous=settings.voucher_sync)
     try:
         watcher = ChainWatcher(market, settings.chain_poll_interval)

@@ -27,8 +27,10 @@ class Settings(BaseSettings):
     port: int = 8000
     #: Largest upload accepted, in bytes (413 above it).
     max_upload_bytes: int = 256 * 1024 * 1024
-    #: Key that pays the gas of settlements (x402, channel claims). Default on a local chain: the
-    #: last dev account. Never logged.
+    #: Key that claims this gateway's channels and pays the gas of its settlements (x402, channel claims).
+    #: Default: a key of the gateway's own, made in ``data_dir`` (``settlement.key``) and, on a local dev
+    #: chain, funded with gas at start (marketplace/api/relayer.py). Never logged; never share one key
+    #: between gateways with separate data directories.
     relayer_key: SecretStr | None = None
     #: Domain a Sign-In with Ethereum message must name (default: host:port).
     siwe_domain: str | None = None
