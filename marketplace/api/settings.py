@@ -102,8 +102,13 @@ class Settings(BaseSettings):
     #: Longest a response may stay stuck because its client does not read it (the connection is dropped).
     send_timeout: float = Field(30.0, gt=0)
     #: Most connections open at once; when full, the one waiting longest for a request head is closed
-    #: to make room, or the new one gets 503 if every connection has a request in flight.
+    #: to make room, else the slowest request body of the client holding most connections (503), or the
+    #: new one gets 503 if every connection has a request in flight.
     max_connections: int = Field(512, ge=1)
+    #: Most connections one client (IP address; IPv6: its /64) may hold; a new one beyond it closes that
+    #: client's own idle or slowest-body connection, else gets 503. Behind a reverse proxy every client is
+    #: the proxy: raise it to max_connections there.
+    max_connections_per_client: int = Field(64, ge=1)
     #: On shutdown, how long requests in flight may take to finish before they are cancelled.
     shutdown_timeout: float = Field(30.0, gt=0)
 
