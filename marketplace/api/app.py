@@ -13,7 +13,7 @@ from marketplace.api.deps import Services
 from marketplace.api.errors import install_error_handlers
 from marketplace.api.limits import Limits, RequestLimits, upload_matcher
 from marketplace.api.relayer import settlement_account
-from marketplace.api.routes import accounts, agents, assets, auth, content, health, models, payments, x402
+from marketplace.api.routes import accounts, agents, assets, auth, content, health, models, payments, stats, x402
 from marketplace.api.schemas import ErrorBody
 from marketplace.api.settings import Settings
 from marketplace.api.state import ServerBase
@@ -109,6 +109,7 @@ def create_app(
         accounts.router,
         models.router,
         payments.router,
+        stats.router,
     ):
         app.include_router(router, responses={"4XX": {"model": ErrorBody, "description": "Client error"}})
     app.add_middleware(
