@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
 
 from marketplace.api import Settings, create_app
 from marketplace.api.routes.stats import STATS_MAX_AGE
@@ -94,3 +95,11 @@ def test_revenue_is_every_transfer_of_the_assets_token_into_its_vault_and_costs_
         later = client.get("/v1/stats").json()  # ... counted once the figures are STATS_MAX_AGE old
         assert int(later["revenue_received"]) == sum(on_chain.values()) + to_units(1)
         assert later["licenses_sold"] == 3 and rpc_calls["eth_call"] == 0
+
+    # A read model written by a version without the vault_revenue table is rebuilt, not read with zeros.
+    engine = create_engine(settings.resolved_database_url())
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE vault_revenue"))
+    engine.dispose()
+    with TestClient(create_app(settings, chain=chain)) as client:
+        assert client.get("/v1/stats").json()["revenue_received"] == later["revenue_received"]
