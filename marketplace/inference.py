@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 
 class InferenceError(AgentmarketError):
-    """The handler could not answer (bad input for the model, or the upstream failed)."""
+    """The handler could not answer: the model or its upstream failed (the gateway answers 502). Input the
+    model does not accept is a :class:`ModelInputError` instead."""
 
 
 class ModelInputError(AgentmarketError, ValueError):

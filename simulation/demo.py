@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
+from pydantic import SecretStr
+from web3 import Web3
 
 from agents import AgentWallet, AuditLedger, Budget
 from agents.brains import LLMBrain, UCBBrain
@@ -94,9 +96,12 @@ def run_demo(
         deployment = deploy_all(chain, deployer, fee_bps=FEE_BPS)
         market = deployment.market(chain)
         say(f"deployed {len(deployment.contracts)} contracts (TestUSD, Marketplace, vaults, channels, registries)")
-        # A free port, so that the login domain (127.0.0.1:port) is the one the clients reach.
+        # A free port, so that the login domain (127.0.0.1:port) is the one the clients reach. The story's one
+        # gateway settles with a dev account named here (not a key of its own made at random), so that every run
+        # tells the same story with the same transactions and gas.
         settings = Settings(manifest=deployment.save(work_dir / "deployment.json"), data_dir=work_dir / "server",
-                            port=_free_port(), settle_interval=3600)  # fmt: skip
+                            port=_free_port(), settle_interval=3600,
+                            relayer_key=SecretStr(Web3.to_hex(chain.accounts[-1].key)))  # fmt: skip
         app = create_app(settings, chain=chain)
         with serving(app) as base_url:
             say(f"marketplace server (uvicorn) on {base_url}")

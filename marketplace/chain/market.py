@@ -185,9 +185,9 @@ class Feedback:
 
 @dataclass(frozen=True)
 class RaterPayment:
-    """What an account paid into an asset's vault by one proof (licenses, or one channel's claims)
-    and what qualifies a rater: ``required`` = max(the asset's current price, the deployment's floor).
-    Token base units."""
+    """What an account paid into an asset's vault by one proof and what qualifies a rater (token base
+    units): by its licenses (each bought at the price of its day), ``required`` = the deployment's floor;
+    by one channel's claims, ``required`` = max(the asset's current price, the floor)."""
 
     paid: int
     required: int
@@ -628,8 +628,9 @@ class AgentRegistryContract:
 
 class ReputationContract:
     """Feedback on a [0, 100] scale, accepted only from accounts whose payment for the subject
-    qualifies them (at least max(price, the deployment's floor) into the asset's vault), once per
-    account and subject; never from the subject's owner, operators or agent wallet."""
+    qualifies them (licenses that paid at least the deployment's floor in all, each at the price of its
+    day, or a channel whose claims reached max(the current price, the floor)), once per account and
+    subject; never from the subject's owner, operators or agent wallet."""
 
     def __init__(self, chain: Chain, address: str) -> None:
         self.chain = chain

@@ -1,4 +1,4 @@
-"""GET /v1/accounts/{address}/earnings and GET /v1/stats."""
+"""GET /v1/accounts/{address}/earnings."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ from typing import Annotated
 
 from eth_utils import to_checksum_address
 from fastapi import APIRouter, Path
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from marketplace.api.deps import ServicesDep, SessionDep
-from marketplace.api.schemas import AssetRevenue, Earning, Earnings, Stats, TokenEarnings
+from marketplace.api.schemas import Earning, Earnings, TokenEarnings
 from marketplace.chain.lineage import TOTAL_SHARES, Lineage, VaultNode, plan_withdrawal
-from marketplace.chain.market import RevenueVaultContract
-from marketplace.indexer.models import AgentRow, AssetPayeeRow, AssetRow, ChannelRow, LicenseRow, ReleaseRow
+from marketplace.indexer.models import AssetPayeeRow, AssetRow
 
 router = APIRouter(tags=["accounts"])
 
@@ -70,27 +69,4 @@ def _lineage(session: Session) -> Lineage:
     return Lineage(
         VaultNode(asset.asset_id, asset.vault, asset.token, tuple(payees.get(asset.asset_id, ())))
         for asset in session.scalars(select(AssetRow))
-    )
-
-
-@router.get("/v1/stats", response_model=Stats, operation_id="getStats")
-def stats(session: SessionDep, services: ServicesDep) -> Stats:
-    """Volume, revenue, revenue released by payee, and the top assets by revenue."""
-    assets = list(session.scalars(select(AssetRow).order_by(AssetRow.asset_id)))
-    revenue = {a.asset_id: RevenueVaultContract(services.chain, a.vault).total_received(a.token) for a in assets}
-    released: dict[str, int] = {}
-    for payee, amount in session.execute(select(ReleaseRow.payee, ReleaseRow.amount)):
-        released[payee] = released.get(payee, 0) + amount  # exact ints, summed here: the same on every engine
-    top = sorted(assets, key=lambda a: (-revenue[a.asset_id], a.asset_id))[:10]
-    return Stats(
-        assets=len(assets),
-        agents=session.scalar(select(func.count(AgentRow.agent_id))) or 0,
-        licenses_sold=session.scalar(select(func.count(LicenseRow.id))) or 0,
-        license_volume=str(sum(session.scalars(select(LicenseRow.price)))),
-        channel_volume=str(sum(session.scalars(select(ChannelRow.claimed)))),
-        revenue_received=str(sum(revenue.values())),
-        released_by_payee={k: str(v) for k, v in sorted(released.items())},
-        top_assets=[
-            AssetRevenue(asset_id=a.asset_id, uri=a.uri, revenue_received=str(revenue[a.asset_id])) for a in top
-        ],
     )
