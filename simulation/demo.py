@@ -89,8 +89,9 @@ def run_demo(
         deployment = deploy_all(chain, deployer, fee_bps=FEE_BPS)
         market = deployment.market(chain)
         say(f"deployed {len(deployment.contracts)} contracts (TestUSD, Marketplace, vaults, channels, registries)")
-        settings = Settings(manifest=deployment.save(work_dir / "deployment.json"), data_dir=work_dir / "server",
-                            siwe_domain="127.0.0.1", settle_interval=3600)  # fmt: skip
+        settings = Settings.load(manifest=deployment.save(work_dir / "deployment.json"),
+                                 data_dir=work_dir / "server", siwe_domain="127.0.0.1",
+                                 settle_interval=3600)  # fmt: skip
         app = create_app(settings, chain=chain)
         with serving(app) as base_url:
             say(f"marketplace server (uvicorn) on {base_url}")
@@ -308,6 +309,7 @@ class _Story:
             "payments": self.payments,
             "paid_total": paid,
             "earnings_by_address": {a: {"role": self.roles.get(a, "?"), "amount": v} for a, v in self.earnings.items()},
+            "parties": dict(self.roles),  # address -> who it is: owner, agents, providers, treasury
             "protocol_fee": self.fee,
             "left_in_vaults": dust,
             "claimable_left": leftover,

@@ -86,8 +86,9 @@ def run_simulation(
         first_block = chain.block_number() + 1
         deployment = deploy_all(chain, deployer, fee_bps=scenario.protocol.fee_bps)
         market = deployment.market(chain)
-        settings = Settings(manifest=deployment.save(work_dir / "deployment.json"), data_dir=work_dir / "server",
-                            siwe_domain="testserver", settle_interval=10**6)  # fmt: skip
+        settings = Settings.load(manifest=deployment.save(work_dir / "deployment.json"),
+                                 data_dir=work_dir / "server", siwe_domain="testserver",
+                                 settle_interval=10**6)  # fmt: skip
         with TestClient(create_app(settings, chain=chain)) as http:
             world = _World(scenario, chain, market, deployer, http, work_dir, rng)
             world.publish_datasets()
