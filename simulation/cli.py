@@ -71,11 +71,12 @@ def simulate(
     param: ParamOption = None,
 ) -> None:
     """Run a seeded simulation where every payment goes through the contracts; write metrics, plots, a report."""
-    from simulation.runner import simulate as run
     from simulation.scenario import load_scenario
 
     check_settings()
-    scenario = load_scenario(scenario_file, param or [], seed=seed)
+    scenario = load_scenario(scenario_file, param or [], seed=seed)  # a mistake is told before the heavy imports
+    from simulation.runner import simulate as run
+
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console)  # fmt: skip
     with progress:
@@ -102,13 +103,14 @@ def sweep(
     """Run a scenario over a grid of parameters (each point its own process and chain); one table at the end.
     Ctrl-C stops every running point at once and removes its unfinished folder (exit 130)."""
     from marketplace.cli.app import _interrupt_on_signals
-    from simulation.runner import SweepInterrupted
-    from simulation.runner import sweep as run
     from simulation.scenario import load_scenario, parse_sweep
 
     check_settings()
     scenario = load_scenario(scenario_file)
     total = len(parse_sweep(param or []))
+    from simulation.runner import SweepInterrupted
+    from simulation.runner import sweep as run
+
     _interrupt_on_signals()  # SIGTERM too: the workers are stopped and cleaned up, never left running
     try:
         with Progress(TextColumn("grid points"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
