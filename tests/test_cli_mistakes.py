@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -193,6 +194,9 @@ def test_wallet_file_mistakes_are_one_line_and_leave_the_file_alone(stack, tmp_p
     assert not fresh.exists()
 
 
+REQUEST_LINE = re.compile(rb"(?:GET|POST|PUT) /\S* HTTP/1")
+
+
 class CuttingProxy:
     """A TCP relay to a real node that passes the first ``requests`` HTTP requests, then drops every
     connection and stops listening: the node going away in the middle of a command."""
@@ -221,7 +225,7 @@ class CuttingProxy:
         try:
             while chunk := source.recv(65536):
                 if counting:
-                    self.seen += chunk.count(b"POST ")
+                    self.seen += len(REQUEST_LINE.findall(chunk))
                     if self.seen > self.budget:
                         self.close()
                         return
@@ -237,8 +241,8 @@ class CuttingProxy:
             sock.close()
 
 
-def test_a_chain_that_stops_answering_mid_command_is_one_line_naming_its_url(stack, parties):
-    _home, env = stack
+def test_a_chain_or_server_that_stops_answering_mid_command_is_one_line_naming_its_url(stack, parties):
+    home, env = stack
     proxy = CuttingProxy(int(env["AGENTMARKET_RPC"].rsplit(":", 1)[1]), requests=1)
     try:
         result = cli(stack, "channel", "ls", "--rpc", proxy.url, wallet="buyer.json")
@@ -246,6 +250,15 @@ def test_a_chain_that_stops_answering_mid_command_is_one_line_naming_its_url(sta
         proxy.close()
     assert proxy.seen > 1  # the command had reached the node before it went away
     assert_one_line_error(result, f"the chain's JSON-RPC node at {proxy.url} stopped answering", "agentmarket node")
+    # The server going away between login and the content: the download's request is cut.
+    proxy = CuttingProxy(int(env["AGENTMARKET_SERVER"].rsplit(":", 1)[1]), requests=3)  # deployment, nonce, verify
+    try:
+        result = cli(stack, "download", "1", "--out", str(home / "cut.csv"), "--server", proxy.url, wallet="buyer.json")
+    finally:
+        proxy.close()
+    assert proxy.seen == 4
+    assert_one_line_error(result, f"the marketplace server at {proxy.url} stopped answering", "agentmarket serve")
+    assert not (home / "cut.csv").exists()
 
 
 def test_usage_and_environment_mistakes_are_one_line(stack, tmp_path):

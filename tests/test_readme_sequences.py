@@ -1,7 +1,8 @@
 """The README's shell sequences run pasted in the order written (issue 13 §5), in an empty directory with
 only ``.venv`` in it (a fresh clone after ``make``): the local marketplace (``node`` and ``serve`` as
 background processes, as in their two terminals), then the provider's, the agent developer's, the agent's
-and the researcher's blocks, line by line, through ``bash`` and the venv's real ``agentmarket`` script.
+and the researcher's blocks, line by line, through ``bash`` and the venv's real ``agentmarket`` script; and the
+README's stock x402 client snippet pays for a download from that server.
 
 What a user types or has that a test cannot, and only that, is replaced: the two ports (free ones instead of
 8545 and 8000, through the documented ``AGENTMARKET_RPC`` / ``AGENTMARKET_SERVER``), the password prompts
@@ -25,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from marketplace.wallet_file import load_wallet
 from tests.openai_stub import ScriptedLLM, answer
 from tests.test_cli import free_port
 
@@ -175,6 +177,14 @@ def test_the_readme_sequences_run_pasted_in_order(tmp_path):
         assert paid["output"] == "setosa" and paid["payment"]["callsLeft"] == 19  # deposit 1 = 20 calls at 0.05
         listed = next(out for line, out in shell.outputs.items() if "channel ls" in line)
         assert "2.000000" in listed and "open" in listed  # topped up to 2 tUSD
+
+        # The README's stock x402 client, with the two lines that let it pay in TestUSD: one download, paid.
+        (snippet,) = [b for b in re.findall(r"```py\n(.*?)```", README.read_text(), re.S) if "set_spend_controls" in b]
+        deployment = httpx.get(f"{env['AGENTMARKET_SERVER']}/v1/deployment", timeout=10).json()
+        names = {"account": load_wallet(home / "agent.json", PASSWORD),
+                 "test_usd_address": deployment["contracts"]["TestUSD"]["address"]}  # fmt: skip
+        exec(compile(re.sub(r"\b8000\b", str(api_port), snippet), str(README), "exec"), names)  # our own README
+        assert names["paid"].status_code == 200 and names["paid"].content == (home / "iris.csv").read_bytes()
 
         with ScriptedLLM(lambda _body: answer("I would need to see the digits first.")) as llm:
             for line in sequence(SEQUENCES[3]):  # the agent

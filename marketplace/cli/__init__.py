@@ -3,8 +3,8 @@
 Every mistake a user can make surfaces as one line on stderr (``error: ...``) and exit code 1, never a
 traceback: an :class:`~marketplace.errors.AgentmarketError` (its message names what was wrong and what to
 do), a bad option or argument (click's usage errors, bad ``AGENTMARKET_*`` values of options included), a
-chain node that stops answering mid-command (the line names its URL), and a password prompt that gets no
-answer. Ctrl-C exits 130.
+chain node or a marketplace server that stops answering mid-command (the line names its URL), and a password
+prompt that gets no answer. Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+import httpx
 import requests
 import typer
 from rich.console import Console
@@ -58,6 +59,19 @@ def _lost_chain(exc: requests.exceptions.RequestException) -> str:
     )
 
 
+def _lost_server(exc: httpx.HTTPError) -> str:
+    """The marketplace server stopped answering while a command streamed from it (the SDK names it before)."""
+    try:
+        url = exc.request.url
+        where = f"{url.scheme}://{url.netloc.decode()}"
+    except (RuntimeError, AttributeError):
+        where = "the server URL"
+    return (
+        f"the marketplace server at {where} stopped answering ({type(exc).__name__}) while the command ran; check that "
+        "it is running (agentmarket serve), then run the command again (a download is written only once complete)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``agentmarket`` script: run the command, turn every user-facing failure into one line."""
     try:
@@ -81,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(1)
     except requests.exceptions.RequestException as exc:
         error_line(_lost_chain(exc))
+        sys.exit(1)
+    except httpx.HTTPError as exc:
+        error_line(_lost_server(exc))
         sys.exit(1)
     except TimeExhausted as exc:
         error_line(f"a transaction was sent but no receipt came in time ({exc}); check the chain before retrying")
