@@ -1,8 +1,9 @@
 """The README's shell sequences run pasted in the order written (issue 13 §5), in an empty directory with
 only ``.venv`` in it (a fresh clone after ``make``): the local marketplace (``node`` and ``serve`` as
-background processes, as in their two terminals), then the provider's, the agent developer's, the agent's
-and the researcher's blocks, line by line, through ``bash`` and the venv's real ``agentmarket`` script; and the
-README's stock x402 client snippet pays for a download from that server.
+background processes, as in their two terminals), then the provider's, the agent developer's and the agent's
+blocks, line by line, through ``bash`` and the venv's real ``agentmarket`` script, and the README's stock x402
+client snippet pays for a download from that server; the researcher's block (which needs no node) in a test of
+its own.
 
 What a user types or has that a test cannot, and only that, is replaced: the two ports (free ones instead of
 8545 and 8000, through the documented ``AGENTMARKET_RPC`` / ``AGENTMARKET_SERVER``), the password prompts
@@ -44,7 +45,7 @@ SEQUENCES = (
 )
 PASSWORD = "correct horse"
 #: A smaller world for the researcher's commands in the default run (the full ones take minutes).
-SMALL = ["rounds=1", "consumers.queries_per_round=4"]
+SMALL = ["rounds=1", "consumers.queries_per_round=2", "producers.shard_size=60"]
 
 
 def sequence(heading: str) -> list[str]:
@@ -130,7 +131,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_the_readme_sequences_run_pasted_in_order(tmp_path):
+def test_the_marketplace_sequences_run_pasted_in_order(tmp_path):
     if not (VENV / "bin" / "agentmarket").is_file():
         pytest.skip(f"no agentmarket script in {VENV} (the sequences run `.venv/bin/agentmarket`)")
     home = tmp_path / "clone"
@@ -193,16 +194,6 @@ def test_the_readme_sequences_run_pasted_in_order(tmp_path):
                 shell.run(line)
         assert len(llm.requests) >= 1  # the LLM line reached the (stub) model
 
-        full = os.environ.get("AGENTMARKET_README_FULL") == "1"
-        for line in sequence(SEQUENCES[4]):  # the researcher
-            line = _ports(line, rpc_port, api_port)
-            if not full:
-                line = _smaller(line)
-            shell.run(line, timeout=1800)
-        for run in ("runs/baseline", "runs/noisy"):
-            assert (home / run / "metrics.json").is_file() and (home / run / "report.md").is_file()
-        rows = (home / "runs" / "rules" / "sweep.csv").read_text().count("\n") - 1
-        assert rows == (6 if full else 2)  # one per royalty rule of the grid
     finally:
         for process in reversed(background):
             process.terminate()
@@ -210,3 +201,21 @@ def test_the_readme_sequences_run_pasted_in_order(tmp_path):
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def test_the_researcher_sequence_runs(tmp_path):
+    """Needs no node or server of its own (``--chain anvil`` starts one and stops it)."""
+    if not (VENV / "bin" / "agentmarket").is_file():
+        pytest.skip(f"no agentmarket script in {VENV} (the sequences run `.venv/bin/agentmarket`)")
+    home = tmp_path / "clone"
+    home.mkdir()
+    (home / ".venv").symlink_to(VENV)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMARKET_", "PYTHON", "VIRTUAL_ENV"))}
+    shell = Shell(home, {**clean, "COLUMNS": "200"})
+    full = os.environ.get("AGENTMARKET_README_FULL") == "1"
+    for line in sequence(SEQUENCES[4]):
+        shell.run(line if full else _smaller(line), timeout=1800)
+    for run in ("runs/baseline", "runs/noisy"):
+        assert (home / run / "metrics.json").is_file() and (home / run / "report.md").is_file()
+    rows = (home / "runs" / "rules" / "sweep.csv").read_text().count("\n") - 1
+    assert rows == (6 if full else 2)  # one per royalty rule of the grid

@@ -381,6 +381,8 @@ def channel_open(
     """Open a payment channel for metered calls (your wallet signs the vouchers; the server's settlement key,
     from GET /v1/payments, claims the calls it answered)."""
     units = to_units(deposit, maximum=MAX_DEPOSIT, what="--deposit")
+    if units == 0:
+        raise AgentmarketError("--deposit must be more than 0 tUSD")
     ttl = _seconds(hours, "--hours")
     client = _client(wallet, server, rpc)
     channel_id = client.open_channel(asset_id, units, ttl=ttl)
