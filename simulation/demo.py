@@ -99,9 +99,9 @@ def run_demo(
         # A free port, so that the login domain (127.0.0.1:port) is the one the clients reach. The story's one
         # gateway settles with a dev account named here (not a key of its own made at random), so that every run
         # tells the same story with the same transactions and gas.
-        settings = Settings(manifest=deployment.save(work_dir / "deployment.json"), data_dir=work_dir / "server",
-                            port=_free_port(), settle_interval=3600,
-                            relayer_key=SecretStr(Web3.to_hex(chain.accounts[-1].key)))  # fmt: skip
+        settings = Settings.load(manifest=deployment.save(work_dir / "deployment.json"),
+                                 data_dir=work_dir / "server", port=_free_port(), settle_interval=3600,
+                                 relayer_key=SecretStr(Web3.to_hex(chain.accounts[-1].key)))  # fmt: skip
         app = create_app(settings, chain=chain)
         with serving(app) as base_url:
             say(f"marketplace server (uvicorn) on {base_url}")
@@ -319,6 +319,7 @@ class _Story:
             "payments": self.payments,
             "paid_total": paid,
             "earnings_by_address": {a: {"role": self.roles.get(a, "?"), "amount": v} for a, v in self.earnings.items()},
+            "parties": dict(self.roles),  # address -> who it is: owner, agents, providers, treasury
             "protocol_fee": self.fee,
             "left_in_vaults": dust,
             "claimable_left": leftover,

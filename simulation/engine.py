@@ -90,9 +90,9 @@ def run_simulation(
         market = deployment.market(chain)
         # The run's one gateway settles with a dev account named here (not a key of its own made at random), so
         # that the same scenario and seed give the same transactions, gas and bytes.
-        settings = Settings(manifest=deployment.save(work_dir / "deployment.json"), data_dir=work_dir / "server",
-                            siwe_domain="testserver", settle_interval=10**6,
-                            relayer_key=SecretStr(Web3.to_hex(chain.accounts[-1].key)))  # fmt: skip
+        settings = Settings.load(manifest=deployment.save(work_dir / "deployment.json"),
+                                 data_dir=work_dir / "server", siwe_domain="testserver", settle_interval=10**6,
+                                 relayer_key=SecretStr(Web3.to_hex(chain.accounts[-1].key)))  # fmt: skip
         with TestClient(create_app(settings, chain=chain)) as http:
             world = _World(scenario, chain, market, deployer, http, work_dir, rng)
             world.publish_datasets()

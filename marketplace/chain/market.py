@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
 from web3.types import TxReceipt
 
 from marketplace.chain.chain import Chain
@@ -510,6 +511,14 @@ class PaymentChannelsContract:
         """A channel's state (raises ContractRevert ``UnknownChannel``)."""
         c = self.chain.call(self.contract.functions.getChannel(channel_id))
         return Channel(channel_id, *c)
+
+    def channels_of(self, payer: str, *, from_block: int = 0) -> list[Channel]:
+        """Every channel ``payer`` opened (its ``ChannelOpened`` events since ``from_block``, e.g. the
+        deployment's block), in id order, each with its state now."""
+        events = self.contract.events.ChannelOpened.get_logs(
+            argument_filters={"payer": to_checksum_address(payer)}, from_block=from_block, to_block="latest"
+        )
+        return [self.channel(channel_id) for channel_id in sorted({event["args"]["channelId"] for event in events})]
 
     def payment(self, channel_id: int) -> tuple[str, int, int]:
         """``(payer, asset id, claimed)``: what the channel paid into its asset's vault so far."""

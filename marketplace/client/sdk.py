@@ -17,6 +17,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,10 +35,10 @@ from x402.mechanisms.evm.exact import ExactEvmClientScheme
 from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentRequired
 
-from marketplace.chain import Chain, connect
+from marketplace.chain import Chain, ContractRevert, connect
 from marketplace.chain.deployment import Deployment, DeploymentError, parse_manifest, verify_deployment
 from marketplace.chain.lineage import Lineage, LineagePlan, Release, execute, plan_release, plan_withdrawal
-from marketplace.chain.market import AssetKind, Market
+from marketplace.chain.market import AssetKind, Channel, Market
 from marketplace.chain.token import TestUSD
 from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms
 from marketplace.client.vouchers import VoucherBook
@@ -682,6 +683,100 @@ class MarketplaceClient(MarketplaceReader):
                                    f"{_line(authorizer, 60)}")  # fmt: skip
         return Web3.to_checksum_address(authorizer)
 
+    # ------------------------------------------------------------------ channels after opening
+
+    @property
+    def voucher_scope(self) -> str:
+        """The key of this deployment's channels in :attr:`voucher_book` (``"<chain id>:<channels address>"``)."""
+        return f"{self.chain.chain_id}:{self.market.channels.address}"
+
+    def channels(self) -> list[Channel]:
+        """The channels this account opened (as payer), in id order, with their on-chain state now."""
+        return self.market.channels.channels_of(self.address, from_block=self.deployment.deploy_block)
+
+    def top_up_channel(self, channel_id: int, amount: int) -> TxReceipt:
+        """Add ``amount`` (base units) to the deposit of this account's channel ``channel_id``, approving it first.
+
+        :class:`AgentmarketError` when this account is not the channel's payer or the channel has expired
+        (before anything is sent); the contract checks both again (``NotPayer``, ``ChannelExpired``).
+        """
+        channel = self._live_channel(channel_id, "top up")
+        self.market.token.approve(self.account, self.market.channels.address, amount)
+        return self.market.channels.top_up(self.account, channel.channel_id, amount)
+
+    def extend_channel(self, channel_id: int, seconds: int) -> TxReceipt:
+        """Move the expiry of this account's channel ``channel_id`` ``seconds`` (> 0) later.
+
+        :class:`AgentmarketError` as for :meth:`top_up_channel`, or when ``seconds`` is not positive.
+        """
+        if seconds <= 0:
+            raise AgentmarketError(f"a channel's expiry can only move later, not by {seconds} seconds")
+        channel = self._live_channel(channel_id, "extend")
+        return self.market.channels.extend(self.account, channel_id, channel.expiry + seconds)
+
+    def close_channel(self, channel_id: int) -> TxReceipt:
+        """End service on channel ``channel_id`` now, as the owner of its asset (the contract's ``close``).
+
+        The gateway may still claim the calls it answered during the claim window (15 minutes); then
+        anyone may :meth:`reclaim_channel` the rest for the payer. :class:`AgentmarketError` when this
+        account does not own the asset (a payer cannot end a channel early: it reclaims after expiry) or
+        the channel already expired.
+        """
+        channel = self._channel_state(channel_id)
+        owner = self.market.marketplace.asset(channel.asset_id).owner
+        if owner.lower() != self.address.lower():
+            mine = channel.payer.lower() == self.address.lower()
+            tail = (
+                f"; as its payer you get the unclaimed rest back with `agentmarket channel reclaim {channel_id}` from "
+                f"{_when(channel.claim_deadline)} (its expiry plus the 15-minute claim window)"
+                if mine
+                else ""
+            )
+            raise AgentmarketError(
+                f"only the owner of asset {channel.asset_id} ({owner}) may close channel {channel_id}{tail}"
+            )
+        if channel.settled or self.chain.timestamp() >= channel.expiry:
+            raise AgentmarketError(f"channel {channel_id} already ended at {_when(channel.expiry)}")
+        return self.market.channels.close(self.account, channel_id)
+
+    def reclaim_channel(self, channel_id: int) -> TxReceipt:
+        """Return the unclaimed deposit of channel ``channel_id`` to its payer (anyone may send it), once its
+        claim window is over (expiry + 15 minutes, by the chain's clock).
+
+        :class:`AgentmarketError` when it is too early (naming when) or the channel was settled already.
+        """
+        channel = self._channel_state(channel_id)
+        if channel.settled:
+            raise AgentmarketError(f"channel {channel_id} is settled already: its deposit went back to its payer")
+        now = self.chain.timestamp()
+        if now < channel.claim_deadline:
+            raise AgentmarketError(
+                f"channel {channel_id} can be reclaimed from {_when(channel.claim_deadline)}, in "
+                f"{_duration(channel.claim_deadline - now)} (its expiry plus the 15-minute claim window, by the "
+                "chain's clock)"
+            )
+        return self.market.channels.reclaim(self.account, channel_id)
+
+    def _channel_state(self, channel_id: int) -> Channel:
+        """The channel's state on chain; :class:`AgentmarketError` naming the id if there is none."""
+        try:
+            return self.market.channels.channel(channel_id)
+        except ContractRevert as exc:
+            if exc.error == "UnknownChannel":
+                raise AgentmarketError(f"there is no channel {channel_id} in this deployment") from None
+            raise
+
+    def _live_channel(self, channel_id: int, action: str) -> Channel:
+        """This account's channel, not expired yet (what ``topUp`` and ``extend`` need)."""
+        channel = self._channel_state(channel_id)
+        if channel.payer.lower() != self.address.lower():
+            raise AgentmarketError(f"only its payer ({channel.payer}) may {action} channel {channel_id}")
+        if channel.settled or self.chain.timestamp() >= channel.expiry:
+            raise AgentmarketError(
+                f"channel {channel_id} ended at {_when(channel.expiry)}; open a new one (`agentmarket channel open`)"
+            )
+        return channel
+
     def open_channel(
         self,
         asset_id: int,
@@ -1054,3 +1149,17 @@ def _line(value: object, limit: int) -> str:
     """``value`` as one line of text of at most ``limit`` characters (a server's words, shown to a user)."""
     text = " ".join(str(value).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _when(timestamp: int) -> str:
+    """A unix time as ``2026-12-01 10:15:00 UTC``."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(seconds: int) -> str:
+    """``14 min 3 s``, ``2 h 5 min``."""
+    minutes, secs = divmod(max(seconds, 0), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
