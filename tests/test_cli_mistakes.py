@@ -47,13 +47,7 @@ def stack(tmp_path_factory):
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         processes.append(server)
         url = f"http://127.0.0.1:{api_port}"
-        while time.monotonic() < deadline:
-            assert server.poll() is None, server.stderr.read()
-            try:
-                httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_healthy(server, url)
         env = {"AGENTMARKET_RPC": f"http://127.0.0.1:{rpc_port}", "AGENTMARKET_SERVER": url,
                "AGENTMARKET_PASSWORD": PASSWORD, "AGENTMARKET_KEYSTORE_SCRYPT_N": "1024"}  # fmt: skip
         yield home, env
@@ -61,6 +55,19 @@ def stack(tmp_path_factory):
         for process in reversed(processes):
             process.terminate()
             process.wait(timeout=15)
+
+
+def wait_healthy(server: subprocess.Popen, url: str, seconds: float = 60) -> None:
+    """Wait until the server process at ``url`` answers ``/healthz`` (its stderr if it exits first)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.stderr.read()
+        try:
+            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer /healthz in {seconds} s")
 
 
 def cli(stack, *args: str, wallet: str = "nobody.json", **extra_env: str) -> subprocess.CompletedProcess[str]:
@@ -201,9 +208,9 @@ class CuttingProxy:
     """A TCP relay to a real node that passes the first ``requests`` HTTP requests, then drops every
     connection and stops listening: the node going away in the middle of a command."""
 
-    def __init__(self, upstream_port: int, requests: int) -> None:
+    def __init__(self, upstream_port: int, requests: int, port: int = 0) -> None:
         self.upstream_port, self.budget = upstream_port, requests
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server(("127.0.0.1", port))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.seen = 0
         self.cut = threading.Event()
@@ -250,14 +257,27 @@ def test_a_chain_or_server_that_stops_answering_mid_command_is_one_line_naming_i
         proxy.close()
     assert proxy.seen > 1  # the command had reached the node before it went away
     assert_one_line_error(result, f"the chain's JSON-RPC node at {proxy.url} stopped answering", "agentmarket node")
-    # The server going away between login and the content: the download's request is cut.
-    proxy = CuttingProxy(int(env["AGENTMARKET_SERVER"].rsplit(":", 1)[1]), requests=3)  # deployment, nonce, verify
+    # The server going away between login and the content: the download's request is cut. The server
+    # sits behind the proxy, so its login messages name the proxy's address (AGENTMARKET_SIWE_DOMAIN).
+    public_port, api_port = free_port(), free_port()
+    manifest = home / ".agentmarket" / "deployment.json"
+    server = subprocess.Popen([*AGENTMARKET, "serve", "--rpc", env["AGENTMARKET_RPC"], "--manifest", str(manifest),
+                               "--port", str(api_port), "--data-dir", str(home / "behind-proxy")], cwd=home,
+                              env={**os.environ, "AGENTMARKET_SIWE_DOMAIN": f"127.0.0.1:{public_port}"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        result = cli(stack, "download", "1", "--out", str(home / "cut.csv"), "--server", proxy.url, wallet="buyer.json")
+        wait_healthy(server, f"http://127.0.0.1:{api_port}")
+        proxy = CuttingProxy(api_port, requests=3, port=public_port)  # deployment, nonce, verify
+        try:
+            result = cli(stack, "download", "1", "--out", str(home / "cut.csv"), "--server", proxy.url,
+                         wallet="buyer.json")  # fmt: skip
+        finally:
+            proxy.close()
     finally:
-        proxy.close()
-    assert proxy.seen == 4
-    assert_one_line_error(result, f"the marketplace server at {proxy.url} stopped answering", "agentmarket serve")
+        server.terminate()
+        server.wait(timeout=15)
+    assert proxy.seen == 4, result.stderr
+    assert_one_line_error(result, f"the marketplace server at {proxy.url}", "the connection broke", "is it running?")
     assert not (home / "cut.csv").exists()
 
 

@@ -336,7 +336,8 @@ def test_a_run_that_runs_out_of_gas_money_stops_cleanly_and_a_rerun_finishes(cha
     with pytest.raises(ReleaseIncomplete) as stopped:
         execute(chain, poor, plan)
     assert stopped.value.stopped and len(stopped.value.sent) == 1
-    assert "not enough ETH" in str(stopped.value) and "stays claimable" in str(stopped.value)
+    assert f"{poor.address} has " in str(stopped.value) and "ETH, not enough to pay" in str(stopped.value)
+    assert "stays claimable" in str(stopped.value)
     before = market.token.balance_of(alice.address)
     execute(chain, bob, plan_withdrawal(chain, Lineage.of_market(market), alice.address))
     assert market.token.balance_of(alice.address) - before == sum(s.total for s in plan.slots)
