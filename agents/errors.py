@@ -59,8 +59,9 @@ class BadDataset(AgentError):
 def translate(exc: Exception, *, payment: bool) -> Exception:
     """The typed agent error for a marketplace failure (the caller raises it ``from exc``).
 
-    404 → NotFound; 402/409, or a revert of a payment transaction → PaymentRefused; another revert →
-    ActionRefused. Anything else is returned unchanged (it is already typed).
+    404 → NotFound; 402/409, or a revert of a payment transaction → PaymentRefused; another revert, or the
+    server refusing the request itself (400, 413, 422: e.g. a model that rejects its input, which costs
+    nothing) → ActionRefused. Anything else is returned unchanged (it is already typed).
     """
     from marketplace.chain import ContractRevert
     from marketplace.client import ApiClientError
@@ -70,6 +71,8 @@ def translate(exc: Exception, *, payment: bool) -> Exception:
             return NotFound(exc.detail)
         if exc.status in (402, 409):
             return PaymentRefused(f"{exc.detail} ({exc.code})")
+        if exc.status in (400, 413, 422):
+            return ActionRefused(f"{exc.detail} ({exc.code})")
     if isinstance(exc, ContractRevert):
         return (PaymentRefused if payment else ActionRefused)(str(exc))
     return exc

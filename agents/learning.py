@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from agents.errors import BadDataset
-from marketplace.inference import InferenceError
+from marketplace.inference import ModelInputError
 
 ModelKind = Literal["knn", "logreg"]
 MODEL_KINDS: tuple[str, ...] = ("knn", "logreg")
@@ -281,7 +281,8 @@ def predictor(model: ClassifierMixin | Pipeline) -> Callable[[Any], Any]:
     """A marketplace inference handler serving ``model``.
 
     Input: ``{"features": [[...], ...]}`` (rows) or one flat list of numbers (one row).
-    Output: ``{"labels": [int, ...]}``, one label per row. Bad input raises ``InferenceError``.
+    Output: ``{"labels": [int, ...]}``, one label per row. Input the model cannot take (a wrong shape,
+    wrong row length, a value that is no finite number) raises ``ModelInputError`` (the gateway's 422).
     """
     n_features = int(model.n_features_in_)
 
@@ -293,30 +294,30 @@ def predictor(model: ClassifierMixin | Pipeline) -> Callable[[Any], Any]:
 
 
 def _rows_from_payload(payload: Any, n_features: int) -> np.ndarray:
-    """The float64 matrix an inference request carries, or ``InferenceError`` saying what is wrong."""
+    """The float64 matrix an inference request carries, or ``ModelInputError`` saying what is wrong."""
     usage = f'input must be {{"features": [[{n_features} numbers], ...]}} or one list of {n_features} numbers'
     if isinstance(payload, dict):
         if set(payload) != {"features"}:
-            raise InferenceError(f"{usage}; got keys {sorted(map(str, payload))}")
+            raise ModelInputError(f"{usage}; got keys {sorted(map(str, payload))}")
         payload = payload["features"]
         if isinstance(payload, list) and payload and not isinstance(payload[0], list):
             payload = [payload]
     elif isinstance(payload, list):
         payload = [payload]
     else:
-        raise InferenceError(f"{usage}; got {type(payload).__name__}")
+        raise ModelInputError(f"{usage}; got {type(payload).__name__}")
     if not isinstance(payload, list) or not payload:
-        raise InferenceError(f"{usage}; got no rows")
+        raise ModelInputError(f"{usage}; got no rows")
     if len(payload) > MAX_PREDICT_ROWS:
-        raise InferenceError(f"at most {MAX_PREDICT_ROWS} rows per request, got {len(payload)}")
+        raise ModelInputError(f"at most {MAX_PREDICT_ROWS} rows per request, got {len(payload)}")
     for index, row in enumerate(payload):
         if not isinstance(row, list):
-            raise InferenceError(f"{usage}; row {index} is a {type(row).__name__}, not a list")
+            raise ModelInputError(f"{usage}; row {index} is a {type(row).__name__}, not a list")
         if len(row) != n_features:
-            raise InferenceError(f"row {index} has {len(row)} features; the model expects {n_features}")
+            raise ModelInputError(f"row {index} has {len(row)} features; the model expects {n_features}")
         for column, value in enumerate(row):
             if not _is_finite_number(value):
-                raise InferenceError(f"row {index}, feature {column}: {value!r} is not a finite number")
+                raise ModelInputError(f"row {index}, feature {column}: {value!r} is not a finite number")
     return np.array(payload, dtype=np.float64)
 
 

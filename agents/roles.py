@@ -292,10 +292,16 @@ class ClassificationTask:
         return self.catalog.offers(agent)
 
     def record(self, outcomes: list[Outcome]) -> dict[int, float]:
-        """Score the step's model answer (the last successful call) against the true label."""
+        """Score the step's model answer (the last successful call) against the true label. A model that
+        refused the row (it serves another task; the call cost nothing) scores 0 and the row stays."""
         answers = [o for o in outcomes if o.ok and o.action.tool == "invoke_model"]
         if not answers or self.done:
-            return {}
+            refused = [
+                o.action.arguments.get("model_id")
+                for o in outcomes
+                if o.action.tool == "invoke_model" and o.error and o.error.get("type") == "ActionRefused"
+            ]
+            return {model: 0.0 for model in refused if isinstance(model, int)}
         self.paid_calls += len(answers)
         result = answers[-1].result
         try:

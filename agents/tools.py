@@ -285,13 +285,14 @@ def check_balance(ctx: ToolContext, args: NoArgs) -> BalanceResult:
 
 def rate_asset(ctx: ToolContext, args: RateArgs) -> RateResult:
     """Rate with the payment that proves the most: this wallet's licenses of the asset (proof 0) or
-    one of its channels for it; the chain refuses (ActionRefused, InsufficientPayment) unless that is
-    at least max(the asset's price, the deployment's floor)."""
+    one of its channels for it, one that qualifies if any; the chain refuses (ActionRefused,
+    InsufficientPayment) unless its licenses paid the deployment's floor in all, or the channel's claims
+    reached max(the asset's price, the floor)."""
     reputation = ctx.client.market.reputation
     proofs = [0, *(cid for cid, c in ctx.wallet.channels.items() if c.asset_id == args.asset_id)]
-    paid = {cid: _api(lambda cid=cid: reputation.payment_of(args.asset_id, ctx.wallet.address, cid).paid)
-            for cid in proofs}  # fmt: skip
-    channel_id = max(proofs, key=paid.__getitem__)
+    payments = {cid: _api(lambda cid=cid: reputation.payment_of(args.asset_id, ctx.wallet.address, cid))
+                for cid in proofs}  # fmt: skip
+    channel_id = max(proofs, key=lambda cid: (payments[cid].qualifies, payments[cid].paid, cid))  # (ties: a channel)
     receipt = _api(lambda: reputation.give_feedback(
         ctx.wallet.account, subject_kind=SubjectKind.ASSET, subject_id=args.asset_id, value=args.value,
         paid_asset_id=args.asset_id, channel_id=channel_id, tag1=args.tag))  # fmt: skip

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,20 +50,35 @@ log = logging.getLogger(__name__)
 
 
 class InferenceError(AgentmarketError):
-    """The handler could not answer (bad input for the model, or the upstream failed)."""
+    """The handler could not answer: the model or its upstream failed (the gateway answers 502). Input the
+    model does not accept is a :class:`ModelInputError` instead."""
 
 
 class ModelInputError(AgentmarketError, ValueError):
     """The caller's input is not something this model accepts (the gateway answers 422)."""
 
 
+def _import_module(name: str) -> Any:
+    """Import ``name``; a module that is nowhere on ``sys.path`` is also looked for in the working directory
+    (where ``python -m`` would find it, and an ``agentmarket`` script does not), searched after everything else
+    so that it never shadows an installed module."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        if exc.name != name.split(".")[0] or here in sys.path or "" in sys.path:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(name)
+
+
 def python_handler(spec: str) -> ModelHandler:
-    """The callable named ``package.module:attribute``."""
+    """The callable named ``package.module:attribute`` (a module in the working directory is found too)."""
     module_name, sep, attribute = spec.partition(":")
     if not sep:
         raise AgentmarketError(f"model handler {spec!r} must look like package.module:function")
     try:
-        handler = getattr(importlib.import_module(module_name), attribute)
+        handler = getattr(_import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
         raise AgentmarketError(f"cannot load model handler {spec!r}: {exc}") from None
     if not callable(handler):

@@ -164,6 +164,9 @@ class Setup:
     payer: Any
     model_id: int
     channels: list[int]
+    #: Deposit per channel, and how many channels (one per worker) :func:`open_channels` opens.
+    per_channel: int = 0
+    concurrency: int = 0
     #: Per channel: the ceiling of the last voucher signed.
     spent: dict[int, int] = field(default_factory=dict)
     vouchers: VoucherHasher | None = None
@@ -187,13 +190,24 @@ def prepare(chain: Chain, concurrency: int, channel_calls: int) -> Setup:
                                           token=market.token.address, payees=[(owner.address, 10_000)],
                                           price=PRICE)  # fmt: skip
     market.token.approve(payer, market.channels.address, per_channel * concurrency)
-    expiry = chain.timestamp() + 3 * 3600
-    receiver = chain.accounts[-1].address  # the gateway's settlement key on a local chain (its relayer)
-    channels = [
-        market.channels.open(payer, model_id, market.token.address, per_channel, expiry, receiver_authorizer=receiver)
-        for _ in range(concurrency)
+    return Setup(chain, deployment, market, payer, model_id, [], per_channel=per_channel, concurrency=concurrency)
+
+
+def open_channels(setup: Setup, server: Server) -> None:
+    """One channel per worker, naming the gateway's own settlement key (``GET /v1/payments``) as receiver."""
+    terms = httpx.get(f"{server.base_url}/v1/payments", timeout=10).json()["payment_channel"]
+    expiry = setup.chain.timestamp() + 3 * 3600
+    setup.channels = [
+        setup.market.channels.open(
+            setup.payer,
+            setup.model_id,
+            setup.market.token.address,
+            setup.per_channel,
+            expiry,
+            receiver_authorizer=terms["receiverAuthorizer"],
+        )
+        for _ in range(setup.concurrency)
     ]
-    return Setup(chain, deployment, market, payer, model_id, channels)
 
 
 # ---------------------------------------------------------------------- the clients
@@ -363,6 +377,7 @@ def run(
         with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
             work = FilePath(tmp)
             with serving(setup, work, settle_interval, profile, voucher_sync) as server:
+                open_channels(setup, server)
                 results, made = asyncio.run(measure(setup, server, plan))
             # The server is stopped: its settler made its last round. Check the books.
             with VoucherLedger(work / "server" / "channels.sqlite3") as ledger:

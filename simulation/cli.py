@@ -30,6 +30,14 @@ def _ratio(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def check_settings() -> None:
+    """Fail in one line, before anything runs, on a bad AGENTMARKET_* value of the server settings the
+    simulation's own server reads."""
+    from marketplace.api import Settings
+
+    Settings.load()
+
+
 def summary_table(summary: dict[str, Any], title: str) -> Table:
     """The one-screen summary of a run."""
     table = Table(title=title, show_header=False)
@@ -63,10 +71,12 @@ def simulate(
     param: ParamOption = None,
 ) -> None:
     """Run a seeded simulation where every payment goes through the contracts; write metrics, plots, a report."""
-    from simulation.runner import simulate as run
     from simulation.scenario import load_scenario
 
-    scenario = load_scenario(scenario_file, param or [], seed=seed)
+    check_settings()
+    scenario = load_scenario(scenario_file, param or [], seed=seed)  # a mistake is told before the heavy imports
+    from simulation.runner import simulate as run
+
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console)  # fmt: skip
     with progress:
@@ -90,17 +100,27 @@ def sweep(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Grid points run in parallel processes.")] = 1,
     chain: ChainOption = "embedded",
 ) -> None:
-    """Run a scenario over a grid of parameters (each point its own process and chain); one table at the end."""
-    from simulation.runner import sweep as run
+    """Run a scenario over a grid of parameters (each point its own process and chain); one table at the end.
+    Ctrl-C stops every running point at once and removes its unfinished folder (exit 130)."""
+    from marketplace.cli.app import _interrupt_on_signals
     from simulation.scenario import load_scenario, parse_sweep
 
+    check_settings()
     scenario = load_scenario(scenario_file)
     total = len(parse_sweep(param or []))
-    with Progress(TextColumn("grid points"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:  # fmt: skip
-        task = progress.add_task("sweep", total=total)
-        rows = run(scenario, param or [], out, workers=workers, chain_target=chain,
-                   on_point=lambda _row: progress.advance(task))  # fmt: skip
+    from simulation.runner import SweepInterrupted
+    from simulation.runner import sweep as run
+
+    _interrupt_on_signals()  # SIGTERM too: the workers are stopped and cleaned up, never left running
+    try:
+        with Progress(TextColumn("grid points"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:  # fmt: skip
+            task = progress.add_task("sweep", total=total)
+            rows = run(scenario, param or [], out, workers=workers, chain_target=chain,
+                       on_point=lambda _row: progress.advance(task))  # fmt: skip
+    except SweepInterrupted as stopped:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"interrupted: {stopped}")
+        raise typer.Exit(130) from None
     table = Table(title=f"{scenario.name}: {total} grid points")
     keys = list(dict.fromkeys(k for row in rows for k in row["params"]))
     for column in [*keys, "revenue~value", "Gini", "producer share", "builder profit", "surplus", "accuracy"]:
@@ -132,6 +152,7 @@ def demo(
     from marketplace.cli.app import _interrupt_on_signals
     from simulation.demo import run_demo, write_outputs
 
+    check_settings()
     _interrupt_on_signals()  # Ctrl-C / SIGTERM unwind: the server, and anvil if started, are stopped
     say = (lambda _line: None) if as_json else (lambda line: console.print(f"• {line}"))
     with tempfile.TemporaryDirectory(prefix="agentmarket-demo-") as work:
@@ -146,17 +167,33 @@ def demo(
         console.print(f"wrote {out / 'demo.json'} and {out / 'report.md'}", style="dim")
 
 
+#: How each kind of demo payment reads in the table.
+_PAID_BY = {"license": "a license", "x402": "one download over x402", "channel": "calls over a channel"}
+
+
 def demo_tables(summary: dict[str, Any]) -> Table:
-    """Who paid whom, who earned what, and the totals."""
+    """Who paid whom, who funded the agents, who earned what, and the totals; every party by name."""
+    parties: dict[str, str] = summary.get("parties", {})
+
+    def name(address: str) -> str:
+        return parties.get(address, address)
+
+    owners = {asset["asset_id"]: (asset["kind"], name(asset["owner"])) for asset in summary["assets"]}
     table = Table(title=f"agentmarket demo on chain {summary['chain_id']} ({summary['chain']})")
     for column in ("", "who", "what", "tUSD"):
         table.add_column(column)
     for payment in summary["payments"]:
-        table.add_row("paid", payment["from"], f"asset #{payment['asset_id']} ({payment['kind']})",
+        kind, owner = owners.get(payment["asset_id"], ("asset", "?"))
+        how = _PAID_BY.get(payment["kind"], payment["kind"])
+        table.add_row("paid", name(payment["from"]), f"{kind} #{payment['asset_id']} of {owner}: {how}",
                       format_units(payment["amount"]))  # fmt: skip
+    owner = next((who for who in parties.values() if who.startswith("owner")), "owner")
+    for agent, amount in summary.get("owner_funding", {}).items():
+        table.add_row("funded", owner, f"the {agent} agent's payments (spend permission)", format_units(amount))
     for address, earned in summary["earnings_by_address"].items():
-        table.add_row("earned", address, earned["role"], format_units(earned["amount"]))
-    table.add_row("fee", "protocol treasury", f"{len(summary['assets'])} vaults", format_units(summary["protocol_fee"]))
+        table.add_row("earned", name(address), "withdrawn from its vaults", format_units(earned["amount"]))
+    table.add_row("fee", "protocol treasury", f"released from {len(summary['assets'])} vaults",
+                  format_units(summary["protocol_fee"]))  # fmt: skip
     accuracy = summary["model_accuracy"]
     table.add_section()
     table.add_row("", "reached data producers", f"{summary['producer_share']:.1%} of all payments", "")
@@ -164,7 +201,8 @@ def demo_tables(summary: dict[str, Any]) -> Table:
     queries = f"{on_queries:.3f} on the buyer's queries" if on_queries is not None else "no buyer query answered"
     table.add_row("", "model accuracy", f"{accuracy['validation']:.3f} validation, {queries}", "")
     buyer = summary["buyer"]
-    table.add_row("", "buyer", f"{buyer['calls']} paid model calls ({buyer['brain']}, stopped: {buyer['stopped']})", "")
+    calls = f"{buyer['calls']} paid model calls ({buyer['brain']}, stopped: {buyer['stopped']})"
+    table.add_row("", "buyer agent", calls, "")
     table.add_row("", "on chain", f"{summary['tx_count']} transactions, {summary['gas_used']:,} gas", "")
     return table
 

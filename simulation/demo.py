@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
+from pydantic import SecretStr
+from web3 import Web3
 
 from agents import AgentWallet, AuditLedger, Budget
 from agents.brains import LLMBrain, UCBBrain
@@ -94,9 +96,12 @@ def run_demo(
         deployment = deploy_all(chain, deployer, fee_bps=FEE_BPS)
         market = deployment.market(chain)
         say(f"deployed {len(deployment.contracts)} contracts (TestUSD, Marketplace, vaults, channels, registries)")
-        # A free port, so that the login domain (127.0.0.1:port) is the one the clients reach.
-        settings = Settings(manifest=deployment.save(work_dir / "deployment.json"), data_dir=work_dir / "server",
-                            port=_free_port(), settle_interval=3600)  # fmt: skip
+        # A free port, so that the login domain (127.0.0.1:port) is the one the clients reach. The story's one
+        # gateway settles with a dev account named here (not a key of its own made at random), so that every run
+        # tells the same story with the same transactions and gas.
+        settings = Settings.load(manifest=deployment.save(work_dir / "deployment.json"),
+                                 data_dir=work_dir / "server", port=_free_port(), settle_interval=3600,
+                                 relayer_key=SecretStr(Web3.to_hex(chain.accounts[-1].key)))  # fmt: skip
         app = create_app(settings, chain=chain)
         with serving(app) as base_url:
             say(f"marketplace server (uvicorn) on {base_url}")
@@ -277,8 +282,8 @@ class _Story:
     def release_and_withdraw(self) -> None:
         market, token = self.market, self.token.address
         forwarded = market.release_upstream(self.deployer, self.built.model_id)
-        self.say(f"royalties released up the lineage: {format_units(sum(a for _, a in forwarded))} tUSD "
-                 f"to {len(forwarded)} dataset vaults")  # fmt: skip
+        self.say(f"royalties released up the lineage: {format_units(sum(r.amount for r in forwarded))} tUSD "
+                 f"to {len({r.payee for r in forwarded})} dataset vaults")  # fmt: skip
         self.earnings: dict[str, int] = {}
         for _name, account, provider, _asset_id, _noise in self.providers:
             self.earnings[account.address] = sum(provider.withdraw().values())
@@ -314,6 +319,7 @@ class _Story:
             "payments": self.payments,
             "paid_total": paid,
             "earnings_by_address": {a: {"role": self.roles.get(a, "?"), "amount": v} for a, v in self.earnings.items()},
+            "parties": dict(self.roles),  # address -> who it is: owner, agents, providers, treasury
             "protocol_fee": self.fee,
             "left_in_vaults": dust,
             "claimable_left": leftover,

@@ -26,6 +26,8 @@ import numpy as np
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from web3 import Web3
 
 from agents import AgentWallet, AuditLedger, Budget
 from agents.brains import policy_brain
@@ -86,8 +88,11 @@ def run_simulation(
         first_block = chain.block_number() + 1
         deployment = deploy_all(chain, deployer, fee_bps=scenario.protocol.fee_bps)
         market = deployment.market(chain)
-        settings = Settings(manifest=deployment.save(work_dir / "deployment.json"), data_dir=work_dir / "server",
-                            siwe_domain="testserver", settle_interval=10**6)  # fmt: skip
+        # The run's one gateway settles with a dev account named here (not a key of its own made at random), so
+        # that the same scenario and seed give the same transactions, gas and bytes.
+        settings = Settings.load(manifest=deployment.save(work_dir / "deployment.json"),
+                                 data_dir=work_dir / "server", siwe_domain="testserver", settle_interval=10**6,
+                                 relayer_key=SecretStr(Web3.to_hex(chain.accounts[-1].key)))  # fmt: skip
         with TestClient(create_app(settings, chain=chain)) as http:
             world = _World(scenario, chain, market, deployer, http, work_dir, rng)
             world.publish_datasets()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import shutil
+import signal
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,15 @@ def simulate(
 ) -> dict[str, Any]:
     """Run ``scenario`` and write ``metrics.json``, ``timing.json``, ``result.json``, CSVs, PNGs and
     ``report.md`` into ``out_dir``; returns the summary."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="agentmarket-sim-") as work:
-        result = run_simulation(scenario, chain_target=chain_target, work_dir=Path(work), on_round=on_round)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)  # an unwritable place fails before the run, not after
+    try:
+        with tempfile.TemporaryDirectory(prefix="agentmarket-sim-") as work:
+            result = run_simulation(scenario, chain_target=chain_target, work_dir=Path(work), on_round=on_round)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # interrupted or failed: leave no empty folder behind
+        raise
     summary = summarize(result)
     write_metrics(summary, out_dir)
     write_csvs(result, out_dir)
@@ -46,9 +54,56 @@ def _point_dir(number: int, overrides: dict[str, str]) -> str:
     return f"point-{number:02d}" + (f"-{label}" if label else "")
 
 
-def _grid_point(job: tuple[dict[str, str], Scenario, Path, str]) -> dict[str, Any]:
-    params, scenario, out_dir, chain_target = job
-    return sweep_row(params, simulate(scenario, out_dir, chain_target=chain_target))
+#: Suffix of the folder a grid point writes into until it has finished (then renamed to its own name).
+INCOMPLETE = ".incomplete"
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a sweep: the running grid points were stopped at once and their
+    unfinished folders removed; ``finished`` grid points (of ``total``) kept their results in ``out_dir``."""
+
+    def __init__(self, finished: int, total: int, out_dir: Path) -> None:
+        self.finished, self.total, self.out_dir = finished, total, out_dir
+        super().__init__(
+            f"{finished} of {total} grid points finished (their folders are in {out_dir}); the unfinished ones were "
+            "stopped and their folders removed"
+        )
+
+
+def _grid_point(job: tuple[int, dict[str, str], Scenario, Path, str]) -> tuple[int, dict[str, Any]]:
+    """Run one grid point into ``<its folder>.incomplete``, renamed to its folder once every file is written
+    (a folder of a previous run by that name is replaced only then)."""
+    index, params, scenario, out_dir, chain_target = job
+    staging = out_dir.with_name(out_dir.name + INCOMPLETE)
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        row = sweep_row(params, simulate(scenario, staging, chain_target=chain_target))
+    except SystemExit as stop:  # SIGTERM in a worker: the simulation unwound (temporary files, nodes) ...
+        if multiprocessing.parent_process() is None:
+            raise
+        os._exit(stop.code if isinstance(stop.code, int) else 1)  # ... so skip the interpreter's slow teardown
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    return index, row
+
+
+def _worker_signals() -> None:  # pragma: no cover - runs in the worker processes
+    """Workers leave Ctrl-C to the parent (which stops them all), and unwind on SIGTERM, so a simulation's
+    temporary directory and any anvil node it started are cleaned up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:  # pragma: no cover - runs in the worker processes
+    raise SystemExit(128 + signum)
+
+
+def _remove_unfinished(jobs: list[tuple[int, dict[str, str], Scenario, Path, str]], done: set[int]) -> None:
+    for index, _params, _scenario, out_dir, _chain in jobs:
+        if index not in done:
+            shutil.rmtree(out_dir.with_name(out_dir.name + INCOMPLETE), ignore_errors=True)
 
 
 def sweep(
@@ -60,29 +115,50 @@ def sweep(
     chain_target: str = "embedded",
     on_point: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every grid point of ``params`` (each in its own process with its own chain) and write
-    ``sweep.csv``, ``sweep.json``, comparison plots and ``report.md``; returns one row per point."""
+    """Run every grid point of ``params`` (on ``workers`` processes, each point with its own chain) and write
+    ``sweep.csv``, ``sweep.json``, comparison plots and ``report.md``; returns one row per point, in grid order.
+
+    A point writes into ``point-NN-….incomplete`` and is renamed to ``point-NN-…`` once finished. On Ctrl-C
+    (KeyboardInterrupt, or SIGTERM where the caller turns it into one) the worker processes are terminated at
+    once, the unfinished points' folders removed, and :class:`SweepInterrupted` raised; a failing point
+    stops the sweep the same way and its exception is raised.
+    """
     grid = sweep_scenarios(scenario, params)
     jobs = [
-        (overrides, point, out_dir / _point_dir(number, overrides), chain_target)
-        for number, (overrides, point) in enumerate(grid, start=1)
+        (index, overrides, point, out_dir / _point_dir(index + 1, overrides), chain_target)
+        for index, (overrides, point) in enumerate(grid)
     ]
-    rows: list[dict[str, Any]] = []
-    if workers <= 1:
-        for job in jobs:
-            rows.append(_grid_point(job))
-            if on_point:
-                on_point(rows[-1])
-    else:
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter (and chain) per worker
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for row in pool.map(_grid_point, jobs):
-                rows.append(row)
-                if on_point:
-                    on_point(row)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_sweep_csv(rows, out_dir)
-    (out_dir / "sweep.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
-    images = plot_sweep(rows, out_dir)
-    write_sweep_report(rows, images, out_dir)
-    return rows
+    rows: dict[int, dict[str, Any]] = {}
+
+    def finished(index: int, row: dict[str, Any]) -> None:
+        rows[index] = row
+        if on_point:
+            on_point(row)
+
+    try:
+        if workers <= 1:
+            for job in jobs:
+                finished(*_grid_point(job))
+        else:
+            context = multiprocessing.get_context("spawn")  # a fresh interpreter (and chain) per worker
+            pool = context.Pool(processes=min(workers, len(jobs)), initializer=_worker_signals)
+            try:
+                for index, row in pool.imap_unordered(_grid_point, jobs):
+                    finished(index, row)
+                pool.close()
+            finally:
+                pool.terminate()  # at once: SIGTERM to every worker still running a point
+                pool.join()
+    except KeyboardInterrupt:
+        _remove_unfinished(jobs, set(rows))
+        raise SweepInterrupted(len(rows), len(jobs), out_dir) from None
+    except BaseException:
+        _remove_unfinished(jobs, set(rows))
+        raise
+    ordered = [rows[index] for index in sorted(rows)]
+    write_sweep_csv(ordered, out_dir)
+    (out_dir / "sweep.json").write_text(json.dumps(ordered, indent=2, sort_keys=True) + "\n")
+    images = plot_sweep(ordered, out_dir)
+    write_sweep_report(ordered, images, out_dir)
+    return ordered

@@ -26,11 +26,12 @@ from agents.brains import (
     LLMBrain,
     Observation,
     Offer,
+    Outcome,
     RandomBrain,
     UCBBrain,
     policy_brain,
 )
-from agents.errors import AgentError
+from agents.errors import ActionRefused, AgentError, translate
 from agents.learning import load_source, make_shards, split_holdout, with_label_noise
 from agents.roles import BuilderAgent, BuildPlan, BuyerAgent, ClassificationTask, Errand, Listing, ProviderAgent
 from agents.runtime import Agent, read_trace
@@ -38,6 +39,7 @@ from agents.wallet import AgentWallet
 from marketplace.api import Settings, create_app
 from marketplace.api.app import attach_model_handler
 from marketplace.chain.token import to_units
+from marketplace.client import ApiClientError
 from tests import test_agent_wallet as wallet_tests
 from tests.openai_stub import ScriptedLLM, answer, tool_calls
 
@@ -192,6 +194,21 @@ def test_policy_brain_opens_a_channel_first_and_stops_when_nothing_is_affordable
 
 
 # ---------------------------------------------------------------------- the roles, end to end
+
+
+def test_a_model_that_refuses_the_row_scores_zero_and_the_row_stays():
+    """A buyer among models of other tasks (README: an iris model beside a digits one) hears the refusal, its
+    brain learns the model is worth nothing to it, and the run goes on (it used to end on the first 422)."""
+    refusal = translate(ApiClientError(422, "bad_model_input", "the model rejected its input"), payment=True)
+    assert isinstance(refusal, ActionRefused) and "(bad_model_input)" in str(refusal)
+    task = ClassificationTask(np.zeros((2, 4)), np.array([0, 1]), value_per_success=1)
+    refused = Outcome(Action("invoke_model", {"model_id": 2, "input": task.query()}),
+                      error={"type": "ActionRefused", "message": str(refusal)})  # fmt: skip
+    assert task.record([refused]) == {2: 0.0} and (task.index, task.paid_calls) == (0, 0)
+    brain = UCBBrain(seed=0)
+    brain.decide(Observation(step=1, task="", budget_left=10, balance=10, offers=[], query=None,
+                             rewards={2: 0.0}))  # fmt: skip
+    assert (brain.pulls, brain.reward_sum) == ({2: 1}, {2: 0.0})  # tried: no longer an untried arm it must pick
 
 
 @EMBEDDED

@@ -106,7 +106,7 @@ def test_rate_asset_needs_a_payment_that_reached_the_vault(server, chain, market
     with pytest.raises(ActionRefused, match=f"InsufficientPayment.*paid=0, required={MODEL_PRICE}"):
         run_tool(agent, "rate_asset", {"asset_id": model, "value": 70})
     voucher = market.channels.sign_voucher(alice, channel, MODEL_PRICE)
-    gateway_key = chain.accounts[-1]  # the server's settlement key (the default relayer on a local chain)
+    gateway_key = server.app.state.services.relayer  # the server's own settlement key
     market.channels.claim(gateway_key, channel, MODEL_PRICE, MODEL_PRICE, voucher)
     run_tool(agent, "rate_asset", {"asset_id": model, "value": 70, "tag": "fast"})
     feedback = market.reputation.feedback(SubjectKind.ASSET, model, alice.address)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from eth_abi import encode
+from eth_account import Account
 from eth_utils import keccak
 
-from marketplace.chain import AnvilNode, ChainError, ContractRevert, connect, decode_revert_data
+from marketplace.chain import AnvilNode, ChainError, ContractRevert, InsufficientFunds, connect, decode_revert_data
 from marketplace.chain.deployment import DeploymentError, load_deployment, read_manifest
 
 
@@ -47,6 +48,28 @@ def test_revert_in_call_decodes(chain, token, alice, bob):
         chain.call(fn, sender=bob.address)
     assert info.value.error == "ERC20InsufficientAllowance"
     assert info.value.args_by_name == {"spender": bob.address, "allowance": 0, "needed": 1}
+
+
+def test_a_sender_without_gas_money_gets_insufficient_funds_before_anything_is_sent(chain, token, admin, alice):
+    """Issue 13 §4: a wallet with no ETH got a 40-line traceback ending in "Insufficient funds for gas"."""
+    poor = Account.create()
+    token.transfer(alice, poor.address, 5)
+    nonce = chain.w3.eth.get_transaction_count(poor.address)
+    attempts = {
+        "estimated": lambda: token.approve(poor, admin.address, 5),
+        "explicit gas": lambda: chain.send(token.contract.functions.transfer(admin.address, 5), poor, gas=100_000),
+        "ether": lambda: chain.send_eth(poor, admin.address, 1),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(InsufficientFunds) as refused:
+            attempt()
+        assert (refused.value.address, refused.value.balance, refused.value.chain_id) == (poor.address, 0, 31337), what
+        assert str(refused.value) == f"{poor.address} has no ETH to pay gas on chain 31337: run `agentmarket faucet`"
+    chain.send_eth(admin, poor.address, 10**9)  # some gas money, not enough for a transfer
+    with pytest.raises(InsufficientFunds, match=r"has 1e-09 ETH, not enough to pay this transaction's gas"):
+        token.approve(poor, admin.address, 5)
+    assert chain.w3.eth.get_transaction_count(poor.address) == nonce  # nothing was sent
+    assert token.balance_of(poor.address) == 5
 
 
 def test_decode_error_string_panic_and_unknown():

@@ -32,11 +32,13 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 
 from agents import AgentWallet, AuditLedger, Budget
 from agents.errors import PaymentRefused
 from agents.wallet import ChannelState
 from marketplace.api import Settings, create_app
+from marketplace.api.relayer import SETTLEMENT_KEY_FILE
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, deploy_all
 from marketplace.chain.market import AssetKind, Market
@@ -100,9 +102,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         chain.close()
 
 
-def _app(deployment: Deployment, chain: Chain, data_dir: Path, model: int) -> FastAPI:
+def _app(deployment: Deployment, chain: Chain, data_dir: Path, model: int, relayer_key: str | None = None) -> FastAPI:
     settings = Settings(manifest=deployment.save(data_dir / "deployment.json"), data_dir=data_dir,
-                        settle_interval=3600, chain_poll_interval=0.2)  # fmt: skip
+                        settle_interval=3600, chain_poll_interval=0.2,
+                        relayer_key=SecretStr(relayer_key) if relayer_key else None)  # fmt: skip
     return create_app(settings, chain=chain, model_handlers={model: adder})
 
 
@@ -192,7 +195,9 @@ def test_a_second_gateway_with_an_empty_data_dir_does_not_serve_claimed_credit(l
     for n in range(1, 6):
         assert _invoke(live.url, live, _voucher(live, payer, channel, n * PRICE)).status_code == 200
     live.settle()
-    second = _app(live.deployment, live.chain, live.home / f"server-b-{channel}", live.model)
+    # The same settlement key (as AGENTMARKET_RELAYER_KEY would name it) with an empty data directory: a lost ledger.
+    key = "0x" + (live.home / "server-a" / SETTLEMENT_KEY_FILE).read_bytes().hex()
+    second = _app(live.deployment, live.chain, live.home / f"server-b-{channel}", live.model, relayer_key=key)
     with serving(second) as url:
         again = _invoke(url, live, _voucher(live, payer, channel, 5 * PRICE))  # "5 more calls" for a claimed voucher
         assert (again.status_code, again.json()["reason"]) == (402, "insufficient_voucher")

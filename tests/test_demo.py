@@ -90,7 +90,15 @@ def test_demo_with_an_llm_that_never_calls_a_tool(tmp_path):
     assert 'the buyer (LLM) bought nothing: it made no paid model call (brain_finished) and answered: "I would' in out
     assert "no rating: the buyer paid for no call to model #4, and only payers may rate" in out
     assert "0 paid model calls (llm, stopped: brain_finished)" in out and "no buyer query answered" in out
+    # The table names every party, never an address (which the table used to cut short).
+    table = out[out.index("agentmarket demo on chain") :]
+    for party in ("owner (human)", "builder agent", "buyer agent", "provider-a", "provider-b", "provider-c (noisy)",
+                  "protocol treasury"):  # fmt: skip
+        assert party in table, party
+    assert "0x" not in table
+    assert "dataset #1 of provider-a: a license" in table and "the builder agent's payments" in table
     story = json.loads((tmp_path / "demo.json").read_text())
+    assert set(story["parties"].values()) >= {"owner (human)", "builder agent", "buyer agent", "protocol treasury"}
     assert (
         story["buyer"]["calls"] == 0 and story["buyer"]["final_answer"] == "I would need to look at the digits first."
     )

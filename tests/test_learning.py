@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline
 
@@ -16,6 +17,7 @@ from agents.learning import (
     Shard,
     accuracy,
     decode_shard,
+    digits_classifier,
     encode_shard,
     load_source,
     make_shards,
@@ -25,7 +27,11 @@ from agents.learning import (
     with_duplicates,
     with_label_noise,
 )
-from marketplace.inference import InferenceError
+from marketplace.api import Settings, create_app
+from marketplace.chain.market import AssetKind
+from marketplace.chain.token import to_units
+from marketplace.client import ApiClientError, MarketplaceClient
+from marketplace.inference import InferenceError, ModelInputError
 
 
 @pytest.fixture(scope="module")
@@ -253,5 +259,32 @@ def three_feature_server():
     ],
 )
 def test_predictor_rejects_bad_input(three_feature_server, payload, expected: str) -> None:
-    with pytest.raises(InferenceError, match=expected):
+    with pytest.raises(ModelInputError, match=expected) as refused:
         three_feature_server(payload)
+    assert not isinstance(refused.value, InferenceError)  # the caller's mistake (422), not a failing model (502)
+
+
+def test_the_served_digits_classifier_answers_422_to_input_it_cannot_take(chain, deployment, market, alice, bob,
+                                                                          tmp_path):  # fmt: skip
+    """Over HTTP, paid by a channel: a row of the wrong length (or any other input the model cannot take) is the
+    caller's mistake, 422 ``bad_model_input`` naming it, and costs nothing; a good row is answered and debited."""
+    price = to_units("0.01")
+    model = market.marketplace.publish(bob, kind=AssetKind.MODEL, content_hash=b"\x0d" * 32, uri="digits-knn",
+                                       price=price, token=market.token.address,
+                                       payees=[(bob.address, 10_000)])  # fmt: skip
+    settings = Settings(manifest=deployment.save(tmp_path / "deployment.json"), data_dir=tmp_path / "server",
+                        siwe_domain="testserver", settle_interval=3600)  # fmt: skip
+    with TestClient(create_app(settings, chain=chain, model_handlers={model: digits_classifier})) as server:
+        client = MarketplaceClient.connect("http://testserver", alice, chain, http=server)
+        channel = client.open_channel(model, to_units(1))
+        for bad, says in (([0.0] * 63, "row 0 has 63 features; the model expects 64"),
+                          ({"features": [[0.0] * 64, [1.0] * 65]}, "row 1 has 65 features"),
+                          ({"rows": [[0.0] * 64]}, "got keys ['rows']")):  # fmt: skip
+            with pytest.raises(ApiClientError) as refused:
+                client.invoke(model, bad, channel_id=channel)
+            assert (refused.value.status, refused.value.code) == (422, "bad_model_input"), refused.value
+            assert says in refused.value.detail
+        X, _ = load_source("digits")
+        answered = client.invoke(model, {"features": X[:2].tolist()}, channel_id=channel)
+        assert len(answered["output"]["labels"]) == 2 and answered["payment"]["debited"] == str(price)
+    assert market.channels.channel(channel).claimed == price  # one call answered, one call paid

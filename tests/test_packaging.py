@@ -7,6 +7,7 @@ venv is shared by the module's tests, which run in file order (lean first, then 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -115,6 +116,18 @@ def test_a_command_whose_extra_is_missing_names_the_install_in_one_line(installe
     assert_one_line_error(result, f"`agentmarket {command}` needs the {extra} extra",
                           f"pip install 'agentmarket[{extra}]'", "scikit-learn")  # fmt: skip
     assert not list(installed.cwd.iterdir())  # nothing was started or written
+
+
+def test_the_lean_cli_writes_the_readme_example_files_and_knows_its_version(installed: Installed):
+    target = installed.cwd.parent / "examples"
+    written = installed.run("agentmarket", "examples", str(target), "--json")
+    assert written.returncode == 0, written.stderr
+    names = ("iris.csv", "iris_model.py", "model-card.json")
+    assert [Path(f).name for f in json.loads(written.stdout)["files"]] == list(names)
+    for name in names:  # the package data is the repo's examples/
+        assert (target / name).read_bytes() == (ROOT / "examples" / name).read_bytes()
+    version = installed.run("agentmarket", "--version")
+    assert version.stdout.strip() == "agentmarket 0.1.0", version.stderr
 
 
 @pytest.mark.anvil

@@ -1,7 +1,8 @@
 """ReputationRegistry: feedback a payment earned (issue 12 §4), on both backends.
 
-A rater qualifies for a subject by paying into the subject asset's vault at least max(the asset's
-current price, the deployment's floor) — by its license purchases or one of its channels' claims.
+A rater qualifies for a subject by paying into the subject asset's vault: by its license purchases, at
+least the deployment's floor in all (each purchase paid the price of its day: a later price change moves
+nothing), or by one of its channels' claims, at least max(the asset's current price, the floor).
 Values are bounded to [0, 100]; summaries can be filtered by rater (ERC-8004) and never overflow;
 owners, operators and the agent's own wallet cannot rate.
 """
@@ -105,16 +106,31 @@ def test_a_channel_payer_rates_once_its_claims_reach_the_price(chain, market, al
 
 
 def test_license_payments_add_up_across_renewals(chain, market, admin, bob, carol):
-    """What a license cost is recorded by the Marketplace (in the expiry's slot): a renewal adds to it."""
-    timed = publish(market, bob, duration=HOUR)
+    """What a license cost is recorded by the Marketplace (in the expiry's slot): a renewal adds to it, and
+    purchases at a price below the floor qualify once they paid the floor together."""
+    timed = publish(market, bob, duration=HOUR, price=MIN_RATING_PAYMENT // 2)
     fund(market, admin, carol)
-    buy(market, carol, timed)
-    market.marketplace.set_price(bob, timed, to_units(2))
+    buy(market, carol, timed, MIN_RATING_PAYMENT // 2)
     revert = expect_revert("InsufficientPayment", rate, market, carol, timed, 70)
-    assert (revert.args_by_name["paid"], revert.args_by_name["required"]) == (PRICE, to_units(2))
-    buy(market, carol, timed, to_units(2))
-    assert market.marketplace.license_paid(timed, carol.address) == to_units(3)
+    assert (revert.args_by_name["paid"], revert.args_by_name["required"]) == (MIN_RATING_PAYMENT // 2,
+                                                                              MIN_RATING_PAYMENT)  # fmt: skip
+    buy(market, carol, timed, MIN_RATING_PAYMENT // 2)
+    assert market.marketplace.license_paid(timed, carol.address) == MIN_RATING_PAYMENT
     rate(market, carol, timed, 70)
+
+
+def test_a_price_rise_does_not_disqualify_past_buyers(chain, market, admin, alice, bob, carol, asset):
+    """A license is judged against the price of the day it was bought (red team: the owner censoring buyers)."""
+    buy(market, alice, asset)
+    market.marketplace.set_price(bob, asset, 100 * PRICE)
+    payment = market.reputation.payment_of(asset, alice.address)
+    assert (payment.paid, payment.required, payment.qualifies) == (PRICE, MIN_RATING_PAYMENT, True)
+    rate(market, alice, asset, 10)
+    fund(market, admin, carol, 100 * PRICE)
+    buy(market, carol, asset, 100 * PRICE)  # bought at the new price
+    market.marketplace.set_price(bob, asset, PRICE)
+    rate(market, carol, asset, 20)
+    assert market.reputation.summary(SubjectKind.ASSET, asset).count == 2
 
 
 def test_values_with_decimals_average_on_one_scale(market, admin, alice, carol, asset):
@@ -185,18 +201,31 @@ def test_a_price_zero_window_mints_no_raters(chain, market, admin, bob, carol, a
                                    "required": MIN_RATING_PAYMENT}  # fmt: skip
     market.marketplace.set_price(bob, asset, PRICE)
     revert = expect_revert("InsufficientPayment", rate, market, carol, asset, 100)
-    assert (revert.args_by_name["paid"], revert.args_by_name["required"]) == (0, PRICE)
+    assert (revert.args_by_name["paid"], revert.args_by_name["required"]) == (0, MIN_RATING_PAYMENT)
     assert market.reputation.summary(SubjectKind.ASSET, asset).count == 0
 
 
-def test_a_cheap_window_qualifies_nobody_once_the_price_is_back(chain, market, admin, bob, carol, asset):
-    """Same kind: bought during a cheap window (at the floor), rated after the price came back."""
+def test_a_window_below_the_floor_qualifies_nobody_once_the_price_is_back(chain, market, admin, bob, carol, asset):
+    """Same kind: bought during a cheap window (just below the floor), rated after the price came back."""
     fund(market, admin, carol)
-    market.marketplace.set_price(bob, asset, MIN_RATING_PAYMENT)
-    buy(market, carol, asset, MIN_RATING_PAYMENT)
+    market.marketplace.set_price(bob, asset, MIN_RATING_PAYMENT - 1)
+    buy(market, carol, asset, MIN_RATING_PAYMENT - 1)
     market.marketplace.set_price(bob, asset, PRICE)
     revert = expect_revert("InsufficientPayment", rate, market, carol, asset, 100)
-    assert (revert.args_by_name["paid"], revert.args_by_name["required"]) == (MIN_RATING_PAYMENT, PRICE)
+    assert (revert.args_by_name["paid"], revert.args_by_name["required"]) == (MIN_RATING_PAYMENT - 1,
+                                                                              MIN_RATING_PAYMENT)  # fmt: skip
+
+
+def test_a_channel_is_judged_at_todays_price(chain, market, alice, bob, relayer, asset):
+    """A channel's payer names its own claimer, so its claims must reach the current price (not the price of
+    some day): a rise above what it claimed stops it rating until the price comes down again."""
+    channel = open_channel(chain, market, alice, asset)
+    claim(market, relayer, alice, channel, PRICE)
+    market.marketplace.set_price(bob, asset, to_units(2))
+    revert = expect_revert("InsufficientPayment", rate, market, alice, asset, 60, channel_id=channel)
+    assert (revert.args_by_name["paid"], revert.args_by_name["required"]) == (PRICE, to_units(2))
+    market.marketplace.set_price(bob, asset, PRICE)
+    rate(market, alice, asset, 60, channel_id=channel)
 
 
 def test_a_cheap_model_needs_the_floor_in_claims(chain, market, alice, bob, relayer):

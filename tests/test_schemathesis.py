@@ -123,8 +123,6 @@ def world(tmp_path_factory: pytest.TempPathFactory, databases: Databases):
                                         {"encryptionKey": bytes(PrivateKey.generate().public_key)})  # fmt: skip
         plain = market.agents.register(bob, "https://agents.example/bob.json", {"endpoint": b"http://127.0.0.1:9"})
         market.token.approve(alice, market.channels.address, DEPOSIT)
-        channel = market.channels.open(alice, model, market.token.address, DEPOSIT, chain.timestamp() + 86_400,
-                                       session_key.address, receiver_authorizer=chain.accounts[-1].address)  # fmt: skip
 
         home = tmp_path_factory.mktemp("schemathesis")
         settings_ = Settings(manifest=deployment.save(home / "deployment.json"), data_dir=home / "server",
@@ -137,6 +135,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, databases: Databases):
             uploaded = client.put(f"/v1/assets/{iris}/content", content=CONTENT,
                                   headers={"Authorization": f"Bearer {token}"})  # fmt: skip
             assert uploaded.status_code == 201, uploaded.text
+            receiver = client.get("/v1/payments").json()["payment_channel"]["receiverAuthorizer"]  # its own key
+            channel = market.channels.open(alice, model, market.token.address, DEPOSIT, chain.timestamp() + 86_400,
+                                           session_key.address, receiver_authorizer=receiver)  # fmt: skip
             yield World(url=url, market=market, assets=[iris, wine, model], agents=[sealed, plain],
                         addresses=[alice.address, bob.address, carol.address, admin.address], model=model,
                         channel=channel, session_key=session_key, token=token)  # fmt: skip

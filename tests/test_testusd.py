@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from eth_utils import keccak
 
 from marketplace.chain.eip712 import Domain, sign_authorization
 from marketplace.chain.token import to_units
+from marketplace.errors import AgentmarketError
 from tests.conftest import expect_revert
 
 HOUR = 3600
@@ -140,3 +142,31 @@ def test_receive_authorization_cannot_be_used_as_transfer(chain, token, alice, b
     """The two EIP-3009 type hashes differ, so a front-runner cannot turn one into the other."""
     auth = token.sign_transfer(alice, bob.address, 10, valid_before=chain.timestamp() + HOUR, receive=True)
     expect_revert("ERC3009InvalidSignature", token.transfer_with_authorization, auth, relayer)
+
+
+@pytest.mark.parametrize(
+    ("amount", "units"),
+    [("1.5", 1_500_000), ("0.000001", 1), ("1.50000000", 1_500_000), (" 2 ", 2_000_000), ("-0", 0), (3, 3_000_000),
+     ("1" * 70, int("1" * 70) * 10**6), ("1e3", 10**9), ("0E-1000000", 0)],
+)  # fmt: skip
+def test_to_units_is_exact(amount, units):
+    assert to_units(amount) == units
+
+
+@pytest.mark.parametrize(
+    ("amount", "message"),
+    [("inf", "'inf' is not a finite number"), ("-Infinity", "not a finite number"), ("NaN", "not a finite number"),
+     ("sNaN", "not a finite number"), ("0x10", "'0x10' is not a number"), ("", "'' is not a number"),
+     ("-1", "-1 is negative"), ("1e-7", "has more than 6 decimals"), ("0.0000015", "has more than 6 decimals"),
+     ("9" * 80, "99999999999999999999…(80 characters) is too large"), ("1e999999999", "is too large"),
+     ("115792089237316195423570985008687907853269984665640564039457584007913129.639936", "is too large")],
+)  # fmt: skip
+def test_to_units_refuses_what_is_not_an_amount(amount, message):
+    with pytest.raises(AgentmarketError, match=re.escape(message)):
+        to_units(amount)
+
+
+def test_to_units_checks_the_maximum_it_is_given():
+    assert to_units("79228162514264337593543.950335", maximum=2**96 - 1) == 2**96 - 1
+    with pytest.raises(AgentmarketError, match=r"--price 79228162514264337593543\.950336 is too large: at most 79228"):
+        to_units("79228162514264337593543.950336", maximum=2**96 - 1, what="--price")

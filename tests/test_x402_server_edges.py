@@ -5,6 +5,8 @@
   advertises is accepted.
 - One authorization pays for one request: sent with concurrent requests, it runs the model once and
   moves the price once; the others get a JSON 409 (in flight) or 402 (already used), never the output.
+- A payer's authorizations in flight are held against its balance together: sent at once, only what the
+  balance covers runs (402 for the rest, before any model runs or any byte is sent).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydantic import SecretStr
 from web3 import Web3
 from x402 import x402ClientSync
 from x402.http.utils import decode_payment_required_header, encode_payment_signature_header
+from x402.mechanisms.evm.constants import ERR_INSUFFICIENT_BALANCE
 from x402.schemas import PaymentPayload, PaymentRequired
 
 from marketplace.api import Settings, create_app
@@ -28,7 +31,12 @@ from marketplace.chain.eip712 import random_nonce
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import to_units
 from marketplace.content import ContentStore
-from marketplace.payments.x402 import DEFAULT_MAX_TIMEOUT_SECONDS, ERR_VALIDITY_TOO_LONG, VALIDITY_SKEW_SECONDS
+from marketplace.payments.x402 import (
+    DEFAULT_MAX_TIMEOUT_SECONDS,
+    ERR_VALIDITY_TOO_LONG,
+    VALIDITY_SKEW_SECONDS,
+    Shortfall,
+)
 from marketplace.payments.x402 import _Reservations as Reservations
 from tests.test_x402 import serving, stock_client
 
@@ -234,3 +242,71 @@ def test_reservations_forget_a_settled_authorization_once_it_expired():
     assert reservations.reserve(first, now=1_300) == "settled"
     assert reservations.reserve(second, now=1_301) is None  # first expired: forgotten
     assert len(reservations) == 1
+
+
+def test_a_payers_concurrent_authorizations_run_only_what_its_balance_covers(url, market, admin, carol, model, dataset,
+                                                                             counting):  # fmt: skip
+    """Several authorizations at once, each for a price the payer holds, but not for all of them together: a
+    download and three calls from a payer holding the download's price plus one call's. Only what the balance
+    covers runs (held per payer across routes and assets); the rest is refused before any model runs or any
+    byte is sent, so every run and every download is paid."""
+    held = DATA_PRICE + PRICE
+    market.token.mint(admin, carol.address, held)
+    vaults = {a: market.marketplace.vault_of(a) for a in (model, dataset)}
+    before = {a: market.token.balance_of(v) for a, v in vaults.items()}
+    invoke, download = f"/v1/models/{model}/invoke", f"/v1/assets/{dataset}/x402"
+    payer = stock_client(carol, market.token.address, x402ClientSync)
+    requests = [("GET", url + download, {"headers": {"PAYMENT-SIGNATURE": encode_payment_signature_header(
+        payer.create_payment_payload(_required(url, "GET", download)))}})]  # fmt: skip
+    for i in range(3):
+        header = encode_payment_signature_header(payer.create_payment_payload(_required(url, "POST", invoke)))
+        requests.append(("POST", url + invoke, {"json": {"input": [i]}, "headers": {"PAYMENT-SIGNATURE": header}}))
+
+    responses = _concurrently(requests)
+
+    received = {a: market.token.balance_of(v) - before[a] for a, v in vaults.items()}
+    calls_paid = sum(r.status_code == 200 for r in responses[1:])
+    assert received[model] == calls_paid * PRICE and counting.runs == calls_paid, (received, counting.runs)
+    assert received[dataset] == (DATA_PRICE if responses[0].status_code == 200 else 0)
+    assert 0 < sum(received.values()) <= held
+    assert market.token.balance_of(carol.address) == held - sum(received.values())
+    refused = [r for r in responses if r.status_code != 200]
+    assert refused, [r.status_code for r in responses]  # the four together cost more than the payer holds
+    for response in refused:
+        assert (response.status_code, response.json()["error"]) == (402, "payment_invalid"), response.text
+        assert decode_payment_required_header(response.headers["payment-required"]).error == ERR_INSUFFICIENT_BALANCE
+        assert CONTENT[:64] not in response.content and "output" not in response.json()
+
+
+def test_reservations_hold_a_payers_authorizations_against_its_balance():
+    reservations = Reservations()
+    token, other_token = "0xT0", "0xT1"
+    a, b, c = (("0xaa", bytes([i]) * 32) for i in (1, 2, 3))
+    balance = {"now": 200}
+    for key in (a, b, c):
+        assert reservations.reserve(key, now=1_000) is None
+    assert reservations.hold(a, token, 100, lambda: balance["now"]) is None
+    assert reservations.hold(b, token, 100, lambda: balance["now"]) is None
+    assert reservations.hold(c, token, 100, lambda: balance["now"]) == Shortfall(200, 100, 200, 2)
+    assert reservations.hold(c, other_token, 100, lambda: 100) is None  # another token: another balance
+    reservations.release(c)
+    balance["now"] = 100  # a settled: the balance shows it
+    reservations.settled(a, valid_before=1_300)
+    assert reservations.held("0xAA", token) == 100  # b only
+    assert reservations.reserve(c, now=1_000) is None
+    assert reservations.hold(c, token, 100, lambda: balance["now"]) == Shortfall(100, 100, 100, 1)
+    reservations.release(b)
+    assert reservations.hold(c, token, 100, lambda: balance["now"]) is None
+
+    def unreachable() -> int:
+        raise ConnectionError("the chain is down")
+
+    d = ("0xaa", b"\x04" * 32)
+    assert reservations.reserve(d, now=1_000) is None
+    with pytest.raises(ConnectionError):
+        reservations.hold(d, token, 1, unreachable)
+    assert reservations.held("0xaa", token) == 100  # nothing held for d
+    reservations.settled(c, valid_before=1_300)
+    reservations.release(d)
+    assert (reservations.held("0xaa", token), reservations.held("0xaa", other_token)) == (0, 0)
+    assert reservations._funds == {} and reservations._held_by == {}  # nothing kept for a payer with nothing in flight

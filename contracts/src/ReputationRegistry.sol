@@ -14,11 +14,18 @@ import {IChannelPayments} from "./interfaces/IChannelPayments.sol";
 /// overflow (at most 2^64 ratings of at most 100e18 each).
 ///
 /// Who may rate: an account that paid *for that subject*, through a paid asset P (for an asset
-/// subject, P is the subject; for an agent, an asset whose owner is the agent's owner or wallet).
-/// It must have paid into P's vault at least max(P's current price, `minPayment`) — either by
-/// license purchases of P (everything it paid for them, as Marketplace records) or by the claims
-/// of one channel it opened for P (`IChannelPayments.payment`). A 1-unit claim, or a license taken
-/// while the seller priced P at 0 (or low) and raised it again, does not qualify.
+/// subject, P is the subject; for an agent, an asset whose owner is the agent's owner or wallet),
+/// judged by one proof:
+/// - licenses: its purchases of P together paid at least `minPayment` into P's vault (as
+///   Marketplace records them). Each purchase paid exactly P's price at the time, so a license is
+///   judged against the price in force when it was bought: a later price rise does not disqualify
+///   its buyer, and a license taken while P cost less than the floor (0 included) does not qualify;
+/// - a channel it opened for P (`IChannelPayments.payment`): its claims reached max(P's current
+///   price, `minPayment`). A channel's payer names the key that claims it and could claim any small
+///   amount from itself, so a channel is judged at today's price (a 1-unit claim never qualifies).
+/// What the floor does not prevent: an owner who prices P at the floor, for one block or for good,
+/// lets any account buy a license at that price and rate (the payment reaches the owner's own vault,
+/// less the protocol fee) — the owner discounting its own asset, like buying it from other accounts.
 ///
 /// No self-feedback: an asset's owner cannot rate it; an agent's owner, its approved operators
 /// (`getApproved`, `isApprovedForAll`) and its wallet cannot rate the agent (ERC-8004).
@@ -68,8 +75,8 @@ contract ReputationRegistry {
 
     // ---------------------------------------------------------------- errors
 
-    /// @notice `account` paid `paid` into `paidAssetId`'s vault by the proof it gave; `required`
-    /// = max(the asset's current price, minPayment) (token base units).
+    /// @notice `account` paid `paid` into `paidAssetId`'s vault by the proof it gave; `required` =
+    /// minPayment for licenses, max(the asset's current price, minPayment) for a channel (token base units).
     error InsufficientPayment(uint256 paidAssetId, address account, uint256 paid, uint256 required);
     /// @notice The channel cited was opened by `payer`, not by the rater.
     error NotChannelPayer(uint256 channelId, address payer, address account);
@@ -124,8 +131,9 @@ contract ReputationRegistry {
     IChannelPayments public immutable channels;
     /// @notice Where agents live.
     AgentRegistry public immutable agents;
-    /// @notice Least payment (token base units) that qualifies a rater, whatever the asset's price;
-    /// fixed at deployment so that a price of 0 never mints raters.
+    /// @notice Least payment (token base units) that qualifies a rater: what its license purchases of
+    /// the asset must have paid together, and the least a channel's claims must reach whatever the
+    /// asset's price; fixed at deployment so that a price of 0 (or below it) never mints raters.
     uint256 public immutable minPayment;
     /// @dev Feedback by subject and rater.
     mapping(SubjectKind subjectKind => mapping(uint256 subjectId => mapping(address clientAddress => Feedback))) private
@@ -188,18 +196,19 @@ contract ReputationRegistry {
 
     // ---------------------------------------------------------------- views
 
-    /// @notice What `account` paid into `paidAssetId`'s vault by one proof (`channelId` 0: all its
-    /// license purchases; else that channel's claims) and what qualifies a rater:
-    /// `required` = max(the asset's current price, minPayment). Token base units.
+    /// @notice What `account` paid into `paidAssetId`'s vault by one proof and what qualifies a rater
+    /// (token base units): `channelId` 0, all its license purchases, each of which paid the price of
+    /// its day, against `required` = minPayment; else that channel's claims against `required` =
+    /// max(the asset's current price, minPayment).
     /// @dev Reverts NotChannelPayer, ChannelForOtherAsset, UnknownAsset, UnknownChannel.
     function paymentOf(uint256 paidAssetId, uint256 channelId, address account)
         public
         view
         returns (uint256 paid, uint256 required)
     {
-        required = marketplace.priceOf(paidAssetId);
-        if (required < minPayment) required = minPayment;
-        if (channelId == 0) return (marketplace.licensePaid(paidAssetId, account), required);
+        uint256 price = marketplace.priceOf(paidAssetId); // (reverts UnknownAsset)
+        if (channelId == 0) return (marketplace.licensePaid(paidAssetId, account), minPayment);
+        required = price > minPayment ? price : minPayment;
         (address payer, uint256 channelAssetId, uint256 claimed) = channels.payment(channelId);
         if (payer != account) revert NotChannelPayer(channelId, payer, account);
         if (channelAssetId != paidAssetId) revert ChannelForOtherAsset(channelId, channelAssetId, paidAssetId);

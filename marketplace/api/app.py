@@ -8,8 +8,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
@@ -18,15 +16,15 @@ from marketplace.api.deps import Services
 from marketplace.api.errors import install_error_handlers
 from marketplace.api.lifecycle import LEDGER_FILE, ChainGuard, prepare_data_dir
 from marketplace.api.limits import Limits, RequestLimits, upload_matcher
-from marketplace.api.routes import accounts, agents, assets, auth, content, health, models, payments, x402
+from marketplace.api.relayer import settlement_account
+from marketplace.api.routes import accounts, agents, assets, auth, content, health, models, payments, stats, x402
 from marketplace.api.schemas import ErrorBody
 from marketplace.api.settings import Settings
 from marketplace.api.state import ServerBase
-from marketplace.chain import LOCAL_CHAIN_ID, Chain, rpc_chain
+from marketplace.chain import Chain, rpc_chain
 from marketplace.chain.deployment import load_deployment
 from marketplace.chain.identity import ChainIdentity
 from marketplace.content import ContentStore
-from marketplace.errors import AgentmarketError
 from marketplace.indexer import Indexer
 from marketplace.indexer.database import open_database
 from marketplace.inference import ModelHandler
@@ -39,17 +37,6 @@ from marketplace.siwe import TokenIssuer
 RELAYER_LOCK = threading.Lock()
 
 log = logging.getLogger("agentmarket.api")
-
-
-def _relayer(settings: Settings, chain: Chain) -> LocalAccount:
-    if settings.relayer_key is not None:
-        try:
-            return Account.from_key(settings.relayer_key.get_secret_value())
-        except (ValueError, TypeError):
-            raise AgentmarketError("AGENTMARKET_RELAYER_KEY is not a valid private key (want 0x + 64 hex)") from None
-    if chain.chain_id != LOCAL_CHAIN_ID:
-        raise AgentmarketError(f"chain id {chain.chain_id} is not a local dev chain; set AGENTMARKET_RELAYER_KEY")
-    return chain.accounts[-1]
 
 
 #: What /openapi.json says about the API as a whole (a generated client's docstring).
@@ -117,7 +104,7 @@ def build_services(
     try:
         ServerBase.metadata.create_all(engine)
         market = deployment.market(chain)
-        relayer = _relayer(settings, chain)
+        relayer = settlement_account(settings, chain)
         identity = ChainIdentity.of(chain)
         archived = prepare_data_dir(settings.data_dir, deployment, market, engine, identity, reset=reset,
                                     rpc_url=chain.rpc_url, voucher_sync=settings.voucher_sync)  # fmt: skip
@@ -200,6 +187,7 @@ def create_app(
         accounts.router,
         models.router,
         payments.router,
+        stats.router,
     ):
         app.include_router(router, responses=ERROR_RESPONSES)
     app.add_middleware(

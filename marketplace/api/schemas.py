@@ -88,23 +88,48 @@ class Agent(BaseModel):
 
 
 class Earning(BaseModel):
-    """What an account can claim from one vault, and what it was already sent."""
+    """An account's place in one vault, for one token (base units): what it can claim now, what releases
+    up the lineage would add, and what it was already sent."""
 
     asset_id: int
     vault: str
     token: str
     share_bps: float
+    #: What the vault would send the account now.
     claimable: str
+    #: What releasing every vault between a paid asset and this one (children first, each vault's floor
+    #: rounding at every hop) would add to ``claimable``: a withdrawal gets ``claimable + waiting``.
+    waiting: str
+    released: str
+
+
+class TokenEarnings(BaseModel):
+    """An account's earnings in one token, over every vault (base units)."""
+
+    token: str
+    claimable: str
+    waiting: str
     released: str
 
 
 class Earnings(BaseModel):
-    """An account's earnings across every vault it is a payee of."""
+    """An account's earnings across every vault it is a payee of, one entry per vault and token that
+    reaches it (every vault's own token always), computed on chain now with the royalties waiting up
+    the lineage."""
 
     address: str
+    #: The deployment's payment token, which ``total_*`` are in.
+    token: str
     total_claimable: str
+    total_waiting: str
     total_released: str
+    #: Per token, every token included.
+    totals: list[TokenEarnings]
     vaults: list[Earning]
+    #: Transactions a withdrawal would send now (vault-to-vault releases up the lineage, then to the account).
+    pending_releases: int
+    #: False when the lineage walk stopped at its bound or a vault's token could not be read: more may wait.
+    lineage_complete: bool
 
 
 class AssetRevenue(BaseModel):

@@ -9,9 +9,16 @@ benchmark and the tests run, so every one of them gets the same limits. What it 
   (if it sent part of one) and closed. The deadline is not pushed back by each byte, so a head
   trickled slowly (slowloris) is cut off as surely as a silent one. The head's size is bounded
   too (``max_header_bytes``: 431 ``headers_too_large``, even while it is still arriving).
-- **connection cap**: at most ``max_connections`` connections. When full, the connection that has
-  waited longest for a request head is closed to make room; if every connection has a request in
-  flight, the new one is answered 503 ``too_many_connections`` and closed.
+- **connection cap, and each client's share of it**: at most ``max_connections`` connections, and at
+  most ``max_connections_per_client`` from one client (its IP address; for IPv6, its /64 network: the
+  peer's address, never ``X-Forwarded-For``). A new connection over either cap makes room by closing,
+  first, the connection that has waited longest for a request head (idle), else the connection whose
+  request body is arriving slowest (answered 503 ``too_many_connections``: no work was done for it yet)
+  — among the new client's own connections when its share is full, else among those of the client
+  holding the most. A request whose body has arrived is never closed for room; when there is nothing
+  else to close, the new connection is answered 503 ``too_many_connections`` and closed. So one client
+  holding slow bodies on every connection it may open (each one byte, then silence) takes its share at
+  most, and every new connection, even from the same address, is served before its bodies are.
 - **unread bodies**: after an answer sent before the request body was read (a refusal, a 401),
   the rest of the body is read and discarded for at most ``body_timeout`` seconds, then the
   connection is closed.
@@ -30,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
@@ -54,6 +62,7 @@ class ConnectionLimits:
     body_timeout: float
     send_timeout: float
     max_connections: int
+    max_connections_per_client: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
@@ -64,6 +73,7 @@ class ConnectionLimits:
             body_timeout=settings.body_timeout,
             send_timeout=settings.send_timeout,
             max_connections=settings.max_connections,
+            max_connections_per_client=settings.max_connections_per_client,
         )
 
 
@@ -105,6 +115,20 @@ def server_config(app: FastAPI, *, port: int | None = None, **overrides: Any) ->
     return GatewayConfig(app, connection_limits=ConnectionLimits.from_settings(settings), **options)
 
 
+def client_network(host: str | None) -> str:
+    """Who a peer is, for per-client limits: its IP address; for IPv6 its /64 network (an IPv4-mapped
+    address: the IPv4 address); anything that is no IP address (a Unix socket): itself, or ``"unknown"``."""
+    try:
+        ip = ipaddress.ip_address(host or "")
+    except ValueError:
+        return (host or "")[:64] or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class _Connection(h11.Connection):
     """h11's connection state, remembering the last protocol error it raised (for its status)."""
 
@@ -131,24 +155,40 @@ class GatewayProtocol(H11Protocol):
         self._stall: asyncio.TimerHandle | None = None
         #: Since when this connection has waited for a request head (the eviction order).
         self.waiting_since = self.loop.time()
+        #: The client it belongs to (see :func:`client_network`), set when the connection is made.
+        self.peer_network = "unknown"
         self._refused = False
+        #: The request whose body is being counted, since when, and the body bytes received so far.
+        self._counted_cycle: Any = None
+        self._body_since = 0.0
+        self._body_bytes = 0
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        full = len(self.connections) >= self.limits.max_connections
         super().connection_made(transport)
-        if full and not self._make_room():
-            self._refused = True
-            self._answer_and_close(
-                503, "too_many_connections", "the server has too many connections open; retry in a moment"
-            )
+        peer = transport.get_extra_info("peername")
+        self.peer_network = client_network(peer[0] if isinstance(peer, tuple) and peer else None)
+        others = [c for c in self.connections if c is not self and isinstance(c, GatewayProtocol) and c.open()]
+        own = [c for c in others if c.peer_network == self.peer_network]
+        share = self.limits.max_connections_per_client
+        if len(own) >= share:  # room within its own share (the server's total does not grow)
+            if not self._make_room(own):
+                self._refuse_connection(
+                    f"this client already has {len(own)} connections open, its share of the server "
+                    f"(AGENTMARKET_MAX_CONNECTIONS_PER_CLIENT = {share}), each with a request in flight; retry when "
+                    f"one is answered"
+                )
+                return
+        elif len(others) >= self.limits.max_connections and not self._make_room(others):
+            self._refuse_connection("the server has too many connections open; retry in a moment")
             return
         self._watch()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        counting = self.cycle is not None and self.cycle is self._counted_cycle
         try:
             super().data_received(data)
         except Exception as exc:  # a parser failure uvicorn does not catch would be logged as a crash
@@ -156,6 +196,10 @@ class GatewayProtocol(H11Protocol):
             self._answer_and_close(400, "bad_request", "the request is not valid HTTP/1.1")
             return
         cycle = self.cycle
+        if counting:
+            self._body_bytes += len(data)
+        elif cycle is not None and cycle is not self._counted_cycle:  # a new request: its body starts now
+            self._counted_cycle, self._body_since, self._body_bytes = cycle, self.loop.time(), 0
         if cycle is not None and not cycle.more_body and not cycle.response_started:
             cycle.scope[BODY_BUFFERED] = True  # type: ignore[literal-required]  # (read by the limits middleware)
         self._watch()
@@ -195,21 +239,53 @@ class GatewayProtocol(H11Protocol):
 
     # ------------------------------------------------------------------ limits
 
+    def open(self) -> bool:
+        """True unless the connection is being closed (or was refused)."""
+        return not (self._refused or self.transport.is_closing())
+
     def idle(self) -> bool:
         """True if no request is in flight: the connection waits for a head (or has part of one), or
         discards the unread rest of a body already answered."""
-        return (self.cycle is None or self.cycle.response_complete) and not (
-            self._refused or self.transport.is_closing()
-        )
+        return (self.cycle is None or self.cycle.response_complete) and self.open()
 
-    def _make_room(self) -> bool:
-        """Close the idle connection that has waited longest; False if every one has a request in flight."""
-        waiting = [c for c in self.connections if c is not self and isinstance(c, GatewayProtocol) and c.idle()]
-        if not waiting:
+    def receiving(self) -> bool:
+        """True if a request's body is still arriving and nothing was answered yet: the app waits for the
+        body, so no work was done for the request (the invoke route runs a model only on a whole body)."""
+        cycle = self.cycle
+        return cycle is not None and cycle.more_body and not cycle.response_started and self.open()
+
+    def body_rate(self) -> float:
+        """Bytes per second of the body arriving (see :meth:`receiving`), since its request head."""
+        return self._body_bytes / max(self.loop.time() - self._body_since, 1e-3)
+
+    def _make_room(self, candidates: list[GatewayProtocol]) -> bool:
+        """Close one of ``candidates`` (open connections) to make room: the one that has waited longest for a
+        head, else the slowest body of the client holding most of them (answered 503); False if every one has
+        a request in flight."""
+        waiting = [c for c in candidates if c.idle()]
+        if waiting:
+            min(waiting, key=lambda c: c.waiting_since).transport.close()
+            return True
+        receiving = [c for c in candidates if c.receiving()]
+        if not receiving:
             return False
-        oldest = min(waiting, key=lambda c: c.waiting_since)
-        oldest.transport.close()
+        held: dict[str, int] = {}
+        for connection in candidates:
+            held[connection.peer_network] = held.get(connection.peer_network, 0) + 1
+        hog = max(receiving, key=lambda c: held[c.peer_network]).peer_network
+        slowest = min((c for c in receiving if c.peer_network == hog), key=lambda c: (c.body_rate(), c._body_since))
+        slowest._refused = True
+        slowest._answer_and_close(
+            503,
+            "too_many_connections",
+            "this connection was closed to make room for another: its request body was arriving slowest while the "
+            "server, or this client's share of it, was full; send the body at once and retry",
+        )
         return True
+
+    def _refuse_connection(self, detail: str) -> None:
+        self._refused = True
+        self._answer_and_close(503, "too_many_connections", detail)
 
     def _watch(self) -> None:
         """Arm the deadline the connection's state calls for: a whole head within ``head_timeout``

@@ -27,8 +27,10 @@ class Settings(BaseSettings):
     port: int = 8000
     #: Largest upload accepted, in bytes (413 above it).
     max_upload_bytes: int = 256 * 1024 * 1024
-    #: Key that pays the gas of settlements (x402, channel claims). Default on a local chain: the
-    #: last dev account. Never logged.
+    #: Key that claims this gateway's channels and pays the gas of its settlements (x402, channel claims).
+    #: Default: a key of the gateway's own, made in ``data_dir`` (``settlement.key``) and, on a local dev
+    #: chain, funded with gas at start (marketplace/api/relayer.py). Never logged; never share one key
+    #: between gateways with separate data directories.
     relayer_key: SecretStr | None = None
     #: Domain a Sign-In with Ethereum message must name (default: host:port).
     siwe_domain: str | None = None
@@ -100,8 +102,13 @@ class Settings(BaseSettings):
     #: Longest a response may stay stuck because its client does not read it (the connection is dropped).
     send_timeout: float = Field(30.0, gt=0)
     #: Most connections open at once; when full, the one waiting longest for a request head is closed
-    #: to make room, or the new one gets 503 if every connection has a request in flight.
+    #: to make room, else the slowest request body of the client holding most connections (503), or the
+    #: new one gets 503 if every connection has a request in flight.
     max_connections: int = Field(512, ge=1)
+    #: Most connections one client (IP address; IPv6: its /64) may hold; a new one beyond it closes that
+    #: client's own idle or slowest-body connection, else gets 503. Behind a reverse proxy every client is
+    #: the proxy: raise it to max_connections there.
+    max_connections_per_client: int = Field(64, ge=1)
     #: On shutdown, how long requests in flight may take to finish before they are cancelled.
     shutdown_timeout: float = Field(30.0, gt=0)
 

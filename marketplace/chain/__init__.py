@@ -12,7 +12,7 @@ from marketplace.chain.backends import (
     rpc_chain,
 )
 from marketplace.chain.chain import Chain, to_address
-from marketplace.chain.errors import ChainError, ContractRevert, decode_revert_data
+from marketplace.chain.errors import ChainError, ContractRevert, InsufficientFunds, decode_revert_data
 
 __all__ = [
     "DEV_MNEMONIC",
@@ -22,6 +22,7 @@ __all__ = [
     "Chain",
     "ChainError",
     "ContractRevert",
+    "InsufficientFunds",
     "anvil_chain",
     "artifact_names",
     "connect",

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from web3 import Web3
@@ -15,7 +16,13 @@ from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from marketplace.chain.artifacts import Artifact, load_artifact
-from marketplace.chain.errors import ChainError, ContractRevert, revert_from_exception
+from marketplace.chain.errors import (
+    ChainError,
+    ContractRevert,
+    InsufficientFunds,
+    is_insufficient_funds,
+    revert_from_exception,
+)
 from marketplace.errors import AgentmarketError
 
 #: Gas headroom added to an estimate: the 63/64 rule and storage refunds can make a call that
@@ -92,13 +99,16 @@ class Chain:
         """Sign ``fn`` (a contract function or constructor) with ``sender``'s key, send it, wait.
 
         With ``gas=None`` the gas is estimated first (a revert surfaces before anything is sent);
-        give ``gas`` explicitly on hot paths. Any revert raises :class:`ContractRevert`.
+        give ``gas`` explicitly on hot paths. Any revert raises :class:`ContractRevert`; a sender that
+        cannot pay the gas (or ``value``, in wei) raises :class:`InsufficientFunds` before anything is sent.
         """
         params: dict[str, Any] = {"from": sender.address, "value": value}
         if gas is None:
             try:
                 estimate = fn.estimate_gas(params)
             except Exception as exc:
+                if is_insufficient_funds(exc):
+                    raise self._insufficient_funds(sender.address) from None
                 revert = revert_from_exception(exc)
                 if revert is None:
                     raise
@@ -113,7 +123,8 @@ class Chain:
         return receipt
 
     def send_eth(self, sender: LocalAccount, to: str, value: int) -> TxReceipt:
-        """Send ``value`` wei of the native coin (gas money) from ``sender`` to ``to``."""
+        """Send ``value`` wei of the native coin (gas money) from ``sender`` to ``to``
+        (:class:`InsufficientFunds` if ``sender`` cannot pay it and the gas)."""
         base_fee = self.w3.eth.get_block("latest").get("baseFeePerGas", 0)
         tip = 10**9
         tx = {
@@ -128,10 +139,15 @@ class Chain:
         return self.send_raw(sender.sign_transaction(tx).raw_transaction)
 
     def send_raw(self, raw_transaction: bytes) -> TxReceipt:
-        """Broadcast an already signed transaction and wait for its receipt (status not checked)."""
+        """Broadcast an already signed transaction and wait for its receipt (status not checked).
+
+        :class:`InsufficientFunds` when its sender cannot pay its gas and value (nothing was sent).
+        """
         try:
             tx_hash = self.w3.eth.send_raw_transaction(raw_transaction)
         except Exception as exc:
+            if is_insufficient_funds(exc):
+                raise self._insufficient_funds(Account.recover_transaction(raw_transaction)) from None
             revert = revert_from_exception(exc)
             if revert is None:
                 raise
@@ -139,6 +155,13 @@ class Chain:
         return self.w3.eth.wait_for_transaction_receipt(
             tx_hash, timeout=30, poll_latency=self._hooks.receipt_poll_latency
         )
+
+    def _insufficient_funds(self, address: str) -> InsufficientFunds:
+        """What to tell when ``address`` cannot pay for a transaction (its balance read now)."""
+        from marketplace.chain.backends import LOCAL_CHAIN_ID  # backends build chains: import at use
+
+        remedy = "run `agentmarket faucet`" if self.chain_id == LOCAL_CHAIN_ID else "send it ETH for gas"
+        return InsufficientFunds(address, self.balance(address), self.chain_id, remedy)
 
     def _explain_failure(self, tx: dict[str, Any], receipt: TxReceipt) -> ContractRevert:
         """Replay a mined, failed transaction as a call on its parent state to learn why it reverted."""

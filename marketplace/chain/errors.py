@@ -27,6 +27,34 @@ class ChainError(AgentmarketError):
     """A chain could not be reached or did not behave as a chain should."""
 
 
+class InsufficientFunds(ChainError):
+    """The sender cannot pay for a transaction: its gas at the current fee (plus any value sent).
+
+    ``address`` is the sender, ``balance`` its native-coin balance in wei, ``chain_id`` the chain's id,
+    ``remedy`` what to do (e.g. "run `agentmarket faucet`" on a local chain). Raised by
+    :meth:`~marketplace.chain.chain.Chain.send` and the other sending methods before anything is sent,
+    whatever the backend says (anvil and other nodes: JSON-RPC error -32003 "insufficient funds for gas
+    * price + value"; the embedded chain: "cannot afford txn gas").
+    """
+
+    def __init__(self, address: str, balance: int, chain_id: int, remedy: str) -> None:
+        self.address, self.balance, self.chain_id = address, balance, chain_id
+        where = f"on chain {chain_id}"
+        if balance == 0:
+            super().__init__(f"{address} has no ETH to pay gas {where}: {remedy}")
+        else:
+            eth = f"{balance / 10**18:.6g}"
+            super().__init__(f"{address} has {eth} ETH, not enough to pay this transaction's gas {where}: {remedy}")
+
+
+_INSUFFICIENT_FUNDS = re.compile(r"insufficient funds|cannot afford txn gas|not have enough balance", re.IGNORECASE)
+
+
+def is_insufficient_funds(exc: BaseException) -> bool:
+    """True if a backend's exception says the sender cannot pay the gas (or value) of a transaction."""
+    return bool(_INSUFFICIENT_FUNDS.search(str(exc)))
+
+
 class ContractRevert(AgentmarketError):
     """A contract call or transaction reverted.
 

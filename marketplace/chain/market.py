@@ -9,8 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
 from web3.types import TxReceipt
 
 from marketplace.chain.chain import Chain
@@ -23,6 +25,9 @@ from marketplace.chain.eip712 import (
     sign_voucher,
 )
 from marketplace.chain.token import TestUSD
+
+if TYPE_CHECKING:
+    from marketplace.chain.lineage import Release
 
 PERPETUAL = 2**64 - 1
 BPS = 10_000
@@ -181,9 +186,9 @@ class Feedback:
 
 @dataclass(frozen=True)
 class RaterPayment:
-    """What an account paid into an asset's vault by one proof (licenses, or one channel's claims)
-    and what qualifies a rater: ``required`` = max(the asset's current price, the deployment's floor).
-    Token base units."""
+    """What an account paid into an asset's vault by one proof and what qualifies a rater (token base
+    units): by its licenses (each bought at the price of its day), ``required`` = the deployment's floor;
+    by one channel's claims, ``required`` = max(the asset's current price, the floor)."""
 
     paid: int
     required: int
@@ -507,6 +512,14 @@ class PaymentChannelsContract:
         c = self.chain.call(self.contract.functions.getChannel(channel_id))
         return Channel(channel_id, *c)
 
+    def channels_of(self, payer: str, *, from_block: int = 0) -> list[Channel]:
+        """Every channel ``payer`` opened (its ``ChannelOpened`` events since ``from_block``, e.g. the
+        deployment's block), in id order, each with its state now."""
+        events = self.contract.events.ChannelOpened.get_logs(
+            argument_filters={"payer": to_checksum_address(payer)}, from_block=from_block, to_block="latest"
+        )
+        return [self.channel(channel_id) for channel_id in sorted({event["args"]["channelId"] for event in events})]
+
     def payment(self, channel_id: int) -> tuple[str, int, int]:
         """``(payer, asset id, claimed)``: what the channel paid into its asset's vault so far."""
         payer, asset_id, claimed = self.chain.call(self.contract.functions.payment(channel_id))
@@ -624,8 +637,9 @@ class AgentRegistryContract:
 
 class ReputationContract:
     """Feedback on a [0, 100] scale, accepted only from accounts whose payment for the subject
-    qualifies them (at least max(price, the deployment's floor) into the asset's vault), once per
-    account and subject; never from the subject's owner, operators or agent wallet."""
+    qualifies them (licenses that paid at least the deployment's floor in all, each at the price of its
+    day, or a channel whose claims reached max(the current price, the floor)), once per account and
+    subject; never from the subject's owner, operators or agent wallet."""
 
     def __init__(self, chain: Chain, address: str) -> None:
         self.chain = chain
@@ -736,28 +750,17 @@ class Market:
         """The RevenueVault of ``asset_id``."""
         return RevenueVaultContract(self.chain, self.marketplace.vault_of(asset_id))
 
-    def release_upstream(self, caller: LocalAccount, asset_id: int) -> list[tuple[int, int]]:
-        """Forward royalties up the lineage of ``asset_id``: release every parent vault's claim from its
-        child's vault, children before parents, so each ancestor's own payees can then claim.
+    def release_upstream(self, caller: LocalAccount, asset_id: int) -> list[Release]:
+        """Push ``asset_id``'s royalties up its lineage: its vault releases to every payee that is a vault
+        (its parents), then those vaults to theirs, children first, in every token that reaches each vault
+        along the way (a model priced in another token than its parent pays the parent's vault, and the
+        grandparent, in that token too). Anyone may call it; ``caller`` pays the gas.
 
-        Returns ``(parent asset id, amount)`` for each release that moved tokens. Anyone may call it.
+        Returns the releases sent (amounts in base units of each one's token), only those that moved
+        money: one transaction each. See :mod:`marketplace.chain.lineage` (:func:`plan_release`,
+        :func:`execute`): raises :class:`~marketplace.chain.lineage.ReleaseIncomplete` if a release
+        failed (the rest stays claimable; calling again finishes), AgentmarketError for an unknown asset.
         """
-        released: list[tuple[int, int]] = []
-        lineage, pending = set(), [asset_id]
-        while pending:
-            current = pending.pop()
-            if current not in lineage:
-                lineage.add(current)
-                pending += list(self.marketplace.asset(current).parents)
-        # Parents are published before their children, so their ids are smaller: descending id order
-        # releases every vault before any of its ancestors.
-        for child in sorted(lineage, reverse=True):
-            asset = self.marketplace.asset(child)
-            vault = self.vault(child)
-            for parent in asset.parents:
-                parent_vault = self.marketplace.vault_of(parent)
-                if vault.claimable(asset.token, parent_vault) > 0:
-                    receipt = vault.release(caller, asset.token, parent_vault)
-                    (event,) = self.chain.events(vault.contract, receipt, "PaymentReleased")
-                    released.append((parent, event["amount"]))
-        return released
+        from marketplace.chain.lineage import Lineage, execute, plan_release
+
+        return execute(self.chain, caller, plan_release(self.chain, Lineage.of_market(self), asset_id))

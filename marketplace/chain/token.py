@@ -29,16 +29,40 @@ _RECEIVE_WITH_AUTH_BYTES = "receiveWithAuthorization(address,address,uint256,uin
 _CANCEL_AUTH_BYTES = "cancelAuthorization(address,bytes32,bytes)"
 
 
-def to_units(amount: str | int | Decimal) -> int:
-    """Parse a human amount of tUSD ("1.5") into atomic units (1_500_000)."""
+#: Largest amount of a token in base units (a uint256).
+MAX_UNITS = 2**256 - 1
+
+
+def to_units(amount: str | int | Decimal, *, maximum: int = MAX_UNITS, what: str = "tUSD amount") -> int:
+    """Parse a human amount of tUSD ("1.5") into base units (1_500_000), exactly.
+
+    Accepts a finite, non-negative decimal number with at most 6 decimals whose base units are at most
+    ``maximum`` (default: a uint256; a price on chain must fit 96 bits, a channel deposit 128). Anything
+    else (``inf``, ``nan``, ``-1``, ``0x10``, 1e-7, an 80-digit number) raises :class:`AgentmarketError`
+    naming ``what`` and the rule it broke.
+    """
+    text = str(amount).strip()
+    shown = text if len(text) <= 40 else f"{text[:20]}…({len(text)} characters)"
     try:
-        value = Decimal(str(amount))
-    except InvalidOperation:
-        raise AgentmarketError(f"not an amount of tUSD: {amount!r} (want a number like 1.5)") from None
-    units = value * UNIT
-    if units != units.to_integral_value() or units < 0:
-        raise AgentmarketError(f"tUSD amount {amount} must be non-negative with at most {DECIMALS} decimals")
-    return int(units)
+        value = Decimal(text)
+    except (InvalidOperation, ValueError):
+        raise AgentmarketError(f"{what} {shown!r} is not a number (want a decimal number of tUSD, like 1.5)") from None
+    if not value.is_finite():
+        raise AgentmarketError(f"{what} {shown!r} is not a finite number (want a decimal number of tUSD, like 1.5)")
+    if value < 0:
+        raise AgentmarketError(f"{what} {shown} is negative; want 0 or more tUSD")
+    _sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    if exponent < -DECIMALS and any(digits[exponent + DECIMALS :]):
+        raise AgentmarketError(f"{what} {shown} has more than {DECIMALS} decimals (the smallest unit is 0.000001)")
+    if value.adjusted() > len(str(maximum)):  # bounds the integer below before it is built
+        raise AgentmarketError(f"{what} {shown} is too large: at most {format_units(maximum)} tUSD")
+    coefficient = int("".join(map(str, digits)) or "0")
+    shift = exponent + DECIMALS
+    units = coefficient * 10**shift if shift >= 0 else coefficient // 10**-shift  # exact: no rounding context
+    if units > maximum:
+        raise AgentmarketError(f"{what} {shown} is too large: at most {format_units(maximum)} tUSD")
+    return units
 
 
 def format_units(units: int) -> str:

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -40,6 +41,26 @@ contracts_app = typer.Typer(
 app.add_typer(contracts_app, name="contracts")
 
 console = Console(highlight=False)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        try:
+            installed = version("agentmarket")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            from marketplace import __version__ as installed
+        console.print(f"agentmarket {installed}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Options that come before the command."""
+
 
 DEFAULT_RPC = "http://127.0.0.1:8545"
 DEFAULT_NODE_PORT = 8545

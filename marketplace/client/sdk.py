@@ -17,6 +17,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,10 +37,11 @@ from x402.mechanisms.evm.exact import ExactEvmClientScheme
 from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentRequired
 
-from marketplace.chain import Chain, connect
+from marketplace.chain import Chain, ContractRevert, connect
 from marketplace.chain.deployment import Deployment, DeploymentError, parse_manifest, verify_deployment
 from marketplace.chain.identity import ChainIdentity
-from marketplace.chain.market import AssetKind, Market
+from marketplace.chain.lineage import Lineage, LineagePlan, Release, execute, plan_release, plan_withdrawal
+from marketplace.chain.market import AssetKind, Channel, Market
 from marketplace.chain.token import TestUSD
 from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms, PriceChanged
 from marketplace.client.vouchers import ChannelCount, VoucherBook
@@ -347,7 +349,10 @@ class MarketplaceReader:
         return self._request("GET", f"/v1/agents/{agent_id}").json()
 
     def earnings(self, address: str) -> dict[str, Any]:
-        """Claimable and released amounts per vault for ``address``."""
+        """``GET /v1/accounts/{address}/earnings``: for every vault ``address`` is a payee of and every token
+        that reaches it, ``claimable`` (now), ``waiting`` (what releases up the lineage would add) and
+        ``released`` (so far), in base units; totals per token; ``pending_releases``, the transactions a
+        withdrawal would send."""
         return self._request("GET", f"/v1/accounts/{address}/earnings").json()
 
     def stats(self) -> dict[str, Any]:
@@ -438,6 +443,7 @@ class MarketplaceClient(MarketplaceReader):
         self._vouchers: VoucherHasher | None = None
         #: The longest x402 authorization this client signs, in seconds (see :mod:`marketplace.client.checks`).
         self.x402_max_timeout_seconds = MAX_TIMEOUT_SECONDS
+        self._lineage: Lineage | None = None
 
     @classmethod
     def connect(
@@ -537,7 +543,9 @@ class MarketplaceClient(MarketplaceReader):
     # ------------------------------------------------------------------ reads
 
     def earnings(self, address: str | None = None) -> dict[str, Any]:
-        """Claimable and released amounts per vault for ``address`` (default: this account)."""
+        """The server's earnings of ``address`` (default: this account): per asset and token, claimable now,
+        waiting up the lineage and released (see :meth:`MarketplaceReader.earnings`; :meth:`withdrawal_plan`
+        computes the same from the chain alone)."""
         return super().earnings(address or self.address)
 
     # ------------------------------------------------------------------ providers
@@ -723,6 +731,100 @@ class MarketplaceClient(MarketplaceReader):
             raise AgentmarketError(f"the server names no receiverAuthorizer address in GET /v1/payments: "
                                    f"{_line(authorizer, 60)}")  # fmt: skip
         return Web3.to_checksum_address(authorizer)
+
+    # ------------------------------------------------------------------ channels after opening
+
+    @property
+    def voucher_scope(self) -> str:
+        """The key of this deployment's channels in :attr:`voucher_book` (``"<chain id>:<channels address>"``)."""
+        return f"{self.chain.chain_id}:{self.market.channels.address}"
+
+    def channels(self) -> list[Channel]:
+        """The channels this account opened (as payer), in id order, with their on-chain state now."""
+        return self.market.channels.channels_of(self.address, from_block=self.deployment.deploy_block)
+
+    def top_up_channel(self, channel_id: int, amount: int) -> TxReceipt:
+        """Add ``amount`` (base units) to the deposit of this account's channel ``channel_id``, approving it first.
+
+        :class:`AgentmarketError` when this account is not the channel's payer or the channel has expired
+        (before anything is sent); the contract checks both again (``NotPayer``, ``ChannelExpired``).
+        """
+        channel = self._live_channel(channel_id, "top up")
+        self.market.token.approve(self.account, self.market.channels.address, amount)
+        return self.market.channels.top_up(self.account, channel.channel_id, amount)
+
+    def extend_channel(self, channel_id: int, seconds: int) -> TxReceipt:
+        """Move the expiry of this account's channel ``channel_id`` ``seconds`` (> 0) later.
+
+        :class:`AgentmarketError` as for :meth:`top_up_channel`, or when ``seconds`` is not positive.
+        """
+        if seconds <= 0:
+            raise AgentmarketError(f"a channel's expiry can only move later, not by {seconds} seconds")
+        channel = self._live_channel(channel_id, "extend")
+        return self.market.channels.extend(self.account, channel_id, channel.expiry + seconds)
+
+    def close_channel(self, channel_id: int) -> TxReceipt:
+        """End service on channel ``channel_id`` now, as the owner of its asset (the contract's ``close``).
+
+        The gateway may still claim the calls it answered during the claim window (15 minutes); then
+        anyone may :meth:`reclaim_channel` the rest for the payer. :class:`AgentmarketError` when this
+        account does not own the asset (a payer cannot end a channel early: it reclaims after expiry) or
+        the channel already expired.
+        """
+        channel = self._channel_state(channel_id)
+        owner = self.market.marketplace.asset(channel.asset_id).owner
+        if owner.lower() != self.address.lower():
+            mine = channel.payer.lower() == self.address.lower()
+            tail = (
+                f"; as its payer you get the unclaimed rest back with `agentmarket channel reclaim {channel_id}` from "
+                f"{_when(channel.claim_deadline)} (its expiry plus the 15-minute claim window)"
+                if mine
+                else ""
+            )
+            raise AgentmarketError(
+                f"only the owner of asset {channel.asset_id} ({owner}) may close channel {channel_id}{tail}"
+            )
+        if channel.settled or self.chain.timestamp() >= channel.expiry:
+            raise AgentmarketError(f"channel {channel_id} already ended at {_when(channel.expiry)}")
+        return self.market.channels.close(self.account, channel_id)
+
+    def reclaim_channel(self, channel_id: int) -> TxReceipt:
+        """Return the unclaimed deposit of channel ``channel_id`` to its payer (anyone may send it), once its
+        claim window is over (expiry + 15 minutes, by the chain's clock).
+
+        :class:`AgentmarketError` when it is too early (naming when) or the channel was settled already.
+        """
+        channel = self._channel_state(channel_id)
+        if channel.settled:
+            raise AgentmarketError(f"channel {channel_id} is settled already: its deposit went back to its payer")
+        now = self.chain.timestamp()
+        if now < channel.claim_deadline:
+            raise AgentmarketError(
+                f"channel {channel_id} can be reclaimed from {_when(channel.claim_deadline)}, in "
+                f"{_duration(channel.claim_deadline - now)} (its expiry plus the 15-minute claim window, by the "
+                "chain's clock)"
+            )
+        return self.market.channels.reclaim(self.account, channel_id)
+
+    def _channel_state(self, channel_id: int) -> Channel:
+        """The channel's state on chain; :class:`AgentmarketError` naming the id if there is none."""
+        try:
+            return self.market.channels.channel(channel_id)
+        except ContractRevert as exc:
+            if exc.error == "UnknownChannel":
+                raise AgentmarketError(f"there is no channel {channel_id} in this deployment") from None
+            raise
+
+    def _live_channel(self, channel_id: int, action: str) -> Channel:
+        """This account's channel, not expired yet (what ``topUp`` and ``extend`` need)."""
+        channel = self._channel_state(channel_id)
+        if channel.payer.lower() != self.address.lower():
+            raise AgentmarketError(f"only its payer ({channel.payer}) may {action} channel {channel_id}")
+        if channel.settled or self.chain.timestamp() >= channel.expiry:
+            raise AgentmarketError(
+                f"channel {channel_id} ended at {_when(channel.expiry)}; open a new one (`agentmarket channel open`)"
+            )
+        return channel
 
     def open_channel(
         self,
@@ -1074,16 +1176,49 @@ class MarketplaceClient(MarketplaceReader):
 
     # ------------------------------------------------------------------ earnings
 
+    def lineage(self) -> Lineage:
+        """The marketplace's royalty graph read from the chain (cached; assets published since are added)."""
+        if self._lineage is None:
+            self._lineage = Lineage.of_market(self.market)
+        else:
+            self._lineage.refresh()
+        return self._lineage
+
+    def withdrawal_plan(self, address: str | None = None) -> LineagePlan:
+        """What :meth:`collect` would send for ``address`` (default: this account) and get it, computed now
+        from on-chain reads alone (:func:`~marketplace.chain.lineage.plan_withdrawal`): per asset and token,
+        claimable now and waiting up the lineage, and the releases, children first. The server's
+        ``GET /v1/accounts/{address}/earnings`` shows the same figures."""
+        return plan_withdrawal(self.chain, self.lineage(), address or self.address)
+
+    def collect(self) -> list[Release]:
+        """Release everything waiting for this account anywhere up its assets' lineage, then to this account.
+
+        Vault-to-vault releases first (children first: a model's vault pays its parent dataset's vault,
+        in every token that reached it), then every vault that pays this account releases to it; only
+        releases that move money, one transaction each, paid by this account. Returns what was sent
+        (:class:`~marketplace.chain.lineage.Release`, amounts in base units of each one's token).
+        Idempotent: each release re-reads its claimable right before it is sent. Raises
+        :class:`~marketplace.chain.lineage.ReleaseIncomplete` when a release failed (what it sent and
+        what failed; the rest stays claimable on chain: calling again finishes).
+        """
+        return execute(self.chain, self.account, self.withdrawal_plan())
+
     def withdraw(self) -> dict[int, int]:
-        """Release everything this account can claim, from every vault; returns amount per asset."""
-        released: dict[int, int] = {}
-        for vault in self.earnings()["vaults"]:
-            if int(vault["claimable"]) > 0:
-                contract = self.market.vault(vault["asset_id"])
-                receipt = contract.release(self.account, vault["token"], self.address)
-                (event,) = self.chain.events(contract.contract, receipt, "PaymentReleased")
-                released[vault["asset_id"]] = event["amount"]
-        return released
+        """:meth:`collect`, summed per asset: what this account was sent from each asset's vault (base
+        units; a lineage that mixes tokens adds them up here, :meth:`collect` keeps them apart)."""
+        received: dict[int, int] = {}
+        for release in self.collect():
+            if release.payee == self.address:
+                received[release.asset_id] = received.get(release.asset_id, 0) + release.amount
+        return received
+
+    def release(self, asset_id: int) -> list[Release]:
+        """Push ``asset_id``'s royalties up its lineage (vault to vault, children first, every token that
+        reaches each vault): anyone may, this account pays the gas. Returns the releases sent; raises
+        AgentmarketError for an unknown asset and
+        :class:`~marketplace.chain.lineage.ReleaseIncomplete` when a release failed."""
+        return execute(self.chain, self.account, plan_release(self.chain, self.lineage(), asset_id))
 
 
 class UntrustedDeployment(DeploymentError):
@@ -1212,3 +1347,17 @@ def _line(value: object, limit: int) -> str:
     """``value`` as one line of text of at most ``limit`` characters (a server's words, shown to a user)."""
     text = " ".join(str(value).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _when(timestamp: int) -> str:
+    """A unix time as ``2026-12-01 10:15:00 UTC``."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(seconds: int) -> str:
+    """``14 min 3 s``, ``2 h 5 min``."""
+    minutes, secs = divmod(max(seconds, 0), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"

@@ -46,6 +46,7 @@ from marketplace.indexer.models import (
     LicenseRow,
     ReleaseRow,
     SyncState,
+    VaultRevenueRow,
 )
 
 #: Contracts whose events the read model follows (RevenueVault: every vault clone).
@@ -54,6 +55,9 @@ _FOLLOWED = ("Marketplace", "PaymentChannels", "AgentRegistry", "ReputationRegis
 _KEPT_BLOCK_HASHES = 256
 #: Largest value a signed 64-bit SQL column holds (``price_sort``).
 _INT64_MAX = 2**63 - 1
+#: topic0 of ERC-20 ``Transfer(address indexed from, address indexed to, uint256 value)`` (an ERC-721
+#: Transfer has the same topic0 but a fourth, indexed topic).
+_ERC20_TRANSFER = bytes(Web3.keccak(text="Transfer(address,address,uint256)"))
 
 
 def _lenient_codec() -> ABICodec:
@@ -225,12 +229,15 @@ class Indexer:
             )
 
     def _schema_is_current(self) -> bool:
-        """Whether every read-model table that exists has exactly the columns this version writes."""
+        """Whether every read-model table that exists has exactly the columns this version writes, and none is
+        missing from a read model that has any (an earlier version did not write it: its rows must be rebuilt)."""
         inspector = inspect(self.engine)
+        existing = [table for table in Base.metadata.sorted_tables if inspector.has_table(table.name)]
+        if existing and len(existing) < len(Base.metadata.sorted_tables):
+            return False
         return all(
             {column["name"] for column in inspector.get_columns(table.name)} == set(table.columns.keys())
-            for table in Base.metadata.sorted_tables
-            if inspector.has_table(table.name)
+            for table in existing
         )
 
     def _reorged(self) -> bool:
@@ -245,11 +252,17 @@ class Indexer:
         logs = self.chain.w3.eth.get_logs({"fromBlock": first, "toBlock": last})
         logs = sorted(logs, key=lambda log: (log["blockNumber"], log["logIndex"]))
         with Session(self.engine) as session, session.begin():
-            vaults = set(session.scalars(select(AssetRow.vault)))
+            vaults: dict[str, str] = {
+                v: t for v, t in session.execute(select(VaultRevenueRow.vault, VaultRevenueRow.token))
+            }
             applied = 0
             for log in logs:
                 address = Web3.to_checksum_address(log["address"])
                 name = self._contract_of.get(address) or ("RevenueVault" if address in vaults else None)
+                if name is None and _received_by_a_vault(log, address, vaults):
+                    self._on_vault_received(session, log)
+                    applied += 1
+                    continue
                 decode = self._decoders.get((name, bytes(log["topics"][0]))) if name and log["topics"] else None
                 if decode is None:
                     continue
@@ -259,7 +272,7 @@ class Indexer:
                     handler(session, event, _origin(log))
                     applied += 1
                     if event["event"] == "AssetPublished":
-                        vaults.add(event["args"]["vault"])
+                        vaults[event["args"]["vault"]] = event["args"]["token"]
             for number in range(max(first, last - _KEPT_BLOCK_HASHES + 1), last + 1):
                 block_hash = "0x" + bytes(self.chain.w3.eth.get_block(number)["hash"]).hex()
                 session.merge(IndexedBlock(number=number, hash=block_hash))
@@ -290,6 +303,7 @@ class Indexer:
         )
         for position, parent in enumerate(a["parents"]):
             session.merge(AssetParentRow(asset_id=a["assetId"], parent_id=parent, position=position))
+        session.merge(VaultRevenueRow(asset_id=a["assetId"], vault=a["vault"], token=a["token"], received=0))
         # Payees are fixed at creation, so reading them now gives what they will always be.
         for payee, shares in RevenueVaultContract(self.chain, a["vault"]).payees().items():
             session.merge(AssetPayeeRow(asset_id=a["assetId"], payee=payee, shares=shares))
@@ -320,6 +334,12 @@ class Indexer:
         a = event["args"]
         session.add(ReleaseRow(vault=event["address"], token=a["token"], payee=a["payee"], amount=a["amount"],
                                **origin))  # fmt: skip
+
+    def _on_vault_received(self, session: Session, log: Any) -> None:
+        """An ERC-20 Transfer of a vault's own token into it (see :func:`_received_by_a_vault`)."""
+        vault = Web3.to_checksum_address(bytes(log["topics"][2])[-20:])
+        row = session.scalars(select(VaultRevenueRow).where(VaultRevenueRow.vault == vault)).one()
+        row.received = row.received + int.from_bytes(bytes(log["data"]), "big")
 
     # ------------------------------------------------------------------ PaymentChannels
 
@@ -386,6 +406,15 @@ class Indexer:
                         score=a["value"] / 10 ** a["valueDecimals"], tag1=storable_text(a["tag1"]),
                         tag2=storable_text(a["tag2"]), **origin)
         )  # fmt: skip
+
+
+def _received_by_a_vault(log: Any, address: str, vault_tokens: dict[str, str]) -> bool:
+    """Whether ``log`` (emitted by ``address``) is an ERC-20 Transfer of a vault's own token into that vault."""
+    topics = log["topics"]
+    if len(topics) != 3 or bytes(topics[0]) != _ERC20_TRANSFER or len(bytes(log["data"])) != 32:
+        return False
+    to = Web3.to_checksum_address(bytes(topics[2])[-20:])
+    return vault_tokens.get(to) == address
 
 
 def _event_signature(entry: dict[str, Any]) -> str:

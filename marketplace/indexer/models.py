@@ -214,5 +214,17 @@ class FeedbackRow(EventMixin, Base):
     tag2: Mapped[str] = mapped_column(Text)
 
 
+class VaultRevenueRow(Base):
+    """What an asset's vault received in the asset's token since it was published: every ERC-20 ``Transfer``
+    of that token into the vault (licenses, x402 payments, channel claims, royalties from child vaults, gifts).
+    A running total, kept by the indexer; equal to the vault's balance plus what it released."""
+
+    __tablename__ = "vault_revenue"
+    asset_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    vault: Mapped[str] = mapped_column(String(42), unique=True)
+    token: Mapped[str] = mapped_column(String(42))
+    received: Mapped[int] = mapped_column(WideInt)
+
+
 #: Tables whose rows are event-sourced and can be rolled back by block number.
 EVENT_TABLES = (AssetRow, LicenseRow, ReleaseRow, ChannelRow, AgentRow, FeedbackRow)

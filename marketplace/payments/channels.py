@@ -212,7 +212,13 @@ class Reservation:
 
 @dataclass(frozen=True)
 class Receipt:
-    """An answered, committed call: what it cost and where the channel stands after it (base units)."""
+    """An answered, committed call: what it cost and where the channel stands after it (base units).
+
+    ``deposit`` is the channel's deposit as this gateway last read it from the chain (a top-up reaches it
+    within ``chain_poll_interval``): ``deposit_left`` is what it still covers beyond every answered call,
+    ``calls_left`` how many more calls at this price that is. (A voucher is a ceiling the client raises by
+    one price per call, so "what the highest voucher still covers" is normally 0 and says nothing.)
+    """
 
     channel_id: int
     asset_id: int
@@ -224,11 +230,18 @@ class Receipt:
     #: Credit used by every call answered on the channel, this one included (what the settler claims).
     debited: int
     calls: int
+    #: The channel's deposit, as last read from the chain.
+    deposit: int
 
     @property
-    def remaining(self) -> int:
-        """Credit the highest voucher still holds."""
-        return max(self.highest_voucher - self.debited, 0)
+    def deposit_left(self) -> int:
+        """What the deposit still covers beyond the calls answered."""
+        return max(self.deposit - self.debited, 0)
+
+    @property
+    def calls_left(self) -> int:
+        """How many more calls at this call's price the deposit covers."""
+        return self.deposit_left // self.price if self.price else 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form (amounts as decimal strings), e.g. for a response header or body."""
@@ -239,8 +252,10 @@ class Receipt:
             "maxClaimableAmount": str(self.voucher),
             "highestVoucher": str(self.highest_voucher),
             "debited": str(self.debited),
-            "remaining": str(self.remaining),
             "calls": self.calls,
+            "deposit": str(self.deposit),
+            "depositLeft": str(self.deposit_left),
+            "callsLeft": self.calls_left,
         }
 
 
@@ -367,7 +382,7 @@ class ChannelGate:
             detail = f"the call was not answered: {exc}"
             raise self._refuse("insufficient_voucher", reservation.asset_id, price, channel_id, detail) from None
         return Receipt(channel_id, reservation.asset_id, price, reservation.voucher, entry.ceiling, entry.debited,
-                       entry.calls)  # fmt: skip
+                       entry.calls, deposit)  # fmt: skip
 
     def release(self, reservation: Reservation) -> None:
         """Drop the reservation of a call that was not answered (its model failed): nothing is written."""

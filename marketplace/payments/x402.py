@@ -20,7 +20,16 @@ matches a payment to them and drives verify/settle. What this module adds:
   reserved, keyed by payer and EIP-3009 nonce, before the request's work runs, so the same
   authorization sent with concurrent requests is refused (:class:`PaymentInFlightError`, HTTP 409)
   instead of running a model twice for one payment. A settled authorization stays known until its
-  ``validBefore`` (when the token refuses it anyway); a failed one is released and may pay again.
+  ``validBefore`` (when the token refuses it anyway); a failed one is released and may pay again;
+- a payer's authorizations in flight are held against its balance: a verified authorization is
+  accepted only if the payer's balance of the token, read then, covers its amount plus every other
+  authorization of that payer (and token) this process is running or settling. A payer holding one
+  price who sends N authorizations at once gets one request run and N - 1 refusals (402, reason
+  ``invalid_exact_evm_insufficient_balance``), instead of N model runs of which one is paid. The
+  balance read and the hold happen under the payer's own lock; an authorization that settles while
+  another of its payer's is being checked may be counted twice (a refusal the payer can retry, never
+  an unpaid run). Only this process's authorizations are counted: a payer who moves its tokens away
+  while its request runs still costs one unpaid run per transfer it makes on chain.
 
 The SDK's FastAPI middleware is not used: it treats an undecodable header as "no payment" and
 answers in its own error format. Each route decides when to settle: a download settles before a
@@ -73,6 +82,7 @@ __all__ = [
     "PaymentInFlightError",
     "PaymentRequiredError",
     "Settlement",
+    "Shortfall",
     "VerifiedPayment",
     "X402Payments",
 ]
@@ -332,18 +342,46 @@ class ChainFacilitatorSigner:
 # ---------------------------------------------------------------------- one authorization, one request
 
 
-class _Reservations:
-    """The EIP-3009 authorizations, keyed by (payer, nonce), this process is settling or has settled.
+@dataclass(frozen=True)
+class Shortfall:
+    """Why a payer's balance does not cover one more authorization (token base units)."""
 
-    :meth:`reserve` claims an authorization for one request; :meth:`settled` keeps it until its
-    ``validBefore`` (after which the token refuses it anyway, so memory stays bounded by what can
-    be settled within ``maxTimeoutSeconds``); :meth:`release` frees it after a failure. Thread-safe.
+    #: The payer's balance of the token, read while its funds were locked.
+    balance: int
+    #: What this authorization moves.
+    amount: int
+    #: The sum of the payer's other authorizations in flight here (verified, not yet settled or released).
+    in_flight: int
+    #: How many those are.
+    payments: int
+
+
+class _Funds:
+    """One payer's authorizations in flight for one token: key -> amount, under the payer's own lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.held: dict[tuple[str, bytes], int] = {}
+        self.users = 0  # hold() calls using this record right now (it is dropped once unused and empty)
+
+
+class _Reservations:
+    """The EIP-3009 authorizations, keyed by (payer, nonce), this process is settling or has settled,
+    and what each payer has in flight against its balance.
+
+    :meth:`reserve` claims an authorization for one request; :meth:`hold` then counts its amount
+    against the payer's balance (per payer and token); :meth:`settled` keeps the authorization until
+    its ``validBefore`` (after which the token refuses it anyway, so memory stays bounded by what can
+    be settled within ``maxTimeoutSeconds``); :meth:`release` frees it after a failure. Both end its
+    hold. Thread-safe.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._settled_at: dict[tuple[str, bytes], bool] = {}  # key -> settled? (False: in flight)
         self._expiries: list[tuple[int, tuple[str, bytes]]] = []  # (validBefore, key) of settled ones
+        self._funds: dict[tuple[str, str], _Funds] = {}  # (payer, token) -> what it has in flight
+        self._held_by: dict[tuple[str, bytes], tuple[str, str]] = {}  # key -> (payer, token) holding it
 
     def reserve(self, key: tuple[str, bytes], now: int) -> str | None:
         """Claim ``key``; None when claimed, else ``"in_flight"`` or ``"settled"``."""
@@ -357,21 +395,78 @@ class _Reservations:
             self._settled_at[key] = False
             return None
 
+    def hold(
+        self, key: tuple[str, bytes], token: str, amount: int, read_balance: Callable[[], int]
+    ) -> Shortfall | None:
+        """Count a reserved ``key``'s ``amount`` against its payer's balance of ``token``.
+
+        ``read_balance()`` is called under the payer's lock (one payer's checks run one at a time;
+        other payers are not held up). None when the balance covers ``amount`` plus the payer's other
+        amounts in flight (the amount is then held until :meth:`settled` or :meth:`release`), else the
+        :class:`Shortfall`. What ``read_balance`` raises propagates, nothing held.
+        """
+        payer = (key[0], token.lower())
+        with self._lock:
+            funds = self._funds.setdefault(payer, _Funds())
+            funds.users += 1
+        try:
+            with funds.lock:
+                balance = read_balance()
+                in_flight = sum(funds.held.values())
+                if balance < in_flight + amount:
+                    return Shortfall(balance, amount, in_flight, len(funds.held))
+                funds.held[key] = amount
+                with self._lock:
+                    self._held_by[key] = payer
+                return None
+        finally:
+            with self._lock:
+                funds.users -= 1
+                self._forget_if_unused(payer, funds)
+
     def settled(self, key: tuple[str, bytes], valid_before: int) -> None:
-        """Remember ``key`` as settled until ``valid_before`` (unix seconds)."""
+        """Remember ``key`` as settled until ``valid_before`` (unix seconds); its amount is no longer held
+        (the balance now shows it)."""
+        self._unhold(key)
         with self._lock:
             self._settled_at[key] = True
             heapq.heappush(self._expiries, (valid_before, key))
 
     def release(self, key: tuple[str, bytes]) -> None:
-        """Free an in-flight ``key`` (a settled one stays known)."""
+        """Free an in-flight ``key`` and its hold (a settled one stays known)."""
+        self._unhold(key)
         with self._lock:
             if self._settled_at.get(key) is False:
                 del self._settled_at[key]
 
+    def held(self, payer: str, token: str) -> int:
+        """What ``payer`` has in flight in ``token`` (base units)."""
+        with self._lock:
+            funds = self._funds.get((payer.lower(), token.lower()))
+        if funds is None:
+            return 0
+        with funds.lock:
+            return sum(funds.held.values())
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._settled_at)
+
+    def _unhold(self, key: tuple[str, bytes]) -> None:
+        with self._lock:
+            payer = self._held_by.pop(key, None)
+            funds = self._funds.get(payer) if payer is not None else None
+        if payer is None or funds is None:
+            return
+        with funds.lock:  # (waits for a balance read of this payer under way: it counted this amount)
+            funds.held.pop(key, None)
+        with self._lock:
+            self._forget_if_unused(payer, funds)
+
+    def _forget_if_unused(self, payer: tuple[str, str], funds: _Funds) -> None:
+        """Drop ``payer``'s record when nothing is held or being checked (call with ``_lock`` held)."""
+        if funds.users == 0 and not funds.held and self._funds.get(payer) is funds:
+            del self._funds[payer]
 
 
 def _key(authorization: ParsedEIP3009Authorization) -> tuple[str, bytes]:
@@ -387,7 +482,8 @@ class X402Payments:
     Every payment is settled on chain by the in-process facilitator (the relayer pays the gas)
     before :meth:`charge` returns, so a caller that got a :class:`Settlement` has paid. An
     authorization valid for longer than ``max_timeout_seconds`` (+ :data:`VALIDITY_SKEW_SECONDS`)
-    is refused, and one authorization pays for one request at a time (see the module docstring).
+    is refused, one authorization pays for one request at a time, and a payer's authorizations in
+    flight must fit its balance together (see the module docstring).
     """
 
     def __init__(
@@ -455,8 +551,9 @@ class X402Payments:
         Nothing moves yet; the caller must :meth:`settle` or :meth:`release` the result. Raises
         :class:`MalformedPaymentError` when the header cannot be decoded, :class:`PaymentRequiredError`
         when it is missing or the payment is refused (wrong amount or payTo, valid too long or
-        expired, bad signature, used nonce, insufficient balance), and :class:`PaymentInFlightError`
-        when the same authorization is paying for another request right now.
+        expired, bad signature, used nonce, insufficient balance — counting the payer's other
+        authorizations in flight here), and :class:`PaymentInFlightError` when the same authorization
+        is paying for another request right now.
         """
         if not payment_header or not payment_header.strip():
             raise PaymentRequiredError(
@@ -504,7 +601,32 @@ class X402Payments:
             if state == "settled":
                 reason = evm.ERR_NONCE_ALREADY_USED
                 raise self._refused(offer, "payment_invalid", _explain(reason), reason)
+            self._hold(payment)
         return payment
+
+    def _hold(self, payment: VerifiedPayment) -> None:
+        """Hold a reserved payment's amount against its payer's balance, or release it and refuse it (402)."""
+        if payment.key is None or payment.authorization is None:
+            return  # (no EIP-3009 authorization: the facilitator refused it already)
+        payer, token = payment.authorization.from_address, payment.requirements.asset
+        try:
+            shortfall = self._reservations.hold(
+                payment.key, token, payment.authorization.value, lambda: self.signer.get_balance(payer, token)
+            )
+        except BaseException:
+            self.release(payment)
+            raise
+        if shortfall is None:
+            return
+        self.release(payment)
+        reason = evm.ERR_INSUFFICIENT_BALANCE
+        detail = (
+            f"payment refused: the payer's balance, {format_units(shortfall.balance)} tUSD, does not cover this "
+            f"payment of {format_units(shortfall.amount)} tUSD on top of its {shortfall.payments} payment(s) in "
+            f"flight on this server ({format_units(shortfall.in_flight)} tUSD); wait for them to finish, or add "
+            f"funds ({reason})"
+        )
+        raise self._refused(payment.offer, "payment_invalid", detail, reason)
 
     def release(self, payment: VerifiedPayment) -> None:
         """Give up a verified payment without settling it: its authorization may pay again."""

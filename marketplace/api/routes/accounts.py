@@ -1,4 +1,4 @@
-"""GET /v1/accounts/{address}/earnings and GET /v1/stats."""
+"""GET /v1/accounts/{address}/earnings."""
 
 from __future__ import annotations
 
@@ -6,69 +6,67 @@ from typing import Annotated
 
 from eth_utils import to_checksum_address
 from fastapi import APIRouter, Path
-from sqlalchemy import func, select
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from marketplace.api.deps import ServicesDep, SessionDep
-from marketplace.api.schemas import AssetRevenue, Earning, Earnings, Stats
-from marketplace.chain.market import RevenueVaultContract
-from marketplace.indexer.models import AgentRow, AssetPayeeRow, AssetRow, ChannelRow, LicenseRow, ReleaseRow
+from marketplace.api.schemas import Earning, Earnings, TokenEarnings
+from marketplace.chain.lineage import TOTAL_SHARES, Lineage, VaultNode, plan_withdrawal
+from marketplace.indexer.models import AssetPayeeRow, AssetRow
 
 router = APIRouter(tags=["accounts"])
-
-_TOTAL_SHARES = 100_000_000
 
 
 @router.get("/v1/accounts/{address}/earnings", response_model=Earnings, operation_id="getEarnings")
 def earnings(
     address: Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{40}$")], session: SessionDep, services: ServicesDep
 ) -> Earnings:
-    """Claimable (read on chain now) and released amounts for every vault ``address`` is a payee of."""
+    """For every vault ``address`` is a payee of and every token reaching it: claimable now, waiting up the
+    lineage, and released; computed by :func:`marketplace.chain.lineage.plan_withdrawal` from on-chain reads
+    (the lineage's shape comes from the read model: payees and tokens are fixed at publish)."""
     account = to_checksum_address(address)
-    rows = session.execute(
-        select(AssetRow, AssetPayeeRow.shares)
-        .join(AssetPayeeRow, AssetPayeeRow.asset_id == AssetRow.asset_id)
-        .where(AssetPayeeRow.payee == account)
-        .order_by(AssetRow.asset_id)
-    ).all()
-    vaults = []
-    for asset, shares in rows:
-        vault = RevenueVaultContract(services.chain, asset.vault)
-        vaults.append(
-            Earning(
-                asset_id=asset.asset_id,
-                vault=asset.vault,
-                token=asset.token,
-                share_bps=shares * 10_000 / _TOTAL_SHARES,
-                claimable=str(vault.claimable(asset.token, account)),
-                released=str(vault.released(asset.token, account)),
-            )
+    plan = plan_withdrawal(services.chain, _lineage(session), account)
+    vaults = [
+        Earning(
+            asset_id=slot.asset_id,
+            vault=slot.vault,
+            token=slot.token,
+            share_bps=slot.shares * 10_000 / TOTAL_SHARES,
+            claimable=str(slot.claimable),
+            waiting=str(slot.waiting),
+            released=str(slot.released),
         )
+        for slot in plan.slots
+    ]
+    totals: dict[str, list[int]] = {}
+    for slot in plan.slots:
+        total = totals.setdefault(slot.token, [0, 0, 0])
+        for i, value in enumerate((slot.claimable, slot.waiting, slot.released)):
+            total[i] += value
+    token = services.market.token.address
+    claimable, waiting, released = totals.get(token, [0, 0, 0])
     return Earnings(
         address=account,
-        total_claimable=str(sum(int(v.claimable) for v in vaults)),
-        total_released=str(sum(int(v.released) for v in vaults)),
+        token=token,
+        total_claimable=str(claimable),
+        total_waiting=str(waiting),
+        total_released=str(released),
+        totals=[
+            TokenEarnings(token=t, claimable=str(c), waiting=str(w), released=str(r))
+            for t, (c, w, r) in sorted(totals.items(), key=lambda item: (item[0] != token, item[0]))
+        ],
         vaults=vaults,
+        pending_releases=len(plan.releases),
+        lineage_complete=plan.complete,
     )
 
 
-@router.get("/v1/stats", response_model=Stats, operation_id="getStats")
-def stats(session: SessionDep, services: ServicesDep) -> Stats:
-    """Volume, revenue, revenue released by payee, and the top assets by revenue."""
-    assets = list(session.scalars(select(AssetRow).order_by(AssetRow.asset_id)))
-    revenue = {a.asset_id: RevenueVaultContract(services.chain, a.vault).total_received(a.token) for a in assets}
-    released: dict[str, int] = {}
-    for payee, amount in session.execute(select(ReleaseRow.payee, ReleaseRow.amount)):
-        released[payee] = released.get(payee, 0) + amount  # exact ints, summed here: the same on every engine
-    top = sorted(assets, key=lambda a: (-revenue[a.asset_id], a.asset_id))[:10]
-    return Stats(
-        assets=len(assets),
-        agents=session.scalar(select(func.count(AgentRow.agent_id))) or 0,
-        licenses_sold=session.scalar(select(func.count(LicenseRow.id))) or 0,
-        license_volume=str(sum(session.scalars(select(LicenseRow.price)))),
-        channel_volume=str(sum(session.scalars(select(ChannelRow.claimed)))),
-        revenue_received=str(sum(revenue.values())),
-        released_by_payee={k: str(v) for k, v in sorted(released.items())},
-        top_assets=[
-            AssetRevenue(asset_id=a.asset_id, uri=a.uri, revenue_received=str(revenue[a.asset_id])) for a in top
-        ],
+def _lineage(session: Session) -> Lineage:
+    """The royalty graph as the read model holds it (every asset's vault, token, payees and shares)."""
+    payees: dict[int, list[tuple[str, int]]] = {}
+    for row in session.scalars(select(AssetPayeeRow).order_by(AssetPayeeRow.asset_id)):
+        payees.setdefault(row.asset_id, []).append((row.payee, row.shares))
+    return Lineage(
+        VaultNode(asset.asset_id, asset.vault, asset.token, tuple(payees.get(asset.asset_id, ())))
+        for asset in session.scalars(select(AssetRow))
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import time
 
 from eth_utils import to_checksum_address
@@ -11,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from marketplace.api.deps import ServicesDep
 from marketplace.api.errors import ApiError
+from marketplace.api.server import client_network
 from marketplace.api.state import NonceLimitError, NonceLimits, consume_login_nonce, issue_login_nonce
 from marketplace.siwe import SiweError, SiweMessage, check_message, format_time, new_nonce, recover_signer
 
@@ -52,16 +52,7 @@ class TokenResponse(BaseModel):
 
 def client_key(request: Request) -> str:
     """Who is asking, for the per-client nonce cap: the peer's IP address; for IPv6, its /64 network."""
-    host = request.client.host if request.client else ""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host[:64] or "unknown"
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+    return client_network(request.client.host if request.client else None)
 
 
 @router.post("/nonce", response_model=NonceResponse, operation_id="requestLoginNonce")
