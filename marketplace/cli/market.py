@@ -20,6 +20,7 @@ import typer
 from eth_account.signers.local import LocalAccount
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from marketplace.chain import LOCAL_CHAIN_ID, ContractRevert, rpc_chain, to_address
 from marketplace.chain.deployment import DEFAULT_MANIFEST, Deployment, read_manifest
@@ -127,6 +128,12 @@ def _price_now(client: MarketplaceClient, asset_id: int) -> int:
         if exc.error == "UnknownAsset":
             raise AgentmarketError(f"asset {asset_id} does not exist on chain {client.chain.chain_id}") from None
         raise
+
+
+def _text(*values: object) -> list[Text]:
+    """Table cells shown as plain text: strings from a server or the chain (an asset's URI, say) are never read as
+    rich console markup, so ``[/x]`` neither breaks the table nor restyles it."""
+    return [Text(str(value)) for value in values]
 
 
 def _print_json(data: object) -> None:
@@ -334,8 +341,8 @@ def asset_ls(
         table.add_column(column)
     for a in page["items"]:
         state = ("listed" if a["listed"] else "unlisted") + ("" if a.get("content_uploaded") else ", no content")
-        table.add_row(str(a["asset_id"]), a["kind"], format_units(int(a["price"])), a["owner"],
-                      ",".join(map(str, a["parents"])), a["uri"], state)  # fmt: skip
+        table.add_row(*_text(a["asset_id"], a["kind"], format_units(int(a["price"])), a["owner"],
+                             ",".join(map(str, a["parents"])), a["uri"], state))  # fmt: skip
     console.print(table)
 
 
@@ -555,9 +562,9 @@ def channel_ls(
         table.add_column(column)
     for row in rows:
         counted = row["counted_answered"]
-        table.add_row(str(row["channel_id"]), str(row["asset_id"]), format_units(int(row["deposit"])),
-                      format_units(int(row["claimed"])), "-" if counted is None else format_units(int(counted)),
-                      _when(row["expiry"]), _when(row["claim_deadline"]), row["state"])  # fmt: skip
+        table.add_row(*_text(row["channel_id"], row["asset_id"], format_units(int(row["deposit"])),
+                             format_units(int(row["claimed"])), "-" if counted is None else format_units(int(counted)),
+                             _when(row["expiry"]), _when(row["claim_deadline"]), row["state"]))  # fmt: skip
     console.print(table)
 
 
@@ -658,8 +665,8 @@ def earnings(
     for v in data["vaults"]:
         in_tusd = v["token"] == tusd
         amounts = [format_units(int(v[k])) if in_tusd else v[k] for k in ("claimable", "waiting", "released")]
-        table.add_row(str(v["asset_id"]), v["vault"], *([v["token"]] if several else []), f"{v['share_bps']:.0f}",
-                      *amounts)  # fmt: skip
+        table.add_row(*_text(v["asset_id"], v["vault"], *([v["token"]] if several else []), f"{v['share_bps']:.0f}",
+                             *amounts))  # fmt: skip
     console.print(table)
     for total in data["totals"] or [{"token": tusd, "claimable": "0", "waiting": "0"}]:
         token = total["token"]

@@ -709,12 +709,27 @@ class MarketplaceClient(MarketplaceReader):
     def payment_terms(self) -> dict[str, Any]:
         """The server's channel terms (``GET /v1/payments``): channels contract, ``receiverAuthorizer``, claim
         window, voucher types."""
-        body = self._request("GET", "/v1/payments").json()
-        terms = body.get("payment_channel") if isinstance(body, dict) else None
+        body = self._payments()
+        terms = body.get("payment_channel")
         if not isinstance(terms, dict):
             raise BadResponse(f"the marketplace server at {self.base_url} answered GET /v1/payments without "
                               "payment_channel terms", 200)  # fmt: skip
         return terms
+
+    def _payments(self) -> dict[str, Any]:
+        body = self._request("GET", "/v1/payments").json()
+        if not isinstance(body, dict):
+            raise BadResponse(f"the marketplace server at {self.base_url} answered GET /v1/payments with "
+                              f"{type(body).__name__}, not an object", 200)  # fmt: skip
+        return body
+
+    def served_models(self) -> set[int]:
+        """The model assets this server runs (``GET /v1/payments``: ``models``)."""
+        models = self._payments().get("models")
+        if not isinstance(models, list) or not all(type(m) is int for m in models):
+            raise BadResponse(f"the marketplace server at {self.base_url} answered GET /v1/payments without "
+                              "a list of the models it serves", 200)  # fmt: skip
+        return set(models)
 
     def receiver_authorizer(self) -> str:
         """The key this server claims channels with (``GET /v1/payments``), once its channels contract is
@@ -840,9 +855,27 @@ class MarketplaceClient(MarketplaceReader):
         ``receiver_authorizer`` (the key allowed to claim) defaults to the one this server advertises in
         ``GET /v1/payments``: whoever holds it can only claim into the asset's vault, and only up to the
         vouchers this client signs. ``signer`` signs vouchers (default: this account). ``ttl`` is seconds.
+
+        Raises :class:`AgentmarketError`, before anything is approved or locked, when ``asset_id`` is not a
+        model on chain (datasets are licensed, never invoked) or, with the default ``receiver_authorizer``,
+        when this server does not run the model (a deposit nobody can spend stays locked until expiry).
         """
         channels = self.market.channels
+        try:
+            kind = self.market.marketplace.asset(asset_id).kind
+        except ContractRevert as exc:
+            if exc.error == "UnknownAsset":
+                raise AgentmarketError(f"asset {asset_id} does not exist on chain {self.chain.chain_id}") from None
+            raise
+        if kind != AssetKind.MODEL:
+            raise AgentmarketError(f"asset {asset_id} is a dataset: a channel pays for model calls; license a "
+                                   f"dataset instead (`agentmarket buy {asset_id}`); nothing was locked")  # fmt: skip
         if receiver_authorizer is None:
+            if asset_id not in self.served_models():
+                raise AgentmarketError(
+                    f"the marketplace server at {self.base_url} does not serve model {asset_id}: its provider must "
+                    f"run `agentmarket serve --model {asset_id}=module:function`; nothing was locked"
+                )
             receiver_authorizer = self.receiver_authorizer()
         self.market.token.approve(self.account, channels.address, deposit)
         expiry = self.chain.timestamp() + ttl
