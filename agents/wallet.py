@@ -13,6 +13,19 @@ Budget rules (one run = one ``AgentWallet`` instance):
 So the ledger's committed total (licenses + deposits + x402) is exactly the agent's tUSD balance drop,
 and never exceeds the run cap. Vouchers are logged too (kind ``voucher``) but kept out of ``total()``.
 
+Every payment passes the price the guard checked down to what signs it, so nothing is signed above it:
+``buy`` as the contract's ``maxPrice``, an x402 download as ``max_amount``, a channel call as ``max_price``
+(the SDK refuses with ``PriceChanged`` when the model's owner raises the price mid-call; the wallet raises
+``PaymentRefused``).
+
+An x402 request that fails after the authorization was signed leaves none behind: the SDK cancels it on
+chain (EIP-3009 ``cancelAuthorization``, paid in gas by the agent). If it cannot (no ETH for gas), the
+authorization may still be settled until its ``validBefore``: the wallet counts it against the budget as
+spent, logs it as ``x402_outstanding`` (kept out of ``total()``: no money left yet) and keeps it in
+:attr:`AgentWallet.outstanding`; :meth:`AgentWallet.reconcile` later logs it as ``x402`` if it was settled, or
+gives its amount back to the budget once it expired unused. Between the two, the ledger's ``total()`` is
+at most the balance drop, and ``total()`` plus what is outstanding at least that.
+
 The owner's on-chain spend permission is the second line: a wallet built with ``agent_id`` that cannot
 cover a payment the guard allowed pulls the shortfall from its owner (``AgentRegistry.spendFromOwner``,
 capped per period by the chain) and logs it as ``owner_top_up`` (an inflow, also kept out of ``total()``).
@@ -43,12 +56,12 @@ from marketplace.chain.market import Asset
 from marketplace.chain.token import TestUSD
 from marketplace.client import ApiClientError, MarketplaceClient
 from marketplace.client.checks import PaymentTermsRefused
-from marketplace.client.sdk import X402DeliveryError
+from marketplace.client.sdk import X402AuthorizationOutstanding, X402DeliveryError
 from marketplace.errors import AgentmarketError
 from marketplace.wallet_file import encryption_keypair, load_wallet
 
 KEY_ENV = "AGENTMARKET_AGENT_KEY"
-PaymentKind = Literal["license", "channel_deposit", "voucher", "x402", "owner_top_up"]
+PaymentKind = Literal["license", "channel_deposit", "voucher", "x402", "x402_outstanding", "owner_top_up"]
 #: Kinds whose amount left the wallet (vouchers only spend a deposit already counted).
 COMMITTED_KINDS: frozenset[str] = frozenset({"license", "channel_deposit", "x402"})
 
@@ -133,10 +146,29 @@ class BudgetGuard:
         self.spent += amount
         self.per_asset[asset_id] = self.per_asset.get(asset_id, 0) + amount
 
+    def release(self, asset_id: int, amount: int) -> None:
+        """Give back spend committed for a payment that can no longer happen (an x402 authorization that
+        expired unused)."""
+        self.spent -= amount
+        self.per_asset[asset_id] = self.per_asset.get(asset_id, 0) - amount
+
     @property
     def remaining(self) -> int:
         """What the run may still commit."""
         return self.budget.run_cap - self.spent
+
+
+@dataclass(frozen=True)
+class OutstandingAuthorization:
+    """An x402 authorization the agent signed for a request that failed, and could not cancel: whoever received
+    it may settle it until ``valid_before`` (Unix seconds). ``amount`` is in base units of ``token``."""
+
+    asset_id: int
+    amount: int
+    token: str
+    pay_to: str
+    nonce: str
+    valid_before: int
 
 
 @dataclass
@@ -160,6 +192,8 @@ class AgentWallet:
         self.ledger = ledger
         self.run = uuid.uuid4().hex
         self.channels: dict[int, ChannelState] = {}
+        #: x402 authorizations of failed requests that could not be cancelled, by nonce (see the module).
+        self.outstanding: dict[str, OutstandingAuthorization] = {}
         # With an agent id, a payment the wallet's balance cannot cover first pulls the shortfall from the
         # owner under the on-chain spend permission (the second line: the chain caps it per period).
         self.agent_id = agent_id
@@ -244,7 +278,12 @@ class AgentWallet:
     def invoke(
         self, client: MarketplaceClient, model_id: int, payload: Any, channel_id: int
     ) -> tuple[dict[str, Any], LedgerEntry]:
-        """Call a served model paying with a voucher on one of this run's channels; returns (result, entry)."""
+        """Call a served model paying with a voucher on one of this run's channels; returns (result, entry).
+
+        The model's price is checked against the per-call ceiling and the channel's deposit, then passed to the
+        SDK as the call's ``max_price``: an owner who reprices mid-call gets ``PaymentRefused``, no voucher for
+        the new price, and the entry logs what was signed for.
+        """
         self._own(client)
         channel = self.channels.get(channel_id)
         if channel is None or channel.asset_id != model_id:
@@ -254,11 +293,11 @@ class AgentWallet:
             raise OverBudget("per_call", self.guard.budget.call_ceiling, 0, price, model_id)
         if channel.drawn + price > channel.deposit:
             raise OverBudget("channel", channel.deposit, channel.drawn, price, model_id)
-        try:
-            result = client.invoke(model_id, payload, channel_id=channel_id)
+        try:  # the price checked here is the most the SDK may sign for this call, whatever happens mid-call
+            result = client.invoke(model_id, payload, channel_id=channel_id, max_price=price)
         except (ApiClientError, ContractRevert) as exc:
             raise translate(exc, payment=True) from exc
-        except AgentmarketError as exc:  # the server asked for more than this client counted: nothing signed
+        except AgentmarketError as exc:  # repriced mid-call, or asked more than counted: nothing more signed
             raise PaymentRefused(str(exc)) from exc
         # The client's own count, not the server's: one answered call is one price.
         channel.drawn += price
@@ -273,7 +312,10 @@ class AgentWallet:
         ``PaymentRefused`` (nothing signed, nothing pulled from the owner) otherwise, as for a payment the
         server refuses; the owner's spend permission is drawn on only once the 402 passed. A payment
         that moved on chain without the content arriving intact is still counted and logged (its ref
-        is ``x402:<nonce>`` when the server named no transaction), then raises ``AgentError``.
+        is ``x402:<nonce>`` when the server named no transaction), then raises ``AgentError``. A failed
+        request's authorization is cancelled by the SDK; one it could not cancel (no ETH for gas) is counted
+        against the budget, logged as ``x402_outstanding`` and kept in :attr:`outstanding` until
+        :meth:`reconcile` (see the module), then raises ``AgentError`` saying until when it may be settled.
         """
         self._own(client)
         price = self._price(client, asset_id)
@@ -288,10 +330,38 @@ class AgentWallet:
             self.guard.commit(asset_id, exc.payment.amount)
             self._log(asset_id, exc.payment.amount, "x402", exc.payment.transaction or f"x402:{exc.nonce}")
             raise AgentError(str(exc)) from exc
+        except X402AuthorizationOutstanding as exc:  # it may still move: spent for the budget until it expires
+            terms = exc.payment
+            self.guard.commit(asset_id, terms.amount)
+            self.outstanding[exc.nonce] = OutstandingAuthorization(
+                asset_id, terms.amount, exc.token, terms.pay_to, exc.nonce, exc.valid_before
+            )
+            self._log(asset_id, terms.amount, "x402_outstanding", f"x402:{exc.nonce}")
+            raise AgentError(str(exc)) from exc
         except (ApiClientError, ContractRevert) as exc:
             raise translate(exc, payment=True) from exc
         self.guard.commit(asset_id, price)
         return paid.content, self._log(asset_id, price, "x402", paid.payment.transaction)
+
+    def reconcile(self, client: MarketplaceClient) -> list[LedgerEntry]:
+        """Settle the books of :attr:`outstanding` authorizations with the chain; returns the entries logged.
+
+        One that was used on chain is logged as ``x402`` (the money left: ``total()`` counts it now); one
+        that expired unused (the chain's latest block is at or past its ``validBefore``) gives its amount
+        back to the budget and leaves the ledger as it is; any other stays outstanding.
+        """
+        self._own(client)
+        logged = []
+        for nonce, held in list(self.outstanding.items()):
+            outcome = client.authorization_outcome(held.token, nonce, held.valid_before)
+            if outcome == "used":
+                logged.append(self._log(held.asset_id, held.amount, "x402", f"x402:{nonce}"))
+            elif outcome == "expired":
+                self.guard.release(held.asset_id, held.amount)
+            else:
+                continue
+            del self.outstanding[nonce]
+        return logged
 
     # ------------------------------------------------------------------ internals
 

@@ -66,6 +66,10 @@ RECORD_FORMAT = "agentmarket-content/2"
 _RECORD_SIZE = 1024
 _BOX_OVERHEAD = SecretBox.NONCE_SIZE + SecretBox.MACBYTES
 _RECORD_FRAME = _LENGTH.size + _BOX_OVERHEAD + _RECORD_SIZE
+#: Bytes a sealed frame adds to its plaintext chunk: the ephemeral X25519 public key and the MAC.
+SEALED_OVERHEAD = PublicKey.SIZE + SecretBox.MACBYTES
+#: Longest payload of a frame sealed to a buyer (bytes): one :data:`CHUNK_SIZE` chunk and the SealedBox overhead.
+MAX_SEALED_FRAME = CHUNK_SIZE + SEALED_OVERHEAD
 #: A file whose ctime is older than this (ns) when it is checked whole cannot change unseen later.
 _SETTLED_NS = 2_000_000_000
 
@@ -202,33 +206,57 @@ def frame(payload: bytes) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
-def read_frames(stream: Iterable[bytes]) -> Iterator[bytes]:
-    """Split a byte stream (arbitrary chunking) back into frame payloads."""
+def read_frames(stream: Iterable[bytes], *, max_length: int | None = None) -> Iterator[bytes]:
+    """Split a byte stream (arbitrary chunking) back into frame payloads.
+
+    With ``max_length`` (bytes), a frame announcing a longer payload is refused (:class:`ContentError`) as
+    soon as its 4-byte length arrives, before any of it is buffered: the buffer never holds more than one
+    frame of at most ``max_length`` bytes plus one piece of the stream. A stream ending inside a frame is a
+    :class:`ContentError` too.
+    """
     buffer = bytearray()
+    offset = 0  # bytes of the stream before ``buffer``, for the error messages
     for piece in stream:
         buffer += piece
         while len(buffer) >= _LENGTH.size:
             (length,) = _LENGTH.unpack_from(buffer)
+            if max_length is not None and length > max_length:
+                raise ContentError(
+                    f"a frame at byte {offset} of the stream announces {length} bytes, more than the protocol's "
+                    f"maximum of {max_length}; refusing to read it"
+                )
             if len(buffer) < _LENGTH.size + length:
                 break
             yield bytes(buffer[_LENGTH.size : _LENGTH.size + length])
             del buffer[: _LENGTH.size + length]
+            offset += _LENGTH.size + length
     if buffer:
-        raise ContentError("truncated frame stream")
+        raise ContentError(f"the frame stream ends inside a frame at byte {offset} (truncated)")
 
 
 def seal_frames(plaintext: Iterable[bytes], recipient: bytes) -> Iterator[bytes]:
-    """Seal each plaintext chunk to ``recipient``'s X25519 public key, as frames."""
+    """Seal each plaintext chunk (at most :data:`CHUNK_SIZE` bytes) to ``recipient``'s X25519 public key, as frames."""
     box = SealedBox(PublicKey(recipient))
     for chunk in plaintext:
         yield frame(box.encrypt(chunk))
 
 
 def open_sealed_frames(stream: Iterable[bytes], private_key: bytes) -> Iterator[bytes]:
-    """Open frames sealed to ``private_key``'s public key, yielding plaintext chunks."""
+    """Open frames sealed to ``private_key``'s public key, yielding plaintext chunks.
+
+    A frame longer than :data:`MAX_SEALED_FRAME` is refused before it is buffered, and one that does not
+    open with this key (not a SealedBox, another recipient, damaged) stops the stream: both raise
+    :class:`ContentError` naming the frame, as does a stream that ends inside a frame.
+    """
     box = SealedBox(PrivateKey(private_key))
-    for payload in read_frames(stream):
-        yield box.decrypt(payload)
+    for index, payload in enumerate(read_frames(stream, max_length=MAX_SEALED_FRAME)):
+        try:
+            yield box.decrypt(payload)
+        except CryptoError:
+            raise ContentError(
+                f"sealed frame {index} ({len(payload)} bytes) does not open with this key: not sealed to it, or "
+                "damaged on the way"
+            ) from None
 
 
 def _digest(sha256_hex: str) -> str:

@@ -101,7 +101,11 @@ def test_provider_and_buyer_round_trip(stack):
             3, expected, expected,
         )  # fmt: skip
     book = json.loads(next((home / "vouchers").glob("0x*.json")).read_text())
-    assert [counts["1"] for counts in book.values()] == [{"answered": "20000", "signed": "20000"}]
+    # Counted per chain (chain id and genesis hash) and per channel (id, payer, ..., the block that opened it).
+    ((scope, counts),) = book.items()
+    ((channel, count),) = counts.items()
+    assert scope.startswith("eip155:31337/genesis:0x") and channel.startswith("1/payer:")
+    assert count == {"answered": "20000", "signed": "20000"}
     assert_one_line_error(cli(stack, "invoke", "1", "--channel", "1", "--input", "[1]", wallet="buyer.json"),
                           "channel 1 pays for asset 2, not model 1")  # fmt: skip
     assert_one_line_error(cli(stack, "invoke", "2", "--channel", "1", "--input", "{nope", wallet="buyer.json"), "JSON")

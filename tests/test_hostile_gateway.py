@@ -408,12 +408,11 @@ def test_a_call_whose_answer_was_lost_counts_and_the_channel_keeps_working(
         with pytest.raises(ServerUnreachable) as lost:
             client.invoke(model, [1], channel_id=channel)
         assert lost.value.sent and "\n" not in str(lost.value)
-        scope = f"{chain.chain_id}:{market.channels.address}"
-        assert client.voucher_book.count(scope, channel).answered == PRICE  # the unknown outcome counts
+        assert client.channel_count(channel).answered == PRICE  # the unknown outcome counts
         second = client.invoke(model, [2], channel_id=channel)  # before the fix: 402, then refused for good
         assert second["output"] == {"echo": [2]}
         assert second["payment"]["debited"] == str(2 * PRICE)  # the server had debited the lost one
-        assert client.voucher_book.count(scope, channel).signed == 2 * PRICE  # no slack left once it answered
+        assert client.channel_count(channel).signed == 2 * PRICE  # no slack left once it answered
 
         # A request that never left (nothing listens) is not counted.
         closed = MarketplaceClient(upstream.rsplit(":", 1)[0] + ":9", alice, chain, deployment,
@@ -421,4 +420,4 @@ def test_a_call_whose_answer_was_lost_counts_and_the_channel_keeps_working(
         with pytest.raises(ServerUnreachable) as refused:
             closed.invoke(model, [3], channel_id=channel)
         assert not refused.value.sent
-        assert client.voucher_book.count(scope, channel).answered == 2 * PRICE
+        assert client.channel_count(channel).answered == 2 * PRICE

@@ -105,7 +105,7 @@ def test_failed_answers_on_a_channel_are_never_debited(server_url, chain, market
     good = client.invoke(model, _payload("ok"), channel_id=channel)
     assert good["output"] == {"score": 0.5, "label": "é"}
     assert good["payment"]["debited"] == str(PRICE)  # one answered call: the ten failures were not debited
-    count = client.voucher_book.count(f"{chain.chain_id}:{market.channels.address}", channel)
+    count = client.channel_count(channel)
     assert count is not None and count.answered == PRICE
 
 

@@ -142,15 +142,15 @@ def payment_required(http: TestClient, asset: int):
 
 
 @contextmanager
-def serving(app) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free port of 127.0.0.1; yields its base URL; always stops it.
+def serving(app, port: int = 0) -> Iterator[str]:
+    """Run ``app`` under uvicorn on ``port`` (default: a free one) of 127.0.0.1; yields its base URL; always stops it.
 
     An app made by ``create_app`` runs with the limits `agentmarket serve` has; any other (a test's
     fake gateway) under uvicorn's defaults."""
     if hasattr(app.state, "settings"):
-        config = server_config(app, port=0)
+        config = server_config(app, port=port)
     else:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-x402-test", daemon=True)
     thread.start()

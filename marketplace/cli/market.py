@@ -20,13 +20,15 @@ import typer
 from eth_account.signers.local import LocalAccount
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from marketplace.chain import LOCAL_CHAIN_ID, rpc_chain, to_address
-from marketplace.chain.deployment import Deployment, read_manifest
+from marketplace.chain import LOCAL_CHAIN_ID, ContractRevert, rpc_chain, to_address
+from marketplace.chain.deployment import DEFAULT_MANIFEST, Deployment, read_manifest
 from marketplace.chain.lineage import Release, ReleaseIncomplete
 from marketplace.chain.market import AssetKind, Channel
 from marketplace.chain.token import format_units, to_units
 from marketplace.client import MarketplaceClient
+from marketplace.client.pins import PIN_FILE, TRUST_ENV, DeploymentPins, connect_trusted
 from marketplace.client.sdk import MarketplaceReader, PublishIncomplete
 from marketplace.client.vouchers import VoucherBook
 from marketplace.errors import AgentmarketError
@@ -55,6 +57,15 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 #: A manifest path the client side trusts (the same variable `serve` and `node` read theirs from).
 MANIFEST_ENV = "AGENTMARKET_MANIFEST"
 DEFAULT_RPC = "http://127.0.0.1:8545"
+TrustOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-server",
+        help="Trust the deployment this server follows and pin it for this chain (next to the wallet), instead of "
+        "refusing a server that follows another deployment than your manifest or the one pinned.",
+        envvar=TRUST_ENV,
+    ),
+]
 #: Largest price on chain (``Marketplace`` stores prices in 96 bits) and channel deposit (128 bits), base units.
 MAX_PRICE = 2**96 - 1
 MAX_DEPOSIT = 2**128 - 1
@@ -93,13 +104,36 @@ def _trusted() -> Deployment | None:
     return read_manifest(Path(path)) if path else None
 
 
-def _client(wallet: Path, server: str, rpc: str) -> MarketplaceClient:
+def _client(wallet: Path, server: str, rpc: str, *, trust_server: bool = False) -> MarketplaceClient:
+    """A session for the wallet's account with a server following a deployment the user trusts: the manifest
+    in $AGENTMARKET_MANIFEST, else the local manifest (.agentmarket/deployment.json) if it is for this chain
+    or the one pinned for this chain next to the wallet, else the server's on first use (then pinned);
+    ``trust_server`` (or $AGENTMARKET_TRUST_SERVER) trusts and pins the server's (marketplace.client.pins)."""
     account = _account(wallet)
     key = bytes(encryption_keypair(account))
     # One process per call: what this wallet counted on each channel is kept next to the wallet.
     book = VoucherBook(wallet.parent / "vouchers" / f"{account.address}.json")
-    return MarketplaceClient.connect(server, account, rpc_chain(rpc), encryption_key=key, trusted=_trusted(),
-                                     voucher_book=book)  # fmt: skip
+    named = os.environ.get(MANIFEST_ENV)
+    trust = trust_server or os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+    return connect_trusted(server, account, rpc_chain(rpc), pins=DeploymentPins(wallet.parent / PIN_FILE),
+                           manifest=Path(named) if named else None, local_manifest=DEFAULT_MANIFEST,
+                           trust_server=trust, encryption_key=key, voucher_book=book)  # fmt: skip
+
+
+def _price_now(client: MarketplaceClient, asset_id: int) -> int:
+    """The asset's price on chain now (base units): the most a paying command signs when given no --max-price."""
+    try:
+        return client.market.marketplace.asset(asset_id).price
+    except ContractRevert as exc:
+        if exc.error == "UnknownAsset":
+            raise AgentmarketError(f"asset {asset_id} does not exist on chain {client.chain.chain_id}") from None
+        raise
+
+
+def _text(*values: object) -> list[Text]:
+    """Table cells shown as plain text: strings from a server or the chain (an asset's URI, say) are never read as
+    rich console markup, so ``[/x]`` neither breaks the table nor restyles it."""
+    return [Text(str(value)) for value in values]
 
 
 def _print_json(data: object) -> None:
@@ -134,9 +168,9 @@ def wallet_new(wallet: WalletOption = DEFAULT_WALLET, as_json: ActJsonOption = F
 
 @wallet_app.command("show")
 def wallet_show(wallet: WalletOption = DEFAULT_WALLET, rpc: RpcOption = DEFAULT_RPC, as_json: JsonOption = False,
-                server: ServerOption = DEFAULT_SERVER) -> None:  # fmt: skip
+                server: ServerOption = DEFAULT_SERVER, trust_server: TrustOption = False) -> None:  # fmt: skip
     """Address, encryption public key, and balances (ETH for gas, tUSD)."""
-    client = _client(wallet, server, rpc)
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     info = {
         "address": client.address,
         "encryption_public_key": "0x" + bytes(encryption_keypair(client.account).public_key).hex(),
@@ -201,10 +235,11 @@ def agent_register(
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
     as_json: ActJsonOption = False,
 ) -> None:
     """Register an agent owned by your wallet, with your wallet's X25519 key as its encryptionKey."""
-    client = _client(wallet, server, rpc)
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     metadata = {"encryptionKey": bytes(encryption_keypair(client.account).public_key)}
     if endpoint:
         metadata["endpoint"] = endpoint.encode()
@@ -231,6 +266,7 @@ def asset_publish(
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
     as_json: ActJsonOption = False,
 ) -> None:
     """Publish FILE on chain unlisted (its sha256 is the content hash), upload it, and list it once the
@@ -238,7 +274,7 @@ def asset_publish(
     units = to_units(price, maximum=MAX_PRICE, what="--price")
     if license_days < 0:
         raise AgentmarketError(f"--license-days must be 0 (perpetual) or more, not {license_days}")
-    client = _client(wallet, server, rpc)
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     payees = [(to_address(a), bps) for a, bps in _split(payee or [], "payee")] or None
     parents = [(int(i), bps) for i, bps in _split(parent or [], "parent")]
     try:
@@ -268,11 +304,12 @@ def asset_upload(
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Upload FILE as the content of your asset ASSET_ID's current version (retry a publish that did not
     finish, or restore a server's copy), then list the asset once the server has verified the upload."""
-    client = _client(wallet, server, rpc)
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     try:
         stored = client.upload(asset_id, file, list_asset=not no_list)
     except PublishIncomplete as exc:
@@ -304,8 +341,8 @@ def asset_ls(
         table.add_column(column)
     for a in page["items"]:
         state = ("listed" if a["listed"] else "unlisted") + ("" if a.get("content_uploaded") else ", no content")
-        table.add_row(str(a["asset_id"]), a["kind"], format_units(int(a["price"])), a["owner"],
-                      ",".join(map(str, a["parents"])), a["uri"], state)  # fmt: skip
+        table.add_row(*_text(a["asset_id"], a["kind"], format_units(int(a["price"])), a["owner"],
+                             ",".join(map(str, a["parents"])), a["uri"], state))  # fmt: skip
     console.print(table)
 
 
@@ -318,11 +355,12 @@ def buy(
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
     as_json: ActJsonOption = False,
 ) -> None:
     """Buy a license to an asset (pays its vault on chain)."""
     limit = to_units(max_price, what="--max-price") if max_price is not None else None
-    client = _client(wallet, server, rpc)
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     receipt = client.buy(asset_id, limit)
     if as_json:
         (event,) = client.chain.events(client.market.marketplace.contract, receipt, "LicensePurchased")
@@ -341,18 +379,32 @@ def download(
     x402: Annotated[
         bool, typer.Option("--x402", help="No license: pay this one download per request with x402.")
     ] = False,
+    max_price: Annotated[
+        str | None,
+        typer.Option(
+            "--max-price",
+            help="With --x402: refuse to pay more than this many tUSD (default: the price "
+            "on chain when the command starts).",
+        ),
+    ] = None,
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
     as_json: ActJsonOption = False,
 ) -> None:
     """Download licensed content (or pay for it per request with --x402), verified against the on-chain hash."""
     if x402 and agent_id is not None:
         raise AgentmarketError("--agent seals a licensed download; an --x402 download is sent over HTTP unsealed")
-    client = _client(wallet, server, rpc)
+    if max_price is not None and not x402:
+        raise AgentmarketError("--max-price limits what an --x402 download pays; a licensed download pays nothing")
+    limit = to_units(max_price) if max_price is not None else None
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     written = {"asset_id": asset_id, "path": str(out)}
     if x402:
-        paid = client.download_x402(asset_id, out)
+        if limit is None:  # what the user approved: the price as the command starts, not one raised mid-way
+            limit = _price_now(client, asset_id)
+        paid = client.download_x402(asset_id, out, max_amount=limit)
         payment = paid.payment
         if as_json:
             _print_json({**written, "bytes": out.stat().st_size, "payment": {
@@ -378,6 +430,7 @@ def channel_open(
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
     as_json: ActJsonOption = False,
 ) -> None:
     """Open a payment channel for metered calls (your wallet signs the vouchers; the server's settlement key,
@@ -386,7 +439,7 @@ def channel_open(
     if units == 0:
         raise AgentmarketError("--deposit must be more than 0 tUSD")
     ttl = _seconds(hours, "--hours")
-    client = _client(wallet, server, rpc)
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     channel_id = client.open_channel(asset_id, units, ttl=ttl)
     channel = client.market.channels.channel(channel_id)
     if as_json:
@@ -405,13 +458,14 @@ def channel_top_up(
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
     as_json: ActJsonOption = False,
 ) -> None:
     """Add tUSD to the deposit of a channel you opened (before it expires)."""
     units = to_units(amount, maximum=MAX_DEPOSIT, what="--amount")
     if units == 0:
         raise AgentmarketError("--amount must be more than 0 tUSD")
-    client = _client(wallet, server, rpc)
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     receipt = client.top_up_channel(channel_id, units)
     channel = client.market.channels.channel(channel_id)
     if as_json:
@@ -428,11 +482,12 @@ def channel_extend(
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
     as_json: ActJsonOption = False,
 ) -> None:
     """Keep a channel you opened open longer (before it expires)."""
     seconds = _seconds(hours, "--hours")
-    client = _client(wallet, server, rpc)
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     receipt = client.extend_channel(channel_id, seconds)
     channel = client.market.channels.channel(channel_id)
     if as_json:
@@ -447,12 +502,13 @@ def channel_close(
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
     as_json: ActJsonOption = False,
 ) -> None:
     """End service on a channel now, as the owner of its asset: the gateway claims the calls it answered within
     15 minutes, then anyone may reclaim the rest for the payer. (A payer cannot end a channel early: it reclaims
     after the channel expires.)"""
-    client = _client(wallet, server, rpc)
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     receipt = client.close_channel(channel_id)
     channel = client.market.channels.channel(channel_id)
     if as_json:
@@ -469,11 +525,12 @@ def channel_reclaim(
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
     as_json: ActJsonOption = False,
 ) -> None:
     """Return what a channel's deposit still holds to its payer, once it expired and its 15-minute claim window
     is over."""
-    client = _client(wallet, server, rpc)
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     receipt = client.reclaim_channel(channel_id)
     channels = client.market.channels
     (event,) = client.chain.events(channels.contract, receipt, "ChannelSettled")
@@ -490,11 +547,12 @@ def channel_ls(
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """The channels your wallet opened, read on chain: deposit, claimed, expiry, claim deadline, state, and what
     this wallet counted as answered on each (its voucher book)."""
-    client = _client(wallet, server, rpc)
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     rows = [_channel_json(client, channel) for channel in client.channels()]
     if as_json:
         _print_json({"payer": client.address, "channels": rows})
@@ -504,9 +562,9 @@ def channel_ls(
         table.add_column(column)
     for row in rows:
         counted = row["counted_answered"]
-        table.add_row(str(row["channel_id"]), str(row["asset_id"]), format_units(int(row["deposit"])),
-                      format_units(int(row["claimed"])), "-" if counted is None else format_units(int(counted)),
-                      _when(row["expiry"]), _when(row["claim_deadline"]), row["state"])  # fmt: skip
+        table.add_row(*_text(row["channel_id"], row["asset_id"], format_units(int(row["deposit"])),
+                             format_units(int(row["claimed"])), "-" if counted is None else format_units(int(counted)),
+                             _when(row["expiry"]), _when(row["claim_deadline"]), row["state"]))  # fmt: skip
     console.print(table)
 
 
@@ -548,16 +606,29 @@ def invoke(
     channel: Annotated[
         int | None, typer.Option("--channel", help="Pay with a voucher on this channel (default: x402 per call).")
     ] = None,
+    max_price: Annotated[
+        str | None,
+        typer.Option(
+            "--max-price",
+            help="Refuse to pay more than this many tUSD for the call (default: the price "
+            "on chain when the command starts).",
+        ),
+    ] = None,
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
 ) -> None:
     """Call a served model and pay for the call (a voucher on --channel, or x402); prints the JSON result."""
     try:
         model_input = json.loads(payload)
     except ValueError as exc:
         raise AgentmarketError(f"--input is not JSON: {exc}") from None
-    _print_json(_client(wallet, server, rpc).invoke(model_id, model_input, channel_id=channel))
+    limit = to_units(max_price) if max_price is not None else None
+    client = _client(wallet, server, rpc, trust_server=trust_server)
+    if limit is None:  # what the user approved: the price as the command starts, not one raised mid-call
+        limit = _price_now(client, model_id)
+    _print_json(client.invoke(model_id, model_input, channel_id=channel, max_price=limit))
 
 
 # ---------------------------------------------------------------------- earnings
@@ -573,6 +644,7 @@ def earnings(
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """What you (or ADDRESS) can claim from each vault now, what waits up the lineage (royalties still in
@@ -581,7 +653,7 @@ def earnings(
         with MarketplaceReader(server, timeout=30) as reader:
             data = reader.earnings(to_address(address))
     else:
-        data = _client(wallet, server, rpc).earnings()
+        data = _client(wallet, server, rpc, trust_server=trust_server).earnings()
     if as_json:
         _print_json(data)
         return
@@ -593,8 +665,8 @@ def earnings(
     for v in data["vaults"]:
         in_tusd = v["token"] == tusd
         amounts = [format_units(int(v[k])) if in_tusd else v[k] for k in ("claimable", "waiting", "released")]
-        table.add_row(str(v["asset_id"]), v["vault"], *([v["token"]] if several else []), f"{v['share_bps']:.0f}",
-                      *amounts)  # fmt: skip
+        table.add_row(*_text(v["asset_id"], v["vault"], *([v["token"]] if several else []), f"{v['share_bps']:.0f}",
+                             *amounts))  # fmt: skip
     console.print(table)
     for total in data["totals"] or [{"token": tusd, "claimable": "0", "waiting": "0"}]:
         token = total["token"]
@@ -631,12 +703,13 @@ def withdraw(
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Collect everything waiting for you: royalties up the lineage first (descendants' vaults release to
     your assets' vaults, children first, in every token), then every vault that pays you releases to your
     wallet. One transaction per release that moves money; re-running after a failure finishes the job."""
-    client = _client(wallet, server, rpc)
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     tusd = client.market.token.address
     try:
         sent = client.collect()
@@ -661,11 +734,12 @@ def release(
     wallet: WalletOption = DEFAULT_WALLET,
     server: ServerOption = DEFAULT_SERVER,
     rpc: RpcOption = DEFAULT_RPC,
+    trust_server: TrustOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Push ASSET_ID's royalties up its lineage: its vault releases to its parents' vaults, then those to
     theirs, children first, in every token that reached them. Anyone may; your wallet pays the gas."""
-    client = _client(wallet, server, rpc)
+    client = _client(wallet, server, rpc, trust_server=trust_server)
     tusd = client.market.token.address
     try:
         sent = client.release(asset_id)

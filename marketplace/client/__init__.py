@@ -1,5 +1,6 @@
 """Python SDK of the marketplace: the HTTP API for reads and content, the chain for payments."""
 
+from marketplace.client.checks import PaymentTermsRefused, PriceChanged
 from marketplace.client.sdk import (
     ApiClientError,
     BadResponse,
@@ -8,6 +9,9 @@ from marketplace.client.sdk import (
     MarketplaceReader,
     PublishIncomplete,
     ServerUnreachable,
+    UntrustedDeployment,
+    X402AuthorizationOutstanding,
+    X402DeliveryError,
 )
 
 __all__ = [
@@ -16,6 +20,11 @@ __all__ = [
     "LoginRefused",
     "MarketplaceClient",
     "MarketplaceReader",
+    "PaymentTermsRefused",
+    "PriceChanged",
     "PublishIncomplete",
     "ServerUnreachable",
+    "UntrustedDeployment",
+    "X402AuthorizationOutstanding",
+    "X402DeliveryError",
 ]

@@ -23,7 +23,9 @@ field, or raises :class:`PaymentTermsRefused` naming the field, the server's val
 client cannot sign a requirement that did not pass it. This module is the one place these checks
 live: the SDK (``MarketplaceClient``), the CLI and agent wallets all pay through it. "The chain"
 means the contracts of the deployment the client connected with: pin the one you trust with
-``MarketplaceClient.connect(..., trusted=...)`` (the CLI: ``$AGENTMARKET_MANIFEST``).
+``MarketplaceClient.connect(..., trusted=...)`` (the CLI pins one by default: :mod:`marketplace.client.pins`).
+A caller's own limit on the price (``max_price``, ``max_amount``) is checked here too
+(:meth:`PaymentTerms.at_most`, :class:`PriceChanged`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,15 @@ from marketplace.chain.market import Market
 from marketplace.chain.token import TestUSD
 from marketplace.errors import AgentmarketError
 
-__all__ = ["MAX_TIMEOUT_SECONDS", "SCHEME", "X402_VERSION", "Mismatch", "PaymentTerms", "PaymentTermsRefused"]
+__all__ = [
+    "MAX_TIMEOUT_SECONDS",
+    "SCHEME",
+    "X402_VERSION",
+    "Mismatch",
+    "PaymentTerms",
+    "PaymentTermsRefused",
+    "PriceChanged",
+]
 
 #: The only x402 protocol version signed (x402 v2: PAYMENT-REQUIRED / PAYMENT-SIGNATURE headers).
 X402_VERSION = 2
@@ -88,6 +98,25 @@ class PaymentTermsRefused(AgentmarketError):
     def field(self) -> str:
         """The x402 field at fault, e.g. ``amount``."""
         return self.mismatch.field
+
+
+class PriceChanged(PaymentTermsRefused):
+    """The asset's price on chain is above what the caller approved; nothing was signed.
+
+    ``price`` is the on-chain price now and ``approved`` the caller's limit, both in the token's base
+    units; ``limit`` names that limit (``max_price``, ``max_amount``, or the price read when the call
+    began). Raised for an x402 payment and for a channel call alike: a server (or an asset owner
+    running one) that raises the price in the middle of a call gets a refusal, never a signature for
+    the new price.
+    """
+
+    def __init__(self, asset_id: int, price: int, approved: int, limit: str = "max_price") -> None:
+        super().__init__(asset_id, Mismatch("amount", price, approved, f"your limit ({limit})"))
+        self.price, self.approved, self.limit = price, approved, limit
+        self.args = (
+            f"refused to pay for asset {asset_id}: its price on chain is {price} base units, above your limit "
+            f"({limit}) of {approved}; nothing was signed",
+        )
 
 
 @dataclass(frozen=True)
@@ -142,11 +171,11 @@ class PaymentTerms:
             max_timeout_seconds=max_timeout_seconds,
         )
 
-    def at_most(self, limit: int | None) -> PaymentTerms:
-        """These terms, or :class:`PaymentTermsRefused` when the chain's price is above the caller's ``limit``."""
+    def at_most(self, limit: int | None, name: str = "max_amount") -> PaymentTerms:
+        """These terms, or :class:`PriceChanged` (a :class:`PaymentTermsRefused`) when the chain's price is above
+        the caller's ``limit`` (base units; ``name`` says which argument set it)."""
         if limit is not None and self.amount > limit:
-            mismatch = Mismatch("amount", self.amount, limit, "your limit (max_amount)")
-            raise PaymentTermsRefused(self.asset_id, mismatch)
+            raise PriceChanged(self.asset_id, self.amount, limit, name)
         return self
 
     def mismatches(self, requirement: PaymentRequirements | PaymentRequirementsV1) -> list[Mismatch]:

@@ -23,10 +23,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import requests
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
+from web3.exceptions import ProviderConnectionError
 from web3.types import TxReceipt
 from x402 import x402ClientSync
 from x402.http import PAYMENT_REQUIRED_HEADER, PAYMENT_RESPONSE_HEADER, x402HTTPClientSync
@@ -37,11 +39,12 @@ from x402.schemas import PaymentRequired
 
 from marketplace.chain import Chain, ContractRevert, connect
 from marketplace.chain.deployment import Deployment, DeploymentError, parse_manifest, verify_deployment
+from marketplace.chain.identity import ChainIdentity
 from marketplace.chain.lineage import Lineage, LineagePlan, Release, execute, plan_release, plan_withdrawal
 from marketplace.chain.market import AssetKind, Channel, Market
 from marketplace.chain.token import TestUSD
-from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms
-from marketplace.client.vouchers import VoucherBook
+from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms, PriceChanged
+from marketplace.client.vouchers import ChannelCount, VoucherBook
 from marketplace.content import open_sealed_frames
 from marketplace.errors import AgentmarketError
 from marketplace.protocol.jsonlimits import JsonTooDeep, header_too_deep
@@ -92,6 +95,19 @@ class BadResponse(AgentmarketError, ValueError):
     def __init__(self, detail: str, status: int) -> None:
         super().__init__(detail)
         self.status = status
+
+
+class ChainUnreachable(AgentmarketError):
+    """The chain's node did not answer a read the client needs before it signs; nothing was signed."""
+
+
+#: What web3's providers raise when the chain's node cannot be reached (HTTPProvider: requests; persistent
+#: providers: ProviderConnectionError).
+_CHAIN_DOWN: tuple[type[Exception], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    ProviderConnectionError,
+)
 
 
 class LoginRefused(AgentmarketError):
@@ -192,13 +208,46 @@ class X402DeliveryError(AgentmarketError):
         self.payment, self.nonce = payment, nonce
 
 
+class X402AuthorizationOutstanding(AgentmarketError):
+    """A paid x402 request failed, and its authorization could not be cancelled on chain (EIP-3009
+    ``cancelAuthorization`` needs gas from the payer): whoever received it may still settle it until
+    ``valid_before`` (Unix seconds, the chain's block time). Count it as spent until then.
+
+    ``payment`` is what it would pay (``transaction`` is ""), ``token`` the address of the token it moves,
+    ``nonce`` the authorization's EIP-3009 nonce (hex) and ``reason`` why it could not be cancelled; the error
+    that ended the request is ``__cause__``. :meth:`MarketplaceClient.authorization_outcome` says later
+    whether it was used or has expired.
+    """
+
+    def __init__(
+        self, detail: str, payment: X402Payment, *, token: str, nonce: str, valid_before: int, reason: str
+    ) -> None:
+        super().__init__(detail)
+        self.payment, self.token, self.nonce = payment, token, nonce
+        self.valid_before, self.reason = valid_before, reason
+
+
 @dataclass(frozen=True)
 class _SignedPayment:
-    """A PAYMENT-SIGNATURE ready to send: its headers, the terms it pays and its EIP-3009 nonce."""
+    """A PAYMENT-SIGNATURE ready to send: its headers, the terms it pays, its EIP-3009 nonce and the end of its
+    validity (``valid_before``, Unix seconds)."""
 
     headers: dict[str, str]
     terms: PaymentTerms
     nonce: bytes
+    valid_before: int
+
+
+@dataclass(frozen=True)
+class _ChannelRef:
+    """A channel as a client checked it once: where its voucher count lives (``scope``, ``key``), what was
+    claimed on it then (base units), its asset and its voucher signer."""
+
+    scope: str
+    key: str
+    claimed: int
+    asset_id: int
+    signer: str
 
 
 @dataclass(frozen=True)
@@ -389,8 +438,8 @@ class MarketplaceClient(MarketplaceReader):
         self._token: tuple[str, int] | None = None
         #: What this client counted as answered and signed on each channel (see marketplace.client.vouchers).
         self.voucher_book = voucher_book or VoucherBook()
-        self._prices: dict[int, int] = {}  # on-chain per-call prices of models this client called
-        self._channels_checked: dict[tuple[int, int, str], int] = {}  # (channel, model, signer) -> claimed then
+        self._channel_refs: dict[int, _ChannelRef] = {}  # channel id -> where the voucher book counts it
+        self._identity: ChainIdentity | None = None
         self._vouchers: VoucherHasher | None = None
         #: The longest x402 authorization this client signs, in seconds (see :mod:`marketplace.client.checks`).
         self.x402_max_timeout_seconds = MAX_TIMEOUT_SECONDS
@@ -660,12 +709,27 @@ class MarketplaceClient(MarketplaceReader):
     def payment_terms(self) -> dict[str, Any]:
         """The server's channel terms (``GET /v1/payments``): channels contract, ``receiverAuthorizer``, claim
         window, voucher types."""
-        body = self._request("GET", "/v1/payments").json()
-        terms = body.get("payment_channel") if isinstance(body, dict) else None
+        body = self._payments()
+        terms = body.get("payment_channel")
         if not isinstance(terms, dict):
             raise BadResponse(f"the marketplace server at {self.base_url} answered GET /v1/payments without "
                               "payment_channel terms", 200)  # fmt: skip
         return terms
+
+    def _payments(self) -> dict[str, Any]:
+        body = self._request("GET", "/v1/payments").json()
+        if not isinstance(body, dict):
+            raise BadResponse(f"the marketplace server at {self.base_url} answered GET /v1/payments with "
+                              f"{type(body).__name__}, not an object", 200)  # fmt: skip
+        return body
+
+    def served_models(self) -> set[int]:
+        """The model assets this server runs (``GET /v1/payments``: ``models``)."""
+        models = self._payments().get("models")
+        if not isinstance(models, list) or not all(type(m) is int for m in models):
+            raise BadResponse(f"the marketplace server at {self.base_url} answered GET /v1/payments without "
+                              "a list of the models it serves", 200)  # fmt: skip
+        return set(models)
 
     def receiver_authorizer(self) -> str:
         """The key this server claims channels with (``GET /v1/payments``), once its channels contract is
@@ -791,9 +855,27 @@ class MarketplaceClient(MarketplaceReader):
         ``receiver_authorizer`` (the key allowed to claim) defaults to the one this server advertises in
         ``GET /v1/payments``: whoever holds it can only claim into the asset's vault, and only up to the
         vouchers this client signs. ``signer`` signs vouchers (default: this account). ``ttl`` is seconds.
+
+        Raises :class:`AgentmarketError`, before anything is approved or locked, when ``asset_id`` is not a
+        model on chain (datasets are licensed, never invoked) or, with the default ``receiver_authorizer``,
+        when this server does not run the model (a deposit nobody can spend stays locked until expiry).
         """
         channels = self.market.channels
+        try:
+            kind = self.market.marketplace.asset(asset_id).kind
+        except ContractRevert as exc:
+            if exc.error == "UnknownAsset":
+                raise AgentmarketError(f"asset {asset_id} does not exist on chain {self.chain.chain_id}") from None
+            raise
+        if kind != AssetKind.MODEL:
+            raise AgentmarketError(f"asset {asset_id} is a dataset: a channel pays for model calls; license a "
+                                   f"dataset instead (`agentmarket buy {asset_id}`); nothing was locked")  # fmt: skip
         if receiver_authorizer is None:
+            if asset_id not in self.served_models():
+                raise AgentmarketError(
+                    f"the marketplace server at {self.base_url} does not serve model {asset_id}: its provider must "
+                    f"run `agentmarket serve --model {asset_id}=module:function`; nothing was locked"
+                )
             receiver_authorizer = self.receiver_authorizer()
         self.market.token.approve(self.account, channels.address, deposit)
         expiry = self.chain.timestamp() + ttl
@@ -801,26 +883,44 @@ class MarketplaceClient(MarketplaceReader):
                              receiver_authorizer=receiver_authorizer)  # fmt: skip
 
     def invoke(
-        self, model_id: int, payload: Any, *, channel_id: int | None = None, signer: LocalAccount | None = None
+        self,
+        model_id: int,
+        payload: Any,
+        *,
+        channel_id: int | None = None,
+        signer: LocalAccount | None = None,
+        max_price: int | None = None,
     ) -> dict[str, Any]:
         """Call a served model and pay for the call. Returns ``{"output", "payment"}``.
+
+        ``max_price`` (base units) is the most this call may cost: the SDK never signs for a price its
+        caller did not approve. Without it, the approved price is the on-chain price when the call began
+        (read then). A price above it raises :class:`~marketplace.client.checks.PriceChanged` with nothing
+        signed — also when the model's owner raises the price in the middle of the call and its gateway
+        asks for the new one.
 
         With ``channel_id``, pays with a voucher on that channel (signed by ``signer``, default this
         account): no transaction per call. The voucher's ceiling is this client's own count — the
         calls it got answers for, plus the ones in flight, plus this one at the asset's on-chain price
         — never what a server asks: a 402 asking for more raises :class:`AgentmarketError` naming
-        both numbers, and nothing more is signed. Without ``channel_id``, pays per call with x402
-        (this account signs an EIP-3009 authorization of the price; the server settles it into the
-        model's vault).
+        both numbers, and nothing more is signed (unless the on-chain price changed to one within
+        the approved price: then the call is counted and signed once more at that price). The count is kept
+        per chain (chain id and genesis hash) and per channel (its id, payer, signer, asset, token and the
+        block that opened it), so a new channel never inherits an old one's count. Without ``channel_id``,
+        pays per call with x402 (this account signs an EIP-3009 authorization of the on-chain price, at most
+        ``max_price``; the server settles it into the model's vault); a paid request that fails has its
+        authorization cancelled on chain, as for :meth:`download_x402`.
         """
         if channel_id is None:
-            return self._invoke_x402(model_id, payload)
+            return self._invoke_x402(model_id, payload, max_price)
         signer = signer or self.account
-        scope = f"{self.chain.chain_id}:{self.market.channels.address}"
-        claimed = self._check_channel(channel_id, model_id, signer.address)
-        price = self._price(model_id)
+        scope, key, claimed = self._channel(channel_id, model_id, signer.address)
+        price = self._price(model_id)  # read at every call: the owner may have changed it since the last one
+        limit, limit_name = (price, "the price when the call began") if max_price is None else (max_price, "max_price")
+        if price > limit:
+            raise PriceChanged(model_id, price, limit, limit_name)
         for attempt in range(2):
-            ceiling = self.voucher_book.begin(scope, channel_id, price, claimed)
+            ceiling = self.voucher_book.begin(scope, key, price, claimed)
             header = self._voucher(signer, channel_id, ceiling).to_header()
             # A call counts as answered unless the server said otherwise (an error status) or surely never got
             # it: a call whose answer was lost on the way (the connection broke or timed out after it was sent,
@@ -838,12 +938,15 @@ class MarketplaceClient(MarketplaceReader):
                 answered = exc.status < 400
                 raise
             finally:
-                count = self.voucher_book.finish(scope, channel_id, price, answered=answered)
+                count = self.voucher_book.finish(scope, key, price, answered=answered)
             if response.status_code == 402 and _refusal_reason(response) == "insufficient_voucher":
                 asked = _asked_ceiling(response)
                 if asked is not None and asked > ceiling:
-                    if attempt == 0 and self._price(model_id, fresh=True) != price:
-                        price = self._prices[model_id]  # the owner changed the price: count with the new one
+                    fresh = self._price(model_id) if attempt == 0 else price  # repriced mid-call?
+                    if fresh > limit:  # repriced mid-call above what the caller approved: sign nothing more
+                        raise PriceChanged(model_id, fresh, limit, limit_name)
+                    if fresh != price:
+                        price = fresh  # the owner changed the price within the caller's limit: count with it
                         continue
                     raise AgentmarketError(
                         f"the server asks for a voucher of {asked} on channel {channel_id}, but this client counted "
@@ -853,44 +956,83 @@ class MarketplaceClient(MarketplaceReader):
             return response.json()
         raise AssertionError("unreachable")
 
-    def _price(self, model_id: int, *, fresh: bool = False) -> int:
-        """The model's per-call price as the chain says (cached; ``fresh`` re-reads it)."""
-        if fresh or model_id not in self._prices:
-            self._prices[model_id] = self.market.marketplace.asset(model_id).price
-        return self._prices[model_id]
+    def channel_count(self, channel_id: int) -> ChannelCount | None:
+        """What this client counted on ``channel_id`` (answered and signed, base units), or None if it never paid
+        on it. Reads the chain only for a channel this client has not called through yet."""
+        ref = self._channel_refs.get(channel_id)
+        if ref is None:
+            channel = self.market.channels.channel(channel_id)
+            self._channel(channel_id, channel.asset_id, channel.signer)
+            ref = self._channel_refs[channel_id]
+        return self.voucher_book.count(ref.scope, ref.key)
 
-    def _check_channel(self, channel_id: int, model_id: int, signer: str) -> int:
-        """Check on chain (once per channel) that it pays for ``model_id`` and that ``signer`` signs for it;
-        returns what was claimed on it (where a fresh count starts)."""
-        key = (channel_id, model_id, signer)
-        if key in self._channels_checked:
-            return self._channels_checked[key]
-        channel = self.market.channels.channel(channel_id)
-        if channel.asset_id != model_id:
-            raise AgentmarketError(f"channel {channel_id} pays for asset {channel.asset_id}, not model {model_id}")
-        if channel.signer.lower() != signer.lower():
-            raise AgentmarketError(f"channel {channel_id}'s vouchers are signed by {channel.signer}, not {signer}")
-        self._channels_checked[key] = channel.claimed
-        return channel.claimed
+    def _price(self, model_id: int) -> int:
+        """The model's per-call price as the chain says now (base units); :class:`ChainUnreachable` when the
+        chain's node does not answer (nothing is signed without it)."""
+        try:
+            return self.market.marketplace.asset(model_id).price
+        except _CHAIN_DOWN as exc:
+            where = self.chain.rpc_url or "the chain"
+            raise ChainUnreachable(
+                f"cannot read model {model_id}'s price from {where} ({type(exc).__name__}): is the node running? "
+                "nothing was signed"
+            ) from None
+
+    @property
+    def chain_identity(self) -> ChainIdentity:
+        """The chain this client pays on: chain id and genesis hash (read once)."""
+        if self._identity is None:
+            self._identity = ChainIdentity.of(self.chain)
+        return self._identity
+
+    def _channel(self, channel_id: int, model_id: int, signer: str) -> tuple[str, str, int]:
+        """Check on chain (once per channel) that it pays for ``model_id`` and that ``signer`` signs for it.
+
+        Returns where the voucher book counts it — the scope (this chain's identity and the channels
+        contract) and the channel's own identity (id, payer, signer, asset, token, and the hash of the block
+        whose ``ChannelOpened`` event created it) — and what was claimed on it when first seen (where a
+        fresh count starts). So a restarted chain, or another channel that got the same id, never shares a
+        count."""
+        ref = self._channel_refs.get(channel_id)
+        if ref is None:
+            channels = self.market.channels
+            channel = channels.channel(channel_id)
+            opened = channels.contract.events.ChannelOpened().get_logs(
+                argument_filters={"channelId": channel_id}, from_block=self.deployment.deploy_block
+            )
+            if not opened:
+                raise AgentmarketError(f"channel {channel_id} was never opened on this chain (no ChannelOpened event)")
+            block = "0x" + bytes(opened[-1]["blockHash"]).hex()
+            key = (f"{channel_id}/payer:{channel.payer}/signer:{channel.signer}/asset:{channel.asset_id}/"
+                   f"token:{channel.token}/opened:{block}")  # fmt: skip
+            scope = f"{self.chain_identity}/channels:{channels.address}"
+            ref = self._channel_refs[channel_id] = _ChannelRef(scope, key, channel.claimed, channel.asset_id,
+                                                               channel.signer)  # fmt: skip
+        if ref.asset_id != model_id:
+            raise AgentmarketError(f"channel {channel_id} pays for asset {ref.asset_id}, not model {model_id}")
+        if ref.signer.lower() != signer.lower():
+            raise AgentmarketError(f"channel {channel_id}'s vouchers are signed by {ref.signer}, not {signer}")
+        return ref.scope, ref.key, ref.claimed
 
     def _voucher(self, signer: LocalAccount, channel_id: int, ceiling: int) -> Voucher:
         if self._vouchers is None:
             self._vouchers = VoucherHasher(self.market.channels.domain)
         return self._vouchers.voucher(signer, channel_id, ceiling)
 
-    def _invoke_x402(self, model_id: int, payload: Any) -> dict[str, Any]:
-        """One call paid with x402: 402, check the requirements against the chain, sign, retry.
+    def _invoke_x402(self, model_id: int, payload: Any, max_price: int | None = None) -> dict[str, Any]:
+        """One call paid with x402: 402, check the requirements against the chain (and ``max_price``), sign, retry.
 
-        :class:`X402DeliveryError` when the payment moved but no answer came back."""
+        :class:`X402DeliveryError` when the payment moved but no answer came back; a failed paid request has
+        its authorization cancelled first (:meth:`_after_failed_payment`)."""
         path, body = f"/v1/models/{model_id}/invoke", {"input": payload}
         unpaid = self._send("POST", path, json=body)
-        signed = self._x402_payment(model_id, unpaid, None)
+        signed = self._x402_payment(model_id, unpaid, max_price, limit_name="max_price")
         try:
             paid = self._send("POST", path, json=body, headers=signed.headers)
             _raise_for_error(paid)
             return paid.json()
         except (AgentmarketError, ValueError) as exc:
-            self._raise_if_paid(signed, f"a call of model {model_id}", exc)
+            self._after_failed_payment(signed, f"a call of model {model_id}", exc)
             raise
 
     def download_x402(
@@ -912,6 +1054,12 @@ class MarketplaceClient(MarketplaceReader):
         Raises :class:`ApiClientError` when the server refuses the payment, and
         :class:`X402DeliveryError` when the payment moved on chain but the content did not arrive intact
         (also when it is larger than ``max_content_bytes``).
+
+        A paid request that fails leaves no authorization behind that the server could settle later,
+        unseen: unless the payment moved (:class:`X402DeliveryError`), this account cancels the authorization
+        on chain (EIP-3009 ``cancelAuthorization``, which costs it gas) before the error is raised; if it
+        cannot (no ETH for gas, the chain unreachable), :class:`X402AuthorizationOutstanding` says until
+        when the authorization may still be settled.
         """
         path = f"/v1/assets/{asset_id}/x402"
         expected = self.market.marketplace.asset(asset_id).content_hash
@@ -923,7 +1071,7 @@ class MarketplaceClient(MarketplaceReader):
                 payment = _settled(paid, signed.terms)
                 content = _receive(self._content(paid, path), expected, destination, f"asset {asset_id}")
         except (AgentmarketError, httpx.HTTPError) as exc:
-            self._raise_if_paid(signed, f"a download of asset {asset_id}", exc)
+            self._after_failed_payment(signed, f"a download of asset {asset_id}", exc)
             if isinstance(exc, httpx.HTTPError):
                 raise _unreachable(self.base_url, exc) from None
             raise
@@ -950,22 +1098,73 @@ class MarketplaceClient(MarketplaceReader):
 
         return _bounded(response.iter_bytes(), limit, too_large)
 
-    def _raise_if_paid(self, signed: _SignedPayment, what: str, failure: Exception) -> None:
-        """After a paid request failed with ``failure``: raise :class:`X402DeliveryError` (from ``failure``)
-        if its authorization was used on chain, since the money moved whatever the server said."""
-        terms = signed.terms
-        try:
-            used = TestUSD(self.chain, terms.asset).authorization_state(self.address, signed.nonce)
-        except AgentmarketError:
+    def _after_failed_payment(self, signed: _SignedPayment, what: str, failure: Exception) -> None:
+        """After a paid request failed with ``failure``, leave no authorization anyone can settle later unseen.
+
+        - The request surely never left this process (no connection): nobody saw the signature; nothing to do.
+        - The authorization was used on chain: :class:`X402DeliveryError` (from ``failure``), since the money
+          moved whatever the server said.
+        - Otherwise this account cancels it on chain (EIP-3009 ``cancelAuthorization``, signed and sent by the
+          payer, who pays its gas), so that nobody can settle it later; then the caller raises ``failure``.
+          If the cancellation fails because the authorization was used meanwhile, it is
+          :class:`X402DeliveryError`; if it fails for any other reason (no ETH for gas, the chain
+          unreachable), :class:`X402AuthorizationOutstanding`: it may still be settled until its
+          ``validBefore``, so it counts as spent until then.
+        """
+        if (isinstance(failure, ServerUnreachable) and not failure.sent) or isinstance(failure, _NOT_SENT):
             return
-        if used:
-            payment = X402Payment("", self.address, terms.pay_to, terms.amount, terms.network)
-            raise X402DeliveryError(
-                f"paid {terms.amount} base units to {terms.pay_to} for {what} (EIP-3009 nonce "
-                f"0x{signed.nonce.hex()} is used on chain), but it was not delivered: {failure}",
+        terms = signed.terms
+        token = TestUSD(self.chain, terms.asset)
+        payment = X402Payment("", self.address, terms.pay_to, terms.amount, terms.network)
+        nonce = "0x" + signed.nonce.hex()
+
+        def delivery_error() -> X402DeliveryError:
+            return X402DeliveryError(
+                f"paid {terms.amount} base units to {terms.pay_to} for {what} (EIP-3009 nonce {nonce} is used on "
+                f"chain), but it was not delivered: {failure}",
                 payment,
-                "0x" + signed.nonce.hex(),
-            ) from failure
+                nonce,
+            )
+
+        def used() -> bool | None:
+            try:
+                return token.authorization_state(self.address, signed.nonce)
+            except Exception:  # the chain cannot say now (unreachable, no such token): unknown
+                return None
+
+        if used():
+            raise delivery_error() from failure
+        try:
+            if self.chain.balance(self.address) == 0:
+                raise AgentmarketError(f"{self.address} holds no ETH to pay the gas of cancelAuthorization")
+            token.cancel_authorization(self.account, signed.nonce, self.account)
+            return
+        except Exception as exc:  # whatever stopped the cancellation, the chain says what it means below
+            reason = _line(exc, 200)
+        if used():
+            raise delivery_error() from failure
+        until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(signed.valid_before))
+        raise X402AuthorizationOutstanding(
+            f"{what} failed ({_line(failure, 200)}), and its x402 authorization of {terms.amount} base units to "
+            f"{terms.pay_to} could not be cancelled ({reason}): the server may still settle it until {until} "
+            f"(validBefore {signed.valid_before}); count it as spent until then (EIP-3009 nonce {nonce})",
+            payment,
+            token=terms.asset,
+            nonce=nonce,
+            valid_before=signed.valid_before,
+            reason=reason,
+        ) from failure
+
+    def authorization_outcome(self, asset: str, nonce: str, valid_before: int) -> str:
+        """What became of an x402 authorization this account signed (see :class:`X402AuthorizationOutstanding`):
+        ``"used"`` (settled — or cancelled by this account: EIP-3009's ``authorizationState`` does not tell
+        them apart), ``"expired"`` (unused, and the chain's latest block is at or past ``valid_before``, so no
+        block can settle it any more), or ``"outstanding"`` (it may still be settled). ``asset`` is the
+        token's address, ``nonce`` the hex nonce, ``valid_before`` Unix seconds."""
+        token = TestUSD(self.chain, asset)
+        if token.authorization_state(self.address, bytes.fromhex(nonce.removeprefix("0x"))):
+            return "used"
+        return "expired" if self.chain.timestamp() >= valid_before else "outstanding"
 
     def _x402_payment(
         self,
@@ -973,9 +1172,12 @@ class MarketplaceClient(MarketplaceReader):
         unpaid: Reply,
         max_amount: int | None,
         before_signing: Callable[[PaymentTerms], None] | None = None,
+        *,
+        limit_name: str = "max_amount",
     ) -> _SignedPayment:
         """The PAYMENT-SIGNATURE that pays the 402 ``unpaid`` for ``asset_id``, once its requirements passed
-        the chain's checks (:class:`PaymentTermsRefused` otherwise, with nothing signed) and
+        the chain's checks (:class:`PaymentTermsRefused` otherwise, with nothing signed), the on-chain price is
+        within ``max_amount`` (:class:`PriceChanged` otherwise; ``limit_name`` names the argument) and
         ``before_signing`` (if any) returned."""
         header = unpaid.headers.get(PAYMENT_REQUIRED_HEADER)
         if unpaid.status_code != 402 or not header:
@@ -992,7 +1194,7 @@ class MarketplaceClient(MarketplaceReader):
             ) from None
         terms = PaymentTerms.from_chain(self.market, asset_id, max_timeout_seconds=self.x402_max_timeout_seconds)
         accepted = terms.select(required)
-        terms.at_most(max_amount)
+        terms.at_most(max_amount, limit_name)
         if before_signing is not None:
             before_signing(terms)
         payer = x402_payer(self.account, terms)
@@ -1000,8 +1202,10 @@ class MarketplaceClient(MarketplaceReader):
         # could ask the scheme to sign more than this one authorization).
         checked = PaymentRequired(x402_version=2, accepts=[accepted], resource=required.resource)
         payload = payer.create_payment_payload(checked)
-        nonce = bytes.fromhex(payload.payload["authorization"]["nonce"].removeprefix("0x"))
-        return _SignedPayment(payer.encode_payment_signature_header(payload), terms, nonce)
+        authorization = payload.payload["authorization"]
+        nonce = bytes.fromhex(authorization["nonce"].removeprefix("0x"))
+        headers = payer.encode_payment_signature_header(payload)
+        return _SignedPayment(headers, terms, nonce, int(authorization["validBefore"]))
 
     # ------------------------------------------------------------------ earnings
 
@@ -1050,21 +1254,37 @@ class MarketplaceClient(MarketplaceReader):
         return execute(self.chain, self.account, plan_release(self.chain, self.lineage(), asset_id))
 
 
-def _same_deployment(trusted: Deployment, served: Deployment, base_url: str) -> None:
-    """DeploymentError unless the server at ``base_url`` follows the ``trusted`` deployment."""
+class UntrustedDeployment(DeploymentError):
+    """The server follows another deployment (other contract addresses, or another chain) than the one the
+    client trusts; nothing was signed."""
+
+
+def deployment_difference(trusted: Deployment, served: Deployment) -> str | None:
+    """None if ``served`` is the ``trusted`` deployment (same chain id, same address for every contract), else
+    the first difference in words: ``Marketplace at 0x… there, 0x… in yours``."""
     if served.chain_id != trusted.chain_id:
-        raise DeploymentError(
-            f"the server at {base_url} follows a deployment on chain id {served.chain_id}, yours is on chain id "
-            f"{trusted.chain_id}; refusing to use it"
-        )
+        return f"chain id {served.chain_id} there, {trusted.chain_id} in yours"
     for name in sorted(set(trusted.contracts) | set(served.contracts)):
         theirs, ours = served.contracts.get(name), trusted.contracts.get(name)
         if theirs is None or ours is None or theirs.address.lower() != ours.address.lower():
-            raise DeploymentError(
-                f"the server at {base_url} follows another deployment than your manifest: {name} at "
-                f"{theirs.address if theirs else 'nowhere'} there, {ours.address if ours else 'nowhere'} in yours; "
-                "refusing to use it (check the server URL, or the manifest you trust)"
-            )
+            there, here = theirs.address if theirs else "nowhere", ours.address if ours else "nowhere"
+            return f"{name} at {there} there, {here} in yours"
+    return None
+
+
+def _same_deployment(trusted: Deployment, served: Deployment, base_url: str) -> None:
+    """:class:`UntrustedDeployment` unless the server at ``base_url`` follows the ``trusted`` deployment."""
+    if served.chain_id != trusted.chain_id:
+        raise UntrustedDeployment(
+            f"the server at {base_url} follows a deployment on chain id {served.chain_id}, yours is on chain id "
+            f"{trusted.chain_id}; refusing to use it"
+        )
+    difference = deployment_difference(trusted, served)
+    if difference is not None:
+        raise UntrustedDeployment(
+            f"the server at {base_url} follows another deployment than your manifest: {difference}; "
+            "refusing to use it (check the server URL, or the manifest you trust)"
+        )
 
 
 def _settled(response: httpx.Response, terms: PaymentTerms) -> X402Payment:
@@ -1086,17 +1306,24 @@ def _settled(response: httpx.Response, terms: PaymentTerms) -> X402Payment:
 
 def _receive(chunks: Iterator[bytes], expected: bytes, destination: Path | None, what: str) -> bytes:
     """Collect ``chunks`` (or stream them to ``destination`` through a ``.part`` file) and check their
-    sha256 against the on-chain ``expected`` hash; returns the bytes (b"" when written to a file)."""
+    sha256 against the on-chain ``expected`` hash; returns the bytes (b"" when written to a file).
+
+    Raises AgentmarketError when the hash differs or the file cannot be written (nothing is left behind)."""
     digest, collected = hashlib.sha256(), bytearray()
     partial = destination.with_suffix(destination.suffix + ".part") if destination else None
-    sink = partial.open("wb") if partial else None
+    sink = None
     try:
+        sink = partial.open("wb") if partial else None
         for chunk in chunks:
             digest.update(chunk)
             if sink:
                 sink.write(chunk)
             else:
                 collected += chunk
+    except OSError as exc:
+        if partial:
+            partial.unlink(missing_ok=True)
+        raise AgentmarketError(f"cannot write the content of {what} to {destination}: {exc.strerror or exc}") from None
     except BaseException:
         if partial:
             partial.unlink(missing_ok=True)
@@ -1109,7 +1336,11 @@ def _receive(chunks: Iterator[bytes], expected: bytes, destination: Path | None,
             partial.unlink(missing_ok=True)
         raise AgentmarketError(f"downloaded content of {what} does not match its on-chain hash")
     if partial and destination:
-        partial.replace(destination)
+        try:
+            partial.replace(destination)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise AgentmarketError(f"cannot write the content of {what} to {destination}: {exc.strerror}") from None
     return bytes(collected)
 
 

@@ -14,8 +14,17 @@ above the calls the server really answered, and the receiver can still claim onl
 (``PaymentChannels.claim``'s ``totalClaimed``), so an honest gateway takes nothing for it. Only an error
 status from the server, or a request that surely never left (no connection), counts as not answered.
 
+Counts are kept per **scope** — the chain's identity (CAIP-2 chain id and genesis block hash, see
+:mod:`marketplace.chain.identity`) and the channels contract — and per **channel identity** — its id, payer,
+signer, asset, token and the block that opened it (:meth:`~marketplace.client.sdk.MarketplaceClient.invoke`
+builds both). A restarted local node keeps chain id 31337 and the same contract addresses and starts channel
+ids at 1 again; keyed by chain id and address alone, the first call on the new channel 1 would sign a
+ceiling of the old channel's calls plus one. Keyed this way, a new channel never inherits a count.
+
 A :class:`VoucherBook` lives in memory, or in a small JSON file (one per wallet address, written atomically) so that one
-process per call, as the CLI runs, keeps the count between calls.
+process per call, as the CLI runs, keeps the count between calls. Entries of the earlier format (scopes of
+chain id and address only, which cannot tell a restarted chain from the old one) are dropped when the file
+is read; those channels start again from what the chain says was claimed.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from marketplace.chain.identity import ChainIdentity
 from marketplace.errors import AgentmarketError
 
 
@@ -43,46 +53,48 @@ class ChannelCount:
 
 
 class VoucherBook:
-    """Per channel of one deployment (``scope``, e.g. ``"31337:0xChannels…"``): the client's count; thread-safe.
+    """Per ``scope`` (a chain and channels contract, e.g. ``"eip155:31337/genesis:0x…/channels:0x…"``) and
+    ``channel`` (the channel's identity, e.g. ``"1/payer:0x…/…/opened:0x<block hash>"``): the client's count;
+    thread-safe.
 
-    With ``path`` the counts are loaded from and saved to that JSON file (``{scope: {channel id:
+    With ``path`` the counts are loaded from and saved to that JSON file (``{scope: {channel:
     {"answered", "signed"}}}``, amounts as decimal strings), replaced atomically after each change.
     """
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._counts: dict[str, dict[int, ChannelCount]] = {}
+        self._counts: dict[str, dict[str, ChannelCount]] = {}
         if path is not None and path.exists():
             self._counts = _load(path)
 
-    def count(self, scope: str, channel_id: int) -> ChannelCount | None:
+    def count(self, scope: str, channel: str) -> ChannelCount | None:
         """The channel's count, or None if this book never paid on it."""
         with self._lock:
-            found = self._counts.get(scope, {}).get(channel_id)
+            found = self._counts.get(scope, {}).get(channel)
             return None if found is None else ChannelCount(found.answered, found.signed, found.in_flight)
 
-    def begin(self, scope: str, channel_id: int, price: int, claimed_on_chain: int) -> int:
-        """Count one more call of ``price`` in flight; returns the ceiling to sign for it.
+    def begin(self, scope: str, channel: str, price: int, claimed_on_chain: int) -> int:
+        """Count one more call of ``price`` in flight; returns the ceiling to sign for it (base units).
 
         ``claimed_on_chain`` starts the count of a channel this book does not know yet.
         """
         with self._lock:
             counts = self._counts.setdefault(scope, {})
-            count = counts.get(channel_id)
+            count = counts.get(channel)
             if count is None:
-                count = counts[channel_id] = ChannelCount(claimed_on_chain, claimed_on_chain)
+                count = counts[channel] = ChannelCount(claimed_on_chain, claimed_on_chain)
             ceiling = max(count.signed, count.answered + count.in_flight + price)
             count.in_flight += price
             count.signed = ceiling
             self._save()
             return ceiling
 
-    def finish(self, scope: str, channel_id: int, price: int, *, answered: bool) -> ChannelCount:
+    def finish(self, scope: str, channel: str, price: int, *, answered: bool) -> ChannelCount:
         """The call of ``price`` is over: counted as answered (an answer, or an unknown outcome: see the
         module), or not (the server refused or failed it, or the request never left)."""
         with self._lock:
-            count = self._counts[scope][channel_id]
+            count = self._counts[scope][channel]
             count.in_flight -= price
             if answered:
                 count.answered += price
@@ -93,9 +105,7 @@ class VoucherBook:
         if self.path is None:
             return
         body = {
-            scope: {
-                str(cid): {"answered": str(c.answered), "signed": str(c.signed)} for cid, c in sorted(counts.items())
-            }
+            scope: {key: {"answered": str(c.answered), "signed": str(c.signed)} for key, c in sorted(counts.items())}
             for scope, counts in sorted(self._counts.items())
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,14 +121,15 @@ class VoucherBook:
             raise
 
 
-def _load(path: Path) -> dict[str, dict[int, ChannelCount]]:
+def _load(path: Path) -> dict[str, dict[str, ChannelCount]]:
     try:
         body = json.loads(path.read_text())
         return {
             str(scope): {
-                int(cid): ChannelCount(int(entry["answered"]), int(entry["signed"])) for cid, entry in counts.items()
+                str(key): ChannelCount(int(entry["answered"]), int(entry["signed"])) for key, entry in counts.items()
             }
             for scope, counts in body.items()
+            if ChainIdentity.parse(str(scope)) is not None  # the earlier format: "<chain id>:<address>"
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise AgentmarketError(
