@@ -272,7 +272,7 @@ def test_claims_stay_open_for_the_window_after_expiry_then_the_payer_reclaims(
 def test_the_asset_owner_ends_service_and_the_receiver_still_claims(
     chain, market, alice, bob, carol, relayer, session_key, model, channel
 ):
-    expect_revert("NotAssetOwner", market.channels.close, carol, channel)
+    expect_revert("NotChannelAssetOwner", market.channels.close, carol, channel)
     receipt = market.channels.close(bob, channel)
     now = chain.timestamp()
     (event,) = chain.events(market.channels.contract, receipt, "ChannelClosed")

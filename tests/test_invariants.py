@@ -557,7 +557,7 @@ class Harness:
         led.touched_channels.add(channel_id)
         expected = self._before_expiry_outcome(channel)
         if expected is None and caller != led.assets[channel.asset_id].owner:
-            expected = "NotAssetOwner"
+            expected = "NotChannelAssetOwner"
         fn = w.market.channels.contract.functions.close(channel_id)
         receipt = self.attempt(expected, lambda gas: w.chain.send(fn, w.accounts[caller], gas=gas))
         if receipt is not None:

@@ -9,6 +9,8 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
+import {IAgentRegistry} from "./interfaces/IAgentRegistry.sol";
+
 /// @title AgentRegistry — ERC-8004 agent identities with owner-set spend permissions
 /// @notice `register` mints an ERC-721 agentId to the developer who owns the agent. The agent's
 /// hot wallet proves control with an EIP-712 signature (ERC-1271 for contract wallets). Metadata
@@ -21,29 +23,8 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 /// re-granting within a period keeps what was spent in it; any transfer of the agent NFT ends
 /// every permission for good (a per-agent ownership epoch), and the grantor can always revoke.
 /// @dev Function and event names follow the ERC-8004 identity registry.
-contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
+contract AgentRegistry is IAgentRegistry, ERC721URIStorage, EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
-
-    /// @notice One on-chain metadata entry.
-    struct MetadataEntry {
-        string metadataKey;
-        bytes metadataValue;
-    }
-
-    /// @notice An owner's grant to one agent wallet for one token (three storage slots).
-    /// `grantor` is zero once revoked; `epoch` and `binding` are the agent's ownership epoch and
-    /// wallet-binding count at the grant: the permission is dead once the agent changes hands or its
-    /// wallet is bound again; `periodStart`, `period` in seconds; amounts in token base units.
-    struct SpendPermission {
-        address grantor;
-        uint48 period;
-        uint48 periodStart;
-        address wallet;
-        uint48 epoch;
-        uint48 binding;
-        uint128 allowance;
-        uint128 spentInPeriod;
-    }
 
     /// @notice An agent's wallet and the counters of its history, in one slot: how many times the
     /// NFT moved (transfer, transfer to self, burn) and how many times a wallet was bound or unbound.
@@ -52,64 +33,6 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         uint48 ownershipEpoch;
         uint48 bindingEpoch;
     }
-
-    // ---------------------------------------------------------------- errors
-
-    /// @notice Only the agent's owner may do this (for identity updates, also an approved operator).
-    error NotAgentOwner(uint256 agentId, address caller);
-    /// @notice `agentWallet` is set only through setAgentWallet.
-    error ReservedMetadataKey(string metadataKey);
-    /// @notice The wallet-binding signature's deadline has passed.
-    error WalletSignatureExpired(uint256 deadline, uint256 timestamp);
-    /// @notice The wallet-binding deadline is too far in the future.
-    error DeadlineTooFar(uint256 deadline, uint256 maxDeadline);
-    /// @notice The wallet did not sign this binding.
-    error InvalidWalletSignature(uint256 agentId, address wallet);
-    /// @notice A wallet or token address is zero.
-    error ZeroAddress();
-    /// @notice Only the agent's wallet may spend under its permission.
-    error NotAgentWallet(uint256 agentId, address caller, address wallet);
-    /// @notice There is no live permission (never granted, revoked, or the agent changed owner).
-    error NoSpendPermission(uint256 agentId, address token);
-    /// @notice The wallet binding changed since the grant: the agent's wallet is now `agentWallet`
-    /// (another wallet than `permittedWallet`, or the same one unbound and bound again).
-    error WalletBindingChanged(uint256 agentId, address token, address permittedWallet, address agentWallet);
-    /// @notice A grant must name the agent's current wallet (`boundWallet`, zero if none).
-    error WalletNotBound(uint256 agentId, address wallet, address boundWallet);
-    /// @notice Only the permission's grantor may revoke it.
-    error NotGrantor(uint256 agentId, address token, address caller, address grantor);
-    /// @notice The request is above what is left of this period's allowance.
-    error SpendPermissionExceeded(uint256 agentId, address token, uint256 remaining, uint256 requested);
-    /// @notice A permission period must be at least one second.
-    error InvalidPeriod(uint256 period);
-
-    // ---------------------------------------------------------------- events
-
-    /// @notice ERC-8004: a new agent identity.
-    event Registered(uint256 indexed agentId, string agentURI, address indexed owner);
-    /// @notice ERC-8004: the agent's registration URI changed.
-    event URIUpdated(uint256 indexed agentId, string newURI, address indexed updatedBy);
-    /// @notice ERC-8004: a metadata entry changed (also emitted for `agentWallet`).
-    event MetadataSet(
-        uint256 indexed agentId, string indexed indexedMetadataKey, string metadataKey, bytes metadataValue
-    );
-    /// @notice The owner let `wallet` spend `allowance` of `token` per `period` seconds;
-    /// `spentInPeriod` is what the current period already used (carried over by a re-grant).
-    event SpendPermissionGranted(
-        uint256 indexed agentId,
-        address indexed token,
-        address indexed grantor,
-        address wallet,
-        uint256 allowance,
-        uint256 period,
-        uint256 spentInPeriod
-    );
-    /// @notice The grantor withdrew the permission.
-    event SpendPermissionRevoked(uint256 indexed agentId, address indexed token, address indexed grantor);
-    /// @notice The agent wallet pulled `amount` of the owner's `token` to `to`.
-    event SpendPermissionUsed(
-        uint256 indexed agentId, address indexed token, address indexed to, uint256 amount, uint256 spentInPeriod
-    );
 
     // ---------------------------------------------------------------- storage
 
@@ -137,17 +60,17 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- external: identity
 
-    /// @notice Registers an agent with no URI; the caller owns it and is its first wallet.
+    /// @inheritdoc IAgentRegistry
     function register() external returns (uint256 agentId) {
         agentId = _register("");
     }
 
-    /// @notice Registers an agent whose registration file lives at `agentURI`.
+    /// @inheritdoc IAgentRegistry
     function register(string calldata agentURI) external returns (uint256 agentId) {
         agentId = _register(agentURI);
     }
 
-    /// @notice Registers an agent with a URI and on-chain metadata.
+    /// @inheritdoc IAgentRegistry
     function register(string calldata agentURI, MetadataEntry[] calldata metadata) external returns (uint256 agentId) {
         agentId = _register(agentURI);
         for (uint256 i; i < metadata.length; ++i) {
@@ -155,22 +78,20 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         }
     }
 
-    /// @notice Points the agent at a new registration file.
+    /// @inheritdoc IAgentRegistry
     function setAgentURI(uint256 agentId, string calldata newURI) external {
         _checkOwnerOrOperator(agentId);
         _setTokenURI(agentId, newURI);
         emit URIUpdated(agentId, newURI, msg.sender);
     }
 
-    /// @notice Sets one metadata entry (not `agentWallet`).
+    /// @inheritdoc IAgentRegistry
     function setMetadata(uint256 agentId, string calldata metadataKey, bytes calldata metadataValue) external {
         _checkOwnerOrOperator(agentId);
         _setMetadata(agentId, metadataKey, metadataValue);
     }
 
-    /// @notice Binds `newWallet` to the agent; `signature` is newWallet's EIP-712 AgentWalletSet
-    /// (ERC-1271 for a contract wallet). The owner or an approved operator may call it (ERC-8004);
-    /// any (re)binding ends the spend permissions granted before it: the owner grants anew.
+    /// @inheritdoc IAgentRegistry
     function setAgentWallet(uint256 agentId, address newWallet, uint256 deadline, bytes calldata signature)
         external
     {
@@ -188,8 +109,7 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         _writeAgentWallet(agentId, newWallet);
     }
 
-    /// @notice Removes the agent's wallet binding; this ends its spend permissions (binding the
-    /// same wallet again does not revive them: the owner grants anew).
+    /// @inheritdoc IAgentRegistry
     function unsetAgentWallet(uint256 agentId) external {
         _checkOwnerOrOperator(agentId);
         _writeAgentWallet(agentId, address(0));
@@ -197,13 +117,7 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- external: spend permissions
 
-    /// @notice Lets `wallet` (which must be the agent's wallet now) pull up to `allowance` of
-    /// `token` (base units; above 2^128 - 1 means unlimited) per `period` seconds from the caller,
-    /// the agent's owner, for as long as this wallet binding lasts. The owner must also approve
-    /// this registry on the token. Naming the wallet means a rebinding sent just before the grant
-    /// makes it revert instead of empowering another wallet. Re-granting (to lower, raise, change
-    /// the period, or after a rebinding) under the same ownership within the current period keeps
-    /// what it already spent; a new period length starts a new period now, still counting that.
+    /// @inheritdoc IAgentRegistry
     /// @dev Reverts NotAgentOwner (caller is not the owner, operators included), ZeroAddress,
     /// InvalidPeriod (0 or above 2^48 - 1), WalletNotBound.
     function grantSpendPermission(uint256 agentId, address token, address wallet, uint256 allowance, uint256 period)
@@ -239,9 +153,7 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         emit SpendPermissionGranted(agentId, token, msg.sender, wallet, allowance, period, spent);
     }
 
-    /// @notice Withdraws the permission at once. Its grantor may always revoke, also after the
-    /// agent changed hands (the permission is dead then anyway). What the current period spent is
-    /// remembered, so revoking and re-granting does not reset it.
+    /// @inheritdoc IAgentRegistry
     /// @dev Reverts NoSpendPermission (none, or already revoked), NotGrantor.
     function revokeSpendPermission(uint256 agentId, address token) external {
         SpendPermission storage permission = _permissions[agentId][token];
@@ -252,7 +164,7 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         emit SpendPermissionRevoked(agentId, token, msg.sender);
     }
 
-    /// @notice Called by the agent wallet: moves `amount` (base units) of the owner's `token` to `to`.
+    /// @inheritdoc IAgentRegistry
     /// @dev Reverts NotAgentWallet (caller is not the agent's wallet), NoSpendPermission (never
     /// granted, revoked, or the agent moved since), WalletBindingChanged (the wallet was bound
     /// again since the grant), SpendPermissionExceeded.
@@ -284,20 +196,18 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- views
 
-    /// @notice ERC-8004: the wallet the agent acts from.
+    /// @inheritdoc IAgentRegistry
     function getAgentWallet(uint256 agentId) external view returns (address) {
         _requireOwned(agentId);
         return _agents[agentId].wallet;
     }
 
-    /// @notice ERC-8004: one metadata entry.
+    /// @inheritdoc IAgentRegistry
     function getMetadata(uint256 agentId, string calldata metadataKey) external view returns (bytes memory) {
         return _metadata[agentId][metadataKey];
     }
 
-    /// @notice The permission for `token`, whether the agent wallet can use it now (granted, not
-    /// revoked, same ownership epoch, same wallet binding) and what is left of it in the current
-    /// period (0 when not active).
+    /// @inheritdoc IAgentRegistry
     function spendPermission(uint256 agentId, address token)
         external
         view
@@ -312,17 +222,17 @@ contract AgentRegistry is ERC721URIStorage, EIP712, ReentrancyGuardTransient {
         remaining = _remaining(permission.allowance, rolled ? 0 : permission.spentInPeriod);
     }
 
-    /// @notice How many times the agent NFT has moved (transfer, transfer to self, burn).
+    /// @inheritdoc IAgentRegistry
     function ownershipEpoch(uint256 agentId) external view returns (uint256) {
         return _agents[agentId].ownershipEpoch;
     }
 
-    /// @notice How many times the agent's wallet was bound or unbound (registration included).
+    /// @inheritdoc IAgentRegistry
     function walletBindingEpoch(uint256 agentId) external view returns (uint256) {
         return _agents[agentId].bindingEpoch;
     }
 
-    /// @notice The EIP-712 digest a wallet signs to be bound to `agentId`.
+    /// @inheritdoc IAgentRegistry
     function agentWalletDigest(uint256 agentId, address newWallet, address owner, uint256 deadline)
         external
         view

@@ -8,7 +8,8 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
 import {IERC3009Receive} from "./interfaces/IERC3009Receive.sol";
-import {RevenueVault} from "./RevenueVault.sol";
+import {IMarketplace} from "./interfaces/IMarketplace.sol";
+import {IRevenueVault} from "./interfaces/IRevenueVault.sol";
 
 /// @title Marketplace — asset registry and licenses
 /// @notice Providers publish datasets and models (content hash, price, license terms, payees,
@@ -20,14 +21,8 @@ import {RevenueVault} from "./RevenueVault.sol";
 /// can buy an asset whose content is not there. A new version is unlisted until its owner lists it
 /// again (after uploading that version's content).
 /// @dev Parent assets must exist before a child names them, so the royalty graph is a DAG.
-contract Marketplace is ReentrancyGuardTransient {
+contract Marketplace is IMarketplace, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
-
-    /// @notice What an asset is.
-    enum AssetKind {
-        Dataset,
-        Model
-    }
 
     /// @notice The hot part of an asset, packed into two storage slots read by `buy`.
     struct Asset {
@@ -45,84 +40,6 @@ contract Marketplace is ReentrancyGuardTransient {
         uint64 expiresAt;
         uint192 paid;
     }
-
-    /// @notice Everything about an asset, for views.
-    struct AssetView {
-        uint256 assetId;
-        AssetKind kind;
-        address owner;
-        address token;
-        uint256 price;
-        uint64 licenseDuration;
-        uint16 version;
-        bool listed;
-        bytes32 contentHash;
-        string uri;
-        address vault;
-        uint256[] parents;
-    }
-
-    // ---------------------------------------------------------------- errors
-
-    /// @notice No asset has id `assetId`.
-    error UnknownAsset(uint256 assetId);
-    /// @notice The asset is not for sale right now.
-    error AssetDelisted(uint256 assetId);
-    /// @notice The price is higher than the buyer accepted.
-    error PriceAboveMax(uint256 assetId, uint256 price, uint256 maxPrice);
-    /// @notice The signed authorization is for a different amount than the price.
-    error PriceMismatch(uint256 assetId, uint256 price, uint256 authorized);
-    /// @notice Payee and parent shares must add up to 10,000 bps.
-    error SharesDoNotSum(uint256 totalBps, uint256 expectedBps);
-    /// @notice A parent asset does not exist (yet).
-    error UnknownParent(uint256 parentId);
-    /// @notice More parents than MAX_PARENTS.
-    error TooManyParents(uint256 count, uint256 max);
-    /// @notice More payees than MAX_PAYEES.
-    error TooManyPayees(uint256 count, uint256 max);
-    /// @notice An asset needs at least one payee.
-    error NoPayees();
-    /// @notice Two arrays that go together have different lengths.
-    error LengthMismatch(uint256 left, uint256 right);
-    /// @notice A payee or parent was given a zero share.
-    error ZeroShare(uint256 index);
-    /// @notice Only the asset's owner may do this.
-    error NotAssetOwner(uint256 assetId, address caller, address owner);
-    /// @notice The token must be a contract address.
-    error InvalidToken(address token);
-    /// @notice The price does not fit in 96 bits.
-    error PriceTooLarge(uint256 price);
-    /// @notice The protocol fee is above the cap.
-    error FeeTooHigh(uint256 feeBps, uint256 maxFeeBps);
-    /// @notice The account already holds a perpetual license.
-    error AlreadyLicensed(uint256 assetId, address account);
-
-    // ---------------------------------------------------------------- events
-
-    /// @notice A new asset was published, with its vault and lineage; `listed` tells whether it can
-    /// be bought yet (ListingChanged follows every later change).
-    event AssetPublished(
-        uint256 indexed assetId,
-        address indexed owner,
-        AssetKind kind,
-        bytes32 contentHash,
-        string uri,
-        address token,
-        uint256 price,
-        uint64 licenseDuration,
-        address vault,
-        uint256[] parents,
-        bool listed
-    );
-    /// @notice The owner published a new version (new content, same lineage, same vault); a listed
-    /// asset is delisted by it (ListingChanged follows) until the owner lists it again.
-    event AssetVersionPublished(uint256 indexed assetId, uint16 version, bytes32 contentHash, string uri);
-    /// @notice The owner changed the price.
-    event PriceUpdated(uint256 indexed assetId, uint256 price);
-    /// @notice The owner listed or delisted the asset.
-    event ListingChanged(uint256 indexed assetId, bool listed);
-    /// @notice `buyer` paid `price` and holds a license until `expiresAt` (max uint64 = perpetual).
-    event LicensePurchased(uint256 indexed assetId, address indexed buyer, uint256 price, uint64 expiresAt);
 
     // ---------------------------------------------------------------- storage
 
@@ -172,12 +89,7 @@ contract Marketplace is ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- external: publishing
 
-    /// @notice Publishes a new asset and creates its vault.
-    /// @param shares Payee shares in bps; with `parentShares` they must add up to 10,000.
-    /// @param parents Upstream asset ids; each parent's vault becomes a payee (a royalty).
-    /// @param listed True to sell it at once; false to publish it unlisted (not buyable) until the
-    /// owner's `setListed(assetId, true)`, e.g. once its content is uploaded.
-    /// @return assetId The new asset's id.
+    /// @inheritdoc IMarketplace
     function publish(
         AssetKind kind,
         bytes32 contentHash,
@@ -211,15 +123,13 @@ contract Marketplace is ReentrancyGuardTransient {
         _parents[assetId] = parents;
 
         address vault = Clones.cloneDeterministic(vaultImplementation, bytes32(assetId));
-        RevenueVault(vault).initialize(assetId, vaultPayees, vaultShares);
+        IRevenueVault(vault).initialize(assetId, vaultPayees, vaultShares);
         emit AssetPublished(
             assetId, msg.sender, kind, contentHash, uri, token, price, licenseDuration, vault, parents, listed
         );
     }
 
-    /// @notice Publishes new content for an asset; licenses, price, payees and lineage stay. The asset
-    /// is unlisted from now on (no purchase of a version whose content no server holds yet) until
-    /// its owner lists it again with `setListed`, once the new content is uploaded.
+    /// @inheritdoc IMarketplace
     function publishVersion(uint256 assetId, bytes32 contentHash, string calldata uri) external {
         Asset storage asset = _ownedAsset(assetId);
         uint16 version = asset.version + 1;
@@ -232,14 +142,14 @@ contract Marketplace is ReentrancyGuardTransient {
         if (wasListed) emit ListingChanged(assetId, false);
     }
 
-    /// @notice Changes the price of future purchases.
+    /// @inheritdoc IMarketplace
     function setPrice(uint256 assetId, uint256 price) external {
         if (price > type(uint96).max) revert PriceTooLarge(price);
         _ownedAsset(assetId).price = uint96(price);
         emit PriceUpdated(assetId, price);
     }
 
-    /// @notice Lists (true) or delists (false) an asset; existing licenses are kept.
+    /// @inheritdoc IMarketplace
     function setListed(uint256 assetId, bool listed) external {
         _ownedAsset(assetId).listed = listed;
         emit ListingChanged(assetId, listed);
@@ -247,14 +157,14 @@ contract Marketplace is ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- external: buying
 
-    /// @notice Buys a license with a prior ERC-20 approval: pays the price into the asset's vault.
+    /// @inheritdoc IMarketplace
     function buy(uint256 assetId, uint256 maxPrice) external nonReentrant {
         Asset memory asset = _purchasable(assetId, maxPrice);
         _recordLicense(assetId, asset, msg.sender);
         IERC20(asset.token).safeTransferFrom(msg.sender, vaultOf(assetId), asset.price);
     }
 
-    /// @notice Buys a license using an EIP-2612 permit instead of a prior approval.
+    /// @inheritdoc IMarketplace
     /// @dev A permit that fails (e.g. front-run and already used) is ignored; the transfer decides.
     function buyWithPermit(uint256 assetId, uint256 maxPrice, uint256 deadline, uint8 v, bytes32 r, bytes32 s)
         external
@@ -266,8 +176,7 @@ contract Marketplace is ReentrancyGuardTransient {
         IERC20(asset.token).safeTransferFrom(msg.sender, vaultOf(assetId), asset.price);
     }
 
-    /// @notice Buys a license for `buyer` with its EIP-3009 ReceiveWithAuthorization, so anyone
-    /// (a relayer) can submit it and pay the gas.
+    /// @inheritdoc IMarketplace
     /// @dev The authorization must name this contract as `to`, the asset's price as `value`, and
     /// nonce = authorizationNonce(assetId, salt), which binds it to this asset.
     function buyWithAuthorization(
@@ -289,56 +198,54 @@ contract Marketplace is ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- views
 
-    /// @notice The EIP-3009 nonce a buyer signs to buy `assetId` through buyWithAuthorization.
+    /// @inheritdoc IMarketplace
     function authorizationNonce(uint256 assetId, bytes32 salt) public view returns (bytes32) {
         return keccak256(abi.encode(address(this), assetId, salt));
     }
 
-    /// @notice The asset's RevenueVault (its payTo on every payment path).
+    /// @inheritdoc IMarketplace
     function vaultOf(uint256 assetId) public view returns (address) {
         if (assetId == 0 || assetId > assetCount) revert UnknownAsset(assetId);
         return Clones.predictDeterministicAddress(vaultImplementation, bytes32(assetId));
     }
 
-    /// @notice True while `account` holds an unexpired license to `assetId`.
+    /// @inheritdoc IMarketplace
     function hasAccess(uint256 assetId, address account) external view returns (bool) {
         return _licenses[assetId][account].expiresAt > block.timestamp;
     }
 
-    /// @notice When `account`'s license to `assetId` ends (0 = never bought, PERPETUAL = never ends).
+    /// @inheritdoc IMarketplace
     function licenseExpiry(uint256 assetId, address account) external view returns (uint64) {
         return _licenses[assetId][account].expiresAt;
     }
 
-    /// @notice What `account` paid into `assetId`'s vault for licenses, all purchases together
-    /// (token base units; 0 if it never bought one, or only at price 0).
+    /// @inheritdoc IMarketplace
     function licensePaid(uint256 assetId, address account) external view returns (uint256) {
         return _licenses[assetId][account].paid;
     }
 
-    /// @notice The asset's owner (who may change it and close its channels early).
+    /// @inheritdoc IMarketplace
     function ownerOf(uint256 assetId) external view returns (address) {
         return _existing(assetId).owner;
     }
 
-    /// @notice The asset's current price: of a license, or of one call for a model paid by channel
-    /// (token base units). Reverts with UnknownAsset for an unknown id.
+    /// @inheritdoc IMarketplace
     function priceOf(uint256 assetId) external view returns (uint256) {
         return _existing(assetId).price;
     }
 
-    /// @notice Token the asset is paid in and the vault payments go to.
+    /// @inheritdoc IMarketplace
     function paymentTerms(uint256 assetId) external view returns (address token, address vault) {
         return (_existing(assetId).token, vaultOf(assetId));
     }
 
-    /// @notice Upstream asset ids of `assetId`.
+    /// @inheritdoc IMarketplace
     function parentsOf(uint256 assetId) external view returns (uint256[] memory) {
         _existing(assetId);
         return _parents[assetId];
     }
 
-    /// @notice Everything about an asset.
+    /// @inheritdoc IMarketplace
     function getAsset(uint256 assetId) external view returns (AssetView memory view_) {
         Asset memory asset = _existing(assetId);
         view_ = AssetView({

@@ -8,7 +8,8 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
-import {Marketplace} from "./Marketplace.sol";
+import {IMarketplace} from "./interfaces/IMarketplace.sol";
+import {IPaymentChannels} from "./interfaces/IPaymentChannels.sol";
 
 /// @title PaymentChannels — metered, per-call access to an asset
 /// @notice A payer deposits for one asset and names two keys: the `signer` (possibly a session key)
@@ -23,90 +24,8 @@ import {Marketplace} from "./Marketplace.sol";
 /// receiver may also end a channel at once with `claimAndSettle`. Voucher signatures are plain
 /// ECDSA (65 bytes, low s, v 27 or 28, OpenZeppelin `ECDSA`), never ERC-1271, so that a gateway
 /// verifying off chain gets the same answer as this contract whatever code the signer has.
-contract PaymentChannels is EIP712, ReentrancyGuardTransient {
+contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
-
-    /// @notice One channel, packed into five slots.
-    struct Channel {
-        address payer;
-        uint64 expiry;
-        bool settled;
-        address signer;
-        uint96 assetId;
-        address receiverAuthorizer;
-        address token;
-        uint128 deposit;
-        uint128 claimed;
-    }
-
-    // ---------------------------------------------------------------- errors
-
-    /// @notice No channel has id `channelId`.
-    error UnknownChannel(uint256 channelId);
-    /// @notice Only the channel's payer may do this.
-    error NotPayer(uint256 channelId, address caller);
-    /// @notice Only the asset's owner may close a channel early.
-    error NotAssetOwner(uint256 channelId, address caller);
-    /// @notice Only the channel's receiver authorizer may claim.
-    error NotReceiverAuthorizer(uint256 channelId, address caller);
-    /// @notice The channel was already settled (reclaimed, or settled by the receiver).
-    error AlreadySettled(uint256 channelId);
-    /// @notice The channel expired (or was closed) at `expiry`; it can no longer be topped up, extended or closed.
-    error ChannelExpired(uint256 channelId, uint256 expiry);
-    /// @notice Claims ended at `claimDeadline` (expiry plus the claim window); only reclaim is possible.
-    error ClaimWindowOver(uint256 channelId, uint256 claimDeadline);
-    /// @notice The unclaimed deposit can be reclaimed only from `reclaimableAt` (expiry plus the claim window).
-    error ReclaimTooEarly(uint256 channelId, uint256 reclaimableAt);
-    /// @notice An expiry must lie in the future (and after the current one, to extend).
-    error InvalidExpiry(uint256 expiry, uint256 notAfter);
-    /// @notice A channel's token must be the asset's token.
-    error TokenMismatch(uint256 assetId, address expected, address given);
-    /// @notice Deposits and top-ups must be positive and fit in 128 bits.
-    error InvalidAmount(uint256 amount);
-    /// @notice The channel's signer cannot be the zero address.
-    error ZeroSigner();
-    /// @notice The channel's receiver authorizer cannot be the zero address.
-    error ZeroReceiverAuthorizer();
-    /// @notice A claim must raise the total already claimed.
-    error ClaimNotIncreasing(uint256 channelId, uint256 claimed, uint256 totalClaimed);
-    /// @notice A claim cannot exceed the voucher's ceiling.
-    error ClaimAboveVoucher(uint256 channelId, uint256 totalClaimed, uint256 maxClaimableAmount);
-    /// @notice A claim cannot exceed the deposit.
-    error ClaimExceedsDeposit(uint256 channelId, uint256 totalClaimed, uint256 deposit);
-    /// @notice The voucher was not signed by the channel's signer (ECDSA) for this channel, ceiling,
-    /// chain and contract; `recovered` is the address the signature recovers to (zero if none).
-    error InvalidVoucherSignature(uint256 channelId, address recovered);
-
-    // ---------------------------------------------------------------- events
-
-    /// @notice A channel was opened.
-    event ChannelOpened(
-        uint256 indexed channelId,
-        uint256 indexed assetId,
-        address indexed payer,
-        address token,
-        uint256 deposit,
-        uint64 expiry,
-        address signer,
-        address receiverAuthorizer
-    );
-    /// @notice The payer added `amount`; the deposit is now `deposit`.
-    event ChannelToppedUp(uint256 indexed channelId, address indexed payer, uint256 amount, uint256 deposit);
-    /// @notice The payer moved the expiry later.
-    event ChannelExtended(uint256 indexed channelId, address indexed payer, uint64 expiry);
-    /// @notice The receiver claimed: `amount` went to the asset's vault; `totalClaimed` is now claimed in total.
-    event ChannelClaimed(
-        uint256 indexed channelId,
-        uint256 indexed assetId,
-        address indexed receiverAuthorizer,
-        uint256 amount,
-        uint256 totalClaimed
-    );
-    /// @notice The asset's owner ended service: the channel now expires at `expiry` (claims stay open
-    /// for the claim window).
-    event ChannelClosed(uint256 indexed channelId, address indexed owner, uint64 expiry);
-    /// @notice The channel ended; `refunded` went back to the payer.
-    event ChannelSettled(uint256 indexed channelId, address indexed caller, uint256 claimed, uint256 refunded);
 
     // ---------------------------------------------------------------- storage
 
@@ -116,7 +35,7 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
     uint256 public constant CLAIM_WINDOW = 15 minutes;
 
     /// @notice The marketplace whose assets channels pay for.
-    Marketplace public immutable marketplace;
+    IMarketplace public immutable marketplace;
     /// @notice Number of channels opened; ids run from 1.
     uint256 public channelCount;
     /// @dev Channels by id.
@@ -124,14 +43,13 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- constructor
 
-    constructor(Marketplace marketplace_) EIP712("agentmarket PaymentChannels", "1") {
+    constructor(IMarketplace marketplace_) EIP712("agentmarket PaymentChannels", "1") {
         marketplace = marketplace_;
     }
 
     // ---------------------------------------------------------------- external
 
-    /// @notice Opens a channel for `assetId`, pulling `deposit` of `token` from the caller. `signer`
-    /// signs vouchers; `receiverAuthorizer` (the gateway's settlement key) alone may claim.
+    /// @inheritdoc IPaymentChannels
     function open(
         uint256 assetId,
         address token,
@@ -162,7 +80,7 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         emit ChannelOpened(channelId, assetId, msg.sender, token, deposit, expiry, signer, receiverAuthorizer);
     }
 
-    /// @notice Adds `amount` to the deposit (payer only, before expiry).
+    /// @inheritdoc IPaymentChannels
     function topUp(uint256 channelId, uint256 amount) external nonReentrant {
         Channel storage channel = _beforeExpiry(channelId);
         if (msg.sender != channel.payer) revert NotPayer(channelId, msg.sender);
@@ -173,7 +91,7 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         emit ChannelToppedUp(channelId, msg.sender, amount, deposit);
     }
 
-    /// @notice Moves the expiry later (payer only, before expiry).
+    /// @inheritdoc IPaymentChannels
     function extend(uint256 channelId, uint64 newExpiry) external {
         Channel storage channel = _beforeExpiry(channelId);
         if (msg.sender != channel.payer) revert NotPayer(channelId, msg.sender);
@@ -182,9 +100,7 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         emit ChannelExtended(channelId, msg.sender, newExpiry);
     }
 
-    /// @notice The receiver authorizer claims `totalClaimed` in total (the calls it served), under a
-    /// voucher with ceiling `maxClaimableAmount` signed by the channel's signer; the increase over
-    /// what was claimed goes into the asset's vault. Allowed until expiry plus the claim window.
+    /// @inheritdoc IPaymentChannels
     function claim(uint256 channelId, uint128 maxClaimableAmount, uint128 totalClaimed, bytes calldata signature)
         external
         nonReentrant
@@ -193,8 +109,7 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         _claim(channelId, channel, maxClaimableAmount, totalClaimed, signature);
     }
 
-    /// @notice The receiver authorizer's final claim (skipped when `totalClaimed` adds nothing) and,
-    /// in the same transaction, the unclaimed rest back to the payer: the channel is settled.
+    /// @inheritdoc IPaymentChannels
     function claimAndSettle(
         uint256 channelId,
         uint128 maxClaimableAmount,
@@ -206,17 +121,16 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
         _settle(channelId, channel);
     }
 
-    /// @notice The asset's owner ends service now: the expiry becomes the current time. The receiver
-    /// may still claim the calls it answered during the claim window; then the payer reclaims the rest.
+    /// @inheritdoc IPaymentChannels
     function close(uint256 channelId) external {
         Channel storage channel = _beforeExpiry(channelId);
-        if (msg.sender != marketplace.ownerOf(channel.assetId)) revert NotAssetOwner(channelId, msg.sender);
+        if (msg.sender != marketplace.ownerOf(channel.assetId)) revert NotChannelAssetOwner(channelId, msg.sender);
         uint64 expiry = uint64(block.timestamp);
         channel.expiry = expiry;
         emit ChannelClosed(channelId, msg.sender, expiry);
     }
 
-    /// @notice After expiry plus the claim window, returns the unclaimed deposit to the payer (callable by anyone).
+    /// @inheritdoc IPaymentChannels
     function reclaim(uint256 channelId) external nonReentrant {
         Channel storage channel = _unsettled(channelId);
         uint256 reclaimableAt = uint256(channel.expiry) + CLAIM_WINDOW;
@@ -226,19 +140,18 @@ contract PaymentChannels is EIP712, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- views
 
-    /// @notice A channel's state.
+    /// @inheritdoc IPaymentChannels
     function getChannel(uint256 channelId) external view returns (Channel memory) {
         return _existing(channelId);
     }
 
-    /// @notice Who pays through a channel, for which asset, and how much of it was claimed into the
-    /// asset's vault so far (base units of the channel's token). Reverts `UnknownChannel`.
+    /// @inheritdoc IPaymentChannels
     function payment(uint256 channelId) external view returns (address payer, uint256 assetId, uint256 claimed) {
         Channel storage channel = _existing(channelId);
         return (channel.payer, channel.assetId, channel.claimed);
     }
 
-    /// @notice The EIP-712 digest of a voucher, as the signer signs it.
+    /// @inheritdoc IPaymentChannels
     function voucherDigest(uint256 channelId, uint128 maxClaimableAmount) public view returns (bytes32) {
         return _hashTypedDataV4(keccak256(abi.encode(VOUCHER_TYPEHASH, channelId, maxClaimableAmount)));
     }

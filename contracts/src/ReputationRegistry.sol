@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.26;
 
-import {AgentRegistry} from "./AgentRegistry.sol";
-import {Marketplace} from "./Marketplace.sol";
-import {IChannelPayments} from "./interfaces/IChannelPayments.sol";
+import {IAgentRegistry} from "./interfaces/IAgentRegistry.sol";
+import {IMarketplace} from "./interfaces/IMarketplace.sol";
+import {IPaymentChannels} from "./interfaces/IPaymentChannels.sol";
 
 /// @title ReputationRegistry — feedback that a payment earned
 /// @notice ERC-8004-style feedback (a value with decimals, two tags, a URI and its hash) about an
@@ -20,7 +20,7 @@ import {IChannelPayments} from "./interfaces/IChannelPayments.sol";
 ///   Marketplace records them). Each purchase paid exactly P's price at the time, so a license is
 ///   judged against the price in force when it was bought: a later price rise does not disqualify
 ///   its buyer, and a license taken while P cost less than the floor (0 included) does not qualify;
-/// - a channel it opened for P (`IChannelPayments.payment`): its claims reached max(P's current
+/// - a channel it opened for P (`IPaymentChannels.payment`): its claims reached max(P's current
 ///   price, `minPayment`). A channel's payer names the key that claims it and could claim any small
 ///   amount from itself, so a channel is judged at today's price (a 1-unit claim never qualifies).
 /// What the floor does not prevent: an owner who prices P at the floor, for one block or for good,
@@ -34,7 +34,7 @@ import {IChannelPayments} from "./interfaces/IChannelPayments.sol";
 /// What remains: a seller can buy its own asset from other accounts; the price comes back to it
 /// less the protocol fee. ERC-8004's answer is to read summaries filtered by raters one trusts,
 /// which `getSummary` requires.
-/// @dev Channels are read only through `IChannelPayments.payment`.
+/// @dev Channels are read only through `IPaymentChannels.payment`.
 contract ReputationRegistry {
     /// @notice What feedback is about.
     enum SubjectKind {
@@ -126,11 +126,11 @@ contract ReputationRegistry {
     int256 public constant MAX_VALUE = 100;
 
     /// @notice Where assets, prices and licenses live.
-    Marketplace public immutable marketplace;
-    /// @notice What channels paid (read through IChannelPayments only).
-    IChannelPayments public immutable channels;
+    IMarketplace public immutable marketplace;
+    /// @notice What channels paid (read through IPaymentChannels only).
+    IPaymentChannels public immutable channels;
     /// @notice Where agents live.
-    AgentRegistry public immutable agents;
+    IAgentRegistry public immutable agents;
     /// @notice Least payment (token base units) that qualifies a rater: what its license purchases of
     /// the asset must have paid together, and the least a channel's claims must reach whatever the
     /// asset's price; fixed at deployment so that a price of 0 (or below it) never mints raters.
@@ -146,7 +146,7 @@ contract ReputationRegistry {
     // ---------------------------------------------------------------- constructor
 
     /// @param minPayment_ The payment floor in token base units (e.g. 10,000 = 0.01 tUSD); above 0.
-    constructor(Marketplace marketplace_, IChannelPayments channels_, AgentRegistry agents_, uint256 minPayment_) {
+    constructor(IMarketplace marketplace_, IPaymentChannels channels_, IAgentRegistry agents_, uint256 minPayment_) {
         if (minPayment_ == 0) revert ZeroMinPayment();
         marketplace = marketplace_;
         channels = channels_;

@@ -6,6 +6,8 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
+import {IRevenueVault} from "./interfaces/IRevenueVault.sol";
+
 /// @title RevenueVault — one asset's pull splitter
 /// @notice Every payment for an asset (license purchase, x402 transfer, channel claim) is a plain
 /// token transfer into its vault. Payees and shares are fixed at creation. For any ERC-20 a payee
@@ -14,30 +16,8 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 /// up the lineage. No loop over payees runs on any payment or release.
 /// @dev Deployed once as an implementation; each asset gets an EIP-1167 clone initialised by the
 /// Marketplace. Rounding is always down, so the total released never exceeds the total received.
-contract RevenueVault is Initializable, ReentrancyGuardTransient {
+contract RevenueVault is IRevenueVault, Initializable, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
-
-    // ---------------------------------------------------------------- errors
-
-    /// @notice Payees and shares arrays differ in length, or are empty.
-    error InvalidPayees(uint256 payeeCount, uint256 shareCount);
-    /// @notice A payee is the zero address.
-    error ZeroAddressPayee(uint256 index);
-    /// @notice A payee was given a zero share.
-    error ZeroShare(address payee);
-    /// @notice The shares do not add up to TOTAL_SHARES.
-    error SharesDoNotSum(uint256 total, uint256 expected);
-    /// @notice `account` holds no share of this vault.
-    error NotAPayee(address account);
-    /// @notice `payee` has nothing to claim in `token` right now.
-    error NothingToRelease(address token, address payee);
-
-    // ---------------------------------------------------------------- events
-
-    /// @notice The vault was set up for `assetId` with `payeeCount` distinct payees.
-    event VaultInitialized(uint256 indexed assetId, address indexed marketplace, uint256 payeeCount);
-    /// @notice `amount` of `token` was sent to `payee`.
-    event PaymentReleased(address indexed token, address indexed payee, uint256 amount);
 
     // ---------------------------------------------------------------- storage
 
@@ -66,7 +46,7 @@ contract RevenueVault is Initializable, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- external
 
-    /// @notice Sets payees and shares once. A payee listed twice gets the sum of its shares.
+    /// @inheritdoc IRevenueVault
     function initialize(uint256 assetId_, address[] calldata payees_, uint256[] calldata shares_)
         external
         initializer
@@ -78,19 +58,18 @@ contract RevenueVault is Initializable, ReentrancyGuardTransient {
         for (uint256 i; i < payees_.length; ++i) {
             address payee = payees_[i];
             if (payee == address(0)) revert ZeroAddressPayee(i);
-            if (shares_[i] == 0) revert ZeroShare(payee);
+            if (shares_[i] == 0) revert ZeroPayeeShare(payee);
             if (sharesOf[payee] == 0) _payees.push(payee);
             sharesOf[payee] += shares_[i];
             total += shares_[i];
         }
-        if (total != TOTAL_SHARES) revert SharesDoNotSum(total, TOTAL_SHARES);
+        if (total != TOTAL_SHARES) revert VaultSharesDoNotSum(total, TOTAL_SHARES);
         assetId = assetId_;
         marketplace = msg.sender;
         emit VaultInitialized(assetId_, msg.sender, _payees.length);
     }
 
-    /// @notice Sends `payee` everything it can claim in `token`. Callable by anyone.
-    /// @return amount What was sent.
+    /// @inheritdoc IRevenueVault
     function release(address token, address payee) external nonReentrant returns (uint256 amount) {
         amount = claimable(token, payee);
         if (amount == 0) {
@@ -103,7 +82,7 @@ contract RevenueVault is Initializable, ReentrancyGuardTransient {
         emit PaymentReleased(token, payee, amount);
     }
 
-    /// @notice Distinct payees and their shares (out of TOTAL_SHARES).
+    /// @inheritdoc IRevenueVault
     function payees() external view returns (address[] memory accounts, uint256[] memory shares) {
         accounts = _payees;
         shares = new uint256[](accounts.length);
@@ -112,12 +91,12 @@ contract RevenueVault is Initializable, ReentrancyGuardTransient {
         }
     }
 
-    /// @notice Everything of `token` this vault has ever received.
+    /// @inheritdoc IRevenueVault
     function totalReceived(address token) public view returns (uint256) {
         return IERC20(token).balanceOf(address(this)) + totalReleased[token];
     }
 
-    /// @notice What `payee` could be sent in `token` right now.
+    /// @inheritdoc IRevenueVault
     function claimable(address token, address payee) public view returns (uint256) {
         uint256 due = (totalReceived(token) * sharesOf[payee]) / TOTAL_SHARES;
         uint256 already = released[token][payee];

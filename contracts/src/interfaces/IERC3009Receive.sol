@@ -6,6 +6,13 @@ pragma solidity ^0.8.26;
 /// Marketplace itself) can submit a `ReceiveWithAuthorization`, so nobody can front-run it.
 interface IERC3009Receive {
     /// @notice Moves `value` from `from` to `to` (the caller) under `from`'s EIP-712 signature.
+    /// @param from The payer, who signed.
+    /// @param to The payee: must be the caller.
+    /// @param value Token base units to move.
+    /// @param validAfter The authorization is valid after this time (unix seconds).
+    /// @param validBefore The authorization is valid before this time (unix seconds).
+    /// @param nonce The payer's unique 32-byte nonce.
+    /// @param signature The payer's EIP-712 signature (65 bytes, or ERC-1271 for a contract wallet).
     function receiveWithAuthorization(
         address from,
         address to,
