@@ -25,7 +25,7 @@ from agents.tools import TOOLS, ToolContext, run_tool
 from agents.wallet import ChannelState
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import to_units
-from tests.redteam.helpers import fund, publish_model, server_app
+from tests.redteam.helpers import fund, owned_agent, publish_model, server_app
 from tests.test_x402 import serving
 
 PRICE = to_units("0.01")
@@ -56,13 +56,7 @@ def test_every_payment_with_caps_of_zero_is_refused_with_nothing_signed(chain, m
     owner, agent = fund(chain, market, 100), Account.create()
     chain.send_eth(chain.accounts[0], agent.address, 10**18)
     market.token.mint(chain.accounts[0], agent.address, 10 * PRICE)
-    agent_id = market.agents.register(owner, "")
-    deadline = chain.timestamp() + 120
-    binding = market.agents.sign_wallet_binding(agent, agent_id, owner.address, deadline)
-    market.agents.set_agent_wallet(owner, agent_id, agent.address, deadline, binding.packed)
-    market.agents.grant_spend_permission(owner, agent_id, market.token.address, to_units(50), 86_400,
-                                         wallet=agent.address)  # fmt: skip
-    market.token.approve(owner, market.agents.address, to_units(50))
+    agent_id = owned_agent(chain, market, owner, agent, to_units(50))
 
     sent: list[httpx.Request] = []
     http = httpx.Client(base_url=url, timeout=60, event_hooks={"request": [sent.append]})

@@ -42,6 +42,7 @@ from marketplace.client.sdk import MAX_RESPONSE_BYTES, BadResponse, LoginRefused
 from marketplace.errors import AgentmarketError
 from marketplace.siwe import SiweMessage, format_time
 from tests.fake_gateway import FakeGateway
+from tests.redteam.helpers import owned_agent
 from tests.test_cli import assert_one_line_error, run_cli
 from tests.test_x402 import serving
 
@@ -288,13 +289,7 @@ def funded_by_owner(chain, market, alice):
     def make(tmp_path) -> Callable[[str], AgentWallet]:
         key = Account.create()
         chain.send_eth(chain.accounts[0], key.address, 10**18)
-        agent_id = market.agents.register(alice, "")
-        deadline = chain.timestamp() + 120
-        binding = market.agents.sign_wallet_binding(key, agent_id, alice.address, deadline)
-        market.agents.set_agent_wallet(alice, agent_id, key.address, deadline, binding.packed)
-        market.agents.grant_spend_permission(alice, agent_id, market.token.address, to_units(3), 86_400,
-                                             wallet=key.address)  # fmt: skip
-        market.token.approve(alice, market.agents.address, to_units(100))
+        agent_id = owned_agent(chain, market, alice, key, to_units(3))
         budget = Budget(run_cap=to_units(100), asset_cap=to_units(100), call_ceiling=to_units(10))
         ledger = AuditLedger(tmp_path / "ledger.jsonl")
         return lambda url: AgentWallet.connect(key, budget, ledger, url, chain, agent_id=agent_id)
