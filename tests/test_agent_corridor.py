@@ -118,7 +118,13 @@ def test_every_payment_with_caps_of_zero_is_refused_with_nothing_signed(chain, m
     wallet.guard.budget = Budget(run_cap=to_units(1), asset_cap=to_units(1), call_ceiling=PRICE)
     assert wallet.buy_license(dataset).kind == "license"
     assert wallet.invoke(model, [1], channel)[0]["output"] == {"echo": [1]}
-    assert [e.kind for e in wallet.ledger.entries()] == ["owner_top_up", "license", "voucher"]
+    answer, paid = wallet.call_over_x402(model, [2])  # funded from the owner once the 402 passed, then signed
+    assert answer["output"] == {"echo": [2]} and (paid.kind, paid.amount) == ("x402", PRICE)
+    assert chain.w3.eth.get_transaction_receipt(paid.ref)["status"] == 1
+    kinds = ["owner_top_up", "license", "voucher", "owner_top_up", "x402"]
+    assert [e.kind for e in wallet.ledger.entries()] == kinds
+    assert wallet.ledger.total() == wallet.guard.spent == 2 * PRICE
+    assert market.agents.spend_permission(agent_id, market.token.address).spent_in_period == 2 * PRICE
 
 
 # ---------------------------------------------------------------------- in the source
