@@ -91,7 +91,8 @@ class OwnersGateway:
             return Reply(200, self.deployment.to_json())
         if path == "/v1/payments":
             return Reply(200, {"payment_channel": {"channels": self.market.channels.address,
-                                                   "receiverAuthorizer": self.owner.address}})  # fmt: skip
+                                                   "receiverAuthorizer": self.owner.address},
+                               "models": [self.asset_id]})  # fmt: skip
         if path not in (f"/v1/models/{self.asset_id}/invoke", f"/v1/assets/{self.asset_id}/x402"):
             return None
         if HEADER.lower() in headers:
