@@ -19,6 +19,7 @@ Budget rules (one run = one ``AgentWallet`` instance):
 - Opening a channel commits the whole deposit against the run cap and the asset's cap when it is
   opened (the money leaves the wallet and is locked). The asset's per-call price must not be above the
   per-call ceiling.
+- An x402 payment (a download, or one model call) commits its price like a license.
 - Vouchers draw down *within* a deposit already counted: they add nothing to the run or asset spend,
   but each call's price must be under the per-call ceiling and the voucher total under the deposit.
 
@@ -26,8 +27,8 @@ So the ledger's committed total (licenses + deposits + x402) is exactly the agen
 and never exceeds the run cap. Vouchers are logged too (kind ``voucher``) but kept out of ``total()``.
 
 Every payment passes the price the guard checked down to what signs it, so nothing is signed above it:
-``buy`` as the contract's ``maxPrice``, an x402 download as ``max_amount``, a channel call as ``max_price``
-(the SDK refuses with ``PriceChanged`` when the model's owner raises the price mid-call; the wallet raises
+``buy`` as the contract's ``maxPrice``, an x402 download as ``max_amount``, a channel or x402 model call as
+``max_price`` (the SDK refuses with ``PriceChanged`` when the model's owner raises the price mid-call; the wallet raises
 ``PaymentRefused``).
 
 An x402 request that fails after the authorization was signed leaves none behind: the SDK cancels it on
