@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from agents.errors import AgentError
-from agents.wallet import KEY_ENV, AgentWallet, AuditLedger, Budget
+from agents.wallet import KEY_ENV, AgentWallet, AuditLedger, Budget, account_from_env
 from marketplace.chain import rpc_chain
 from marketplace.chain.token import format_units, to_units
 from marketplace.cli.market import (
@@ -48,14 +48,14 @@ LedgerOption = Annotated[Path, typer.Option("--ledger", help="Audit ledger (JSON
 
 
 def agent_wallet(
-    wallet: Path, budget: str, asset_cap: str | None, call_ceiling: str | None, ledger: Path
+    wallet: Path, budget: str, asset_cap: str | None, call_ceiling: str | None, ledger: Path, server: str, rpc: str
 ) -> AgentWallet:
-    """The agent's wallet: the key in $AGENTMARKET_AGENT_KEY if set, else the keystore file; with its caps."""
+    """The agent's wallet: the key in $AGENTMARKET_AGENT_KEY if set, else the keystore file; with its caps,
+    paying through a client of the server at ``server`` on the chain at ``rpc``."""
     caps = Budget(run_cap=_units(budget, "--budget"), asset_cap=_units(asset_cap or budget, "--asset-cap"),
                   call_ceiling=_units(call_ceiling or budget, "--call-ceiling"))  # fmt: skip
-    if os.environ.get(KEY_ENV):
-        return AgentWallet.from_env(caps, AuditLedger(ledger))
-    return AgentWallet(load_wallet(wallet, _password()), caps, AuditLedger(ledger))
+    account = account_from_env() if os.environ.get(KEY_ENV) else load_wallet(wallet, _password())
+    return AgentWallet.connect(account, caps, AuditLedger(ledger), server, rpc_chain(rpc))
 
 
 def _units(value: str, option: str) -> int:
@@ -102,20 +102,19 @@ def agent_run(
         thinker: Any = LLMBrain(base_url=llm_url, model=model, api_key=os.environ.get(api_key_env, "not-needed"))
     else:
         thinker = policy_brain(brain, seed=seed)
-    the_wallet = agent_wallet(wallet, budget, asset_cap, call_ceiling, ledger)
-    client = the_wallet.client(server, rpc_chain(rpc))
+    the_wallet = agent_wallet(wallet, budget, asset_cap, call_ceiling, ledger, server, rpc)
     X, y = load_source(dataset, seed=seed)
     _, _, X_test, y_test = split_holdout(X, y, 0.3, seed)
     task = ClassificationTask(X_test[:queries], y_test[:queries], value_per_success=_units(value, "--value"))
     trace_path = trace or AGENT_DIR / f"trace-{the_wallet.run}.jsonl"
 
     if as_json:
-        buyer = BuyerAgent(the_wallet, client, thinker, task, trace_path=trace_path)
+        buyer = BuyerAgent(the_wallet, thinker, task, trace_path=trace_path)
         report = buyer.run(max_steps=max_steps)
     else:
-        view = _LiveView(the_wallet, task, client)
+        view = _LiveView(the_wallet, task)
         with Live(view.render(), console=console, refresh_per_second=4) as live:
-            buyer = BuyerAgent(the_wallet, client, thinker, task, trace_path=trace_path,
+            buyer = BuyerAgent(the_wallet, thinker, task, trace_path=trace_path,
                                on_step=lambda record: live.update(view.render(record)))  # fmt: skip
             report = buyer.run(max_steps=max_steps)
     result = {**vars(report), "utility": buyer.utility(), "trace": str(trace_path), "ledger": str(ledger),
@@ -133,8 +132,8 @@ def agent_run(
 class _LiveView:
     """The live table of a run: steps, answers, spend, budget and balance."""
 
-    def __init__(self, wallet: AgentWallet, task: Any, client: Any) -> None:
-        self.wallet, self.task, self.client = wallet, task, client
+    def __init__(self, wallet: AgentWallet, task: Any) -> None:
+        self.wallet, self.task = wallet, task
         self.last: list[str] = []
 
     def render(self, record: Any = None) -> Table:
@@ -144,7 +143,7 @@ class _LiveView:
             refused = f" (refused: {', '.join(errors)})" if errors else ""
             self.last = [*self.last, f"{record.step}: {tools}{refused}"][-5:]
         table = Table(title=f"agent {self.wallet.address}", show_header=False)
-        balance = self.client.market.token.balance_of(self.wallet.address)
+        balance = self.wallet.client.market.token.balance_of(self.wallet.address)
         rows = [
             ("answered", f"{self.task.index} ({self.task.correct} right)"),
             ("spent (committed)", f"{format_units(self.wallet.guard.spent)} tUSD"),
@@ -180,9 +179,7 @@ def mcp(
             f"agentmarket mcp reads the MCP protocol on stdin, so it cannot prompt for a password: set {PASSWORD_ENV} "
             f"(the password of {wallet}) or {KEY_ENV} (the agent's hex private key)"
         )
-    the_wallet = agent_wallet(wallet, budget, asset_cap, call_ceiling, ledger)
-    client = the_wallet.client(server, rpc_chain(rpc))
-    run_stdio(ToolContext(client, the_wallet, download_dir))
+    run_stdio(ToolContext(agent_wallet(wallet, budget, asset_cap, call_ceiling, ledger, server, rpc), download_dir))
 
 
 def register(app: typer.Typer) -> None:

@@ -24,7 +24,6 @@ from agents.errors import AgentError
 from agents.learning import Shard, accuracy, decode_shard, encode_shard, predictor, train_model
 from agents.runtime import Agent, Idle, RunReport
 from agents.wallet import AgentWallet
-from marketplace.client import MarketplaceClient
 
 #: Attaches an inference handler to a served model id (e.g. on an in-process server).
 ServeModel = Callable[[int, Callable[[Any], Any]], None]
@@ -58,9 +57,9 @@ class Listing:
 class ProviderAgent:
     """Publishes datasets, then withdraws what their vaults earned."""
 
-    def __init__(self, wallet: AgentWallet, client: MarketplaceClient, *, trace_path: Path | None = None) -> None:
+    def __init__(self, wallet: AgentWallet, *, trace_path: Path | None = None) -> None:
         self.published: list[int] = []
-        self.agent = Agent(None, wallet, ScriptedBrain(_nothing()), client=client, trace_path=trace_path)
+        self.agent = Agent(None, wallet, ScriptedBrain(_nothing()), trace_path=trace_path)
 
     def publish(self, listings: list[Listing]) -> list[int]:
         """Publish every listing all or nothing (on chain unlisted, content uploaded, then listed: the
@@ -131,7 +130,6 @@ class BuilderAgent:
     def __init__(
         self,
         wallet: AgentWallet,
-        client: MarketplaceClient,
         plan: BuildPlan,
         serve: ServeModel,
         *,
@@ -140,7 +138,7 @@ class BuilderAgent:
     ) -> None:
         self.plan, self.serve = plan, serve
         self.built: BuiltModel | None = None
-        self.agent = Agent(None, wallet, ScriptedBrain(self._script()), client=client, trace_path=trace_path,
+        self.agent = Agent(None, wallet, ScriptedBrain(self._script()), trace_path=trace_path,
                            download_dir=download_dir)  # fmt: skip
 
     def run(self) -> BuiltModel:
@@ -332,7 +330,6 @@ class BuyerAgent:
     def __init__(
         self,
         wallet: AgentWallet,
-        client: MarketplaceClient,
         brain: Brain,
         task: ClassificationTask,
         *,
@@ -341,7 +338,7 @@ class BuyerAgent:
         on_step: Callable[[Any], None] | None = None,
     ) -> None:
         self.task = task
-        self.agent = Agent(identity, wallet, brain, client=client, role=task, trace_path=trace_path,
+        self.agent = Agent(identity, wallet, brain, role=task, trace_path=trace_path,
                            on_step=on_step)  # fmt: skip
 
     def run(self, max_steps: int = 1_000) -> RunReport:

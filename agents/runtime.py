@@ -107,7 +107,8 @@ class RunReport:
 
 
 class Agent:
-    """An agent: an on-chain identity, a wallet with caps, a brain, the tools it may use, and a client."""
+    """An agent: an on-chain identity, a wallet with caps (and the client it pays with), a brain, and the tools
+    it may use."""
 
     def __init__(
         self,
@@ -115,25 +116,26 @@ class Agent:
         wallet: AgentWallet,
         brain: Brain,
         tools: dict[str, Tool] | None = None,
-        client: MarketplaceClient | None = None,
         *,
         role: Role | None = None,
         trace_path: Path | None = None,
         download_dir: Path | None = None,
         on_step: Callable[[StepRecord], None] | None = None,
     ) -> None:
-        if client is None:
-            raise AgentError("an agent needs a MarketplaceClient (wallet.client(base_url, chain))")
         self.identity = identity
         self.wallet = wallet
         self.brain = brain
         self.tools = dict(TOOLS if tools is None else tools)
-        self.client = client
         self.role: Role = role or Idle()
         self.trace_path = trace_path
         self.on_step = on_step
-        self.context = ToolContext(client, wallet, download_dir or Path(".agentmarket") / "downloads")
+        self.context = ToolContext(wallet, download_dir or Path(".agentmarket") / "downloads")
         self.steps = 0
+
+    @property
+    def client(self) -> MarketplaceClient:
+        """The wallet's client (reads and non-paying actions; payments go through the wallet)."""
+        return self.wallet.client
 
     # ------------------------------------------------------------------ acting
 

@@ -3,6 +3,11 @@
 
 ``run_tool`` validates (``BadArguments``), looks up (``UnknownTool``), lets the wallet check the budget
 (``OverBudget``) before anything is signed, and returns a pydantic result or raises a typed error.
+
+Whatever a model asks for goes through the guard: every tool that pays calls a payment method of the
+agent's :class:`~agents.wallet.AgentWallet` (which runs it through ``AgentWallet._pay``, the budget check),
+and no tool calls a paying method of the SDK client (``buy``, ``open_channel``, ``invoke``, ``download_x402``):
+the client the tools read and publish with is the wallet's own (``ToolContext.client``).
 """
 
 from __future__ import annotations
@@ -32,11 +37,16 @@ class Args(BaseModel):
 
 @dataclass
 class ToolContext:
-    """What tools act with: the SDK client, the agent's wallet (budget guard + ledger), a download folder."""
+    """What tools act with: the agent's wallet (its client, budget guard and ledger) and a download folder."""
 
-    client: MarketplaceClient
     wallet: AgentWallet
     download_dir: Path
+
+    @property
+    def client(self) -> MarketplaceClient:
+        """The wallet's SDK client, for what costs no tokens (reads, licensed downloads, publishing, ratings);
+        payments go through the wallet's methods."""
+        return self.wallet.client
 
     @property
     def ledger(self) -> AuditLedger:
@@ -238,7 +248,7 @@ def get_asset(ctx: ToolContext, args: AssetArgs) -> CatalogItem:
 
 
 def buy_license(ctx: ToolContext, args: BuyArgs) -> PaymentResult:
-    entry = ctx.wallet.buy_license(ctx.client, args.asset_id, args.max_price)
+    entry = ctx.wallet.buy_license(args.asset_id, args.max_price)
     return PaymentResult(asset_id=entry.asset_id, amount=entry.amount, kind=entry.kind, ref=entry.ref,
                          remaining_budget=ctx.wallet.guard.remaining)  # fmt: skip
 
@@ -254,7 +264,7 @@ def download(ctx: ToolContext, args: AssetArgs) -> DownloadResult:
 
 
 def open_channel(ctx: ToolContext, args: ChannelArgs) -> ChannelResult:
-    entry = ctx.wallet.open_channel(ctx.client, args.asset_id, args.deposit, args.ttl_seconds)
+    entry = ctx.wallet.open_channel(args.asset_id, args.deposit, args.ttl_seconds)
     assert entry.channel_id is not None
     return ChannelResult(asset_id=entry.asset_id, amount=entry.amount, kind=entry.kind, ref=entry.ref,
                          remaining_budget=ctx.wallet.guard.remaining, channel_id=entry.channel_id)  # fmt: skip
@@ -269,7 +279,7 @@ def invoke_model(ctx: ToolContext, args: InvokeArgs) -> InvokeResult:
         if not open_ones:
             raise PaymentRefused(f"no open channel for model {args.model_id}; call open_channel first")
         channel_id = max(open_ones)[1]
-    result, entry = ctx.wallet.invoke(ctx.client, args.model_id, args.input, channel_id)
+    result, entry = ctx.wallet.invoke(args.model_id, args.input, channel_id)
     channel = ctx.wallet.channels[channel_id]
     return InvokeResult(model_id=args.model_id, channel_id=channel_id, output=result["output"], paid=entry.amount,
                         channel_remaining=channel.deposit - channel.drawn)  # fmt: skip

@@ -1,4 +1,16 @@
-"""An agent's wallet: its key, its X25519 key, a budget checked before anything is signed, and an audit ledger.
+"""An agent's wallet: its key, its X25519 key, its one client, a budget checked before anything is signed, and
+an audit ledger.
+
+**Whatever a model asks for goes through the guard.** An agent pays only through :class:`AgentWallet`, and the
+wallet pays only through one method, :meth:`AgentWallet._pay`: a license (``buy_license``), a channel deposit
+(``open_channel``), a voucher call (``invoke``), an x402 model call (``call_over_x402``) and an x402 download
+(``buy_over_x402``) each hand ``_pay`` a ``send`` function, and ``_pay`` checks the caps with
+:class:`BudgetGuard`, reserves the amount, runs ``send`` (the only place the SDK's paying methods are called),
+records the payment in the :class:`AuditLedger`, and gives the reservation back when the payment failed. The
+tools a model calls (:mod:`agents.tools`, the MCP server, the runtime and the roles) hold the wallet, and reach
+its client only through it; ``tests/test_agent_corridor.py`` proves both halves (every paying method refused by
+caps of 0 against a live server with nothing signed, and no call of an SDK paying method in ``agents/``
+outside a ``send`` given to ``_pay``).
 
 Budget rules (one run = one ``AgentWallet`` instance):
 
@@ -7,6 +19,7 @@ Budget rules (one run = one ``AgentWallet`` instance):
 - Opening a channel commits the whole deposit against the run cap and the asset's cap when it is
   opened (the money leaves the wallet and is locked). The asset's per-call price must not be above the
   per-call ceiling.
+- An x402 payment (a download, or one model call) commits its price like a license.
 - Vouchers draw down *within* a deposit already counted: they add nothing to the run or asset spend,
   but each call's price must be under the per-call ceiling and the voucher total under the deposit.
 
@@ -14,8 +27,8 @@ So the ledger's committed total (licenses + deposits + x402) is exactly the agen
 and never exceeds the run cap. Vouchers are logged too (kind ``voucher``) but kept out of ``total()``.
 
 Every payment passes the price the guard checked down to what signs it, so nothing is signed above it:
-``buy`` as the contract's ``maxPrice``, an x402 download as ``max_amount``, a channel call as ``max_price``
-(the SDK refuses with ``PriceChanged`` when the model's owner raises the price mid-call; the wallet raises
+``buy`` as the contract's ``maxPrice``, an x402 download as ``max_amount``, a channel or x402 model call as
+``max_price`` (the SDK refuses with ``PriceChanged`` when the model's owner raises the price mid-call; the wallet raises
 ``PaymentRefused``).
 
 An x402 request that fails after the authorization was signed leaves none behind: the SDK cancels it on
@@ -42,9 +55,10 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -55,15 +69,28 @@ from marketplace.chain import ContractRevert
 from marketplace.chain.market import Asset
 from marketplace.chain.token import TestUSD
 from marketplace.client import ApiClientError, MarketplaceClient
-from marketplace.client.checks import PaymentTermsRefused
+from marketplace.client.checks import PaymentTerms
 from marketplace.client.sdk import X402AuthorizationOutstanding, X402DeliveryError
 from marketplace.errors import AgentmarketError
-from marketplace.wallet_file import encryption_keypair, load_wallet
+from marketplace.wallet_file import encryption_keypair
 
 KEY_ENV = "AGENTMARKET_AGENT_KEY"
 PaymentKind = Literal["license", "channel_deposit", "voucher", "x402", "x402_outstanding", "owner_top_up"]
 #: Kinds whose amount left the wallet (vouchers only spend a deposit already counted).
 COMMITTED_KINDS: frozenset[str] = frozenset({"license", "channel_deposit", "x402"})
+R = TypeVar("R")
+
+
+def account_from_env(variable: str = KEY_ENV) -> LocalAccount:
+    """The account of the hex private key in the environment variable ``variable`` (``AgentError`` if it is
+    unset or not a key)."""
+    key = os.environ.get(variable)
+    if not key:
+        raise AgentError(f"set {variable} to the agent's private key (hex), or use a keystore file")
+    try:
+        return Account.from_key(key)
+    except ValueError:
+        raise AgentError(f"{variable} does not hold a valid private key") from None
 
 
 @dataclass(frozen=True)
@@ -141,6 +168,14 @@ class BudgetGuard:
         if on_asset + amount > self.budget.asset_cap:
             raise OverBudget("asset", self.budget.asset_cap, on_asset, amount, asset_id)
 
+    def check_draw(self, asset_id: int, price: int, deposit: int, drawn: int) -> None:
+        """Raise ``OverBudget`` unless one call at ``price`` may be drawn from a channel's ``deposit`` of which
+        ``drawn`` is spent: the per-call ceiling as for any payment, then the deposit (kind ``channel``). The
+        draw commits nothing: the deposit was counted when the channel was opened."""
+        self.check(asset_id, 0, price)
+        if drawn + price > deposit:
+            raise OverBudget("channel", deposit, drawn, price, asset_id)
+
     def commit(self, asset_id: int, amount: int) -> None:
         """Record committed spend."""
         self.spent += amount
@@ -171,6 +206,16 @@ class OutstandingAuthorization:
     valid_before: int
 
 
+@dataclass(frozen=True)
+class Sent(Generic[R]):
+    """What a payment's ``send`` returns to :meth:`AgentWallet._pay`: its result, the ledger ref (a transaction
+    hash, ``channel:<id>``, ``voucher:<channel>:<drawn>``), and the channel it paid into or from, if any."""
+
+    result: R
+    ref: str
+    channel_id: int | None = None
+
+
 @dataclass
 class ChannelState:
     """A channel this wallet opened in this run."""
@@ -181,38 +226,82 @@ class ChannelState:
 
 
 class AgentWallet:
-    """An agent's account, encryption key, budget guard and audit ledger. All payments go through here."""
+    """An agent's account, encryption key, budget guard, audit ledger and the one client it pays with.
+
+    Build it with :meth:`connect` (or from a :class:`MarketplaceClient` made for the agent's account with its
+    X25519 key). The client is the wallet's for its whole life (:attr:`client`): payment methods take none.
+    The binding is checked where it can change, and only there:
+
+    - at construction: the client must decrypt with this account's X25519 key (``AgentError`` otherwise), and
+      an ``agent_id`` must be bound on chain to this account (``AgentRegistry.getAgentWallet``);
+    - when :attr:`agent_id` is set later (the on-chain binding is checked again);
+    - in :meth:`_pay`, before each payment: ``client.account`` is a public attribute anyone holding the client
+      could reassign, so the wallet compares the client's signer with its own account (one comparison, no I/O)
+      and refuses with ``AgentError`` before anything is checked or signed. (The chain checks the agent binding
+      again itself when the owner's money is pulled: ``spendFromOwner`` reverts ``NotAgentWallet``.)
+    """
 
     def __init__(
-        self, account: LocalAccount, budget: Budget, ledger: AuditLedger, *, agent_id: int | None = None
+        self, client: MarketplaceClient, budget: Budget, ledger: AuditLedger, *, agent_id: int | None = None
     ) -> None:
-        self.account = account
-        self.encryption_key: PrivateKey = encryption_keypair(account)
+        self.client = client
+        self.account: LocalAccount = client.account
+        self.encryption_key: PrivateKey = encryption_keypair(self.account)
+        if client.encryption_key != bytes(self.encryption_key):
+            raise AgentError(
+                f"the client for {self.address} does not decrypt with the agent's X25519 key: build it with "
+                "AgentWallet.connect (or MarketplaceClient.connect(..., encryption_key=...))"
+            )
         self.guard = BudgetGuard(budget)
         self.ledger = ledger
         self.run = uuid.uuid4().hex
         self.channels: dict[int, ChannelState] = {}
         #: x402 authorizations of failed requests that could not be cancelled, by nonce (see the module).
         self.outstanding: dict[str, OutstandingAuthorization] = {}
-        # With an agent id, a payment the wallet's balance cannot cover first pulls the shortfall from the
-        # owner under the on-chain spend permission (the second line: the chain caps it per period).
+        self._agent_id: int | None = None
         self.agent_id = agent_id
 
     @classmethod
-    def from_keystore(cls, path: Path, password: str, budget: Budget, ledger: AuditLedger) -> AgentWallet:
-        """Unlock a keystore (v3) file."""
-        return cls(load_wallet(path, password), budget, ledger)
+    def connect(
+        cls,
+        account: LocalAccount,
+        budget: Budget,
+        ledger: AuditLedger,
+        base_url: str,
+        chain: Any,
+        *,
+        agent_id: int | None = None,
+        **options: Any,
+    ) -> AgentWallet:
+        """A wallet for ``account`` paying through a new :class:`MarketplaceClient` of the server at ``base_url``
+        (``chain`` a Chain or RPC URL; ``options`` go to :meth:`MarketplaceClient.connect`, e.g. ``trusted``,
+        ``http``), signing as ``account`` and decrypting with its X25519 key."""
+        client = MarketplaceClient.connect(base_url, account, chain,
+                                           encryption_key=bytes(encryption_keypair(account)), **options)  # fmt: skip
+        return cls(client, budget, ledger, agent_id=agent_id)
 
-    @classmethod
-    def from_env(cls, budget: Budget, ledger: AuditLedger, variable: str = KEY_ENV) -> AgentWallet:
-        """Use the hex private key in the environment variable ``variable``."""
-        key = os.environ.get(variable)
-        if not key:
-            raise AgentError(f"set {variable} to the agent's private key (hex), or use a keystore file")
-        try:
-            return cls(Account.from_key(key), budget, ledger)
-        except ValueError:
-            raise AgentError(f"{variable} does not hold a valid private key") from None
+    @property
+    def agent_id(self) -> int | None:
+        """The agent identity (ERC-8004 ``AgentRegistry`` token id) whose owner tops this wallet up, or None.
+
+        With an agent id, a payment the wallet's balance cannot cover first pulls the shortfall from the owner
+        under the on-chain spend permission (the second line: the chain caps it per period). Setting it checks
+        that the chain binds that agent to this account (``AgentError`` naming the bound wallet otherwise)."""
+        return self._agent_id
+
+    @agent_id.setter
+    def agent_id(self, agent_id: int | None) -> None:
+        if agent_id is not None:
+            try:
+                bound = self.client.market.agents.agent_wallet(agent_id)
+            except ContractRevert as exc:
+                raise AgentError(f"agent {agent_id} cannot be read on chain: {exc}") from exc
+            if bound is None or bound.lower() != self.address.lower():
+                raise AgentError(
+                    f"agent {agent_id} acts from {bound or 'no wallet'}, not from this wallet ({self.address}): "
+                    "its owner binds it with AgentRegistry.setAgentWallet"
+                )
+        self._agent_id = agent_id
 
     @property
     def address(self) -> str:
@@ -229,81 +318,73 @@ class AgentWallet:
         """Deposits of this run not yet drawn by vouchers."""
         return sum(c.deposit - c.drawn for c in self.channels.values())
 
-    def client(self, base_url: str, chain: Any, **options: Any) -> MarketplaceClient:
-        """A MarketplaceClient signing with this wallet and decrypting with its X25519 key."""
-        return MarketplaceClient.connect(base_url, self.account, chain, encryption_key=bytes(self.encryption_key),
-                                         **options)  # fmt: skip
+    # ------------------------------------------------------------------ payments (each one through _pay)
 
-    # ------------------------------------------------------------------ payments
+    def buy_license(self, asset_id: int, max_price: int | None = None) -> LedgerEntry:
+        """Buy a license to ``asset_id`` after the budget check; the contract refuses a price above the checked one.
 
-    def buy_license(self, client: MarketplaceClient, asset_id: int, max_price: int | None = None) -> LedgerEntry:
-        """Buy a license to ``asset_id`` after the budget check; the contract refuses a price above the checked one."""
-        self._own(client)
-        asset = self._asset(client, asset_id)
+        Raises ``OverBudget`` (a cap, or the price above ``max_price``), ``NotFound``, ``PaymentRefused``."""
+        asset = self._asset(asset_id)
         price = asset.price
         if max_price is not None and price > max_price:
             raise OverBudget("max_price", max_price, 0, price, asset_id)
-        self.guard.check(asset_id, price, price)
-        if not asset.listed:  # the contract would refuse it (AssetDelisted): fund nothing for it
-            raise PaymentRefused(f"asset {asset_id} is not listed: it cannot be bought now")
-        self._fund(client, price, asset.token)
-        try:
-            receipt = client.buy(asset_id, max_price=price)
-        except (ApiClientError, ContractRevert) as exc:
-            raise translate(exc, payment=True) from exc
-        self.guard.commit(asset_id, price)
-        return self._log(asset_id, price, "license", "0x" + bytes(receipt["transactionHash"]).hex())
 
-    def open_channel(self, client: MarketplaceClient, asset_id: int, deposit: int, ttl: int = 3600) -> LedgerEntry:
+        def send() -> Sent[None]:
+            if not asset.listed:  # the contract would refuse it (AssetDelisted): fund nothing for it
+                raise PaymentRefused(f"asset {asset_id} is not listed: it cannot be bought now")
+            self._fund(price, asset.token)
+            receipt = self.client.buy(asset_id, max_price=price)
+            return Sent(None, "0x" + bytes(receipt["transactionHash"]).hex())
+
+        return self._pay("license", asset_id, price, send)[1]
+
+    def open_channel(self, asset_id: int, deposit: int, ttl: int = 3600) -> LedgerEntry:
         """Lock ``deposit`` in a channel for metered calls to ``asset_id`` (counted in full against the caps)."""
-        self._own(client)
         if deposit <= 0:
             raise PaymentRefused(f"a channel deposit must be positive, not {deposit}")
-        self.guard.check(asset_id, deposit, self._price(client, asset_id))
-        try:  # the server's terms first (its channels contract must be this deployment's), then the money
-            authorizer = client.receiver_authorizer()
-        except ApiClientError as exc:
-            raise translate(exc, payment=True) from exc
-        except AgentmarketError as exc:
-            raise PaymentRefused(str(exc)) from exc
-        self._fund(client, deposit, client.market.token.address)
-        try:
-            channel_id = client.open_channel(asset_id, deposit, ttl=ttl, receiver_authorizer=authorizer)
-        except (ApiClientError, ContractRevert) as exc:
-            raise translate(exc, payment=True) from exc
-        self.guard.commit(asset_id, deposit)
-        self.channels[channel_id] = ChannelState(asset_id, deposit)
-        return self._log(asset_id, deposit, "channel_deposit", f"channel:{channel_id}", channel_id)
 
-    def invoke(
-        self, client: MarketplaceClient, model_id: int, payload: Any, channel_id: int
-    ) -> tuple[dict[str, Any], LedgerEntry]:
+        def send() -> Sent[None]:
+            authorizer = self.client.receiver_authorizer()  # the server's terms first, then the money
+            self._fund(deposit, self.client.market.token.address)
+            channel_id = self.client.open_channel(asset_id, deposit, ttl=ttl, receiver_authorizer=authorizer)
+            self.channels[channel_id] = ChannelState(asset_id, deposit)
+            return Sent(None, f"channel:{channel_id}", channel_id)
+
+        return self._pay("channel_deposit", asset_id, deposit, send, unit_price=self._price(asset_id))[1]
+
+    def invoke(self, model_id: int, payload: Any, channel_id: int) -> tuple[dict[str, Any], LedgerEntry]:
         """Call a served model paying with a voucher on one of this run's channels; returns (result, entry).
 
         The model's price is checked against the per-call ceiling and the channel's deposit, then passed to the
         SDK as the call's ``max_price``: an owner who reprices mid-call gets ``PaymentRefused``, no voucher for
         the new price, and the entry logs what was signed for.
         """
-        self._own(client)
         channel = self.channels.get(channel_id)
         if channel is None or channel.asset_id != model_id:
             raise PaymentRefused(f"channel {channel_id} is not a channel this agent opened for model {model_id}")
-        price = self._price(client, model_id)
-        if price > self.guard.budget.call_ceiling:
-            raise OverBudget("per_call", self.guard.budget.call_ceiling, 0, price, model_id)
-        if channel.drawn + price > channel.deposit:
-            raise OverBudget("channel", channel.deposit, channel.drawn, price, model_id)
-        try:  # the price checked here is the most the SDK may sign for this call, whatever happens mid-call
-            result = client.invoke(model_id, payload, channel_id=channel_id, max_price=price)
-        except (ApiClientError, ContractRevert) as exc:
-            raise translate(exc, payment=True) from exc
-        except AgentmarketError as exc:  # repriced mid-call, or asked more than counted: nothing more signed
-            raise PaymentRefused(str(exc)) from exc
-        # The client's own count, not the server's: one answered call is one price.
-        channel.drawn += price
-        return result, self._log(model_id, price, "voucher", f"voucher:{channel_id}:{channel.drawn}", channel_id)
+        price = self._price(model_id)
 
-    def buy_over_x402(self, client: MarketplaceClient, asset_id: int) -> tuple[bytes, LedgerEntry]:
+        def send() -> Sent[dict[str, Any]]:
+            # The price checked is the most the SDK may sign for this call, whatever happens mid-call.
+            result = self.client.invoke(model_id, payload, channel_id=channel_id, max_price=price)
+            channel.drawn += price  # the client's own count, not the server's: one answered call is one price
+            return Sent(result, f"voucher:{channel_id}:{channel.drawn}", channel_id)
+
+        return self._pay("voucher", model_id, price, send, channel=channel)
+
+    def call_over_x402(self, model_id: int, payload: Any) -> tuple[dict[str, Any], LedgerEntry]:
+        """Call a served model paying this one call over x402 v2; returns (result, entry). Checked against the
+        caps first; signed and counted as :meth:`buy_over_x402` (the SDK checks the 402 against the chain, the
+        owner tops the wallet up only then, and the authorization is of the checked price at most)."""
+        price = self._price(model_id)
+
+        def send() -> Sent[dict[str, Any]]:
+            result = self.client.invoke(model_id, payload, max_price=price, before_signing=self._fund_terms)
+            return Sent(result, str(result["payment"]["transaction"]))
+
+        return self._pay("x402", model_id, price, send)
+
+    def buy_over_x402(self, asset_id: int) -> tuple[bytes, LedgerEntry]:
         """Pay for one download of ``asset_id`` over x402 v2; returns (content, entry). Checked against the caps first.
 
         The SDK (:meth:`MarketplaceClient.download_x402`) signs an EIP-3009 authorization only for what
@@ -317,43 +398,25 @@ class AgentWallet:
         against the budget, logged as ``x402_outstanding`` and kept in :attr:`outstanding` until
         :meth:`reconcile` (see the module), then raises ``AgentError`` saying until when it may be settled.
         """
-        self._own(client)
-        price = self._price(client, asset_id)
-        self.guard.check(asset_id, price, price)
-        try:  # the SDK checks the 402 against the chain, then this funds the checked amount, then it signs
-            paid = client.download_x402(
-                asset_id, max_amount=price, before_signing=lambda terms: self._fund(client, terms.amount, terms.asset)
-            )
-        except PaymentTermsRefused as exc:
-            raise PaymentRefused(str(exc)) from exc
-        except X402DeliveryError as exc:  # the money moved: it counts, whatever came back
-            self.guard.commit(asset_id, exc.payment.amount)
-            self._log(asset_id, exc.payment.amount, "x402", exc.payment.transaction or f"x402:{exc.nonce}")
-            raise AgentError(str(exc)) from exc
-        except X402AuthorizationOutstanding as exc:  # it may still move: spent for the budget until it expires
-            terms = exc.payment
-            self.guard.commit(asset_id, terms.amount)
-            self.outstanding[exc.nonce] = OutstandingAuthorization(
-                asset_id, terms.amount, exc.token, terms.pay_to, exc.nonce, exc.valid_before
-            )
-            self._log(asset_id, terms.amount, "x402_outstanding", f"x402:{exc.nonce}")
-            raise AgentError(str(exc)) from exc
-        except (ApiClientError, ContractRevert) as exc:
-            raise translate(exc, payment=True) from exc
-        self.guard.commit(asset_id, price)
-        return paid.content, self._log(asset_id, price, "x402", paid.payment.transaction)
+        price = self._price(asset_id)
 
-    def reconcile(self, client: MarketplaceClient) -> list[LedgerEntry]:
+        def send() -> Sent[bytes]:
+            # The SDK checks the 402 against the chain, then this funds the checked amount, then it signs.
+            paid = self.client.download_x402(asset_id, max_amount=price, before_signing=self._fund_terms)
+            return Sent(paid.content, paid.payment.transaction)
+
+        return self._pay("x402", asset_id, price, send)
+
+    def reconcile(self) -> list[LedgerEntry]:
         """Settle the books of :attr:`outstanding` authorizations with the chain; returns the entries logged.
 
         One that was used on chain is logged as ``x402`` (the money left: ``total()`` counts it now); one
         that expired unused (the chain's latest block is at or past its ``validBefore``) gives its amount
         back to the budget and leaves the ledger as it is; any other stays outstanding.
         """
-        self._own(client)
         logged = []
         for nonce, held in list(self.outstanding.items()):
-            outcome = client.authorization_outcome(held.token, nonce, held.valid_before)
+            outcome = self.client.authorization_outcome(held.token, nonce, held.valid_before)
             if outcome == "used":
                 logged.append(self._log(held.asset_id, held.amount, "x402", f"x402:{nonce}"))
             elif outcome == "expired":
@@ -363,40 +426,103 @@ class AgentWallet:
             del self.outstanding[nonce]
         return logged
 
+    # ------------------------------------------------------------------ the corridor
+
+    def _pay(
+        self,
+        kind: Literal["license", "channel_deposit", "voucher", "x402"],
+        asset_id: int,
+        amount: int,
+        send: Callable[[], Sent[R]],
+        *,
+        unit_price: int | None = None,
+        channel: ChannelState | None = None,
+    ) -> tuple[R, LedgerEntry]:
+        """The one way a payment leaves this wallet: check, reserve, pay, record — or give the reservation back.
+
+        1. The client must still sign as this wallet's account (``AgentError``).
+        2. :class:`BudgetGuard` checks ``amount`` (base units) at ``unit_price`` a call (default ``amount``)
+           against the caps, or for a ``voucher`` (``channel`` given) the price against the per-call ceiling
+           and the channel's undrawn deposit: ``OverBudget``, with nothing funded or signed.
+        3. ``amount`` is reserved against the run and the asset (a voucher reserves nothing: its deposit was).
+        4. ``send()`` runs the payment (it funds from the owner and calls the SDK's paying method) and returns
+           a :class:`Sent` (result, ledger ref, channel).
+        5. The entry is appended to the :class:`AuditLedger`; returns (result, entry).
+
+        A failure gives the reservation back — except for x402, when money moved or may still move:
+        ``X402DeliveryError`` (paid, nothing delivered) keeps what was paid, logs it as ``x402`` and raises
+        ``AgentError``; ``X402AuthorizationOutstanding`` keeps it, logs ``x402_outstanding`` and holds it in
+        :attr:`outstanding` until :meth:`reconcile`. Other failures become typed agent errors: a 404
+        ``NotFound``; a refused payment, a revert, or anything the SDK refused (``PriceChanged``,
+        ``PaymentTermsRefused``, a server that asks more than counted) ``PaymentRefused``.
+        """
+        if self.client.address != self.address:
+            raise AgentError(f"the client signs as {self.client.address}, not as this agent ({self.address})")
+        if channel is None:
+            self.guard.check(asset_id, amount, amount if unit_price is None else unit_price)
+        else:
+            self.guard.check_draw(asset_id, amount, channel.deposit, channel.drawn)
+        reserved = 0 if channel is not None else amount
+        if reserved:
+            self.guard.commit(asset_id, reserved)
+        try:
+            sent = send()
+        except X402DeliveryError as exc:  # the money moved: it counts, whatever came back
+            self.guard.release(asset_id, reserved - exc.payment.amount)
+            self._log(asset_id, exc.payment.amount, "x402", exc.payment.transaction or f"x402:{exc.nonce}")
+            raise AgentError(str(exc)) from exc
+        except X402AuthorizationOutstanding as exc:  # it may still move: spent for the budget until it expires
+            terms = exc.payment
+            self.guard.release(asset_id, reserved - terms.amount)
+            self.outstanding[exc.nonce] = OutstandingAuthorization(
+                asset_id, terms.amount, exc.token, terms.pay_to, exc.nonce, exc.valid_before
+            )
+            self._log(asset_id, terms.amount, "x402_outstanding", f"x402:{exc.nonce}")
+            raise AgentError(str(exc)) from exc
+        except BaseException as exc:
+            if reserved:
+                self.guard.release(asset_id, reserved)
+            if isinstance(exc, AgentError):
+                raise
+            if isinstance(exc, ApiClientError | ContractRevert):
+                raise translate(exc, payment=True) from exc
+            if isinstance(exc, AgentmarketError):  # refused by the SDK before signing (or more): nothing more paid
+                raise PaymentRefused(str(exc)) from exc
+            raise
+        return sent.result, self._log(asset_id, amount, kind, sent.ref, sent.channel_id)
+
     # ------------------------------------------------------------------ internals
 
-    def _fund(self, client: MarketplaceClient, amount: int, token_address: str) -> None:
+    def _fund_terms(self, terms: PaymentTerms) -> None:
+        """``_fund`` for x402 terms the SDK checked against the chain (its ``before_signing`` hook)."""
+        self._fund(terms.amount, terms.asset)
+
+    def _fund(self, amount: int, token_address: str) -> None:
         """Make sure the wallet holds ``amount`` of the token at ``token_address``: pull any shortfall from
         the owner under the spend permission for that token (logged as ``owner_top_up``); PaymentRefused if
         the permission does not allow it. Call it only for a payment already checked (see the module)."""
-        market = client.market
+        market = self.client.market
         token = market.token if token_address.lower() == market.token.address.lower() else None
         balance = (token or TestUSD(market.chain, token_address)).balance_of(self.address)
         shortfall = amount - balance
         if shortfall <= 0 or self.agent_id is None:
             return
         try:
-            receipt = client.market.agents.spend_from_owner(
+            receipt = market.agents.spend_from_owner(
                 self.account, self.agent_id, token_address, self.address, shortfall
             )
         except ContractRevert as exc:
             raise PaymentRefused(f"the owner's spend permission does not cover {shortfall} more: {exc}") from exc
         self._log(0, shortfall, "owner_top_up", "0x" + bytes(receipt["transactionHash"]).hex())
 
-    def _own(self, client: MarketplaceClient) -> None:
-        if client.address != self.address:
-            raise AgentError(f"the client signs as {client.address}, not as this agent ({self.address})")
-
-    @classmethod
-    def _price(cls, client: MarketplaceClient, asset_id: int) -> int:
+    def _price(self, asset_id: int) -> int:
         """The asset's current on-chain price (NotFound for an unknown asset)."""
-        return cls._asset(client, asset_id).price
+        return self._asset(asset_id).price
 
-    @staticmethod
-    def _asset(client: MarketplaceClient, asset_id: int) -> Asset:
+    def _asset(self, asset_id: int) -> Asset:
         """The asset as the chain says now (NotFound for an unknown asset)."""
         try:
-            return client.market.marketplace.asset(asset_id)
+            return self.client.market.marketplace.asset(asset_id)
         except ContractRevert as exc:
             if exc.error == "UnknownAsset":
                 raise NotFound(f"asset {asset_id} does not exist") from exc

@@ -129,7 +129,6 @@ class _Story:
         self.payments: list[dict[str, Any]] = []
         self.assets: list[dict[str, Any]] = []
         self.roles: dict[str, str] = {deployer.address: "protocol treasury"}
-        self.clients: dict[str, Any] = {}
         X, y = load_source("digits", seed=SEED)
         self.X_train, self.y_train, X_held, y_held = split_holdout(X, y, 0.3, SEED)
         self.X_val, self.y_val, self.X_query, self.y_query = X_held[:200], y_held[:200], X_held[200:], y_held[200:]
@@ -143,7 +142,8 @@ class _Story:
         return account
 
     def _wallet(self, account: Any, name: str, cap: int) -> AgentWallet:
-        return AgentWallet(account, Budget(cap, cap, cap), AuditLedger(self.work_dir / f"{name}-ledger.jsonl"))
+        ledger = AuditLedger(self.work_dir / f"{name}-ledger.jsonl")
+        return AgentWallet.connect(account, Budget(cap, cap, cap), ledger, self.base_url, self.chain)
 
     # ------------------------------------------------------------------ the story
 
@@ -181,7 +181,7 @@ class _Story:
                 shard = with_label_noise(shard, noise, 10, rng)
             account = self._party(name)
             wallet = self._wallet(account, name.split()[0], 0)
-            provider = ProviderAgent(wallet, self._client(wallet))
+            provider = ProviderAgent(wallet)
             (asset_id,) = provider.publish([Listing(shard, DATASET_PRICE, f"digits-{name.split()[0]}")])
             self.providers.append((name, account, provider, asset_id, noise))
             self.assets.append({"asset_id": asset_id, "kind": "dataset", "name": f"digits shard of {name}",
@@ -190,16 +190,13 @@ class _Story:
                      + (f", {noise:.0%} of labels wrong" if noise else "") + "; content uploaded")  # fmt: skip
 
     def _client(self, wallet: AgentWallet) -> Any:
-        """The wallet's SDK client (made once: connecting fetches and verifies the deployment)."""
-        if wallet.address not in self.clients:
-            self.clients[wallet.address] = wallet.client(self.base_url, self.chain)
-        return self.clients[wallet.address]
+        """The wallet's SDK client (made once, with the wallet)."""
+        return wallet.client
 
     def build_model(self) -> None:
         plan = BuildPlan(model="knn", rule="knn_shapley", royalty_bps=ROYALTY_BPS, price_per_call=CALL_PRICE,
                          X_val=self.X_val, y_val=self.y_val, seed=SEED)  # fmt: skip
-        client = self._client(self.builder_wallet)
-        builder = BuilderAgent(self.builder_wallet, client, plan,
+        builder = BuilderAgent(self.builder_wallet, plan,
                                lambda model_id, handler: attach_model_handler(self.app, model_id, handler),
                                download_dir=self.work_dir / "builder-downloads")  # fmt: skip
         self.built = built = builder.run()
@@ -219,13 +216,12 @@ class _Story:
 
     def buy(self, llm_url: str | None, llm_model: str) -> None:
         wallet = self.buyer_wallet
-        client = self._client(wallet)
         if llm_url:
             brain: Any = LLMBrain(base_url=llm_url, model=llm_model)
         else:
             brain = UCBBrain(seed=SEED, deposit_calls=QUERIES)
         task = ClassificationTask(self.X_query[:QUERIES], self.y_query[:QUERIES], value_per_success=to_units("0.2"))
-        report = BuyerAgent(wallet, client, brain, task, identity=self.agent_ids["buyer"],
+        report = BuyerAgent(wallet, brain, task, identity=self.agent_ids["buyer"],
                             trace_path=self.work_dir / "buyer-trace.jsonl").run(max_steps=3 * QUERIES)  # fmt: skip
         report.raise_if_interrupted()
         calls = sum(1 for entry in wallet.ledger.entries() if entry.kind == "voucher")
@@ -234,7 +230,7 @@ class _Story:
                       "correct": task.correct, "stopped": report.reason,
                       "final_answer": getattr(brain, "final_answer", None)}  # fmt: skip
         who = "LLM" if llm_url else "UCB bandit"
-        self.buyer_client, self.x402_dataset = client, None
+        self.x402_dataset = None
         if not calls:  # e.g. a model that answers in text and never calls a tool: the story goes on without it
             answered = self.buyer["final_answer"]
             said = f" and answered: {_quote(answered)}" if answered else ""
@@ -245,7 +241,7 @@ class _Story:
                  f"{format_units(CALL_PRICE)} tUSD a call by channel vouchers: {task.correct} right "
                  f"({report.reason})")  # fmt: skip
         clean = self.providers[0][3]
-        _content, entry = wallet.buy_over_x402(client, clean)
+        _content, entry = wallet.buy_over_x402(clean)
         self.payments.append({"from": wallet.address, "asset_id": clean, "kind": "x402", "amount": entry.amount,
                               "tx": entry.ref})  # fmt: skip
         self.say(f"it bought one download of dataset #{clean} over x402 (a stock x402 client signed EIP-3009; "
@@ -257,7 +253,7 @@ class _Story:
         if not self.channel_claimed:
             self.say(f"no rating: the buyer paid for no call to model #{self.built.model_id}, and only payers may rate")
             return
-        context = ToolContext(self.buyer_client, self.buyer_wallet, self.work_dir / "buyer-downloads")
+        context = ToolContext(self.buyer_wallet, self.work_dir / "buyer-downloads")
         model = self.built.model_id
         run_tool(context, "rate_asset", {"asset_id": model, "value": 90, "tag": "accurate"})
         buyer = self.buyer_wallet.address

@@ -158,7 +158,6 @@ class _World:
         self.correct = [0] * scenario.consumers.count
         self.channel_revenue_claimed = 0
         self.withdrawn: dict[str, int] = {}
-        self.clients: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ parties
 
@@ -168,14 +167,13 @@ class _World:
         if budget:
             self.market.token.mint(self.deployer, account.address, budget)
         caps = Budget(run_cap=budget, asset_cap=budget, call_ceiling=budget)
-        wallet = AgentWallet(account, caps, AuditLedger(self.work_dir / "ledgers" / f"{role}-{index}.jsonl"))
+        wallet = AgentWallet.connect(account, caps, AuditLedger(self.work_dir / "ledgers" / f"{role}-{index}.jsonl"),
+                                     "http://testserver", self.chain, http=self.http)  # fmt: skip
         return Party(role, index, account, wallet)
 
     def _client(self, party: Party) -> Any:
-        """The party's SDK client (made once: connecting fetches and verifies the deployment)."""
-        if party.account.address not in self.clients:
-            self.clients[party.account.address] = party.wallet.client("http://testserver", self.chain, http=self.http)
-        return self.clients[party.account.address]
+        """The party's SDK client (its wallet's: made once, when the party was)."""
+        return party.wallet.client
 
     # ------------------------------------------------------------------ steps
 
@@ -193,7 +191,7 @@ class _World:
         self.shards = shards
         for index, shard in enumerate(shards):
             party = self._party("producer", index, 0)
-            provider = ProviderAgent(party.wallet, self._client(party))
+            provider = ProviderAgent(party.wallet)
             (asset_id,) = provider.publish([Listing(shard, spec.price_units, f"{self.scenario.name}-producer-{index}")])
             self.producers.append(party)
             self.datasets.append(asset_id)
@@ -207,7 +205,7 @@ class _World:
             plan = BuildPlan(model=spec.model_for(index), rule=self.scenario.royalty.rule,
                              royalty_bps=spec.royalty_bps, price_per_call=self._call_price(),
                              X_val=self.X_val, y_val=self.y_val, seed=self.scenario.seed + index)  # fmt: skip
-            builder = BuilderAgent(party.wallet, self._client(party), plan,
+            builder = BuilderAgent(party.wallet, plan,
                                    lambda model_id, handler: attach_model_handler(self.http.app, model_id, handler),
                                    download_dir=self.work_dir / "downloads" / f"builder-{index}")  # fmt: skip
             built = builder.run()
@@ -244,7 +242,7 @@ class _World:
             rows = self._next_queries(spec.queries_per_round)
             value = spec.value_per_correct_units
             task = ClassificationTask(self.X_test[rows], self.y_test[rows], value_per_success=value)
-            buyer = BuyerAgent(party.wallet, self._client(party), self.brains[index], task)
+            buyer = BuyerAgent(party.wallet, self.brains[index], task)
             buyer.run(max_steps=2 * spec.queries_per_round).raise_if_interrupted()
             self.answered[index] += task.index
             self.correct[index] += task.correct

@@ -61,8 +61,8 @@ def tool_messages(request: dict) -> dict[str, dict]:
 def test_llm_brain_buys_calls_and_hears_every_refusal(server, chain, market, alice, assets, tmp_path):
     data, model = assets["data"], assets["model"]
     budget = Budget(run_cap=to_units(3), asset_cap=to_units(3), call_ceiling=to_units("2.5"))
-    wallet = AgentWallet(alice, budget, AuditLedger(tmp_path / "ledger.jsonl"))
-    client = wallet.client("http://testserver", chain, http=server)
+    wallet = AgentWallet.connect(alice, budget, AuditLedger(tmp_path / "ledger.jsonl"), "http://testserver", chain,
+                                 http=server)  # fmt: skip
     before = market.token.balance_of(alice.address)
     script = [
         tool_calls(("search_assets", '{"kind": "dataset"}'), ("get_asset", '{"asset_id": '), ("drain_wallet", "{}")),
@@ -76,7 +76,7 @@ def test_llm_brain_buys_calls_and_hears_every_refusal(server, chain, market, ali
     ]
     with ScriptedLLM(script) as llm:
         brain = LLMBrain(base_url=llm.base_url, model="scripted", price_per_1k_prompt=0.5, price_per_1k_completion=1)
-        agent = Agent(7, wallet, brain, client=client, role=Errand("Buy the dataset, then add 2 and 3 with the model."),
+        agent = Agent(7, wallet, brain, role=Errand("Buy the dataset, then add 2 and 3 with the model."),
                       trace_path=tmp_path / "trace.jsonl", download_dir=tmp_path / "downloads")  # fmt: skip
         report = agent.run(max_steps=10)
 
@@ -116,13 +116,14 @@ def test_llm_brain_buys_calls_and_hears_every_refusal(server, chain, market, ali
 @EMBEDDED
 def test_llm_brain_calls_a_tool_without_parameters_with_null_or_empty_arguments(server, chain, market, alice, tmp_path):
     """Small local models send ``null`` (or nothing) as the arguments of a tool that takes none: each works."""
-    wallet = AgentWallet(alice, Budget(to_units(1), to_units(1), to_units(1)), AuditLedger(tmp_path / "ledger.jsonl"))
-    client = wallet.client("http://testserver", chain, http=server)
+    wallet = AgentWallet.connect(alice, Budget(to_units(1), to_units(1), to_units(1)),
+                                 AuditLedger(tmp_path / "ledger.jsonl"), "http://testserver", chain,
+                                 http=server)  # fmt: skip
     nothing = ["null", "", "{}", " null "]
     script = [tool_calls(*[("check_balance", raw) for raw in nothing]), answer("Checked.")]
     with ScriptedLLM(script) as llm:
         brain = LLMBrain(base_url=llm.base_url, model="small", max_actions_per_decision=len(nothing))
-        agent = Agent(None, wallet, brain, client=client, role=Errand("Check the balance."),
+        agent = Agent(None, wallet, brain, role=Errand("Check the balance."),
                       trace_path=tmp_path / "trace.jsonl", download_dir=tmp_path / "downloads")  # fmt: skip
         report = agent.run(max_steps=3)
     assert (report.reason, report.steps) == ("brain_finished", 1)
@@ -222,14 +223,11 @@ def test_providers_builder_and_buyer_end_to_end(chain, market, deployment, admin
     settings = Settings(manifest=deployment.save(tmp_path / "deployment.json"), data_dir=tmp_path / "server",
                         siwe_domain="testserver", settle_interval=3600)  # fmt: skip
 
-    def wallet(account, name, budget=to_units(40)):
-        return AgentWallet(account, Budget(budget, budget, budget), AuditLedger(tmp_path / f"{name}.jsonl"))
+    def wallet(account, name, budget=to_units(40)):  # (called within the server's block below)
+        return AgentWallet.connect(account, Budget(budget, budget, budget), AuditLedger(tmp_path / f"{name}.jsonl"),
+                                   "http://testserver", chain, http=http)  # fmt: skip
 
     with TestClient(create_app(settings, chain=chain)) as http:
-
-        def client(w):
-            return w.client("http://testserver", chain, http=http)
-
         providers = {}
         for account, name, shard in [
             (bob, "clean-a", clean_a),
@@ -237,7 +235,7 @@ def test_providers_builder_and_buyer_end_to_end(chain, market, deployment, admin
             (chain.accounts[7], "noisy", noisy),
         ]:
             provider_wallet = wallet(account, name)
-            provider = ProviderAgent(provider_wallet, client(provider_wallet), trace_path=tmp_path / f"{name}.trace")
+            provider = ProviderAgent(provider_wallet, trace_path=tmp_path / f"{name}.trace")
             (asset_id,) = provider.publish([Listing(shard, to_units(3), f"digits-{name}")])
             providers[name] = (provider, asset_id)
         datasets = [asset_id for _, asset_id in providers.values()]
@@ -245,7 +243,7 @@ def test_providers_builder_and_buyer_end_to_end(chain, market, deployment, admin
         builder_wallet = wallet(dave, "builder")
         plan = BuildPlan(model="knn", rule="knn_shapley", royalty_bps=6_000, price_per_call=to_units("0.05"),
                          X_val=X_test[:150], y_val=y_test[:150])  # fmt: skip
-        builder = BuilderAgent(builder_wallet, client(builder_wallet), plan,
+        builder = BuilderAgent(builder_wallet, plan,
                                lambda model_id, handler: attach_model_handler(http.app, model_id, handler),
                                trace_path=tmp_path / "builder.trace",
                                download_dir=tmp_path / "builder-data")  # fmt: skip
@@ -261,7 +259,7 @@ def test_providers_builder_and_buyer_end_to_end(chain, market, deployment, admin
 
         buyer_wallet = wallet(alice, "buyer", budget=to_units(2))
         task = ClassificationTask(X_test[150:180], y_test[150:180], value_per_success=to_units("0.5"))
-        buyer = BuyerAgent(buyer_wallet, client(buyer_wallet), UCBBrain(seed=0, deposit_calls=40), task,
+        buyer = BuyerAgent(buyer_wallet, UCBBrain(seed=0, deposit_calls=40), task,
                            trace_path=tmp_path / "buyer.trace")  # fmt: skip
         before = market.token.balance_of(alice.address)
         report = buyer.run()
@@ -291,7 +289,7 @@ def test_providers_builder_and_buyer_end_to_end(chain, market, deployment, admin
         llm_task = ClassificationTask(X_test[180:186], y_test[180:186], value_per_success=to_units("0.5"))
         with ScriptedLLM(llm_buyer) as llm:
             brain = LLMBrain(base_url=llm.base_url, model="buyer")
-            llm_report = BuyerAgent(llm_wallet, client(llm_wallet), brain, llm_task).run()
+            llm_report = BuyerAgent(llm_wallet, brain, llm_task).run()
         assert (llm_report.reason, llm_task.index, brain.usage.requests) == ("task_complete", 6, 6)
         assert llm_task.correct == int((built.estimator.predict(X_test[180:186]) == y_test[180:186]).sum())
         assert [e.kind for e in llm_wallet.ledger.entries()] == ["channel_deposit"] + ["voucher"] * 6
@@ -300,7 +298,7 @@ def test_providers_builder_and_buyer_end_to_end(chain, market, deployment, admin
         poor = wallet(bob, "poor", budget=to_units("0.1"))
         market.token.mint(admin, bob.address, to_units(1))
         poor_task = ClassificationTask(X_test[:10], y_test[:10], value_per_success=1)
-        stopped = BuyerAgent(poor, client(poor), GreedyBrain(seed=0, deposit_calls=1), poor_task).run()
+        stopped = BuyerAgent(poor, GreedyBrain(seed=0, deposit_calls=1), poor_task).run()
         assert (stopped.reason, poor_task.index, poor.ledger.total()) == ("budget_exhausted", 2, to_units("0.1"))
 
         settled = http.app.state.services.settler.settle_once()

@@ -32,8 +32,8 @@ TEXT = "city,population\n" + "Lyon,522000\n" * 500
 
 
 def context_for(account, server, chain, tmp_path: Path, budget: Budget | None = None) -> ToolContext:
-    wallet = make_wallet(account, tmp_path / account.address, *([budget] if budget else []))
-    return ToolContext(wallet.client("http://testserver", chain, http=server), wallet, tmp_path / "downloads")
+    wallet = make_wallet(account, tmp_path / account.address, server, chain, *([budget] if budget else []))
+    return ToolContext(wallet, tmp_path / "downloads")
 
 
 def test_schemas_are_valid_json_schema_for_openai_and_mcp():

@@ -7,11 +7,12 @@ from eth_account import Account
 from fastapi.testclient import TestClient
 
 from agents import AgentError, AgentWallet, AuditLedger, Budget, OverBudget, PaymentRefused
+from agents.wallet import account_from_env
 from marketplace.api import Settings, create_app
 from marketplace.chain.market import AssetKind
 from marketplace.chain.token import to_units
 from marketplace.client import MarketplaceClient
-from marketplace.wallet_file import SCRYPT_N_ENV, create_wallet, encryption_keypair
+from marketplace.wallet_file import SCRYPT_N_ENV, create_wallet, encryption_keypair, load_wallet
 
 DATA_PRICE = to_units(2)
 MODEL_PRICE = to_units("0.25")
@@ -48,23 +49,19 @@ def server(chain, deployment, tmp_path, assets):
         yield test_client
 
 
-def make_wallet(account, tmp_path, budget: Budget = GENEROUS) -> AgentWallet:
-    return AgentWallet(account, budget, AuditLedger(tmp_path / "ledger.jsonl"))
-
-
-def connect(wallet: AgentWallet, server, chain) -> MarketplaceClient:
-    return wallet.client("http://testserver", chain, http=server)
+def make_wallet(account, tmp_path, server, chain, budget: Budget = GENEROUS, **options) -> AgentWallet:
+    return AgentWallet.connect(account, budget, AuditLedger(tmp_path / "ledger.jsonl"), "http://testserver", chain,
+                               http=server, **options)  # fmt: skip
 
 
 def test_every_payment_is_ledgered_and_matches_the_chain(server, chain, market, alice, assets, tmp_path):
-    wallet = make_wallet(alice, tmp_path)
-    client = connect(wallet, server, chain)
+    wallet = make_wallet(alice, tmp_path, server, chain)
     before = market.token.balance_of(alice.address)
 
-    license_entry = wallet.buy_license(client, assets["data"])
-    deposit = wallet.open_channel(client, assets["model"], to_units(1))
+    license_entry = wallet.buy_license(assets["data"])
+    deposit = wallet.open_channel(assets["model"], to_units(1))
     for i in range(3):
-        result, _ = wallet.invoke(client, assets["model"], [i, 1], deposit.channel_id)
+        result, _ = wallet.invoke(assets["model"], [i, 1], deposit.channel_id)
         assert result["output"] == {"sum": i + 1.0}
 
     entries = wallet.ledger.entries()
@@ -90,11 +87,10 @@ def test_every_payment_is_ledgered_and_matches_the_chain(server, chain, market, 
     ],
 )
 def test_license_over_a_cap_is_refused_before_signing(server, chain, market, alice, assets, tmp_path, budget, kind):
-    wallet = make_wallet(alice, tmp_path, budget)
-    client = connect(wallet, server, chain)
+    wallet = make_wallet(alice, tmp_path, server, chain, budget)
     balance, nonce = market.token.balance_of(alice.address), chain.w3.eth.get_transaction_count(alice.address)
     with pytest.raises(OverBudget) as refused:
-        wallet.buy_license(client, assets["data"])
+        wallet.buy_license(assets["data"])
     assert (refused.value.kind, refused.value.requested, refused.value.spent) == (kind, DATA_PRICE, 0)
     assert chain.w3.eth.get_transaction_count(alice.address) == nonce  # nothing signed or sent
     assert market.token.balance_of(alice.address) == balance
@@ -106,21 +102,20 @@ def test_deposits_count_against_the_run_cap_and_vouchers_stay_within_the_deposit
     server, chain, market, alice, assets, tmp_path
 ):
     budget = Budget(run_cap=to_units("2.5"), asset_cap=to_units(100), call_ceiling=to_units(10))
-    wallet = make_wallet(alice, tmp_path, budget)
-    client = connect(wallet, server, chain)
-    wallet.buy_license(client, assets["data"])
+    wallet = make_wallet(alice, tmp_path, server, chain, budget)
+    wallet.buy_license(assets["data"])
     nonce = chain.w3.eth.get_transaction_count(alice.address)
     with pytest.raises(OverBudget) as refused:
-        wallet.open_channel(client, assets["model"], to_units(1))
+        wallet.open_channel(assets["model"], to_units(1))
     assert (refused.value.kind, refused.value.limit, refused.value.spent) == ("run", to_units("2.5"), DATA_PRICE)
     assert chain.w3.eth.get_transaction_count(alice.address) == nonce
 
-    channel = wallet.open_channel(client, assets["model"], 2 * MODEL_PRICE).channel_id
+    channel = wallet.open_channel(assets["model"], 2 * MODEL_PRICE).channel_id
     assert wallet.guard.remaining == 0
-    wallet.invoke(client, assets["model"], [1], channel)
-    wallet.invoke(client, assets["model"], [2], channel)
+    wallet.invoke(assets["model"], [1], channel)
+    wallet.invoke(assets["model"], [2], channel)
     with pytest.raises(OverBudget) as drained:
-        wallet.invoke(client, assets["model"], [3], channel)
+        wallet.invoke(assets["model"], [3], channel)
     assert (drained.value.kind, drained.value.limit, drained.value.spent) == (
         "channel",
         2 * MODEL_PRICE,
@@ -128,26 +123,26 @@ def test_deposits_count_against_the_run_cap_and_vouchers_stay_within_the_deposit
     )
     assert len(wallet.ledger.entries()) == 4
     with pytest.raises(OverBudget, match="max_price"):
-        wallet.buy_license(client, assets["data"], max_price=DATA_PRICE - 1)
+        wallet.buy_license(assets["data"], max_price=DATA_PRICE - 1)
 
 
-def test_wallet_from_keystore_and_environment(tmp_path, monkeypatch):
+def test_wallet_from_keystore_and_environment(server, chain, tmp_path, monkeypatch):
     monkeypatch.setenv(SCRYPT_N_ENV, "1024")
     account = create_wallet(tmp_path / "agent.json", "pw")
-    ledger = AuditLedger(tmp_path / "ledger.jsonl")
-    wallet = AgentWallet.from_keystore(tmp_path / "agent.json", "pw", GENEROUS, ledger)
+    wallet = make_wallet(load_wallet(tmp_path / "agent.json", "pw"), tmp_path, server, chain)
     assert wallet.address == account.address
     assert wallet.public_encryption_key == bytes(encryption_keypair(account).public_key)
+    assert wallet.client.encryption_key == bytes(encryption_keypair(account))  # the client decrypts as the agent
 
     other = Account.create()
     monkeypatch.setenv("AGENTMARKET_AGENT_KEY", other.key.hex())
-    assert AgentWallet.from_env(GENEROUS, ledger).address == other.address
+    assert make_wallet(account_from_env(), tmp_path, server, chain).address == other.address
     monkeypatch.setenv("AGENTMARKET_AGENT_KEY", "not a key")
     with pytest.raises(AgentError, match="valid private key"):
-        AgentWallet.from_env(GENEROUS, ledger)
+        account_from_env()
     monkeypatch.delenv("AGENTMARKET_AGENT_KEY")
     with pytest.raises(AgentError, match="AGENTMARKET_AGENT_KEY"):
-        AgentWallet.from_env(GENEROUS, ledger)
+        account_from_env()
     with pytest.raises(ValueError):
         Budget(run_cap=-1, asset_cap=0, call_ceiling=0)
 
@@ -170,16 +165,46 @@ def test_a_shortfall_is_pulled_from_the_owner_within_the_spend_permission(server
                                        price=DATA_PRICE, token=market.token.address,
                                        payees=[(alice.address, 10_000)])  # fmt: skip
 
-    wallet = AgentWallet(agent_key, GENEROUS, AuditLedger(tmp_path / "ledger.jsonl"), agent_id=agent_id)
-    client = connect(wallet, server, chain)
+    wallet = make_wallet(agent_key, tmp_path, server, chain, agent_id=agent_id)
     owner_before = market.token.balance_of(alice.address)
-    wallet.buy_license(client, assets["data"])
+    wallet.buy_license(assets["data"])
     assert market.marketplace.has_access(assets["data"], agent_key.address)
     assert owner_before - market.token.balance_of(alice.address) == DATA_PRICE  # funded by the owner
     assert [e.kind for e in wallet.ledger.entries()] == ["owner_top_up", "license"]
     assert wallet.ledger.total() == DATA_PRICE  # the inflow is not spend
 
     with pytest.raises(PaymentRefused, match="SpendPermissionExceeded"):
-        wallet.buy_license(client, other)  # 2 more would pass the 3 tUSD a day the owner allowed
+        wallet.buy_license(other)  # 2 more would pass the 3 tUSD a day the owner allowed
     assert not market.marketplace.has_access(other, agent_key.address)
     assert wallet.guard.spent == DATA_PRICE and len(wallet.ledger.entries()) == 2
+
+
+def test_the_wallet_is_bound_to_its_client_and_agent_where_the_binding_can_change(
+    server, chain, deployment, market, alice, bob, assets, tmp_path
+):
+    """The client must decrypt as the agent and an agent id must be bound to the wallet on chain (at construction
+    and whenever it is set); a client whose signer was swapped afterwards pays nothing."""
+    plain = MarketplaceClient.connect("http://testserver", alice, chain, http=server)  # no X25519 key
+    with pytest.raises(AgentError, match="X25519"):
+        AgentWallet(plain, GENEROUS, AuditLedger(tmp_path / "ledger.jsonl"))
+
+    agent_id = market.agents.register(bob, "")  # bob's agent, acting from bob's own address
+    with pytest.raises(AgentError, match=f"agent {agent_id} acts from {bob.address}, not from this wallet"):
+        make_wallet(alice, tmp_path, server, chain, agent_id=agent_id)
+    wallet = make_wallet(alice, tmp_path, server, chain)
+    market.agents.unset_agent_wallet(bob, agent_id)
+    with pytest.raises(AgentError, match=f"agent {agent_id} acts from no wallet"):
+        wallet.agent_id = agent_id
+    assert wallet.agent_id is None
+    deadline = chain.timestamp() + 120
+    binding = market.agents.sign_wallet_binding(alice, agent_id, bob.address, deadline)
+    market.agents.set_agent_wallet(bob, agent_id, alice.address, deadline, binding.packed)
+    wallet.agent_id = agent_id  # bound to alice now: accepted
+    assert wallet.agent_id == agent_id
+
+    wallet.client.account = bob  # whoever holds the client swaps its signer: the wallet pays nothing with it
+    nonces = {a: chain.w3.eth.get_transaction_count(a) for a in (alice.address, bob.address)}
+    with pytest.raises(AgentError, match=f"signs as {bob.address}, not as this agent"):
+        wallet.buy_license(assets["data"])
+    assert {a: chain.w3.eth.get_transaction_count(a) for a in nonces} == nonces
+    assert wallet.ledger.entries() == [] and wallet.guard.spent == 0

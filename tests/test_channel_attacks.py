@@ -46,7 +46,7 @@ from marketplace.chain.token import to_units
 from marketplace.client import MarketplaceClient
 from marketplace.errors import AgentmarketError
 from marketplace.protocol.vouchers import HEADER, Voucher, VoucherHasher
-from marketplace.wallet_file import create_wallet
+from marketplace.wallet_file import create_wallet, encryption_keypair
 from tests.test_cli import run_cli
 from tests.test_x402 import serving
 
@@ -331,7 +331,7 @@ def test_a_lying_gateway_gets_no_more_than_one_call_signed(live, payer, liar, tm
     url, received = liar
     deposit = to_units(5)
     channel = _open(live, payer, deposit)
-    client = MarketplaceClient.connect(url, payer, live.chain)
+    client = MarketplaceClient.connect(url, payer, live.chain, encryption_key=bytes(encryption_keypair(payer)))
     with pytest.raises(AgentmarketError) as sdk:
         client.invoke(live.model, [1], channel_id=channel)
     assert str(sdk.value) == (
@@ -339,11 +339,11 @@ def test_a_lying_gateway_gets_no_more_than_one_call_signed(live, payer, liar, tm
         f"+ {PRICE} for this call = {PRICE}: refusing to sign more"
     )
 
-    wallet = AgentWallet(payer, Budget(run_cap=deposit, asset_cap=deposit, call_ceiling=PRICE),
+    wallet = AgentWallet(client, Budget(run_cap=deposit, asset_cap=deposit, call_ceiling=PRICE),
                          AuditLedger(tmp_path / "audit.jsonl"))  # fmt: skip
     wallet.channels[channel] = ChannelState(live.model, deposit)
     with pytest.raises(PaymentRefused, match="refusing to sign more"):
-        wallet.invoke(client, live.model, [1], channel)
+        wallet.invoke(live.model, [1], channel)
 
     password = "correct horse"
     keystore = tmp_path / "payer.json"

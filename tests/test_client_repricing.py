@@ -149,14 +149,14 @@ def test_a_price_lowered_between_calls_is_paid_at_the_new_price(env, tmp_path):
     chain, deployment, market = env
     owner, payer = fund(chain, market, 0), fund(chain, market, 10)
     gateway = OwnersGateway(chain, deployment, owner, publish_model(market, owner, 2 * PRICE), 0, bait=False)
-    wallet = AgentWallet(payer, Budget(run_cap=to_units(10), asset_cap=to_units(10), call_ceiling=2 * PRICE),
-                         AuditLedger(tmp_path / "ledger.jsonl"))  # fmt: skip
     with hostile_server(gateway.route) as url:
-        client = wallet.client(url, chain, trusted=deployment)
-        channel = int(wallet.open_channel(client, gateway.asset_id, 10 * PRICE).ref.split(":")[1])
-        wallet.invoke(client, gateway.asset_id, [1], channel)
+        budget = Budget(run_cap=to_units(10), asset_cap=to_units(10), call_ceiling=2 * PRICE)
+        wallet = AgentWallet.connect(payer, budget, AuditLedger(tmp_path / "ledger.jsonl"), url, chain,
+                                     trusted=deployment)  # fmt: skip
+        channel = int(wallet.open_channel(gateway.asset_id, 10 * PRICE).ref.split(":")[1])
+        wallet.invoke(gateway.asset_id, [1], channel)
         market.marketplace.set_price(owner, gateway.asset_id, PRICE)
-        wallet.invoke(client, gateway.asset_id, [1], channel)
+        wallet.invoke(gateway.asset_id, [1], channel)
     assert [v.max_claimable_amount for v in gateway.vouchers] == [2 * PRICE, 3 * PRICE]
     assert [e.amount for e in wallet.ledger.entries() if e.kind == "voucher"] == [2 * PRICE, PRICE]
 
@@ -183,19 +183,20 @@ def test_an_x402_payment_refuses_a_price_raised_before_the_402(env, tmp_path):
     owner, payer = fund(chain, market, 0), fund(chain, market, 10)
     model = OwnersGateway(chain, deployment, owner, publish_model(market, owner, PRICE), new_price=50 * PRICE)
     data = OwnersGateway(chain, deployment, owner, _dataset(market, owner, PRICE), new_price=50 * PRICE)
-    wallet = AgentWallet(payer, Budget(run_cap=to_units(10), asset_cap=to_units(10), call_ceiling=to_units(1)),
-                         AuditLedger(tmp_path / "ledger.jsonl"))  # fmt: skip
+    budget = Budget(run_cap=to_units(10), asset_cap=to_units(10), call_ceiling=to_units(1))
     before = market.token.balance_of(payer.address)
     with hostile_server(model.route) as model_url, hostile_server(data.route) as data_url:
         client = MarketplaceClient.connect(model_url, payer, chain, trusted=deployment)
         with pytest.raises(PriceChanged) as call:
             client.invoke(model.asset_id, [1], max_price=PRICE)
-        buyer = wallet.client(data_url, chain, trusted=deployment)
+        wallet = AgentWallet.connect(payer, budget, AuditLedger(tmp_path / "ledger.jsonl"), data_url, chain,
+                                     trusted=deployment)  # fmt: skip
+        buyer = wallet.client
         with pytest.raises(PriceChanged) as download:
             buyer.download_x402(data.asset_id, max_amount=PRICE)
         market.marketplace.set_price(owner, data.asset_id, PRICE)  # again: the agent wallet checks PRICE first
         with pytest.raises(PaymentRefused) as agent:
-            wallet.buy_over_x402(buyer, data.asset_id)
+            wallet.buy_over_x402(data.asset_id)
     assert call.value.price == download.value.price == 50 * PRICE
     assert "above your limit (max_amount) of 10000" in str(agent.value)
     assert model.signatures == data.signatures == []

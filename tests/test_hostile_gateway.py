@@ -42,6 +42,7 @@ from marketplace.client.sdk import MAX_RESPONSE_BYTES, BadResponse, LoginRefused
 from marketplace.errors import AgentmarketError
 from marketplace.siwe import SiweMessage, format_time
 from tests.fake_gateway import FakeGateway
+from tests.redteam.helpers import owned_agent
 from tests.test_cli import assert_one_line_error, run_cli
 from tests.test_x402 import serving
 
@@ -281,20 +282,17 @@ def test_an_honest_login_is_signed_and_sent(chain, deployment, alice):
 
 @pytest.fixture
 def funded_by_owner(chain, market, alice):
-    """An agent wallet holding no tUSD whose owner (alice) lets it pull 3 tUSD a day; returns (wallet, agent id)."""
+    """An agent holding no tUSD whose owner (alice) lets it pull 3 tUSD a day: ``make(tmp_path)`` sets it up
+    and returns ``connect(url)``, its wallet paying through a client of the server at ``url`` (one budget and
+    ledger for all of them)."""
 
-    def make(tmp_path) -> AgentWallet:
+    def make(tmp_path) -> Callable[[str], AgentWallet]:
         key = Account.create()
         chain.send_eth(chain.accounts[0], key.address, 10**18)
-        agent_id = market.agents.register(alice, "")
-        deadline = chain.timestamp() + 120
-        binding = market.agents.sign_wallet_binding(key, agent_id, alice.address, deadline)
-        market.agents.set_agent_wallet(alice, agent_id, key.address, deadline, binding.packed)
-        market.agents.grant_spend_permission(alice, agent_id, market.token.address, to_units(3), 86_400,
-                                             wallet=key.address)  # fmt: skip
-        market.token.approve(alice, market.agents.address, to_units(100))
+        agent_id = owned_agent(chain, market, alice, key, to_units(3))
         budget = Budget(run_cap=to_units(100), asset_cap=to_units(100), call_ceiling=to_units(10))
-        return AgentWallet(key, budget, AuditLedger(tmp_path / "ledger.jsonl"), agent_id=agent_id)
+        ledger = AuditLedger(tmp_path / "ledger.jsonl")
+        return lambda url: AgentWallet.connect(key, budget, ledger, url, chain, agent_id=agent_id)
 
     return make
 
@@ -313,7 +311,7 @@ def _nothing_pulled(market, wallet: AgentWallet) -> None:
 
 
 def test_a_lying_402_uses_none_of_the_owners_cap(chain, deployment, market, bob, carol, funded_by_owner, tmp_path):
-    wallet = funded_by_owner(tmp_path)
+    connect = funded_by_owner(tmp_path)
     asset = _dataset(market, bob, b"\x0c")
 
     def lie(required: dict) -> dict:
@@ -321,18 +319,18 @@ def test_a_lying_402_uses_none_of_the_owners_cap(chain, deployment, market, bob,
         return required
 
     with FakeGateway(chain, deployment, carol, lie) as fake:
-        client = wallet.client(fake.url, chain)
+        wallet = connect(fake.url)
         with pytest.raises(PaymentRefused, match="payTo"):
-            wallet.buy_over_x402(client, asset)
+            wallet.buy_over_x402(asset)
         assert fake.signatures == []
     _nothing_pulled(market, wallet)
 
     # Terms that match the chain: funded (exactly the price), then signed. (This fake answers no content:
     # the payment counts, and the wallet says so.)
     with FakeGateway(chain, deployment, carol, lambda required: required) as fake:
-        client = wallet.client(fake.url, chain)
+        wallet = connect(fake.url)
         with pytest.raises(AgentError, match="not delivered"):
-            wallet.buy_over_x402(client, asset)
+            wallet.buy_over_x402(asset)
         assert len(fake.signatures) == 1
     assert market.agents.spend_permission(wallet.agent_id, market.token.address).spent_in_period == PRICE
     assert [e.kind for e in wallet.ledger.entries()] == ["owner_top_up", "x402"]
@@ -341,18 +339,18 @@ def test_a_lying_402_uses_none_of_the_owners_cap(chain, deployment, market, bob,
 def test_channel_terms_and_listing_are_checked_before_the_owner_pays(
     chain, deployment, market, bob, carol, funded_by_owner, tmp_path
 ):
-    wallet = funded_by_owner(tmp_path)
+    connect = funded_by_owner(tmp_path)
     model = market.marketplace.publish(
         bob, kind=AssetKind.MODEL, content_hash=b"\x0d" * 32, uri="ipfs://model", price=PRICE,
         token=market.token.address, payees=[(bob.address, 10_000)],
     )  # fmt: skip
     with FakeGateway(chain, deployment, carol, lambda required: required) as fake:  # no GET /v1/payments
-        client = wallet.client(fake.url, chain)
+        wallet = connect(fake.url)
         with pytest.raises(AgentError):
-            wallet.open_channel(client, model, to_units(1))
+            wallet.open_channel(model, to_units(1))
         unlisted = _dataset(market, bob, b"\x0e", listed=False)
         with pytest.raises(PaymentRefused, match="not listed"):
-            wallet.buy_license(client, unlisted)
+            wallet.buy_license(unlisted)
     _nothing_pulled(market, wallet)
     assert not market.marketplace.has_access(unlisted, wallet.address)
 

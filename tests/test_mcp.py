@@ -25,10 +25,12 @@ from mcp.shared.memory import create_client_server_memory_streams
 
 from agents.mcp_server import build_mcp_server
 from agents.tools import TOOLS, ToolContext
+from agents.wallet import AgentWallet, AuditLedger
 from marketplace.chain.token import to_units
+from marketplace.wallet_file import encryption_keypair
 from tests import test_agent_wallet as wallet_tests
 from tests.test_agent_tools import context_for
-from tests.test_agent_wallet import DATA_PRICE, MODEL_PRICE, Budget, make_wallet
+from tests.test_agent_wallet import DATA_PRICE, GENEROUS, MODEL_PRICE, Budget
 
 assets, server = wallet_tests.assets, wallet_tests.server  # the same fixtures
 
@@ -56,9 +58,18 @@ async def connected(context: ToolContext) -> AsyncIterator[ClientSession]:
         tasks.cancel_scope.cancel()
 
 
-def offline_context(tmp_path: Path, client: object = None) -> ToolContext:
+def offline_client(market: object = None) -> SimpleNamespace:
+    """A stand-in for a MarketplaceClient of a new account with no marketplace behind it (``market``): what an
+    AgentWallet binds to (its signer and X25519 key), for calls that never reach a marketplace."""
+    account = Account.create()
+    return SimpleNamespace(account=account, address=account.address, market=market,
+                           encryption_key=bytes(encryption_keypair(account)))  # fmt: skip
+
+
+def offline_context(tmp_path: Path, market: object = None) -> ToolContext:
     """A context with a real wallet and no marketplace behind it (for calls that never reach one)."""
-    return ToolContext(client, make_wallet(Account.create(), tmp_path), tmp_path / "downloads")  # type: ignore[arg-type]
+    wallet = AgentWallet(offline_client(market), GENEROUS, AuditLedger(tmp_path / "ledger.jsonl"))  # type: ignore[arg-type]
+    return ToolContext(wallet, tmp_path / "downloads")
 
 
 def refusal(result: types.CallToolResult) -> str:
@@ -175,7 +186,7 @@ async def test_unexpected_failures_are_mcp_errors_without_the_key(tmp_path):
         def balance_of(self, address: str) -> int:
             raise RuntimeError(f"node said no to {address} signing with 0x{key.upper()} and {x25519}")
 
-    context = offline_context(tmp_path, SimpleNamespace(market=SimpleNamespace(token=Broken())))
+    context = offline_context(tmp_path, SimpleNamespace(token=Broken()))
     key, x25519 = bytes(context.wallet.account.key).hex(), bytes(context.wallet.encryption_key).hex()
     async with connected(context) as session:
         with pytest.raises(MCPError) as failed:
@@ -193,16 +204,21 @@ SERVE = """
     from agents.mcp_server import run_stdio
     from agents.tools import ToolContext
     from agents.wallet import AgentWallet, AuditLedger, Budget
+    from marketplace.wallet_file import encryption_keypair
 
     class Offline:
+        account = Account.create()
+        address = account.address
+        encryption_key = bytes(encryption_keypair(account))
+
         @property
         def market(self):
             print("stray output goes to stderr, not onto the wire")
             raise LookupError("no marketplace in this process")
 
     folder = Path(sys.argv[1])
-    wallet = AgentWallet(Account.create(), Budget(1, 1, 1), AuditLedger(folder / "ledger.jsonl"))
-    run_stdio(ToolContext(Offline(), wallet, folder))
+    wallet = AgentWallet(Offline(), Budget(1, 1, 1), AuditLedger(folder / "ledger.jsonl"))
+    run_stdio(ToolContext(wallet, folder))
 """
 
 

@@ -349,8 +349,9 @@ def test_a_listed_asset_whose_content_the_server_lost_is_marked_and_restored(liv
 def test_a_provider_agent_gets_a_typed_refusal_naming_the_unlisted_asset(live, chain, market, tmp_path):
     """The agents' ``publish_asset`` tool (what ProviderAgent, BuilderAgent and the simulations publish with)."""
     owner = fresh_account(chain)
-    wallet = AgentWallet(owner, Budget(run_cap=0, asset_cap=0, call_ceiling=0), AuditLedger(tmp_path / "ledger.jsonl"))
-    context = ToolContext(wallet.client(live.url, chain), wallet, tmp_path / "downloads")
+    wallet = AgentWallet.connect(owner, Budget(run_cap=0, asset_cap=0, call_ceiling=0),
+                                 AuditLedger(tmp_path / "ledger.jsonl"), live.url, chain)  # fmt: skip
+    context = ToolContext(wallet, tmp_path / "downloads")
     with pytest.raises(ActionRefused) as info:
         run_tool(context, "publish_asset", {"content": "x" * 5_000, "price": 1_000})  # over the 1,000-byte limit
     incomplete = info.value.__cause__

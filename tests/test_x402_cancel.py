@@ -109,9 +109,9 @@ def _gasless(chain: Chain, market: Market) -> LocalAccount:
     return account
 
 
-def _wallet(account: LocalAccount, tmp_path) -> AgentWallet:
+def _wallet(account: LocalAccount, tmp_path, url: str, chain, deployment) -> AgentWallet:
     budget = Budget(run_cap=to_units(10), asset_cap=to_units(10), call_ceiling=to_units(5))
-    return AgentWallet(account, budget, AuditLedger(tmp_path / "ledger.jsonl"))
+    return AgentWallet.connect(account, budget, AuditLedger(tmp_path / "ledger.jsonl"), url, chain, trusted=deployment)
 
 
 def test_a_failed_paid_request_is_cancelled_on_chain(env):
@@ -139,12 +139,11 @@ def test_without_gas_an_authorization_counts_until_it_is_settled(env, tmp_path):
     owner = fund(chain, market, 0)
     gateway = KeepingGateway(chain, deployment, owner, _dataset(market, owner))
     agent = _gasless(chain, market)
-    wallet = _wallet(agent, tmp_path)
     start = market.token.balance_of(agent.address)
     with hostile_server(gateway.route) as url:
-        client = wallet.client(url, chain, trusted=deployment)
+        wallet = _wallet(agent, tmp_path, url, chain, deployment)
         with pytest.raises(AgentError) as failed:
-            wallet.buy_over_x402(client, gateway.asset_id)
+            wallet.buy_over_x402(gateway.asset_id)
         outstanding = failed.value.__cause__
         assert isinstance(outstanding, X402AuthorizationOutstanding)
         auth, _ = gateway.authorization()
@@ -154,10 +153,10 @@ def test_without_gas_an_authorization_counts_until_it_is_settled(env, tmp_path):
         assert list(wallet.outstanding) == [auth["nonce"]]
         assert (wallet.guard.spent, wallet.ledger.total()) == (PRICE, 0)  # spent for the budget; no money left yet
         assert [e.kind for e in wallet.ledger.entries()] == ["x402_outstanding"]
-        assert wallet.reconcile(client) == []  # nothing happened yet: still outstanding
+        assert wallet.reconcile() == []  # nothing happened yet: still outstanding
 
         assert gateway.settle()  # the gateway submits it late
-        (logged,) = wallet.reconcile(client)
+        (logged,) = wallet.reconcile()
     dropped = start - market.token.balance_of(agent.address)
     assert (logged.kind, logged.amount, dropped, wallet.ledger.total()) == ("x402", PRICE, PRICE, PRICE)
     assert wallet.outstanding == {} and wallet.guard.spent == PRICE
@@ -168,17 +167,16 @@ def test_an_outstanding_authorization_that_expired_gives_the_budget_back(env, tm
     owner = fund(chain, market, 0)
     gateway = KeepingGateway(chain, deployment, owner, _dataset(market, owner), timeout=2)
     agent = _gasless(chain, market)
-    wallet = _wallet(agent, tmp_path)
     start = market.token.balance_of(agent.address)
     with hostile_server(gateway.route) as url:
-        client = wallet.client(url, chain, trusted=deployment)
+        wallet = _wallet(agent, tmp_path, url, chain, deployment)
         with pytest.raises(AgentError):
-            wallet.buy_over_x402(client, gateway.asset_id)
+            wallet.buy_over_x402(gateway.asset_id)
         (held,) = wallet.outstanding.values()
         assert wallet.guard.spent == PRICE
         time.sleep(max(0.0, held.valid_before - time.time()) + 1.1)
         chain.send_eth(chain.accounts[0], chain.accounts[1].address, 1)  # a block past validBefore
-        assert wallet.reconcile(client) == []
+        assert wallet.reconcile() == []
     assert wallet.outstanding == {} and wallet.guard.spent == 0 and wallet.ledger.total() == 0
     assert not gateway.settle()  # expired: nobody can settle it now
     assert market.token.balance_of(agent.address) == start

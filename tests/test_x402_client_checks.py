@@ -162,9 +162,9 @@ def test_sdk_and_agent_wallet_refuse_a_lying_gateway(chain, deployment, market, 
     }
     start = chain.block_number()
     before = Money.read(market, alice, thief, assets, other, start)
-    wallet = AgentWallet(alice, GENEROUS, AuditLedger(tmp_path / "ledger.jsonl"))
     with FakeGateway(chain, deployment, thief, lambda required: required) as fake:
-        client = MarketplaceClient.connect(fake.url, alice, chain)
+        wallet = AgentWallet.connect(alice, GENEROUS, AuditLedger(tmp_path / "ledger.jsonl"), fake.url, chain)
+        client = wallet.client
         for case, (make_lie, field) in LIES.items():
             fake.lie = make_lie(thief.address, other.address)
             with pytest.raises(PaymentTermsRefused) as call:
@@ -172,7 +172,7 @@ def test_sdk_and_agent_wallet_refuse_a_lying_gateway(chain, deployment, market, 
             with pytest.raises(PaymentTermsRefused) as download:
                 client.download_x402(assets.dataset)
             with pytest.raises(PaymentRefused) as agent:
-                wallet.buy_over_x402(client, assets.dataset)
+                wallet.buy_over_x402(assets.dataset)
 
             # One line naming the field, the server's value and the chain's.
             offered, on_chain = values[field]
@@ -216,13 +216,13 @@ def test_a_payment_that_moved_without_the_content_is_still_counted(chain, deploy
     it against its caps and its ledger, so such a gateway cannot drain the wallet past its run cap."""
     vault = market.marketplace.vault_of(assets.dataset)
     before = (market.token.balance_of(alice.address), market.token.balance_of(vault))
-    wallet = AgentWallet(alice, GENEROUS, AuditLedger(tmp_path / "ledger.jsonl"))
     with FakeGateway(chain, deployment, thief, lambda required: required) as fake:
-        client = MarketplaceClient.connect(fake.url, alice, chain)
+        wallet = AgentWallet.connect(alice, GENEROUS, AuditLedger(tmp_path / "ledger.jsonl"), fake.url, chain)
+        client = wallet.client
         with pytest.raises(X402DeliveryError) as undelivered:
             client.download_x402(assets.dataset)
         with pytest.raises(AgentError) as agent:
-            wallet.buy_over_x402(client, assets.dataset)
+            wallet.buy_over_x402(assets.dataset)
     assert len(fake.stolen) == 2
     payment = undelivered.value.payment
     assert (payment.amount, payment.pay_to, payment.payer) == (DATA_PRICE, vault, alice.address)
@@ -326,8 +326,8 @@ def test_the_honest_gateway_is_paid_through_the_same_checks(chain, market, alice
     assert (paid.payment.amount, paid.payment.pay_to, paid.payment.payer) == (DATA_PRICE, data_vault, alice.address)
     assert chain.w3.eth.get_transaction_receipt(paid.payment.transaction)["status"] == 1
 
-    wallet = AgentWallet(alice, GENEROUS, AuditLedger(tmp_path / "ledger.jsonl"))
-    content, entry = wallet.buy_over_x402(wallet.client(honest_url, chain), assets.dataset)
+    wallet = AgentWallet.connect(alice, GENEROUS, AuditLedger(tmp_path / "ledger.jsonl"), honest_url, chain)
+    content, entry = wallet.buy_over_x402(assets.dataset)
     assert content == CONTENT
     assert (entry.kind, entry.amount, wallet.guard.spent) == ("x402", DATA_PRICE, DATA_PRICE)
     assert chain.w3.eth.get_transaction_receipt(entry.ref)["status"] == 1

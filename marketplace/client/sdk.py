@@ -890,6 +890,7 @@ class MarketplaceClient(MarketplaceReader):
         channel_id: int | None = None,
         signer: LocalAccount | None = None,
         max_price: int | None = None,
+        before_signing: Callable[[PaymentTerms], None] | None = None,
     ) -> dict[str, Any]:
         """Call a served model and pay for the call. Returns ``{"output", "payment"}``.
 
@@ -908,11 +909,12 @@ class MarketplaceClient(MarketplaceReader):
         per chain (chain id and genesis hash) and per channel (its id, payer, signer, asset, token and the
         block that opened it), so a new channel never inherits an old one's count. Without ``channel_id``,
         pays per call with x402 (this account signs an EIP-3009 authorization of the on-chain price, at most
-        ``max_price``; the server settles it into the model's vault); a paid request that fails has its
-        authorization cancelled on chain, as for :meth:`download_x402`.
+        ``max_price``; the server settles it into the model's vault; ``before_signing`` runs as for
+        :meth:`download_x402`); a paid request that fails has its authorization cancelled on chain, as for
+        :meth:`download_x402`.
         """
         if channel_id is None:
-            return self._invoke_x402(model_id, payload, max_price)
+            return self._invoke_x402(model_id, payload, max_price, before_signing)
         signer = signer or self.account
         scope, key, claimed = self._channel(channel_id, model_id, signer.address)
         price = self._price(model_id)  # read at every call: the owner may have changed it since the last one
@@ -1019,14 +1021,20 @@ class MarketplaceClient(MarketplaceReader):
             self._vouchers = VoucherHasher(self.market.channels.domain)
         return self._vouchers.voucher(signer, channel_id, ceiling)
 
-    def _invoke_x402(self, model_id: int, payload: Any, max_price: int | None = None) -> dict[str, Any]:
+    def _invoke_x402(
+        self,
+        model_id: int,
+        payload: Any,
+        max_price: int | None = None,
+        before_signing: Callable[[PaymentTerms], None] | None = None,
+    ) -> dict[str, Any]:
         """One call paid with x402: 402, check the requirements against the chain (and ``max_price``), sign, retry.
 
         :class:`X402DeliveryError` when the payment moved but no answer came back; a failed paid request has
         its authorization cancelled first (:meth:`_after_failed_payment`)."""
         path, body = f"/v1/models/{model_id}/invoke", {"input": payload}
         unpaid = self._send("POST", path, json=body)
-        signed = self._x402_payment(model_id, unpaid, max_price, limit_name="max_price")
+        signed = self._x402_payment(model_id, unpaid, max_price, before_signing, limit_name="max_price")
         try:
             paid = self._send("POST", path, json=body, headers=signed.headers)
             _raise_for_error(paid)

@@ -35,6 +35,19 @@ def fund(chain: Chain, market: Market, tusd: str | int = 100) -> LocalAccount:
     return account
 
 
+def owned_agent(chain: Chain, market: Market, owner: LocalAccount, wallet: LocalAccount, allowance: int) -> int:
+    """Register an agent of ``owner`` acting from ``wallet`` (bound by its signature), allowed to pull ``allowance``
+    base units of tUSD a day from the owner (approved); returns its agent id."""
+    agent_id = market.agents.register(owner, "")
+    deadline = chain.timestamp() + 120
+    binding = market.agents.sign_wallet_binding(wallet, agent_id, owner.address, deadline)
+    market.agents.set_agent_wallet(owner, agent_id, wallet.address, deadline, binding.packed)
+    market.agents.grant_spend_permission(owner, agent_id, market.token.address, allowance, 86_400,
+                                         wallet=wallet.address)  # fmt: skip
+    market.token.approve(owner, market.agents.address, max(allowance, to_units(100)))
+    return agent_id
+
+
 def publish_model(market: Market, owner: LocalAccount, price: int) -> int:
     return market.marketplace.publish(owner, kind=AssetKind.MODEL, content_hash=os.urandom(32), uri="model",
                                       price=price, token=market.token.address,

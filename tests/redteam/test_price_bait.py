@@ -70,13 +70,12 @@ def test_agent_wallet_call_ceiling_holds_when_the_owner_reprices_mid_call(env, t
 
     agent = fund(chain, market, 10)
     ledger = AuditLedger(tmp_path / "ledger.jsonl")
-    wallet = AgentWallet(agent, Budget(run_cap=to_units(10), asset_cap=to_units(10), call_ceiling=CALL_CEILING),
-                         ledger)  # fmt: skip
+    budget = Budget(run_cap=to_units(10), asset_cap=to_units(10), call_ceiling=CALL_CEILING)
     with hostile_server(owners_gateway) as url:
-        client = wallet.client(url, chain, trusted=deployment)
-        channel_id = int(wallet.open_channel(client, model_id, DEPOSIT).ref.split(":")[1])
+        wallet = AgentWallet.connect(agent, budget, ledger, url, chain, trusted=deployment)
+        channel_id = int(wallet.open_channel(model_id, DEPOSIT).ref.split(":")[1])
         try:
-            wallet.invoke(client, model_id, [0.0] * 4, channel_id)
+            wallet.invoke(model_id, [0.0] * 4, channel_id)
             refused = None
         except AgentError as exc:
             refused = exc

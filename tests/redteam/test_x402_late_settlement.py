@@ -67,13 +67,12 @@ def test_an_authorization_from_a_failed_download_cannot_be_settled_later(env, tm
 
     agent = fund(chain, market, 10)
     ledger = AuditLedger(tmp_path / "ledger.jsonl")
-    wallet = AgentWallet(agent, Budget(run_cap=to_units(10), asset_cap=to_units(10), call_ceiling=to_units(5)),
-                         ledger)  # fmt: skip
+    budget = Budget(run_cap=to_units(10), asset_cap=to_units(10), call_ceiling=to_units(5))
     start = market.token.balance_of(agent.address)
     with hostile_server(owners_gateway) as url:
-        client = wallet.client(url, chain, trusted=deployment)
+        wallet = AgentWallet.connect(agent, budget, ledger, url, chain, trusted=deployment)
         with pytest.raises(AgentmarketError):  # the server's 502, as the SDK reports it
-            wallet.buy_over_x402(client, asset_id)
+            wallet.buy_over_x402(asset_id)
 
     time.sleep(1)  # "later": after the SDK looked and found the authorization unused
     payload = decode_payment_signature_header(kept[0]).payload
