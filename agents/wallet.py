@@ -58,6 +58,7 @@ from marketplace.client import ApiClientError, MarketplaceClient
 from marketplace.client.checks import PaymentTermsRefused
 from marketplace.client.sdk import X402AuthorizationOutstanding, X402DeliveryError
 from marketplace.errors import AgentmarketError
+from marketplace.protocol.wire import InvokeResponse
 from marketplace.wallet_file import encryption_keypair, load_wallet
 
 KEY_ENV = "AGENTMARKET_AGENT_KEY"
@@ -277,7 +278,7 @@ class AgentWallet:
 
     def invoke(
         self, client: MarketplaceClient, model_id: int, payload: Any, channel_id: int
-    ) -> tuple[dict[str, Any], LedgerEntry]:
+    ) -> tuple[InvokeResponse, LedgerEntry]:
         """Call a served model paying with a voucher on one of this run's channels; returns (result, entry).
 
         The model's price is checked against the per-call ceiling and the channel's deposit, then passed to the

@@ -138,7 +138,7 @@ def test_a_price_change_within_max_price_is_paid_at_the_new_price(env):
         client = MarketplaceClient.connect(url, payer, chain, trusted=deployment)
         channel = client.open_channel(gateway.asset_id, 10 * PRICE)
         answer = client.invoke(gateway.asset_id, [1], channel_id=channel, max_price=3 * PRICE)
-    assert answer["output"] == {"label": 7}
+    assert answer.output == {"label": 7}
     assert [v.max_claimable_amount for v in gateway.vouchers] == [PRICE, 2 * PRICE]
     assert client.channel_count(channel) == ChannelCount(answered=2 * PRICE, signed=2 * PRICE)
 

@@ -410,8 +410,8 @@ def test_a_call_whose_answer_was_lost_counts_and_the_channel_keeps_working(
         assert lost.value.sent and "\n" not in str(lost.value)
         assert client.channel_count(channel).answered == PRICE  # the unknown outcome counts
         second = client.invoke(model, [2], channel_id=channel)  # before the fix: 402, then refused for good
-        assert second["output"] == {"echo": [2]}
-        assert second["payment"]["debited"] == str(2 * PRICE)  # the server had debited the lost one
+        assert second.output == {"echo": [2]}
+        assert second.payment.debited == 2 * PRICE  # the server had debited the lost one
         assert client.channel_count(channel).signed == 2 * PRICE  # no slack left once it answered
 
         # A request that never left (nothing listens) is not counted.
