@@ -167,7 +167,7 @@ class Reply:
             where = ".".join(str(part) for part in errors[0]["loc"]) or "the body"
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise BadResponse(
-                f"{self.where} answered HTTP {self.status_code} with a body that is not a {model.__name__}: "
+                f"{self.where} answered HTTP {self.status_code} with a body that is not the API's {model.__name__}: "
                 f"{_line(where, 120)}: {_line(errors[0]['msg'], 200)}{more}",
                 self.status_code,
             ) from None

@@ -61,8 +61,9 @@ class _Camel(BaseModel):
 
 class _OpenObject:
     """Field metadata: the field holds one of ``models`` (the first that validates) but the OpenAPI document shows
-    an open JSON object, as it always did (the document stays as it was). A field missing or wrong inside the
-    object is named in the error (e.g. ``receiverAuthorizer: Field required``)."""
+    an open JSON object, as it always did (the operations' schemas stay as they were). A field missing or wrong
+    inside the object is named in the error (e.g. ``receiverAuthorizer: Field required``), from the model it came
+    closest to."""
 
     def __init__(self, *models: type[BaseModel]) -> None:
         self.models = models
@@ -71,13 +72,13 @@ class _OpenObject:
         """``value`` as the first of :attr:`models` it validates as (ValueError naming the field otherwise)."""
         if isinstance(value, self.models):
             return value
-        errors: list[ErrorDetails] = []
+        attempts: list[list[ErrorDetails]] = []
         for model in self.models:
             try:
                 return model.model_validate(value)
             except ValidationError as exc:
-                errors += exc.errors(include_url=False, include_input=False)
-        error = errors[0]
+                attempts.append(exc.errors(include_url=False, include_input=False))
+        error = min(attempts, key=len)[0]  # what the closest model lacks
         where = ".".join(str(part) for part in error["loc"]) or "(the object)"
         raise PydanticCustomError("nested", "{where}: {msg}", {"where": where, "msg": error["msg"]})
 
