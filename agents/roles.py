@@ -151,12 +151,12 @@ class BuilderAgent:
     def _choose_parents(self) -> list[int]:
         if self.plan.parents is not None:
             return list(self.plan.parents)
-        listed = self.agent.client.assets(kind="dataset", limit=50)["items"]
+        listed = self.agent.client.assets(kind="dataset", limit=50).items
         chosen, budget = [], self.agent.wallet.guard.remaining
-        for item in sorted(listed, key=lambda a: (int(a["price"]), a["asset_id"])):
-            if item["listed"] and int(item["price"]) <= budget:
-                chosen.append(item["asset_id"])
-                budget -= int(item["price"])
+        for item in sorted(listed, key=lambda a: (a.price, a.asset_id)):
+            if item.listed and item.price <= budget:
+                chosen.append(item.asset_id)
+                budget -= item.price
         return chosen[:8]
 
     def _script(self) -> Generator[list[Action], list[Outcome], None]:
@@ -205,10 +205,10 @@ class Catalog:
     def offers(self, agent: Agent) -> list[Offer]:
         """The offers, from the server's catalog (cached between refreshes)."""
         if self._fetched_at < 0 or agent.steps - self._fetched_at >= self.refresh_every:
-            items = [i for i in agent.client.assets(kind=self.kind, limit=50)["items"] if i["listed"]]
+            items = [i for i in agent.client.assets(kind=self.kind, limit=50).items if i.listed]
             self._offers = [
-                Offer(i["asset_id"], i["kind"], int(i["price"]),
-                      agent.client.asset(i["asset_id"])["rating"]["average"] if self.with_ratings else None)
+                Offer(i.asset_id, i.kind, i.price,
+                      agent.client.asset(i.asset_id).rating.average if self.with_ratings else None)
                 for i in items
             ]  # fmt: skip
             self._fetched_at = agent.steps

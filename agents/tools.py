@@ -240,11 +240,11 @@ def _api(call: Callable[[], Any], *, payment: bool = False) -> Any:
 def search_assets(ctx: ToolContext, args: SearchArgs) -> CatalogPage:
     page = _api(lambda: ctx.client.assets(kind=args.kind, q=args.query, min_price=args.min_price,
                                           max_price=args.max_price, limit=args.limit))  # fmt: skip
-    return CatalogPage.model_validate(page)
+    return CatalogPage.model_validate(page.model_dump(mode="json"))
 
 
 def get_asset(ctx: ToolContext, args: AssetArgs) -> CatalogItem:
-    return CatalogItem.model_validate(_api(lambda: ctx.client.asset(args.asset_id)))
+    return CatalogItem.model_validate(_api(lambda: ctx.client.asset(args.asset_id)).model_dump(mode="json"))
 
 
 def buy_license(ctx: ToolContext, args: BuyArgs) -> PaymentResult:
@@ -281,7 +281,7 @@ def invoke_model(ctx: ToolContext, args: InvokeArgs) -> InvokeResult:
         channel_id = max(open_ones)[1]
     result, entry = ctx.wallet.invoke(args.model_id, args.input, channel_id)
     channel = ctx.wallet.channels[channel_id]
-    return InvokeResult(model_id=args.model_id, channel_id=channel_id, output=result["output"], paid=entry.amount,
+    return InvokeResult(model_id=args.model_id, channel_id=channel_id, output=result.output, paid=entry.amount,
                         channel_remaining=channel.deposit - channel.drawn)  # fmt: skip
 
 

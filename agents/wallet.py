@@ -72,6 +72,7 @@ from marketplace.client import ApiClientError, MarketplaceClient
 from marketplace.client.checks import PaymentTerms
 from marketplace.client.sdk import X402AuthorizationOutstanding, X402DeliveryError
 from marketplace.errors import AgentmarketError
+from marketplace.protocol.wire import InvokeResponse, X402Settlement
 from marketplace.wallet_file import encryption_keypair
 
 KEY_ENV = "AGENTMARKET_AGENT_KEY"
@@ -352,7 +353,7 @@ class AgentWallet:
 
         return self._pay("channel_deposit", asset_id, deposit, send, unit_price=self._price(asset_id))[1]
 
-    def invoke(self, model_id: int, payload: Any, channel_id: int) -> tuple[dict[str, Any], LedgerEntry]:
+    def invoke(self, model_id: int, payload: Any, channel_id: int) -> tuple[InvokeResponse, LedgerEntry]:
         """Call a served model paying with a voucher on one of this run's channels; returns (result, entry).
 
         The model's price is checked against the per-call ceiling and the channel's deposit, then passed to the
@@ -372,15 +373,18 @@ class AgentWallet:
 
         return self._pay("voucher", model_id, price, send, channel=channel)
 
-    def call_over_x402(self, model_id: int, payload: Any) -> tuple[dict[str, Any], LedgerEntry]:
+    def call_over_x402(self, model_id: int, payload: Any) -> tuple[InvokeResponse, LedgerEntry]:
         """Call a served model paying this one call over x402 v2; returns (result, entry). Checked against the
         caps first; signed and counted as :meth:`buy_over_x402` (the SDK checks the 402 against the chain, the
         owner tops the wallet up only then, and the authorization is of the checked price at most)."""
         price = self._price(model_id)
 
-        def send() -> Sent[dict[str, Any]]:
+        def send() -> Sent[InvokeResponse]:
             result = self.client.invoke(model_id, payload, max_price=price, before_signing=self._fund_terms)
-            return Sent(result, str(result["payment"]["transaction"]))
+            settlement = result.payment
+            if not isinstance(settlement, X402Settlement):
+                raise PaymentRefused(f"the server answered an x402 call to model {model_id} with a channel receipt")
+            return Sent(result, settlement.transaction)
 
         return self._pay("x402", model_id, price, send)
 

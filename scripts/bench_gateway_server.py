@@ -35,14 +35,19 @@ from fastapi import FastAPI, Path
 from marketplace.api import Settings, create_app
 from marketplace.api.deps import ServicesDep
 from marketplace.api.errors import ApiError
-from marketplace.api.routes.models import InvokeRequest, InvokeResponse
 from marketplace.api.server import server_config
 from marketplace.inference import ModelHandler, parse_handler
+from marketplace.protocol.wire import ChannelReceipt, InvokeRequest, InvokeResponse
 
 
 def add_numbers(payload: Any) -> dict[str, float]:
     """The served model: sums its input (cheap, so the gateway's own cost is what gets measured)."""
     return {"sum": float(sum(payload))}
+
+
+#: The payment body of an unpaid call: a receipt of nothing (the route answers the same shape as a paid one).
+_NO_PAYMENT = ChannelReceipt(channel_id=0, asset_id=0, price=0, max_claimable_amount=0, highest_voucher=0, debited=0,
+                             calls=0, deposit=0, deposit_left=0, calls_left=0)  # fmt: skip
 
 
 def add_unpaid_route(app: FastAPI) -> None:
@@ -53,7 +58,7 @@ def add_unpaid_route(app: FastAPI) -> None:
         handler = services.model_handlers.get(asset_id)
         if handler is None:
             raise ApiError(404, "model_not_served", f"this server does not serve model {asset_id}")
-        return InvokeResponse(output=handler(body.input), payment={})
+        return InvokeResponse(output=handler(body.input), payment=_NO_PAYMENT)
 
 
 def parse_models(specs: list[str]) -> dict[int, ModelHandler]:

@@ -31,6 +31,19 @@ _TRANSFER_WITH_AUTHORIZATION = "transferWithAuthorization(address,address,uint25
 Lie = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+def settlement_body(header: str, transaction: list[str] = ()) -> dict[str, str]:  # type: ignore[assignment]
+    """The x402 payment a paid answer names, as the API's body does (``X402Settlement``): what the
+    PAYMENT-SIGNATURE ``header`` authorized, settled in ``transaction`` (its one element, if any); {} for a header
+    that is no authorization."""
+    try:
+        payload = decode_payment_signature_header(header)
+        auth = payload.payload["authorization"]
+        return {"scheme": "exact", "network": payload.accepted.network, "transaction": "".join(transaction),
+                "payer": auth["from"], "payTo": auth["to"], "amount": str(auth["value"])}  # fmt: skip
+    except Exception:  # not an authorization: an answer that names no payment
+        return {}
+
+
 class FakeGateway:
     """Serve ``deployment``'s manifest and 402s rewritten by ``lie`` until stopped.
 
@@ -66,7 +79,7 @@ class FakeGateway:
                 if signature:
                     fake.signatures.append(signature)
                     fake._steal(signature)
-                    self._send(200, {"output": "thanks", "payment": {}})
+                    self._send(200, {"output": "thanks", "payment": settlement_body(signature, fake.stolen[-1:])})
                     return
                 asset_id = int(match.group(1) or match.group(2))
                 required = fake.lie(fake.honest_required(asset_id, f"http://testserver{self.path}"))

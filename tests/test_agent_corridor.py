@@ -117,9 +117,9 @@ def test_every_payment_with_caps_of_zero_is_refused_with_nothing_signed(chain, m
     # The same wallet with room pays through the same methods (so the refusals above were the guard's).
     wallet.guard.budget = Budget(run_cap=to_units(1), asset_cap=to_units(1), call_ceiling=PRICE)
     assert wallet.buy_license(dataset).kind == "license"
-    assert wallet.invoke(model, [1], channel)[0]["output"] == {"echo": [1]}
+    assert wallet.invoke(model, [1], channel)[0].output == {"echo": [1]}
     answer, paid = wallet.call_over_x402(model, [2])  # funded from the owner once the 402 passed, then signed
-    assert answer["output"] == {"echo": [2]} and (paid.kind, paid.amount) == ("x402", PRICE)
+    assert answer.output == {"echo": [2]} and (paid.kind, paid.amount) == ("x402", PRICE)
     assert chain.w3.eth.get_transaction_receipt(paid.ref)["status"] == 1
     kinds = ["owner_top_up", "license", "voucher", "owner_top_up", "x402"]
     assert [e.kind for e in wallet.ledger.entries()] == kinds

@@ -62,7 +62,7 @@ def test_every_payment_is_ledgered_and_matches_the_chain(server, chain, market, 
     deposit = wallet.open_channel(assets["model"], to_units(1))
     for i in range(3):
         result, _ = wallet.invoke(assets["model"], [i, 1], deposit.channel_id)
-        assert result["output"] == {"sum": i + 1.0}
+        assert result.output == {"sum": i + 1.0}
 
     entries = wallet.ledger.entries()
     assert [e.kind for e in entries] == ["license", "channel_deposit", "voucher", "voucher", "voucher"]

@@ -118,7 +118,7 @@ def test_a_chain_that_dies_under_serve_gets_503_and_one_log_line_per_kind(world)
         client = MarketplaceClient.connect(base, world.chain.accounts[1], world.chain)
         payee = world.chain.accounts[2].address
         channel = client.open_channel(world.model, to_units(1))
-        assert client.invoke(world.model, [1], channel_id=channel)["output"] == {"echo": [1]}
+        assert client.invoke(world.model, [1], channel_id=channel).output == {"echo": [1]}
         assert runs.read_text() == "ran\n"
         last_head = world.chain.block_number()
         hasher = VoucherHasher(client.market.channels.domain)

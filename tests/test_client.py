@@ -35,7 +35,7 @@ def test_provider_publishes_buyer_downloads_sealed_and_royalties_are_withdrawn(
 ):
     provider = client_for(server, chain, bob)
     data_id = provider.publish(DATA, price=to_units(2), uri="ipfs://iris")
-    assert provider.asset(data_id)["content_hash"] == "0x" + hashlib.sha256(DATA).hexdigest()
+    assert provider.asset(data_id).content_hash == "0x" + hashlib.sha256(DATA).hexdigest()
 
     agent_key = PrivateKey.generate()
     market.agents.register(alice, "", {"encryptionKey": bytes(agent_key.public_key)})
@@ -55,7 +55,7 @@ def test_provider_publishes_buyer_downloads_sealed_and_royalties_are_withdrawn(
     model_file.write_bytes(b"\x00weights" * 1000)
     model_id = builder.publish(model_file, price=to_units(4), kind=AssetKind.MODEL,
                                payees=[(carol.address, 7_000)], parents=[(data_id, 3_000)])  # fmt: skip
-    assert builder.asset(model_id)["parents"] == [data_id]
+    assert builder.asset(model_id).parents == [data_id]
     buyer.buy(model_id)
     market.vault(model_id).release(alice, market.token.address, market.marketplace.vault_of(data_id))
 
@@ -63,7 +63,7 @@ def test_provider_publishes_buyer_downloads_sealed_and_royalties_are_withdrawn(
     released = provider.withdraw()
     expected = 2_000_000 * 99 // 100 + (4_000_000 * 3_000 * 99 // 1_000_000) * 99 // 100
     assert sum(released.values()) == expected == market.token.balance_of(bob.address) - before
-    assert provider.earnings()["total_claimable"] == "0"
+    assert provider.earnings().total_claimable == 0
 
 
 def test_sealed_content_needs_the_key_and_errors_are_typed(server, chain, market, alice, bob):
@@ -86,7 +86,7 @@ def test_the_reader_needs_no_key_and_the_client_reads_through_it(server, chain, 
 
     reader = MarketplaceReader("http://testserver", http=server)
     assert reader.asset(data_id) == provider.asset(data_id)
-    assert [a["asset_id"] for a in reader.assets(kind="dataset")["items"]] == [data_id]
+    assert [a.asset_id for a in reader.assets(kind="dataset").items] == [data_id]
     assert reader.earnings(bob.address) == provider.earnings()
     assert reader.stats() == provider.stats()
     with pytest.raises(ApiClientError) as missing:

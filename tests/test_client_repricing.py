@@ -33,7 +33,8 @@ from marketplace.chain.token import to_units
 from marketplace.client import MarketplaceClient, PriceChanged
 from marketplace.client.vouchers import ChannelCount
 from marketplace.protocol.vouchers import HEADER, Voucher
-from tests.redteam.helpers import Reply, fund, hostile_server, publish_model
+from tests.fake_gateway import settlement_body
+from tests.redteam.helpers import Reply, fund, hostile_server, publish_model, receipt_body, terms_body
 from tests.test_cli import AGENTMARKET, assert_one_line_error
 
 pytestmark = pytest.mark.anvil
@@ -90,9 +91,7 @@ class OwnersGateway:
         if path == "/v1/deployment":
             return Reply(200, self.deployment.to_json())
         if path == "/v1/payments":
-            return Reply(200, {"payment_channel": {"channels": self.market.channels.address,
-                                                   "receiverAuthorizer": self.owner.address},
-                               "models": [self.asset_id]})  # fmt: skip
+            return Reply(200, terms_body(self.market, self.owner.address, [self.asset_id]))
         if path not in (f"/v1/models/{self.asset_id}/invoke", f"/v1/assets/{self.asset_id}/x402"):
             return None
         if HEADER.lower() in headers:
@@ -102,10 +101,11 @@ class OwnersGateway:
                 asked = {"channel": {"minMaxClaimableAmount": str(self.new_price)}}
                 return Reply(402, {"error": "payment_required", "detail": "the price changed",
                                    "reason": "insufficient_voucher", "requirements": asked})  # fmt: skip
-            return Reply(200, {"output": {"label": 7}, "payment": {}})
+            price = self.market.marketplace.asset(self.asset_id).price
+            return Reply(200, receipt_body({"label": 7}, self.vouchers[-1], self.asset_id, price))
         if "payment-signature" in headers:
             self.signatures.append(headers["payment-signature"])
-            return Reply(200, {"output": {"label": 7}, "payment": {}})
+            return Reply(200, {"output": {"label": 7}, "payment": settlement_body(headers["payment-signature"])})
         self.reprice()
         header = base64.b64encode(json.dumps(required(self.chain, self.market, self.asset_id, path)).encode())
         return Reply(402, {"error": "payment_required", "detail": "pay"}, {"PAYMENT-REQUIRED": header.decode()})
@@ -139,7 +139,7 @@ def test_a_price_change_within_max_price_is_paid_at_the_new_price(env):
         client = MarketplaceClient.connect(url, payer, chain, trusted=deployment)
         channel = client.open_channel(gateway.asset_id, 10 * PRICE)
         answer = client.invoke(gateway.asset_id, [1], channel_id=channel, max_price=3 * PRICE)
-    assert answer["output"] == {"label": 7}
+    assert answer.output == {"label": 7}
     assert [v.max_claimable_amount for v in gateway.vouchers] == [PRICE, 2 * PRICE]
     assert client.channel_count(channel) == ChannelCount(answered=2 * PRICE, signed=2 * PRICE)
 

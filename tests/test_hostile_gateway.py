@@ -187,6 +187,114 @@ def test_the_cli_says_one_line_when_a_gateway_answers_deep_or_endless_json():
         assert_one_line_error(run_cli("asset", "ls", "--server", gateway.url), "stopped reading")
 
 
+# ---------------------------------------------------------------------- bodies that are not the API's
+
+ITEM = {"asset_id": 1, "kind": "dataset", "owner": "0x1", "token": "0x2", "price": "2500000", "license_duration": 0,
+        "version": 1, "listed": True, "content_hash": "0x00", "uri": "u", "vault": "0x3", "parents": [],
+        "content_uploaded": True}  # fmt: skip
+#: For each read: an answer that is JSON but not the API's body, and the field the refusal must name.
+MALFORMED = {
+    "GET /v1/assets": (
+        {"items": [{k: v for k, v in ITEM.items() if k != "price"}], "total": 1, "limit": 50, "offset": 0},
+        "items.0.price",
+    ),
+    "GET /v1/assets/1": (
+        {
+            **ITEM,
+            "payees": [],
+            "children": [],
+            "revenue_received": "-5",
+            "licenses_sold": 0,
+            "rating": {"count": 0, "average": None},
+        },
+        "revenue_received",
+    ),
+    "GET /v1/stats": (
+        {
+            "assets": 1,
+            "agents": 0,
+            "licenses_sold": 0,
+            "license_volume": "0",
+            "channel_volume": "0",
+            "revenue_received": "0",
+            "released_by_payee": {"0xabc": 7.5},
+            "top_assets": [],
+        },
+        "released_by_payee.0xabc",
+    ),
+    "GET /v1/agents/1": (
+        {"agent_id": 1, "owner": "0x1", "uri": "u", "wallet": None, "metadata": {"k": ["v"]}},
+        "metadata.k",
+    ),
+    "GET /v1/accounts/0x0000000000000000000000000000000000000001/earnings": (
+        {"address": "0x1", "token": "0x2", "total_claimable": "1" * 79},
+        "total_claimable",
+    ),
+    "GET /v1/payments": (
+        {
+            "payment_channel": {
+                "scheme": "payment-channel",
+                "header": "X-Payment-Channel",
+                "headerFormat": "h",
+                "network": "eip155:1",
+                "chainId": 1,
+                "channels": "0x4",
+                "claimWindowSeconds": 900,
+                "minSecondsToExpiry": 60,
+                "voucher": {"primaryType": "Voucher", "domain": {}, "types": {}, "maxClaimableAmount": "a ceiling"},
+            },
+            "models": [2],
+        },
+        "payment_channel",
+    ),  # no receiverAuthorizer
+}
+
+
+def test_a_body_that_is_not_the_apis_is_bad_response_naming_the_field(chain, deployment, alice):
+    """Before: the SDK returned whatever JSON came back, and callers met a KeyError (or an int() ValueError) far
+    from the answer; now every answer is validated into its wire model at the boundary."""
+    routes = {route: answer(200, json.dumps(body).encode()) for route, (body, _) in MALFORMED.items()}
+    with Scripted(routes) as gateway:
+        client = MarketplaceClient(gateway.url, alice, chain, deployment)
+        reads = {
+            "GET /v1/assets": client.assets, "GET /v1/assets/1": lambda: client.asset(1), "GET /v1/stats": client.stats,
+            "GET /v1/agents/1": lambda: client.agent(1),
+            "GET /v1/accounts/0x0000000000000000000000000000000000000001/earnings":
+                lambda: client.earnings("0x0000000000000000000000000000000000000001"),
+            "GET /v1/payments": client.payment_terms,
+        }  # fmt: skip
+        for route, read in reads.items():
+            with pytest.raises(BadResponse) as refused:
+                read()
+            message = str(refused.value)
+            assert f"({route}) answered HTTP 200 with a body that is not the API's " in message, message
+            assert f": {MALFORMED[route][1]}: " in message and "\n" not in message, message
+            assert refused.value.status == 200
+        refused_terms = "not the API's PaymentTerms: payment_channel: receiverAuthorizer: Field required"
+        with pytest.raises(BadResponse, match=refused_terms):
+            client.served_models()  # the whole body is checked, not only the part a caller reads
+        with pytest.raises(BadResponse, match=refused_terms):
+            client.receiver_authorizer()
+
+
+def test_a_login_answer_that_is_not_the_apis_is_bad_response_and_nothing_is_signed(chain, deployment, alice):
+    with Scripted({"POST /v1/auth/nonce": answer(200, b'{"nonce": "n", "expires_at": 0}')}) as gateway:
+        client = MarketplaceClient(gateway.url, alice, chain, deployment)
+        with pytest.raises(BadResponse, match="not the API's NonceResponse: message: Field required"):
+            client.login()
+        assert [path for _, path, _, _ in gateway.requests] == ["/v1/auth/nonce"]  # no signature went out
+    gateway = _login_gateway(lambda url: _siwe(url, alice.address))
+    gateway.routes["POST /v1/auth/verify"] = answer(200, b'{"token": "t", "address": "", "expires_at": "soon"}')
+    with gateway, pytest.raises(BadResponse, match="not the API's TokenResponse: expires_at: "):
+        MarketplaceClient(gateway.url, alice, chain, deployment).login()
+
+
+def test_the_cli_says_one_line_naming_the_field_when_a_gateway_answers_another_body():
+    body, field = MALFORMED["GET /v1/assets"]
+    with Scripted({"GET /v1/assets": answer(200, json.dumps(body).encode())}) as gateway:
+        assert_one_line_error(run_cli("asset", "ls", "--server", gateway.url), f"not the API's AssetPage: {field}: ")
+
+
 def test_a_deep_payment_required_header_is_refused_before_signing(chain, deployment, market, alice, bob):
     model = market.marketplace.publish(
         bob, kind=AssetKind.MODEL, content_hash=b"\x0b" * 32, uri="ipfs://m", price=PRICE,
@@ -408,8 +516,8 @@ def test_a_call_whose_answer_was_lost_counts_and_the_channel_keeps_working(
         assert lost.value.sent and "\n" not in str(lost.value)
         assert client.channel_count(channel).answered == PRICE  # the unknown outcome counts
         second = client.invoke(model, [2], channel_id=channel)  # before the fix: 402, then refused for good
-        assert second["output"] == {"echo": [2]}
-        assert second["payment"]["debited"] == str(2 * PRICE)  # the server had debited the lost one
+        assert second.output == {"echo": [2]}
+        assert second.payment.debited == 2 * PRICE  # the server had debited the lost one
         assert client.channel_count(channel).signed == 2 * PRICE  # no slack left once it answered
 
         # A request that never left (nothing listens) is not counted.

@@ -64,7 +64,7 @@ def client(chain, deployment, tmp_path, relayer, alice, models, upstream):
 def test_the_operator_fixes_what_is_forwarded(client, market, alice, models, upstream):
     vault = market.marketplace.vault_of(models["llm"])
     answered = client.invoke(models["llm"], {"messages": HELLO})
-    assert answered["output"]["choices"][0]["message"]["content"] == "hi there"
+    assert answered.output["choices"][0]["message"]["content"] == "hi there"
     chosen = {"messages": HELLO, "model": "operator-model", "temperature": 0.2, "top_p": 0.9, "max_tokens": 100,
               "stop": ["\n"], "seed": 7}  # fmt: skip
     client.invoke(models["llm"], chosen)

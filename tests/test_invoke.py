@@ -58,8 +58,8 @@ def test_paid_calls_are_answered_and_settled_into_the_vault_at_shutdown(
         channel = client.open_channel(model, to_units(1), signer=session_key.address)
         for i in range(5):
             result = client.invoke(model, [i, 1], channel_id=channel, signer=session_key)
-            assert result["output"] == {"sum": i + 1.0}
-        assert result["payment"]["debited"] == str(5 * PRICE)
+            assert result.output == {"sum": i + 1.0}
+        assert result.payment.debited == 5 * PRICE
         assert market.token.balance_of(market.marketplace.vault_of(model)) == 0  # not settled yet
     # leaving the app stops the settler, which claims every voucher answered
     assert market.token.balance_of(market.marketplace.vault_of(model)) == 5 * PRICE
@@ -82,7 +82,7 @@ def test_a_client_signs_its_own_count_never_the_servers(app_factory, chain, alic
         )
         shared = MarketplaceClient.connect("http://testserver", alice, chain, http=server,
                                            voucher_book=first.voucher_book)  # fmt: skip
-        assert shared.invoke(model, [2], channel_id=channel)["payment"]["debited"] == str(2 * PRICE)
+        assert shared.invoke(model, [2], channel_id=channel).payment.debited == 2 * PRICE
 
 
 def test_unpaid_malformed_and_unserved_calls(app_factory, chain, market, alice, bob, model):
@@ -225,7 +225,7 @@ def test_a_failed_call_costs_nothing(app_factory, chain, market, alice, model):
         with pytest.raises(ApiClientError) as bad_input:
             client.invoke(model, ["not a number"], channel_id=channel)
         assert bad_input.value.status == 422 and "not charged" in bad_input.value.detail
-        assert client.invoke(model, [1], channel_id=channel)["payment"]["debited"] == str(PRICE)
+        assert client.invoke(model, [1], channel_id=channel).payment.debited == PRICE
         with pytest.raises(ApiClientError):  # a failed call, and the payer never calls again
             client.invoke(model, ["not a number"], channel_id=channel)
         before_claim = market.token.balance_of(vault)
@@ -240,8 +240,8 @@ def test_sdk_pays_per_call_with_x402_when_no_channel_is_named(app_factory, chain
     with app_factory() as server:
         client = MarketplaceClient.connect("http://testserver", alice, chain, http=server)
         results = [client.invoke(model, [n, 1]) for n in range(2)]
-    assert [r["output"] for r in results] == [{"sum": 1.0}, {"sum": 2.0}]
-    assert {(r["payment"]["scheme"], r["payment"]["payer"]) for r in results} == {("exact", alice.address)}
+    assert [r.output for r in results] == [{"sum": 1.0}, {"sum": 2.0}]
+    assert {(r.payment.scheme, r.payment.payer) for r in results} == {("exact", alice.address)}
     assert market.token.balance_of(vault) - before == 2 * PRICE
 
 
@@ -263,5 +263,5 @@ def test_an_answer_that_cannot_be_recorded_is_withheld_and_costs_nothing(
         assert (withheld.value.status, withheld.value.code) == (503, "ledger_unavailable")
         assert "sum" not in withheld.value.detail
         monkeypatch.setattr(ledger_module, "_write", real_write)
-        assert client.invoke(model, [2], channel_id=channel)["payment"]["debited"] == str(PRICE)
+        assert client.invoke(model, [2], channel_id=channel).payment.debited == PRICE
     assert market.channels.channel(channel).claimed == PRICE

@@ -286,5 +286,5 @@ def test_the_served_digits_classifier_answers_422_to_input_it_cannot_take(chain,
             assert says in refused.value.detail
         X, _ = load_source("digits")
         answered = client.invoke(model, {"features": X[:2].tolist()}, channel_id=channel)
-        assert len(answered["output"]["labels"]) == 2 and answered["payment"]["debited"] == str(price)
+        assert len(answered.output["labels"]) == 2 and answered.payment.debited == price
     assert market.channels.channel(channel).claimed == price  # one call answered, one call paid

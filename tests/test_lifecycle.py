@@ -232,7 +232,7 @@ def test_a_node_restart_stops_the_server_and_the_next_serve_archives_the_old_cha
         assert bob_client.publish(b"a model", price=PRICE, kind=AssetKind.MODEL) == 2
         alice_client = MarketplaceClient.connect(url, alice, first)
         channel = alice_client.open_channel(2, to_units(1))
-        assert alice_client.invoke(2, [1, 2, 3], channel_id=channel)["output"] == 3
+        assert alice_client.invoke(2, [1, 2, 3], channel_id=channel).output == 3
         assert httpx.get(f"{url}/v1/assets", timeout=10).json()["total"] == 2  # the read model holds both
         first_identity = ChainIdentity.of(first)
         indexer = Indexer(first, load_deployment(manifest, first), open_database(f"sqlite:///{home / 'probe.db'}"))

@@ -103,8 +103,8 @@ def test_failed_answers_on_a_channel_are_never_debited(server_url, chain, market
         assert (failed.value.status, failed.value.code) == expected, answer
         assert failed.value.detail.endswith("the call was not charged"), failed.value.detail
     good = client.invoke(model, _payload("ok"), channel_id=channel)
-    assert good["output"] == {"score": 0.5, "label": "é"}
-    assert good["payment"]["debited"] == str(PRICE)  # one answered call: the ten failures were not debited
+    assert good.output == {"score": 0.5, "label": "é"}
+    assert good.payment.debited == PRICE  # one answered call: the ten failures were not debited
     count = client.channel_count(channel)
     assert count is not None and count.answered == PRICE
 
@@ -121,7 +121,7 @@ def test_failed_answers_over_x402_are_never_settled(server_url, chain, market, a
         assert market.token.balance_of(alice.address) == before_payer, answer
     assert market.token.balance_of(vault) == before_vault
     paid = client.invoke(model, _payload("ok"))
-    assert paid["output"] == {"score": 0.5, "label": "é"} and paid["payment"]["amount"] == str(PRICE)
+    assert paid.output == {"score": 0.5, "label": "é"} and paid.payment.amount == PRICE
     assert market.token.balance_of(vault) - before_vault == PRICE
 
 
@@ -147,4 +147,4 @@ def test_an_upstream_answering_deep_or_endless_json_fails_the_call_not_the_gatew
                 assert upstream.url not in failed.value.detail
                 assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
             upstream.routes["POST /chat/completions"] = reply(200, b'{"choices": []}')
-            assert client.invoke(model, chat, channel_id=channel)["payment"]["debited"] == str(PRICE)
+            assert client.invoke(model, chat, channel_id=channel).payment.debited == PRICE

@@ -198,8 +198,8 @@ def connect(live: Gateway, chain, account, **options) -> MarketplaceClient:
 
 def catalog_entry(client: MarketplaceClient, asset_id: int) -> dict | None:
     """The asset as the catalog lists it with unlisted assets included (None if absent)."""
-    items = client.assets(listed_only=False, limit=200)["items"]
-    return next((item for item in items if item["asset_id"] == asset_id), None)
+    items = client.assets(listed_only=False, limit=200).items
+    return next((item for item in items if item.asset_id == asset_id), None)
 
 
 @embedded_only
@@ -229,10 +229,10 @@ def test_a_refused_upload_leaves_the_asset_unlisted_and_upload_finishes_the_publ
     assert bought.value.error == "AssetDelisted"
     x402 = httpx.get(f"{live.url}/v1/assets/{asset_id}/x402")
     assert (x402.status_code, x402.json()["error"]) == (409, "asset_delisted")
-    assert asset_id not in [item["asset_id"] for item in shopper.assets()["items"]]
+    assert asset_id not in [item.asset_id for item in shopper.assets().items]
     entry = catalog_entry(shopper, asset_id)
-    assert entry is not None and (entry["listed"], entry["content_uploaded"]) == (False, False)
-    assert shopper.asset(asset_id)["content_uploaded"] is False
+    assert entry is not None and (entry.listed, entry.content_uploaded) == (False, False)
+    assert shopper.asset(asset_id).content_uploaded is False
 
     # The operator raises the limit; the owner's retry uploads, the server verifies, the owner lists.
     live.restart(1_000_000)
@@ -242,12 +242,12 @@ def test_a_refused_upload_leaves_the_asset_unlisted_and_upload_finishes_the_publ
         shopper.upload(asset_id, path)
     assert not market.marketplace.asset(asset_id).listed
     stored = provider.upload(asset_id, path)
-    assert stored == {"asset_id": asset_id, "version": 1, "sha256": "0x" + hashlib.sha256(content).hexdigest(),
-                      "size": len(content), "listed": True}  # fmt: skip
+    assert stored.model_dump() == {"asset_id": asset_id, "version": 1, "size": len(content), "listed": True,
+                                   "sha256": "0x" + hashlib.sha256(content).hexdigest()}  # fmt: skip
     assert market.marketplace.asset(asset_id).listed
     entry = catalog_entry(shopper, asset_id)
-    assert entry is not None and (entry["listed"], entry["content_uploaded"]) == (True, True)
-    assert asset_id in [item["asset_id"] for item in shopper.assets()["items"]]
+    assert entry is not None and (entry.listed, entry.content_uploaded) == (True, True)
+    assert asset_id in [item.asset_id for item in shopper.assets().items]
     shopper.buy(asset_id)
     assert shopper.download(asset_id) == content
 
@@ -273,10 +273,10 @@ def test_a_failed_listing_is_reported_with_the_content_uploaded(live, chain, mar
     )
     assert not market.marketplace.asset(incomplete.asset_id).listed
     entry = catalog_entry(provider, incomplete.asset_id)
-    assert entry is not None and (entry["listed"], entry["content_uploaded"]) == (False, True)
+    assert entry is not None and (entry.listed, entry.content_uploaded) == (False, True)
 
     chain.send_eth(chain.accounts[0], owner.address, 10**18)  # gas money again: the retry lists it
-    assert connect(live, chain, owner).upload(incomplete.asset_id, content)["listed"] is True
+    assert connect(live, chain, owner).upload(incomplete.asset_id, content).listed is True
     assert market.marketplace.asset(incomplete.asset_id).listed
 
 
@@ -305,7 +305,7 @@ def test_a_new_version_whose_upload_fails_is_not_sold_and_its_old_bytes_are_not_
     assert (missing.value.status, missing.value.code) == (404, "content_not_uploaded")
 
     live.restart(1_000_000)
-    assert provider.upload(asset_id, second) == {
+    assert provider.upload(asset_id, second).model_dump() == {
         "asset_id": asset_id, "version": 2, "sha256": "0x" + hashlib.sha256(second).hexdigest(), "size": 3_000,
         "listed": True,
     }  # fmt: skip
@@ -316,7 +316,7 @@ def test_a_new_version_whose_upload_fails_is_not_sold_and_its_old_bytes_are_not_
     market.marketplace.set_listed(owner, asset_id, False)
     assert provider.publish_version(asset_id, first) == 3
     assert not market.marketplace.asset(asset_id).listed
-    assert catalog_entry(provider, asset_id)["content_uploaded"] is True
+    assert catalog_entry(provider, asset_id).content_uploaded is True
 
 
 @embedded_only
@@ -325,12 +325,12 @@ def test_a_listed_asset_whose_content_the_server_lost_is_marked_and_restored(liv
     provider = connect(live, chain, owner)
     content = os.urandom(700)
     asset_id = provider.publish(content, price=PRICE)
-    assert provider.asset(asset_id)["content_uploaded"] is True
+    assert provider.asset(asset_id).content_uploaded is True
 
     live.app.state.services.content.path_of(asset_id, 1).unlink()  # the server lost it
-    assert provider.asset(asset_id)["content_uploaded"] is False
-    entry = next(item for item in provider.assets()["items"] if item["asset_id"] == asset_id)
-    assert (entry["listed"], entry["content_uploaded"]) == (True, False)
+    assert provider.asset(asset_id).content_uploaded is False
+    entry = next(item for item in provider.assets().items if item.asset_id == asset_id)
+    assert (entry.listed, entry.content_uploaded) == (True, False)
 
     # A refused re-upload of a listed asset raises the server's error as it is (the asset's state is unchanged).
     live.restart(500)
@@ -340,9 +340,9 @@ def test_a_listed_asset_whose_content_the_server_lost_is_marked_and_restored(liv
     # Re-uploading a listed asset sends no listing transaction.
     live.restart(UPLOAD_LIMIT)
     block = chain.block_number()
-    assert provider.upload(asset_id, content)["listed"] is True
+    assert provider.upload(asset_id, content).listed is True
     assert chain.block_number() == block  # nothing was sent on chain
-    assert provider.asset(asset_id)["content_uploaded"] is True
+    assert provider.asset(asset_id).content_uploaded is True
 
 
 @embedded_only

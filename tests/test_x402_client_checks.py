@@ -318,8 +318,8 @@ def test_the_honest_gateway_is_paid_through_the_same_checks(chain, market, alice
     client = MarketplaceClient.connect(honest_url, alice, chain)
 
     called = client.invoke(assets.model, [1, 2, 3])
-    assert called["output"] == {"count": 3}
-    assert (called["payment"]["amount"], called["payment"]["payTo"]) == (str(PRICE), model_vault)
+    assert called.output == {"count": 3}
+    assert (called.payment.amount, called.payment.pay_to) == (PRICE, model_vault)
 
     paid = client.download_x402(assets.dataset, tmp_path / "data.csv")
     assert (tmp_path / "data.csv").read_bytes() == CONTENT and paid.content == b""

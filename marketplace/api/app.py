@@ -18,7 +18,6 @@ from marketplace.api.lifecycle import LEDGER_FILE, ChainGuard, prepare_data_dir
 from marketplace.api.limits import Limits, RequestLimits, upload_matcher
 from marketplace.api.relayer import settlement_account
 from marketplace.api.routes import accounts, agents, assets, auth, content, health, models, payments, stats, x402
-from marketplace.api.schemas import ErrorBody
 from marketplace.api.settings import Settings
 from marketplace.api.state import ServerBase
 from marketplace.chain import Chain, rpc_chain
@@ -31,6 +30,7 @@ from marketplace.inference import ModelHandler
 from marketplace.keyfile import load_or_create_secret
 from marketplace.payments.channels import ChainWatcher, ChannelGate, VoucherLedger, settler_for
 from marketplace.payments.x402 import X402Payments
+from marketplace.protocol.wire import ErrorBody
 from marketplace.siwe import TokenIssuer
 
 #: Everything that sends transactions from the relayer account shares this lock (nonce order).

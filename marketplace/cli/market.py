@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from eth_account.signers.local import LocalAccount
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -32,6 +33,7 @@ from marketplace.client.pins import PIN_FILE, TRUST_ENV, DeploymentPins, connect
 from marketplace.client.sdk import MarketplaceReader, PublishIncomplete
 from marketplace.client.vouchers import VoucherBook
 from marketplace.errors import AgentmarketError
+from marketplace.protocol.wire import TokenEarnings
 from marketplace.wallet_file import (
     DEFAULT_WALLET,
     PASSWORD_ENV,
@@ -137,6 +139,9 @@ def _text(*values: object) -> list[Text]:
 
 
 def _print_json(data: object) -> None:
+    """``data`` as JSON (a wire model as the server sends it: its aliases, amounts as decimal strings)."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json", by_alias=True)
     console.print_json(json.dumps(data))
 
 
@@ -317,8 +322,8 @@ def asset_upload(
     if as_json:
         _print_json(stored)
         return
-    state = "listed: buyers can buy it" if stored["listed"] else "unlisted: nobody can buy it yet"
-    console.print(f"uploaded asset {asset_id} version {stored['version']} ({stored['size']} bytes, sha256 verified "
+    state = "listed: buyers can buy it" if stored.listed else "unlisted: nobody can buy it yet"
+    console.print(f"uploaded asset {asset_id} version {stored.version} ({stored.size} bytes, sha256 verified "
                   f"by the server); it is {state}", soft_wrap=True)  # fmt: skip
 
 
@@ -336,13 +341,13 @@ def asset_ls(
     if as_json:
         _print_json(page)
         return
-    table = Table(title=f"{page['total']} assets")
+    table = Table(title=f"{page.total} assets")
     for column in ("id", "kind", "price (tUSD)", "owner", "parents", "uri", "state"):
         table.add_column(column)
-    for a in page["items"]:
-        state = ("listed" if a["listed"] else "unlisted") + ("" if a.get("content_uploaded") else ", no content")
-        table.add_row(*_text(a["asset_id"], a["kind"], format_units(int(a["price"])), a["owner"],
-                             ",".join(map(str, a["parents"])), a["uri"], state))  # fmt: skip
+    for a in page.items:
+        state = ("listed" if a.listed else "unlisted") + ("" if a.content_uploaded else ", no content")
+        table.add_row(*_text(a.asset_id, a.kind, format_units(a.price), a.owner,
+                             ",".join(map(str, a.parents)), a.uri, state))  # fmt: skip
     console.print(table)
 
 
@@ -634,9 +639,9 @@ def invoke(
 # ---------------------------------------------------------------------- earnings
 
 
-def _amount(units: int | str, token: str, tusd: str) -> str:
+def _amount(units: int, token: str, tusd: str) -> str:
     """An amount in tUSD, or in base units of another token (named by its address)."""
-    return f"{format_units(int(units))} tUSD" if token == tusd else f"{int(units)} base units of {token}"
+    return f"{format_units(units)} tUSD" if token == tusd else f"{units} base units of {token}"
 
 
 def earnings(
@@ -657,24 +662,24 @@ def earnings(
     if as_json:
         _print_json(data)
         return
-    tusd, several = data["token"], len({v["token"] for v in data["vaults"]}) > 1
-    table = Table(title=f"earnings of {data['address']}")
+    tusd, several = data.token, len({v.token for v in data.vaults}) > 1
+    table = Table(title=f"earnings of {data.address}")
     columns = ("asset", "vault", *(["token"] if several else []), "share (bps)", "claimable", "waiting up the lineage")
     for column in (*columns, "released"):
         table.add_column(column)
-    for v in data["vaults"]:
-        in_tusd = v["token"] == tusd
-        amounts = [format_units(int(v[k])) if in_tusd else v[k] for k in ("claimable", "waiting", "released")]
-        table.add_row(*_text(v["asset_id"], v["vault"], *([v["token"]] if several else []), f"{v['share_bps']:.0f}",
+    for v in data.vaults:
+        in_tusd = v.token == tusd
+        amounts = [format_units(units) if in_tusd else str(units) for units in (v.claimable, v.waiting, v.released)]
+        table.add_row(*_text(v.asset_id, v.vault, *([v.token] if several else []), f"{v.share_bps:.0f}",
                              *amounts))  # fmt: skip
     console.print(table)
-    for total in data["totals"] or [{"token": tusd, "claimable": "0", "waiting": "0"}]:
-        token = total["token"]
-        console.print(f"claimable {_amount(total['claimable'], token, tusd)} now, "
-                      f"{_amount(total['waiting'], token, tusd)} waiting up the lineage", soft_wrap=True)  # fmt: skip
-    if data["pending_releases"]:
-        console.print(f"`agentmarket withdraw` collects it all in {data['pending_releases']} transaction(s)")
-    if not data["lineage_complete"]:
+    for total in data.totals or [TokenEarnings(token=tusd, claimable=0, waiting=0, released=0)]:
+        token = total.token
+        console.print(f"claimable {_amount(total.claimable, token, tusd)} now, "
+                      f"{_amount(total.waiting, token, tusd)} waiting up the lineage", soft_wrap=True)  # fmt: skip
+    if data.pending_releases:
+        console.print(f"`agentmarket withdraw` collects it all in {data.pending_releases} transaction(s)")
+    if not data.lineage_complete:
         console.print("(the lineage is too large to walk whole, or a vault's token cannot be read: more may wait)")
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -27,6 +27,7 @@ import requests
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
+from pydantic import BaseModel, ValidationError
 from web3 import Web3
 from web3.exceptions import ProviderConnectionError
 from web3.types import TxReceipt
@@ -47,6 +48,7 @@ from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms, PriceCh
 from marketplace.client.vouchers import ChannelCount, VoucherBook
 from marketplace.content import open_sealed_frames
 from marketplace.errors import AgentmarketError
+from marketplace.protocol import wire
 from marketplace.protocol.jsonlimits import JsonTooDeep, header_too_deep
 from marketplace.protocol.jsonlimits import loads as bounded_loads
 from marketplace.protocol.vouchers import HEADER, Voucher, VoucherHasher
@@ -90,7 +92,9 @@ class ServerUnreachable(AgentmarketError):
 
 class BadResponse(AgentmarketError, ValueError):
     """The server answered, but with something this SDK will not read: a body larger than its limit, JSON
-    nested deeper than its limit, or not JSON where JSON was due. ``status`` is the answer's HTTP status."""
+    nested deeper than its limit, not JSON where JSON was due, or JSON that is not the body the API defines
+    (:mod:`marketplace.protocol.wire`; the message names the first field missing or wrong). ``status`` is the
+    answer's HTTP status."""
 
     def __init__(self, detail: str, status: int) -> None:
         super().__init__(detail)
@@ -113,6 +117,10 @@ _CHAIN_DOWN: tuple[type[Exception], ...] = (
 class LoginRefused(AgentmarketError):
     """The server asked this client to sign a login message that is not for this server, account or chain,
     or that stays valid too long; nothing was signed."""
+
+
+#: A wire model (:mod:`marketplace.protocol.wire`).
+Body = TypeVar("Body", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,22 @@ class Reply:
         except ValueError:
             raise BadResponse(f"{self.where} answered HTTP {self.status_code} without a JSON body",
                               self.status_code) from None  # fmt: skip
+
+    def parse(self, model: type[Body]) -> Body:
+        """The body as :meth:`json`, validated into ``model`` (a :mod:`marketplace.protocol.wire` model);
+        :class:`BadResponse` naming the first field that is missing or wrong (never the server's value)."""
+        body = self.json()
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            where = ".".join(str(part) for part in errors[0]["loc"]) or "the body"
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise BadResponse(
+                f"{self.where} answered HTTP {self.status_code} with a body that is not the API's {model.__name__}: "
+                f"{_line(where, 120)}: {_line(errors[0]['msg'], 200)}{more}",
+                self.status_code,
+            ) from None
 
 
 class PublishIncomplete(AgentmarketError):
@@ -335,29 +359,30 @@ class MarketplaceReader:
         _raise_for_error(reply)
         return reply
 
-    def assets(self, **filters: Any) -> dict[str, Any]:
-        """A page of the catalog (filters: kind, provider, min_price, max_price, q, limit, offset)."""
+    def assets(self, **filters: Any) -> wire.AssetPage:
+        """A page of the catalog (filters: kind, provider, min_price, max_price, q, limit, offset; prices in
+        base units). :class:`BadResponse` when the answer is not a page (as for every read below)."""
         params = {k: v for k, v in filters.items() if v is not None}
-        return self._request("GET", "/v1/assets", params=params).json()
+        return self._request("GET", "/v1/assets", params=params).parse(wire.AssetPage)
 
-    def asset(self, asset_id: int) -> dict[str, Any]:
+    def asset(self, asset_id: int) -> wire.AssetDetail:
         """One asset with its split, lineage, revenue, sales and rating."""
-        return self._request("GET", f"/v1/assets/{asset_id}").json()
+        return self._request("GET", f"/v1/assets/{asset_id}").parse(wire.AssetDetail)
 
-    def agent(self, agent_id: int) -> dict[str, Any]:
+    def agent(self, agent_id: int) -> wire.Agent:
         """One agent."""
-        return self._request("GET", f"/v1/agents/{agent_id}").json()
+        return self._request("GET", f"/v1/agents/{agent_id}").parse(wire.Agent)
 
-    def earnings(self, address: str) -> dict[str, Any]:
+    def earnings(self, address: str) -> wire.Earnings:
         """``GET /v1/accounts/{address}/earnings``: for every vault ``address`` is a payee of and every token
         that reaches it, ``claimable`` (now), ``waiting`` (what releases up the lineage would add) and
         ``released`` (so far), in base units; totals per token; ``pending_releases``, the transactions a
         withdrawal would send."""
-        return self._request("GET", f"/v1/accounts/{address}/earnings").json()
+        return self._request("GET", f"/v1/accounts/{address}/earnings").parse(wire.Earnings)
 
-    def stats(self) -> dict[str, Any]:
-        """Marketplace-wide figures."""
-        return self._request("GET", "/v1/stats").json()
+    def stats(self) -> wire.Stats:
+        """Marketplace-wide figures (amounts in base units of the payment token)."""
+        return self._request("GET", "/v1/stats").parse(wire.Stats)
 
 
 #: Transport failures that happen before a request leaves this process: the server surely did not get it.
@@ -495,20 +520,14 @@ class MarketplaceClient(MarketplaceReader):
         """
         if self._token and self._token[1] > time.time() + 30:
             return self._token[0]
-        issued = self._request("POST", "/v1/auth/nonce", json={"address": self.address}).json()
-        message = issued.get("message") if isinstance(issued, dict) else None
+        issued = self._request("POST", "/v1/auth/nonce", json={"address": self.address})
+        message = issued.parse(wire.NonceResponse).message
         self.check_login_message(message)
         signature = Account.sign_message(encode_defunct(text=message), self.account.key).signature
-        verified = self._request(
-            "POST", "/v1/auth/verify", json={"message": message, "signature": "0x" + signature.hex()}
-        ).json()
-        try:
-            token, expires = str(verified["token"]), int(verified["expires_at"])
-        except (KeyError, TypeError, ValueError):
-            raise BadResponse(f"the marketplace server at {self.base_url} answered a login without a token",
-                              200) from None  # fmt: skip
-        self._token = (token, expires)
-        return token
+        signed = {"message": message, "signature": "0x" + signature.hex()}
+        verified = self._request("POST", "/v1/auth/verify", json=signed).parse(wire.TokenResponse)
+        self._token = (verified.token, verified.expires_at)
+        return verified.token
 
     def check_login_message(self, message: object, *, now: float | None = None) -> SiweMessage:
         """The EIP-4361 message a server asks this client to sign, once it passed the checks a wallet makes
@@ -542,7 +561,7 @@ class MarketplaceClient(MarketplaceReader):
 
     # ------------------------------------------------------------------ reads
 
-    def earnings(self, address: str | None = None) -> dict[str, Any]:
+    def earnings(self, address: str | None = None) -> wire.Earnings:
         """The server's earnings of ``address`` (default: this account): per asset and token, claimable now,
         waiting up the lineage and released (see :meth:`MarketplaceReader.earnings`; :meth:`withdrawal_plan`
         computes the same from the chain alone)."""
@@ -602,7 +621,7 @@ class MarketplaceClient(MarketplaceReader):
         self._upload(asset_id, before.version + 1, False, content, content_hash, list_asset=before.listed)
         return before.version + 1
 
-    def upload(self, asset_id: int, content: Path | bytes, *, list_asset: bool = True) -> dict[str, Any]:
+    def upload(self, asset_id: int, content: Path | bytes, *, list_asset: bool = True) -> wire.UploadResult:
         """Upload the content of ``asset_id``'s current version (this account must own it) and, once the
         server has verified it against the on-chain content hash, list the asset if it is unlisted (this
         account's ``setListed`` transaction; ``list_asset=False`` leaves the listing as it is).
@@ -611,11 +630,11 @@ class MarketplaceClient(MarketplaceReader):
         listed asset's content to a server that lost it. ``content`` is a file (streamed) or bytes; its
         sha256 is checked against the chain before anything is sent. Returns the server's record
         (``asset_id``, ``version``, ``sha256``, ``size`` in bytes) and ``listed``, the asset's listing
-        now. Raises AgentmarketError before anything is sent when this account is not the owner or the
-        content is not this version's (ContractRevert UnknownAsset for an unknown id);
-        :class:`PublishIncomplete` when the asset stays unlisted because the upload or the listing
-        failed; for a listed asset, ApiClientError (the server refused: 413 too large, 409 a new version
-        was published meanwhile, …) or AgentmarketError (the server is unreachable).
+        now (a :class:`~marketplace.protocol.wire.UploadResult`). Raises AgentmarketError before anything is
+        sent when this account is not the owner or the content is not this version's (ContractRevert
+        UnknownAsset for an unknown id); :class:`PublishIncomplete` when the asset stays unlisted because
+        the upload or the listing failed; for a listed asset, ApiClientError (the server refused: 413 too
+        large, 409 a new version was published meanwhile, …) or AgentmarketError (the server is unreachable).
         """
         asset = self.market.marketplace.asset(asset_id)
         if asset.owner != self.address:
@@ -632,16 +651,16 @@ class MarketplaceClient(MarketplaceReader):
 
     def _upload(
         self, asset_id: int, version: int, listed: bool, content: Path | bytes, content_hash: bytes, *, list_asset: bool
-    ) -> dict[str, Any]:
+    ) -> wire.UploadResult:
         """PUT the content of ``asset_id`` at ``version`` (``listed``: its listing on chain now), check the
         server's record, then list it if asked and unlisted. Any failure that leaves the asset unlisted
         raises :class:`PublishIncomplete` (from the failure)."""
         uploaded = False
         try:
             stored = self._put_content(asset_id, content)
-            if (stored.get("sha256"), stored.get("version")) != ("0x" + content_hash.hex(), version):
+            if (stored.sha256, stored.version) != ("0x" + content_hash.hex(), version):
                 raise AgentmarketError(
-                    f"the server's answer names sha256 {stored.get('sha256')} version {stored.get('version')}, "
+                    f"the server's answer names sha256 {_line(stored.sha256, 80)} version {stored.version}, "
                     f"not 0x{content_hash.hex()} version {version}"
                 )
             uploaded = True
@@ -652,9 +671,9 @@ class MarketplaceClient(MarketplaceReader):
             if listed:
                 raise
             raise PublishIncomplete(asset_id, version, uploaded=uploaded, reason=_reason(exc)) from exc
-        return {**stored, "listed": listed}
+        return wire.UploadResult(**stored.model_dump(), listed=listed)
 
-    def _put_content(self, asset_id: int, content: Path | bytes) -> dict[str, Any]:
+    def _put_content(self, asset_id: int, content: Path | bytes) -> wire.Uploaded:
         """``PUT /v1/assets/{id}/content``: the bytes, or the file streamed with its size declared (so a
         server refuses a too-large upload from its Content-Length, before the body)."""
 
@@ -665,11 +684,13 @@ class MarketplaceClient(MarketplaceReader):
                     yield chunk
 
         if isinstance(content, bytes):
-            return self._request("PUT", f"/v1/assets/{asset_id}/content", auth=True, content=content).json()
+            return self._request("PUT", f"/v1/assets/{asset_id}/content", auth=True, content=content).parse(
+                wire.Uploaded
+            )
         headers = {"Content-Length": str(content.stat().st_size)}
         return self._request(
             "PUT", f"/v1/assets/{asset_id}/content", auth=True, content=stream(), headers=headers
-        ).json()
+        ).parse(wire.Uploaded)
 
     # ------------------------------------------------------------------ buyers
 
@@ -706,43 +727,31 @@ class MarketplaceClient(MarketplaceReader):
         except httpx.HTTPError as exc:
             raise _unreachable(self.base_url, exc) from None
 
-    def payment_terms(self) -> dict[str, Any]:
+    def payment_terms(self) -> wire.ChannelTerms:
         """The server's channel terms (``GET /v1/payments``): channels contract, ``receiverAuthorizer``, claim
-        window, voucher types."""
-        body = self._payments()
-        terms = body.get("payment_channel")
-        if not isinstance(terms, dict):
-            raise BadResponse(f"the marketplace server at {self.base_url} answered GET /v1/payments without "
-                              "payment_channel terms", 200)  # fmt: skip
-        return terms
+        window, voucher types. :class:`BadResponse` when the answer is not a
+        :class:`~marketplace.protocol.wire.PaymentTerms`."""
+        return self._payments().payment_channel
 
-    def _payments(self) -> dict[str, Any]:
-        body = self._request("GET", "/v1/payments").json()
-        if not isinstance(body, dict):
-            raise BadResponse(f"the marketplace server at {self.base_url} answered GET /v1/payments with "
-                              f"{type(body).__name__}, not an object", 200)  # fmt: skip
-        return body
+    def _payments(self) -> wire.PaymentTerms:
+        return self._request("GET", "/v1/payments").parse(wire.PaymentTerms)
 
     def served_models(self) -> set[int]:
         """The model assets this server runs (``GET /v1/payments``: ``models``)."""
-        models = self._payments().get("models")
-        if not isinstance(models, list) or not all(type(m) is int for m in models):
-            raise BadResponse(f"the marketplace server at {self.base_url} answered GET /v1/payments without "
-                              "a list of the models it serves", 200)  # fmt: skip
-        return set(models)
+        return set(self._payments().models)
 
     def receiver_authorizer(self) -> str:
         """The key this server claims channels with (``GET /v1/payments``), once its channels contract is
         checked to be this deployment's (:class:`AgentmarketError` otherwise)."""
         terms = self.payment_terms()
         channels = self.market.channels
-        if str(terms.get("channels", "")).lower() != channels.address.lower():
-            shown = _line(terms.get("channels"), 60)
+        if terms.channels.lower() != channels.address.lower():
+            shown = _line(terms.channels, 60)
             raise AgentmarketError(
                 f"the server takes channels of contract {shown}, not of this deployment's {channels.address}"
             )
-        authorizer = terms.get("receiverAuthorizer")
-        if not isinstance(authorizer, str) or not Web3.is_address(authorizer):
+        authorizer = terms.receiver_authorizer
+        if not Web3.is_address(authorizer):
             raise AgentmarketError(f"the server names no receiverAuthorizer address in GET /v1/payments: "
                                    f"{_line(authorizer, 60)}")  # fmt: skip
         return Web3.to_checksum_address(authorizer)
@@ -891,8 +900,10 @@ class MarketplaceClient(MarketplaceReader):
         signer: LocalAccount | None = None,
         max_price: int | None = None,
         before_signing: Callable[[PaymentTerms], None] | None = None,
-    ) -> dict[str, Any]:
-        """Call a served model and pay for the call. Returns ``{"output", "payment"}``.
+    ) -> wire.InvokeResponse:
+        """Call a served model and pay for the call. Returns its ``output`` and ``payment`` (a
+        :class:`~marketplace.protocol.wire.ChannelReceipt` or an :class:`~marketplace.protocol.wire.X402Settlement`);
+        :class:`BadResponse` when the answer is not that.
 
         ``max_price`` (base units) is the most this call may cost: the SDK never signs for a price its
         caller did not approve. Without it, the approved price is the on-chain price when the call began
@@ -955,7 +966,7 @@ class MarketplaceClient(MarketplaceReader):
                         f"{count.answered} answered + {price} for this call = {ceiling}: refusing to sign more"
                     )
             _raise_for_error(response)
-            return response.json()
+            return response.parse(wire.InvokeResponse)
         raise AssertionError("unreachable")
 
     def channel_count(self, channel_id: int) -> ChannelCount | None:
@@ -1027,7 +1038,7 @@ class MarketplaceClient(MarketplaceReader):
         payload: Any,
         max_price: int | None = None,
         before_signing: Callable[[PaymentTerms], None] | None = None,
-    ) -> dict[str, Any]:
+    ) -> wire.InvokeResponse:
         """One call paid with x402: 402, check the requirements against the chain (and ``max_price``), sign, retry.
 
         :class:`X402DeliveryError` when the payment moved but no answer came back; a failed paid request has
@@ -1038,7 +1049,7 @@ class MarketplaceClient(MarketplaceReader):
         try:
             paid = self._send("POST", path, json=body, headers=signed.headers)
             _raise_for_error(paid)
-            return paid.json()
+            return paid.parse(wire.InvokeResponse)
         except (AgentmarketError, ValueError) as exc:
             self._after_failed_payment(signed, f"a call of model {model_id}", exc)
             raise

@@ -23,7 +23,33 @@ from marketplace.chain import Chain
 from marketplace.chain.deployment import Deployment
 from marketplace.chain.market import AssetKind, Market
 from marketplace.chain.token import to_units
+from marketplace.protocol import wire
+from marketplace.protocol.vouchers import HEADER, Voucher
 from tests.test_x402 import serving  # noqa: F401  (re-exported: uvicorn with the server's own limits)
+
+
+def terms_body(market: Market, receiver: str, models: list[int]) -> dict[str, Any]:
+    """``GET /v1/payments`` as an honest gateway answers it: this deployment's channels contract, claimed by
+    ``receiver``, for ``models``."""
+    domain = market.channels.domain.as_dict()
+    terms = wire.ChannelTerms(
+        scheme="payment-channel", header=HEADER, header_format="base64(JSON {channelId, maxClaimableAmount, sig})",
+        network=f"eip155:{market.chain.chain_id}", chain_id=market.chain.chain_id, channels=market.channels.address,
+        receiver_authorizer=receiver, claim_window_seconds=900, min_seconds_to_expiry=60,
+        voucher=wire.VoucherTerms(primary_type="Voucher", domain=domain, types={}, max_claimable_amount="a ceiling"),
+    )  # fmt: skip
+    return wire.PaymentTerms(payment_channel=terms, models=models).model_dump(mode="json", by_alias=True)
+
+
+def receipt_body(output: Any, voucher: Voucher, asset_id: int, price: int) -> dict[str, Any]:
+    """A channel call's 200 as an honest gateway answers it: ``output`` and a receipt of one call at ``price``
+    paid by ``voucher`` (a deposit of the voucher's ceiling)."""
+    ceiling = voucher.max_claimable_amount
+    receipt = wire.ChannelReceipt(
+        channel_id=voucher.channel_id, asset_id=asset_id, price=price, max_claimable_amount=ceiling,
+        highest_voucher=ceiling, debited=price, calls=1, deposit=ceiling, deposit_left=ceiling - price, calls_left=0,
+    )  # fmt: skip
+    return wire.InvokeResponse(output=output, payment=receipt).model_dump(mode="json", by_alias=True)
 
 
 def fund(chain: Chain, market: Market, tusd: str | int = 100) -> LocalAccount:

@@ -26,7 +26,7 @@ from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
 from marketplace.chain.token import to_units
 from marketplace.protocol.vouchers import HEADER, Voucher
-from tests.redteam.helpers import Reply, fund, hostile_server, publish_model
+from tests.redteam.helpers import Reply, fund, hostile_server, publish_model, receipt_body, terms_body
 
 pytestmark = pytest.mark.anvil
 
@@ -55,8 +55,7 @@ def test_agent_wallet_call_ceiling_holds_when_the_owner_reprices_mid_call(env, t
         if path == "/v1/deployment":
             return Reply(200, deployment.to_json())
         if path == "/v1/payments":  # honest terms: the real channels contract, the owner's settlement key
-            return Reply(200, {"payment_channel": {"channels": market.channels.address,
-                                                   "receiverAuthorizer": owner.address}})  # fmt: skip
+            return Reply(200, terms_body(market, owner.address, [model_id]))
         if path == f"/v1/models/{model_id}/invoke" and HEADER.lower() in headers:
             voucher = Voucher.from_header(headers[HEADER.lower()])
             vouchers.append(voucher)
@@ -65,7 +64,7 @@ def test_agent_wallet_call_ceiling_holds_when_the_owner_reprices_mid_call(env, t
                 return Reply(402, {"error": "payment_required", "detail": "the price changed",
                                    "reason": "insufficient_voucher",
                                    "requirements": {"channel": {"minMaxClaimableAmount": str(DEPOSIT)}}})  # fmt: skip
-            return Reply(200, {"output": {"label": 7}, "payment": {}})
+            return Reply(200, receipt_body({"label": 7}, voucher, model_id, market.marketplace.asset(model_id).price))
         return None
 
     agent = fund(chain, market, 10)

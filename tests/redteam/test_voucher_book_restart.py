@@ -42,7 +42,7 @@ def _one_life(payer, book_path: Path, data_dir: Path, calls: int) -> tuple[str, 
         with serving(app) as url:
             client = MarketplaceClient.connect(url, payer, chain, voucher_book=VoucherBook(book_path))
             channel_id = client.open_channel(model_id, 10 * PRICE)
-            receipts = [client.invoke(model_id, [1], channel_id=channel_id)["payment"] for _ in range(calls)]
+            receipts = [client.invoke(model_id, [1], channel_id=channel_id).payment for _ in range(calls)]
         return market.channels.address, channel_id, receipts
     finally:
         chain.close()
@@ -56,7 +56,7 @@ def test_a_restarted_node_does_not_inherit_the_old_chains_voucher_counts(tmp_pat
     first_channels, first_id, _ = _one_life(payer, book, tmp_path / "server-1", calls=5)
     second_channels, second_id, receipts = _one_life(payer, book, tmp_path / "server-2", calls=1)
     assert (first_channels, first_id) == (second_channels, second_id)  # same address, same id: a new channel
-    ceiling = int(receipts[0]["maxClaimableAmount"])
+    ceiling = receipts[0].max_claimable_amount
     assert ceiling == PRICE, (
         f"the first call on a fresh channel (new chain) signed a ceiling of {ceiling} for a price of {PRICE}: "
         f"the voucher book carried the old chain's count over; the receiver key may claim {ceiling // PRICE} calls' "

@@ -10,9 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from marketplace.api.deps import ServicesDep, SessionDep
-from marketplace.api.schemas import Earning, Earnings, TokenEarnings
 from marketplace.chain.lineage import TOTAL_SHARES, Lineage, VaultNode, plan_withdrawal
 from marketplace.indexer.models import AssetPayeeRow, AssetRow
+from marketplace.protocol.wire import Earning, Earnings, TokenEarnings
 
 router = APIRouter(tags=["accounts"])
 

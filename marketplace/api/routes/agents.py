@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from marketplace.api.deps import SessionDep
 from marketplace.api.errors import not_found
-from marketplace.api.schemas import Agent
 from marketplace.indexer.models import AgentMetadataRow, AgentRow
+from marketplace.protocol.wire import Agent
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 

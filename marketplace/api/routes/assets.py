@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 
 from marketplace.api.deps import Services, ServicesDep, SessionDep
 from marketplace.api.errors import ApiError, not_found
-from marketplace.api.schemas import AssetDetail, AssetPage, AssetSummary, Payee, Rating
 from marketplace.indexer.models import AssetParentRow, AssetRow, FeedbackRow, LicenseRow
+from marketplace.protocol.wire import AssetDetail, AssetPage, AssetSummary, Payee, Rating
 
 router = APIRouter(prefix="/v1/assets", tags=["assets"])
 

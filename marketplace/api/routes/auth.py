@@ -6,48 +6,18 @@ import time
 
 from eth_utils import to_checksum_address
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
 
 from marketplace.api.deps import ServicesDep
 from marketplace.api.errors import ApiError
 from marketplace.api.server import client_network
 from marketplace.api.state import NonceLimitError, NonceLimits, consume_login_nonce, issue_login_nonce
+from marketplace.protocol.wire import NonceRequest, NonceResponse, TokenResponse, VerifyRequest
 from marketplace.siwe import SiweError, SiweMessage, check_message, format_time, new_nonce, recover_signer
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
-ADDRESS = r"^0x[0-9a-fA-F]{40}$"
 #: The statement of every login message this server issues; a signed message may leave it out.
 STATEMENT = "Sign in to agentmarket."
-
-
-class NonceRequest(BaseModel):
-    """Who wants to sign in."""
-
-    address: str = Field(pattern=ADDRESS)
-
-
-class NonceResponse(BaseModel):
-    """A single-use nonce and the EIP-4361 message to sign with it (expires_at: Unix seconds)."""
-
-    nonce: str
-    message: str
-    expires_at: int
-
-
-class VerifyRequest(BaseModel):
-    """The signed EIP-4361 message (EIP-191 personal_sign signature, 65 bytes hex)."""
-
-    message: str = Field(max_length=4096)
-    signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$")
-
-
-class TokenResponse(BaseModel):
-    """A bearer token bound to the address that signed in (expires_at: Unix seconds)."""
-
-    token: str
-    address: str
-    expires_at: int
 
 
 def client_key(request: Request) -> str:

@@ -10,7 +10,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -27,21 +26,12 @@ from marketplace.content import (
     seal_frames,
 )
 from marketplace.indexer.models import AgentRow
+from marketplace.protocol.wire import Uploaded
 
 router = APIRouter(prefix="/v1/assets", tags=["content"])
 
 AssetId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Asset id")]
 SEALED_MEDIA_TYPE = "application/vnd.agentmarket.sealed-frames"
-
-
-class Uploaded(BaseModel):
-    """What the server stored."""
-
-    asset_id: int
-    #: The asset version this upload is the content of (the one on chain when the upload began).
-    version: int
-    sha256: str
-    size: int
 
 
 def _asset_on_chain(services: ServicesDep, asset_id: int) -> Asset:

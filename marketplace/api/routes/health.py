@@ -4,29 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from marketplace.api.deps import Services, ServicesDep
 from marketplace.api.errors import CHAIN_UNAVAILABLE, chain_unavailable
-from marketplace.api.schemas import Health
+from marketplace.protocol.wire import ChainDown, Health
 
 router = APIRouter(tags=["health"])
-
-
-class ChainDown(BaseModel):
-    """503 from /healthz: the chain's node cannot be reached; what the server saw of it last."""
-
-    error: str
-    detail: str
-    #: ``chain_down``.
-    status: str
-    chain_id: int
-    #: The JSON-RPC URL the server reads the chain from.
-    rpc_url: str
-    #: The latest block the server read before the chain went away (None if it never read one).
-    last_head_block: int | None
-    #: That block's timestamp (unix seconds).
-    last_head_timestamp: int | None
 
 
 @router.get(

@@ -27,7 +27,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from marketplace.api.deps import Services, ServicesDep
@@ -45,35 +44,10 @@ from marketplace.payments.x402 import (
     PaymentInFlightError,
     PaymentRequiredError,
 )
+from marketplace.protocol.wire import InvokePaymentRequired, InvokeRequest, InvokeResponse
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 log = logging.getLogger("agentmarket.api")
-
-
-class InvokeRequest(BaseModel):
-    """The model's input (any JSON the model's handler accepts)."""
-
-    input: Any
-
-
-class InvokeResponse(BaseModel):
-    """The model's output and what the call cost (a channel receipt, or an x402 settlement)."""
-
-    output: Any
-    payment: dict[str, Any]
-
-
-class InvokePaymentRequired(BaseModel):
-    """402: how to pay for a call, by payment channel (``requirements``) or by x402 (``x402``)."""
-
-    error: str
-    detail: str
-    #: Why the payment was refused (``payment_missing``, a channel refusal, or an x402 code).
-    reason: str
-    #: How to pay with a channel voucher in ``X-Payment-Channel`` (plus a ``channel`` entry once it is known).
-    requirements: dict[str, Any]
-    #: The x402 v2 PaymentRequired (as in the PAYMENT-REQUIRED header); absent when x402 cannot pay the asset.
-    x402: dict[str, Any] | None = None
 
 
 AssetId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Model asset id")]

@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
-from pydantic import BaseModel
 
 from marketplace.api.deps import ServicesDep
+from marketplace.protocol.wire import PaymentTerms
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
-
-
-class PaymentTerms(BaseModel):
-    """How this gateway is paid for metered calls."""
-
-    #: Payment channels: the channels contract, the ``receiverAuthorizer`` a channel must name (the
-    #: key this gateway claims with), the claim window, the expiry margin, the voucher's EIP-712 types.
-    payment_channel: dict[str, Any]
-    #: The model assets this gateway runs (ascending ids): a channel for any other asset would pay for calls
-    #: this gateway answers 404 ``model_not_served``.
-    models: list[int]
 
 
 @router.get("", response_model=PaymentTerms, operation_id="getPaymentTerms")

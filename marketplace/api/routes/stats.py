@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from marketplace.api.deps import SessionDep
-from marketplace.api.schemas import AssetRevenue, Stats
 from marketplace.indexer.models import (
     AgentRow,
     AssetRow,
@@ -28,6 +27,7 @@ from marketplace.indexer.models import (
     SyncState,
     VaultRevenueRow,
 )
+from marketplace.protocol.wire import AssetRevenue, Stats
 
 router = APIRouter(tags=["stats"])
 
