@@ -345,7 +345,7 @@ class AgentWallet:
             raise PaymentRefused(f"a channel deposit must be positive, not {deposit}")
 
         def send() -> Sent[None]:
-            authorizer = self.client.receiver_authorizer()  # the server's terms first, then the money
+            authorizer = self.client.channel_receiver(asset_id)  # a model this server runs, its terms; then money
             self._fund(deposit, self.client.market.token.address)
             channel_id = self.client.open_channel(asset_id, deposit, ttl=ttl, receiver_authorizer=authorizer)
             self.channels[channel_id] = ChannelState(asset_id, deposit)

@@ -21,6 +21,7 @@ from eth_account import Account
 
 import agents
 from agents import AgentWallet, AuditLedger, Budget, OverBudget
+from agents.errors import PaymentRefused
 from agents.tools import TOOLS, ToolContext, run_tool
 from agents.wallet import ChannelState
 from marketplace.chain.market import AssetKind
@@ -121,6 +122,12 @@ def test_every_payment_with_caps_of_zero_is_refused_with_nothing_signed(chain, m
     answer, paid = wallet.call_over_x402(model, [2])  # funded from the owner once the 402 passed, then signed
     assert answer.output == {"echo": [2]} and (paid.kind, paid.amount) == ("x402", PRICE)
     assert chain.w3.eth.get_transaction_receipt(paid.ref)["status"] == 1
+    # A channel for a dataset is refused before the owner is asked for any money (none is pulled).
+    wallet.guard.budget = Budget(run_cap=to_units(1), asset_cap=to_units(1), call_ceiling=to_units(1))
+    pulled = market.agents.spend_permission(agent_id, market.token.address).spent_in_period
+    with pytest.raises(PaymentRefused, match=f"asset {dataset} is a dataset"):
+        wallet.open_channel(dataset, PRICE)
+    assert market.agents.spend_permission(agent_id, market.token.address).spent_in_period == pulled
     kinds = ["owner_top_up", "license", "voucher", "owner_top_up", "x402"]
     assert [e.kind for e in wallet.ledger.entries()] == kinds
     assert wallet.ledger.total() == wallet.guard.spent == 2 * PRICE

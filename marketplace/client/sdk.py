@@ -850,6 +850,31 @@ class MarketplaceClient(MarketplaceReader):
             )
         return channel
 
+    def channel_receiver(self, asset_id: int) -> str:
+        """The ``receiverAuthorizer`` a channel for ``asset_id`` must name to be served here, once it is checked
+        that a channel can pay this server for it. :class:`AgentmarketError` when ``asset_id`` does not exist
+        or is not a model on chain (datasets are licensed, never invoked), when this server does not run the
+        model (a deposit nobody can spend would stay locked until expiry), or when the server's channels
+        contract is not this deployment's. Call it before moving any money for a channel."""
+        self._require_model(asset_id)
+        if asset_id not in self.served_models():
+            raise AgentmarketError(
+                f"the marketplace server at {self.base_url} does not serve model {asset_id}: its provider must "
+                f"run `agentmarket serve --model {asset_id}=module:function`; nothing was locked"
+            )
+        return self.receiver_authorizer()
+
+    def _require_model(self, asset_id: int) -> None:
+        try:
+            kind = self.market.marketplace.asset(asset_id).kind
+        except ContractRevert as exc:
+            if exc.error == "UnknownAsset":
+                raise AgentmarketError(f"asset {asset_id} does not exist on chain {self.chain.chain_id}") from None
+            raise
+        if kind != AssetKind.MODEL:
+            raise AgentmarketError(f"asset {asset_id} is a dataset: a channel pays for model calls; license a "
+                                   f"dataset instead (`agentmarket buy {asset_id}`); nothing was locked")  # fmt: skip
+
     def open_channel(
         self,
         asset_id: int,
@@ -865,27 +890,14 @@ class MarketplaceClient(MarketplaceReader):
         ``GET /v1/payments``: whoever holds it can only claim into the asset's vault, and only up to the
         vouchers this client signs. ``signer`` signs vouchers (default: this account). ``ttl`` is seconds.
 
-        Raises :class:`AgentmarketError`, before anything is approved or locked, when ``asset_id`` is not a
-        model on chain (datasets are licensed, never invoked) or, with the default ``receiver_authorizer``,
-        when this server does not run the model (a deposit nobody can spend stays locked until expiry).
+        Raises :class:`AgentmarketError`, before anything is approved or locked, as :meth:`channel_receiver`
+        does (with an explicit ``receiver_authorizer``, only the model check applies).
         """
         channels = self.market.channels
-        try:
-            kind = self.market.marketplace.asset(asset_id).kind
-        except ContractRevert as exc:
-            if exc.error == "UnknownAsset":
-                raise AgentmarketError(f"asset {asset_id} does not exist on chain {self.chain.chain_id}") from None
-            raise
-        if kind != AssetKind.MODEL:
-            raise AgentmarketError(f"asset {asset_id} is a dataset: a channel pays for model calls; license a "
-                                   f"dataset instead (`agentmarket buy {asset_id}`); nothing was locked")  # fmt: skip
         if receiver_authorizer is None:
-            if asset_id not in self.served_models():
-                raise AgentmarketError(
-                    f"the marketplace server at {self.base_url} does not serve model {asset_id}: its provider must "
-                    f"run `agentmarket serve --model {asset_id}=module:function`; nothing was locked"
-                )
-            receiver_authorizer = self.receiver_authorizer()
+            receiver_authorizer = self.channel_receiver(asset_id)
+        else:
+            self._require_model(asset_id)
         self.market.token.approve(self.account, channels.address, deposit)
         expiry = self.chain.timestamp() + ttl
         return channels.open(self.account, asset_id, self.market.token.address, deposit, expiry, signer,
