@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agents.errors import ActionRefused, BadArguments, PaymentRefused, UnknownTool, translate
 from agents.wallet import AgentWallet, AuditLedger
 from marketplace.chain import ContractRevert
-from marketplace.chain.market import AssetKind, SubjectKind
+from marketplace.chain.records import AssetKind, SubjectKind
 from marketplace.client import ApiClientError, MarketplaceClient, PublishIncomplete
 
 AssetId = Field(ge=1, le=2**63 - 1, description="Asset id in the marketplace catalog")

@@ -62,8 +62,9 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, deploy_all
-from marketplace.chain.market import AssetKind, Market
-from marketplace.chain.token import format_units, to_units
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import format_units, to_units
 from marketplace.payments.channels import VoucherLedger
 from marketplace.protocol.vouchers import HEADER, VoucherHasher
 

@@ -39,7 +39,7 @@ from pydantic_core import PydanticCustomError
 from agents.brains import POLICIES
 from agents.datavalue import RULES
 from agents.learning import MODEL_KINDS, SOURCES, load_source
-from marketplace.chain.token import DECIMALS, to_units
+from marketplace.chain.units import DECIMALS, to_units
 from marketplace.errors import AgentmarketError
 
 #: A dotted key path such as ``royalty.rule`` or ``producers.count``.

@@ -28,8 +28,9 @@ from agents import AgentWallet, AuditLedger, Budget
 from agents.errors import PaymentRefused
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, deploy_all
-from marketplace.chain.market import AssetKind, Market
-from marketplace.chain.token import to_units
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.client import MarketplaceClient, PriceChanged
 from marketplace.client.vouchers import ChannelCount
 from marketplace.protocol.vouchers import HEADER, Voucher

@@ -51,9 +51,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from web3.types import TxReceipt
 
 from marketplace.chain import Chain, ContractRevert, connect
+from marketplace.chain.contracts import RevenueVaultContract, TestUSD
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import CLAIM_WINDOW, PERPETUAL, AssetKind, Channel, Market, RevenueVaultContract
-from marketplace.chain.token import TestUSD
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind, Channel
+from marketplace.chain.units import CLAIM_WINDOW, PERPETUAL
 
 # ---------------------------------------------------------------------- profiles
 

@@ -22,19 +22,13 @@ from hypothesis import strategies as st
 
 from marketplace.api import Settings, create_app
 from marketplace.chain import connect
+from marketplace.chain.contracts import TestUSD
 from marketplace.chain.deployment import deploy_all
 from marketplace.chain.eip712 import sign_voucher
-from marketplace.chain.lineage import (
-    TOTAL_SHARES,
-    Lineage,
-    ReleaseIncomplete,
-    clone_address,
-    execute,
-    plan_release,
-    plan_withdrawal,
-)
-from marketplace.chain.market import AssetKind, Market
-from marketplace.chain.token import TestUSD, to_units
+from marketplace.chain.lineage import Lineage, ReleaseIncomplete, clone_address, execute, plan_release, plan_withdrawal
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import TOTAL_SHARES, to_units
 from marketplace.errors import AgentmarketError
 
 NET = 10_000 - 100  # what is left of every bps once the 1% protocol fee is taken off the top

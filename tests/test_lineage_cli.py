@@ -19,8 +19,8 @@ import pytest
 
 from marketplace.chain import rpc_chain
 from marketplace.chain.deployment import load_deployment
-from marketplace.chain.lineage import TOTAL_SHARES, Lineage, plan_withdrawal
-from marketplace.chain.token import format_units
+from marketplace.chain.lineage import Lineage, plan_withdrawal
+from marketplace.chain.units import TOTAL_SHARES, format_units
 from tests.test_cli import AGENTMARKET, assert_one_line_error, free_port, run_cli
 
 pytestmark = pytest.mark.anvil

@@ -25,7 +25,7 @@ from mcp.shared.memory import create_client_server_memory_streams
 
 from agents.mcp_server import build_mcp_server
 from agents.tools import TOOLS, ToolContext
-from marketplace.chain.token import to_units
+from marketplace.chain.units import to_units
 from tests import test_agent_wallet as wallet_tests
 from tests.test_agent_tools import context_for
 from tests.test_agent_wallet import DATA_PRICE, MODEL_PRICE, Budget, make_wallet

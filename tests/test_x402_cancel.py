@@ -27,8 +27,9 @@ from agents import AgentWallet, AuditLedger, Budget
 from agents.errors import AgentError
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, deploy_all
-from marketplace.chain.market import AssetKind, Market
-from marketplace.chain.token import to_units
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.client import ApiClientError, MarketplaceClient, X402AuthorizationOutstanding
 from tests.redteam.helpers import Reply, fund, hostile_server, publish_model
 from tests.test_cli import AGENTMARKET, assert_one_line_error

@@ -24,9 +24,10 @@ from x402.schemas import NoMatchingRequirementsError, PaymentRequired
 
 from agents import AgentError, AgentWallet, AuditLedger, Budget, PaymentRefused
 from marketplace.api import Settings, create_app
+from marketplace.chain.contracts import TestUSD
 from marketplace.chain.deployment import Deployment, DeploymentError, deploy_all
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import TestUSD, to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.client import MarketplaceClient
 from marketplace.client.checks import PaymentTerms, PaymentTermsRefused
 from marketplace.client.sdk import X402DeliveryError, x402_payer

@@ -11,7 +11,7 @@ from marketplace.chain.backends import (
     embedded_chain,
     rpc_chain,
 )
-from marketplace.chain.chain import Chain, to_address
+from marketplace.chain.chain import Chain, RawCall, to_address
 from marketplace.chain.errors import ChainError, ContractRevert, InsufficientFunds, decode_revert_data
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ChainError",
     "ContractRevert",
     "InsufficientFunds",
+    "RawCall",
     "anvil_chain",
     "artifact_names",
     "connect",

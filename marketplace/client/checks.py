@@ -39,8 +39,8 @@ from x402.schemas import PaymentCreationContext, PaymentRequired, PaymentRequire
 from x402.schemas.v1 import PaymentRequiredV1, PaymentRequirementsV1
 
 from marketplace.chain import ContractRevert
+from marketplace.chain.contracts import TestUSD
 from marketplace.chain.market import Market
-from marketplace.chain.token import TestUSD
 from marketplace.errors import AgentmarketError
 
 __all__ = [

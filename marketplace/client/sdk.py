@@ -38,11 +38,12 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentRequired
 
 from marketplace.chain import Chain, ContractRevert, connect
+from marketplace.chain.contracts import TestUSD
 from marketplace.chain.deployment import Deployment, DeploymentError, parse_manifest, verify_deployment
 from marketplace.chain.identity import ChainIdentity
 from marketplace.chain.lineage import Lineage, LineagePlan, Release, execute, plan_release, plan_withdrawal
-from marketplace.chain.market import AssetKind, Channel, Market
-from marketplace.chain.token import TestUSD
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind, Channel
 from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms, PriceChanged
 from marketplace.client.vouchers import ChannelCount, VoucherBook
 from marketplace.content import open_sealed_frames

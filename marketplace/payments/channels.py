@@ -41,7 +41,9 @@ from eth_account.signers.local import LocalAccount
 from marketplace.chain import ContractRevert
 from marketplace.chain.eip712 import VOUCHER_FIELDS
 from marketplace.chain.identity import ChainReplaced
-from marketplace.chain.market import CLAIM_WINDOW, Asset, Channel, Market
+from marketplace.chain.market import Market
+from marketplace.chain.records import Asset, Channel
+from marketplace.chain.units import CLAIM_WINDOW
 from marketplace.errors import AgentmarketError
 from marketplace.payments.ledger import (
     ChannelFinalized,

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from marketplace.api.deps import ServicesDep, SessionDep
 from marketplace.api.schemas import Earning, Earnings, TokenEarnings
-from marketplace.chain.lineage import TOTAL_SHARES, Lineage, VaultNode, plan_withdrawal
+from marketplace.chain.lineage import Lineage, VaultNode, plan_withdrawal
+from marketplace.chain.units import TOTAL_SHARES
 from marketplace.indexer.models import AssetPayeeRow, AssetRow
 
 router = APIRouter(tags=["accounts"])
