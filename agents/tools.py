@@ -19,6 +19,7 @@ from agents.errors import ActionRefused, BadArguments, PaymentRefused, UnknownTo
 from agents.wallet import AgentWallet, AuditLedger
 from marketplace.chain import ContractRevert
 from marketplace.chain.records import AssetKind, SubjectKind
+from marketplace.chain.units import BPS
 from marketplace.client import ApiClientError, MarketplaceClient, PublishIncomplete
 
 AssetId = Field(ge=1, le=2**63 - 1, description="Asset id in the marketplace catalog")
@@ -136,7 +137,7 @@ class RateArgs(Args):
 
 class ParentShare(Args):
     asset_id: int = AssetId
-    share_bps: int = Field(ge=1, le=10_000, description="Royalty to the parent, in basis points")
+    share_bps: int = Field(ge=1, le=BPS, description="Royalty to the parent, in basis points")
 
 
 class PublishArgs(Args):

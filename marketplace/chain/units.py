@@ -3,12 +3,11 @@
 Amounts on chain are token base units (TestUSD has :data:`DECIMALS` = 6: 1 tUSD = :data:`UNIT`);
 royalty and fee shares are basis points out of :data:`BPS`; a vault's payee shares are out of
 :data:`TOTAL_SHARES` (``RevenueVault.TOTAL_SHARES`` = BPS x BPS); times are unix seconds; networks are
-CAIP-2 ids ``eip155:<chain id>`` (:func:`caip2`, :func:`parse_caip2`).
+CAIP-2 ids ``eip155:<chain id>`` (:func:`caip2`, :data:`CAIP2_PATTERN`).
 """
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal, InvalidOperation
 
 from marketplace.errors import AgentmarketError
@@ -33,22 +32,14 @@ PERPETUAL = 2**64 - 1
 #: ``PaymentChannels.CLAIM_WINDOW``: seconds after a channel's expiry during which its receiver may still claim.
 CLAIM_WINDOW = 15 * 60
 
-#: A CAIP-2 id of an EVM chain (CAIP-2 namespace ``eip155``, reference = the EIP-155 chain id in decimal).
+#: A CAIP-2 id of an EVM chain (namespace ``eip155``, reference = the EIP-155 chain id in decimal), as a
+#: regular expression whose group ``chain_id`` is the id: what :func:`caip2` builds, for parsers.
 CAIP2_PATTERN = r"eip155:(?P<chain_id>[0-9]{1,20})"
-_CAIP2 = re.compile(CAIP2_PATTERN)
 
 
 def caip2(chain_id: int) -> str:
     """The CAIP-2 id of the EVM chain ``chain_id``: ``"eip155:<chain id>"`` (x402's ``network``)."""
     return f"eip155:{chain_id}"
-
-
-def parse_caip2(network: str) -> int:
-    """The chain id of a CAIP-2 ``eip155:<chain id>`` id; ValueError naming it for anything else."""
-    match = _CAIP2.fullmatch(network)
-    if match is None:
-        raise ValueError(f"{network!r} is not an EVM network id (want eip155:<chain id>, CAIP-2)")
-    return int(match["chain_id"])
 
 
 def to_units(amount: str | int | Decimal, *, maximum: int = MAX_UNITS, what: str = "tUSD amount") -> int:

@@ -44,6 +44,7 @@ from marketplace.chain.identity import ChainIdentity
 from marketplace.chain.lineage import Lineage, LineagePlan, Release, execute, plan_release, plan_withdrawal
 from marketplace.chain.market import Market
 from marketplace.chain.records import AssetKind, Channel
+from marketplace.chain.units import BPS
 from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms, PriceChanged
 from marketplace.client.vouchers import ChannelCount, VoucherBook
 from marketplace.content import open_sealed_frames
@@ -580,7 +581,7 @@ class MarketplaceClient(MarketplaceReader):
         asset_id = self.market.marketplace.publish(
             self.account, kind=kind, content_hash=content_hash, uri=uri or f"sha256:{content_hash.hex()}",
             price=price, token=self.market.token.address,
-            payees=payees or [(self.address, 10_000 - sum(bps for _, bps in parents))],
+            payees=payees or [(self.address, BPS - sum(bps for _, bps in parents))],
             parents=list(parents), license_duration=license_duration, listed=False,
         )  # fmt: skip
         self._upload(asset_id, 1, False, content, content_hash, list_asset=listed)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from marketplace.api.deps import ServicesDep, SessionDep
 from marketplace.api.schemas import Earning, Earnings, TokenEarnings
 from marketplace.chain.lineage import Lineage, VaultNode, plan_withdrawal
-from marketplace.chain.units import TOTAL_SHARES
+from marketplace.chain.units import BPS, TOTAL_SHARES
 from marketplace.indexer.models import AssetPayeeRow, AssetRow
 
 router = APIRouter(tags=["accounts"])
@@ -32,7 +32,7 @@ def earnings(
             asset_id=slot.asset_id,
             vault=slot.vault,
             token=slot.token,
-            share_bps=slot.shares * 10_000 / TOTAL_SHARES,
+            share_bps=slot.shares * BPS / TOTAL_SHARES,
             claimable=str(slot.claimable),
             waiting=str(slot.waiting),
             released=str(slot.released),
