@@ -229,7 +229,10 @@ class ChainFacilitatorSigner:
 
     Reads and transactions go through the chain's own Web3, so the in-process embedded chain works
     like anvil or any node. Reverts surface as :class:`ContractRevert` (whose text contains
-    "reverted", which the SDK reads as a contract revert rather than a transport failure).
+    "reverted", which the SDK reads as a contract revert rather than a transport failure); a relayer
+    without the ETH for the gas raises :class:`~marketplace.chain.errors.InsufficientFunds` naming it,
+    nothing sent (the SDK reports ``transaction_failed`` with that sentence). Transactions take the
+    chain's own pipeline (:meth:`Chain.submit <marketplace.chain.chain.Chain.submit>`).
     Transactions are sent one at a time: the nonce is read and used under a lock.
     """
 
