@@ -19,7 +19,7 @@ from rich.table import Table
 from agents.errors import AgentError
 from agents.wallet import KEY_ENV, AgentWallet, AuditLedger, Budget, account_from_env
 from marketplace.chain import rpc_chain
-from marketplace.chain.token import format_units, to_units
+from marketplace.chain.units import format_units, to_units
 from marketplace.cli.market import (
     DEFAULT_RPC,
     DEFAULT_SERVER,

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agents.errors import ActionRefused, BadArguments, PaymentRefused, UnknownTool, translate
 from agents.wallet import AgentWallet, AuditLedger
 from marketplace.chain import ContractRevert
-from marketplace.chain.market import AssetKind, SubjectKind
+from marketplace.chain.records import AssetKind, SubjectKind
+from marketplace.chain.units import BPS
 from marketplace.client import ApiClientError, MarketplaceClient, PublishIncomplete
 
 AssetId = Field(ge=1, le=2**63 - 1, description="Asset id in the marketplace catalog")
@@ -146,7 +147,7 @@ class RateArgs(Args):
 
 class ParentShare(Args):
     asset_id: int = AssetId
-    share_bps: int = Field(ge=1, le=10_000, description="Royalty to the parent, in basis points")
+    share_bps: int = Field(ge=1, le=BPS, description="Royalty to the parent, in basis points")
 
 
 class PublishArgs(Args):

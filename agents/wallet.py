@@ -66,8 +66,8 @@ from nacl.public import PrivateKey
 
 from agents.errors import AgentError, NotFound, OverBudget, PaymentRefused, translate
 from marketplace.chain import ContractRevert
-from marketplace.chain.market import Asset
-from marketplace.chain.token import TestUSD
+from marketplace.chain.contracts import TestUSD
+from marketplace.chain.records import Asset
 from marketplace.client import ApiClientError, MarketplaceClient
 from marketplace.client.checks import PaymentTerms
 from marketplace.client.sdk import X402AuthorizationOutstanding, X402DeliveryError

@@ -50,6 +50,7 @@ from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.secret import SecretBox
 
+from marketplace.chain.identity import ChainIdentity
 from marketplace.errors import AgentmarketError
 from marketplace.keyfile import load_or_create_secret
 
@@ -167,8 +168,7 @@ def chain_scope(chain: Chain, marketplace_address: str) -> str:
     so the chain id alone (CAIP-2) does not tell two chains apart; the genesis block hash and the
     Marketplace contract's address do.
     """
-    genesis = bytes(chain.w3.eth.get_block(0)["hash"]).hex()
-    return f"eip155:{chain.chain_id}/genesis:0x{genesis}/marketplace:{marketplace_address}"
+    return f"{ChainIdentity.of(chain)}/marketplace:{marketplace_address}"
 
 
 def stored_scopes(root: Path) -> dict[str, Path]:

@@ -20,8 +20,8 @@ from web3 import Web3
 
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import CLAIM_WINDOW, AssetKind, SubjectKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind, SubjectKind
+from marketplace.chain.units import CLAIM_WINDOW, to_units
 
 HOUR = 3600
 

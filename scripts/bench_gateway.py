@@ -62,8 +62,9 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, deploy_all
-from marketplace.chain.market import AssetKind, Market
-from marketplace.chain.token import format_units, to_units
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import caip2, format_units, to_units
 from marketplace.payments.channels import VoucherLedger
 from marketplace.protocol.vouchers import HEADER, VoucherHasher
 
@@ -280,7 +281,7 @@ def _ok(response: httpx.Response, path: str) -> None:
 
 def stock_x402_client(setup: Setup) -> x402Client:
     """The x402 package's own client, allowed to pay in TestUSD on this chain."""
-    network = f"eip155:{setup.chain.chain_id}"
+    network = caip2(setup.chain.chain_id)
     client = x402Client()
     register_exact_evm_client(client, EthAccountSigner(setup.payer), networks=network)
     return client.set_spend_controls({"allowed_assets": [{"network": network, "asset": setup.market.token.address}]})

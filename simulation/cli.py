@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from marketplace.chain.token import format_units
+from marketplace.chain.units import format_units
 
 console = Console(highlight=False)
 

@@ -35,8 +35,9 @@ from marketplace.api.app import attach_model_handler
 from marketplace.api.server import server_config
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import Market, SubjectKind
-from marketplace.chain.token import format_units, to_units
+from marketplace.chain.market import Market
+from marketplace.chain.records import SubjectKind
+from marketplace.chain.units import format_units, to_units
 from marketplace.errors import AgentmarketError
 from simulation.engine import GAS_ETH, chain_activity, derived_account
 

@@ -39,10 +39,10 @@ from marketplace.api.app import attach_model_handler
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import deploy_all
 from marketplace.chain.market import Market
+from marketplace.chain.units import BPS, TOTAL_SHARES
 from marketplace.errors import AgentmarketError
 from simulation.scenario import Scenario
 
-TOTAL_SHARES = 10_000 * 10_000  # RevenueVault.TOTAL_SHARES
 GAS_ETH = 10**18  # given to each generated account for gas
 
 
@@ -282,7 +282,7 @@ class _World:
     def expected(self) -> dict[str, Any]:
         """What every party should hold, from the payments made and the vault shares (floor at every hop)."""
         fee_bps = self.scenario.protocol.fee_bps
-        fee_share, net = fee_bps * 10_000, 10_000 - fee_bps
+        fee_share, net = fee_bps * BPS, BPS - fee_bps
         model_paid = {m["model_id"]: 0 for m in self.models}
         for party in self.consumers:
             for entry in party.wallet.ledger.entries():
@@ -296,11 +296,11 @@ class _World:
             for parent, bps in zip(model["parents"], model["shares_bps"], strict=True):
                 if bps:
                     received[parent] += _vault_split(paid, bps * net)
-            builder_revenue[model["index"]] = _vault_split(paid, (10_000 - sum(model["shares_bps"])) * net)
+            builder_revenue[model["index"]] = _vault_split(paid, (BPS - sum(model["shares_bps"])) * net)
         producer_revenue = {}
         for index, asset_id in enumerate(self.datasets):
             fee += _vault_split(received[asset_id], fee_share)
-            producer_revenue[index] = _vault_split(received[asset_id], 10_000 * net)
+            producer_revenue[index] = _vault_split(received[asset_id], BPS * net)
         return {"producer": producer_revenue, "builder": builder_revenue, "fee": fee,
                 "consumer_paid": sum(model_paid.values()), "model_paid": model_paid}  # fmt: skip
 
@@ -310,7 +310,7 @@ class _World:
         self.expected_ledger = expected
         token = self.market.token
         true_value = loo_contributions(self.shards, self.X_test, self.y_test, "logreg", self.scenario.seed)
-        net_share = 10_000 * (10_000 - self.scenario.protocol.fee_bps)
+        net_share = BPS * (BPS - self.scenario.protocol.fee_bps)
         producers = [
             {"index": i, "address": p.account.address, "asset_id": self.datasets[i],
              "license_revenue": _vault_split(self.license_paid[self.datasets[i]], net_share),

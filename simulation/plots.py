@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from marketplace.chain.token import UNIT
+from marketplace.chain.units import UNIT
 from simulation.metrics import lorenz
 
 #: File names ``plot_run`` writes, in order.

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from marketplace.chain.token import format_units
+from marketplace.chain.units import format_units
 
 #: Title and one-sentence explanation of each figure, by file name.
 FIGURE_CAPTIONS: dict[str, tuple[str, str]] = {

@@ -39,7 +39,7 @@ from pydantic_core import PydanticCustomError
 from agents.brains import POLICIES
 from agents.datavalue import RULES
 from agents.learning import MODEL_KINDS, SOURCES, load_source
-from marketplace.chain.token import DECIMALS, to_units
+from marketplace.chain.units import BPS, DECIMALS, to_units
 from marketplace.errors import AgentmarketError
 
 #: A dotted key path such as ``royalty.rule`` or ``producers.count``.
@@ -114,7 +114,7 @@ def _non_empty(value: str) -> str:
 
 Amount = Annotated[str, BeforeValidator(_amount)]
 PRICING_POLICIES = ("fixed", "cost_recovery")
-Bps = Annotated[int, _between(0, 10_000)]
+Bps = Annotated[int, _between(0, BPS)]
 Rate = Annotated[float, _between(0.0, 1.0)]
 
 

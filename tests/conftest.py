@@ -13,9 +13,10 @@ import pytest
 from eth_account.signers.local import LocalAccount
 
 from marketplace.chain import Chain, ContractRevert, connect
+from marketplace.chain.contracts import TestUSD
 from marketplace.chain.deployment import Deployment, deploy_all
 from marketplace.chain.market import Market
-from marketplace.chain.token import TestUSD, to_units
+from marketplace.chain.units import to_units
 from tests.postgres import Databases, PostgresServer
 from tests.postgres import Unavailable as PostgresUnavailable
 from tests.postgres import start_server as start_postgres

@@ -21,8 +21,9 @@ from eth_account.signers.local import LocalAccount
 from x402.http.utils import decode_payment_signature_header
 
 from marketplace.chain import Chain
+from marketplace.chain.contracts import TestUSD
 from marketplace.chain.deployment import Deployment
-from marketplace.chain.token import TestUSD
+from marketplace.chain.units import caip2
 
 _PAID_ROUTE = re.compile(r"^/v1/(?:models/(\d+)/invoke|assets/(\d+)/x402)$")
 _TRANSFER_WITH_AUTHORIZATION = "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)"
@@ -117,7 +118,7 @@ class FakeGateway:
             "accepts": [
                 {
                     "scheme": "exact",
-                    "network": f"eip155:{self.chain.chain_id}",
+                    "network": caip2(self.chain.chain_id),
                     "amount": str(asset.price),
                     "asset": self.market.token.address,
                     "payTo": self.market.marketplace.vault_of(asset_id),

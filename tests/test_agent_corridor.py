@@ -24,8 +24,8 @@ from agents import AgentWallet, AuditLedger, Budget, OverBudget
 from agents.errors import PaymentRefused
 from agents.tools import TOOLS, ToolContext, run_tool
 from agents.wallet import ChannelState
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from tests.redteam.helpers import fund, owned_agent, publish_model, server_app
 from tests.test_x402 import serving
 

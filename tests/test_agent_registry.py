@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from marketplace.chain.token import to_units
+from marketplace.chain.units import to_units
 from tests.conftest import expect_revert
 
 DAY = 86_400

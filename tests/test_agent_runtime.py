@@ -38,7 +38,7 @@ from agents.runtime import Agent, read_trace
 from agents.wallet import AgentWallet
 from marketplace.api import Settings, create_app
 from marketplace.api.app import attach_model_handler
-from marketplace.chain.token import to_units
+from marketplace.chain.units import to_units
 from marketplace.client import ApiClientError
 from tests import test_agent_wallet as wallet_tests
 from tests.openai_stub import ScriptedLLM, answer, tool_calls

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from agents import ActionRefused, AgentError, BadArguments, NotFound, OverBudget, PaymentRefused, UnknownTool
 from agents.tools import TOOLS, ToolContext, mcp_tools, openai_tools, parse_arguments, run_tool
 from marketplace.api import Settings, create_app
-from marketplace.chain.market import AssetKind, SubjectKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind, SubjectKind
+from marketplace.chain.units import to_units
 from tests import test_agent_wallet as wallet_tests
 from tests.test_agent_wallet import MODEL_PRICE, Budget, adder, make_wallet
 

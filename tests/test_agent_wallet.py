@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from agents import AgentError, AgentWallet, AuditLedger, Budget, OverBudget, PaymentRefused
 from agents.wallet import account_from_env
 from marketplace.api import Settings, create_app
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.client import MarketplaceClient
 from marketplace.wallet_file import SCRYPT_N_ENV, create_wallet, encryption_keypair, load_wallet
 

@@ -10,8 +10,8 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
 from marketplace.api import Settings, create_app
-from marketplace.chain.market import AssetKind, SubjectKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind, SubjectKind
+from marketplace.chain.units import to_units
 from marketplace.indexer import Indexer
 from marketplace.indexer.models import Base
 

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from nacl.public import PrivateKey
 
 from marketplace.api import Settings, create_app
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.content import open_sealed_frames
 from marketplace.siwe import SiweError, SiweMessage, TokenIssuer, format_time
 

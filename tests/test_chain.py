@@ -15,7 +15,11 @@ from eth_account import Account
 from eth_utils import keccak
 
 from marketplace.chain import AnvilNode, ChainError, ContractRevert, InsufficientFunds, connect, decode_revert_data
+from marketplace.chain.chain import with_gas_margin
 from marketplace.chain.deployment import DeploymentError, load_deployment, read_manifest
+from marketplace.chain.identity import ChainIdentity
+from marketplace.chain.units import caip2
+from marketplace.payments.x402 import ChainFacilitatorSigner
 
 
 def _pid_alive(pid: int) -> bool:
@@ -70,6 +74,45 @@ def test_a_sender_without_gas_money_gets_insufficient_funds_before_anything_is_s
         token.approve(poor, admin.address, 5)
     assert chain.w3.eth.get_transaction_count(poor.address) == nonce  # nothing was sent
     assert token.balance_of(poor.address) == 5
+
+
+def test_the_x402_signer_sends_raw_calldata_through_the_chain_pipeline(chain, token, admin, alice, bob):
+    """Issue 14 §4: the facilitator's signer had its own estimate/sign/send copy. Its raw calldata now takes
+    Chain.submit: a revert surfaces before anything is sent, decoded (its text says "reverted", which the x402
+    SDK reads as a revert), the gas limit has Chain.send's margin, a relayer without ETH gets InsufficientFunds."""
+    signer = ChainFacilitatorSigner(chain, alice)
+    too_much = token.balance_of(alice.address) + 1
+    overdraw = token.contract.functions.transfer(bob.address, too_much)._encode_transaction_data()
+    nonce = chain.w3.eth.get_transaction_count(alice.address)
+    with pytest.raises(ContractRevert, match="reverted") as reverted:
+        signer.send_transaction(token.address, bytes.fromhex(overdraw[2:]))
+    assert reverted.value.error == "ERC20InsufficientBalance"
+    assert reverted.value.args_by_name["needed"] == too_much
+    assert chain.w3.eth.get_transaction_count(alice.address) == nonce  # nothing was sent
+
+    token.mint(admin, alice.address, 5)
+    pay = token.contract.functions.transfer(bob.address, 5)
+    estimate = chain.estimate_gas(pay, alice.address)
+    before = token.balance_of(bob.address)
+    tx_hash = signer.send_transaction(token.address, bytes.fromhex(pay._encode_transaction_data()[2:]))
+    assert signer.wait_for_transaction_receipt(tx_hash).status == 1
+    assert chain.w3.eth.get_transaction(tx_hash)["gas"] == with_gas_margin(estimate) == estimate * 5 // 4
+    assert token.balance_of(bob.address) - before == 5
+
+    poor = Account.create()
+    token.mint(admin, poor.address, 5)  # the transfer itself would succeed: only the gas is missing
+    with pytest.raises(InsufficientFunds) as refused:
+        ChainFacilitatorSigner(chain, poor).send_transaction(
+            token.address, bytes.fromhex(pay._encode_transaction_data()[2:])
+        )
+    assert (refused.value.address, refused.value.balance) == (poor.address, 0)
+    assert chain.w3.eth.get_transaction_count(poor.address) == 0
+
+
+def test_caip2_ids_are_built_in_one_place(chain):
+    assert caip2(chain.chain_id) == "eip155:31337" == caip2(31337)
+    identity = ChainIdentity.of(chain)
+    assert str(identity).startswith("eip155:31337/genesis:0x") and ChainIdentity.parse(str(identity)) == identity
 
 
 def test_decode_error_string_panic_and_unknown():

@@ -28,8 +28,8 @@ import pytest
 from marketplace.api import Settings, create_app
 from marketplace.chain import AnvilNode, Chain, rpc_chain
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.client import MarketplaceClient
 from marketplace.client.sdk import ChainUnreachable
 from marketplace.protocol.vouchers import HEADER, VoucherHasher

@@ -41,8 +41,9 @@ from marketplace.api import Settings, create_app
 from marketplace.api.relayer import SETTLEMENT_KEY_FILE
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, deploy_all
-from marketplace.chain.market import AssetKind, Market
-from marketplace.chain.token import to_units
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.client import MarketplaceClient
 from marketplace.errors import AgentmarketError
 from marketplace.protocol.vouchers import HEADER, Voucher, VoucherHasher

@@ -35,7 +35,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from marketplace.chain import Chain, ContractRevert, connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import CLAIM_WINDOW, UINT128_MAX, AssetKind, Market
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import CLAIM_WINDOW, UINT128_MAX
 from marketplace.payments.channels import (
     ChainWatcher,
     ChannelGate,

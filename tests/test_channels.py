@@ -13,9 +13,10 @@ import dataclasses
 import pytest
 from eth_account import Account
 
+from marketplace.chain.contracts import PaymentChannelsContract
 from marketplace.chain.eip712 import sign_voucher
-from marketplace.chain.market import CLAIM_WINDOW, UINT128_MAX, AssetKind, PaymentChannelsContract
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import CLAIM_WINDOW, UINT128_MAX, to_units
 from marketplace.protocol.vouchers import Voucher, VoucherHasher
 from tests.conftest import expect_revert
 

@@ -28,8 +28,9 @@ from agents import AgentWallet, AuditLedger, Budget
 from agents.errors import PaymentRefused
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, deploy_all
-from marketplace.chain.market import AssetKind, Market
-from marketplace.chain.token import to_units
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import caip2, to_units
 from marketplace.client import MarketplaceClient, PriceChanged
 from marketplace.client.vouchers import ChannelCount
 from marketplace.protocol.vouchers import HEADER, Voucher
@@ -58,7 +59,7 @@ def required(chain: Chain, market: Market, asset_id: int, url: str) -> dict:
     return {
         "x402Version": 2,
         "resource": {"url": url, "description": f"asset {asset_id}", "mimeType": "application/json"},
-        "accepts": [{"scheme": "exact", "network": f"eip155:{chain.chain_id}",
+        "accepts": [{"scheme": "exact", "network": caip2(chain.chain_id),
                      "amount": str(market.marketplace.asset(asset_id).price), "asset": market.token.address,
                      "payTo": market.marketplace.vault_of(asset_id), "maxTimeoutSeconds": 300,
                      "extra": {"name": "Test USD", "version": "1"}}],

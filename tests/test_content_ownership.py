@@ -40,8 +40,8 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 from marketplace.api import Settings, create_app
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.content import (
     CHUNK_SIZE,
     ContentNotUploaded,

@@ -14,7 +14,7 @@ import pytest
 
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import AssetKind
+from marketplace.chain.records import AssetKind
 from marketplace.errors import AgentmarketError
 from marketplace.indexer.database import open_database
 from tests.postgres import PostgresServer

@@ -32,8 +32,9 @@ from eth_account.signers.local import LocalAccount
 from marketplace.api.relayer import SETTLEMENT_KEY_FILE
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import AssetKind, Market
-from marketplace.chain.token import to_units
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.payments.channels import HEADER, Voucher
 from tests.test_cli import AGENTMARKET, free_port
 

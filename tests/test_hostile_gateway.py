@@ -35,8 +35,8 @@ from eth_account.messages import encode_defunct
 
 from agents import AgentError, AgentWallet, AuditLedger, Budget, PaymentRefused
 from marketplace.api import Settings, create_app
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.client import ApiClientError, MarketplaceClient, MarketplaceReader
 from marketplace.client.sdk import MAX_RESPONSE_BYTES, BadResponse, LoginRefused, ServerUnreachable
 from marketplace.errors import AgentmarketError

@@ -11,8 +11,8 @@ from pydantic import SecretStr
 from web3 import Web3
 
 from marketplace.api import Settings, create_app
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.client import ApiClientError, MarketplaceClient
 from marketplace.errors import AgentmarketError
 from marketplace.inference import ModelInputError, UpstreamPolicy, openai_handler, parse_handler

@@ -51,9 +51,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from web3.types import TxReceipt
 
 from marketplace.chain import Chain, ContractRevert, connect
+from marketplace.chain.contracts import RevenueVaultContract, TestUSD
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import CLAIM_WINDOW, PERPETUAL, AssetKind, Channel, Market, RevenueVaultContract
-from marketplace.chain.token import TestUSD
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind, Channel
+from marketplace.chain.units import BPS, CLAIM_WINDOW, PERPETUAL, TOTAL_SHARES
 
 # ---------------------------------------------------------------------- profiles
 
@@ -94,8 +96,6 @@ TOKENS = (0, 1)
 TOKEN_NAMES = ("tUSD-A", "tUSD-B")
 
 MINT = 10**12  # per actor and token: never runs out within an example
-BPS = 10_000
-TOTAL_SHARES = 100_000_000
 HOUR = 3600
 DAY = 24 * HOUR
 EXPIRY_MARGIN = 600  # seconds an expiry must stay away from the head for its check to be exact

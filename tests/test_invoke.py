@@ -19,8 +19,8 @@ from x402.http.utils import (
 )
 
 from marketplace.api import Settings, create_app
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.client import ApiClientError, MarketplaceClient
 from marketplace.errors import AgentmarketError
 from marketplace.payments import ledger as ledger_module

@@ -28,8 +28,8 @@ from agents.learning import (
     with_label_noise,
 )
 from marketplace.api import Settings, create_app
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.client import ApiClientError, MarketplaceClient
 from marketplace.inference import InferenceError, ModelInputError
 

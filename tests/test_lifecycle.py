@@ -31,8 +31,8 @@ from marketplace.chain import AnvilNode, ChainError, rpc_chain
 from marketplace.chain import backends as chain_backends
 from marketplace.chain.deployment import load_deployment
 from marketplace.chain.identity import ChainIdentity, ChainReplaced
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.client.sdk import MarketplaceClient
 from marketplace.indexer import Indexer
 from marketplace.indexer.database import open_database

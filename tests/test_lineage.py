@@ -22,22 +22,16 @@ from hypothesis import strategies as st
 
 from marketplace.api import Settings, create_app
 from marketplace.chain import connect
+from marketplace.chain.contracts import TestUSD
 from marketplace.chain.deployment import deploy_all
 from marketplace.chain.eip712 import sign_voucher
-from marketplace.chain.lineage import (
-    TOTAL_SHARES,
-    Lineage,
-    ReleaseIncomplete,
-    clone_address,
-    execute,
-    plan_release,
-    plan_withdrawal,
-)
-from marketplace.chain.market import AssetKind, Market
-from marketplace.chain.token import TestUSD, to_units
+from marketplace.chain.lineage import Lineage, ReleaseIncomplete, clone_address, execute, plan_release, plan_withdrawal
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import BPS, TOTAL_SHARES, to_units
 from marketplace.errors import AgentmarketError
 
-NET = 10_000 - 100  # what is left of every bps once the 1% protocol fee is taken off the top
+NET = BPS - 100  # what is left of every bps once the 1% protocol fee is taken off the top
 
 
 def share(bps: int) -> int:
@@ -381,7 +375,7 @@ def lineages(draw):
         parents = draw(st.lists(st.integers(0, index - 1), max_size=min(3, index), unique=True)) if index else []
         royalty = [draw(st.integers(1, 3_000)) for _ in parents]
         payees = draw(st.lists(st.integers(1, PAYEES), min_size=1, max_size=3, unique=True))
-        left = 10_000 - sum(royalty)
+        left = BPS - sum(royalty)
         cuts = sorted(draw(st.lists(st.integers(1, left - 1), min_size=len(payees) - 1, max_size=len(payees) - 1,
                                     unique=True))) if len(payees) > 1 else []  # fmt: skip
         bps = [b - a for a, b in zip([0, *cuts], [*cuts, left], strict=True)]

@@ -19,13 +19,13 @@ import pytest
 
 from marketplace.chain import rpc_chain
 from marketplace.chain.deployment import load_deployment
-from marketplace.chain.lineage import TOTAL_SHARES, Lineage, plan_withdrawal
-from marketplace.chain.token import format_units
+from marketplace.chain.lineage import Lineage, plan_withdrawal
+from marketplace.chain.units import BPS, TOTAL_SHARES, format_units
 from tests.test_cli import AGENTMARKET, assert_one_line_error, free_port, run_cli
 
 pytestmark = pytest.mark.anvil
 
-NET = 9_900  # bps left once the 1% protocol fee is off the top
+NET = BPS - 100  # bps left once the 1% protocol fee is off the top
 
 
 def due(received: int, bps: int) -> int:

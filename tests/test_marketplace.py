@@ -7,8 +7,9 @@ import hashlib
 
 import pytest
 
-from marketplace.chain.market import PERPETUAL, AssetKind, RevenueVaultContract
-from marketplace.chain.token import to_units
+from marketplace.chain.contracts import RevenueVaultContract
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import PERPETUAL, to_units
 from tests.conftest import expect_revert
 
 TOTAL_SHARES = 100_000_000

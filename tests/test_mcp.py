@@ -26,7 +26,7 @@ from mcp.shared.memory import create_client_server_memory_streams
 from agents.mcp_server import build_mcp_server
 from agents.tools import TOOLS, ToolContext
 from agents.wallet import AgentWallet, AuditLedger
-from marketplace.chain.token import to_units
+from marketplace.chain.units import to_units
 from marketplace.wallet_file import encryption_keypair
 from tests import test_agent_wallet as wallet_tests
 from tests.test_agent_tools import context_for

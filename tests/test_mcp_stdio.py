@@ -26,8 +26,8 @@ from mcp.shared.exceptions import MCPError
 
 from agents.tools import TOOLS
 from marketplace.chain import rpc_chain
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.client import MarketplaceClient
 from marketplace.wallet_file import encryption_keypair
 from tests.test_cli import AGENTMARKET, assert_one_line_error

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from marketplace.api import Settings, create_app
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.client import ApiClientError, MarketplaceClient
 from marketplace.inference import InferenceError, openai_handler
 from tests.test_hostile_gateway import DEEP, Scripted, endless

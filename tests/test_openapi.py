@@ -25,8 +25,8 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from marketplace.api import Settings, create_app
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from tests.test_x402 import serving
 
 CONTENT = b"generated clients upload too\n" * 100

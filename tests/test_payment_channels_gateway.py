@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from marketplace.chain.market import CLAIM_WINDOW, UINT128_MAX, AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import CLAIM_WINDOW, UINT128_MAX, to_units
 from marketplace.payments.channels import (
     HEADER,
     AssetCache,

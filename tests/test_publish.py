@@ -28,8 +28,8 @@ from agents import ActionRefused, AgentWallet, AuditLedger, Budget
 from agents.tools import ToolContext, run_tool
 from marketplace.api import Settings, create_app
 from marketplace.chain import ContractRevert
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.client import ApiClientError, MarketplaceClient, PublishIncomplete
 from marketplace.errors import AgentmarketError
 from tests.conftest import expect_revert

@@ -29,8 +29,11 @@ from eth_utils import keccak
 from web3.contract import Contract
 
 from marketplace.chain import Chain, ContractRevert, decode_revert_data
+from marketplace.chain.contracts import RevenueVaultContract
 from marketplace.chain.deployment import Deployment
-from marketplace.chain.market import CLAIM_WINDOW, PERPETUAL, AssetKind, Market, RevenueVaultContract
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import CLAIM_WINDOW, PERPETUAL
 
 PRICE = 1_000_000  # 1 mUSD (6 decimals)
 DEPOSIT = 5_000_000

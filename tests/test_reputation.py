@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from marketplace.chain.deployment import MIN_RATING_PAYMENT
-from marketplace.chain.market import AssetKind, SubjectKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind, SubjectKind
+from marketplace.chain.units import to_units
 from tests.conftest import expect_revert
 
 HOUR = 3600

@@ -43,8 +43,9 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from marketplace.api import Settings, create_app
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import AssetKind, Market, SubjectKind
-from marketplace.chain.token import to_units
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind, SubjectKind
+from marketplace.chain.units import to_units
 from marketplace.payments.channels import HEADER, Voucher
 from tests.postgres import Databases
 from tests.test_x402 import serving

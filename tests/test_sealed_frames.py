@@ -21,7 +21,7 @@ from nacl.public import PrivateKey
 
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import AssetKind
+from marketplace.chain.records import AssetKind
 from marketplace.client import MarketplaceClient
 from marketplace.content import CHUNK_SIZE, MAX_SEALED_FRAME, ContentError, frame, open_sealed_frames, seal_frames
 from marketplace.errors import AgentmarketError

@@ -31,8 +31,9 @@ from eth_account.signers.local import LocalAccount
 
 from marketplace.chain import rpc_chain
 from marketplace.chain.deployment import load_deployment
-from marketplace.chain.market import AssetKind, Market
-from marketplace.chain.token import to_units
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.payments.channels import HEADER, Voucher, VoucherLedger
 from tests.test_cli import AGENTMARKET, free_port
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from marketplace.chain.token import to_units
+from marketplace.chain.units import to_units
 from simulation.engine import LedgerMismatch, _World
 from simulation.scenario import load_scenario
 from tests.test_cli import assert_one_line_error, run_cli

@@ -19,8 +19,9 @@ from sqlalchemy import create_engine, text
 
 from marketplace.api import Settings, create_app
 from marketplace.api.routes.stats import STATS_MAX_AGE
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import TestUSD, to_units
+from marketplace.chain.contracts import TestUSD
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from tests.test_api import publish
 
 EXTRA_ASSETS = 12

@@ -9,7 +9,7 @@ import pytest
 from eth_utils import keccak
 
 from marketplace.chain.eip712 import Domain, sign_authorization
-from marketplace.chain.token import to_units
+from marketplace.chain.units import to_units
 from marketplace.errors import AgentmarketError
 from tests.conftest import expect_revert
 

@@ -38,8 +38,8 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 
 from marketplace.api import Settings, create_app
 from marketplace.api.server import server_config
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.content import ContentStore
 
 NETWORK = "eip155:31337"

@@ -27,8 +27,9 @@ from agents import AgentWallet, AuditLedger, Budget
 from agents.errors import AgentError
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, deploy_all
-from marketplace.chain.market import AssetKind, Market
-from marketplace.chain.token import to_units
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import caip2, to_units
 from marketplace.client import ApiClientError, MarketplaceClient, X402AuthorizationOutstanding
 from tests.redteam.helpers import Reply, fund, hostile_server, publish_model
 from tests.test_cli import AGENTMARKET, assert_one_line_error
@@ -70,7 +71,7 @@ class KeepingGateway:
         if "payment-signature" in headers:
             self.kept.append(headers["payment-signature"])
             return Reply(502, {"error": "upstream_failed", "detail": "storage hiccup, try again"})
-        accepts = {"scheme": "exact", "network": f"eip155:{self.chain.chain_id}",
+        accepts = {"scheme": "exact", "network": caip2(self.chain.chain_id),
                    "amount": str(market.marketplace.asset(self.asset_id).price), "asset": market.token.address,
                    "payTo": market.marketplace.vault_of(self.asset_id), "maxTimeoutSeconds": self.timeout,
                    "extra": {"name": "Test USD", "version": "1"}}  # fmt: skip

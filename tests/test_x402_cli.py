@@ -19,8 +19,8 @@ from web3 import Web3
 from marketplace.api import Settings, create_app
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, deploy_all
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.content import ContentStore
 from tests.fake_gateway import FakeGateway
 from tests.test_cli import AGENTMARKET, assert_one_line_error

@@ -24,9 +24,10 @@ from x402.schemas import NoMatchingRequirementsError, PaymentRequired
 
 from agents import AgentError, AgentWallet, AuditLedger, Budget, PaymentRefused
 from marketplace.api import Settings, create_app
+from marketplace.chain.contracts import TestUSD
 from marketplace.chain.deployment import Deployment, DeploymentError, deploy_all
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import TestUSD, to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import caip2, to_units
 from marketplace.client import MarketplaceClient
 from marketplace.client.checks import PaymentTerms, PaymentTermsRefused
 from marketplace.client.sdk import X402DeliveryError, x402_payer
@@ -153,7 +154,7 @@ def test_sdk_and_agent_wallet_refuse_a_lying_gateway(chain, deployment, market, 
         "amount": (str(950 * PRICE), str(PRICE)),
         "payTo": (thief.address, vault),
         "asset": (other.address, market.token.address),
-        "network": ("eip155:8453", f"eip155:{chain.chain_id}"),
+        "network": (caip2(8453), caip2(chain.chain_id)),
         "scheme": ("upto", "exact"),
         "maxTimeoutSeconds": (str(TEN_YEARS), "900"),
         "extra.name": ("Tether USD", "Test USD"),

@@ -28,8 +28,8 @@ from x402.schemas import PaymentPayload, PaymentRequired
 
 from marketplace.api import Settings, create_app
 from marketplace.chain.eip712 import random_nonce
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.content import ContentStore
 from marketplace.payments.x402 import (
     DEFAULT_MAX_TIMEOUT_SECONDS,

@@ -17,7 +17,8 @@ from marketplace.api.errors import ApiError
 from marketplace.api.settings import Settings
 from marketplace.chain import Chain
 from marketplace.chain.deployment import Deployment
-from marketplace.chain.market import Asset, Market
+from marketplace.chain.market import Market
+from marketplace.chain.records import Asset
 from marketplace.content import ContentStore
 from marketplace.indexer import Indexer
 from marketplace.inference import ModelHandler

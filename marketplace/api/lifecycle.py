@@ -37,7 +37,7 @@ from marketplace.api.errors import error_body
 from marketplace.chain.deployment import Deployment
 from marketplace.chain.identity import ChainIdentity
 from marketplace.chain.market import Market
-from marketplace.chain.token import format_units
+from marketplace.chain.units import format_units
 from marketplace.content import archive_scopes, chain_scope, stored_scopes
 from marketplace.errors import AgentmarketError
 from marketplace.indexer.indexer import archive_read_model, read_model_scope, stored_scope

@@ -9,6 +9,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
+from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
@@ -21,6 +22,7 @@ from marketplace.chain.errors import (
     ContractRevert,
     InsufficientFunds,
     is_insufficient_funds,
+    raise_revert,
     revert_from_exception,
 )
 from marketplace.errors import AgentmarketError
@@ -28,6 +30,13 @@ from marketplace.errors import AgentmarketError
 #: Gas headroom added to an estimate: the 63/64 rule and storage refunds can make a call that
 #: needs exactly the estimate fail.
 _GAS_MARGIN_NUMERATOR, _GAS_MARGIN_DENOMINATOR = 5, 4
+#: The priority fee (wei per gas) of a :class:`RawCall`.
+_RAW_CALL_TIP = 10**9
+
+
+def with_gas_margin(estimate: int) -> int:
+    """The gas limit sent for an ``estimate``: a quarter more (x 5/4, rounded down)."""
+    return estimate * _GAS_MARGIN_NUMERATOR // _GAS_MARGIN_DENOMINATOR
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,14 @@ class BackendHooks:
     close: Callable[[], None] = lambda: None
     rpc_url: str | None = None
     receipt_poll_latency: float = 0.002
+
+
+@dataclass(frozen=True)
+class PendingTransaction:
+    """A signed transaction the node accepted: what was signed (``tx``) and its ``hash``."""
+
+    tx: dict[str, Any]
+    hash: HexBytes
 
 
 class Chain:
@@ -90,70 +107,86 @@ class Chain:
         try:
             return fn.call(tx, block_identifier=block)
         except Exception as exc:
-            revert = revert_from_exception(exc)
-            if revert is None:
-                raise
-            raise revert from None
+            raise_revert(exc)
+            raise
 
-    def send(self, fn: Any, sender: LocalAccount, *, gas: int | None = None, value: int = 0) -> TxReceipt:
-        """Sign ``fn`` (a contract function or constructor) with ``sender``'s key, send it, wait.
+    def estimate_gas(self, fn: Any, sender: str, *, value: int = 0) -> int:
+        """The gas ``fn`` (a contract function or constructor, or a :class:`RawCall`) needs from ``sender``
+        sending ``value`` wei, as the node estimates it (no margin: see :func:`with_gas_margin`).
 
-        With ``gas=None`` the gas is estimated first (a revert surfaces before anything is sent);
-        give ``gas`` explicitly on hot paths. Any revert raises :class:`ContractRevert`; a sender that
-        cannot pay the gas (or ``value``, in wei) raises :class:`InsufficientFunds` before anything is sent.
+        A revert raises :class:`ContractRevert`; a sender that cannot pay raises :class:`InsufficientFunds`.
         """
-        params: dict[str, Any] = {"from": sender.address, "value": value}
+        try:
+            return fn.estimate_gas({"from": sender, "value": value})
+        except Exception as exc:
+            if is_insufficient_funds(exc):
+                raise self._insufficient_funds(sender) from None
+            raise_revert(exc)
+            raise
+
+    def submit(self, fn: Any, sender: LocalAccount, *, gas: int | None = None, value: int = 0) -> PendingTransaction:
+        """The transaction pipeline up to the node: estimate, add the margin, sign with ``sender``'s key,
+        broadcast; returns without waiting (:meth:`wait` waits, :meth:`send` does it all).
+
+        ``fn`` is a contract function or constructor, or a :class:`RawCall` (an address and calldata).
+        With ``gas=None`` the gas is estimated first (a revert surfaces before anything is sent) and
+        :func:`with_gas_margin` added; give ``gas`` explicitly on hot paths. A revert raises
+        :class:`ContractRevert`; a sender that cannot pay the gas (or ``value``, in wei) raises
+        :class:`InsufficientFunds` before anything is sent.
+        """
         if gas is None:
-            try:
-                estimate = fn.estimate_gas(params)
-            except Exception as exc:
-                if is_insufficient_funds(exc):
-                    raise self._insufficient_funds(sender.address) from None
-                revert = revert_from_exception(exc)
-                if revert is None:
-                    raise
-                raise revert from None
-            gas = estimate * _GAS_MARGIN_NUMERATOR // _GAS_MARGIN_DENOMINATOR
-        params["gas"] = gas
+            gas = with_gas_margin(self.estimate_gas(fn, sender.address, value=value))
+        params: dict[str, Any] = {"from": sender.address, "value": value, "gas": gas}
         params["nonce"] = self.w3.eth.get_transaction_count(sender.address, "pending")
         tx = fn.build_transaction(params)
-        receipt = self.send_raw(sender.sign_transaction(tx).raw_transaction)
+        return PendingTransaction(tx, self.broadcast(sender.sign_transaction(tx).raw_transaction))
+
+    def send(self, fn: Any, sender: LocalAccount, *, gas: int | None = None, value: int = 0) -> TxReceipt:
+        """Sign ``fn`` (a contract function or constructor, or a :class:`RawCall`) with ``sender``'s key,
+        send it, wait (:meth:`submit`, then :meth:`wait`).
+
+        With ``gas=None`` the gas is estimated first (a revert surfaces before anything is sent);
+        give ``gas`` explicitly on hot paths. Any revert raises :class:`ContractRevert` (a mined
+        transaction that failed is replayed to learn why); a sender that cannot pay the gas (or
+        ``value``, in wei) raises :class:`InsufficientFunds` before anything is sent.
+        """
+        pending = self.submit(fn, sender, gas=gas, value=value)
+        receipt = self.wait(pending.hash)
         if receipt["status"] == 0:
-            raise self._explain_failure(tx, receipt)
+            raise self._explain_failure(pending.tx, receipt)
         return receipt
 
     def send_eth(self, sender: LocalAccount, to: str, value: int) -> TxReceipt:
         """Send ``value`` wei of the native coin (gas money) from ``sender`` to ``to``
         (:class:`InsufficientFunds` if ``sender`` cannot pay it and the gas)."""
-        base_fee = self.w3.eth.get_block("latest").get("baseFeePerGas", 0)
-        tip = 10**9
-        tx = {
-            "to": Web3.to_checksum_address(to),
-            "value": value,
-            "gas": 21_000,
-            "chainId": self.chain_id,
-            "nonce": self.w3.eth.get_transaction_count(sender.address, "pending"),
-            "maxFeePerGas": 2 * base_fee + tip,
-            "maxPriorityFeePerGas": tip,
-        }
-        return self.send_raw(sender.sign_transaction(tx).raw_transaction)
+        return self.send(RawCall(self, to), sender, gas=21_000, value=value)
 
     def send_raw(self, raw_transaction: bytes) -> TxReceipt:
         """Broadcast an already signed transaction and wait for its receipt (status not checked).
 
         :class:`InsufficientFunds` when its sender cannot pay its gas and value (nothing was sent).
         """
+        return self.wait(self.broadcast(raw_transaction))
+
+    def broadcast(self, raw_transaction: bytes) -> HexBytes:
+        """Broadcast an already signed transaction; returns its hash without waiting.
+
+        :class:`InsufficientFunds` when its sender cannot pay its gas and value, :class:`ContractRevert`
+        when the node refuses it as a revert (nothing was sent either way).
+        """
         try:
-            tx_hash = self.w3.eth.send_raw_transaction(raw_transaction)
+            return self.w3.eth.send_raw_transaction(raw_transaction)
         except Exception as exc:
             if is_insufficient_funds(exc):
                 raise self._insufficient_funds(Account.recover_transaction(raw_transaction)) from None
-            revert = revert_from_exception(exc)
-            if revert is None:
-                raise
-            raise revert from None
+            raise_revert(exc)
+            raise
+
+    def wait(self, tx_hash: HexBytes | str, *, timeout: float = 30) -> TxReceipt:
+        """The receipt of the transaction ``tx_hash`` once mined (status not checked); web3's
+        ``TimeExhausted`` after ``timeout`` seconds."""
         return self.w3.eth.wait_for_transaction_receipt(
-            tx_hash, timeout=30, poll_latency=self._hooks.receipt_poll_latency
+            tx_hash, timeout=timeout, poll_latency=self._hooks.receipt_poll_latency
         )
 
     def _insufficient_funds(self, address: str) -> InsufficientFunds:
@@ -237,3 +270,31 @@ def to_address(value: str) -> ChecksumAddress:
     if not Web3.is_address(value):
         raise AgentmarketError(f"not an Ethereum address: {value!r} (want 0x followed by 40 hex digits)")
     return Web3.to_checksum_address(value)
+
+
+@dataclass(frozen=True)
+class RawCall:
+    """A transaction to ``to`` with calldata ``data`` (empty: a plain transfer), for :meth:`Chain.send`
+    and :meth:`Chain.submit` where no web3 contract function exists (raw calldata from the x402 SDK,
+    ETH for gas). Like a contract function it has ``estimate_gas(params)`` and ``build_transaction(params)``;
+    its fees are EIP-1559: twice the head's base fee plus a 1 gwei tip."""
+
+    chain: Chain
+    to: str
+    data: bytes = b""
+
+    def estimate_gas(self, params: dict[str, Any]) -> int:
+        """The node's gas estimate for this call with ``params`` (``from``, ``value``)."""
+        return self.chain.w3.eth.estimate_gas({**params, "to": to_address(self.to), "data": self.data})
+
+    def build_transaction(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The unsigned transaction: ``params`` (``from``, ``value``, ``gas``, ``nonce``) plus its fees."""
+        base_fee = self.chain.w3.eth.get_block("latest").get("baseFeePerGas", 0)
+        return {
+            **params,
+            "to": to_address(self.to),
+            "data": self.data,
+            "chainId": self.chain.chain_id,
+            "maxFeePerGas": 2 * base_fee + _RAW_CALL_TIP,
+            "maxPriorityFeePerGas": _RAW_CALL_TIP,
+        }

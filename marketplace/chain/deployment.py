@@ -17,14 +17,14 @@ from eth_account.signers.local import LocalAccount
 
 from marketplace.chain.artifacts import load_artifact
 from marketplace.chain.chain import Chain
-from marketplace.chain.market import (
+from marketplace.chain.contracts import (
     AgentRegistryContract,
-    Market,
     MarketplaceContract,
     PaymentChannelsContract,
     ReputationContract,
+    TestUSD,
 )
-from marketplace.chain.token import TestUSD
+from marketplace.chain.market import Market
 from marketplace.errors import AgentmarketError
 
 MANIFEST_FORMAT = "agentmarket-deployment/1"

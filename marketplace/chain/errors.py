@@ -144,3 +144,16 @@ def revert_from_exception(exc: BaseException, tx_hash: str | None = None) -> Con
         reason = message.removeprefix("execution reverted").lstrip(": ")
         return ContractRevert("Error", {"reason": reason} if reason else {}, b"", tx_hash)
     return None
+
+
+def raise_revert(exc: BaseException, tx_hash: str | None = None) -> None:
+    """Raise the :class:`ContractRevert` hidden in a backend's exception ``exc`` (its chain of causes
+    cut), if it is a revert; return if not, for the caller to re-raise ``exc``::
+
+        except Exception as exc:
+            raise_revert(exc)
+            raise
+    """
+    revert = revert_from_exception(exc, tx_hash)
+    if revert is not None:
+        raise revert from None

@@ -14,12 +14,13 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from marketplace.chain.units import CAIP2_PATTERN, caip2
 from marketplace.errors import AgentmarketError
 
 if TYPE_CHECKING:
     from marketplace.chain.chain import Chain
 
-_PREFIX = re.compile(r"eip155:(?P<chain_id>[0-9]{1,20})/genesis:(?P<genesis>0x[0-9a-fA-F]{1,64})")
+_PREFIX = re.compile(CAIP2_PATTERN + r"/genesis:(?P<genesis>0x[0-9a-fA-F]{1,64})")
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class ChainIdentity:
         return cls(int(match["chain_id"]), match["genesis"].lower())
 
     def __str__(self) -> str:
-        return f"eip155:{self.chain_id}/genesis:{self.genesis}"
+        return f"{caip2(self.chain_id)}/genesis:{self.genesis}"
 
     @property
     def short(self) -> str:

@@ -43,13 +43,14 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 
-from marketplace.chain.chain import Chain
-from marketplace.chain.errors import ChainError, ContractRevert, revert_from_exception
+from marketplace.chain.chain import Chain, with_gas_margin
+from marketplace.chain.errors import ChainError, ContractRevert
+from marketplace.chain.units import TOTAL_SHARES
 from marketplace.errors import AgentmarketError
 
 if TYPE_CHECKING:
@@ -57,8 +58,6 @@ if TYPE_CHECKING:
 
     from marketplace.chain.market import Market
 
-#: ``RevenueVault.TOTAL_SHARES``: the denominator of every vault share.
-TOTAL_SHARES = 100_000_000
 #: The most assets one walk visits (nearest first): bounds reads and transactions per plan.
 MAX_WALK_ASSETS = 1_000
 #: The most gas one release may cost (estimated); TestUSD's cost 57k-108k. A costlier one is not sent.
@@ -417,11 +416,11 @@ def execute(chain: Chain, caller: LocalAccount, plan: LineagePlan, *, max_gas: i
         try:
             if chain.call(vault.functions.claimable(step.token, step.payee)) == 0:
                 continue
-            gas = _estimate(release, caller.address)
+            gas = chain.estimate_gas(release, caller.address)
             if gas > max_gas:
                 failed.append((step, f"its token's transfer would cost {gas:,} gas (more than {max_gas:,}): not sent"))
                 continue
-            receipt = chain.send(release, caller, gas=gas * 5 // 4)
+            receipt = chain.send(release, caller, gas=with_gas_margin(gas))
         except ContractRevert as exc:
             failed.append((step, str(exc)))
             continue
@@ -437,17 +436,6 @@ def execute(chain: Chain, caller: LocalAccount, plan: LineagePlan, *, max_gas: i
 
 
 # ---------------------------------------------------------------------- internals
-
-
-def _estimate(fn: Any, sender: str) -> int:
-    """The gas ``fn`` needs from ``sender`` (a revert raises :class:`ContractRevert`)."""
-    try:
-        return fn.estimate_gas({"from": sender})
-    except Exception as exc:
-        revert = revert_from_exception(exc)
-        if revert is None:
-            raise
-        raise revert from None
 
 
 def _reason(exc: BaseException) -> str:

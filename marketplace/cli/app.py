@@ -23,7 +23,7 @@ from rich.table import Table
 from marketplace.chain import AnvilNode, Chain, ChainError, connect, to_address
 from marketplace.chain.backends import LOCAL_CHAIN_ID, rpc_chain
 from marketplace.chain.deployment import DEFAULT_MANIFEST, deploy_all, load_deployment
-from marketplace.chain.token import format_units
+from marketplace.chain.units import format_units
 from marketplace.cli import market as market_commands
 from marketplace.cli.plugins import load_plugins
 from marketplace.errors import AgentmarketError

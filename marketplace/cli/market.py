@@ -26,8 +26,8 @@ from rich.text import Text
 from marketplace.chain import LOCAL_CHAIN_ID, ContractRevert, rpc_chain, to_address
 from marketplace.chain.deployment import DEFAULT_MANIFEST, Deployment, read_manifest
 from marketplace.chain.lineage import Release, ReleaseIncomplete
-from marketplace.chain.market import AssetKind, Channel
-from marketplace.chain.token import format_units, to_units
+from marketplace.chain.records import AssetKind, Channel
+from marketplace.chain.units import format_units, to_units
 from marketplace.client import MarketplaceClient
 from marketplace.client.pins import PIN_FILE, TRUST_ENV, DeploymentPins, connect_trusted
 from marketplace.client.sdk import MarketplaceReader, PublishIncomplete

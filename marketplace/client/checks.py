@@ -39,8 +39,9 @@ from x402.schemas import PaymentCreationContext, PaymentRequired, PaymentRequire
 from x402.schemas.v1 import PaymentRequiredV1, PaymentRequirementsV1
 
 from marketplace.chain import ContractRevert
+from marketplace.chain.contracts import TestUSD
 from marketplace.chain.market import Market
-from marketplace.chain.token import TestUSD
+from marketplace.chain.units import caip2
 from marketplace.errors import AgentmarketError
 
 __all__ = [
@@ -162,7 +163,7 @@ class PaymentTerms:
             ) from None
         return cls(
             asset_id=asset_id,
-            network=f"eip155:{market.chain.chain_id}",
+            network=caip2(market.chain.chain_id),
             asset=Web3.to_checksum_address(asset.token),
             pay_to=Web3.to_checksum_address(marketplace.vault_of(asset_id)),
             amount=asset.price,

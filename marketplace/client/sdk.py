@@ -39,11 +39,13 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentRequired
 
 from marketplace.chain import Chain, ContractRevert, connect
+from marketplace.chain.contracts import TestUSD
 from marketplace.chain.deployment import Deployment, DeploymentError, parse_manifest, verify_deployment
 from marketplace.chain.identity import ChainIdentity
 from marketplace.chain.lineage import Lineage, LineagePlan, Release, execute, plan_release, plan_withdrawal
-from marketplace.chain.market import AssetKind, Channel, Market
-from marketplace.chain.token import TestUSD
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind, Channel
+from marketplace.chain.units import BPS
 from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms, PriceChanged
 from marketplace.client.vouchers import ChannelCount, VoucherBook
 from marketplace.content import open_sealed_frames
@@ -598,7 +600,7 @@ class MarketplaceClient(MarketplaceReader):
         asset_id = self.market.marketplace.publish(
             self.account, kind=kind, content_hash=content_hash, uri=uri or f"sha256:{content_hash.hex()}",
             price=price, token=self.market.token.address,
-            payees=payees or [(self.address, 10_000 - sum(bps for _, bps in parents))],
+            payees=payees or [(self.address, BPS - sum(bps for _, bps in parents))],
             parents=list(parents), license_duration=license_duration, listed=False,
         )  # fmt: skip
         self._upload(asset_id, 1, False, content, content_hash, list_asset=listed)

@@ -30,9 +30,11 @@ from sqlalchemy.orm import Session
 from web3 import Web3
 
 from marketplace.chain import Chain, load_artifact
+from marketplace.chain.contracts import RevenueVaultContract
 from marketplace.chain.deployment import Deployment
 from marketplace.chain.identity import ChainIdentity, ChainReplaced
-from marketplace.chain.market import PERPETUAL, AssetKind, RevenueVaultContract
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import PERPETUAL
 from marketplace.indexer.models import (
     AgentMetadataRow,
     AgentRow,

@@ -41,7 +41,9 @@ from eth_account.signers.local import LocalAccount
 from marketplace.chain import ContractRevert
 from marketplace.chain.eip712 import VOUCHER_FIELDS
 from marketplace.chain.identity import ChainReplaced
-from marketplace.chain.market import CLAIM_WINDOW, Asset, Channel, Market
+from marketplace.chain.market import Market
+from marketplace.chain.records import Asset, Channel
+from marketplace.chain.units import CLAIM_WINDOW, caip2
 from marketplace.errors import AgentmarketError
 from marketplace.payments.ledger import (
     ChannelFinalized,
@@ -407,7 +409,7 @@ class ChannelGate:
             "scheme": "payment-channel",
             "header": HEADER,
             "headerFormat": "base64(JSON {channelId, maxClaimableAmount, signature})",
-            "network": f"eip155:{domain.chain_id}",
+            "network": caip2(domain.chain_id),
             "chainId": domain.chain_id,
             "channels": self.market.channels.address,
             "receiverAuthorizer": self.receiver_authorizer,

@@ -37,9 +37,7 @@ FINAL_ERRORS = ("AlreadySettled", "ClaimWindowOver", "UnknownChannel", "NotRecei
 
 def chain_identity(market: Market) -> str:
     """What a ledger is bound to: chain id, genesis block hash and channels contract address."""
-    chain = market.chain
-    genesis = bytes(chain.w3.eth.get_block(0)["hash"]).hex()
-    return f"eip155:{chain.chain_id}/genesis:0x{genesis}/channels:{market.channels.address}"
+    return f"{ChainIdentity.of(market.chain)}/channels:{market.channels.address}"
 
 
 @dataclass(frozen=True)

@@ -66,9 +66,9 @@ from x402.mechanisms.evm.utils import hex_to_bytes
 from x402.mechanisms.evm.verify import verify_typed_data_strict
 from x402.schemas import AssetAmount, PaymentPayload, PaymentRequirements, ResourceConfig, ResourceInfo
 
-from marketplace.chain import Chain, ContractRevert
-from marketplace.chain.errors import revert_from_exception
-from marketplace.chain.token import TestUSD, format_units
+from marketplace.chain import Chain, ContractRevert, RawCall
+from marketplace.chain.contracts import TestUSD
+from marketplace.chain.units import caip2, format_units
 from marketplace.errors import AgentmarketError
 
 __all__ = [
@@ -95,8 +95,6 @@ DEFAULT_MAX_TIMEOUT_SECONDS = 300
 VALIDITY_SKEW_SECONDS = 15
 #: Reason code: the authorization stays valid longer than maxTimeoutSeconds (+ skew) from now.
 ERR_VALIDITY_TOO_LONG = "invalid_exact_evm_payload_authorization_validity_too_long"
-#: Gas headroom over an estimate (as in :meth:`Chain.send`).
-_GAS_MARGIN_NUMERATOR, _GAS_MARGIN_DENOMINATOR = 5, 4
 _RECEIPT_TIMEOUT_SECONDS = 30
 
 #: A sentence for each reason the SDK's exact-EVM facilitator gives for refusing a payment.
@@ -231,7 +229,10 @@ class ChainFacilitatorSigner:
 
     Reads and transactions go through the chain's own Web3, so the in-process embedded chain works
     like anvil or any node. Reverts surface as :class:`ContractRevert` (whose text contains
-    "reverted", which the SDK reads as a contract revert rather than a transport failure).
+    "reverted", which the SDK reads as a contract revert rather than a transport failure); a relayer
+    without the ETH for the gas raises :class:`~marketplace.chain.errors.InsufficientFunds` naming it,
+    nothing sent (the SDK reports ``transaction_failed`` with that sentence). Transactions take the
+    chain's own pipeline (:meth:`Chain.submit <marketplace.chain.chain.Chain.submit>`).
     Transactions are sent one at a time: the nonce is read and used under a lock.
     """
 
@@ -291,9 +292,7 @@ class ChainFacilitatorSigner:
 
     def wait_for_transaction_receipt(self, tx_hash: str) -> TransactionReceipt:
         """The mined transaction's receipt."""
-        receipt = self._chain.w3.eth.wait_for_transaction_receipt(
-            tx_hash, timeout=_RECEIPT_TIMEOUT_SECONDS, poll_latency=0.005
-        )
+        receipt = self._chain.wait(tx_hash, timeout=_RECEIPT_TIMEOUT_SECONDS)
         return TransactionReceipt(
             status=evm.TX_STATUS_SUCCESS if receipt["status"] == 1 else 0,
             block_number=receipt["blockNumber"],
@@ -312,31 +311,15 @@ class ChainFacilitatorSigner:
         return bytes(self._chain.w3.eth.get_code(Web3.to_checksum_address(address)))
 
     def _send(self, to: str, data: bytes) -> str:
-        """Estimate (a revert surfaces before anything is sent), sign with the relayer, broadcast.
+        """Send ``data`` to ``to`` from the relayer through the chain's pipeline (:meth:`Chain.submit`:
+        estimate, so a revert surfaces before anything is sent, then margin, sign, broadcast).
 
         Returns the hash at once; :meth:`wait_for_transaction_receipt` waits, so a slow receipt
         leaves the SDK a hash to reconcile against instead of a lost transaction.
         """
-        w3 = self._chain.w3
-        tx: dict[str, Any] = {
-            "from": self._relayer.address,
-            "to": Web3.to_checksum_address(to),
-            "data": data,
-            "value": 0,
-            "chainId": self._chain.chain_id,
-        }
         with self._send_lock:
-            try:
-                tx["gas"] = w3.eth.estimate_gas(tx) * _GAS_MARGIN_NUMERATOR // _GAS_MARGIN_DENOMINATOR
-                tx["gasPrice"] = w3.eth.gas_price
-                tx["nonce"] = w3.eth.get_transaction_count(self._relayer.address, "pending")
-                tx_hash = w3.eth.send_raw_transaction(self._relayer.sign_transaction(tx).raw_transaction)
-            except Exception as exc:
-                revert = revert_from_exception(exc)
-                if revert is None:
-                    raise
-                raise revert from None
-        return "0x" + bytes(tx_hash).hex()
+            pending = self._chain.submit(RawCall(self._chain, to, data), self._relayer)
+        return "0x" + bytes(pending.hash).hex()
 
 
 # ---------------------------------------------------------------------- one authorization, one request
@@ -495,7 +478,7 @@ class X402Payments:
         max_timeout_seconds: int = DEFAULT_MAX_TIMEOUT_SECONDS,
         send_lock: threading.Lock | None = None,
     ) -> None:
-        self.network = f"eip155:{chain.chain_id}"
+        self.network = caip2(chain.chain_id)
         self.token = token
         self.max_timeout_seconds = max_timeout_seconds
         self.signer = ChainFacilitatorSigner(chain, relayer, send_lock)

@@ -21,8 +21,9 @@ from fastapi import FastAPI
 from marketplace.api import Settings, create_app
 from marketplace.chain import Chain
 from marketplace.chain.deployment import Deployment
-from marketplace.chain.market import AssetKind, Market
-from marketplace.chain.token import to_units
+from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.protocol import wire
 from marketplace.protocol.vouchers import HEADER, Voucher
 from tests.test_x402 import serving  # noqa: F401  (re-exported: uvicorn with the server's own limits)

@@ -16,7 +16,7 @@ import pytest
 
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import AssetKind
+from marketplace.chain.records import AssetKind
 from tests.redteam.helpers import fund, server_app, serving
 from tests.test_cli import run_cli
 

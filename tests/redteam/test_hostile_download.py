@@ -22,7 +22,7 @@ from eth_account import Account
 
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import AssetKind
+from marketplace.chain.records import AssetKind
 from marketplace.client import MarketplaceClient
 from marketplace.errors import AgentmarketError
 from marketplace.siwe import SiweMessage, format_time

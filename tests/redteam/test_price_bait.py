@@ -24,7 +24,7 @@ from agents import AgentWallet, AuditLedger, Budget
 from agents.errors import AgentError
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.token import to_units
+from marketplace.chain.units import to_units
 from marketplace.protocol.vouchers import HEADER, Voucher
 from tests.redteam.helpers import Reply, fund, hostile_server, publish_model, receipt_body, terms_body
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 from eth_account import Account
 
 from marketplace.chain import ContractRevert
-from marketplace.chain.market import AssetKind, SubjectKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind, SubjectKind
+from marketplace.chain.units import to_units
 
 PRICE = to_units(5)
 FLOOR = to_units("0.01")

@@ -20,8 +20,8 @@ import pytest
 
 from marketplace.chain import connect
 from marketplace.chain.deployment import Deployment, deploy_all
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.wallet_file import create_wallet
 from tests.fake_gateway import FakeGateway
 from tests.redteam.helpers import fund

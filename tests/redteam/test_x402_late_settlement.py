@@ -23,8 +23,8 @@ from x402.http.utils import decode_payment_signature_header
 from agents import AgentWallet, AuditLedger, Budget
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import AssetKind
-from marketplace.chain.token import to_units
+from marketplace.chain.records import AssetKind
+from marketplace.chain.units import to_units
 from marketplace.errors import AgentmarketError
 from tests.fake_gateway import FakeGateway
 from tests.redteam.helpers import Reply, fund, hostile_server

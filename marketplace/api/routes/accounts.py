@@ -10,7 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from marketplace.api.deps import ServicesDep, SessionDep
-from marketplace.chain.lineage import TOTAL_SHARES, Lineage, VaultNode, plan_withdrawal
+from marketplace.chain.lineage import Lineage, VaultNode, plan_withdrawal
+from marketplace.chain.units import BPS, TOTAL_SHARES
 from marketplace.indexer.models import AssetPayeeRow, AssetRow
 from marketplace.protocol.wire import Earning, Earnings, TokenEarnings
 
@@ -31,7 +32,7 @@ def earnings(
             asset_id=slot.asset_id,
             vault=slot.vault,
             token=slot.token,
-            share_bps=slot.shares * 10_000 / TOTAL_SHARES,
+            share_bps=slot.shares * BPS / TOTAL_SHARES,
             claimable=str(slot.claimable),
             waiting=str(slot.waiting),
             released=str(slot.released),

@@ -10,13 +10,13 @@ from sqlalchemy import func, select
 
 from marketplace.api.deps import Services, ServicesDep, SessionDep
 from marketplace.api.errors import ApiError, not_found
+from marketplace.chain.units import BPS, TOTAL_SHARES
 from marketplace.indexer.models import AssetParentRow, AssetRow, FeedbackRow, LicenseRow
 from marketplace.protocol.wire import AssetDetail, AssetPage, AssetSummary, Payee, Rating
 
 router = APIRouter(prefix="/v1/assets", tags=["assets"])
 
 AssetId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Asset id")]
-_VAULT_TOTAL_SHARES = 100_000_000
 
 
 def _summary(row: AssetRow, parents: list[int], services: Services) -> AssetSummary:
@@ -100,7 +100,7 @@ def get_asset(asset_id: AssetId, session: SessionDep, services: ServicesDep) -> 
     }
     vault = services.market.vault(asset_id)
     payees = [
-        Payee(account=account, share_bps=shares * 10_000 / _VAULT_TOTAL_SHARES,
+        Payee(account=account, share_bps=shares * BPS / TOTAL_SHARES,
               is_asset_vault=account in vault_to_parent, parent_asset_id=vault_to_parent.get(account))
         for account, shares in vault.payees().items()
     ]  # fmt: skip

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from marketplace.api.deps import CallerDep, ServicesDep
 from marketplace.api.errors import ApiError, not_found
 from marketplace.chain import ContractRevert
-from marketplace.chain.market import Asset
+from marketplace.chain.records import Asset
 from marketplace.content import (
     ContentHashMismatch,
     ContentNotUploaded,

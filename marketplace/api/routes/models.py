@@ -31,8 +31,8 @@ from pydantic_core import to_jsonable_python
 
 from marketplace.api.deps import Services, ServicesDep
 from marketplace.api.errors import ApiError, chain_unavailable, log_unexpected
-from marketplace.chain.market import Asset, AssetKind
-from marketplace.chain.token import format_units
+from marketplace.chain.records import Asset, AssetKind
+from marketplace.chain.units import format_units
 from marketplace.inference import InferenceError, ModelHandler
 from marketplace.payments.channels import HEADER, LedgerError, MalformedPayment, PaymentRequired
 from marketplace.payments.x402 import (

@@ -17,7 +17,7 @@ from marketplace.api.deps import ServicesDep
 from marketplace.api.errors import ApiError, not_found
 from marketplace.api.routes.content import stored_content
 from marketplace.chain import ContractRevert
-from marketplace.chain.market import Asset
+from marketplace.chain.records import Asset
 from marketplace.payments.x402 import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,

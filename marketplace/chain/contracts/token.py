@@ -1,25 +1,17 @@
-"""Typed wrapper of the TestUSD stablecoin (ERC-20 + EIP-2612 permit + EIP-3009)."""
+"""The TestUSD stablecoin: ERC-20 + EIP-2612 permit + EIP-3009 transfer authorizations (``TestUSD.sol``)."""
 
 from __future__ import annotations
-
-from decimal import Decimal, InvalidOperation
-from functools import cached_property
 
 from eth_account.signers.local import LocalAccount
 from web3.types import TxReceipt
 
-from marketplace.chain.chain import Chain
+from marketplace.chain.contracts.base import ContractWrapper
 from marketplace.chain.eip712 import (
-    Domain,
     TransferAuthorization,
     sign_authorization,
     sign_cancel_authorization,
     sign_permit,
 )
-from marketplace.errors import AgentmarketError
-
-DECIMALS = 6
-UNIT = 10**DECIMALS
 
 _TRANSFER_WITH_AUTH_BYTES = "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)"
 _TRANSFER_WITH_AUTH_VRS = (
@@ -29,66 +21,12 @@ _RECEIVE_WITH_AUTH_BYTES = "receiveWithAuthorization(address,address,uint256,uin
 _CANCEL_AUTH_BYTES = "cancelAuthorization(address,bytes32,bytes)"
 
 
-#: Largest amount of a token in base units (a uint256).
-MAX_UNITS = 2**256 - 1
-
-
-def to_units(amount: str | int | Decimal, *, maximum: int = MAX_UNITS, what: str = "tUSD amount") -> int:
-    """Parse a human amount of tUSD ("1.5") into base units (1_500_000), exactly.
-
-    Accepts a finite, non-negative decimal number with at most 6 decimals whose base units are at most
-    ``maximum`` (default: a uint256; a price on chain must fit 96 bits, a channel deposit 128). Anything
-    else (``inf``, ``nan``, ``-1``, ``0x10``, 1e-7, an 80-digit number) raises :class:`AgentmarketError`
-    naming ``what`` and the rule it broke.
-    """
-    text = str(amount).strip()
-    shown = text if len(text) <= 40 else f"{text[:20]}…({len(text)} characters)"
-    try:
-        value = Decimal(text)
-    except (InvalidOperation, ValueError):
-        raise AgentmarketError(f"{what} {shown!r} is not a number (want a decimal number of tUSD, like 1.5)") from None
-    if not value.is_finite():
-        raise AgentmarketError(f"{what} {shown!r} is not a finite number (want a decimal number of tUSD, like 1.5)")
-    if value < 0:
-        raise AgentmarketError(f"{what} {shown} is negative; want 0 or more tUSD")
-    _sign, digits, exponent = value.as_tuple()
-    assert isinstance(exponent, int)  # finite
-    if exponent < -DECIMALS and any(digits[exponent + DECIMALS :]):
-        raise AgentmarketError(f"{what} {shown} has more than {DECIMALS} decimals (the smallest unit is 0.000001)")
-    if value.adjusted() > len(str(maximum)):  # bounds the integer below before it is built
-        raise AgentmarketError(f"{what} {shown} is too large: at most {format_units(maximum)} tUSD")
-    coefficient = int("".join(map(str, digits)) or "0")
-    shift = exponent + DECIMALS
-    units = coefficient * 10**shift if shift >= 0 else coefficient // 10**-shift  # exact: no rounding context
-    if units > maximum:
-        raise AgentmarketError(f"{what} {shown} is too large: at most {format_units(maximum)} tUSD")
-    return units
-
-
-def format_units(units: int) -> str:
-    """Render atomic units as a tUSD amount with all six decimals ("1.500000")."""
-    sign = "-" if units < 0 else ""
-    whole, frac = divmod(abs(units), UNIT)
-    return f"{sign}{whole}.{frac:0{DECIMALS}d}"
-
-
-class TestUSD:
+class TestUSD(ContractWrapper):
     """The deployed TestUSD token at ``address`` on ``chain``."""
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, chain: Chain, address: str) -> None:
-        self.chain = chain
-        self.contract = chain.contract("TestUSD", address)
-        self.address = self.contract.address
-
-    @cached_property
-    def domain(self) -> Domain:
-        """The token's EIP-712 domain, read from the contract (EIP-5267)."""
-        _fields, name, version, chain_id, verifying_contract, _salt, _ext = self.chain.call(
-            self.contract.functions.eip712Domain()
-        )
-        return Domain(name, version, chain_id, verifying_contract)
+    artifact = "TestUSD"
 
     # ------------------------------------------------------------------ reads
 
