@@ -14,6 +14,15 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with every tuple made a list, recursively (a JSON array either way; equal to what JSON reads back)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
 @dataclass(frozen=True)
 class ProducerResult:
     """A data producer: its published shard and what reached it.
@@ -40,7 +49,7 @@ class ProducerResult:
         for name in ("license_revenue", "royalty_revenue"):
             if data[name] is None:
                 del data[name]
-        return data
+        return _plain(data)
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,7 @@ class RunResult:
         for name in ("builders", "consumers", "rounds"):
             data[name] = [asdict(row) for row in data[name]]
         data["chain"] = asdict(self.chain)
-        return data
+        return _plain(data)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunResult:
@@ -239,7 +248,7 @@ class RunMetrics:
         """The JSON object of ``metrics.json``: everything but ``timing``."""
         data = asdict(self)
         del data["timing"]
-        return data
+        return _plain(data)
 
     def sweep_metrics(self) -> SweepMetrics:
         """The scalar metrics, for sweep tables and plots."""
@@ -268,4 +277,4 @@ class SweepRow:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of one ``sweep.json`` entry."""
-        return {"params": dict(self.params), "metrics": asdict(self.metrics)}
+        return {"params": dict(self.params), "metrics": _plain(asdict(self.metrics))}

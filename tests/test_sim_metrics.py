@@ -298,3 +298,12 @@ def test_sweep_plots_and_report(tmp_path: Path) -> None:
     assert table[0].startswith("| none | 3 | n/a | n/a | 0.133 |")
     with pytest.raises(ValueError, match="at least one row"):
         plot_sweep([], tmp_path)
+
+
+def test_a_result_round_trips_through_its_json_without_the_wall_clock() -> None:
+    result = synthetic_result()
+    data = result.to_json()
+    assert "wall_time" not in data and "onchain_actions" not in data
+    assert "royalty_revenue" not in data["producers"][0]  # no split given: none written
+    assert json.loads(json.dumps(data)) == data
+    assert RunResult.from_json(data) == replace(result, wall_time=0.0, onchain_actions=0)
