@@ -2,7 +2,8 @@
 
 One run, in order (the model owns the seeded randomness and the schedule, agents own behaviour):
 
-1. deploy the contracts (fee from the scenario) on the chosen chain and start an in-process server;
+1. a ``simulation.world.World``: the contracts deployed (fee from the scenario) on the chosen chain, the
+   gateway in process, parties funded from the seed;
 2. producers publish their shards (clean, label-noised, or duplicated from another producer);
 3. builders buy datasets, train (k-NN / logistic regression), set parent shares with the royalty
    rule, publish their models and serve them;
@@ -11,6 +12,8 @@ One run, in order (the model owns the seeded randomness and the schedule, agents
 5. the server's settler claims every voucher, royalties are released up the lineage, every payee
    withdraws — and what each party holds is read back from the chain and compared, to the unit,
    with the simulation's own ledger (computed from the payments it made and the vault shares).
+
+The result is a typed ``simulation.results.RunResult``; metrics, plots, CSVs and the report read only that.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeVar
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -49,6 +49,8 @@ from marketplace.client import MarketplaceClient
 from marketplace.errors import AgentmarketError
 from marketplace.inference import ModelHandler
 from simulation.results import ChainActivity
+
+_T = TypeVar("_T")
 
 GAS_ETH = 10**18  # given to each generated account for gas (wei)
 
@@ -202,23 +204,17 @@ class World:
     @property
     def chain(self) -> Chain:
         """The connected chain (inside the ``with`` block)."""
-        if self._chain is None:
-            raise AgentmarketError("the world is not set up: use it inside `with World(...) as world:`")
-        return self._chain
+        return _set_up(self._chain)
 
     @property
     def market(self) -> Market:
         """The deployed contracts."""
-        if self._market is None:
-            raise AgentmarketError("the world is not set up: use it inside `with World(...) as world:`")
-        return self._market
+        return _set_up(self._market)
 
     @property
     def app(self) -> FastAPI:
         """The gateway's FastAPI app."""
-        if self._app is None:
-            raise AgentmarketError("the world is not set up: use it inside `with World(...) as world:`")
-        return self._app
+        return _set_up(self._app)
 
     @property
     def deployer(self) -> LocalAccount:
@@ -288,6 +284,13 @@ class World:
                 vault.release(treasury, token, treasury.address)
             fee += vault.released(token, treasury.address)
         return Payout(forwarded=tuple(forwarded), withdrawn=withdrawn, protocol_fee=fee)
+
+
+def _set_up(value: _T | None) -> _T:
+    """``value``, set when the world was entered; raises ``AgentmarketError`` outside the ``with`` block."""
+    if value is None:
+        raise AgentmarketError("the world is not set up: use it inside `with World(...) as world:`")
+    return value
 
 
 def _free_port() -> int:
