@@ -81,8 +81,8 @@ class _Story:
         self.X_val, self.y_val, self.X_query, self.y_query = X_held[:200], y_held[:200], X_held[200:], y_held[200:]
         # The cast: a human owner with tUSD, and two agents that hold none and draw on the owner's within caps.
         self.owner = world.fund("owner (human)", tusd=to_units(30))
-        self.builder = world.party("builder agent", cap=to_units(12))
-        self.buyer_party = world.party("buyer agent", cap=to_units(6))
+        self.builder_agent = world.party("builder agent", cap=to_units(12))
+        self.buyer_agent = world.party("buyer agent", cap=to_units(6))
         self.agent_ids: dict[str, int] = {}
         self.providers: list[tuple[str, Party, ProviderAgent, int, float]] = []
         self.built: BuiltModel | None = None
@@ -94,11 +94,13 @@ class _Story:
 
     @property
     def builder_wallet(self) -> AgentWallet:
-        return self.builder.wallet
+        """The builder agent's wallet (caps, audit ledger)."""
+        return self.builder_agent.wallet
 
     @property
     def buyer_wallet(self) -> AgentWallet:
-        return self.buyer_party.wallet
+        """The buyer agent's wallet (caps, audit ledger)."""
+        return self.buyer_agent.wallet
 
     @property
     def model(self) -> BuiltModel:
@@ -231,7 +233,7 @@ class _Story:
                  f"into model #{self.model.model_id}'s vault in {settled.channels} transaction(s)")  # fmt: skip
 
     def release_and_withdraw(self) -> None:
-        payees = [party for _name, party, *_ in self.providers] + [self.builder]
+        payees = [party for _name, party, *_ in self.providers] + [self.builder_agent]
         payout = self.world.release_and_withdraw(models=[self.model.model_id], payees=payees,
                                                  assets=[asset["asset_id"] for asset in self.assets])  # fmt: skip
         forwarded = payout.forwarded
