@@ -172,7 +172,7 @@ class World:
             self.say(f"deployed {contracts} contracts (TestUSD, Marketplace, vaults, channels, registries)")
             self._start_gateway(deployment)
         except BaseException:
-            self._stack.close()
+            self._close()
             raise
         return self
 
@@ -197,7 +197,16 @@ class World:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        self._stack.close()
+        self._close()
+
+    def _close(self) -> None:
+        """Stop the gateway and the chain; from then on the world refuses to be used."""
+        try:
+            self._stack.close()
+        finally:
+            self._chain = self._deployment = self._market = self._app = self._http = None
+            self._clients.clear()
+            self.base_url = ""
 
     # ------------------------------------------------------------------ what the world holds
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from marketplace.chain.token import to_units
+from marketplace.errors import AgentmarketError
 from simulation.engine import ExpectedLedger, call_price, holdings
 from simulation.metrics import summarize, write_csvs, write_metrics
 from simulation.results import BuilderResult, ChainActivity, ProducerResult, RunResult
 from simulation.runner import simulate
 from simulation.scenario import load_scenario
-from simulation.world import LedgerMismatch, reconcile
+from simulation.world import GAS_ETH, Holding, LedgerMismatch, World, derived_account, reconcile
 from tests.test_cli import assert_one_line_error, run_cli
 
 BASELINE = Path(__file__).parents[1] / "scenarios" / "baseline.toml"
@@ -64,6 +65,28 @@ def test_a_chain_that_disagrees_with_the_ledger_fails_loudly():
     result = replace(result, producers=(replace(producer, revenue=99),), channel_revenue_claimed=69)
     with pytest.raises(LedgerMismatch, match="producer 0: chain 99, ledger 100; channel claims: chain 69, vouchers 70"):
         reconcile(holdings(result, expected))
+
+
+def test_a_world_reads_holdings_from_the_chain_and_catches_money_its_ledger_never_saw(tmp_path):
+    """The harness on a real chain: a party is funded from the seed; a transfer outside the run's ledger
+    (a stray mint) makes the reconciliation fail, naming the party and both amounts."""
+    with World("embedded", fee_bps=100, seed=5, work_dir=tmp_path) as world:
+        set_up = world.activity().tx_count
+        consumer = world.party("consumer", 0, tusd=7)
+        assert consumer.address == derived_account(5, "consumer", 0).address
+        assert (
+            world.names[consumer.address] == "consumer" and world.names[world.deployer.address] == "protocol treasury"
+        )
+        assert world.chain.w3.eth.get_balance(consumer.address) == GAS_ETH
+        assert world.client(consumer.wallet) is world.client(consumer.wallet)  # one client per wallet
+        ledger = {consumer.address: 7}
+        reconcile([Holding("consumer 0", world.balance(consumer.address), ledger[consumer.address])])
+        world.market.token.mint(world.deployer, consumer.address, 1)
+        with pytest.raises(LedgerMismatch, match="consumer 0: chain 8, ledger 7"):
+            reconcile([Holding("consumer 0", world.balance(consumer.address), ledger[consumer.address])])
+        assert world.activity().tx_count - set_up == 3  # gas, tUSD, the stray mint
+    with pytest.raises(AgentmarketError, match="not set up"):
+        world.market  # noqa: B018 - the property raises once the world is shut down
 
 
 def test_cost_recovery_prices_calls_to_repay_the_licenses_with_the_margin():
