@@ -149,7 +149,6 @@ class World:
         self.gateway, self.settle_interval, self.say = gateway, settle_interval, say
         self._stack = ExitStack()
         self._chain: Chain | None = None
-        self._deployment: Deployment | None = None
         self._market: Market | None = None
         self._app: FastAPI | None = None
         self._http: TestClient | None = None
@@ -165,7 +164,7 @@ class World:
             chain = self._chain = self._stack.enter_context(connect(self.chain_target))
             self.first_block = chain.block_number() + 1
             self.say(f"connected to the {chain.kind} chain (chain id {chain.chain_id})")
-            deployment = self._deployment = deploy_all(chain, self.deployer, fee_bps=self.fee_bps)
+            deployment = deploy_all(chain, self.deployer, fee_bps=self.fee_bps)
             self._market = deployment.market(chain)
             self.names[self.deployer.address] = "protocol treasury"
             contracts = len(deployment.contracts)
@@ -204,7 +203,7 @@ class World:
         try:
             self._stack.close()
         finally:
-            self._chain = self._deployment = self._market = self._app = self._http = None
+            self._chain = self._market = self._app = self._http = None
             self._clients.clear()
             self.base_url = ""
 
