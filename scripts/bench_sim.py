@@ -42,10 +42,10 @@ def measure(scenario_path: Path, chain_target: str, profile: Path | None = None)
             profiler.disable()
             profiler.dump_stats(profile)
         wall = time.perf_counter() - started
-    calls = sum(c["answered"] for c in result["consumers"])
+    calls = sum(c.answered for c in result.consumers)
     return {
-        "chain": chain_target, "wall_time_s": round(wall, 2), "tx_count": result["chain"]["tx_count"],
-        "gas_used": result["chain"]["gas_used"], "onchain_actions_per_s": round(result["chain"]["tx_count"] / wall, 2),
+        "chain": chain_target, "wall_time_s": round(wall, 2), "tx_count": result.chain.tx_count,
+        "gas_used": result.chain.gas_used, "onchain_actions_per_s": round(result.chain.tx_count / wall, 2),
         "paid_model_calls": calls, "paid_calls_per_s": round(calls / wall, 2),
     }  # fmt: skip
 

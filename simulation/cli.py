@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -11,6 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from marketplace.chain.units import format_units
+
+if TYPE_CHECKING:  # the CLI imports the simulation's modules only when a command runs
+    from simulation.results import RoundFigures, RunMetrics
 
 console = Console(highlight=False)
 
@@ -38,25 +41,23 @@ def check_settings() -> None:
     Settings.load()
 
 
-def summary_table(summary: dict[str, Any], title: str) -> Table:
+def summary_table(summary: RunMetrics, title: str) -> Table:
     """The one-screen summary of a run."""
     table = Table(title=title, show_header=False)
-    correlation = summary["revenue_value_correlation"]
+    correlation = summary.revenue_value_correlation
     rows = [
-        ("producer revenue (tUSD)", ", ".join(_units(v) for v in summary["producer_revenue"])),
-        ("true value (LOO accuracy drop)", ", ".join(f"{v:+.3f}" for v in summary["producer_true_value"])),
-        ("revenue ~ value (pearson / spearman)",
-         f"{_ratio(correlation['pearson'])} / {_ratio(correlation['spearman'])}"),
-        ("Gini of producer revenue", _ratio(summary["gini_producer_revenue"])),
-        ("share of consumer spend reaching producers", _ratio(summary["producer_share"])),
-        ("builder profit (tUSD)", ", ".join(_units(v) for v in summary["builder_profit"]["per_builder"])),
-        ("consumer surplus (tUSD)", _units(summary["consumer_surplus"]["total"])),
-        ("consumer spend / protocol fee (tUSD)",
-         f"{_units(summary['consumer_spend'])} / {_units(summary['protocol_fee'])}"),
-        ("answers right", f"{summary['correct']}/{summary['answered']}"),
-        ("gas used / transactions", f"{summary['gas_used']:,} / {summary['tx_count']}"),
+        ("producer revenue (tUSD)", ", ".join(_units(v) for v in summary.producer_revenue)),
+        ("true value (LOO accuracy drop)", ", ".join(f"{v:+.3f}" for v in summary.producer_true_value)),
+        ("revenue ~ value (pearson / spearman)", f"{_ratio(correlation.pearson)} / {_ratio(correlation.spearman)}"),
+        ("Gini of producer revenue", _ratio(summary.gini_producer_revenue)),
+        ("share of consumer spend reaching producers", _ratio(summary.producer_share)),
+        ("builder profit (tUSD)", ", ".join(_units(v) for v in summary.builder_profit.per_builder)),
+        ("consumer surplus (tUSD)", _units(summary.consumer_surplus.total)),
+        ("consumer spend / protocol fee (tUSD)", f"{_units(summary.consumer_spend)} / {_units(summary.protocol_fee)}"),
+        ("answers right", f"{summary.correct}/{summary.answered}"),
+        ("gas used / transactions", f"{summary.gas_used:,} / {summary.tx_count}"),
         ("wall time / on-chain actions per s",
-         f"{summary['timing']['wall_time']:.1f} s / {_ratio(summary['timing']['actions_per_second'])}"),
+         f"{summary.timing.wall_time:.1f} s / {_ratio(summary.timing.actions_per_second)}"),
     ]  # fmt: skip
     for name, value in rows:
         table.add_row(name, value)
@@ -82,11 +83,9 @@ def simulate(
     with progress:
         task = progress.add_task(f"{scenario.name} (seed {scenario.seed}) rounds", total=scenario.rounds, last="")
 
-        def advance(number: int, figures: dict[str, Any]) -> None:
-            spent = format_units(figures["consumer_spend"])
-            progress.update(
-                task, completed=number, last=f"{figures['correct']}/{figures['answered']} right, {spent} tUSD"
-            )
+        def advance(number: int, figures: RoundFigures) -> None:
+            spent = format_units(figures.consumer_spend)
+            progress.update(task, completed=number, last=f"{figures.correct}/{figures.answered} right, {spent} tUSD")
 
         summary = run(scenario, out, chain_target=chain, on_round=advance)
     console.print(summary_table(summary, f"{scenario.name}: seed {scenario.seed}, rule {scenario.royalty.rule}"))
@@ -122,15 +121,14 @@ def sweep(
         Console(stderr=True, highlight=False, soft_wrap=True).print(f"interrupted: {stopped}")
         raise typer.Exit(130) from None
     table = Table(title=f"{scenario.name}: {total} grid points")
-    keys = list(dict.fromkeys(k for row in rows for k in row["params"]))
+    keys = list(dict.fromkeys(k for row in rows for k in row.params))
     for column in [*keys, "revenue~value", "Gini", "producer share", "builder profit", "surplus", "accuracy"]:
         table.add_column(column)
     for row in rows:
-        m = row["metrics"]
-        table.add_row(*[row["params"].get(k, "") for k in keys], _ratio(m["revenue_value_spearman"]),
-                      _ratio(m["gini_producer_revenue"]), _ratio(m["producer_share"]),
-                      _units(m["builder_profit_total"]), _units(m["consumer_surplus_total"]),
-                      _ratio(m["accuracy"]))  # fmt: skip
+        m = row.metrics
+        table.add_row(*[row.params.get(k, "") for k in keys], _ratio(m.revenue_value_spearman),
+                      _ratio(m.gini_producer_revenue), _ratio(m.producer_share), _units(m.builder_profit_total),
+                      _units(m.consumer_surplus_total), _ratio(m.accuracy))  # fmt: skip
     console.print(table)
     console.print(f"table: {out / 'sweep.csv'}  report: {out / 'report.md'}", style="dim")
 

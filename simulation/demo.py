@@ -13,33 +13,23 @@ story too: the demo says it bought nothing, and skips the x402 download and the 
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI
-from pydantic import SecretStr
-from web3 import Web3
 
-from agents import AgentWallet, AuditLedger, Budget
+from agents import AgentWallet
 from agents.brains import LLMBrain, UCBBrain
 from agents.learning import load_source, make_shards, split_holdout, with_label_noise
-from agents.roles import BuilderAgent, BuildPlan, BuyerAgent, ClassificationTask, Listing, ProviderAgent
+from agents.roles import BuilderAgent, BuildPlan, BuiltModel, BuyerAgent, ClassificationTask, Listing, ProviderAgent
 from agents.tools import ToolContext, run_tool
-from marketplace.api import Settings, create_app
-from marketplace.api.app import attach_model_handler
-from marketplace.api.server import server_config
-from marketplace.chain import Chain, connect
-from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import Market
 from marketplace.chain.records import SubjectKind
 from marketplace.chain.units import format_units, to_units
 from marketplace.errors import AgentmarketError
-from simulation.engine import GAS_ETH, chain_activity, derived_account
+from simulation.results import ChainActivity
+from simulation.world import Party, World
 
 SEED = 11
 FEE_BPS = 100
@@ -48,36 +38,6 @@ CALL_PRICE = to_units("0.05")
 ROYALTY_BPS = 6_000
 PROVIDERS = [("provider-a", 0.0), ("provider-b", 0.0), ("provider-c (noisy)", 0.5)]
 QUERIES = 40
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` with uvicorn on 127.0.0.1 (its settings' port) in a thread; yields its base URL, stops it after."""
-    import uvicorn
-
-    port = app.state.settings.port
-    server = uvicorn.Server(server_config(app))  # the app's settings' limits and port, as `serve` has them
-    thread = threading.Thread(target=server.run, name="agentmarket-demo-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise AgentmarketError(f"the demo server did not start on 127.0.0.1:{port}")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-
-
-def _free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on now."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_demo(
@@ -90,77 +50,74 @@ def run_demo(
 ) -> dict[str, Any]:
     """Tell the story on ``chain_target``; returns the summary (every amount read from the chain)."""
     started = time.perf_counter()
-    with connect(chain_target) as chain:
-        deployer = chain.accounts[0]
-        first_block = chain.block_number() + 1
-        say(f"connected to the {chain.kind} chain (chain id {chain.chain_id})")
-        deployment = deploy_all(chain, deployer, fee_bps=FEE_BPS)
-        market = deployment.market(chain)
-        say(f"deployed {len(deployment.contracts)} contracts (TestUSD, Marketplace, vaults, channels, registries)")
-        # A free port, so that the login domain (127.0.0.1:port) is the one the clients reach. The story's one
-        # gateway settles with a dev account named here (not a key of its own made at random), so that every run
-        # tells the same story with the same transactions and gas.
-        settings = Settings.load(manifest=deployment.save(work_dir / "deployment.json"),
-                                 data_dir=work_dir / "server", port=_free_port(), settle_interval=3600,
-                                 relayer_key=SecretStr(Web3.to_hex(chain.accounts[-1].key)))  # fmt: skip
-        app = create_app(settings, chain=chain)
-        with serving(app) as base_url:
-            say(f"marketplace server (uvicorn) on {base_url}")
-            story = _Story(chain, market, deployer, base_url, app, work_dir, say)
-            story.register_agents()
-            story.publish_datasets()
-            story.build_model()
-            story.buy(llm_url, llm_model)
-            story.settle()
-            story.rate()
-            story.release_and_withdraw()
-        summary = story.summary(chain_activity(chain, first_block))
+    # The gateway is served on 127.0.0.1 (a free port, so that the login domain is the one the clients reach);
+    # it settles with a dev account the world names, so that every run tells the same story with the same gas.
+    with World(chain_target, fee_bps=FEE_BPS, seed=SEED, work_dir=work_dir, gateway="http", settle_interval=3600,
+               say=say) as world:  # fmt: skip
+        story = _Story(world, say)
+        story.register_agents()
+        story.publish_datasets()
+        story.build_model()
+        story.buy(llm_url, llm_model)
+        story.settle()
+        story.rate()
+        story.release_and_withdraw()
+        summary = story.summary(world.activity())
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)
     return summary
 
 
 class _Story:
-    def __init__(
-        self, chain: Chain, market: Market, deployer: Any, base_url: str, app: FastAPI, work_dir: Path,
-        say: Callable[[str], None],
-    ) -> None:  # fmt: skip
-        self.chain, self.market, self.deployer, self.base_url, self.app = chain, market, deployer, base_url, app
-        self.work_dir, self.say = work_dir, say
-        self.token = market.token
+    """The demo's cast and what happened to them, step by step, on a world."""
+
+    def __init__(self, world: World, say: Callable[[str], None]) -> None:
+        self.world, self.say = world, say
+        self.market, self.token, self.deployer = world.market, world.market.token, world.deployer
         self.payments: list[dict[str, Any]] = []
         self.assets: list[dict[str, Any]] = []
-        self.roles: dict[str, str] = {deployer.address: "protocol treasury"}
         X, y = load_source("digits", seed=SEED)
         self.X_train, self.y_train, X_held, y_held = split_holdout(X, y, 0.3, SEED)
         self.X_val, self.y_val, self.X_query, self.y_query = X_held[:200], y_held[:200], X_held[200:], y_held[200:]
+        # The cast: a human owner with tUSD, and two agents that hold none and draw on the owner's within caps.
+        self.owner = world.fund("owner (human)", tusd=to_units(30))
+        self.builder_agent = world.party("builder agent", cap=to_units(12))
+        self.buyer_agent = world.party("buyer agent", cap=to_units(6))
+        self.agent_ids: dict[str, int] = {}
+        self.providers: list[tuple[str, Party, ProviderAgent, int, float]] = []
+        self.built: BuiltModel | None = None
+        self.buyer_accuracy: float | None = None
+        self.buyer: dict[str, Any] = {}
+        self.channel_claimed = 0
+        self.earnings: dict[str, int] = {}
+        self.fee = 0
 
-    def _party(self, role: str, tusd: int = 0) -> Any:
-        account = derived_account(SEED, role, 0)
-        self.chain.send_eth(self.deployer, account.address, GAS_ETH)
-        if tusd:
-            self.token.mint(self.deployer, account.address, tusd)
-        self.roles[account.address] = role
-        return account
+    @property
+    def builder_wallet(self) -> AgentWallet:
+        """The builder agent's wallet (caps, audit ledger)."""
+        return self.builder_agent.wallet
 
-    def _wallet(self, account: Any, name: str, cap: int) -> AgentWallet:
-        ledger = AuditLedger(self.work_dir / f"{name}-ledger.jsonl")
-        return AgentWallet.connect(account, Budget(cap, cap, cap), ledger, self.base_url, self.chain)
+    @property
+    def buyer_wallet(self) -> AgentWallet:
+        """The buyer agent's wallet (caps, audit ledger)."""
+        return self.buyer_agent.wallet
+
+    @property
+    def model(self) -> BuiltModel:
+        """The builder's published model (after ``build_model``)."""
+        if self.built is None:
+            raise AgentmarketError("the demo's model is not built yet")
+        return self.built
 
     # ------------------------------------------------------------------ the story
 
     def register_agents(self) -> None:
         agents, token = self.market.agents, self.token
-        self.owner = self._party("owner (human)", to_units(30))
-        builder, buyer = self._party("builder agent"), self._party("buyer agent")
-        self.builder_wallet = self._wallet(builder, "builder", to_units(12))
-        self.buyer_wallet = self._wallet(buyer, "buyer", to_units(6))
         allowances = {"builder": to_units(12), "buyer": to_units(6)}
         token.approve(self.owner, agents.address, sum(allowances.values()))
-        self.agent_ids = {}
         for name, wallet in (("builder", self.builder_wallet), ("buyer", self.buyer_wallet)):
             agent_id = agents.register(self.owner, f"agentmarket-demo://{name}",
                                        {"encryptionKey": wallet.public_encryption_key})  # fmt: skip
-            deadline = self.chain.timestamp() + 240
+            deadline = self.world.chain.timestamp() + 240
             signature = agents.sign_wallet_binding(wallet.account, agent_id, self.owner.address, deadline)
             agents.set_agent_wallet(self.owner, agent_id, wallet.address, deadline, signature.packed)
             agents.grant_spend_permission(
@@ -176,30 +133,23 @@ class _Story:
     def publish_datasets(self) -> None:
         shards = make_shards(self.X_train, self.y_train, [200, 200, 200], seed=SEED)
         rng = np.random.default_rng(SEED)
-        self.providers = []
         for (name, noise), shard in zip(PROVIDERS, shards, strict=True):
             if noise:
                 shard = with_label_noise(shard, noise, 10, rng)
-            account = self._party(name)
-            wallet = self._wallet(account, name.split()[0], 0)
-            provider = ProviderAgent(wallet)
+            party = self.world.party(name)
+            provider = ProviderAgent(party.wallet)
             (asset_id,) = provider.publish([Listing(shard, DATASET_PRICE, f"digits-{name.split()[0]}")])
-            self.providers.append((name, account, provider, asset_id, noise))
+            self.providers.append((name, party, provider, asset_id, noise))
             self.assets.append({"asset_id": asset_id, "kind": "dataset", "name": f"digits shard of {name}",
-                                "owner": account.address, "price": DATASET_PRICE, "label_noise": noise})  # fmt: skip
+                                "owner": party.address, "price": DATASET_PRICE, "label_noise": noise})  # fmt: skip
             self.say(f"{name} published dataset #{asset_id}: 200 digits rows at {format_units(DATASET_PRICE)} tUSD"
                      + (f", {noise:.0%} of labels wrong" if noise else "") + "; content uploaded")  # fmt: skip
-
-    def _client(self, wallet: AgentWallet) -> Any:
-        """The wallet's SDK client (made once, with the wallet)."""
-        return wallet.client
 
     def build_model(self) -> None:
         plan = BuildPlan(model="knn", rule="knn_shapley", royalty_bps=ROYALTY_BPS, price_per_call=CALL_PRICE,
                          X_val=self.X_val, y_val=self.y_val, seed=SEED)  # fmt: skip
-        builder = BuilderAgent(self.builder_wallet, plan,
-                               lambda model_id, handler: attach_model_handler(self.app, model_id, handler),
-                               download_dir=self.work_dir / "builder-downloads")  # fmt: skip
+        builder = BuilderAgent(self.builder_wallet, plan, self.world.serve_model,
+                               download_dir=self.world.work_dir / "builder-downloads")  # fmt: skip
         self.built = built = builder.run()
         for asset_id in built.parents:
             self.payments.append({"from": self.builder_wallet.address, "asset_id": asset_id, "kind": "license",
@@ -222,8 +172,10 @@ class _Story:
         else:
             brain = UCBBrain(seed=SEED, deposit_calls=QUERIES)
         task = ClassificationTask(self.X_query[:QUERIES], self.y_query[:QUERIES], value_per_success=to_units("0.2"))
-        report = BuyerAgent(wallet, brain, task, identity=self.agent_ids["buyer"],
-                            trace_path=self.work_dir / "buyer-trace.jsonl").run(max_steps=3 * QUERIES)  # fmt: skip
+        trace = self.world.work_dir / "buyer-trace.jsonl"
+        report = BuyerAgent(wallet, brain, task, identity=self.agent_ids["buyer"], trace_path=trace).run(
+            max_steps=3 * QUERIES
+        )
         report.raise_if_interrupted()
         calls = sum(1 for entry in wallet.ledger.entries() if entry.kind == "voucher")
         self.buyer_accuracy = task.correct / task.index if task.index else None
@@ -231,7 +183,6 @@ class _Story:
                       "correct": task.correct, "stopped": report.reason,
                       "final_answer": getattr(brain, "final_answer", None)}  # fmt: skip
         who = "LLM" if llm_url else "UCB bandit"
-        self.x402_dataset = None
         if not calls:  # e.g. a model that answers in text and never calls a tool: the story goes on without it
             answered = self.buyer["final_answer"]
             said = f" and answered: {_quote(answered)}" if answered else ""
@@ -247,15 +198,15 @@ class _Story:
                               "tx": entry.ref})  # fmt: skip
         self.say(f"it bought one download of dataset #{clean} over x402 (a stock x402 client signed EIP-3009; "
                  "the server's facilitator settled it into the vault and paid the gas)")  # fmt: skip
-        self.x402_dataset = clean
 
     def rate(self) -> None:
         """Paid-only feedback: the channel counts once its vouchers are claimed on chain."""
         if not self.channel_claimed:
-            self.say(f"no rating: the buyer paid for no call to model #{self.built.model_id}, and only payers may rate")
+            self.say(f"no rating: the buyer paid for no call to model #{self.model.model_id}, and only payers may rate")
             return
-        context = ToolContext(self.buyer_wallet, self.work_dir / "buyer-downloads")
-        model = self.built.model_id
+        wallet = self.buyer_wallet
+        context = ToolContext(wallet, self.world.work_dir / "buyer-downloads")
+        model = self.model.model_id
         run_tool(context, "rate_asset", {"asset_id": model, "value": 90, "tag": "accurate"})
         buyer = self.buyer_wallet.address
         summary = self.market.reputation.summary(SubjectKind.ASSET, model, [buyer])
@@ -265,39 +216,31 @@ class _Story:
                  f"({summary.count} rating from it on chain, average {summary.average:.0f})")  # fmt: skip
 
     def settle(self) -> None:
-        settled = self.app.state.services.settler.settle_once()
-        claimed = sum(s.amount for s in settled if s.outcome == "claimed")
-        self.channel_claimed = claimed
+        settled = self.world.settle()
+        claimed = self.channel_claimed = settled.claimed
         if not claimed:
             self.say("the server's settler had no voucher to claim")
             return
-        self.payments.append({"from": self.buyer_wallet.address, "asset_id": self.built.model_id, "kind": "channel",
+        self.payments.append({"from": self.buyer_wallet.address, "asset_id": self.model.model_id, "kind": "channel",
                               "amount": claimed})  # fmt: skip
         self.say(f"the server's settler claimed the calls it answered on the channel: {format_units(claimed)} tUSD "
-                 f"into model #{self.built.model_id}'s vault in {len(settled)} transaction(s)")  # fmt: skip
+                 f"into model #{self.model.model_id}'s vault in {settled.channels} transaction(s)")  # fmt: skip
 
     def release_and_withdraw(self) -> None:
-        market, token = self.market, self.token.address
-        forwarded = market.release_upstream(self.deployer, self.built.model_id)
+        payees = [party for _name, party, *_ in self.providers] + [self.builder_agent]
+        payout = self.world.release_and_withdraw(models=[self.model.model_id], payees=payees,
+                                                 assets=[asset["asset_id"] for asset in self.assets])  # fmt: skip
+        forwarded = payout.forwarded
         self.say(f"royalties released up the lineage: {format_units(sum(r.amount for r in forwarded))} tUSD "
                  f"to {len({r.payee for r in forwarded})} dataset vaults")  # fmt: skip
-        self.earnings: dict[str, int] = {}
-        for _name, account, provider, _asset_id, _noise in self.providers:
-            self.earnings[account.address] = sum(provider.withdraw().values())
-        builder_client = self._client(self.builder_wallet)
-        self.earnings[self.builder_wallet.address] = sum(builder_client.withdraw().values())
-        self.fee = 0
+        self.earnings, self.fee = dict(payout.withdrawn), payout.protocol_fee
         for asset in self.assets:
-            vault = market.vault(asset["asset_id"])
-            if vault.claimable(token, self.deployer.address):
-                vault.release(self.deployer, token, self.deployer.address)
-            self.fee += vault.released(token, self.deployer.address)
-            asset["revenue_received"] = vault.total_received(token)
+            asset["revenue_received"] = self.market.vault(asset["asset_id"]).total_received(self.token.address)
         self.say("providers and the builder withdrew their earnings; the treasury released the protocol fee")
 
     # ------------------------------------------------------------------ the report
 
-    def summary(self, activity: dict[str, int]) -> dict[str, Any]:
+    def summary(self, activity: ChainActivity) -> dict[str, Any]:
         token = self.token.address
         paid = sum(p["amount"] for p in self.payments)
         dust = sum(self.token.balance_of(self.market.marketplace.vault_of(a["asset_id"])) for a in self.assets)
@@ -308,28 +251,29 @@ class _Story:
                 claimable = vault.claimable(token, payee)
                 if claimable:
                     leftover[f"{asset['asset_id']}:{payee}"] = claimable
-        producers = {account.address: self.earnings[account.address] for _, account, *_ in self.providers}
+        producers = {party.address: self.earnings[party.address] for _, party, *_ in self.providers}
+        names = self.world.names
         return {
-            "chain_id": self.chain.chain_id,
-            "chain": self.chain.kind,
+            "chain_id": activity.chain_id,
+            "chain": activity.kind,
             "assets": self.assets,
             "payments": self.payments,
             "paid_total": paid,
-            "earnings_by_address": {a: {"role": self.roles.get(a, "?"), "amount": v} for a, v in self.earnings.items()},
-            "parties": dict(self.roles),  # address -> who it is: owner, agents, providers, treasury
+            "earnings_by_address": {a: {"role": names.get(a, "?"), "amount": v} for a, v in self.earnings.items()},
+            "parties": dict(names),  # address -> who it is: owner, agents, providers, treasury
             "protocol_fee": self.fee,
             "left_in_vaults": dust,
             "claimable_left": leftover,
             "producer_earnings": producers,
             "producer_share": sum(producers.values()) / paid if paid else 0.0,
-            "model_accuracy": {"validation": self.built.validation_accuracy, "buyer_queries": self.buyer_accuracy},
+            "model_accuracy": {"validation": self.model.validation_accuracy, "buyer_queries": self.buyer_accuracy},
             "buyer": self.buyer,
             "owner_funding": {
                 name: sum(e.amount for e in wallet.ledger.entries() if e.kind == "owner_top_up")
                 for name, wallet in (("builder", self.builder_wallet), ("buyer", self.buyer_wallet))
             },
-            "gas_used": activity["gas_used"],
-            "tx_count": activity["tx_count"],
+            "gas_used": activity.gas_used,
+            "tx_count": activity.tx_count,
         }
 
 

@@ -2,7 +2,8 @@
 
 One run, in order (the model owns the seeded randomness and the schedule, agents own behaviour):
 
-1. deploy the contracts (fee from the scenario) on the chosen chain and start an in-process server;
+1. a ``simulation.world.World``: the contracts deployed (fee from the scenario) on the chosen chain, the
+   gateway in process, parties funded from the seed;
 2. producers publish their shards (clean, label-noised, or duplicated from another producer);
 3. builders buy datasets, train (k-NN / logistic regression), set parent shares with the royalty
    rule, publish their models and serve them;
@@ -11,58 +12,27 @@ One run, in order (the model owns the seeded randomness and the schedule, agents
 5. the server's settler claims every voucher, royalties are released up the lineage, every payee
    withdraws — and what each party holds is read back from the chain and compared, to the unit,
    with the simulation's own ledger (computed from the payments it made and the vault shares).
+
+The result is a typed ``simulation.results.RunResult``; metrics, plots, CSVs and the report read only that.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from fastapi.testclient import TestClient
-from pydantic import SecretStr
-from web3 import Web3
 
-from agents import AgentWallet, AuditLedger, Budget
-from agents.brains import policy_brain
+from agents.brains import Brain, policy_brain
 from agents.datavalue import loo_contributions
 from agents.learning import Shard, load_source, make_shards, split_holdout, with_duplicates, with_label_noise
 from agents.roles import BuilderAgent, BuildPlan, BuyerAgent, ClassificationTask, Listing, ProviderAgent
-from marketplace.api import Settings, create_app
-from marketplace.api.app import attach_model_handler
-from marketplace.chain import Chain, connect
-from marketplace.chain.deployment import deploy_all
-from marketplace.chain.market import Market
 from marketplace.chain.units import BPS, TOTAL_SHARES
-from marketplace.errors import AgentmarketError
+from simulation.results import BuilderResult, ConsumerResult, ProducerResult, RoundFigures, RunResult
 from simulation.scenario import Scenario
-
-GAS_ETH = 10**18  # given to each generated account for gas
-
-
-class LedgerMismatch(AgentmarketError):
-    """What the chain holds differs from what the simulation's own ledger says it should."""
-
-
-@dataclass
-class Party:
-    """A simulated participant: a deterministic account and its agent wallet."""
-
-    role: str
-    index: int
-    account: LocalAccount
-    wallet: AgentWallet
-
-
-def derived_account(seed: int, role: str, index: int) -> LocalAccount:
-    """A key derived from the seed, so the same scenario and seed give the same addresses."""
-    return Account.from_key(hashlib.sha256(f"agentmarket-sim/{seed}/{role}/{index}".encode()).digest())
+from simulation.world import Holding, Party, World, reconcile
 
 
 def _vault_split(amount: int, share: int) -> int:
@@ -70,73 +40,91 @@ def _vault_split(amount: int, share: int) -> int:
     return amount * share // TOTAL_SHARES
 
 
+@dataclass(frozen=True)
+class ExpectedLedger:
+    """What every party should hold, from the payments the run made and the vault shares (base units).
+
+    ``producer`` and ``builder`` by party index; ``fee`` the protocol's; ``consumer_paid`` all vouchers;
+    ``model_paid`` vouchers by model id.
+    """
+
+    producer: dict[int, int]
+    builder: dict[int, int]
+    fee: int
+    consumer_paid: int
+    model_paid: dict[int, int]
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """A builder's published model: its index, id, kind, royalty rule, validation accuracy and lineage."""
+
+    index: int
+    model_id: int
+    model: str
+    rule: str
+    accuracy: float
+    parents: tuple[int, ...]
+    shares_bps: tuple[int, ...]
+
+
 def run_simulation(
     scenario: Scenario,
     *,
     chain_target: str = "embedded",
     work_dir: Path,
-    on_round: Callable[[int, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Run ``scenario`` on ``chain_target`` (embedded, anvil or an RPC URL); returns the result dict.
+    on_round: Callable[[int, RoundFigures], None] | None = None,
+) -> RunResult:
+    """Run ``scenario`` on ``chain_target`` (embedded, anvil or an RPC URL); returns the typed result.
 
-    Raises ``LedgerMismatch`` if any party's on-chain holdings differ from the simulation's ledger.
+    Raises ``LedgerMismatch`` (``simulation.world``) if any party's on-chain holdings differ from the
+    simulation's ledger.
     """
     started = time.perf_counter()
-    rng = np.random.default_rng(scenario.seed)
-    with connect(chain_target) as chain:
-        deployer = chain.accounts[0]
-        first_block = chain.block_number() + 1
-        deployment = deploy_all(chain, deployer, fee_bps=scenario.protocol.fee_bps)
-        market = deployment.market(chain)
-        # The run's one gateway settles with a dev account named here (not a key of its own made at random), so
-        # that the same scenario and seed give the same transactions, gas and bytes.
-        settings = Settings.load(manifest=deployment.save(work_dir / "deployment.json"),
-                                 data_dir=work_dir / "server", siwe_domain="testserver", settle_interval=10**6,
-                                 relayer_key=SecretStr(Web3.to_hex(chain.accounts[-1].key)))  # fmt: skip
-        with TestClient(create_app(settings, chain=chain)) as http:
-            world = _World(scenario, chain, market, deployer, http, work_dir, rng)
-            world.publish_datasets()
-            world.build_models()
-            for round_number in range(1, scenario.rounds + 1):
-                figures = world.play_round(round_number)
-                if on_round:
-                    on_round(round_number, figures)
-            settled = http.app.state.services.settler.settle_once()
-            world.channel_revenue_claimed = sum(s.amount for s in settled if s.outcome == "claimed")
-            world.release_and_withdraw()
-        result = world.result()
-        result["chain"] = {"kind": chain.kind, "chain_id": chain.chain_id, **chain_activity(chain, first_block)}
-    world.reconcile(result)
-    result["wall_time"] = time.perf_counter() - started
-    result["onchain_actions"] = result["chain"]["tx_count"]
-    return result
+    with World(chain_target, fee_bps=scenario.protocol.fee_bps, seed=scenario.seed, work_dir=work_dir) as world:
+        run = _Run(scenario, world)
+        run.publish_datasets()
+        run.build_models()
+        for round_number in range(1, scenario.rounds + 1):
+            figures = run.play_round(round_number)
+            if on_round:
+                on_round(round_number, figures)
+        channel_revenue = world.settle().claimed
+        protocol_fee = run.release_and_withdraw()
+        result = run.result(channel_revenue, protocol_fee)
+    reconcile(holdings(result, run.expected()))
+    return replace(result, wall_time=time.perf_counter() - started, onchain_actions=result.chain.tx_count)
 
 
-def chain_activity(chain: Chain, first_block: int) -> dict[str, int]:
-    """Gas used and transactions, summed over every block of the run."""
-    gas = txs = 0
-    for number in range(first_block, chain.block_number() + 1):
-        block = chain.w3.eth.get_block(number)
-        gas += block["gasUsed"]
-        txs += len(block["transactions"])
-    return {"gas_used": gas, "tx_count": txs}
+def call_price(scenario: Scenario) -> int:
+    """A builder's price per call under the scenario's pricing policy (base units)."""
+    builders, producers, consumers = scenario.builders, scenario.producers, scenario.consumers
+    if builders.pricing == "fixed":
+        return builders.price_per_call_units
+    # cost_recovery: the licenses it will buy (cheapest first within its budget, at most 8 parents) ...
+    affordable = builders.budget_units // producers.price_units if producers.price_units else producers.count
+    license_cost = producers.price_units * min(producers.count, affordable, 8)
+    # ... repaid, with the margin, by its share of every query all consumers will ask.
+    calls = max(1, consumers.count * consumers.queries_per_round * scenario.rounds // builders.count)
+    price = -(-int(license_cost * (1 + builders.margin)) // calls)  # ceiling
+    return max(price, builders.price_per_call_units)
 
 
-class _World:
-    """The run's state: parties, assets, and the ledger of every payment made."""
+def holdings(result: RunResult, expected: ExpectedLedger) -> list[Holding]:
+    """Each party's holdings on chain (from ``result``) against the run's ledger, for ``reconcile``."""
+    lines = [Holding(f"producer {p.index}", p.revenue, expected.producer[p.index]) for p in result.producers]
+    lines += [Holding(f"builder {b.index}", b.revenue, expected.builder[b.index]) for b in result.builders]
+    lines.append(Holding("protocol fee", result.protocol_fee, expected.fee))
+    lines.append(Holding("channel claims", result.channel_revenue_claimed, expected.consumer_paid, "vouchers"))
+    return lines
 
-    def __init__(
-        self,
-        scenario: Scenario,
-        chain: Chain,
-        market: Market,
-        deployer: LocalAccount,
-        http: TestClient,
-        work_dir: Path,
-        rng: np.random.Generator,
-    ) -> None:
-        self.scenario, self.chain, self.market, self.deployer, self.http = scenario, chain, market, deployer, http
-        self.work_dir, self.rng = work_dir, rng
+
+class _Run:
+    """One run's economy on a world: parties, assets, and the ledger of every payment made."""
+
+    def __init__(self, scenario: Scenario, world: World) -> None:
+        self.scenario, self.world = scenario, world
+        self.rng = np.random.default_rng(scenario.seed)
         X, y = load_source(scenario.data.source, seed=scenario.seed)
         X_train, y_train, X_held, y_held = split_holdout(X, y, scenario.data.test_fraction, scenario.seed)
         half = len(y_held) // 2
@@ -149,31 +137,13 @@ class _World:
         self.producers: list[Party] = []
         self.builders: list[Party] = []
         self.consumers: list[Party] = []
-        self.models: list[dict[str, Any]] = []
+        self.models: list[PublishedModel] = []
         self.license_paid: dict[int, int] = {}  # dataset id -> total paid for licenses
-        self.rounds: list[dict[str, Any]] = []
+        self.rounds: list[RoundFigures] = []
         self.query_cursor = 0
-        self.brains: list[Any] = []
+        self.brains: list[Brain] = []
         self.answered = [0] * scenario.consumers.count
         self.correct = [0] * scenario.consumers.count
-        self.channel_revenue_claimed = 0
-        self.withdrawn: dict[str, int] = {}
-
-    # ------------------------------------------------------------------ parties
-
-    def _party(self, role: str, index: int, budget: int) -> Party:
-        account = derived_account(self.scenario.seed, role, index)
-        self.chain.send_eth(self.deployer, account.address, GAS_ETH)
-        if budget:
-            self.market.token.mint(self.deployer, account.address, budget)
-        caps = Budget(run_cap=budget, asset_cap=budget, call_ceiling=budget)
-        wallet = AgentWallet.connect(account, caps, AuditLedger(self.work_dir / "ledgers" / f"{role}-{index}.jsonl"),
-                                     "http://testserver", self.chain, http=self.http)  # fmt: skip
-        return Party(role, index, account, wallet)
-
-    def _client(self, party: Party) -> Any:
-        """The party's SDK client (its wallet's: made once, when the party was)."""
-        return party.wallet.client
 
     # ------------------------------------------------------------------ steps
 
@@ -190,7 +160,7 @@ class _World:
             )
         self.shards = shards
         for index, shard in enumerate(shards):
-            party = self._party("producer", index, 0)
+            party = self.world.party("producer", index)
             provider = ProviderAgent(party.wallet)
             (asset_id,) = provider.publish([Listing(shard, spec.price_units, f"{self.scenario.name}-producer-{index}")])
             self.producers.append(party)
@@ -199,41 +169,27 @@ class _World:
 
     def build_models(self) -> None:
         """Builders buy every dataset they can afford, train, set royalties by the rule, publish and serve."""
-        spec = self.scenario.builders
+        spec, world = self.scenario.builders, self.world
         for index in range(spec.count):
-            party = self._party("builder", index, spec.budget_units)
+            party = world.party("builder", index, tusd=spec.budget_units)
             plan = BuildPlan(model=spec.model_for(index), rule=self.scenario.royalty.rule,
-                             royalty_bps=spec.royalty_bps, price_per_call=self._call_price(),
+                             royalty_bps=spec.royalty_bps, price_per_call=call_price(self.scenario),
                              X_val=self.X_val, y_val=self.y_val, seed=self.scenario.seed + index)  # fmt: skip
-            builder = BuilderAgent(party.wallet, plan,
-                                   lambda model_id, handler: attach_model_handler(self.http.app, model_id, handler),
-                                   download_dir=self.work_dir / "downloads" / f"builder-{index}")  # fmt: skip
+            builder = BuilderAgent(party.wallet, plan, world.serve_model,
+                                   download_dir=world.work_dir / "downloads" / f"builder-{index}")  # fmt: skip
             built = builder.run()
             for parent in built.parents:
-                self.license_paid[parent] += self.market.marketplace.asset(parent).price
+                self.license_paid[parent] += world.market.marketplace.asset(parent).price
             self.builders.append(party)
-            self.models.append({"index": index, "model_id": built.model_id, "model": plan.model,
-                                "rule": plan.rule, "accuracy": built.validation_accuracy,
-                                "parents": built.parents, "shares_bps": built.shares_bps})  # fmt: skip
+            self.models.append(PublishedModel(index=index, model_id=built.model_id, model=plan.model, rule=plan.rule,
+                                          accuracy=built.validation_accuracy, parents=tuple(built.parents),
+                                          shares_bps=tuple(built.shares_bps)))  # fmt: skip
         spec_c = self.scenario.consumers
         for index in range(spec_c.count):
-            self.consumers.append(self._party("consumer", index, spec_c.budget_units))
+            self.consumers.append(world.party("consumer", index, tusd=spec_c.budget_units))
             self.brains.append(policy_brain(spec_c.brain, seed=self.scenario.seed * 1000 + index))
 
-    def _call_price(self) -> int:
-        """A builder's price per call under the scenario's pricing policy."""
-        builders, producers, consumers = self.scenario.builders, self.scenario.producers, self.scenario.consumers
-        if builders.pricing == "fixed":
-            return builders.price_per_call_units
-        # cost_recovery: the licenses it will buy (cheapest first within its budget, at most 8 parents) ...
-        affordable = builders.budget_units // producers.price_units if producers.price_units else producers.count
-        license_cost = producers.price_units * min(producers.count, affordable, 8)
-        # ... repaid, with the margin, by its share of every query all consumers will ask.
-        calls = max(1, consumers.count * consumers.queries_per_round * self.scenario.rounds // builders.count)
-        price = -(-int(license_cost * (1 + builders.margin)) // calls)  # ceiling
-        return max(price, builders.price_per_call_units)
-
-    def play_round(self, round_number: int) -> dict[str, Any]:
+    def play_round(self, round_number: int) -> RoundFigures:
         """Every consumer classifies its share of this round's queries, paying per call."""
         spec = self.scenario.consumers
         spent_before = sum(self._paid(c) for c in self.consumers)
@@ -247,8 +203,8 @@ class _World:
             self.answered[index] += task.index
             self.correct[index] += task.correct
             answered, correct = answered + task.index, correct + task.correct
-        figures = {"round": round_number, "consumer_spend": sum(self._paid(c) for c in self.consumers) - spent_before,
-                   "answered": answered, "correct": correct}  # fmt: skip
+        figures = RoundFigures(round=round_number, answered=answered, correct=correct,
+                               consumer_spend=sum(self._paid(c) for c in self.consumers) - spent_before)  # fmt: skip
         self.rounds.append(figures)
         return figures
 
@@ -262,28 +218,23 @@ class _World:
         """What a consumer paid for calls so far (vouchers; deposits still locked are not spent)."""
         return sum(e.amount for e in party.wallet.ledger.entries() if e.kind == "voucher")
 
-    def release_and_withdraw(self) -> None:
-        """Royalties up every model's lineage, then every payee (and the treasury) claims."""
-        for model in self.models:
-            self.market.release_upstream(self.deployer, model["model_id"])
-        for party in self.producers + self.builders:
-            self.withdrawn[party.account.address] = sum(self._client(party).withdraw().values())
-        fee = 0
-        for asset_id in self.datasets + [m["model_id"] for m in self.models]:
-            vault = self.market.vault(asset_id)
-            token = self.market.token.address
-            if vault.claimable(token, self.deployer.address) > 0:
-                vault.release(self.deployer, token, self.deployer.address)
-            fee += vault.released(token, self.deployer.address)
-        self.protocol_fee_onchain = fee
+    def release_and_withdraw(self) -> int:
+        """Royalties up every model's lineage, then every payee (and the treasury) claims; returns the
+        protocol fee the treasury released (base units)."""
+        payout = self.world.release_and_withdraw(
+            models=[m.model_id for m in self.models],
+            payees=self.producers + self.builders,
+            assets=self.datasets + [m.model_id for m in self.models],
+        )
+        return payout.protocol_fee
 
     # ------------------------------------------------------------------ the ledger and the chain
 
-    def expected(self) -> dict[str, Any]:
+    def expected(self) -> ExpectedLedger:
         """What every party should hold, from the payments made and the vault shares (floor at every hop)."""
         fee_bps = self.scenario.protocol.fee_bps
         fee_share, net = fee_bps * BPS, BPS - fee_bps
-        model_paid = {m["model_id"]: 0 for m in self.models}
+        model_paid = {m.model_id: 0 for m in self.models}
         for party in self.consumers:
             for entry in party.wallet.ledger.entries():
                 if entry.kind == "voucher":
@@ -291,69 +242,50 @@ class _World:
         received = dict(self.license_paid)  # dataset vault inflows: licenses + royalties from models
         builder_revenue, fee = {}, 0
         for model in self.models:
-            paid = model_paid[model["model_id"]]
+            paid = model_paid[model.model_id]
             fee += _vault_split(paid, fee_share)
-            for parent, bps in zip(model["parents"], model["shares_bps"], strict=True):
+            for parent, bps in zip(model.parents, model.shares_bps, strict=True):
                 if bps:
                     received[parent] += _vault_split(paid, bps * net)
-            builder_revenue[model["index"]] = _vault_split(paid, (BPS - sum(model["shares_bps"])) * net)
+            builder_revenue[model.index] = _vault_split(paid, (BPS - sum(model.shares_bps)) * net)
         producer_revenue = {}
         for index, asset_id in enumerate(self.datasets):
             fee += _vault_split(received[asset_id], fee_share)
             producer_revenue[index] = _vault_split(received[asset_id], BPS * net)
-        return {"producer": producer_revenue, "builder": builder_revenue, "fee": fee,
-                "consumer_paid": sum(model_paid.values()), "model_paid": model_paid}  # fmt: skip
+        return ExpectedLedger(producer=producer_revenue, builder=builder_revenue, fee=fee,
+                              consumer_paid=sum(model_paid.values()), model_paid=model_paid)  # fmt: skip
 
-    def result(self) -> dict[str, Any]:
+    def result(self, channel_revenue_claimed: int, protocol_fee: int) -> RunResult:
         """The run's figures, each read back from the chain where the chain holds it."""
-        expected = self.expected()
-        self.expected_ledger = expected
-        token = self.market.token
-        true_value = loo_contributions(self.shards, self.X_test, self.y_test, "logreg", self.scenario.seed)
-        net_share = BPS * (BPS - self.scenario.protocol.fee_bps)
-        producers = [
-            {"index": i, "address": p.account.address, "asset_id": self.datasets[i],
-             "license_revenue": _vault_split(self.license_paid[self.datasets[i]], net_share),
-             "label_noise": self.scenario.producers.label_noise[i],
-             "duplicate_of": self.scenario.producers.duplicate_of(i), "rows": self.shards[i].rows,
-             "revenue": token.balance_of(p.account.address), "true_value": float(true_value[i])}
-            for i, p in enumerate(self.producers)
-        ]  # fmt: skip
-        for row in producers:  # the rest of what reached a producer came from model calls, up the lineage
-            row["royalty_revenue"] = row["revenue"] - row["license_revenue"]
+        world, scenario = self.world, self.scenario
+        true_value = loo_contributions(self.shards, self.X_test, self.y_test, "logreg", scenario.seed)
+        net_share = BPS * (BPS - scenario.protocol.fee_bps)
+        producers = []
+        for i, party in enumerate(self.producers):
+            revenue = world.balance(party.address)
+            license_revenue = _vault_split(self.license_paid[self.datasets[i]], net_share)
+            producers.append(ProducerResult(
+                index=i, address=party.address, asset_id=self.datasets[i],
+                label_noise=scenario.producers.label_noise[i], duplicate_of=scenario.producers.duplicate_of(i),
+                rows=self.shards[i].rows, revenue=revenue, true_value=float(true_value[i]),
+                # the rest of what reached a producer came from model calls, up the lineage
+                license_revenue=license_revenue, royalty_revenue=revenue - license_revenue,
+            ))  # fmt: skip
         builders = []
         for model, party in zip(self.models, self.builders, strict=True):
             spend = party.wallet.ledger.total()
-            balance = token.balance_of(party.account.address)
-            builders.append({**model, "address": party.account.address, "spend": spend,
-                             "revenue": balance - (self.scenario.builders.budget_units - spend)})  # fmt: skip
-        consumers = [
-            {"index": i, "address": p.account.address, "spend": self._paid(p), "answered": self.answered[i],
-             "correct": self.correct[i], "value": self.correct[i] * self.scenario.consumers.value_per_correct_units}
+            revenue = world.balance(party.address) - (scenario.builders.budget_units - spend)
+            builders.append(BuilderResult(index=model.index, address=party.address, model_id=model.model_id,
+                                          model=model.model, rule=model.rule, spend=spend, revenue=revenue,
+                                          accuracy=model.accuracy, parents=model.parents,
+                                          shares_bps=model.shares_bps))  # fmt: skip
+        consumers = tuple(
+            ConsumerResult(index=i, address=p.address, spend=self._paid(p), answered=self.answered[i],
+                           correct=self.correct[i], value=self.correct[i] * scenario.consumers.value_per_correct_units)
             for i, p in enumerate(self.consumers)
-        ]  # fmt: skip
-        return {
-            "scenario": self.scenario.name, "seed": self.scenario.seed, "producers": producers,
-            "builders": builders, "consumers": consumers, "protocol_fee": self.protocol_fee_onchain,
-            "consumer_spend": sum(c["spend"] for c in consumers), "rounds": self.rounds,
-            "channel_revenue_claimed": self.channel_revenue_claimed,
-        }  # fmt: skip
-
-    def reconcile(self, result: dict[str, Any]) -> None:
-        """Fail loudly unless the chain agrees with the simulation's ledger, to the unit."""
-        expected, problems = self.expected_ledger, []
-        for row in result["producers"]:
-            if row["revenue"] != expected["producer"][row["index"]]:
-                want = expected["producer"][row["index"]]
-                problems.append(f"producer {row['index']}: chain {row['revenue']}, ledger {want}")
-        for row in result["builders"]:
-            if row["revenue"] != expected["builder"][row["index"]]:
-                want = expected["builder"][row["index"]]
-                problems.append(f"builder {row['index']}: chain {row['revenue']}, ledger {want}")
-        if result["protocol_fee"] != expected["fee"]:
-            problems.append(f"protocol fee: chain {result['protocol_fee']}, ledger {expected['fee']}")
-        if result["channel_revenue_claimed"] != expected["consumer_paid"]:
-            claimed, paid = result["channel_revenue_claimed"], expected["consumer_paid"]
-            problems.append(f"channel claims: chain {claimed}, vouchers {paid}")
-        if problems:
-            raise LedgerMismatch("the chain disagrees with the simulation's ledger: " + "; ".join(problems))
+        )  # fmt: skip
+        return RunResult(
+            scenario=scenario.name, seed=scenario.seed, producers=tuple(producers), builders=tuple(builders),
+            consumers=consumers, protocol_fee=protocol_fee, consumer_spend=sum(c.spend for c in consumers),
+            rounds=tuple(self.rounds), channel_revenue_claimed=channel_revenue_claimed, chain=world.activity(),
+        )  # fmt: skip

@@ -1,19 +1,10 @@
 """Metrics over a simulation's results: pure functions, deterministic output.
 
-The engine hands over a JSON-able ``result`` dict (amounts in base units)::
-
-    producers: [{index, address, asset_id, label_noise, duplicate_of, rows, revenue, true_value}]
-               (optional ``royalty_revenue``: the part of ``revenue`` that came from model royalties)
-    builders:  [{index, address, model_id, model, rule, spend, revenue, accuracy, parents, shares_bps}]
-    consumers: [{index, address, spend, answered, correct, value}]
-    protocol_fee, consumer_spend: int
-    rounds:    [{round, consumer_spend, answered, correct}]
-    chain:     {kind, chain_id, gas_used, tx_count}
-    wall_time: float (seconds), onchain_actions: int
-
-``summarize`` turns it into the figures a researcher compares; ``write_metrics`` writes them as
-``metrics.json`` (identical for the same scenario and seed) plus ``timing.json`` (wall-clock figures,
-which vary from run to run). ``write_csvs`` writes one CSV per entity kind.
+The engine hands over a ``simulation.results.RunResult`` (amounts in base units): its producers, builders,
+consumers, per-round figures, protocol fee, consumer spend and chain activity. ``summarize`` turns it into
+the ``RunMetrics`` a researcher compares; ``write_metrics`` writes them as ``metrics.json`` (identical for
+the same scenario and seed) plus ``timing.json`` (wall-clock figures, which vary from run to run).
+``write_csvs`` writes one CSV per entity kind.
 """
 
 from __future__ import annotations
@@ -21,11 +12,23 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from simulation.results import (
+    BuilderProfit,
+    ConsumerSurplus,
+    Correlation,
+    RunMetrics,
+    RunResult,
+    SweepMetrics,
+    SweepRow,
+    Timing,
+)
 
 #: Columns of each per-entity CSV, in order (list values are joined with ``;``).
 CSV_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -39,21 +42,8 @@ CSV_COLUMNS: dict[str, tuple[str, ...]] = {
     "rounds": ("round", "consumer_spend", "answered", "correct"),
 }  # fmt: skip
 
-#: Scalar metrics a sweep compares across its grid (keys of ``flat_metrics``).
-SWEEP_METRICS: tuple[str, ...] = (
-    "revenue_value_pearson",
-    "revenue_value_spearman",
-    "gini_producer_revenue",
-    "producer_share",
-    "producer_revenue_total",
-    "builder_profit_total",
-    "consumer_surplus_total",
-    "protocol_fee",
-    "consumer_spend",
-    "accuracy",
-    "gas_used",
-    "tx_count",
-)
+#: Scalar metrics a sweep compares across its grid (fields of ``SweepMetrics``, in ``sweep.csv`` order).
+SWEEP_METRICS: tuple[str, ...] = tuple(f.name for f in fields(SweepMetrics))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,92 +132,65 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator > 0 else None
 
 
-def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
-    """The figures of one run (amounts in base units); see the module docstring for ``result``.
+def summarize(result: RunResult) -> RunMetrics:
+    """The figures of one run (amounts in base units).
 
-    ``producer_share`` is producer revenue over consumer spend; when producers carry ``royalty_revenue``
-    only that part counts (license sales are paid from builders' budgets, not from consumer spend).
-    ``timing`` holds the wall-clock figures, the only ones that differ between identical runs.
+    ``producer_share`` is producer revenue over consumer spend; when every producer carries
+    ``royalty_revenue`` only that part counts (license sales are paid from builders' budgets, not from
+    consumer spend). ``timing`` holds the wall-clock figures, the only ones that differ between identical runs.
     """
-    producers = sorted(result["producers"], key=lambda p: p["index"])
-    builders = sorted(result["builders"], key=lambda b: b["index"])
-    consumers = sorted(result["consumers"], key=lambda c: c["index"])
-    revenue = [int(p["revenue"]) for p in producers]
-    values = [float(p["true_value"]) for p in producers]
-    consumer_spend = int(result["consumer_spend"])
-    reaching = (
-        sum(int(p["royalty_revenue"]) for p in producers)
-        if producers and all("royalty_revenue" in p for p in producers)
-        else sum(revenue)
+    producers = sorted(result.producers, key=lambda p: p.index)
+    builders = sorted(result.builders, key=lambda b: b.index)
+    consumers = sorted(result.consumers, key=lambda c: c.index)
+    revenue = [p.revenue for p in producers]
+    values = [p.true_value for p in producers]
+    royalties = [p.royalty_revenue for p in producers]
+    reaching = sum(r for r in royalties if r is not None) if producers and None not in royalties else sum(revenue)
+    builder_profit = tuple(b.profit for b in builders)
+    surplus = tuple(c.surplus for c in consumers)
+    answered = sum(c.answered for c in consumers)
+    correct = sum(c.correct for c in consumers)
+    return RunMetrics(
+        producer_revenue=tuple(revenue),
+        producer_revenue_total=sum(revenue),
+        producer_true_value=tuple(values),
+        revenue_value_correlation=Correlation(pearson=pearson(revenue, values), spearman=spearman(revenue, values)),
+        gini_producer_revenue=gini(revenue) if revenue else None,
+        producer_share=_ratio(reaching, result.consumer_spend),
+        builder_profit=BuilderProfit(per_builder=builder_profit, total=sum(builder_profit)),
+        consumer_surplus=ConsumerSurplus(per_consumer=surplus, total=sum(surplus)),
+        consumer_spend=result.consumer_spend,
+        protocol_fee=result.protocol_fee,
+        answered=answered,
+        correct=correct,
+        accuracy=_ratio(correct, answered),
+        builder_accuracy=tuple(b.accuracy for b in builders),
+        gas_used=result.chain.gas_used,
+        tx_count=result.chain.tx_count,
+        timing=Timing(
+            wall_time=result.wall_time,
+            onchain_actions=result.onchain_actions,
+            actions_per_second=_ratio(result.onchain_actions, result.wall_time),
+        ),
     )
-    builder_profit = [int(b["revenue"]) - int(b["spend"]) for b in builders]
-    surplus = [int(c["value"]) - int(c["spend"]) for c in consumers]
-    answered = sum(int(c["answered"]) for c in consumers)
-    correct = sum(int(c["correct"]) for c in consumers)
-    chain = result.get("chain", {})
-    wall_time = float(result.get("wall_time", 0.0))
-    actions = int(result.get("onchain_actions", 0))
-    return {
-        "producer_revenue": revenue,
-        "producer_revenue_total": sum(revenue),
-        "producer_true_value": values,
-        "revenue_value_correlation": {"pearson": pearson(revenue, values), "spearman": spearman(revenue, values)},
-        "gini_producer_revenue": gini(revenue) if revenue else None,
-        "producer_share": _ratio(reaching, consumer_spend),
-        "builder_profit": {"per_builder": builder_profit, "total": sum(builder_profit)},
-        "consumer_surplus": {"per_consumer": surplus, "total": sum(surplus)},
-        "consumer_spend": consumer_spend,
-        "protocol_fee": int(result["protocol_fee"]),
-        "answered": answered,
-        "correct": correct,
-        "accuracy": _ratio(correct, answered),
-        "builder_accuracy": [float(b["accuracy"]) for b in builders],
-        "gas_used": int(chain.get("gas_used", 0)),
-        "tx_count": int(chain.get("tx_count", 0)),
-        "timing": {
-            "wall_time": wall_time,
-            "onchain_actions": actions,
-            "actions_per_second": _ratio(actions, wall_time),
-        },
-    }
 
 
-def flat_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The scalar metrics of ``summary`` under the names of ``SWEEP_METRICS`` (for sweep tables and plots)."""
-    correlation = summary["revenue_value_correlation"]
-    return {
-        "revenue_value_pearson": correlation["pearson"],
-        "revenue_value_spearman": correlation["spearman"],
-        "gini_producer_revenue": summary["gini_producer_revenue"],
-        "producer_share": summary["producer_share"],
-        "producer_revenue_total": summary["producer_revenue_total"],
-        "builder_profit_total": summary["builder_profit"]["total"],
-        "consumer_surplus_total": summary["consumer_surplus"]["total"],
-        "protocol_fee": summary["protocol_fee"],
-        "consumer_spend": summary["consumer_spend"],
-        "accuracy": summary["accuracy"],
-        "gas_used": summary["gas_used"],
-        "tx_count": summary["tx_count"],
-    }
-
-
-def sweep_row(params: Mapping[str, str], summary: Mapping[str, Any]) -> dict[str, Any]:
-    """One grid point of a sweep: ``{"params": {dotted key: value}, "metrics": flat_metrics(summary)}``."""
-    return {"params": dict(params), "metrics": flat_metrics(summary)}
+def sweep_row(params: dict[str, str], metrics: RunMetrics) -> SweepRow:
+    """One grid point of a sweep: its parameters (dotted key -> value) and the run's scalar metrics."""
+    return SweepRow(params=dict(params), metrics=metrics.sweep_metrics())
 
 
 # --------------------------------------------------------------------------------------------------
 # Files
 
 
-def write_metrics(summary: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+def write_metrics(metrics: RunMetrics, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``metrics.json`` (everything but timing; same scenario and seed → same bytes) and ``timing.json``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stable = {key: value for key, value in summary.items() if key != "timing"}
     metrics_path, timing_path = out / "metrics.json", out / "timing.json"
-    metrics_path.write_text(json.dumps(stable, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    timing_path.write_text(json.dumps(summary.get("timing", {}), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    metrics_path.write_text(json.dumps(metrics.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    timing_path.write_text(json.dumps(asdict(metrics.timing), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return metrics_path, timing_path
 
 
@@ -240,34 +203,40 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def write_csvs(result: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write ``producers.csv``, ``builders.csv``, ``consumers.csv`` and ``rounds.csv`` (columns of ``CSV_COLUMNS``)."""
+def write_csvs(result: RunResult, out_dir: str | Path) -> list[Path]:
+    """Write ``producers.csv``, ``builders.csv``, ``consumers.csv`` and ``rounds.csv`` (columns of ``CSV_COLUMNS``,
+    each a field of the row's record), rows by index (rounds by number)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, Sequence[Any]] = {
+        "producers": sorted(result.producers, key=lambda row: row.index),
+        "builders": sorted(result.builders, key=lambda row: row.index),
+        "consumers": sorted(result.consumers, key=lambda row: row.index),
+        "rounds": sorted(result.rounds, key=lambda row: row.round),
+    }
     paths = []
     for kind, columns in CSV_COLUMNS.items():
-        key = "round" if kind == "rounds" else "index"
-        rows = sorted(result.get(kind, []), key=lambda row, key=key: row[key])
         path = out / f"{kind}.csv"
         with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(columns)
-            for row in rows:
-                writer.writerow([_cell(row.get(column)) for column in columns])
+            for row in tables[kind]:
+                writer.writerow([_cell(getattr(row, column)) for column in columns])
         paths.append(path)
     return paths
 
 
-def write_sweep_csv(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> Path:
+def write_sweep_csv(rows: Sequence[SweepRow], out_dir: str | Path) -> Path:
     """Write ``sweep.csv``: one line per grid point, parameter columns then ``SWEEP_METRICS``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    params = list(dict.fromkeys(key for row in rows for key in row["params"]))
+    params = list(dict.fromkeys(key for row in rows for key in row.params))
     path = out / "sweep.csv"
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow([*params, *SWEEP_METRICS])
         for row in rows:
-            cells = [row["params"].get(key) for key in params] + [row["metrics"].get(m) for m in SWEEP_METRICS]
+            metrics = asdict(row.metrics)
+            cells = [row.params.get(key) for key in params] + [metrics[m] for m in SWEEP_METRICS]
             writer.writerow([_cell(cell) for cell in cells])
     return path

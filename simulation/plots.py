@@ -7,7 +7,7 @@ touches global state and plotting is safe in worker processes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from marketplace.chain.units import UNIT
 from simulation.metrics import lorenz
+from simulation.results import RunMetrics, RunResult, SweepMetrics, SweepRow
 
 #: File names ``plot_run`` writes, in order.
 RUN_FIGURES = ("revenue_vs_quality.png", "lorenz.png", "money_flow.png", "rounds.png")
@@ -47,9 +48,9 @@ def _tusd(units: float) -> float:
     return units / UNIT
 
 
-def _rule(result: Mapping[str, Any]) -> str:
+def _rule(result: RunResult) -> str:
     """The royalty rule(s) of the run's builders, for titles."""
-    rules = sorted({str(b.get("rule")) for b in result.get("builders", []) if b.get("rule") is not None})
+    rules = sorted({b.rule for b in result.builders})
     return ", ".join(rules) or "n/a"
 
 
@@ -57,7 +58,7 @@ def _rule(result: Mapping[str, Any]) -> str:
 # One run
 
 
-def plot_run(result: Mapping[str, Any], summary: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
+def plot_run(result: RunResult, summary: RunMetrics, out_dir: str | Path) -> list[Path]:
     """Write the run's figures (``RUN_FIGURES``) into ``out_dir``; returns their paths in that order."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,32 +70,32 @@ def plot_run(result: Mapping[str, Any], summary: Mapping[str, Any], out_dir: str
     ]
 
 
-def _revenue_vs_quality(result: Mapping[str, Any], summary: Mapping[str, Any], out: Path) -> Path:
+def _revenue_vs_quality(result: RunResult, summary: RunMetrics, out: Path) -> Path:
     """Producer revenue against label noise and against true value; duplicating producers marked."""
-    producers = sorted(result["producers"], key=lambda p: p["index"])
+    producers = sorted(result.producers, key=lambda p: p.index)
     figure = _figure(10, 4.2)
     axes = figure.subplots(1, 2, sharey=True)
-    correlation = summary["revenue_value_correlation"]
-    for axis, field, label in (
-        (axes[0], "label_noise", "label noise (fraction of labels flipped)"),
-        (axes[1], "true_value", "true value (leave-one-out accuracy contribution)"),
+    correlation = summary.revenue_value_correlation
+    for axis, quality, label in (
+        (axes[0], lambda p: p.label_noise, "label noise (fraction of labels flipped)"),
+        (axes[1], lambda p: p.true_value, "true value (leave-one-out accuracy contribution)"),
     ):
         for duplicate, colour, marker in ((False, _ORIGINAL, "o"), (True, _DUPLICATE, "X")):
-            chosen = [p for p in producers if (p.get("duplicate_of") is not None) == duplicate]
+            chosen = [p for p in producers if (p.duplicate_of is not None) == duplicate]
             if not chosen:
                 continue
             axis.scatter(
-                [float(p[field]) for p in chosen], [_tusd(p["revenue"]) for p in chosen],
+                [float(quality(p)) for p in chosen], [_tusd(p.revenue) for p in chosen],
                 c=colour, marker=marker, s=60, label="resells duplicates" if duplicate else "original data",
             )  # fmt: skip
             for p in chosen:
-                text = f"P{p['index']}" + (f"←P{p['duplicate_of']}" if duplicate else "")
-                axis.annotate(text, (float(p[field]), _tusd(p["revenue"])), textcoords="offset points", xytext=(5, 4))
+                text = f"P{p.index}" + (f"←P{p.duplicate_of}" if duplicate else "")
+                axis.annotate(text, (float(quality(p)), _tusd(p.revenue)), textcoords="offset points", xytext=(5, 4))
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("producer revenue (tUSD)")
     axes[0].legend(loc="best", fontsize="small")
-    pearson, spearman = correlation["pearson"], correlation["spearman"]
+    pearson, spearman = correlation.pearson, correlation.spearman
     figure.suptitle(
         f"Revenue vs. data quality — rule: {_rule(result)}; "
         f"revenue-value correlation: Pearson {_number(pearson)}, Spearman {_number(spearman)}"
@@ -107,11 +108,11 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def _lorenz(summary: Mapping[str, Any], out: Path) -> Path:
+def _lorenz(summary: RunMetrics, out: Path) -> Path:
     """Lorenz curve of producer revenue against the line of equality."""
     figure = _figure(5, 5)
     axis = figure.subplots()
-    revenue = summary["producer_revenue"]
+    revenue = summary.producer_revenue
     if revenue:
         x, y = lorenz(revenue)
         axis.plot(x, y, marker="o", color=_ORIGINAL, label="producer revenue")
@@ -121,27 +122,28 @@ def _lorenz(summary: Mapping[str, Any], out: Path) -> Path:
     axis.set_ylim(0, 1)
     axis.set_xlabel("share of producers (poorest first)")
     axis.set_ylabel("share of producer revenue")
-    axis.set_title(f"Lorenz curve — Gini {_number(summary['gini_producer_revenue'])}")
+    axis.set_title(f"Lorenz curve — Gini {_number(summary.gini_producer_revenue)}")
     axis.legend(loc="upper left", fontsize="small")
     axis.grid(alpha=0.3)
     return _save(figure, out, "lorenz.png")
 
 
-def _money_flow(result: Mapping[str, Any], summary: Mapping[str, Any], out: Path) -> Path:
+def _money_flow(result: RunResult, summary: RunMetrics, out: Path) -> Path:
     """Stacked bars for each stage of the money path: consumers → builders → producers → protocol fee."""
-    producers, builders = result["producers"], result["builders"]
-    producer_total = sum(int(p["revenue"]) for p in producers)
-    if producers and all("royalty_revenue" in p for p in producers):
-        royalties = sum(int(p["royalty_revenue"]) for p in producers)
+    producers, builders = result.producers, result.builders
+    producer_total = sum(p.revenue for p in producers)
+    royalty_revenue = [p.royalty_revenue for p in producers]
+    if producers and None not in royalty_revenue:
+        royalties = sum(r for r in royalty_revenue if r is not None)
         producer_parts = [("royalties", royalties), ("license sales", producer_total - royalties)]
     else:
         producer_parts = [("revenue", producer_total)]
     stages: list[tuple[str, str, list[tuple[str, int]]]] = [
-        ("consumers\npaid", "consumers", [("model calls", int(summary["consumer_spend"]))]),
-        ("builders\nearned", "builders", [("model revenue", sum(int(b["revenue"]) for b in builders))]),
-        ("builders\nspent", "builders", [("data licenses", sum(int(b["spend"]) for b in builders))]),
+        ("consumers\npaid", "consumers", [("model calls", summary.consumer_spend)]),
+        ("builders\nearned", "builders", [("model revenue", sum(b.revenue for b in builders))]),
+        ("builders\nspent", "builders", [("data licenses", sum(b.spend for b in builders))]),
         ("producers\nearned", "producers", producer_parts),
-        ("protocol\nfee", "protocol", [("fee", int(summary["protocol_fee"]))]),
+        ("protocol\nfee", "protocol", [("fee", summary.protocol_fee)]),
     ]
     figure = _figure(9, 4.5)
     axis = figure.subplots()
@@ -164,22 +166,22 @@ def _money_flow(result: Mapping[str, Any], summary: Mapping[str, Any], out: Path
     return _save(figure, out, "money_flow.png")
 
 
-def _rounds(result: Mapping[str, Any], out: Path) -> Path:
+def _rounds(result: RunResult, out: Path) -> Path:
     """Consumer spend and answer accuracy per round; builders' test accuracy for reference."""
-    rounds = sorted(result.get("rounds", []), key=lambda r: r["round"])
-    numbers = [int(r["round"]) for r in rounds]
+    rounds = sorted(result.rounds, key=lambda r: r.round)
+    numbers = [r.round for r in rounds]
     figure = _figure(10, 4)
     spend_axis, accuracy_axis = figure.subplots(1, 2)
-    spend_axis.bar(numbers, [_tusd(r["consumer_spend"]) for r in rounds], color=_PARTY_COLOURS["consumers"])
+    spend_axis.bar(numbers, [_tusd(r.consumer_spend) for r in rounds], color=_PARTY_COLOURS["consumers"])
     spend_axis.set_xlabel("round")
     spend_axis.set_ylabel("consumer spend (tUSD)")
     spend_axis.set_title("Consumer spend per round")
-    accuracy = [int(r["correct"]) / int(r["answered"]) if int(r["answered"]) else math.nan for r in rounds]
+    accuracy = [r.correct / r.answered if r.answered else math.nan for r in rounds]
     accuracy_axis.plot(numbers, accuracy, marker="o", color="black", label="answers correct")
-    for builder in sorted(result.get("builders", []), key=lambda b: b["index"]):
+    for builder in sorted(result.builders, key=lambda b: b.index):
         accuracy_axis.axhline(
-            float(builder["accuracy"]), linestyle=":", color=f"C{builder['index'] % 10}",
-            label=f"builder {builder['index']} ({builder.get('model', '?')}) test accuracy",
+            builder.accuracy, linestyle=":", color=f"C{builder.index % 10}",
+            label=f"builder {builder.index} ({builder.model}) test accuracy",
         )  # fmt: skip
     accuracy_axis.set_ylim(0, 1.05)
     accuracy_axis.set_xlabel("round")
@@ -197,22 +199,22 @@ def _rounds(result: Mapping[str, Any], out: Path) -> Path:
 # Sweeps
 
 
-def _grid(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str], dict[tuple[str, str], list[Any]]]:
+def _grid(rows: Sequence[SweepRow]) -> tuple[list[str], list[str], dict[tuple[str, str], list[SweepMetrics]]]:
     """Group rows by (first parameter value, other parameters): x labels, series labels, metrics per cell."""
-    keys = list(dict.fromkeys(key for row in rows for key in row["params"]))
+    keys = list(dict.fromkeys(key for row in rows for key in row.params))
     primary, others = (keys[0], keys[1:]) if keys else (None, [])
     xs: list[str] = []
     series: list[str] = []
-    cells: dict[tuple[str, str], list[Any]] = {}
+    cells: dict[tuple[str, str], list[SweepMetrics]] = {}
     for row in rows:
-        params = row["params"]
+        params = row.params
         x = f"{params.get(primary)}" if primary else "run"
         name = ", ".join(f"{key}={params.get(key)}" for key in others) or "all"
         if x not in xs:
             xs.append(x)
         if name not in series:
             series.append(name)
-        cells.setdefault((x, name), []).append(row["metrics"])
+        cells.setdefault((x, name), []).append(row.metrics)
     return xs, series, cells
 
 
@@ -223,16 +225,17 @@ def _mean(values: list[Any]) -> float:
 
 
 def _grouped_bars(
-    figure: Figure, rows: Sequence[Mapping[str, Any]], panels: Sequence[tuple[str, str, float]], xlabel: str
+    figure: Figure, rows: Sequence[SweepRow], panels: Sequence[tuple[str, str, float]], xlabel: str
 ) -> None:
-    """One panel per ``(metric, title, scale)``: grouped bars, x = first parameter, one bar per series."""
+    """One panel per ``(metric, title, scale)`` (``metric`` a field of ``SweepMetrics``): grouped bars,
+    x = first parameter, one bar per series."""
     xs, series, cells = _grid(rows)
     columns = 2
     axes = figure.subplots(math.ceil(len(panels) / columns), columns, squeeze=False).ravel()
     width = 0.8 / max(len(series), 1)
     for axis, (metric, title, scale) in zip(axes, panels, strict=False):
         for index, name in enumerate(series):
-            heights = [_mean([m.get(metric) for m in cells.get((x, name), [])]) / scale for x in xs]
+            heights = [_mean([getattr(m, metric) for m in cells.get((x, name), [])]) / scale for x in xs]
             positions = [x + (index - (len(series) - 1) / 2) * width for x in range(len(xs))]
             axis.bar(positions, heights, width=width, label=name, color=f"C{index % 10}")
             for position, height in zip(positions, heights, strict=True):
@@ -251,7 +254,7 @@ def _grouped_bars(
         axes[0].legend(fontsize="x-small", loc="best")
 
 
-def plot_sweep(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
+def plot_sweep(rows: Sequence[SweepRow], out_dir: str | Path) -> list[Path]:
     """Write comparison figures (``SWEEP_FIGURES``) across a sweep's grid; ``rows`` come from ``sweep_row``.
 
     The first swept parameter is the x axis; the other parameters' combinations are bar groups; grid
@@ -261,7 +264,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[P
         raise ValueError("a sweep needs at least one row to plot")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(key for row in rows for key in row["params"]))
+    keys = list(dict.fromkeys(key for row in rows for key in row.params))
     xlabel = keys[0] if keys else ""
     distribution = _figure(10, 7)
     _grouped_bars(
@@ -290,6 +293,6 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[P
     return [_save(distribution, out, SWEEP_FIGURES[0]), _save(welfare, out, SWEEP_FIGURES[1])]
 
 
-def grid_labels(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def grid_labels(rows: Sequence[SweepRow]) -> list[str]:
     """``key=value, ...`` for each row's parameters (stable order), e.g. for tables."""
-    return [", ".join(f"{k}={v}" for k, v in row["params"].items()) or "run" for row in rows]
+    return [", ".join(f"{k}={v}" for k, v in row.params.items()) or "run" for row in rows]

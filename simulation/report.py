@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from marketplace.chain.units import format_units
+from simulation.results import RunMetrics, RunResult, SweepRow
 
 #: Title and one-sentence explanation of each figure, by file name.
 FIGURE_CAPTIONS: dict[str, tuple[str, str]] = {
@@ -62,26 +63,25 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+def summary_rows(summary: RunMetrics) -> list[tuple[str, str]]:
     """The run's headline figures as ``(label, value)`` pairs, amounts in tUSD."""
-    correlation = summary["revenue_value_correlation"]
-    timing = summary.get("timing", {})
-    seconds = timing.get("wall_time")
+    correlation = summary.revenue_value_correlation
+    timing = summary.timing
     return [
-        ("producer revenue (total)", tusd(summary["producer_revenue_total"])),
-        ("producer revenue (each)", ", ".join(tusd(units) for units in summary["producer_revenue"]) or "-"),
-        ("revenue-value correlation (Pearson)", _ratio(correlation["pearson"])),
-        ("revenue-value correlation (Spearman)", _ratio(correlation["spearman"])),
-        ("Gini of producer revenue", _ratio(summary["gini_producer_revenue"])),
-        ("producer share of consumer spend", _percent(summary["producer_share"])),
-        ("consumer spend", tusd(summary["consumer_spend"])),
-        ("builder profit (total)", tusd(summary["builder_profit"]["total"])),
-        ("consumer surplus (total)", tusd(summary["consumer_surplus"]["total"])),
-        ("protocol fee", tusd(summary["protocol_fee"])),
-        ("answers correct", f"{summary['correct']} / {summary['answered']} ({_percent(summary['accuracy'])})"),
-        ("gas used / transactions", f"{summary['gas_used']:,} / {summary['tx_count']:,}"),
-        ("wall time", "n/a" if seconds is None else f"{seconds:.1f} s"),
-        ("on-chain actions per second", _ratio(timing.get("actions_per_second"), 1)),
+        ("producer revenue (total)", tusd(summary.producer_revenue_total)),
+        ("producer revenue (each)", ", ".join(tusd(units) for units in summary.producer_revenue) or "-"),
+        ("revenue-value correlation (Pearson)", _ratio(correlation.pearson)),
+        ("revenue-value correlation (Spearman)", _ratio(correlation.spearman)),
+        ("Gini of producer revenue", _ratio(summary.gini_producer_revenue)),
+        ("producer share of consumer spend", _percent(summary.producer_share)),
+        ("consumer spend", tusd(summary.consumer_spend)),
+        ("builder profit (total)", tusd(summary.builder_profit.total)),
+        ("consumer surplus (total)", tusd(summary.consumer_surplus.total)),
+        ("protocol fee", tusd(summary.protocol_fee)),
+        ("answers correct", f"{summary.correct} / {summary.answered} ({_percent(summary.accuracy)})"),
+        ("gas used / transactions", f"{summary.gas_used:,} / {summary.tx_count:,}"),
+        ("wall time", f"{timing.wall_time:.1f} s"),
+        ("on-chain actions per second", _ratio(timing.actions_per_second, 1)),
     ]
 
 
@@ -106,8 +106,8 @@ def _figures(images: Sequence[str | Path], out_dir: Path) -> list[str]:
 
 
 def write_report(
-    result: Mapping[str, Any],
-    summary: Mapping[str, Any],
+    result: RunResult,
+    summary: RunMetrics,
     images: Sequence[str | Path],
     out_dir: str | Path,
     title: str | None = None,
@@ -115,15 +115,13 @@ def write_report(
     """Write ``out_dir/report.md``: summary, producers and builders tables, then ``images`` with captions."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scenario = result.get("scenario")
-    name = title or (scenario.get("name") if isinstance(scenario, Mapping) else scenario) or "simulation"
-    chain = result.get("chain", {})
-    rules = sorted({str(b.get("rule")) for b in result.get("builders", [])})
+    name = title or result.scenario or "simulation"
+    rules = sorted({b.rule for b in result.builders})
     lines = [
         f"# Simulation report: {name}",
         "",
-        f"Chain: {chain.get('kind', 'n/a')} (chain id {chain.get('chain_id', 'n/a')}) · "
-        f"rounds: {len(result.get('rounds', []))} · royalty rule: {', '.join(rules) or 'n/a'}. "
+        f"Chain: {result.chain.kind} (chain id {result.chain.chain_id}) · "
+        f"rounds: {len(result.rounds)} · royalty rule: {', '.join(rules) or 'n/a'}. "
         "Amounts in tUSD.",
         "",
         "## Summary",
@@ -133,27 +131,25 @@ def write_report(
         "## Producers",
         "",
     ]
-    producers = sorted(result["producers"], key=lambda p: p["index"])
+    producers = sorted(result.producers, key=lambda p: p.index)
     lines += _table(
         ["Producer", "Label noise", "Duplicate of", "Rows", "Revenue", "True value"],
         [
             [
-                p["index"], f"{float(p['label_noise']):.2f}",
-                "-" if p.get("duplicate_of") is None else p["duplicate_of"],
-                p["rows"], tusd(p["revenue"]), f"{float(p['true_value']):.4f}",
+                p.index, f"{p.label_noise:.2f}", "-" if p.duplicate_of is None else p.duplicate_of,
+                p.rows, tusd(p.revenue), f"{p.true_value:.4f}",
             ]
             for p in producers
         ],
     )  # fmt: skip
     lines += ["", "## Builders", ""]
-    builders = sorted(result["builders"], key=lambda b: b["index"])
+    builders = sorted(result.builders, key=lambda b: b.index)
     lines += _table(
         ["Builder", "Model", "Rule", "Spend", "Revenue", "Profit", "Test accuracy", "Parent shares (bps)"],
         [
             [
-                b["index"], b["model"], b["rule"], tusd(b["spend"]), tusd(b["revenue"]),
-                tusd(int(b["revenue"]) - int(b["spend"])), f"{float(b['accuracy']):.3f}",
-                ", ".join(f"{parent}: {share}" for parent, share in zip(b["parents"], b["shares_bps"], strict=False))
+                b.index, b.model, b.rule, tusd(b.spend), tusd(b.revenue), tusd(b.profit), f"{b.accuracy:.3f}",
+                ", ".join(f"{parent}: {share}" for parent, share in zip(b.parents, b.shares_bps, strict=False))
                 or "-",
             ]
             for b in builders
@@ -165,7 +161,7 @@ def write_report(
     return path
 
 
-#: Sweep table columns: (metric of ``simulation.metrics.SWEEP_METRICS``, header, formatter).
+#: Sweep table columns: (field of ``simulation.results.SweepMetrics``, header, formatter).
 _SWEEP_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("revenue_value_pearson", "Pearson r", _ratio),
     ("revenue_value_spearman", "Spearman rho", _ratio),
@@ -179,17 +175,18 @@ _SWEEP_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
 
 
 def write_sweep_report(
-    rows: Sequence[Mapping[str, Any]], images: Sequence[str | Path], out_dir: str | Path, title: str | None = None
+    rows: Sequence[SweepRow], images: Sequence[str | Path], out_dir: str | Path, title: str | None = None
 ) -> Path:
     """Write ``out_dir/report.md`` for a sweep: one table line per grid point, then ``images`` with captions."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    params = list(dict.fromkeys(key for row in rows for key in row["params"]))
+    params = list(dict.fromkeys(key for row in rows for key in row.params))
     table_rows = []
     for row in rows:
-        metrics = row["metrics"]
-        cells = [row["params"].get(key, "") for key in params]
-        cells += ["n/a" if metrics.get(m) is None else fmt(metrics[m]) for m, _, fmt in _SWEEP_COLUMNS]
+        cells = [row.params.get(key, "") for key in params]
+        for metric, _, fmt in _SWEEP_COLUMNS:
+            value = getattr(row.metrics, metric)
+            cells.append("n/a" if value is None else fmt(value))
         table_rows.append(cells)
     lines = [
         f"# Sweep report: {title or 'sweep'}",

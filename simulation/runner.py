@@ -10,12 +10,12 @@ import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from simulation.engine import run_simulation
 from simulation.metrics import summarize, sweep_row, write_csvs, write_metrics, write_sweep_csv
 from simulation.plots import plot_run, plot_sweep
 from simulation.report import write_report, write_sweep_report
+from simulation.results import RoundFigures, RunMetrics, SweepRow
 from simulation.scenario import Scenario, sweep_scenarios
 
 
@@ -24,8 +24,8 @@ def simulate(
     out_dir: Path,
     *,
     chain_target: str = "embedded",
-    on_round: Callable[[int, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+    on_round: Callable[[int, RoundFigures], None] | None = None,
+) -> RunMetrics:
     """Run ``scenario`` and write ``metrics.json``, ``timing.json``, ``result.json``, CSVs, PNGs and
     ``report.md`` into ``out_dir``; returns the summary."""
     created = not out_dir.exists()
@@ -40,8 +40,7 @@ def simulate(
     summary = summarize(result)
     write_metrics(summary, out_dir)
     write_csvs(result, out_dir)
-    stable = {k: v for k, v in result.items() if k not in ("wall_time", "onchain_actions")}
-    (out_dir / "result.json").write_text(json.dumps(stable, indent=2, sort_keys=True) + "\n")
+    (out_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
     (out_dir / "scenario.json").write_text(scenario.model_dump_json(indent=2) + "\n")
     images = plot_run(result, summary, out_dir)
     write_report(result, summary, images, out_dir)
@@ -70,7 +69,7 @@ class SweepInterrupted(KeyboardInterrupt):
         )
 
 
-def _grid_point(job: tuple[int, dict[str, str], Scenario, Path, str]) -> tuple[int, dict[str, Any]]:
+def _grid_point(job: tuple[int, dict[str, str], Scenario, Path, str]) -> tuple[int, SweepRow]:
     """Run one grid point into ``<its folder>.incomplete``, renamed to its folder once every file is written
     (a folder of a previous run by that name is replaced only then)."""
     index, params, scenario, out_dir, chain_target = job
@@ -113,8 +112,8 @@ def sweep(
     *,
     workers: int = 1,
     chain_target: str = "embedded",
-    on_point: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
+    on_point: Callable[[SweepRow], None] | None = None,
+) -> list[SweepRow]:
     """Run every grid point of ``params`` (on ``workers`` processes, each point with its own chain) and write
     ``sweep.csv``, ``sweep.json``, comparison plots and ``report.md``; returns one row per point, in grid order.
 
@@ -129,9 +128,9 @@ def sweep(
         for index, (overrides, point) in enumerate(grid)
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows: dict[int, dict[str, Any]] = {}
+    rows: dict[int, SweepRow] = {}
 
-    def finished(index: int, row: dict[str, Any]) -> None:
+    def finished(index: int, row: SweepRow) -> None:
         rows[index] = row
         if on_point:
             on_point(row)
@@ -158,7 +157,7 @@ def sweep(
         raise
     ordered = [rows[index] for index in sorted(rows)]
     write_sweep_csv(ordered, out_dir)
-    (out_dir / "sweep.json").write_text(json.dumps(ordered, indent=2, sort_keys=True) + "\n")
+    (out_dir / "sweep.json").write_text(json.dumps([row.to_json() for row in ordered], indent=2, sort_keys=True) + "\n")
     images = plot_sweep(ordered, out_dir)
     write_sweep_report(ordered, images, out_dir)
     return ordered

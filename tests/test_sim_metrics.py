@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,17 @@ from simulation.metrics import (
 )
 from simulation.plots import RUN_FIGURES, SWEEP_FIGURES, plot_run, plot_sweep
 from simulation.report import summary_rows, tusd, write_report, write_sweep_report
+from simulation.results import BuilderProfit, ConsumerSurplus, Correlation, RunResult, Timing
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TUSD = 1_000_000
 
 
-def synthetic_result() -> dict[str, Any]:
+def synthetic_data() -> dict[str, Any]:
     """Three producers (one noisy, one copying producer 0), two builders, two consumers; listed out of order."""
     return {
+        "seed": 1,
+        "channel_revenue_claimed": 5 * TUSD,
         "scenario": "synthetic",
         "producers": [
             {"index": 2, "address": "0xP2", "asset_id": 3, "label_noise": 0.0, "duplicate_of": 0, "rows": 100,
@@ -64,6 +67,11 @@ def synthetic_result() -> dict[str, Any]:
         "wall_time": 2.5,
         "onchain_actions": 50,
     }  # fmt: skip
+
+
+def synthetic_result() -> RunResult:
+    """``synthetic_data`` as the engine hands it over."""
+    return RunResult.from_json(synthetic_data())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,50 +138,49 @@ def test_spearman_uses_average_ranks() -> None:
 
 def test_summarize_synthetic_result_by_hand() -> None:
     summary = summarize(synthetic_result())
-    assert summary["producer_revenue"] == [6 * TUSD, 2 * TUSD, 4 * TUSD]  # by producer index
-    assert summary["producer_revenue_total"] == 12 * TUSD
-    assert summary["producer_true_value"] == [0.05, 0.01, 0.0]
+    assert summary.producer_revenue == (6 * TUSD, 2 * TUSD, 4 * TUSD)  # by producer index
+    assert summary.producer_revenue_total == 12 * TUSD
+    assert summary.producer_true_value == (0.05, 0.01, 0.0)
     # revenue deviations (2, -2, 0), value deviations (.03, -.01, -.02): r = .08 / sqrt(8 * .0014)
-    assert summary["revenue_value_correlation"]["pearson"] == pytest.approx(0.08 / math.sqrt(8 * 0.0014))
-    assert summary["revenue_value_correlation"]["spearman"] == pytest.approx(0.5)
-    assert summary["gini_producer_revenue"] == pytest.approx(8 / 36)
-    assert summary["producer_share"] == pytest.approx(12 / 5)  # no royalty split given: all producer revenue
-    assert summary["builder_profit"] == {"per_builder": [1 * TUSD, -3_500_000], "total": -2_500_000}
-    assert summary["consumer_surplus"] == {"per_consumer": [2 * TUSD, -1 * TUSD], "total": 1 * TUSD}
-    assert summary["consumer_spend"] == 5 * TUSD
-    assert summary["protocol_fee"] == 150_000
-    assert (summary["answered"], summary["correct"], summary["accuracy"]) == (50, 30, pytest.approx(0.6))
-    assert summary["builder_accuracy"] == [0.9, 0.8]
-    assert (summary["gas_used"], summary["tx_count"]) == (1_234_567, 89)
-    assert summary["timing"] == {"wall_time": 2.5, "onchain_actions": 50, "actions_per_second": pytest.approx(20.0)}
+    assert summary.revenue_value_correlation.pearson == pytest.approx(0.08 / math.sqrt(8 * 0.0014))
+    assert summary.revenue_value_correlation.spearman == pytest.approx(0.5)
+    assert summary.gini_producer_revenue == pytest.approx(8 / 36)
+    assert summary.producer_share == pytest.approx(12 / 5)  # no royalty split given: all producer revenue
+    assert summary.builder_profit == BuilderProfit(per_builder=(1 * TUSD, -3_500_000), total=-2_500_000)
+    assert summary.consumer_surplus == ConsumerSurplus(per_consumer=(2 * TUSD, -1 * TUSD), total=1 * TUSD)
+    assert summary.consumer_spend == 5 * TUSD
+    assert summary.protocol_fee == 150_000
+    assert (summary.answered, summary.correct, summary.accuracy) == (50, 30, pytest.approx(0.6))
+    assert summary.builder_accuracy == (0.9, 0.8)
+    assert (summary.gas_used, summary.tx_count) == (1_234_567, 89)
+    assert summary.timing == Timing(wall_time=2.5, onchain_actions=50, actions_per_second=pytest.approx(20.0))
 
 
 def test_producer_share_counts_only_royalties_when_the_engine_splits_them() -> None:
-    result = synthetic_result()
-    by_index = sorted(result["producers"], key=lambda p: p["index"])
+    data = synthetic_data()
+    by_index = sorted(data["producers"], key=lambda p: p["index"])
     for producer, royalty in zip(by_index, [1_000_000, 500_000, 0], strict=True):
         producer["royalty_revenue"] = royalty
-    assert summarize(result)["producer_share"] == pytest.approx(0.3)
+    assert summarize(RunResult.from_json(data)).producer_share == pytest.approx(0.3)
 
 
 def test_summarize_reports_none_for_undefined_ratios() -> None:
-    result = synthetic_result()
-    result.update(consumer_spend=0, wall_time=0.0)
-    for consumer in result["consumers"]:
+    data = synthetic_data()
+    data.update(consumer_spend=0, wall_time=0.0)
+    for consumer in data["consumers"]:
         consumer.update(answered=0, correct=0)
-    for producer in result["producers"]:
+    for producer in data["producers"]:
         producer["revenue"] = 1 * TUSD
-    summary = summarize(result)
-    assert summary["producer_share"] is None
-    assert summary["accuracy"] is None
-    assert summary["timing"]["actions_per_second"] is None
-    assert summary["revenue_value_correlation"] == {"pearson": None, "spearman": None}
-    assert summary["gini_producer_revenue"] == 0.0
+    summary = summarize(RunResult.from_json(data))
+    assert summary.producer_share is None
+    assert summary.accuracy is None
+    assert summary.timing.actions_per_second is None
+    assert summary.revenue_value_correlation == Correlation(pearson=None, spearman=None)
+    assert summary.gini_producer_revenue == 0.0
 
 
 def test_metrics_json_is_identical_for_identical_runs_and_timing_is_kept_apart(tmp_path: Path) -> None:
-    first, second = synthetic_result(), synthetic_result()
-    second["wall_time"] = 9.75
+    first, second = synthetic_result(), replace(synthetic_result(), wall_time=9.75)
     paths_a = write_metrics(summarize(first), tmp_path / "a")
     paths_b = write_metrics(summarize(second), tmp_path / "b")
     assert paths_a[0].read_bytes() == paths_b[0].read_bytes()
@@ -262,8 +269,7 @@ def test_report_paths_are_relative_to_the_report(tmp_path: Path, run_output: tup
 
 
 def test_summary_rows_format_amounts_and_missing_values() -> None:
-    result = synthetic_result()
-    result["consumer_spend"] = 0
+    result = replace(synthetic_result(), consumer_spend=0)
     rows = dict(summary_rows(summarize(result)))
     assert rows["producer revenue (each)"] == "6.00, 2.00, 4.00"
     assert rows["producer share of consumer spend"] == "n/a"
@@ -276,10 +282,9 @@ def test_sweep_plots_and_report(tmp_path: Path) -> None:
     rows = []
     for rule in ("none", "equal", "knn_shapley"):
         for count in ("3", "5"):
-            summary = copy.deepcopy(base)
-            summary["gini_producer_revenue"] = 0.1 * len(rule) / int(count)
+            summary = replace(base, gini_producer_revenue=0.1 * len(rule) / int(count))
             if rule == "none":
-                summary["revenue_value_correlation"] = {"pearson": None, "spearman": None}
+                summary = replace(summary, revenue_value_correlation=Correlation(pearson=None, spearman=None))
             rows.append(sweep_row({"royalty.rule": rule, "producers.count": count}, summary))
     images = plot_sweep(rows, tmp_path)
     assert [image.name for image in images] == list(SWEEP_FIGURES)
@@ -293,3 +298,12 @@ def test_sweep_plots_and_report(tmp_path: Path) -> None:
     assert table[0].startswith("| none | 3 | n/a | n/a | 0.133 |")
     with pytest.raises(ValueError, match="at least one row"):
         plot_sweep([], tmp_path)
+
+
+def test_a_result_round_trips_through_its_json_without_the_wall_clock() -> None:
+    result = synthetic_result()
+    data = result.to_json()
+    assert "wall_time" not in data and "onchain_actions" not in data
+    assert "royalty_revenue" not in data["producers"][0]  # no split given: none written
+    assert json.loads(json.dumps(data)) == data
+    assert RunResult.from_json(data) == replace(result, wall_time=0.0, onchain_actions=0)

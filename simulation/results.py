@@ -1,0 +1,280 @@
+"""Typed results of a simulation run: its parties, per-round figures, chain activity and metrics.
+
+Every amount is an ``int`` in base units of the payment token (tUSD has 6 decimals); every record is a
+frozen dataclass, sequences are tuples. ``RunResult.to_json`` is what ``result.json`` holds (everything but
+wall-clock figures) and ``RunResult.from_json`` reads it back; ``RunMetrics.to_json`` is ``metrics.json``.
+Metrics are computed from a ``RunResult`` by ``simulation.metrics.summarize``; an engine only has to fill
+a ``RunResult``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every tuple made a list, recursively (a JSON array either way; equal to what JSON reads back)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ProducerResult:
+    """A data producer: its published shard and what reached it.
+
+    ``revenue`` is its token balance at the end (it starts with none). ``license_revenue`` and
+    ``royalty_revenue`` split it into license sales and model royalties when the engine knows the split
+    (None otherwise); ``true_value`` is the shard's leave-one-out contribution to test accuracy.
+    """
+
+    index: int
+    address: str
+    asset_id: int
+    label_noise: float
+    duplicate_of: int | None
+    rows: int
+    revenue: int
+    true_value: float
+    license_revenue: int | None = None
+    royalty_revenue: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON object; the revenue split only where it is known."""
+        data = asdict(self)
+        for name in ("license_revenue", "royalty_revenue"):
+            if data[name] is None:
+                del data[name]
+        return _plain(data)
+
+
+@dataclass(frozen=True)
+class BuilderResult:
+    """A model builder: the model it published, what it spent on licenses and what it earned from calls.
+
+    ``parents`` are the dataset ids it trained on and ``shares_bps`` their royalty shares in basis points
+    (of 10,000), in the same order.
+    """
+
+    index: int
+    address: str
+    model_id: int
+    model: str
+    rule: str
+    spend: int
+    revenue: int
+    accuracy: float
+    parents: tuple[int, ...]
+    shares_bps: tuple[int, ...]
+
+    @property
+    def profit(self) -> int:
+        """Revenue minus spend (base units; negative for a loss)."""
+        return self.revenue - self.spend
+
+
+@dataclass(frozen=True)
+class ConsumerResult:
+    """A consumer: what it paid for model calls, how many rows it had answered and how many were right.
+
+    ``value`` is what the right answers were worth to it (base units).
+    """
+
+    index: int
+    address: str
+    spend: int
+    answered: int
+    correct: int
+    value: int
+
+    @property
+    def surplus(self) -> int:
+        """Value minus spend (base units)."""
+        return self.value - self.spend
+
+
+@dataclass(frozen=True)
+class RoundFigures:
+    """One round: what consumers paid for calls in it, rows answered and rows answered right."""
+
+    round: int
+    consumer_spend: int
+    answered: int
+    correct: int
+
+
+@dataclass(frozen=True)
+class ChainActivity:
+    """The chain a run used and what the run did on it: gas and transactions summed over its blocks."""
+
+    kind: str
+    chain_id: int
+    gas_used: int
+    tx_count: int
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything a run produced. ``wall_time`` (seconds) and ``onchain_actions`` vary between identical
+    runs and are not part of ``to_json``."""
+
+    scenario: str
+    seed: int
+    producers: tuple[ProducerResult, ...]
+    builders: tuple[BuilderResult, ...]
+    consumers: tuple[ConsumerResult, ...]
+    protocol_fee: int
+    consumer_spend: int
+    rounds: tuple[RoundFigures, ...]
+    channel_revenue_claimed: int
+    chain: ChainActivity
+    wall_time: float = 0.0
+    onchain_actions: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of ``result.json`` (no wall-clock figures)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("wall_time", "onchain_actions")}
+        data["producers"] = [p.to_json() for p in self.producers]
+        for name in ("builders", "consumers", "rounds"):
+            data[name] = [asdict(row) for row in data[name]]
+        data["chain"] = asdict(self.chain)
+        return _plain(data)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunResult:
+        """A result from the object ``to_json`` gives (as read from ``result.json``); ``wall_time`` and
+        ``onchain_actions`` are read when present. Raises ``KeyError``/``TypeError`` on a missing or unknown field."""
+        return cls(
+            scenario=data["scenario"],
+            seed=data["seed"],
+            producers=tuple(ProducerResult(**row) for row in data["producers"]),
+            builders=tuple(
+                BuilderResult(**{**row, "parents": tuple(row["parents"]), "shares_bps": tuple(row["shares_bps"])})
+                for row in data["builders"]
+            ),
+            consumers=tuple(ConsumerResult(**row) for row in data["consumers"]),
+            protocol_fee=data["protocol_fee"],
+            consumer_spend=data["consumer_spend"],
+            rounds=tuple(RoundFigures(**row) for row in data["rounds"]),
+            channel_revenue_claimed=data["channel_revenue_claimed"],
+            chain=ChainActivity(**data["chain"]),
+            wall_time=data.get("wall_time", 0.0),
+            onchain_actions=data.get("onchain_actions", 0),
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """Correlation between producer revenue and true data value; None where undefined (a constant input)."""
+
+    pearson: float | None
+    spearman: float | None
+
+
+@dataclass(frozen=True)
+class BuilderProfit:
+    """Each builder's profit, by builder index, and their total (base units)."""
+
+    per_builder: tuple[int, ...]
+    total: int
+
+
+@dataclass(frozen=True)
+class ConsumerSurplus:
+    """Each consumer's surplus, by consumer index, and their total (base units)."""
+
+    per_consumer: tuple[int, ...]
+    total: int
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock figures: the only ones that differ between identical runs (``timing.json``)."""
+
+    wall_time: float
+    onchain_actions: int
+    actions_per_second: float | None
+
+
+@dataclass(frozen=True)
+class SweepMetrics:
+    """The scalar metrics a sweep compares across its grid (one ``sweep.csv`` column each, in this order)."""
+
+    revenue_value_pearson: float | None
+    revenue_value_spearman: float | None
+    gini_producer_revenue: float | None
+    producer_share: float | None
+    producer_revenue_total: int
+    builder_profit_total: int
+    consumer_surplus_total: int
+    protocol_fee: int
+    consumer_spend: int
+    accuracy: float | None
+    gas_used: int
+    tx_count: int
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """The figures a researcher compares for one run (amounts in base units; see ``simulation.metrics``)."""
+
+    producer_revenue: tuple[int, ...]
+    producer_revenue_total: int
+    producer_true_value: tuple[float, ...]
+    revenue_value_correlation: Correlation
+    gini_producer_revenue: float | None
+    producer_share: float | None
+    builder_profit: BuilderProfit
+    consumer_surplus: ConsumerSurplus
+    consumer_spend: int
+    protocol_fee: int
+    answered: int
+    correct: int
+    accuracy: float | None
+    builder_accuracy: tuple[float, ...]
+    gas_used: int
+    tx_count: int
+    timing: Timing
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of ``metrics.json``: everything but ``timing``."""
+        data = asdict(self)
+        del data["timing"]
+        return _plain(data)
+
+    def sweep_metrics(self) -> SweepMetrics:
+        """The scalar metrics, for sweep tables and plots."""
+        return SweepMetrics(
+            revenue_value_pearson=self.revenue_value_correlation.pearson,
+            revenue_value_spearman=self.revenue_value_correlation.spearman,
+            gini_producer_revenue=self.gini_producer_revenue,
+            producer_share=self.producer_share,
+            producer_revenue_total=self.producer_revenue_total,
+            builder_profit_total=self.builder_profit.total,
+            consumer_surplus_total=self.consumer_surplus.total,
+            protocol_fee=self.protocol_fee,
+            consumer_spend=self.consumer_spend,
+            accuracy=self.accuracy,
+            gas_used=self.gas_used,
+            tx_count=self.tx_count,
+        )
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One grid point of a sweep: its parameter overrides (dotted key -> value) and its metrics."""
+
+    params: dict[str, str]
+    metrics: SweepMetrics
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of one ``sweep.json`` entry."""
+        return {"params": dict(self.params), "metrics": _plain(asdict(self.metrics))}
