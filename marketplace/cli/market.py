@@ -586,7 +586,7 @@ def _channel_json(client: MarketplaceClient, channel: Channel) -> dict[str, Any]
         state = "expired (claim window)"
     else:
         state = "reclaimable"
-    count = client.voucher_book.count(client.voucher_scope, channel.channel_id)
+    count = client.channel_count(channel.channel_id)
     return {
         "channel_id": channel.channel_id,
         "asset_id": channel.asset_id,

@@ -760,11 +760,6 @@ class MarketplaceClient(MarketplaceReader):
 
     # ------------------------------------------------------------------ channels after opening
 
-    @property
-    def voucher_scope(self) -> str:
-        """The key of this deployment's channels in :attr:`voucher_book` (``"<chain id>:<channels address>"``)."""
-        return f"{self.chain.chain_id}:{self.market.channels.address}"
-
     def channels(self) -> list[Channel]:
         """The channels this account opened (as payer), in id order, with their on-chain state now."""
         return self.market.channels.channels_of(self.address, from_block=self.deployment.deploy_block)
