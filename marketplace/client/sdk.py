@@ -369,9 +369,9 @@ class MarketplaceReader:
         """One asset with its split, lineage, revenue, sales and rating."""
         return self._request("GET", f"/v1/assets/{asset_id}").parse(wire.AssetDetail)
 
-    def agent(self, agent_id: int) -> wire.Agent:
+    def agent(self, agent_id: int) -> wire.AgentIdentity:
         """One agent."""
-        return self._request("GET", f"/v1/agents/{agent_id}").parse(wire.Agent)
+        return self._request("GET", f"/v1/agents/{agent_id}").parse(wire.AgentIdentity)
 
     def earnings(self, address: str) -> wire.Earnings:
         """``GET /v1/accounts/{address}/earnings``: for every vault ``address`` is a payee of and every token
