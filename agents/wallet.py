@@ -69,7 +69,7 @@ from marketplace.chain import ContractRevert
 from marketplace.chain.market import Asset
 from marketplace.chain.token import TestUSD
 from marketplace.client import ApiClientError, MarketplaceClient
-from marketplace.client.checks import PaymentTerms
+from marketplace.client.checks import X402Terms
 from marketplace.client.sdk import X402AuthorizationOutstanding, X402DeliveryError
 from marketplace.errors import AgentmarketError
 from marketplace.protocol.wire import InvokeResponse, X402Settlement
@@ -458,7 +458,7 @@ class AgentWallet:
         ``AgentError``; ``X402AuthorizationOutstanding`` keeps it, logs ``x402_outstanding`` and holds it in
         :attr:`outstanding` until :meth:`reconcile`. Other failures become typed agent errors: a 404
         ``NotFound``; a refused payment, a revert, or anything the SDK refused (``PriceChanged``,
-        ``PaymentTermsRefused``, a server that asks more than counted) ``PaymentRefused``.
+        ``X402TermsRefused``, a server that asks more than counted) ``PaymentRefused``.
         """
         if self.client.address != self.address:
             raise AgentError(f"the client signs as {self.client.address}, not as this agent ({self.address})")
@@ -497,7 +497,7 @@ class AgentWallet:
 
     # ------------------------------------------------------------------ internals
 
-    def _fund_terms(self, terms: PaymentTerms) -> None:
+    def _fund_terms(self, terms: X402Terms) -> None:
         """``_fund`` for x402 terms the SDK checked against the chain (its ``before_signing`` hook)."""
         self._fund(terms.amount, terms.asset)
 
