@@ -1,8 +1,8 @@
 """``agentmarket agent run`` and ``agentmarket mcp``: run an agent with a wallet and caps, or serve its
 tools over the Model Context Protocol.
 
-Loaded by the ``agentmarket`` CLI as a plugin (entry point group ``agentmarket.cli``), so the
-``marketplace`` package never imports ``agents``.
+Loaded by the ``agentmarket`` CLI as a plugin (entry point group ``agentmarket.cli``; written against
+:mod:`marketplace.cli.plugin`), so the ``marketplace`` package never imports ``agents``.
 """
 
 from __future__ import annotations
@@ -187,4 +187,4 @@ def register(app: typer.Typer) -> None:
     app.command("mcp")(mcp)
 
 
-__all__ = ["DEFAULT_RPC", "DEFAULT_SERVER", "agent_wallet", "register"]
+__all__ = ["agent_wallet", "register"]
