@@ -93,10 +93,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def api_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A plugin distribution using the public plugin API, and an ``agents`` package that does not import (as
-    when the agents extra is missing): it shadows the installed one."""
+    """A plugin distribution using the public plugin API, one whose ``register`` fails (it asks for a group
+    the CLI does not have), and an ``agents`` package that does not import (as when the agents extra is
+    missing): it shadows the installed one."""
     site = tmp_path_factory.mktemp("api-site")
     _distribution(site, "api-plugin", [], "api = api_cli:register", "api_cli", API_PLUGIN)
+    lost = (
+        "from marketplace.cli.plugin import group\n\n\ndef register(app):\n    group(app, 'nope').command('x')(print)\n"
+    )
+    _distribution(site, "lost-plugin", [], "lost = lost_cli:register", "lost_cli", lost)
     (site / "agents").mkdir()
     (site / "agents" / "__init__.py").write_text(
         "raise ModuleNotFoundError(\"No module named 'sklearn'\", name='sklearn')\n"
@@ -124,8 +129,9 @@ def test_without_the_agents_package_the_core_cli_still_works(api_site: Path, tmp
     helped = run_cli("--help", env=env, cwd=tmp_path)
     assert helped.returncode == 0, helped.stderr
     flat = " ".join(helped.stdout.split())
-    assert "Plugins not loaded: agents (pip install 'agentmarket[agents]')" in flat
+    assert "Plugins not loaded: " in flat and "agents (pip install 'agentmarket[agents]')" in flat
     assert "simulate" in flat and "greet" in flat and "mcp" not in flat  # the other plugins still load
+    assert "lost (LookupError: the CLI has no command group 'nope' (groups: agent, asset, channel," in flat
     wrote = run_cli("examples", "ex", "--json", env=env, cwd=tmp_path)  # a core command, end to end
     assert wrote.returncode == 0, wrote.stderr
     assert [(tmp_path / f).exists() for f in json.loads(wrote.stdout)["files"]] == [True] * 3

@@ -175,7 +175,8 @@ _loaded: weakref.WeakSet[typer.Typer] = weakref.WeakSet()
 def load_plugins(app: typer.Typer) -> None:
     """Add the commands of every installed plugin to ``app`` (once per app: later calls do nothing);
     commands of a plugin whose extras are missing fail with a one-line error when used. A plugin that
-    cannot even be imported is left out and named at the end of ``--help``."""
+    cannot even be imported, or whose ``register`` fails, is left out and named (with why) at the end
+    of ``--help``."""
     if app in _loaded:
         return
     _loaded.add(app)
@@ -187,6 +188,9 @@ def load_plugins(app: typer.Typer) -> None:
         except ImportError as exc:
             hint = _install_hint(entry.dist, entry.extras) if entry.dist is not None and entry.extras else ""
             unavailable.append(f"{entry.name} ({hint or exc})")
+            continue
+        except Exception as exc:  # a broken plugin (e.g. a group the CLI does not have) leaves the rest working
+            unavailable.append(f"{entry.name} ({type(exc).__name__}: {exc})")
             continue
         if not entry.extras:
             continue
