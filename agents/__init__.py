@@ -12,17 +12,17 @@ from agents.errors import (
     PaymentRefused,
     UnknownTool,
 )
-from agents.wallet import AgentWallet, AuditLedger, Budget, BudgetGuard, LedgerEntry
+from agents.wallet import AgentWallet, AuditEntry, AuditLedger, Budget, BudgetGuard
 
 __all__ = [
     "ActionRefused",
     "AgentError",
     "AgentWallet",
+    "AuditEntry",
     "AuditLedger",
     "BadArguments",
     "Budget",
     "BudgetGuard",
-    "LedgerEntry",
     "NotFound",
     "OverBudget",
     "PaymentRefused",

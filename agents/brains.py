@@ -55,7 +55,7 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Offer:
+class PricedAsset:
     """A model (or dataset) the agent could pay for, with what the agent knows of it."""
 
     asset_id: int
@@ -72,7 +72,7 @@ class Observation:
     task: str
     budget_left: int
     balance: int
-    offers: list[Offer] = field(default_factory=list)
+    offers: list[PricedAsset] = field(default_factory=list)
     query: Any = None  # the role's current work item (e.g. features to classify), if any
     outcomes: list[Outcome] = field(default_factory=list)  # results of the previous step's actions
     rewards: dict[int, float] = field(default_factory=dict)  # reward per asset id earned last step
@@ -274,16 +274,16 @@ class PolicyBrain:
         actions.append(Action("invoke_model", {"model_id": choice.asset_id, "input": observation.query}))
         return actions
 
-    def mean(self, offer: Offer) -> float:
+    def mean(self, offer: PricedAsset) -> float:
         """Average reward observed for ``offer`` (0 if never tried)."""
         pulls = self.pulls.get(offer.asset_id, 0)
         return self.reward_sum.get(offer.asset_id, 0.0) / pulls if pulls else 0.0
 
-    def net(self, offer: Offer) -> float:
+    def net(self, offer: PricedAsset) -> float:
         """Mean reward less the price, in units of a success's value (just the mean if no value is known)."""
         return self.mean(offer) - (offer.price / self.value if self.value else 0.0)
 
-    def choose(self, offers: list[Offer]) -> Offer:
+    def choose(self, offers: list[PricedAsset]) -> PricedAsset:
         """The offer to pay for next."""
         raise NotImplementedError
 
@@ -293,7 +293,7 @@ class RandomBrain(PolicyBrain):
 
     name = "random"
 
-    def choose(self, offers: list[Offer]) -> Offer:
+    def choose(self, offers: list[PricedAsset]) -> PricedAsset:
         """A random offer."""
         return self.rng.choice(offers)
 
@@ -303,10 +303,10 @@ class GreedyBrain(PolicyBrain):
 
     name = "greedy"
 
-    def choose(self, offers: list[Offer]) -> Offer:
+    def choose(self, offers: list[PricedAsset]) -> PricedAsset:
         """The offer with the best value per unit price (ties broken by the seeded RNG)."""
 
-        def value(offer: Offer) -> float:
+        def value(offer: PricedAsset) -> float:
             if self.pulls.get(offer.asset_id):
                 estimate = self.mean(offer)
             else:
@@ -328,7 +328,7 @@ class EpsilonGreedyBrain(PolicyBrain):
             raise ValueError(f"epsilon must be within [0, 1], not {epsilon}")
         self.epsilon = epsilon
 
-    def choose(self, offers: list[Offer]) -> Offer:
+    def choose(self, offers: list[PricedAsset]) -> PricedAsset:
         """Explore with probability epsilon (and until every offer was tried once), else exploit."""
         untried = [o for o in offers if not self.pulls.get(o.asset_id)]
         if untried or self.rng.random() < self.epsilon:
@@ -346,14 +346,14 @@ class UCBBrain(PolicyBrain):
         super().__init__(**options)
         self.c = c
 
-    def choose(self, offers: list[Offer]) -> Offer:
+    def choose(self, offers: list[PricedAsset]) -> PricedAsset:
         """The offer with the highest upper confidence bound."""
         untried = [o for o in offers if not self.pulls.get(o.asset_id)]
         if untried:
             return self.rng.choice(untried)
         total = max(sum(self.pulls.get(o.asset_id, 0) for o in offers), 1)
 
-        def bound(offer: Offer) -> float:
+        def bound(offer: PricedAsset) -> float:
             return self.net(offer) + self.c * math.sqrt(math.log(total) / self.pulls[offer.asset_id])
 
         best = max(bound(o) for o in offers)
@@ -407,9 +407,9 @@ __all__ = [
     "GreedyBrain",
     "LLMBrain",
     "Observation",
-    "Offer",
     "Outcome",
     "PolicyBrain",
+    "PricedAsset",
     "RandomBrain",
     "ScriptedBrain",
     "UCBBrain",

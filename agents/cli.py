@@ -1,8 +1,8 @@
 """``agentmarket agent run`` and ``agentmarket mcp``: run an agent with a wallet and caps, or serve its
 tools over the Model Context Protocol.
 
-Loaded by the ``agentmarket`` CLI as a plugin (entry point group ``agentmarket.cli``), so the
-``marketplace`` package never imports ``agents``.
+Loaded by the ``agentmarket`` CLI as a plugin (entry point group ``agentmarket.cli``; written against
+:mod:`marketplace.cli.plugin`), so the ``marketplace`` package never imports ``agents``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
@@ -20,21 +19,22 @@ from agents.errors import AgentError
 from agents.wallet import KEY_ENV, AgentWallet, AuditLedger, Budget, account_from_env
 from marketplace.chain import rpc_chain
 from marketplace.chain.units import format_units, to_units
-from marketplace.cli.market import (
+from marketplace.cli.plugin import (
     DEFAULT_RPC,
     DEFAULT_SERVER,
+    DEFAULT_WALLET,
     JsonOption,
     RpcOption,
     ServerOption,
     WalletOption,
-    _password,
-    _print_json,
-    agent_app,
+    console,
+    group,
+    password,
+    print_json,
 )
 from marketplace.errors import AgentmarketError
-from marketplace.wallet_file import DEFAULT_WALLET, PASSWORD_ENV, load_wallet
+from marketplace.wallet_file import PASSWORD_ENV, load_wallet
 
-console = Console(highlight=False)
 AGENT_DIR = Path(".agentmarket") / "agent"
 
 BudgetOption = Annotated[str, typer.Option("--budget", help="Most tUSD this run may spend (run cap).")]
@@ -54,7 +54,7 @@ def agent_wallet(
     paying through a client of the server at ``server`` on the chain at ``rpc``."""
     caps = Budget(run_cap=_units(budget, "--budget"), asset_cap=_units(asset_cap or budget, "--asset-cap"),
                   call_ceiling=_units(call_ceiling or budget, "--call-ceiling"))  # fmt: skip
-    account = account_from_env() if os.environ.get(KEY_ENV) else load_wallet(wallet, _password())
+    account = account_from_env() if os.environ.get(KEY_ENV) else load_wallet(wallet, password())
     return AgentWallet.connect(account, caps, AuditLedger(ledger), server, rpc_chain(rpc))
 
 
@@ -65,7 +65,6 @@ def _units(value: str, option: str) -> int:
         raise AgentError(f"{option} {value!r} is not an amount of tUSD (want a number like 10 or 2.5)") from None
 
 
-@agent_app.command("run")
 def agent_run(
     role: Annotated[str, typer.Option("--role", help="buyer (classify held-out rows by paying for model calls).")],
     brain: Annotated[str, typer.Option("--brain", help="llm, greedy, bandit (UCB), epsilon-greedy or random.")],
@@ -120,7 +119,7 @@ def agent_run(
     result = {**vars(report), "utility": buyer.utility(), "trace": str(trace_path), "ledger": str(ledger),
               "address": the_wallet.address}  # fmt: skip
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     console.print(
         f"stopped: {report.reason} after {report.steps} steps; spent {format_units(report.spent)} tUSD, "
@@ -183,8 +182,9 @@ def mcp(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the agent commands to the ``agentmarket`` CLI (``agent run`` joins the ``agent`` group on import)."""
+    """Add ``agent run`` (to the ``agent`` group) and ``mcp`` to the ``agentmarket`` CLI."""
+    group(app, "agent").command("run")(agent_run)
     app.command("mcp")(mcp)
 
 
-__all__ = ["DEFAULT_RPC", "DEFAULT_SERVER", "agent_wallet", "register"]
+__all__ = ["agent_wallet", "register"]

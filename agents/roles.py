@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from agents.brains import Action, Brain, Offer, Outcome, ScriptedBrain
+from agents.brains import Action, Brain, Outcome, PricedAsset, ScriptedBrain
 from agents.datavalue import RULES, RoyaltyInputs, to_bps
 from agents.errors import AgentError
 from agents.learning import Shard, accuracy, decode_shard, encode_shard, predictor, train_model
@@ -199,15 +199,15 @@ class Catalog:
 
     def __init__(self, *, kind: str | None = None, with_ratings: bool = False, refresh_every: int = 10) -> None:
         self.kind, self.with_ratings, self.refresh_every = kind, with_ratings, refresh_every
-        self._offers: list[Offer] = []
+        self._offers: list[PricedAsset] = []
         self._fetched_at = -1
 
-    def offers(self, agent: Agent) -> list[Offer]:
+    def offers(self, agent: Agent) -> list[PricedAsset]:
         """The offers, from the server's catalog (cached between refreshes)."""
         if self._fetched_at < 0 or agent.steps - self._fetched_at >= self.refresh_every:
             items = [i for i in agent.client.assets(kind=self.kind, limit=50).items if i.listed]
             self._offers = [
-                Offer(i.asset_id, i.kind, i.price,
+                PricedAsset(i.asset_id, i.kind, i.price,
                       agent.client.asset(i.asset_id).rating.average if self.with_ratings else None)
                 for i in items
             ]  # fmt: skip
@@ -228,7 +228,7 @@ class Errand:
         """No work item: the task is the prompt."""
         return None
 
-    def offers(self, agent: Agent) -> list[Offer]:
+    def offers(self, agent: Agent) -> list[PricedAsset]:
         """Every listed asset."""
         return self.catalog.offers(agent)
 
@@ -285,7 +285,7 @@ class ClassificationTask:
         """The next row to classify, as a model input."""
         return None if self.done else {"features": [self.X[self.index].tolist()]}
 
-    def offers(self, agent: Agent) -> list[Offer]:
+    def offers(self, agent: Agent) -> list[PricedAsset]:
         """The listed models and their ratings."""
         return self.catalog.offers(agent)
 

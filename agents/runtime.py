@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from agents.brains import Action, Brain, Observation, Offer, Outcome
+from agents.brains import Action, Brain, Observation, Outcome, PricedAsset
 from agents.errors import AgentError
 from agents.tools import TOOLS, Tool, ToolContext, run_tool
 from agents.wallet import AgentWallet
@@ -33,7 +33,7 @@ class Role(Protocol):
         """The current work item (``None`` when there is none)."""
         ...
 
-    def offers(self, agent: Agent) -> list[Offer]:
+    def offers(self, agent: Agent) -> list[PricedAsset]:
         """What the agent may pay for now."""
         ...
 
@@ -61,7 +61,7 @@ class Idle:
         """No work item."""
         return None
 
-    def offers(self, agent: Agent) -> list[Offer]:
+    def offers(self, agent: Agent) -> list[PricedAsset]:
         """No offers."""
         return []
 

@@ -69,7 +69,7 @@ from marketplace.chain import ContractRevert
 from marketplace.chain.contracts import TestUSD
 from marketplace.chain.records import Asset
 from marketplace.client import ApiClientError, MarketplaceClient
-from marketplace.client.checks import PaymentTerms
+from marketplace.client.checks import X402Terms
 from marketplace.client.sdk import X402AuthorizationOutstanding, X402DeliveryError
 from marketplace.errors import AgentmarketError
 from marketplace.protocol.wire import InvokeResponse, X402Settlement
@@ -108,7 +108,7 @@ class Budget:
 
 
 @dataclass(frozen=True)
-class LedgerEntry:
+class AuditEntry:
     """One signed payment: ``ref`` is the transaction hash, or ``voucher:<channel>:<answered so far>``."""
 
     time: float
@@ -126,7 +126,7 @@ class AuditLedger:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
 
-    def append(self, entry: LedgerEntry) -> None:
+    def append(self, entry: AuditEntry) -> None:
         """Write one entry (flushed and fsynced before returning)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
@@ -134,12 +134,12 @@ class AuditLedger:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def entries(self, run: str | None = None) -> list[LedgerEntry]:
+    def entries(self, run: str | None = None) -> list[AuditEntry]:
         """Every entry (of ``run`` only, if given), oldest first."""
         if not self.path.exists():
             return []
         with self.path.open() as handle:
-            rows = [LedgerEntry(**json.loads(line)) for line in handle if line.strip()]
+            rows = [AuditEntry(**json.loads(line)) for line in handle if line.strip()]
         return [row for row in rows if run is None or row.run == run]
 
     def total(self, asset_id: int | None = None, *, run: str | None = None) -> int:
@@ -321,7 +321,7 @@ class AgentWallet:
 
     # ------------------------------------------------------------------ payments (each one through _pay)
 
-    def buy_license(self, asset_id: int, max_price: int | None = None) -> LedgerEntry:
+    def buy_license(self, asset_id: int, max_price: int | None = None) -> AuditEntry:
         """Buy a license to ``asset_id`` after the budget check; the contract refuses a price above the checked one.
 
         Raises ``OverBudget`` (a cap, or the price above ``max_price``), ``NotFound``, ``PaymentRefused``."""
@@ -339,7 +339,7 @@ class AgentWallet:
 
         return self._pay("license", asset_id, price, send)[1]
 
-    def open_channel(self, asset_id: int, deposit: int, ttl: int = 3600) -> LedgerEntry:
+    def open_channel(self, asset_id: int, deposit: int, ttl: int = 3600) -> AuditEntry:
         """Lock ``deposit`` in a channel for metered calls to ``asset_id`` (counted in full against the caps)."""
         if deposit <= 0:
             raise PaymentRefused(f"a channel deposit must be positive, not {deposit}")
@@ -353,7 +353,7 @@ class AgentWallet:
 
         return self._pay("channel_deposit", asset_id, deposit, send, unit_price=self._price(asset_id))[1]
 
-    def invoke(self, model_id: int, payload: Any, channel_id: int) -> tuple[InvokeResponse, LedgerEntry]:
+    def invoke(self, model_id: int, payload: Any, channel_id: int) -> tuple[InvokeResponse, AuditEntry]:
         """Call a served model paying with a voucher on one of this run's channels; returns (result, entry).
 
         The model's price is checked against the per-call ceiling and the channel's deposit, then passed to the
@@ -373,7 +373,7 @@ class AgentWallet:
 
         return self._pay("voucher", model_id, price, send, channel=channel)
 
-    def call_over_x402(self, model_id: int, payload: Any) -> tuple[InvokeResponse, LedgerEntry]:
+    def call_over_x402(self, model_id: int, payload: Any) -> tuple[InvokeResponse, AuditEntry]:
         """Call a served model paying this one call over x402 v2; returns (result, entry). Checked against the
         caps first; signed and counted as :meth:`buy_over_x402` (the SDK checks the 402 against the chain, the
         owner tops the wallet up only then, and the authorization is of the checked price at most)."""
@@ -388,7 +388,7 @@ class AgentWallet:
 
         return self._pay("x402", model_id, price, send)
 
-    def buy_over_x402(self, asset_id: int) -> tuple[bytes, LedgerEntry]:
+    def buy_over_x402(self, asset_id: int) -> tuple[bytes, AuditEntry]:
         """Pay for one download of ``asset_id`` over x402 v2; returns (content, entry). Checked against the caps first.
 
         The SDK (:meth:`MarketplaceClient.download_x402`) signs an EIP-3009 authorization only for what
@@ -411,7 +411,7 @@ class AgentWallet:
 
         return self._pay("x402", asset_id, price, send)
 
-    def reconcile(self) -> list[LedgerEntry]:
+    def reconcile(self) -> list[AuditEntry]:
         """Settle the books of :attr:`outstanding` authorizations with the chain; returns the entries logged.
 
         One that was used on chain is logged as ``x402`` (the money left: ``total()`` counts it now); one
@@ -441,7 +441,7 @@ class AgentWallet:
         *,
         unit_price: int | None = None,
         channel: ChannelState | None = None,
-    ) -> tuple[R, LedgerEntry]:
+    ) -> tuple[R, AuditEntry]:
         """The one way a payment leaves this wallet: check, reserve, pay, record — or give the reservation back.
 
         1. The client must still sign as this wallet's account (``AgentError``).
@@ -458,7 +458,7 @@ class AgentWallet:
         ``AgentError``; ``X402AuthorizationOutstanding`` keeps it, logs ``x402_outstanding`` and holds it in
         :attr:`outstanding` until :meth:`reconcile`. Other failures become typed agent errors: a 404
         ``NotFound``; a refused payment, a revert, or anything the SDK refused (``PriceChanged``,
-        ``PaymentTermsRefused``, a server that asks more than counted) ``PaymentRefused``.
+        ``X402TermsRefused``, a server that asks more than counted) ``PaymentRefused``.
         """
         if self.client.address != self.address:
             raise AgentError(f"the client signs as {self.client.address}, not as this agent ({self.address})")
@@ -497,7 +497,7 @@ class AgentWallet:
 
     # ------------------------------------------------------------------ internals
 
-    def _fund_terms(self, terms: PaymentTerms) -> None:
+    def _fund_terms(self, terms: X402Terms) -> None:
         """``_fund`` for x402 terms the SDK checked against the chain (its ``before_signing`` hook)."""
         self._fund(terms.amount, terms.asset)
 
@@ -534,7 +534,7 @@ class AgentWallet:
 
     def _log(
         self, asset_id: int, amount: int, kind: PaymentKind, ref: str, channel_id: int | None = None
-    ) -> LedgerEntry:
-        entry = LedgerEntry(time.time(), asset_id, amount, kind, ref, self.run, channel_id)
+    ) -> AuditEntry:
+        entry = AuditEntry(time.time(), asset_id, amount, kind, ref, self.run, channel_id)
         self.ledger.append(entry)
         return entry

@@ -382,7 +382,7 @@ def run(
                 results, made = asyncio.run(measure(setup, server, plan))
             # The server is stopped: its settler made its last round. Check the books.
             with VoucherLedger(work / "server" / "channels.sqlite3") as ledger:
-                unclaimed = ledger.unclaimed()
+                unclaimed = ledger.claimable()
             settlement = check_vaults(setup, made, unclaimed)
             # Group commit: every write of the voucher ledger (debits, and the settler's notes) per fsync'd commit.
             settlement["ledger_commits"] = server.stats()["ledger_commits"]

@@ -101,7 +101,7 @@ def sweep(
 ) -> None:
     """Run a scenario over a grid of parameters (each point its own process and chain); one table at the end.
     Ctrl-C stops every running point at once and removes its unfinished folder (exit 130)."""
-    from marketplace.cli.app import _interrupt_on_signals
+    from marketplace.cli.plugin import interrupt_on_signals
     from simulation.scenario import load_scenario, parse_sweep
 
     check_settings()
@@ -110,7 +110,7 @@ def sweep(
     from simulation.runner import SweepInterrupted
     from simulation.runner import sweep as run
 
-    _interrupt_on_signals()  # SIGTERM too: the workers are stopped and cleaned up, never left running
+    interrupt_on_signals()  # SIGTERM too: the workers are stopped and cleaned up, never left running
     try:
         with Progress(TextColumn("grid points"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as progress:  # fmt: skip
@@ -147,11 +147,11 @@ def demo(
     import json
     import tempfile
 
-    from marketplace.cli.app import _interrupt_on_signals
+    from marketplace.cli.plugin import interrupt_on_signals
     from simulation.demo import run_demo, write_outputs
 
     check_settings()
-    _interrupt_on_signals()  # Ctrl-C / SIGTERM unwind: the server, and anvil if started, are stopped
+    interrupt_on_signals()  # Ctrl-C / SIGTERM unwind: the server, and anvil if started, are stopped
     say = (lambda _line: None) if as_json else (lambda line: console.print(f"• {line}"))
     with tempfile.TemporaryDirectory(prefix="agentmarket-demo-") as work:
         summary = run_demo(chain, llm_url=llm_url, llm_model=model, work_dir=Path(work), say=say)

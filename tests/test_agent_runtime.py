@@ -25,8 +25,8 @@ from agents.brains import (
     GreedyBrain,
     LLMBrain,
     Observation,
-    Offer,
     Outcome,
+    PricedAsset,
     RandomBrain,
     UCBBrain,
     policy_brain,
@@ -146,7 +146,11 @@ def test_llm_brain_refuses_extra_calls_and_reports_endpoint_failures():
 
 # ---------------------------------------------------------------------- policy brains
 
-OFFERS = [Offer(1, "model", 100, rating=90), Offer(2, "model", 100, rating=40), Offer(3, "model", 400, rating=95)]
+OFFERS = [
+    PricedAsset(1, "model", 100, rating=90),
+    PricedAsset(2, "model", 100, rating=40),
+    PricedAsset(3, "model", 400, rating=95),
+]
 
 
 def run_bandit(brain, accuracy: dict[int, float], rounds: int, seed: int = 1) -> dict[int, int]:

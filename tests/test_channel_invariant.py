@@ -41,7 +41,7 @@ from marketplace.chain.units import CLAIM_WINDOW, UINT128_MAX
 from marketplace.payments.channels import (
     ChainWatcher,
     ChannelGate,
-    PaymentRequired,
+    ChannelPaymentRequired,
     Settler,
     VoucherLedger,
     settler_for,
@@ -237,7 +237,7 @@ class ChannelMachine(RuleBasedStateMachine):
         """Through the real gate: ('answered' | 'failed' | refusal reason, debited after)."""
         try:
             reservation = self.gate.reserve(header, self.price, asset_id=self.model)
-        except PaymentRequired as exc:
+        except ChannelPaymentRequired as exc:
             return exc.reason, 0
         if fails:
             self.gate.release(reservation)

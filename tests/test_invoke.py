@@ -23,7 +23,7 @@ from marketplace.chain.records import AssetKind
 from marketplace.chain.units import to_units
 from marketplace.client import ApiClientError, MarketplaceClient
 from marketplace.errors import AgentmarketError
-from marketplace.payments import ledger as ledger_module
+from marketplace.payments import voucher_ledger as ledger_module
 from marketplace.payments.channels import HEADER
 from tests.test_x402 import NETWORK, stock_client
 

@@ -36,7 +36,7 @@ from marketplace.chain.units import to_units
 from marketplace.client.sdk import MarketplaceClient
 from marketplace.indexer import Indexer
 from marketplace.indexer.database import open_database
-from marketplace.payments.ledger import VoucherLedger
+from marketplace.payments.voucher_ledger import VoucherLedger
 from tests.test_cli import AGENTMARKET, assert_one_line_error, free_port, run_cli
 
 PRICE = to_units("0.01")

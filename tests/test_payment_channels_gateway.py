@@ -30,14 +30,14 @@ from marketplace.payments.channels import (
     AssetCache,
     ChainWatcher,
     ChannelGate,
-    LedgerError,
+    ChannelPaymentRequired,
     MalformedPayment,
-    PaymentRequired,
     Receipt,
     Settler,
     Voucher,
     VoucherHasher,
     VoucherLedger,
+    VoucherLedgerError,
     settler_for,
 )
 
@@ -113,8 +113,8 @@ def call(gate: ChannelGate, value: str | None, asset_id: int, *, fails: bool = F
     return gate.commit(reservation)
 
 
-def refusal(gate: ChannelGate, value: str | None, asset_id: int, price: int = PRICE) -> PaymentRequired:
-    with pytest.raises(PaymentRequired) as info:
+def refusal(gate: ChannelGate, value: str | None, asset_id: int, price: int = PRICE) -> ChannelPaymentRequired:
+    with pytest.raises(ChannelPaymentRequired) as info:
         gate.reserve(value, price, asset_id=asset_id)
     return info.value
 
@@ -562,7 +562,7 @@ def test_a_ledger_belongs_to_one_channels_contract(tmp_path):
     with VoucherLedger(tmp_path / "l.sqlite3") as ledger:
         ledger.bind("eip155:1/genesis:0xaa/channels:0x01")
         ledger.bind("eip155:1/genesis:0xaa/channels:0x01")
-        with pytest.raises(LedgerError, match="holds the vouchers of eip155:1/genesis:0xaa"):
+        with pytest.raises(VoucherLedgerError, match="holds the vouchers of eip155:1/genesis:0xaa"):
             ledger.bind("eip155:1/genesis:0xbb/channels:0x01")
 
 

@@ -206,6 +206,6 @@ def test_kill_9_mid_stream_then_restart_claims_every_answered_call(tmp_path: Pat
             assert paid <= claimed[channel] <= paid + PRICE
         assert market.token.balance_of(vault) == sum(claimed.values())
         with VoucherLedger(data_dir / "channels.sqlite3") as ledger:
-            assert ledger.unclaimed() == []
+            assert ledger.claimable() == []
         node.send_signal(signal.SIGINT)
         assert node.wait(timeout=20) == 0, node_log.read_text()

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from coincurve import PrivateKey
 
-from marketplace.payments import ledger as ledger_module
 from marketplace.payments import secp256k1
-from marketplace.payments.ledger import InsufficientCredit, LedgerError, VoucherLedger
+from marketplace.payments import voucher_ledger as ledger_module
+from marketplace.payments.voucher_ledger import InsufficientCredit, VoucherLedger, VoucherLedgerError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIG = b"\x01" * 65
@@ -26,13 +26,15 @@ SIG = b"\x01" * 65
 def test_one_process_owns_a_ledger_file_at_a_time(tmp_path):
     path = tmp_path / "vouchers.sqlite3"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from marketplace.payments.ledger import VoucherLedger; "
+        [sys.executable, "-c", "import sys; from marketplace.payments.voucher_ledger import VoucherLedger; "
          "VoucherLedger(sys.argv[1]); print('open', flush=True); sys.stdin.read()", str(path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "open"
-        with pytest.raises(LedgerError, match=rf"in use by process {holder.pid}: one gateway per data directory"):
+        with pytest.raises(
+            VoucherLedgerError, match=rf"in use by process {holder.pid}: one gateway per data directory"
+        ):
             VoucherLedger(path)
     finally:
         holder.kill()  # a dead holder releases the file
@@ -71,9 +73,9 @@ def test_state_survives_reopening_with_every_field(tmp_path):
         assert [e.channel_id for e in before] == [2, 3]
         assert (before[1].ceiling, before[1].failed_total, before[1].last_error) == (big, 7, "reverted")
         assert before[0].final == "AlreadySettled" and before[0].claimed == 4
-        assert ledger.unclaimed() == []  # one is final, the other's total already failed
+        assert ledger.claimable() == []  # one is final, the other's total already failed
         ledger.record(3, asset_id=9, price=1, ceiling=big, signature=SIG)
-        assert [e.channel_id for e in ledger.unclaimed()] == [3]  # more was answered: retried
+        assert [e.channel_id for e in ledger.claimable()] == [3]  # more was answered: retried
 
 
 def test_only_answered_calls_are_claimable_whatever_the_ceiling(tmp_path):
@@ -89,7 +91,7 @@ def test_only_answered_calls_are_claimable_whatever_the_ceiling(tmp_path):
                 ledger.record(1, asset_id=1, price=10, ceiling=10, signature=b"\x01" * 65)
         assert (info.value.highest, info.value.debited, info.value.needed) == (50, 50, 60)
         assert (ledger.entry(1).debited, ledger.entry(1).calls) == (50, 5)
-        assert [(e.channel_id, e.unclaimed) for e in ledger.unclaimed()] == [(1, 50)]
+        assert [(e.channel_id, e.unclaimed) for e in ledger.claimable()] == [(1, 50)]
 
 
 def test_no_debit_goes_beyond_the_deposit_whatever_the_ceiling(tmp_path):
@@ -113,7 +115,7 @@ def test_credit_claimed_on_chain_is_used_credit(tmp_path):
         assert (entry.claimed, entry.debited, entry.unclaimed, entry.calls) == (50, 60, 10, 1)
         ledger.mark_claimed(2, 30, asset_id=7)  # the settler saw a claim on a channel it never served
         assert (ledger.entry(2).debited, ledger.entry(2).claimed, ledger.entry(2).asset_id) == (30, 30, 7)
-        assert ledger.unclaimed() == [ledger.entry(1)]
+        assert ledger.claimable() == [ledger.entry(1)]
         ledger.mark_claimed(1, 80)  # claimed elsewhere beyond what this ledger answered
         assert (ledger.entry(1).debited, ledger.entry(1).claimed) == (80, 80)
         ledger.mark_claimed(1, 70)  # never lowers
@@ -129,7 +131,7 @@ def test_a_failed_write_publishes_nothing_and_the_ledger_goes_on(tmp_path, monke
             raise sqlite3.OperationalError("database or disk is full")
 
         monkeypatch.setattr(ledger_module, "_write", disk_full)
-        with pytest.raises(LedgerError, match=r"not committed .*disk is full"):
+        with pytest.raises(VoucherLedgerError, match=r"not committed .*disk is full"):
             ledger.record(1, asset_id=1, price=4, ceiling=20, signature=SIG)
         entry = ledger.entry(1)
         assert (entry.ceiling, entry.debited, entry.calls) == (10, 4, 1)  # as on disk
@@ -145,7 +147,7 @@ def test_a_batch_larger_than_one_statement_is_one_transaction(tmp_path, monkeypa
     monkeypatch.setattr(ledger_module, "_ROWS_PER_STATEMENT", 3)
     path = tmp_path / "vouchers.sqlite3"
     with VoucherLedger(path) as ledger:
-        entries = [ledger_module.LedgerEntry(c, 1, c * 10, SIG, c, 1, 0) for c in range(1, 9)]
+        entries = [ledger_module.ChannelRecord(c, 1, c * 10, SIG, c, 1, 0) for c in range(1, 9)]
         ledger_module._write(ledger._db, entries)  # three statements
     with VoucherLedger(path) as ledger:
         assert [(e.channel_id, e.ceiling, e.debited) for e in ledger.entries()] == [(c, c * 10, c) for c in range(1, 9)]
@@ -187,7 +189,7 @@ def test_a_ledger_of_the_previous_layout_is_refused_with_what_to_do(tmp_path):
             " NULL, updated_at REAL NOT NULL)"
         )
     db.close()
-    with pytest.raises(LedgerError) as info:
+    with pytest.raises(VoucherLedgerError) as info:
         VoucherLedger(path)
     assert str(path) in str(info.value) and "older agentmarket" in str(info.value)
     assert "move the file away" in str(info.value)

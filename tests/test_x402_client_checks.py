@@ -29,7 +29,7 @@ from marketplace.chain.deployment import Deployment, DeploymentError, deploy_all
 from marketplace.chain.records import AssetKind
 from marketplace.chain.units import caip2, to_units
 from marketplace.client import MarketplaceClient
-from marketplace.client.checks import PaymentTerms, PaymentTermsRefused
+from marketplace.client.checks import X402Terms, X402TermsRefused
 from marketplace.client.sdk import X402DeliveryError, x402_payer
 from marketplace.content import ContentStore
 from tests.fake_gateway import FakeGateway
@@ -168,9 +168,9 @@ def test_sdk_and_agent_wallet_refuse_a_lying_gateway(chain, deployment, market, 
         client = wallet.client
         for case, (make_lie, field) in LIES.items():
             fake.lie = make_lie(thief.address, other.address)
-            with pytest.raises(PaymentTermsRefused) as call:
+            with pytest.raises(X402TermsRefused) as call:
                 client.invoke(assets.model, [1, 2])
-            with pytest.raises(PaymentTermsRefused) as download:
+            with pytest.raises(X402TermsRefused) as download:
                 client.download_x402(assets.dataset)
             with pytest.raises(PaymentRefused) as agent:
                 wallet.buy_over_x402(assets.dataset)
@@ -186,7 +186,7 @@ def test_sdk_and_agent_wallet_refuse_a_lying_gateway(chain, deployment, market, 
             assert f"asks {field} {offered}, but " in message, message
             assert message.split(", but ")[1].split(" is ", 1)[1].startswith(on_chain + ";"), message
             cause = agent.value.__cause__
-            assert isinstance(cause, PaymentTermsRefused) and cause.field == field, case
+            assert isinstance(cause, X402TermsRefused) and cause.field == field, case
             assert wallet.ledger.entries() == [] and wallet.guard.spent == 0, case
             assert fake.signatures == [] and fake.stolen == [], case  # nothing left the client
     assert Money.read(market, alice, thief, assets, other, start) == before  # no nonce used, no token moved
@@ -271,7 +271,7 @@ def test_a_gateway_following_another_deployment_is_refused_when_the_client_trust
 def test_the_sdks_x402_client_refuses_on_its_own_what_the_chain_does_not_say(market, alice, assets):
     """``x402_payer`` is bound to one payment's terms: its spend controls and its before-payment hook
     refuse a lying requirement even when handed one directly."""
-    terms = PaymentTerms.from_chain(market, assets.model)
+    terms = X402Terms.from_chain(market, assets.model)
     honest = {"scheme": "exact", "network": terms.network, "amount": str(PRICE), "asset": terms.asset,
               "payTo": terms.pay_to, "maxTimeoutSeconds": 300,
               "extra": {"name": "Test USD", "version": "1"}}  # fmt: skip
@@ -280,12 +280,12 @@ def test_the_sdks_x402_client_refuses_on_its_own_what_the_chain_does_not_say(mar
         return PaymentRequired.model_validate({"x402Version": 2, "accepts": [{**honest, **changes}]})
 
     payer = x402_payer(alice, terms)
-    with pytest.raises(PaymentTermsRefused) as hooked:
+    with pytest.raises(X402TermsRefused) as hooked:
         payer.create_payment_payload(required(payTo=alice.address))
     assert hooked.value.field == "payTo"
     with pytest.raises(NoMatchingRequirementsError):  # spend controls: over the price, or another token
         payer.create_payment_payload(required(amount=str(PRICE + 1)))
-    with pytest.raises(PaymentTermsRefused) as long_lived:
+    with pytest.raises(X402TermsRefused) as long_lived:
         payer.create_payment_payload(required(maxTimeoutSeconds=TEN_YEARS))
     assert long_lived.value.field == "maxTimeoutSeconds"
     signed = payer.create_payment_payload(required())
@@ -341,7 +341,7 @@ def test_the_honest_gateway_is_paid_through_the_same_checks(chain, market, alice
 def test_a_price_above_the_callers_limit_is_refused_before_signing(chain, market, alice, assets, honest_url):
     client = MarketplaceClient.connect(honest_url, alice, chain)
     before = market.token.balance_of(alice.address)
-    with pytest.raises(PaymentTermsRefused) as refused:
+    with pytest.raises(X402TermsRefused) as refused:
         client.download_x402(assets.dataset, max_amount=DATA_PRICE - 1)
     assert refused.value.field == "amount" and "your limit (max_amount)" in str(refused.value)
     assert market.token.balance_of(alice.address) == before

@@ -17,7 +17,7 @@ from marketplace.api.errors import install_error_handlers
 from marketplace.api.lifecycle import LEDGER_FILE, ChainGuard, prepare_data_dir
 from marketplace.api.limits import Limits, RequestLimits, upload_matcher
 from marketplace.api.relayer import settlement_account
-from marketplace.api.routes import accounts, agents, assets, auth, content, health, models, payments, stats, x402
+from marketplace.api.routes import accounts, agents, assets, auth, content, health, invoke, payments, stats, x402
 from marketplace.api.settings import Settings
 from marketplace.api.state import ServerBase
 from marketplace.chain import Chain, rpc_chain
@@ -185,7 +185,7 @@ def create_app(
         x402.router,
         agents.router,
         accounts.router,
-        models.router,
+        invoke.router,
         payments.router,
         stats.router,
     ):

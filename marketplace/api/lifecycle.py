@@ -41,8 +41,8 @@ from marketplace.chain.units import format_units
 from marketplace.content import archive_scopes, chain_scope, stored_scopes
 from marketplace.errors import AgentmarketError
 from marketplace.indexer.indexer import archive_read_model, read_model_scope, stored_scope
-from marketplace.payments.ledger import Outstanding, Synchronous, VoucherLedger
 from marketplace.payments.settler import chain_identity
+from marketplace.payments.voucher_ledger import Outstanding, Synchronous, VoucherLedger
 
 #: Where, under the data directory, the state of other chains goes.
 ARCHIVE_DIR = "archive"
@@ -101,7 +101,7 @@ def prepare_data_dir(
     ``identity`` is the chain served now, ``deployment``/``market`` its contracts. Returns what was
     archived, or None when everything already follows this deployment. Raises :class:`UnclaimedCalls`
     (nothing moved) when the old ledger holds answered calls never claimed and ``reset`` is False,
-    and ``LedgerError`` when another process uses the ledger.
+    and ``VoucherLedgerError`` when another process uses the ledger.
     """
     ledger_path = data_dir / LEDGER_FILE
     content_root = data_dir / CONTENT_DIR

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from marketplace.chain.deployment import DEFAULT_MANIFEST
 from marketplace.errors import AgentmarketError
-from marketplace.payments.ledger import Synchronous
+from marketplace.payments.voucher_ledger import Synchronous
 from marketplace.siwe import SiweError, authority_parts, origin_of
 
 

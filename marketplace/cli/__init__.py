@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from marketplace.cli.app import app
+from marketplace.cli.plugin import load_plugins
 from marketplace.errors import AgentmarketError
 
 _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -73,8 +74,10 @@ def _lost_server(exc: httpx.HTTPError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``agentmarket`` script: run the command, turn every user-facing failure into one line."""
+    """Entry point of the ``agentmarket`` script: add the installed plugins' commands
+    (:func:`~marketplace.cli.plugin.load_plugins`), run the command, turn every user-facing failure into one line."""
     try:
+        load_plugins(app)
         code = app(args=list(argv) if argv is not None else None, prog_name=PROG_NAME, standalone_mode=False)
     except NoArgsIsHelpError:
         sys.exit(2)  # typer has printed the help

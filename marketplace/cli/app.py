@@ -6,7 +6,6 @@ import contextlib
 import errno
 import json
 import os
-import signal
 import socket
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -17,7 +16,6 @@ from urllib.parse import urlsplit
 import typer
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from rich.console import Console
 from rich.table import Table
 
 from marketplace.chain import AnvilNode, Chain, ChainError, connect, to_address
@@ -25,7 +23,7 @@ from marketplace.chain.backends import LOCAL_CHAIN_ID, rpc_chain
 from marketplace.chain.deployment import DEFAULT_MANIFEST, deploy_all, load_deployment
 from marketplace.chain.units import format_units
 from marketplace.cli import market as market_commands
-from marketplace.cli.plugins import load_plugins
+from marketplace.cli.plugin import DEFAULT_RPC, JsonOption, RpcOption, console, interrupt_on_signals
 from marketplace.errors import AgentmarketError
 
 app = typer.Typer(
@@ -39,8 +37,6 @@ contracts_app = typer.Typer(
     help="Build the Solidity contracts (needs Node: npm ci --prefix contracts).", no_args_is_help=True
 )
 app.add_typer(contracts_app, name="contracts")
-
-console = Console(highlight=False)
 
 
 def _print_version(wanted: bool) -> None:
@@ -62,18 +58,15 @@ def _options(
     """Options that come before the command."""
 
 
-DEFAULT_RPC = "http://127.0.0.1:8545"
 DEFAULT_NODE_PORT = 8545
 DEFAULT_SERVER_PORT = 8000
 DEPLOYER_KEY_ENV = "AGENTMARKET_DEPLOYER_KEY"
 #: Host names that mean this machine's loopback interface.
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-RpcOption = Annotated[str, typer.Option("--rpc", help="JSON-RPC URL of the chain.", envvar="AGENTMARKET_RPC")]
 ManifestOption = Annotated[
     Path, typer.Option("--manifest", help="Deployment manifest path.", envvar="AGENTMARKET_MANIFEST")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _deployer(chain: Chain) -> LocalAccount:
@@ -89,16 +82,6 @@ def _deployer(chain: Chain) -> LocalAccount:
             f"chain id {chain.chain_id} is not a local dev chain; set {DEPLOYER_KEY_ENV} to the deployer's key"
         )
     return chain.accounts[0]
-
-
-def _raise_interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _interrupt_on_signals() -> None:
-    """Make Ctrl-C and SIGTERM unwind the stack (so context managers stop what they started)."""
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 @contracts_app.command("build")
@@ -168,7 +151,7 @@ def node(
 
     Every start is a new chain (same chain id and addresses, a new genesis): restart `serve` after it.
     """
-    _interrupt_on_signals()
+    interrupt_on_signals()
     # AnvilNode refuses a busy port, and makes sure what answers is its own anvil: nothing is deployed,
     # and no manifest written, anywhere else.
     with AnvilNode(port=_node_port() if port is None else port) as anvil, connect(anvil.url) as chain:
@@ -309,7 +292,7 @@ def serve(
     from marketplace.api.app import build_services
     from marketplace.api.server import server_config
     from marketplace.inference import parse_handler
-    from marketplace.payments.ledger import SYNCHRONOUS
+    from marketplace.payments.voucher_ledger import SYNCHRONOUS
 
     handlers = {}
     for spec in model or []:
@@ -346,4 +329,3 @@ def serve(
 
 
 market_commands.register(app)
-load_plugins(app)

@@ -18,8 +18,6 @@ from typing import Annotated, Any
 
 import typer
 from eth_account.signers.local import LocalAccount
-from pydantic import BaseModel
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -28,6 +26,17 @@ from marketplace.chain.deployment import DEFAULT_MANIFEST, Deployment, read_mani
 from marketplace.chain.lineage import Release, ReleaseIncomplete
 from marketplace.chain.records import AssetKind, Channel
 from marketplace.chain.units import format_units, to_units
+from marketplace.cli.plugin import (
+    DEFAULT_RPC,
+    DEFAULT_SERVER,
+    JsonOption,
+    RpcOption,
+    ServerOption,
+    WalletOption,
+    console,
+    password,
+    print_json,
+)
 from marketplace.client import MarketplaceClient
 from marketplace.client.pins import PIN_FILE, TRUST_ENV, DeploymentPins, connect_trusted
 from marketplace.client.sdk import MarketplaceReader, PublishIncomplete
@@ -36,29 +45,20 @@ from marketplace.errors import AgentmarketError
 from marketplace.protocol.wire import TokenEarnings
 from marketplace.wallet_file import (
     DEFAULT_WALLET,
-    PASSWORD_ENV,
     create_wallet,
     encryption_keypair,
     load_wallet,
     read_keystore,
 )
 
-console = Console(highlight=False)
-
 wallet_app = typer.Typer(help="Your account: an encrypted keystore file.", no_args_is_help=True)
 agent_app = typer.Typer(help="Agent identities (ERC-8004).", no_args_is_help=True)
 asset_app = typer.Typer(help="Publish, upload and browse assets.", no_args_is_help=True)
 channel_app = typer.Typer(help="Payment channels for metered model calls.", no_args_is_help=True)
 
-WalletOption = Annotated[Path, typer.Option("--wallet", help="Keystore file.", envvar="AGENTMARKET_WALLET")]
-ServerOption = Annotated[str, typer.Option("--server", help="Marketplace API URL.", envvar="AGENTMARKET_SERVER")]
-RpcOption = Annotated[str, typer.Option("--rpc", help="JSON-RPC URL of the chain.", envvar="AGENTMARKET_RPC")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ActJsonOption = Annotated[bool, typer.Option("--json", help="Print what was done as one JSON object.")]
-DEFAULT_SERVER = "http://127.0.0.1:8000"
 #: A manifest path the client side trusts (the same variable `serve` and `node` read theirs from).
 MANIFEST_ENV = "AGENTMARKET_MANIFEST"
-DEFAULT_RPC = "http://127.0.0.1:8545"
 TrustOption = Annotated[
     bool,
     typer.Option(
@@ -75,13 +75,8 @@ MAX_DEPOSIT = 2**128 - 1
 MAX_HOURS = 24 * 365 * 100
 
 
-def _password(confirm: bool = False) -> str:
-    return os.environ.get(PASSWORD_ENV) or typer.prompt("wallet password", hide_input=True,
-                                                         confirmation_prompt=confirm)  # fmt: skip
-
-
 def _account(wallet: Path) -> LocalAccount:
-    return load_wallet(wallet, _password)  # the file is checked before the password is asked for
+    return load_wallet(wallet, password)  # the file is checked before the password is asked for
 
 
 def _seconds(hours: float, option: str) -> int:
@@ -138,13 +133,6 @@ def _text(*values: object) -> list[Text]:
     return [Text(str(value)) for value in values]
 
 
-def _print_json(data: object) -> None:
-    """``data`` as JSON (a wire model as the server sends it: its aliases, amounts as decimal strings)."""
-    if isinstance(data, BaseModel):
-        data = data.model_dump(mode="json", by_alias=True)
-    console.print_json(json.dumps(data))
-
-
 def _split(values: list[str], what: str) -> list[tuple[str, int]]:
     pairs = []
     for value in values:
@@ -163,10 +151,10 @@ def wallet_new(wallet: WalletOption = DEFAULT_WALLET, as_json: ActJsonOption = F
     """Create a new account in an encrypted keystore (password from $AGENTMARKET_PASSWORD or a prompt)."""
     if wallet.exists():  # before asking for a password
         raise AgentmarketError(f"{wallet} already exists; move it away or pass another --wallet")
-    account = create_wallet(wallet, _password(confirm=True))
+    account = create_wallet(wallet, password(confirm=True))
     if as_json:
         public = "0x" + bytes(encryption_keypair(account).public_key).hex()
-        _print_json({"wallet": str(wallet), "address": account.address, "encryption_public_key": public})
+        print_json({"wallet": str(wallet), "address": account.address, "encryption_public_key": public})
         return
     console.print(f"created {wallet}\naddress {account.address}")
 
@@ -183,7 +171,7 @@ def wallet_show(wallet: WalletOption = DEFAULT_WALLET, rpc: RpcOption = DEFAULT_
         "tusd": str(client.market.token.balance_of(client.address)),
     }
     if as_json:
-        _print_json(info)
+        print_json(info)
         return
     for key, value in info.items():
         console.print(f"{key:22} {format_units(int(value)) + ' tUSD' if key == 'tusd' else value}")
@@ -211,7 +199,7 @@ def faucet(
         chain.send_eth(chain.accounts[0], target, eth)
     if as_json:
         balance = client.market.token.balance_of(target)
-        _print_json(
+        print_json(
             {"address": target, "minted": str(units), "eth_sent_wei": str(eth), "tusd": str(balance),
              "eth_wei": str(chain.balance(target))}
         )  # fmt: skip
@@ -250,7 +238,7 @@ def agent_register(
         metadata["endpoint"] = endpoint.encode()
     agent_id = client.market.agents.register(client.account, uri, metadata)
     if as_json:
-        _print_json({"agent_id": agent_id, "owner": client.address, "uri": uri, "endpoint": endpoint,
+        print_json({"agent_id": agent_id, "owner": client.address, "uri": uri, "endpoint": endpoint,
                      "encryption_public_key": "0x" + metadata["encryptionKey"].hex()})  # fmt: skip
         return
     console.print(f"registered agent {agent_id} (owner and wallet {client.address})")
@@ -289,7 +277,7 @@ def asset_publish(
         raise AgentmarketError(exc.explain(_upload_hint(exc.asset_id, file))) from None
     if as_json:
         asset = client.market.marketplace.asset(asset_id)
-        _print_json({"asset_id": asset_id, "kind": kind.name.lower(), "price": str(asset.price), "uri": asset.uri,
+        print_json({"asset_id": asset_id, "kind": kind.name.lower(), "price": str(asset.price), "uri": asset.uri,
                      "file": str(file), "sha256": asset.content_hash.hex(), "owner": client.address,
                      "listed": asset.listed, "vault": asset.vault})  # fmt: skip
         return
@@ -320,7 +308,7 @@ def asset_upload(
     except PublishIncomplete as exc:
         raise AgentmarketError(exc.explain(_upload_hint(exc.asset_id, file) + " again")) from None
     if as_json:
-        _print_json(stored)
+        print_json(stored)
         return
     state = "listed: buyers can buy it" if stored.listed else "unlisted: nobody can buy it yet"
     console.print(f"uploaded asset {asset_id} version {stored.version} ({stored.size} bytes, sha256 verified "
@@ -339,7 +327,7 @@ def asset_ls(
     with MarketplaceReader(server, timeout=30) as reader:
         page = reader.assets(kind=kind or None, q=q or None, listed_only=False if show_all else None)
     if as_json:
-        _print_json(page)
+        print_json(page)
         return
     table = Table(title=f"{page.total} assets")
     for column in ("id", "kind", "price (tUSD)", "owner", "parents", "uri", "state"):
@@ -369,7 +357,7 @@ def buy(
     receipt = client.buy(asset_id, limit)
     if as_json:
         (event,) = client.chain.events(client.market.marketplace.contract, receipt, "LicensePurchased")
-        _print_json(
+        print_json(
             {"asset_id": asset_id, "buyer": client.address, "price": str(event["price"]),
              "expires_at": event["expiresAt"], "block": receipt["blockNumber"], "tx": _tx(receipt)}
         )  # fmt: skip
@@ -412,7 +400,7 @@ def download(
         paid = client.download_x402(asset_id, out, max_amount=limit)
         payment = paid.payment
         if as_json:
-            _print_json({**written, "bytes": out.stat().st_size, "payment": {
+            print_json({**written, "bytes": out.stat().st_size, "payment": {
                 "scheme": "x402", "amount": str(payment.amount), "pay_to": payment.pay_to,
                 "tx": payment.transaction, "network": payment.network}})  # fmt: skip
             return
@@ -422,7 +410,7 @@ def download(
         return
     client.download(asset_id, out, agent_id=agent_id)
     if as_json:
-        _print_json({**written, "bytes": out.stat().st_size, "payment": None})
+        print_json({**written, "bytes": out.stat().st_size, "payment": None})
         return
     console.print(f"wrote {out} ({out.stat().st_size} bytes, sha256 verified against the chain)")
 
@@ -448,7 +436,7 @@ def channel_open(
     channel_id = client.open_channel(asset_id, units, ttl=ttl)
     channel = client.market.channels.channel(channel_id)
     if as_json:
-        _print_json(_channel_json(client, channel))
+        print_json(_channel_json(client, channel))
         return
     price = client.market.marketplace.asset(asset_id).price
     calls = f"{units // price} calls at {format_units(price)} tUSD" if price else "calls at no charge"
@@ -474,7 +462,7 @@ def channel_top_up(
     receipt = client.top_up_channel(channel_id, units)
     channel = client.market.channels.channel(channel_id)
     if as_json:
-        _print_json({**_channel_json(client, channel), "added": str(units), "tx": _tx(receipt)})
+        print_json({**_channel_json(client, channel), "added": str(units), "tx": _tx(receipt)})
         return
     console.print(f"added {format_units(units)} tUSD to channel {channel_id}: deposit {format_units(channel.deposit)}"
                   f" tUSD, {format_units(channel.unclaimed)} not claimed yet", soft_wrap=True)  # fmt: skip
@@ -496,7 +484,7 @@ def channel_extend(
     receipt = client.extend_channel(channel_id, seconds)
     channel = client.market.channels.channel(channel_id)
     if as_json:
-        _print_json({**_channel_json(client, channel), "tx": _tx(receipt)})
+        print_json({**_channel_json(client, channel), "tx": _tx(receipt)})
         return
     console.print(f"channel {channel_id} is now open until {_when(channel.expiry)}")
 
@@ -517,7 +505,7 @@ def channel_close(
     receipt = client.close_channel(channel_id)
     channel = client.market.channels.channel(channel_id)
     if as_json:
-        _print_json({**_channel_json(client, channel), "tx": _tx(receipt)})
+        print_json({**_channel_json(client, channel), "tx": _tx(receipt)})
         return
     console.print(f"closed channel {channel_id}: no more calls; the gateway may claim the answered ones until "
                   f"{_when(channel.claim_deadline)}, then `agentmarket channel reclaim {channel_id}` returns the rest "
@@ -541,7 +529,7 @@ def channel_reclaim(
     (event,) = client.chain.events(channels.contract, receipt, "ChannelSettled")
     channel = channels.channel(channel_id)
     if as_json:
-        _print_json({**_channel_json(client, channel), "refunded": str(event["refunded"]), "tx": _tx(receipt)})
+        print_json({**_channel_json(client, channel), "refunded": str(event["refunded"]), "tx": _tx(receipt)})
         return
     console.print(f"reclaimed channel {channel_id}: {format_units(event['refunded'])} tUSD back to {channel.payer} "
                   f"({format_units(event['claimed'])} tUSD was claimed for calls)", soft_wrap=True)  # fmt: skip
@@ -560,7 +548,7 @@ def channel_ls(
     client = _client(wallet, server, rpc, trust_server=trust_server)
     rows = [_channel_json(client, channel) for channel in client.channels()]
     if as_json:
-        _print_json({"payer": client.address, "channels": rows})
+        print_json({"payer": client.address, "channels": rows})
         return
     table = Table(title=f"channels opened by {client.address}")
     for column in ("id", "asset", "deposit", "claimed", "counted here", "expires", "claims until", "state"):
@@ -633,7 +621,7 @@ def invoke(
     client = _client(wallet, server, rpc, trust_server=trust_server)
     if limit is None:  # what the user approved: the price as the command starts, not one raised mid-call
         limit = _price_now(client, model_id)
-    _print_json(client.invoke(model_id, model_input, channel_id=channel, max_price=limit))
+    print_json(client.invoke(model_id, model_input, channel_id=channel, max_price=limit))
 
 
 # ---------------------------------------------------------------------- earnings
@@ -660,7 +648,7 @@ def earnings(
     else:
         data = _client(wallet, server, rpc, trust_server=trust_server).earnings()
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     tusd, several = data.token, len({v.token for v in data.vaults}) > 1
     table = Table(title=f"earnings of {data.address}")
@@ -721,7 +709,7 @@ def withdraw(
     except ReleaseIncomplete as exc:
         raise _incomplete(exc, "agentmarket withdraw") from None
     if as_json:
-        _print_json(_releases_report(sent, tusd))
+        print_json(_releases_report(sent, tusd))
         return
     mine = [r for r in sent if r.payee == client.address]
     received: dict[str, int] = {}
@@ -751,7 +739,7 @@ def release(
     except ReleaseIncomplete as exc:
         raise _incomplete(exc, f"agentmarket release {asset_id}") from None
     if as_json:
-        _print_json(_releases_report(sent, tusd))
+        print_json(_releases_report(sent, tusd))
         return
     if not sent:
         console.print(f"nothing to release up asset {asset_id}'s lineage")
@@ -788,7 +776,7 @@ def examples(
     except OSError as exc:
         raise AgentmarketError(f"cannot write the examples into {directory}: {exc.strerror or exc}") from None
     if as_json:
-        _print_json({"directory": str(directory), "files": [str(target) for target in targets]})
+        print_json({"directory": str(directory), "files": [str(target) for target in targets]})
         return
     console.print(f"wrote {', '.join(str(target) for target in targets)}", soft_wrap=True)
 

@@ -1,6 +1,6 @@
 """Python SDK of the marketplace: the HTTP API for reads and content, the chain for payments."""
 
-from marketplace.client.checks import PaymentTermsRefused, PriceChanged
+from marketplace.client.checks import PriceChanged, X402TermsRefused
 from marketplace.client.sdk import (
     ApiClientError,
     BadResponse,
@@ -20,11 +20,11 @@ __all__ = [
     "LoginRefused",
     "MarketplaceClient",
     "MarketplaceReader",
-    "PaymentTermsRefused",
     "PriceChanged",
     "PublishIncomplete",
     "ServerUnreachable",
     "UntrustedDeployment",
     "X402AuthorizationOutstanding",
     "X402DeliveryError",
+    "X402TermsRefused",
 ]

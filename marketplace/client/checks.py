@@ -3,7 +3,7 @@
 A server answers an unpaid request with HTTP 402 and a ``PAYMENT-REQUIRED`` header (x402 v2): what
 to sign, for whom, for how much. Whoever writes that header — a hostile gateway, or anything between
 the client and an honest one — can ask for any amount, to any address, in any token, on any network.
-So the client never takes those values from the server. :meth:`PaymentTerms.from_chain` reads them
+So the client never takes those values from the server. :meth:`X402Terms.from_chain` reads them
 from the chain the client is connected to:
 
 - ``x402Version``: 2;
@@ -17,15 +17,15 @@ from the chain the client is connected to:
 - ``extra``: exactly ``{"name", "version"}`` of the token's EIP-712 domain, read from the token
   (ERC-5267 ``eip712Domain()``), and no other key (e.g. no Permit2 transfer method).
 
-:meth:`PaymentTerms.select` picks the first requirement the server offers that matches every
-field, or raises :class:`PaymentTermsRefused` naming the field, the server's value and the chain's;
-:meth:`PaymentTerms.before_payment_creation` is the same check as an x402 SDK hook, so the SDK's
+:meth:`X402Terms.select` picks the first requirement the server offers that matches every
+field, or raises :class:`X402TermsRefused` naming the field, the server's value and the chain's;
+:meth:`X402Terms.before_payment_creation` is the same check as an x402 SDK hook, so the SDK's
 client cannot sign a requirement that did not pass it. This module is the one place these checks
 live: the SDK (``MarketplaceClient``), the CLI and agent wallets all pay through it. "The chain"
 means the contracts of the deployment the client connected with: pin the one you trust with
 ``MarketplaceClient.connect(..., trusted=...)`` (the CLI pins one by default: :mod:`marketplace.client.pins`).
 A caller's own limit on the price (``max_price``, ``max_amount``) is checked here too
-(:meth:`PaymentTerms.at_most`, :class:`PriceChanged`).
+(:meth:`X402Terms.at_most`, :class:`PriceChanged`).
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ __all__ = [
     "SCHEME",
     "X402_VERSION",
     "Mismatch",
-    "PaymentTerms",
-    "PaymentTermsRefused",
     "PriceChanged",
+    "X402Terms",
+    "X402TermsRefused",
 ]
 
 #: The only x402 protocol version signed (x402 v2: PAYMENT-REQUIRED / PAYMENT-SIGNATURE headers).
@@ -81,7 +81,7 @@ class Mismatch:
         return f"the server asks {self.field} {_show(self.offered)}, but {self.source} is {_show(self.expected)}"
 
 
-class PaymentTermsRefused(AgentmarketError):
+class X402TermsRefused(AgentmarketError):
     """A server asked for an x402 payment that is not what the chain says; nothing was signed.
 
     ``asset_id`` names the asset paid for, ``mismatch`` the first wrong field (with the server's and
@@ -101,7 +101,7 @@ class PaymentTermsRefused(AgentmarketError):
         return self.mismatch.field
 
 
-class PriceChanged(PaymentTermsRefused):
+class PriceChanged(X402TermsRefused):
     """The asset's price on chain is above what the caller approved; nothing was signed.
 
     ``price`` is the on-chain price now and ``approved`` the caller's limit, both in the token's base
@@ -121,7 +121,7 @@ class PriceChanged(PaymentTermsRefused):
 
 
 @dataclass(frozen=True)
-class PaymentTerms:
+class X402Terms:
     """What the chain says one x402 payment for ``asset_id`` must be.
 
     ``amount`` is in the token's base units (1 tUSD = 1,000,000), ``max_timeout_seconds`` the
@@ -138,9 +138,7 @@ class PaymentTerms:
     max_timeout_seconds: int = MAX_TIMEOUT_SECONDS
 
     @classmethod
-    def from_chain(
-        cls, market: Market, asset_id: int, *, max_timeout_seconds: int = MAX_TIMEOUT_SECONDS
-    ) -> PaymentTerms:
+    def from_chain(cls, market: Market, asset_id: int, *, max_timeout_seconds: int = MAX_TIMEOUT_SECONDS) -> X402Terms:
         """Read the terms from the chain: the asset's price and token, its vault, the token's EIP-712 domain.
 
         Raises :class:`AgentmarketError` when the asset does not exist or its token exposes no
@@ -172,8 +170,8 @@ class PaymentTerms:
             max_timeout_seconds=max_timeout_seconds,
         )
 
-    def at_most(self, limit: int | None, name: str = "max_amount") -> PaymentTerms:
-        """These terms, or :class:`PriceChanged` (a :class:`PaymentTermsRefused`) when the chain's price is above
+    def at_most(self, limit: int | None, name: str = "max_amount") -> X402Terms:
+        """These terms, or :class:`PriceChanged` (a :class:`X402TermsRefused`) when the chain's price is above
         the caller's ``limit`` (base units; ``name`` says which argument set it)."""
         if limit is not None and self.amount > limit:
             raise PriceChanged(self.asset_id, self.amount, limit, name)
@@ -210,24 +208,24 @@ class PaymentTerms:
         return found
 
     def check(self, requirement: PaymentRequirements | PaymentRequirementsV1) -> None:
-        """Raise :class:`PaymentTermsRefused` unless ``requirement`` matches these terms in every field."""
+        """Raise :class:`X402TermsRefused` unless ``requirement`` matches these terms in every field."""
         found = self.mismatches(requirement)
         if found:
-            raise PaymentTermsRefused(self.asset_id, found[0], tuple(m.field for m in found[1:]))
+            raise X402TermsRefused(self.asset_id, found[0], tuple(m.field for m in found[1:]))
 
     def select(self, required: PaymentRequired | PaymentRequiredV1) -> PaymentRequirements:
         """The first of the server's ``accepts`` that matches these terms.
 
-        Raises :class:`PaymentTermsRefused` for an x402 version other than 2, no requirement at all,
+        Raises :class:`X402TermsRefused` for an x402 version other than 2, no requirement at all,
         or no matching one (naming the wrong fields of the offer closest to the terms).
         """
         version = required.x402_version
         if version != X402_VERSION or not isinstance(required, PaymentRequired):
             mismatch = Mismatch("x402Version", version, X402_VERSION, "the only x402 version this client signs")
-            raise PaymentTermsRefused(self.asset_id, mismatch)
+            raise X402TermsRefused(self.asset_id, mismatch)
         if not required.accepts:
             mismatch = Mismatch("accepts", [], "one requirement", "what a 402 must offer")
-            raise PaymentTermsRefused(self.asset_id, mismatch)
+            raise X402TermsRefused(self.asset_id, mismatch)
         closest: list[Mismatch] | None = None
         for requirement in required.accepts:
             found = self.mismatches(requirement)
@@ -236,17 +234,17 @@ class PaymentTerms:
             if closest is None or len(found) < len(closest):
                 closest = found
         assert closest
-        raise PaymentTermsRefused(self.asset_id, closest[0], tuple(m.field for m in closest[1:]))
+        raise X402TermsRefused(self.asset_id, closest[0], tuple(m.field for m in closest[1:]))
 
     def before_payment_creation(self, context: PaymentCreationContext) -> None:
         """x402 SDK ``on_before_payment_creation`` hook: the same check on the requirement the SDK selected.
 
-        Raises :class:`PaymentTermsRefused` (which the SDK lets through) so nothing is signed.
+        Raises :class:`X402TermsRefused` (which the SDK lets through) so nothing is signed.
         """
         version = context.payment_required.x402_version
         if version != X402_VERSION:
             mismatch = Mismatch("x402Version", version, X402_VERSION, "the only x402 version this client signs")
-            raise PaymentTermsRefused(self.asset_id, mismatch)
+            raise X402TermsRefused(self.asset_id, mismatch)
         self.check(context.selected_requirements)
 
 

@@ -46,7 +46,7 @@ from marketplace.chain.lineage import Lineage, LineagePlan, Release, execute, pl
 from marketplace.chain.market import Market
 from marketplace.chain.records import AssetKind, Channel
 from marketplace.chain.units import BPS
-from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PaymentTerms, PriceChanged
+from marketplace.client.checks import MAX_TIMEOUT_SECONDS, PriceChanged, X402Terms
 from marketplace.client.vouchers import ChannelCount, VoucherBook
 from marketplace.content import open_sealed_frames
 from marketplace.errors import AgentmarketError
@@ -259,7 +259,7 @@ class _SignedPayment:
     validity (``valid_before``, Unix seconds)."""
 
     headers: dict[str, str]
-    terms: PaymentTerms
+    terms: X402Terms
     nonce: bytes
     valid_before: int
 
@@ -284,14 +284,14 @@ class PaidDownload:
     payment: X402Payment
 
 
-def x402_payer(account: LocalAccount, terms: PaymentTerms) -> x402HTTPClientSync:
+def x402_payer(account: LocalAccount, terms: X402Terms) -> x402HTTPClientSync:
     """The x402 v2 client this SDK pays with, bound to one payment's on-chain ``terms``.
 
     It is the x402 SDK's own client with only what this payment needs: the exact EVM scheme (EIP-3009)
     on ``terms.network`` alone (no v1, no other network), spend controls that allow only the asset's
-    token up to ``terms.amount``, and :meth:`PaymentTerms.before_payment_creation` as its
+    token up to ``terms.amount``, and :meth:`X402Terms.before_payment_creation` as its
     before-payment hook, so whatever it is handed, it signs only a requirement that matches the chain
-    (else :class:`~marketplace.client.checks.PaymentTermsRefused`, nothing signed). ``account``
+    (else :class:`~marketplace.client.checks.X402TermsRefused`, nothing signed). ``account``
     signs locally; the key never leaves this process.
     """
     client = x402ClientSync()
@@ -371,9 +371,9 @@ class MarketplaceReader:
         """One asset with its split, lineage, revenue, sales and rating."""
         return self._request("GET", f"/v1/assets/{asset_id}").parse(wire.AssetDetail)
 
-    def agent(self, agent_id: int) -> wire.Agent:
+    def agent(self, agent_id: int) -> wire.AgentIdentity:
         """One agent."""
-        return self._request("GET", f"/v1/agents/{agent_id}").parse(wire.Agent)
+        return self._request("GET", f"/v1/agents/{agent_id}").parse(wire.AgentIdentity)
 
     def earnings(self, address: str) -> wire.Earnings:
         """``GET /v1/accounts/{address}/earnings``: for every vault ``address`` is a payee of and every token
@@ -908,7 +908,7 @@ class MarketplaceClient(MarketplaceReader):
         channel_id: int | None = None,
         signer: LocalAccount | None = None,
         max_price: int | None = None,
-        before_signing: Callable[[PaymentTerms], None] | None = None,
+        before_signing: Callable[[X402Terms], None] | None = None,
     ) -> wire.InvokeResponse:
         """Call a served model and pay for the call. Returns its ``output`` and ``payment`` (a
         :class:`~marketplace.protocol.wire.ChannelReceipt` or an :class:`~marketplace.protocol.wire.X402Settlement`);
@@ -1046,7 +1046,7 @@ class MarketplaceClient(MarketplaceReader):
         model_id: int,
         payload: Any,
         max_price: int | None = None,
-        before_signing: Callable[[PaymentTerms], None] | None = None,
+        before_signing: Callable[[X402Terms], None] | None = None,
     ) -> wire.InvokeResponse:
         """One call paid with x402: 402, check the requirements against the chain (and ``max_price``), sign, retry.
 
@@ -1069,12 +1069,12 @@ class MarketplaceClient(MarketplaceReader):
         destination: Path | None = None,
         *,
         max_amount: int | None = None,
-        before_signing: Callable[[PaymentTerms], None] | None = None,
+        before_signing: Callable[[X402Terms], None] | None = None,
     ) -> PaidDownload:
         """Buy one download of ``asset_id`` over x402 (``GET /v1/assets/{id}/x402``), no license needed.
 
         The payment is an EIP-3009 authorization of exactly the asset's on-chain price to its vault,
-        checked against the chain before it is signed (:class:`PaymentTermsRefused` otherwise;
+        checked against the chain before it is signed (:class:`X402TermsRefused` otherwise;
         also when the price is above ``max_amount``, in base units). ``before_signing(terms)``, if given,
         runs once the server's requirements passed those checks and before anything is signed (an agent
         wallet funds itself there; what it raises propagates, nothing signed). The content is verified
@@ -1199,12 +1199,12 @@ class MarketplaceClient(MarketplaceReader):
         asset_id: int,
         unpaid: Reply,
         max_amount: int | None,
-        before_signing: Callable[[PaymentTerms], None] | None = None,
+        before_signing: Callable[[X402Terms], None] | None = None,
         *,
         limit_name: str = "max_amount",
     ) -> _SignedPayment:
         """The PAYMENT-SIGNATURE that pays the 402 ``unpaid`` for ``asset_id``, once its requirements passed
-        the chain's checks (:class:`PaymentTermsRefused` otherwise, with nothing signed), the on-chain price is
+        the chain's checks (:class:`X402TermsRefused` otherwise, with nothing signed), the on-chain price is
         within ``max_amount`` (:class:`PriceChanged` otherwise; ``limit_name`` names the argument) and
         ``before_signing`` (if any) returned."""
         header = unpaid.headers.get(PAYMENT_REQUIRED_HEADER)
@@ -1220,7 +1220,7 @@ class MarketplaceClient(MarketplaceReader):
                 f"the server's {PAYMENT_REQUIRED_HEADER} header for asset {asset_id} is not x402 JSON; "
                 "nothing was signed"
             ) from None
-        terms = PaymentTerms.from_chain(self.market, asset_id, max_timeout_seconds=self.x402_max_timeout_seconds)
+        terms = X402Terms.from_chain(self.market, asset_id, max_timeout_seconds=self.x402_max_timeout_seconds)
         accepted = terms.select(required)
         terms.at_most(max_amount, limit_name)
         if before_signing is not None:
@@ -1315,7 +1315,7 @@ def _same_deployment(trusted: Deployment, served: Deployment, base_url: str) -> 
         )
 
 
-def _settled(response: httpx.Response, terms: PaymentTerms) -> X402Payment:
+def _settled(response: httpx.Response, terms: X402Terms) -> X402Payment:
     """The settlement of ``terms`` a paid response names in PAYMENT-RESPONSE (AgentmarketError if none)."""
     try:
         header = response.headers[PAYMENT_RESPONSE_HEADER]

@@ -186,10 +186,6 @@ class Indexer:
             state = session.get(SyncState, 1)
             return state.last_block if state else self.deployment.deploy_block - 1
 
-    def lag(self) -> int:
-        """Blocks the read model is behind the chain head."""
-        return max(0, self.chain.block_number() - self.last_block())
-
     def sync(self) -> SyncReport:
         """Index everything up to the current head; returns what was done.
 

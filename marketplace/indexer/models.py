@@ -224,7 +224,3 @@ class VaultRevenueRow(Base):
     vault: Mapped[str] = mapped_column(String(42), unique=True)
     token: Mapped[str] = mapped_column(String(42))
     received: Mapped[int] = mapped_column(WideInt)
-
-
-#: Tables whose rows are event-sourced and can be rolled back by block number.
-EVENT_TABLES = (AssetRow, LicenseRow, ReleaseRow, ChannelRow, AgentRow, FeedbackRow)

@@ -1,4 +1,5 @@
-"""Metered calls paid with payment-channel vouchers (DESIGN.md, "The money path", point 4): the gate.
+"""Metered calls paid with payment-channel vouchers: the gate (the "metered model call" row of
+docs/architecture.md, "Where a payment is signed, verified, settled and split").
 
 A payer opens a channel for one asset on chain, naming this gateway's settlement key as its
 ``receiverAuthorizer``. With every call it sends, in the ``X-Payment-Channel`` header, a voucher:
@@ -16,7 +17,7 @@ A call goes through the :class:`ChannelGate` in three steps:
    is what the answered calls used (never less than what was claimed on chain);
 2. the model runs;
 3. on success :meth:`ChannelGate.commit` writes ``debited += price`` and the highest voucher to the
-   :class:`~marketplace.payments.ledger.VoucherLedger` (group commit, durable) **before** the answer
+   :class:`~marketplace.payments.voucher_ledger.VoucherLedger` (group commit, durable) **before** the answer
    is sent; on failure :meth:`ChannelGate.release` drops the reservation (no disk write).
 
 A crash with calls in flight thus loses nothing that was answered, and a failed call can never
@@ -45,15 +46,15 @@ from marketplace.chain.market import Market
 from marketplace.chain.records import Asset, Channel
 from marketplace.chain.units import CLAIM_WINDOW, caip2
 from marketplace.errors import AgentmarketError
-from marketplace.payments.ledger import (
-    ChannelFinalized,
-    InsufficientCredit,
-    LedgerEntry,
-    LedgerError,
-    VoucherLedger,
-)
 from marketplace.payments.secp256k1 import recover_public_key
-from marketplace.payments.settler import CLAIM_GAS, Settlement, Settler, chain_identity
+from marketplace.payments.settler import CLAIM_GAS, ClaimResult, Settler, chain_identity
+from marketplace.payments.voucher_ledger import (
+    ChannelFinalized,
+    ChannelRecord,
+    InsufficientCredit,
+    VoucherLedger,
+    VoucherLedgerError,
+)
 from marketplace.payments.watcher import ChainWatcher
 from marketplace.protocol.vouchers import (
     EIP712_DOMAIN_FIELDS,
@@ -66,9 +67,9 @@ from marketplace.protocol.vouchers import (
 log = logging.getLogger("agentmarket.payments.channels")
 
 __all__ = [  # the ledger's, settler's and wire format's names are part of this module's interface too
-    "CLAIM_GAS", "HEADER", "AssetCache", "ChainWatcher", "ChannelFinalized", "ChannelGate", "InsufficientCredit",
-    "LedgerEntry", "LedgerError", "MalformedPayment", "PaymentError", "PaymentRequired", "Receipt", "Reservation",
-    "Settlement", "Settler", "Voucher", "VoucherHasher", "VoucherLedger", "chain_identity",
+    "CLAIM_GAS", "HEADER", "AssetCache", "ChainWatcher", "ChannelFinalized", "ChannelGate", "ChannelPaymentRequired",
+    "ChannelRecord", "ClaimResult", "InsufficientCredit", "MalformedPayment", "PaymentError", "Receipt", "Reservation",
+    "Settler", "Voucher", "VoucherHasher", "VoucherLedger", "VoucherLedgerError", "chain_identity",
 ]  # fmt: skip
 
 
@@ -93,7 +94,7 @@ class MalformedPayment(PaymentError):
     code = "malformed_payment"
 
 
-class PaymentRequired(PaymentError):
+class ChannelPaymentRequired(PaymentError):
     """No payment, or one that does not pay for the call (402).
 
     ``reason`` is a machine code (see :data:`REFUSAL_REASONS`), ``requirements`` the JSON-able dict of
@@ -115,7 +116,7 @@ class PaymentRequired(PaymentError):
         return {"error": self.code, "detail": self.detail, "reason": self.reason, "requirements": self.requirements}
 
 
-#: Every ``PaymentRequired.reason``, with the default sentence.
+#: Every ``ChannelPaymentRequired.reason``, with the default sentence.
 REFUSAL_REASONS = {
     "payment_missing": f"this call is paid per call: send a voucher in the {HEADER} header",
     "unknown_channel": "no payment channel has this id",
@@ -306,7 +307,7 @@ class ChannelGate:
         """Verify the ``X-Payment-Channel`` header and reserve ``price`` for one call on ``asset_id``.
 
         Nothing is written: :meth:`commit` once the call was answered, :meth:`release` otherwise.
-        Raises :class:`MalformedPayment` (400) for an unreadable header, :class:`PaymentRequired`
+        Raises :class:`MalformedPayment` (400) for an unreadable header, :class:`ChannelPaymentRequired`
         (402) for a missing or insufficient payment; an unknown asset raises ContractRevert ``UnknownAsset``;
         a chain replaced under the watcher raises :class:`~marketplace.chain.identity.ChainReplaced`.
         """
@@ -355,8 +356,8 @@ class ChannelGate:
 
         Send the answer only after this returned. Should the ledger refuse (the settler found the
         channel unclaimable meanwhile, or the chain says more was claimed than the voucher covers)
-        the reservation is released and :class:`PaymentRequired` raised; a failed write raises
-        :class:`LedgerError` (the reservation is released too).
+        the reservation is released and :class:`ChannelPaymentRequired` raised; a failed write raises
+        :class:`VoucherLedgerError` (the reservation is released too).
         """
         account, channel_id, price = reservation._account, reservation.channel_id, reservation.price
         with account.lock:
@@ -372,12 +373,12 @@ class ChannelGate:
         try:
             entry = self.ledger.record(channel_id, asset_id=reservation.asset_id, price=price, ceiling=ceiling,
                                        signature=signature, claimed_on_chain=claimed, deposit=deposit)  # fmt: skip
-        except (InsufficientCredit, ChannelFinalized, LedgerError) as exc:
+        except (InsufficientCredit, ChannelFinalized, VoucherLedgerError) as exc:
             with account.lock:  # not debited after all
                 account.debited -= price
                 if isinstance(exc, ChannelFinalized):
                     account.final = exc.reason
-            if isinstance(exc, LedgerError):
+            if isinstance(exc, VoucherLedgerError):
                 raise
             if isinstance(exc, ChannelFinalized):
                 raise self._refuse("channel_closed", reservation.asset_id, price, channel_id, str(exc)) from None
@@ -452,7 +453,7 @@ class ChannelGate:
         return account
 
     def _usable_channel(self, account: _Account, channel_id: int, asset: Asset, price: int) -> Channel:
-        """The channel, read from chain if not cached (under ``account.lock``); refusals as PaymentRequired."""
+        """The channel, read from chain if not cached (under ``account.lock``); refusals as ChannelPaymentRequired."""
         if not account.loaded:
             entry = self.ledger.entry(channel_id)
             if entry is not None:
@@ -511,7 +512,7 @@ class ChannelGate:
         detail: str | None = None,
         *,
         account: _Account | None = None,
-    ) -> PaymentRequired:
+    ) -> ChannelPaymentRequired:
         requirements = self.requirements(asset_id, price)
         if channel_id is not None:
             if account is None:
@@ -525,7 +526,7 @@ class ChannelGate:
                 "deposit": str(channel.deposit if channel else 0),
                 "minMaxClaimableAmount": str(account.debited + price),
             }
-        return PaymentRequired(reason, requirements, detail)
+        return ChannelPaymentRequired(reason, requirements, detail)
 
 
 def settler_for(gate: ChannelGate, relayer: LocalAccount, interval: float = 30.0, **options: Any) -> Settler:

@@ -1,6 +1,6 @@
 """The channel settler: claims, for every channel, the prices of the calls the gateway answered.
 
-For each channel of the :class:`~marketplace.payments.ledger.VoucherLedger` whose answered calls
+For each channel of the :class:`~marketplace.payments.voucher_ledger.VoucherLedger` whose answered calls
 (``debited``) exceed what was claimed, the settler sends ``PaymentChannels.claim(channelId,
 ceiling, totalClaimed = debited, signature)`` from the receiver-authorizer key, under the highest
 voucher held: exactly what was served goes into the asset's vault, whatever the payer signed ahead.
@@ -24,7 +24,7 @@ from eth_account.signers.local import LocalAccount
 from marketplace.chain import ContractRevert
 from marketplace.chain.identity import ChainIdentity
 from marketplace.chain.market import Market
-from marketplace.payments.ledger import LedgerEntry, VoucherLedger
+from marketplace.payments.voucher_ledger import ChannelRecord, VoucherLedger
 
 log = logging.getLogger("agentmarket.payments.settler")
 
@@ -41,7 +41,7 @@ def chain_identity(market: Market) -> str:
 
 
 @dataclass(frozen=True)
-class Settlement:
+class ClaimResult:
     """What one settlement round did for one channel (amounts in base units).
 
     ``outcome``: ``claimed`` (``amount`` went to the vault; ``total`` is claimed in all),
@@ -92,7 +92,7 @@ class Settler:
         self._replaced_logged = False
         ledger.bind(self._identity)
 
-    def settle_once(self) -> list[Settlement]:
+    def settle_once(self) -> list[ClaimResult]:
         """Claim every channel whose answered calls exceed what was claimed; one result per channel tried.
 
         Nothing (an empty list) once the chain is not the one the ledger is bound to.
@@ -100,7 +100,7 @@ class Settler:
         with self._round_lock:
             if self._chain_replaced():
                 return []
-            return [self._settle(entry) for entry in self.ledger.unclaimed()]
+            return [self._settle(entry) for entry in self.ledger.claimable()]
 
     def _chain_replaced(self) -> bool:
         """Whether another chain answers now (if the chain cannot be read, the claims will say so themselves)."""
@@ -112,7 +112,7 @@ class Settler:
             return False
         if not self._replaced_logged:
             self._replaced_logged = True
-            left = sum(entry.unclaimed for entry in self.ledger.unclaimed())
+            left = sum(entry.unclaimed for entry in self.ledger.claimable())
             was, new = ChainIdentity.parse(self._identity), ChainIdentity.parse(now)
             log.error("the chain was replaced (%s answers; the ledger is bound to %s): claiming nothing; %s base units "
                       "of answered calls stay unclaimed in %s", new.short if new else now, was.short if was else
@@ -131,7 +131,7 @@ class Settler:
         self._thread = threading.Thread(target=self._run, name="channel-settler", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float | None = 60.0) -> list[Settlement]:
+    def stop(self, timeout: float | None = 60.0) -> list[ClaimResult]:
         """Stop the background thread and settle one last time; returns that last round."""
         self._stopping.set()
         self._wake.set()
@@ -158,13 +158,13 @@ class Settler:
             except Exception:
                 log.exception("channel settlement round failed; retrying in %s s", self.interval)
 
-    def _settle(self, entry: LedgerEntry) -> Settlement:
+    def _settle(self, entry: ChannelRecord) -> ClaimResult:
         channel_id, total = entry.channel_id, entry.debited
         try:
             state = self.market.channels.channel(channel_id)
             if state.claimed >= total:
                 self.ledger.mark_claimed(channel_id, state.claimed)
-                return Settlement(channel_id, "already_claimed", state.claimed)
+                return ClaimResult(channel_id, "already_claimed", state.claimed)
             if state.settled:
                 return self._final(entry, "AlreadySettled")
             if state.receiver_authorizer.lower() != self.relayer.address.lower():
@@ -180,18 +180,18 @@ class Settler:
                 return self._final(entry, exc.error)
             if exc.error == "ClaimNotIncreasing":  # claimed meanwhile (by this key elsewhere): re-read next round
                 self.ledger.mark_claimed(channel_id, int(exc.args_by_name.get("claimed", 0)))
-                return Settlement(channel_id, "already_claimed", total)
+                return ClaimResult(channel_id, "already_claimed", total)
             log.error("claim of channel %s for %s failed: %s", channel_id, total, exc)
             self.ledger.mark_failed(channel_id, total, str(exc))
-            return Settlement(channel_id, "failed", total, detail=str(exc))
+            return ClaimResult(channel_id, "failed", total, detail=str(exc))
         except Exception as exc:
             log.warning("claim of channel %s for %s failed, will retry: %s", channel_id, total, exc)
-            return Settlement(channel_id, "failed", total, detail=f"{type(exc).__name__}: {exc}")
+            return ClaimResult(channel_id, "failed", total, detail=f"{type(exc).__name__}: {exc}")
         self.ledger.mark_claimed(channel_id, total)
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
-        return Settlement(channel_id, "claimed", total, total - state.claimed, tx_hash)
+        return ClaimResult(channel_id, "claimed", total, total - state.claimed, tx_hash)
 
-    def _final(self, entry: LedgerEntry, error: str) -> Settlement:
+    def _final(self, entry: ChannelRecord, error: str) -> ClaimResult:
         self.ledger.mark_final(entry.channel_id, error)
         log.warning(
             "channel %s can no longer be claimed (%s); %s of its answered calls stay unclaimed",
@@ -199,4 +199,4 @@ class Settler:
             error,
             entry.unclaimed,
         )
-        return Settlement(entry.channel_id, "final", entry.debited, detail=error)
+        return ClaimResult(entry.channel_id, "final", entry.debited, detail=error)

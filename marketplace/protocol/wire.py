@@ -215,7 +215,7 @@ class AssetDetail(AssetSummary):
     rating: Rating
 
 
-class Agent(BaseModel):
+class AgentIdentity(BaseModel):
     """An ERC-8004 agent."""
 
     agent_id: int

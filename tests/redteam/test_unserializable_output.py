@@ -69,14 +69,14 @@ def test_an_x402_answer_that_cannot_be_sent_is_not_settled(env):
     from x402.http.utils import decode_payment_required_header
     from x402.schemas import PaymentRequired
 
-    from marketplace.client.checks import PaymentTerms
+    from marketplace.client.checks import X402Terms
     from marketplace.client.sdk import x402_payer
 
     chain, market, model_id, _app, url = env
     payer = fund(chain, market, 1)
     path = f"{url}/v1/models/{model_id}/invoke"
     required = decode_payment_required_header(httpx.post(path, json={"input": [1]}).headers["PAYMENT-REQUIRED"])
-    terms = PaymentTerms.from_chain(market, model_id)
+    terms = X402Terms.from_chain(market, model_id)
     signer = x402_payer(payer, terms)
     payload = signer.create_payment_payload(
         PaymentRequired(x402_version=2, accepts=[terms.select(required)], resource=required.resource)

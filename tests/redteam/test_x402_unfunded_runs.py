@@ -23,7 +23,7 @@ from x402.schemas import PaymentRequired
 
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
-from marketplace.client.checks import PaymentTerms
+from marketplace.client.checks import X402Terms
 from marketplace.client.sdk import x402_payer
 from tests.redteam.helpers import fund, publish_model, server_app, serving
 
@@ -72,7 +72,7 @@ def test_concurrent_authorizations_beyond_the_balance_do_not_run_the_model(env):
     unpaid = httpx.post(path, json={"input": [1]}, timeout=30)
     assert unpaid.status_code == 402
     required = decode_payment_required_header(unpaid.headers["PAYMENT-REQUIRED"])
-    terms = PaymentTerms.from_chain(market, model_id)
+    terms = X402Terms.from_chain(market, model_id)
     requirement = terms.select(required)  # honest server: the chain's terms
     signer = x402_payer(payer, terms)
     headers = []

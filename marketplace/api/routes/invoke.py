@@ -34,7 +34,7 @@ from marketplace.api.errors import ApiError, chain_unavailable, log_unexpected
 from marketplace.chain.records import Asset, AssetKind
 from marketplace.chain.units import format_units
 from marketplace.inference import InferenceError, ModelHandler
-from marketplace.payments.channels import HEADER, LedgerError, MalformedPayment, PaymentRequired
+from marketplace.payments.channels import HEADER, ChannelPaymentRequired, MalformedPayment, VoucherLedgerError
 from marketplace.payments.x402 import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
@@ -170,7 +170,7 @@ def _paid_with_channel(
         reservation = services.gate.reserve(voucher, asset.price, asset_id=asset.asset_id)
     except MalformedPayment as exc:
         raise ApiError(400, exc.code, exc.detail) from None
-    except PaymentRequired as exc:
+    except ChannelPaymentRequired as exc:
         return _channel_payment_required(services, asset, request, exc)
     try:
         output = _run(handler, body, asset.asset_id)
@@ -181,9 +181,9 @@ def _paid_with_channel(
         raise
     try:
         receipt = services.gate.commit(reservation)  # durable before the answer leaves
-    except PaymentRequired as exc:
+    except ChannelPaymentRequired as exc:
         return _channel_payment_required(services, asset, request, exc)
-    except LedgerError:
+    except VoucherLedgerError:
         detail = (
             "the call could not be recorded in the voucher ledger, so its answer is withheld and it was not charged"
         )
@@ -191,7 +191,9 @@ def _paid_with_channel(
     return _answer(output, receipt.as_dict())
 
 
-def _channel_payment_required(services: Services, asset: Asset, request: Request, exc: PaymentRequired) -> JSONResponse:
+def _channel_payment_required(
+    services: Services, asset: Asset, request: Request, exc: ChannelPaymentRequired
+) -> JSONResponse:
     x402, headers = None, {"Cache-Control": "no-store"}
     offer = _offer(services, asset, request)
     if offer is not None:

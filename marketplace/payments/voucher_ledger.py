@@ -44,7 +44,7 @@ from typing import Any, Literal
 from marketplace.errors import AgentmarketError
 
 _AMOUNT_DIGITS = 78  # len(str(2**256 - 1)): zero-padded amounts compare as numbers in SQL
-#: Rows per INSERT statement (SQLite allows 32766 bound parameters; a row has 11).
+#: Rows per INSERT statement (SQLite allows 32766 bound parameters; a row binds one per column of _COLUMNS).
 _ROWS_PER_STATEMENT = 256
 #: The layout of the ``channels`` table this version writes (kept in ``meta``).
 SCHEMA_VERSION = "2"
@@ -53,7 +53,7 @@ SCHEMA_VERSION = "2"
 # ---------------------------------------------------------------------- errors
 
 
-class LedgerError(AgentmarketError):
+class VoucherLedgerError(AgentmarketError):
     """The voucher ledger cannot be used (in use, wrong journal mode, another chain's, an older layout, a failed
     write)."""
 
@@ -93,7 +93,7 @@ class Outstanding:
 
 
 @dataclass(frozen=True)
-class LedgerEntry:
+class ChannelRecord:
     """One channel as the gateway knows it (amounts in base units)."""
 
     channel_id: int
@@ -132,7 +132,7 @@ class LedgerEntry:
 
 
 def debit(
-    entry: LedgerEntry | None,
+    entry: ChannelRecord | None,
     channel_id: int,
     asset_id: int,
     price: int,
@@ -140,7 +140,7 @@ def debit(
     signature: bytes,
     claimed_on_chain: int = 0,
     deposit: int | None = None,
-) -> LedgerEntry:
+) -> ChannelRecord:
     """``entry`` after one answered call of ``price``, paid under the voucher (``ceiling``, ``signature``).
 
     The voucher is kept if it is the highest. ``claimed_on_chain`` (the channel's ``claimed`` as last
@@ -149,7 +149,7 @@ def debit(
     credit used plus ``price``; :class:`ChannelFinalized` once the channel can no longer be claimed.
     """
     if entry is None:
-        entry = LedgerEntry(channel_id, asset_id, 0, b"", 0, 0, 0)
+        entry = ChannelRecord(channel_id, asset_id, 0, b"", 0, 0, 0)
     elif entry.final is not None:
         raise ChannelFinalized(channel_id, entry.final)
     claimed = max(entry.claimed, claimed_on_chain)
@@ -164,7 +164,9 @@ def debit(
                    claimed=claimed)  # fmt: skip
 
 
-def note_claimed(entry: LedgerEntry | None, channel_id: int, asset_id: int | None, claimed: int) -> LedgerEntry | None:
+def note_claimed(
+    entry: ChannelRecord | None, channel_id: int, asset_id: int | None, claimed: int
+) -> ChannelRecord | None:
     """``entry`` once the chain says ``claimed`` was claimed: claimed (and so used) credit never goes down.
 
     None (nothing to write) when the ledger knows nothing of a channel nothing was claimed on, or
@@ -173,7 +175,7 @@ def note_claimed(entry: LedgerEntry | None, channel_id: int, asset_id: int | Non
     if entry is None:
         if claimed <= 0 or asset_id is None:
             return None
-        entry = LedgerEntry(channel_id, asset_id, 0, b"", 0, 0, 0)
+        entry = ChannelRecord(channel_id, asset_id, 0, b"", 0, 0, 0)
     updated = replace(entry, claimed=max(entry.claimed, claimed), debited=max(entry.debited, claimed))
     if updated.claimed != entry.claimed:
         updated = replace(updated, failed_total=None, last_error=None)
@@ -213,15 +215,15 @@ def _enc(amount: int) -> str:
     return format(amount, f"0{_AMOUNT_DIGITS}d")
 
 
-def _row(entry: LedgerEntry, now: float) -> tuple[Any, ...]:
+def _row(entry: ChannelRecord, now: float) -> tuple[Any, ...]:
     failed = None if entry.failed_total is None else _enc(entry.failed_total)
     return (entry.channel_id, entry.asset_id, _enc(entry.ceiling), entry.signature, _enc(entry.debited),
             entry.calls, _enc(entry.claimed), entry.final, failed, entry.last_error, now)  # fmt: skip
 
 
-def _entry(row: tuple[Any, ...]) -> LedgerEntry:
+def _entry(row: tuple[Any, ...]) -> ChannelRecord:
     channel_id, asset_id, ceiling, signature, debited, calls, claimed, final, failed, error = row[:10]
-    return LedgerEntry(
+    return ChannelRecord(
         channel_id=channel_id,
         asset_id=asset_id,
         ceiling=int(ceiling),
@@ -243,7 +245,7 @@ def _upsert(rows: int) -> str:
     return f"INSERT INTO channels ({columns}) VALUES {values} ON CONFLICT (channel_id) DO UPDATE SET {updates}"
 
 
-def _write(db: sqlite3.Connection, entries: list[LedgerEntry]) -> None:
+def _write(db: sqlite3.Connection, entries: list[ChannelRecord]) -> None:
     """Store ``entries`` in one transaction: a single statement (SQLite commits it on its own) when they fit."""
     now = time.time()
     chunks = [entries[i : i + _ROWS_PER_STATEMENT] for i in range(0, len(entries), _ROWS_PER_STATEMENT)]
@@ -269,7 +271,7 @@ def _lock_exclusively(path: Path) -> int:
     except BlockingIOError:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
         os.close(fd)
-        raise LedgerError(
+        raise VoucherLedgerError(
             f"{path} is in use by process {holder}: one gateway per data directory (stop the other, or give "
             "this one its own --data-dir)"
         ) from None
@@ -285,7 +287,7 @@ Synchronous = Literal["full", "normal"]
 SYNCHRONOUS: tuple[Synchronous, ...] = ("full", "normal")
 
 #: An operation on one channel: its entry (None if unknown) -> the new entry, or None to write nothing.
-Operation = Callable[[LedgerEntry | None], LedgerEntry | None]
+Operation = Callable[[ChannelRecord | None], ChannelRecord | None]
 
 
 @dataclass
@@ -295,7 +297,7 @@ class _Ticket:
     channel_id: int
     op: Operation
     done: bool = False
-    value: LedgerEntry | None = None
+    value: ChannelRecord | None = None
     error: BaseException | None = field(default=None, repr=False)
 
 
@@ -310,7 +312,7 @@ class VoucherLedger:
 
     Every write method queues its operation and returns once a commit holding it is made (group
     commit, see the module's docstring). Reads see committed state only. Safe to share between
-    threads; one process at a time may open a ledger file (:class:`LedgerError`).
+    threads; one process at a time may open a ledger file (:class:`VoucherLedgerError`).
     """
 
     def __init__(
@@ -327,7 +329,7 @@ class VoucherLedger:
             (mode,) = self._db.execute("PRAGMA journal_mode=WAL").fetchone()
             if str(mode).lower() != "wal":
                 self._db.close()
-                raise LedgerError(
+                raise VoucherLedgerError(
                     f"{self.path}: SQLite refused WAL mode (got {mode!r}); keep the ledger on a local disk"
                 )
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
@@ -350,13 +352,13 @@ class VoucherLedger:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(channels)")}
         if columns and "ceiling" not in columns:
             self._db.close()
-            raise LedgerError(
+            raise VoucherLedgerError(
                 f"{self.path} was written by an older agentmarket (cumulative vouchers for the previous "
                 "PaymentChannels contract): claim what it holds with that version, then move the file away; "
                 "this version starts a new ledger in its place"
             )
 
-    def _load(self) -> dict[int, LedgerEntry]:
+    def _load(self) -> dict[int, ChannelRecord]:
         rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM channels").fetchall()
         return {row[0]: _entry(row) for row in rows}
 
@@ -377,7 +379,7 @@ class VoucherLedger:
 
     # ------------------------------------------------------------------ group commit
 
-    def _commit(self, channel_id: int, op: Operation) -> LedgerEntry | None:
+    def _commit(self, channel_id: int, op: Operation) -> ChannelRecord | None:
         """Apply ``op`` to the channel's entry; return the new entry (or raise ``op``'s error) once it is on disk.
 
         The caller queues ``op`` and takes the commit lock. Whoever holds the lock runs every queued
@@ -391,7 +393,7 @@ class VoucherLedger:
         with self._commit_lock:
             if not ticket.done:
                 if self._closed:
-                    raise LedgerError(f"{self.path}: the ledger is closed")
+                    raise VoucherLedgerError(f"{self.path}: the ledger is closed")
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
                 self._run(batch)
@@ -400,7 +402,7 @@ class VoucherLedger:
         return ticket.value
 
     def _run(self, batch: list[_Ticket]) -> None:
-        changed: dict[int, LedgerEntry] = {}
+        changed: dict[int, ChannelRecord] = {}
         for ticket in batch:
             current = changed.get(ticket.channel_id, self._entries.get(ticket.channel_id))
             try:
@@ -417,7 +419,9 @@ class VoucherLedger:
         except BaseException as exc:
             for ticket in batch:
                 ticket.value = None
-                ticket.error = LedgerError(f"{self.path}: the write was not committed ({type(exc).__name__}: {exc})")
+                ticket.error = VoucherLedgerError(
+                    f"{self.path}: the write was not committed ({type(exc).__name__}: {exc})"
+                )
                 ticket.error.__cause__ = exc
             with contextlib.suppress(sqlite3.Error):  # whatever reached the disk is the truth from now on
                 self._entries = self._load()
@@ -435,7 +439,7 @@ class VoucherLedger:
         """Tie the ledger to one channels contract (see ``channels.chain_identity``); refuse another one.
 
         Channel ids restart at 1 on every chain and deployment, so a ledger kept from an earlier
-        chain would lend one channel's vouchers to another. Raises :class:`LedgerError` for a ledger
+        chain would lend one channel's vouchers to another. Raises :class:`VoucherLedgerError` for a ledger
         bound to another identity (``agentmarket serve`` archives such a ledger at start:
         ``marketplace.api.lifecycle``).
         """
@@ -444,7 +448,7 @@ class VoucherLedger:
             if row is None:
                 self._db.execute("INSERT INTO meta (key, value) VALUES ('channels', ?)", (identity,))
             elif row[0] != identity:
-                raise LedgerError(
+                raise VoucherLedgerError(
                     f"{self.path} holds the vouchers of {row[0]}, not of {identity}: restart `agentmarket serve`, "
                     "which archives it"
                 )
@@ -471,7 +475,7 @@ class VoucherLedger:
         moved: list[Path] = []
         with self._commit_lock:
             if self._closed:
-                raise LedgerError(f"{self.path}: the ledger is closed")
+                raise VoucherLedgerError(f"{self.path}: the ledger is closed")
             self._closed = True
             try:
                 with contextlib.suppress(sqlite3.Error):
@@ -495,14 +499,14 @@ class VoucherLedger:
         signature: bytes,
         claimed_on_chain: int = 0,
         deposit: int | None = None,
-    ) -> LedgerEntry:
+    ) -> ChannelRecord:
         """Debit ``price`` for one **answered** call paid under the voucher (``ceiling``, ``signature``), keep
         the voucher if it is the highest; on disk before it returns (answer the call only then).
 
         ``claimed_on_chain`` is the channel's on-chain ``claimed`` as the caller last read it (used
         credit), ``deposit`` its deposit (a claim cannot exceed it). Raises :class:`InsufficientCredit`
         when the highest voucher or the deposit does not cover the credit used plus ``price``,
-        :class:`ChannelFinalized` once the settler found the channel unclaimable, :class:`LedgerError`
+        :class:`ChannelFinalized` once the settler found the channel unclaimable, :class:`VoucherLedgerError`
         when the write failed (then nothing changed).
         """
         if price < 0 or ceiling < 0:
@@ -529,20 +533,21 @@ class VoucherLedger:
         """Note that claiming ``total`` failed; the settler retries only once more calls were answered."""
         self._update(channel_id, lambda e: replace(e, failed_total=total, last_error=error))
 
-    def _update(self, channel_id: int, change: Callable[[LedgerEntry], LedgerEntry]) -> None:
+    def _update(self, channel_id: int, change: Callable[[ChannelRecord], ChannelRecord]) -> None:
         """Change a known channel's entry (a channel no call was paid on has none: nothing to note)."""
         self._commit(channel_id, lambda entry: None if entry is None else change(entry))
 
     # ------------------------------------------------------------------ reads (committed state)
 
-    def entry(self, channel_id: int) -> LedgerEntry | None:
+    def entry(self, channel_id: int) -> ChannelRecord | None:
         """The channel's entry, or None if no call was paid on it."""
         return self._entries.get(channel_id)
 
-    def entries(self) -> list[LedgerEntry]:
+    def entries(self) -> list[ChannelRecord]:
         """Every channel, by id."""
         return sorted(self._entries.values(), key=attrgetter("channel_id"))
 
-    def unclaimed(self) -> list[LedgerEntry]:
-        """Channels with answered calls above what was claimed (not final, not a failed total), by id."""
+    def claimable(self) -> list[ChannelRecord]:
+        """The channels a claim should be sent for now (:attr:`ChannelRecord.claimable`), by id: answered calls
+        above what was claimed, not final, and more answered than a total whose claim already failed."""
         return [entry for entry in self.entries() if entry.claimable]
