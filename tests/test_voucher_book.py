@@ -20,7 +20,7 @@ from marketplace.chain.identity import ChainIdentity
 from marketplace.client import MarketplaceClient
 from marketplace.client.vouchers import ChannelCount, VoucherBook
 from marketplace.protocol.vouchers import HEADER, Voucher
-from tests.redteam.helpers import Reply, fund, hostile_server, publish_model
+from tests.redteam.helpers import Reply, fund, hostile_server, publish_model, receipt_body, terms_body
 
 PRICE = 10_000
 
@@ -59,11 +59,11 @@ def test_a_channel_id_used_again_on_the_same_chain_starts_its_own_count(chain, t
         if path == "/v1/deployment":
             return Reply(200, deployment.to_json())
         if path == "/v1/payments":
-            return Reply(200, {"payment_channel": {"channels": market.channels.address,
-                                                   "receiverAuthorizer": owner.address}})  # fmt: skip
+            return Reply(200, terms_body(market, owner.address, [model]))
         if path == f"/v1/models/{model}/invoke" and HEADER.lower() in headers:
-            signed.append(Voucher.from_header(headers[HEADER.lower()]).max_claimable_amount)
-            return Reply(200, {"output": 1, "payment": {}})
+            voucher = Voucher.from_header(headers[HEADER.lower()])
+            signed.append(voucher.max_claimable_amount)
+            return Reply(200, receipt_body(1, voucher, model, PRICE))
         return None
 
     book = tmp_path / "vouchers" / f"{payer.address}.json"

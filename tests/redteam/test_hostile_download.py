@@ -65,7 +65,8 @@ def sealed_gateway(deployment, asset_id: int, content) -> callable:
             message = login_message(headers["host"], json.loads(body)["address"], deployment.chain_id)
             return Reply(200, {"nonce": "n0nce1234", "message": message, "expires_at": int(time.time()) + 300})
         if path == "/v1/auth/verify":
-            return Reply(200, {"token": "t", "expires_at": int(time.time()) + 900})
+            address = json.loads(body)["message"].splitlines()[1]  # the login the SDK signed (EIP-4361 line 2)
+            return Reply(200, {"token": "t", "address": address, "expires_at": int(time.time()) + 900})
         if path.startswith(f"/v1/assets/{asset_id}/content"):
             return Reply(200, content(), {"X-Content-Encryption": "x25519-sealedbox-frames",
                                           "Content-Type": "application/vnd.agentmarket.sealed-frames"})  # fmt: skip
