@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -115,9 +116,26 @@ class RayBackend(Backend):
     def __init__(self, address: str | None = None) -> None:
         self.ray = _ray()
         self.address = address
+        self._check_reachable()
+
+    def _check_reachable(self) -> None:
+        """Fail fast on a cluster address nothing listens at (``ray.init`` would wait for it forever)."""
+        if self.address is None or self.address in ("auto", "local"):
+            return
+        host, sep, port = self.address.removeprefix("ray://").rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise BackendUnavailable(f"--ray-address {self.address!r} must look like HOST:PORT or ray://HOST:PORT")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"cannot join the Ray cluster at {self.address}: {exc.strerror or exc} "
+                "(is `ray start --head` running there, and is the port the head's GCS or client port?)"
+            ) from None
 
     def _start(self) -> bool:
         """Join or start Ray; True when this call started it (so ``map`` shuts it down)."""
+        self._check_reachable()
         if self.ray.is_initialized():
             return False
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")

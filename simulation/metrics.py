@@ -44,8 +44,9 @@ CSV_COLUMNS: dict[str, tuple[str, ...]] = {
     "rounds": ("round", "consumer_spend", "answered", "correct"),
 }  # fmt: skip
 
-#: Scalar metrics a sweep compares across its grid (fields of ``SweepMetrics``, in ``sweep.csv`` order).
-SWEEP_METRICS: tuple[str, ...] = tuple(f.name for f in fields(SweepMetrics))
+#: Scalar metrics a sweep compares across its grid (fields of ``SweepMetrics``, in ``sweep.csv`` order); the
+#: strategy figures (``STRATEGY_METRICS``) follow them in ``sweep.csv`` only when some grid point has them.
+SWEEP_METRICS: tuple[str, ...] = tuple(f.name for f in fields(SweepMetrics) if f.name not in STRATEGY_METRICS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,8 +277,8 @@ def write_sweep_csv(rows: Sequence[SweepRow], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = list(dict.fromkeys(key for row in rows for key in row.params))
-    columns = [m for m in SWEEP_METRICS
-               if m not in STRATEGY_METRICS or any(getattr(row.metrics, m) is not None for row in rows)]  # fmt: skip
+    strategy = [f.name for f in fields(SweepMetrics) if f.name in STRATEGY_METRICS]
+    columns = [*SWEEP_METRICS, *(m for m in strategy if any(getattr(row.metrics, m) is not None for row in rows))]
     path = out / "sweep.csv"
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
