@@ -133,13 +133,16 @@ def sweep(
         raise typer.Exit(130) from None
     table = Table(title=f"{scenario.name}: {total} grid points")
     keys = list(dict.fromkeys(k for row in rows for k in row.params))
-    for column in [*keys, "revenue~value", "Gini", "producer share", "builder profit", "surplus", "accuracy"]:
+    sybil = any(row.metrics.sybil_gain is not None for row in rows)  # a Sybil sweep with its unsplit control
+    for column in [*keys, "revenue~value", "Gini", "producer share", "builder profit", "surplus", "accuracy",
+                   *(["Sybil gain"] if sybil else [])]:  # fmt: skip
         table.add_column(column)
     for row in rows:
         m = row.metrics
         table.add_row(*[row.params.get(k, "") for k in keys], _ratio(m.revenue_value_spearman),
                       _ratio(m.gini_producer_revenue), _ratio(m.producer_share), _units(m.builder_profit_total),
-                      _units(m.consumer_surplus_total), _ratio(m.accuracy))  # fmt: skip
+                      _units(m.consumer_surplus_total), _ratio(m.accuracy),
+                      *([_ratio(m.sybil_gain)] if sybil else []))  # fmt: skip
     console.print(table)
     console.print(f"table: {out / 'sweep.csv'}  report: {out / 'report.md'}", style="dim")
 

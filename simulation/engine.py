@@ -108,9 +108,14 @@ def call_price(scenario: Scenario) -> int:
     builders, producers, consumers = scenario.builders, scenario.producers, scenario.consumers
     if builders.pricing == "fixed":
         return builders.price_per_call_units
-    # cost_recovery: the licenses it will buy (cheapest first within its budget, at most 8 parents) ...
-    affordable = builders.budget_units // producers.price_units if producers.price_units else producers.count
-    license_cost = producers.price_units * min(producers.count, affordable, 8)
+    # cost_recovery: the licenses it will buy (cheapest first within its budget, at most 8 parents; every
+    # identity of a split producer, copiers at their own price) ...
+    budget, bought = builders.budget_units, []
+    for price in sorted(producers.price_of(owner) for owner in producers.identities()):
+        if price <= budget:
+            bought.append(price)
+            budget -= price
+    license_cost = sum(bought[:8])
     # ... repaid, with the margin, by its share of every query all consumers will ask.
     calls = max(1, consumers.count * consumers.queries_per_round * scenario.rounds // builders.count)
     price = -(-int(license_cost * (1 + builders.margin)) // calls)  # ceiling

@@ -203,6 +203,7 @@ def test_the_marketplace_sequences_run_pasted_in_order(tmp_path):
                 process.kill()
 
 
+@pytest.mark.timeout(900)  # four simulations, two sweeps (one starting a local Ray): minutes on a busy machine
 def test_the_researcher_sequence_runs(tmp_path):
     """Needs no node or server of its own (``--chain anvil`` starts one and stops it)."""
     if not (VENV / "bin" / "agentmarket").is_file():

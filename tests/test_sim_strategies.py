@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from marketplace.chain.units import BPS, to_units
+from simulation.engine import call_price
 from simulation.metrics import with_sybil_gains
 from simulation.results import SweepMetrics, SweepRow
 from simulation.runner import simulate, sweep
@@ -164,3 +165,12 @@ def test_a_strategic_free_rider_undercuts_its_source_and_crowds_an_honest_produc
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert (metrics["copier_revenue"], metrics["copied_revenue"]) == (copier["revenue"], original["revenue"])
     assert "owner_revenue" not in metrics and "sybil_gain" not in metrics
+
+
+def test_cost_recovery_prices_the_licenses_a_builder_really_buys_from_sybils_and_undercutting_copiers() -> None:
+    """Every Sybil identity is a license (6 x 2 tUSD, not 4 x 2); copies at 1.5 fill a 7 tUSD budget with two
+    copies and two originals. Repaid with the 20% margin over 3 consumers x 8 queries x 5 rounds / 2 builders."""
+    sybil = load_scenario(SCENARIOS / "sybil.toml", ["builders.pricing=cost_recovery"])
+    assert call_price(sybil) == to_units("12") * 12 // 10 // 60 == to_units("0.24")
+    free_riders = load_scenario(SCENARIOS / "free-riders.toml", ["builders.pricing=cost_recovery"])
+    assert call_price(free_riders) == to_units("7") * 12 // 10 // 60 == to_units("0.14")
