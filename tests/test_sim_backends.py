@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simulation.backends import make_backend, pack_folder, unpack_folder
+from simulation.backends import RayBackend, make_backend, pack_folder, unpack_folder
 from simulation.runner import sweep
 from simulation.scenario import load_scenario
 from tests.test_cli import assert_one_line_error, run_cli
@@ -67,6 +67,25 @@ def test_a_ray_sweep_through_the_cli_equals_the_process_pools_field_by_field(ray
         pool_metrics, ray_metrics = (json.loads((d / "metrics.json").read_text()) for d in (pool, ray))
         _same_but_gas(pool_metrics, ray_metrics, name)
     assert not list((tmp_path / "ray").glob("*.incomplete"))
+
+
+def test_ray_tasks_yield_every_result_and_a_failing_task_raises_its_own_exception(ray_address) -> None:
+    """On the module's Ray instance (joined, so left running): results in completion order, each once; a task's
+    exception comes back as itself, not wrapped, and the tasks still pending are cancelled."""
+    import ray
+
+    def square(n: int) -> int:  # nested: Ray ships it by value
+        return n * n
+
+    def fail_on_two(n: int) -> int:
+        if n == 2:
+            raise ValueError(f"point {n} failed")
+        return n
+
+    assert sorted(RayBackend().map(square, [1, 2, 3])) == [1, 4, 9]
+    with pytest.raises(ValueError, match="point 2 failed"):
+        list(RayBackend().map(fail_on_two, [2, 1, 3]))
+    assert ray.is_initialized()  # not ours to shut down
 
 
 def test_sweep_without_ray_installed_says_how_to_install_it_in_one_line(tmp_path) -> None:
