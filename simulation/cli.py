@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the CLI imports the simulation's modules only when a comman
 console = Console(highlight=False)
 
 ScenarioArgument = Annotated[
-    Path, typer.Argument(help="A packaged scenario (baseline, noisy-producers, free-riders) or a TOML file.")
+    Path, typer.Argument(help="A packaged scenario (baseline, noisy-producers, free-riders, sybil) or a TOML file.")
 ]
 OutOption = Annotated[Path, typer.Option("--out", help="Where metrics, CSVs, plots and the report go.")]
 ChainOption = Annotated[str, typer.Option("--chain", help="embedded, anvil, or an RPC URL.")]
@@ -98,13 +98,23 @@ def sweep(
     out: OutOption = Path("sweep-out"),
     workers: Annotated[int, typer.Option("--workers", min=1, help="Grid points run in parallel processes.")] = 1,
     chain: ChainOption = "embedded",
+    backend: Annotated[
+        str, typer.Option("--backend", help="process (the default: --workers processes) or ray (Ray tasks).")
+    ] = "process",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="With --backend ray: a Ray cluster (ray://HOST:10001); default local."),
+    ] = None,
 ) -> None:
-    """Run a scenario over a grid of parameters (each point its own process and chain); one table at the end.
-    Ctrl-C stops every running point at once and removes its unfinished folder (exit 130)."""
+    """Run a scenario over a grid of parameters (each point its own process and chain, or a Ray task with
+    --backend ray); one table at the end. Ctrl-C stops every running point at once and removes its unfinished
+    folder (exit 130)."""
     from marketplace.cli.plugin import interrupt_on_signals
+    from simulation.backends import make_backend
     from simulation.scenario import load_scenario, parse_sweep
 
     check_settings()
+    make_backend(backend, workers=workers, ray_address=ray_address)  # a missing extra is told before the run
     scenario = load_scenario(scenario_file)
     total = len(parse_sweep(param or []))
     from simulation.runner import SweepInterrupted
@@ -116,19 +126,23 @@ def sweep(
                       console=console) as progress:  # fmt: skip
             task = progress.add_task("sweep", total=total)
             rows = run(scenario, param or [], out, workers=workers, chain_target=chain,
-                       on_point=lambda _row: progress.advance(task))  # fmt: skip
+                       on_point=lambda _row: progress.advance(task), backend=backend,
+                       ray_address=ray_address)  # fmt: skip
     except SweepInterrupted as stopped:
         Console(stderr=True, highlight=False, soft_wrap=True).print(f"interrupted: {stopped}")
         raise typer.Exit(130) from None
     table = Table(title=f"{scenario.name}: {total} grid points")
     keys = list(dict.fromkeys(k for row in rows for k in row.params))
-    for column in [*keys, "revenue~value", "Gini", "producer share", "builder profit", "surplus", "accuracy"]:
+    sybil = any(row.metrics.sybil_gain is not None for row in rows)  # a Sybil sweep with its unsplit control
+    for column in [*keys, "revenue~value", "Gini", "producer share", "builder profit", "surplus", "accuracy",
+                   *(["Sybil gain"] if sybil else [])]:  # fmt: skip
         table.add_column(column)
     for row in rows:
         m = row.metrics
         table.add_row(*[row.params.get(k, "") for k in keys], _ratio(m.revenue_value_spearman),
                       _ratio(m.gini_producer_revenue), _ratio(m.producer_share), _units(m.builder_profit_total),
-                      _units(m.consumer_surplus_total), _ratio(m.accuracy))  # fmt: skip
+                      _units(m.consumer_surplus_total), _ratio(m.accuracy),
+                      *([_ratio(m.sybil_gain)] if sybil else []))  # fmt: skip
     console.print(table)
     console.print(f"table: {out / 'sweep.csv'}  report: {out / 'report.md'}", style="dim")
 

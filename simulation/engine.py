@@ -96,14 +96,26 @@ def run_simulation(
     return replace(result, wall_time=time.perf_counter() - started, onchain_actions=result.chain.tx_count)
 
 
+def _split(shard: Shard, parts: int) -> list[Shard]:
+    """``shard`` cut into ``parts`` consecutive near-equal shards (the first ones one row longer); 1 → itself."""
+    if parts == 1:
+        return [shard]
+    return [Shard(shard.X[rows], shard.y[rows]) for rows in np.array_split(np.arange(shard.rows), parts)]
+
+
 def call_price(scenario: Scenario) -> int:
     """A builder's price per call under the scenario's pricing policy (base units)."""
     builders, producers, consumers = scenario.builders, scenario.producers, scenario.consumers
     if builders.pricing == "fixed":
         return builders.price_per_call_units
-    # cost_recovery: the licenses it will buy (cheapest first within its budget, at most 8 parents) ...
-    affordable = builders.budget_units // producers.price_units if producers.price_units else producers.count
-    license_cost = producers.price_units * min(producers.count, affordable, 8)
+    # cost_recovery: the licenses it will buy (cheapest first within its budget, at most 8 parents; every
+    # identity of a split producer, copiers at their own price) ...
+    budget, bought = builders.budget_units, []
+    for price in sorted(producers.price_of(owner) for owner in producers.identities()):
+        if price <= budget:
+            bought.append(price)
+            budget -= price
+    license_cost = sum(bought[:8])
     # ... repaid, with the margin, by its share of every query all consumers will ask.
     calls = max(1, consumers.count * consumers.queries_per_round * scenario.rounds // builders.count)
     price = -(-int(license_cost * (1 + builders.margin)) // calls)  # ceiling
@@ -133,6 +145,7 @@ class _Run:
         self.X_test, self.y_test = X_held[half:], y_held[half:]  # consumers' queries and the true-value test set
         self.n_classes = len(np.unique(y))
         self.shards: list[Shard] = []
+        self.owners: list[int] = []  # identity index -> producer (owner) index of the scenario
         self.datasets: list[int] = []
         self.producers: list[Party] = []
         self.builders: list[Party] = []
@@ -148,7 +161,9 @@ class _Run:
     # ------------------------------------------------------------------ steps
 
     def publish_datasets(self) -> None:
-        """Producers cut their shards (with the scenario's defects) and publish them."""
+        """Producers cut their shards (with the scenario's defects) and publish them: one identity per producer,
+        or, for a split (Sybil) owner, its shard cut into ``split.identities`` near-equal shards, each
+        published by its own identity (``self.owners`` maps identity index to owner)."""
         spec = self.scenario.producers
         shards = make_shards(self.X_train, self.y_train, spec.shard_size, seed=self.scenario.seed)
         for index, rate in enumerate(spec.label_noise):
@@ -158,11 +173,13 @@ class _Run:
             shards[duplicate.producer] = with_duplicates(
                 shards[duplicate.producer], shards[duplicate.source], duplicate.rate, self.rng
             )
-        self.shards = shards
-        for index, shard in enumerate(shards):
+        self.owners = spec.identities()
+        self.shards = [piece for index, shard in enumerate(shards) for piece in _split(shard, self.owners.count(index))]
+        for index, (owner, shard) in enumerate(zip(self.owners, self.shards, strict=True)):
             party = self.world.party("producer", index)
             provider = ProviderAgent(party.wallet)
-            (asset_id,) = provider.publish([Listing(shard, spec.price_units, f"{self.scenario.name}-producer-{index}")])
+            listing = Listing(shard, spec.price_of(owner), f"{self.scenario.name}-producer-{index}")
+            (asset_id,) = provider.publish([listing])
             self.producers.append(party)
             self.datasets.append(asset_id)
             self.license_paid[asset_id] = 0
@@ -261,15 +278,18 @@ class _Run:
         true_value = loo_contributions(self.shards, self.X_test, self.y_test, "logreg", scenario.seed)
         net_share = BPS * (BPS - scenario.protocol.fee_bps)
         producers = []
+        split = scenario.producers.split
         for i, party in enumerate(self.producers):
             revenue = world.balance(party.address)
             license_revenue = _vault_split(self.license_paid[self.datasets[i]], net_share)
+            owner = self.owners[i]
             producers.append(ProducerResult(
                 index=i, address=party.address, asset_id=self.datasets[i],
-                label_noise=scenario.producers.label_noise[i], duplicate_of=scenario.producers.duplicate_of(i),
+                label_noise=scenario.producers.label_noise[owner], duplicate_of=scenario.producers.duplicate_of(owner),
                 rows=self.shards[i].rows, revenue=revenue, true_value=float(true_value[i]),
                 # the rest of what reached a producer came from model calls, up the lineage
                 license_revenue=license_revenue, royalty_revenue=revenue - license_revenue,
+                owner=owner if split is not None else None,
             ))  # fmt: skip
         builders = []
         for model, party in zip(self.models, self.builders, strict=True):
@@ -288,4 +308,5 @@ class _Run:
             scenario=scenario.name, seed=scenario.seed, producers=tuple(producers), builders=tuple(builders),
             consumers=consumers, protocol_fee=protocol_fee, consumer_spend=sum(c.spend for c in consumers),
             rounds=tuple(self.rounds), channel_revenue_claimed=channel_revenue_claimed, chain=world.activity(),
+            split_owner=split.owner if split is not None else None,
         )  # fmt: skip

@@ -13,16 +13,18 @@ import csv
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from simulation.results import (
+    STRATEGY_METRICS,
     BuilderProfit,
     ConsumerSurplus,
     Correlation,
+    ProducerResult,
     RunMetrics,
     RunResult,
     SweepMetrics,
@@ -42,8 +44,9 @@ CSV_COLUMNS: dict[str, tuple[str, ...]] = {
     "rounds": ("round", "consumer_spend", "answered", "correct"),
 }  # fmt: skip
 
-#: Scalar metrics a sweep compares across its grid (fields of ``SweepMetrics``, in ``sweep.csv`` order).
-SWEEP_METRICS: tuple[str, ...] = tuple(f.name for f in fields(SweepMetrics))
+#: Scalar metrics a sweep compares across its grid (fields of ``SweepMetrics``, in ``sweep.csv`` order); the
+#: strategy figures (``STRATEGY_METRICS``) follow them in ``sweep.csv`` only when some grid point has them.
+SWEEP_METRICS: tuple[str, ...] = tuple(f.name for f in fields(SweepMetrics) if f.name not in STRATEGY_METRICS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,6 +154,7 @@ def summarize(result: RunResult) -> RunMetrics:
     answered = sum(c.answered for c in consumers)
     correct = sum(c.correct for c in consumers)
     return RunMetrics(
+        **_strategy_figures(result),
         producer_revenue=tuple(revenue),
         producer_revenue_total=sum(revenue),
         producer_true_value=tuple(values),
@@ -173,6 +177,47 @@ def summarize(result: RunResult) -> RunMetrics:
             actions_per_second=_ratio(result.onchain_actions, result.wall_time),
         ),
     )
+
+
+def _owner(producer: ProducerResult) -> int:
+    """The scenario producer behind an identity (itself unless the scenario splits producers)."""
+    return producer.index if producer.owner is None else producer.owner
+
+
+def _strategy_figures(result: RunResult) -> dict[str, Any]:
+    """``RunMetrics``' strategy fields: per-owner revenue and the split owner's (a Sybil scenario), what free
+    riders and the producers they copy earned (a free-rider scenario); absent ones stay None."""
+    figures: dict[str, Any] = {}
+    if result.split_owner is not None:
+        owners = sorted({_owner(p) for p in result.producers})
+        by_owner = {owner: sum(p.revenue for p in result.producers if _owner(p) == owner) for owner in owners}
+        figures["owner_revenue"] = tuple(by_owner[owner] for owner in owners)
+        figures["split_owner_revenue"] = by_owner[result.split_owner]
+        figures["split_identities"] = sum(1 for p in result.producers if _owner(p) == result.split_owner)
+    copied = {p.duplicate_of for p in result.producers if p.duplicate_of is not None}
+    if copied:
+        figures["copier_revenue"] = sum(p.revenue for p in result.producers if p.duplicate_of is not None)
+        figures["copied_revenue"] = sum(p.revenue for p in result.producers if _owner(p) in copied)
+    return figures
+
+
+def with_sybil_gains(rows: Sequence[SweepRow]) -> list[SweepRow]:
+    """``rows`` with ``sybil_gain`` set where a sweep has the unsplit control: a row's split-owner revenue over
+    that of the row with ``split_identities == 1`` and every parameter equal but those under
+    ``producers.split`` (so the same seed, rule and so on). Rows without a control (or whose control earned
+    nothing) keep None."""
+
+    def others(row: SweepRow) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((k, v) for k, v in row.params.items() if not k.startswith("producers.split")))
+
+    controls = {others(row): row.metrics.split_owner_revenue for row in rows if row.metrics.split_identities == 1}
+    gained = []
+    for row in rows:
+        control = controls.get(others(row))
+        revenue = row.metrics.split_owner_revenue
+        gain = revenue / control if revenue is not None and control else None
+        gained.append(replace(row, metrics=replace(row.metrics, sybil_gain=gain)))
+    return gained
 
 
 def sweep_row(params: dict[str, str], metrics: RunMetrics) -> SweepRow:
@@ -227,16 +272,19 @@ def write_csvs(result: RunResult, out_dir: str | Path) -> list[Path]:
 
 
 def write_sweep_csv(rows: Sequence[SweepRow], out_dir: str | Path) -> Path:
-    """Write ``sweep.csv``: one line per grid point, parameter columns then ``SWEEP_METRICS``."""
+    """Write ``sweep.csv``: one line per grid point, parameter columns then ``SWEEP_METRICS`` (a strategy
+    figure only when some row has it)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = list(dict.fromkeys(key for row in rows for key in row.params))
+    strategy = [f.name for f in fields(SweepMetrics) if f.name in STRATEGY_METRICS]
+    columns = [*SWEEP_METRICS, *(m for m in strategy if any(getattr(row.metrics, m) is not None for row in rows))]
     path = out / "sweep.csv"
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow([*params, *SWEEP_METRICS])
+        writer.writerow([*params, *columns])
         for row in rows:
             metrics = asdict(row.metrics)
-            cells = [row.params.get(key) for key in params] + [metrics[m] for m in SWEEP_METRICS]
+            cells = [row.params.get(key) for key in params] + [metrics[m] for m in columns]
             writer.writerow([_cell(cell) for cell in cells])
     return path

@@ -29,7 +29,9 @@ class ProducerResult:
 
     ``revenue`` is its token balance at the end (it starts with none). ``license_revenue`` and
     ``royalty_revenue`` split it into license sales and model royalties when the engine knows the split
-    (None otherwise); ``true_value`` is the shard's leave-one-out contribution to test accuracy.
+    (None otherwise); ``true_value`` is the shard's leave-one-out contribution to test accuracy. ``owner`` is
+    the scenario's producer index behind this identity when the scenario splits a producer (Sybil identities
+    share their owner; None otherwise); ``label_noise`` and ``duplicate_of`` are the owner's.
     """
 
     index: int
@@ -42,11 +44,12 @@ class ProducerResult:
     true_value: float
     license_revenue: int | None = None
     royalty_revenue: int | None = None
+    owner: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON object; the revenue split only where it is known."""
+        """A JSON object; the revenue split and the owner only where known."""
         data = asdict(self)
-        for name in ("license_revenue", "royalty_revenue"):
+        for name in ("license_revenue", "royalty_revenue", "owner"):
             if data[name] is None:
                 del data[name]
         return _plain(data)
@@ -120,7 +123,8 @@ class ChainActivity:
 @dataclass(frozen=True)
 class RunResult:
     """Everything a run produced. ``wall_time`` (seconds) and ``onchain_actions`` vary between identical
-    runs and are not part of ``to_json``."""
+    runs and are not part of ``to_json``. ``split_owner`` is the producer a Sybil scenario splits (None
+    otherwise, and then absent from ``to_json``)."""
 
     scenario: str
     seed: int
@@ -134,10 +138,13 @@ class RunResult:
     chain: ChainActivity
     wall_time: float = 0.0
     onchain_actions: int = 0
+    split_owner: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of ``result.json`` (no wall-clock figures)."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("wall_time", "onchain_actions")}
+        if self.split_owner is None:
+            del data["split_owner"]
         data["producers"] = [p.to_json() for p in self.producers]
         for name in ("builders", "consumers", "rounds"):
             data[name] = [asdict(row) for row in data[name]]
@@ -164,6 +171,7 @@ class RunResult:
             chain=ChainActivity(**data["chain"]),
             wall_time=data.get("wall_time", 0.0),
             onchain_actions=data.get("onchain_actions", 0),
+            split_owner=data.get("split_owner"),
         )
 
 
@@ -220,11 +228,29 @@ class SweepMetrics:
     accuracy: float | None
     gas_used: int
     tx_count: int
+    split_identities: int | None = None
+    split_owner_revenue: int | None = None
+    sybil_gain: float | None = None
+    copier_revenue: int | None = None
+    copied_revenue: int | None = None
+
+
+#: Figures of strategic producers, None (and left out of JSON and CSV) unless the scenario has them: a split
+#: (Sybil) owner's identity count and revenue, its ``sybil_gain`` over the unsplit control of a sweep, and the
+#: total revenue of free riders (``copier_revenue``) and of the producers they copy (``copied_revenue``).
+STRATEGY_METRICS = ("owner_revenue", "split_identities", "split_owner_revenue", "sybil_gain", "copier_revenue",
+                    "copied_revenue")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class RunMetrics:
-    """The figures a researcher compares for one run (amounts in base units; see ``simulation.metrics``)."""
+    """The figures a researcher compares for one run (amounts in base units; see ``simulation.metrics``).
+
+    ``owner_revenue`` is revenue per real owner (scenario producer index; a split owner's identities summed)
+    when the scenario splits a producer; ``split_identities``/``split_owner_revenue`` that owner's identity
+    count and revenue. ``copier_revenue`` is what free riders (producers with ``duplicate_of``) earned in
+    total, ``copied_revenue`` what the producers they copy earned. Each is None without such producers.
+    """
 
     producer_revenue: tuple[int, ...]
     producer_revenue_total: int
@@ -243,11 +269,20 @@ class RunMetrics:
     gas_used: int
     tx_count: int
     timing: Timing
+    owner_revenue: tuple[int, ...] | None = None
+    split_identities: int | None = None
+    split_owner_revenue: int | None = None
+    copier_revenue: int | None = None
+    copied_revenue: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object of ``metrics.json``: everything but ``timing``."""
+        """The JSON object of ``metrics.json``: everything but ``timing``, and the strategy figures
+        (``STRATEGY_METRICS``) only where the scenario has such producers."""
         data = asdict(self)
         del data["timing"]
+        for name in STRATEGY_METRICS:
+            if name in data and data[name] is None:
+                del data[name]
         return _plain(data)
 
     def sweep_metrics(self) -> SweepMetrics:
@@ -265,6 +300,10 @@ class RunMetrics:
             accuracy=self.accuracy,
             gas_used=self.gas_used,
             tx_count=self.tx_count,
+            split_identities=self.split_identities,
+            split_owner_revenue=self.split_owner_revenue,
+            copier_revenue=self.copier_revenue,
+            copied_revenue=self.copied_revenue,
         )
 
 
@@ -276,5 +315,6 @@ class SweepRow:
     metrics: SweepMetrics
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object of one ``sweep.json`` entry."""
-        return {"params": dict(self.params), "metrics": _plain(asdict(self.metrics))}
+        """The JSON object of one ``sweep.json`` entry (strategy figures only where set)."""
+        metrics = {k: v for k, v in asdict(self.metrics).items() if v is not None or k not in STRATEGY_METRICS}
+        return {"params": dict(self.params), "metrics": _plain(metrics)}

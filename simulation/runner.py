@@ -6,13 +6,14 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
+from simulation.backends import make_backend, pack_folder, unpack_folder
 from simulation.engine import run_simulation
-from simulation.metrics import summarize, sweep_row, write_csvs, write_metrics, write_sweep_csv
+from simulation.metrics import summarize, sweep_row, with_sybil_gains, write_csvs, write_metrics, write_sweep_csv
 from simulation.plots import plot_run, plot_sweep
 from simulation.report import write_report, write_sweep_report
 from simulation.results import RoundFigures, RunMetrics, SweepRow
@@ -88,15 +89,24 @@ def _grid_point(job: tuple[int, dict[str, str], Scenario, Path, str]) -> tuple[i
     return index, row
 
 
-def _worker_signals() -> None:  # pragma: no cover - runs in the worker processes
-    """Workers leave Ctrl-C to the parent (which stops them all), and unwind on SIGTERM, so a simulation's
-    temporary directory and any anvil node it started are cleaned up."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+def _shipped_point(job: tuple[int, dict[str, str], Scenario, Path, str]) -> tuple[int, SweepRow, dict[str, bytes]]:
+    """Run one grid point into a temporary folder of the worker (which may be another machine) and return
+    its files, for a backend without a shared file system."""
+    index, params, scenario, out_dir, chain_target = job
+    with tempfile.TemporaryDirectory(prefix="agentmarket-point-") as work:
+        local = Path(work) / out_dir.name
+        index, row = _grid_point((index, params, scenario, local, chain_target))
+        return index, row, pack_folder(local)
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:  # pragma: no cover - runs in the worker processes
-    raise SystemExit(128 + signum)
+def _store_point(files: dict[str, bytes], out_dir: Path) -> None:
+    """Write a shipped point's files into ``<its folder>.incomplete``, then rename it to its folder."""
+    staging = out_dir.with_name(out_dir.name + INCOMPLETE)
+    shutil.rmtree(staging, ignore_errors=True)
+    unpack_folder(files, staging)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
 
 
 def _remove_unfinished(jobs: list[tuple[int, dict[str, str], Scenario, Path, str]], done: set[int]) -> None:
@@ -113,14 +123,18 @@ def sweep(
     workers: int = 1,
     chain_target: str = "embedded",
     on_point: Callable[[SweepRow], None] | None = None,
+    backend: str = "process",
+    ray_address: str | None = None,
 ) -> list[SweepRow]:
-    """Run every grid point of ``params`` (on ``workers`` processes, each point with its own chain) and write
+    """Run every grid point of ``params`` (each point with its own chain: on ``workers`` processes, or as Ray
+    tasks with ``backend="ray"``, on the cluster at ``ray_address`` if given; see ``simulation.backends``) and write
     ``sweep.csv``, ``sweep.json``, comparison plots and ``report.md``; returns one row per point, in grid order.
 
     A point writes into ``point-NN-….incomplete`` and is renamed to ``point-NN-…`` once finished. On Ctrl-C
     (KeyboardInterrupt, or SIGTERM where the caller turns it into one) the worker processes are terminated at
     once, the unfinished points' folders removed, and :class:`SweepInterrupted` raised; a failing point
-    stops the sweep the same way and its exception is raised.
+    stops the sweep the same way and its exception is raised. ``BackendUnavailable`` is raised before any
+    point runs when the backend cannot (Ray not installed, its cluster unreachable).
     """
     grid = sweep_scenarios(scenario, params)
     jobs = [
@@ -135,27 +149,24 @@ def sweep(
         if on_point:
             on_point(row)
 
+    runner = make_backend(backend, workers=workers, ray_address=ray_address)
     try:
-        if workers <= 1:
-            for job in jobs:
-                finished(*_grid_point(job))
-        else:
-            context = multiprocessing.get_context("spawn")  # a fresh interpreter (and chain) per worker
-            pool = context.Pool(processes=min(workers, len(jobs)), initializer=_worker_signals)
-            try:
-                for index, row in pool.imap_unordered(_grid_point, jobs):
+        if runner.shared_filesystem:
+            with closing(runner.map(_grid_point, jobs)) as results:  # closing stops every job still running
+                for index, row in results:
                     finished(index, row)
-                pool.close()
-            finally:
-                pool.terminate()  # at once: SIGTERM to every worker still running a point
-                pool.join()
+        else:
+            with closing(runner.map(_shipped_point, jobs)) as shipped:
+                for index, row, files in shipped:
+                    _store_point(files, jobs[index][3])
+                    finished(index, row)
     except KeyboardInterrupt:
         _remove_unfinished(jobs, set(rows))
         raise SweepInterrupted(len(rows), len(jobs), out_dir) from None
     except BaseException:
         _remove_unfinished(jobs, set(rows))
         raise
-    ordered = [rows[index] for index in sorted(rows)]
+    ordered = with_sybil_gains([rows[index] for index in sorted(rows)])
     write_sweep_csv(ordered, out_dir)
     (out_dir / "sweep.json").write_text(json.dumps([row.to_json() for row in ordered], indent=2, sort_keys=True) + "\n")
     images = plot_sweep(ordered, out_dir)

@@ -17,6 +17,7 @@ import itertools
 import math
 import re
 import tomllib
+import types
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from functools import cache
@@ -142,11 +143,25 @@ class ProtocolSpec(_Section):
 
 
 class DuplicateSpec(_Section):
-    """Free riding: producer ``producer`` replaces ``rate`` of its rows with copies of producer ``source``'s rows."""
+    """Free riding: producer ``producer`` replaces ``rate`` of its rows with copies of producer ``source``'s rows.
+
+    ``price`` (tUSD) is what the copier asks for its license; a strategic free rider undercuts the original
+    (builders buy the cheapest shards first). Unset: ``producers.price``, like everyone else.
+    """
 
     producer: Annotated[int, _between(0, MAX_PRODUCERS - 1)]
     source: Annotated[int, _between(0, MAX_PRODUCERS - 1)]
     rate: Rate = 1.0
+    price: Amount | None = None
+
+
+class SplitSpec(_Section):
+    """A Sybil producer: owner ``owner`` (a producer index) publishes its one shard split into ``identities``
+    near-equal shards, each under its own address and at the full license price. ``identities = 1`` is the
+    same owner unsplit (the control for the Sybil gain)."""
+
+    owner: Annotated[int, _between(0, MAX_PRODUCERS - 1)]
+    identities: Annotated[int, _between(1, MAX_PRODUCERS)] = 2
 
 
 class ProducersSpec(_Section):
@@ -157,6 +172,7 @@ class ProducersSpec(_Section):
     price: Amount = "2"
     label_noise: list[Rate]
     duplicates: list[DuplicateSpec] = Field(default_factory=list)
+    split: SplitSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -208,12 +224,50 @@ class ProducersSpec(_Section):
                     f"producer {duplicate.source} resells duplicates itself; the source must be an original producer",
                     f"duplicates.{position}.source",
                 )
+        if self.split is not None:
+            self._check_split(self.split)
         return self
+
+    def _check_split(self, split: SplitSpec) -> None:
+        """The split names a producer, gives each identity at least one row, and fits ``MAX_PRODUCERS``."""
+        if split.owner >= self.count:
+            raise _problem(
+                f"{split.owner} is not a producer index; must be between 0 and {self.count - 1} "
+                f"(producers.count is {self.count})",
+                "split.owner",
+            )
+        rows = self.shard_size[split.owner]
+        if split.identities > rows:
+            raise _problem(
+                f"{split.identities} identities cannot share producer {split.owner}'s {rows} rows; "
+                f"at most {rows} (one row each)",
+                "split.identities",
+            )
+        if self.count + split.identities - 1 > MAX_PRODUCERS:
+            raise _problem(
+                f"{self.count} producers with {split.identities} identities for one make "
+                f"{self.count + split.identities - 1} on chain; at most {MAX_PRODUCERS}",
+                "split.identities",
+            )
 
     @property
     def price_units(self) -> int:
         """Price of one shard's license in base units."""
         return to_units(self.price)
+
+    def price_of(self, index: int) -> int:
+        """License price of producer ``index``'s shard (each of its identities' when split), in base units."""
+        asked = next((d.price for d in self.duplicates if d.producer == index and d.price is not None), None)
+        return to_units(asked) if asked is not None else self.price_units
+
+    def identities(self) -> list[int]:
+        """The owner (producer index) of every identity that publishes a shard, in publishing order: each
+        producer once, the split owner ``split.identities`` times in its place (``[0, 0, 0, 1, 2]``)."""
+        owners = []
+        for index in range(self.count):
+            repeat = self.split.identities if self.split is not None and self.split.owner == index else 1
+            owners += [index] * repeat
+        return owners
 
     def duplicate_of(self, index: int) -> int | None:
         """The producer whose rows producer ``index`` copies, or None."""
@@ -500,6 +554,9 @@ def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
             current = args[0] if args else None
         elif isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
             current = current.model_fields[part].annotation
+            # an optional table (``SplitSpec | None``) is validated by its model
+            if isinstance(current, types.UnionType):
+                current = next((a for a in get_args(current) if isinstance(a, type) and issubclass(a, BaseModel)), None)
         else:
             return None
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None

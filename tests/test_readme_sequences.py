@@ -203,6 +203,7 @@ def test_the_marketplace_sequences_run_pasted_in_order(tmp_path):
                 process.kill()
 
 
+@pytest.mark.timeout(900)  # four simulations, two sweeps (one starting a local Ray): minutes on a busy machine
 def test_the_researcher_sequence_runs(tmp_path):
     """Needs no node or server of its own (``--chain anvil`` starts one and stops it)."""
     if not (VENV / "bin" / "agentmarket").is_file():
@@ -219,3 +220,5 @@ def test_the_researcher_sequence_runs(tmp_path):
         assert (home / run / "metrics.json").is_file() and (home / run / "report.md").is_file()
     rows = (home / "runs" / "rules" / "sweep.csv").read_text().count("\n") - 1
     assert rows == (6 if full else 2)  # one per royalty rule of the grid
+    sybil = (home / "runs" / "sybil" / "sweep.csv").read_text().splitlines()
+    assert "sybil_gain" in sybil[0].split(",") and len(sybil) == 3  # the Ray sweep: unsplit control, split owner
