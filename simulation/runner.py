@@ -1,4 +1,11 @@
-"""Run a scenario (or a grid of them) and write its results: metrics, CSVs, plots and a report."""
+"""Run a scenario (or a grid of them), once or over several seeds, and write its results: metrics, CSVs,
+plots and a report.
+
+Over seeds (``simulate_seeds``, ``sweep_seeds``) every grid point runs seeds ``seed, seed + 1, …,
+seed + N - 1`` (``seed`` the scenario's), each run a job of the same process pool a sweep uses, in its own
+``seed-S`` folder; the point's ``metrics.json`` holds every metric as a mean with its 95% Student-t interval
+and ``seeds.csv`` the per-seed rows. Grid points run the same seeds, so they compare seed by seed (paired).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +19,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from simulation.engine import run_simulation
-from simulation.metrics import summarize, sweep_row, write_csvs, write_metrics, write_sweep_csv
-from simulation.plots import plot_run, plot_sweep
-from simulation.report import write_report, write_sweep_report
-from simulation.results import RoundFigures, RunMetrics, SweepRow
-from simulation.scenario import Scenario, sweep_scenarios
+from simulation.metrics import (
+    aggregate_seeds,
+    compare_points,
+    summarize,
+    sweep_row,
+    write_csvs,
+    write_metrics,
+    write_seeded_metrics,
+    write_seeded_sweep_csv,
+    write_seeds_csv,
+    write_sweep_csv,
+)
+from simulation.plots import plot_run, plot_seeded, plot_sweep
+from simulation.report import write_report, write_seeded_report, write_sweep_report
+from simulation.results import Comparison, RoundFigures, RunMetrics, SeededMetrics, SweepRow
+from simulation.scenario import Scenario, ScenarioError, parse_sweep, sweep_scenarios
 
 
 def simulate(
@@ -99,10 +117,50 @@ def _exit_on_signal(signum: int, _frame: object) -> None:  # pragma: no cover - 
     raise SystemExit(128 + signum)
 
 
-def _remove_unfinished(jobs: list[tuple[int, dict[str, str], Scenario, Path, str]], done: set[int]) -> None:
+def _remove_unfinished(jobs: list[Job], done: set[int]) -> None:
     for index, _params, _scenario, out_dir, _chain in jobs:
         if index not in done:
             shutil.rmtree(out_dir.with_name(out_dir.name + INCOMPLETE), ignore_errors=True)
+
+
+Job = tuple[int, dict[str, str], Scenario, Path, str]
+
+
+def _run_jobs(
+    jobs: list[Job], out_dir: Path, *, workers: int, on_done: Callable[[SweepRow], None] | None = None
+) -> dict[int, SweepRow]:
+    """Run ``jobs`` (each one simulation into its own folder) on ``workers`` processes; their rows by job index.
+
+    On Ctrl-C the workers are terminated at once, the unfinished folders removed and :class:`SweepInterrupted`
+    raised; a failing job stops the others the same way and its exception is raised."""
+    rows: dict[int, SweepRow] = {}
+
+    def finished(index: int, row: SweepRow) -> None:
+        rows[index] = row
+        if on_done:
+            on_done(row)
+
+    try:
+        if workers <= 1:
+            for job in jobs:
+                finished(*_grid_point(job))
+        else:
+            context = multiprocessing.get_context("spawn")  # a fresh interpreter (and chain) per worker
+            pool = context.Pool(processes=min(workers, len(jobs)), initializer=_worker_signals)
+            try:
+                for index, row in pool.imap_unordered(_grid_point, jobs):
+                    finished(index, row)
+                pool.close()
+            finally:
+                pool.terminate()  # at once: SIGTERM to every worker still running a point
+                pool.join()
+    except KeyboardInterrupt:
+        _remove_unfinished(jobs, set(rows))
+        raise SweepInterrupted(len(rows), len(jobs), out_dir) from None
+    except BaseException:
+        _remove_unfinished(jobs, set(rows))
+        raise
+    return rows
 
 
 def sweep(
@@ -128,36 +186,122 @@ def sweep(
         for index, (overrides, point) in enumerate(grid)
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows: dict[int, SweepRow] = {}
-
-    def finished(index: int, row: SweepRow) -> None:
-        rows[index] = row
-        if on_point:
-            on_point(row)
-
-    try:
-        if workers <= 1:
-            for job in jobs:
-                finished(*_grid_point(job))
-        else:
-            context = multiprocessing.get_context("spawn")  # a fresh interpreter (and chain) per worker
-            pool = context.Pool(processes=min(workers, len(jobs)), initializer=_worker_signals)
-            try:
-                for index, row in pool.imap_unordered(_grid_point, jobs):
-                    finished(index, row)
-                pool.close()
-            finally:
-                pool.terminate()  # at once: SIGTERM to every worker still running a point
-                pool.join()
-    except KeyboardInterrupt:
-        _remove_unfinished(jobs, set(rows))
-        raise SweepInterrupted(len(rows), len(jobs), out_dir) from None
-    except BaseException:
-        _remove_unfinished(jobs, set(rows))
-        raise
+    rows = _run_jobs(jobs, out_dir, workers=workers, on_done=on_point)
     ordered = [rows[index] for index in sorted(rows)]
     write_sweep_csv(ordered, out_dir)
     (out_dir / "sweep.json").write_text(json.dumps([row.to_json() for row in ordered], indent=2, sort_keys=True) + "\n")
     images = plot_sweep(ordered, out_dir)
     write_sweep_report(ordered, images, out_dir)
     return ordered
+
+
+# --------------------------------------------------------------------------------------------------
+# Over seeds
+
+#: Largest seed a scenario accepts.
+MAX_SEED = 2**32 - 1
+
+
+def seed_list(first: int, count: int) -> tuple[int, ...]:
+    """The ``count`` seeds a run over seeds uses: ``first, first + 1, …``. Raises ``ScenarioError`` when
+    ``count`` < 2 (an interval needs two) or the last seed would pass ``MAX_SEED``."""
+    if count < 2:
+        raise ScenarioError(f"--seeds needs at least 2 seeds for an interval, got {count}")
+    if first + count - 1 > MAX_SEED:
+        raise ScenarioError(
+            f"seeds {first}..{first + count - 1} pass the largest seed {MAX_SEED}; "
+            "give a smaller --seed or fewer --seeds"
+        )
+    return tuple(range(first, first + count))
+
+
+def _seed_jobs(
+    grid: list[tuple[dict[str, str], Scenario, Path]], seeds: tuple[int, ...], chain_target: str
+) -> list[Job]:
+    """One job per (grid point, seed), point-major: job ``p * len(seeds) + s`` runs seed ``seeds[s]`` of point
+    ``p`` into ``<point folder>/seed-S``."""
+    jobs: list[Job] = []
+    for overrides, point, folder in grid:
+        for seed in seeds:
+            job_scenario = point.with_overrides({"seed": str(seed)})
+            jobs.append((len(jobs), overrides, job_scenario, folder / f"seed-{seed}", chain_target))
+    return jobs
+
+
+def _seeded_points(
+    grid: list[tuple[dict[str, str], Scenario, Path]],
+    seeds: tuple[int, ...],
+    out_dir: Path,
+    *,
+    workers: int,
+    chain_target: str,
+    on_run: Callable[[SweepRow], None] | None,
+) -> list[SeededMetrics]:
+    """Run every grid point over ``seeds``; write each point's ``metrics.json`` and ``seeds.csv`` into its folder."""
+    jobs = _seed_jobs(grid, seeds, chain_target)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = _run_jobs(jobs, out_dir, workers=workers, on_done=on_run)
+    points = []
+    for number, (overrides, _point, folder) in enumerate(grid):
+        runs = [rows[number * len(seeds) + offset].metrics for offset in range(len(seeds))]
+        point = aggregate_seeds(overrides, seeds, runs)
+        write_seeded_metrics(point, folder)
+        write_seeds_csv([point], folder)
+        points.append(point)
+    return points
+
+
+def simulate_seeds(
+    scenario: Scenario,
+    out_dir: Path,
+    seeds: int,
+    *,
+    workers: int = 1,
+    chain_target: str = "embedded",
+    on_run: Callable[[SweepRow], None] | None = None,
+) -> SeededMetrics:
+    """Run ``scenario`` over ``seeds`` seeds (from its own seed up, see :func:`seed_list`) on ``workers``
+    processes: each run's files in ``out_dir/seed-S``, and in ``out_dir`` ``metrics.json`` (every scalar metric
+    as mean, 95% interval, n and sd), ``seeds.csv`` (one line per seed), error-bar plots and ``report.md``.
+    Raises ``ScenarioError`` for a bad seed count, :class:`SweepInterrupted` on Ctrl-C."""
+    chosen = seed_list(scenario.seed, seeds)
+    point = _seeded_points([({}, scenario, out_dir)], chosen, out_dir, workers=workers, chain_target=chain_target,
+                           on_run=on_run)[0]  # fmt: skip
+    images = plot_seeded([point], out_dir)
+    write_seeded_report([point], [], images, out_dir, title=scenario.name)
+    return point
+
+
+def sweep_seeds(
+    scenario: Scenario,
+    params: list[str],
+    out_dir: Path,
+    seeds: int,
+    *,
+    workers: int = 1,
+    chain_target: str = "embedded",
+    on_run: Callable[[SweepRow], None] | None = None,
+) -> tuple[list[SeededMetrics], list[Comparison]]:
+    """Run every grid point of ``params`` over the same ``seeds`` seeds (grid points x seeds as jobs on ``workers``
+    processes). Writes each point's folder as :func:`simulate_seeds` does (without plots), and in ``out_dir``
+    ``sweep.csv`` (estimates per point), ``seeds.csv`` (every point's seeds), ``sweep.json``,
+    ``comparisons.json`` (each point against the first, paired per seed), error-bar plots and ``report.md``.
+    Raises ``ScenarioError`` when ``seed`` itself is swept (the points must share their seeds)."""
+    if any(key == "seed" for overrides in parse_sweep(params) for key in overrides):
+        raise ScenarioError("--seeds runs every grid point on the same seeds; do not sweep seed itself")
+    chosen = seed_list(scenario.seed, seeds)
+    grid = [
+        (overrides, point, out_dir / _point_dir(index + 1, overrides))
+        for index, (overrides, point) in enumerate(sweep_scenarios(scenario, params))
+    ]
+    points = _seeded_points(grid, chosen, out_dir, workers=workers, chain_target=chain_target, on_run=on_run)
+    comparisons = compare_points(points)
+    write_seeded_sweep_csv(points, out_dir)
+    write_seeds_csv(points, out_dir)
+    (out_dir / "sweep.json").write_text(json.dumps([p.to_json() for p in points], indent=2, sort_keys=True) + "\n")
+    (out_dir / "comparisons.json").write_text(
+        json.dumps([c.to_json() for c in comparisons], indent=2, sort_keys=True) + "\n"
+    )
+    images = plot_seeded(points, out_dir)
+    write_seeded_report(points, comparisons, images, out_dir, title=scenario.name)
+    return points, comparisons
