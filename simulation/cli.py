@@ -181,21 +181,11 @@ def _run_seeded(run: Any, runs: int) -> Any:
         raise typer.Exit(130) from None
 
 
-def _one_line_error(error: Exception) -> None:
-    """A one-line error (exit 1)."""
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {error}")
-    raise typer.Exit(1)
-
-
 def _simulate_seeds(scenario: Any, out: Path, seeds: int, workers: int, chain: str) -> None:
     """``simulate --seeds N``: one table line per metric, mean [95% interval]."""
     from simulation.runner import seed_list, simulate_seeds
-    from simulation.scenario import ScenarioError
 
-    try:
-        chosen = seed_list(scenario.seed, seeds)
-    except ScenarioError as error:
-        _one_line_error(error)
+    chosen = seed_list(scenario.seed, seeds)  # a bad count is a one-line error before any run
     point = _run_seeded(
         lambda on_run: simulate_seeds(scenario, out, seeds, workers=workers, chain_target=chain, on_run=on_run), seeds
     )
@@ -208,15 +198,10 @@ def _simulate_seeds(scenario: Any, out: Path, seeds: int, workers: int, chain: s
 def _sweep_seeds(scenario: Any, params: list[str], out: Path, seeds: int, workers: int, chain: str, total: int) -> None:
     """``sweep --seeds N``: one table line per grid point, each metric mean [95% interval], then the comparisons
     of the headline metrics with the first point."""
-    from simulation.runner import seed_list, sweep_seeds
-    from simulation.scenario import ScenarioError, parse_sweep
+    from simulation.runner import check_seeded_sweep, seed_list, sweep_seeds
 
-    try:
-        chosen = seed_list(scenario.seed, seeds)
-        if any("seed" in point for point in parse_sweep(params)):
-            raise ScenarioError("--seeds runs every grid point on the same seeds; do not sweep seed itself")
-    except ScenarioError as error:
-        _one_line_error(error)
+    chosen = seed_list(scenario.seed, seeds)  # a bad count or grid is a one-line error before any run
+    check_seeded_sweep(params)
     points, comparisons = _run_seeded(
         lambda on_run: sweep_seeds(scenario, params, out, seeds, workers=workers, chain_target=chain, on_run=on_run),
         total * seeds,
@@ -227,7 +212,7 @@ def _sweep_seeds(scenario: Any, params: list[str], out: Path, seeds: int, worker
         plain.print(line, markup=False)
     if comparisons:
         plain.print("paired differences with the first point (same seeds), [95% interval]:")
-    for line in comparison_lines(comparisons):
+    for line in comparison_lines(points, comparisons):
         plain.print(line, markup=False)
     console.print(f"table: {out / 'sweep.csv'}  seeds: {out / 'seeds.csv'}  report: {out / 'report.md'}", style="dim")
 
@@ -251,34 +236,35 @@ def seeded_table(points: list[SeededMetrics], title: str) -> Table:
 
 
 def point_lines(points: list[SeededMetrics]) -> list[str]:
-    """One line per grid point: its parameters, then each headline metric ``mean [low, high]``."""
-    from simulation.report import METRIC_LABELS, estimate_text
+    """One line per grid point: its name, then each headline metric ``mean [low, high]``."""
+    from simulation.report import METRIC_LABELS, estimate_text, point_names
 
     return [
-        ", ".join(f"{k}={v}" for k, v in point.params.items()) + ": " + "; ".join(
-            f"{METRIC_LABELS[name][0]} {estimate_text(point.estimates[name], METRIC_LABELS[name][1])}"
-            for name in HEADLINE_METRICS
+        f"{name}: " + "; ".join(
+            f"{METRIC_LABELS[metric][0]} {estimate_text(point.estimates[metric], METRIC_LABELS[metric][1])}"
+            for metric in HEADLINE_METRICS
         )
-        for point in points
+        for name, point in zip(point_names(points), points, strict=True)
     ]  # fmt: skip
 
 
-def comparison_lines(comparisons: list[Comparison]) -> list[str]:
+def comparison_lines(points: list[SeededMetrics], comparisons: list[Comparison]) -> list[str]:
     """One line per grid point after the first: each headline metric's paired difference with the first point,
     ``+d [low, high]`` and its verdict (``within noise`` when the interval contains 0)."""
-    from simulation.report import METRIC_LABELS, estimate_text, verdict
+    from simulation.report import METRIC_LABELS, estimate_text, point_names, verdict
 
-    lines: dict[tuple[str, str], list[str]] = {}
-    for c in comparisons:
-        if c.metric in HEADLINE_METRICS:
-            label, kind = METRIC_LABELS[c.metric]
-            key = (_label(c.point), _label(c.reference))
-            lines.setdefault(key, []).append(f"{label} {estimate_text(c.difference, kind, signed=True)} {verdict(c)}")
-    return [f"{point} vs {reference}: " + "; ".join(parts) for (point, reference), parts in lines.items()]
-
-
-def _label(params: dict[str, str]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items()) or "run"
+    names = point_names(points)
+    each = len(comparisons) // max(len(points) - 1, 1)  # compare_points: point by point, every metric in order
+    lines = []
+    for number in range(1, len(points)):
+        parts = [
+            f"{METRIC_LABELS[c.metric][0]} {estimate_text(c.difference, METRIC_LABELS[c.metric][1], signed=True)} "
+            f"{verdict(c)}"
+            for c in comparisons[(number - 1) * each : number * each]
+            if c.metric in HEADLINE_METRICS
+        ]
+        lines.append(f"{names[number]} vs {names[0]}: " + "; ".join(parts))
+    return lines
 
 
 def demo(

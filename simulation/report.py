@@ -287,6 +287,17 @@ def _label(params: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items()) or "run"
 
 
+def point_names(points: list[SeededMetrics]) -> list[str]:
+    """``point N (key=value, …)`` for each grid point, naming only the parameters that vary across the grid."""
+    keys = list(dict.fromkeys(k for point in points for k in point.params))
+    varying = [k for k in keys if len({point.params.get(k) for point in points}) > 1]
+    names = []
+    for number, point in enumerate(points, start=1):
+        label = ", ".join(f"{k}={point.params.get(k)}" for k in varying)
+        names.append(f"point {number}" + (f" ({label})" if label else ""))
+    return names
+
+
 def comparison_sentences(comparisons: Sequence[Comparison]) -> list[str]:
     """One sentence per comparison: ``point vs reference: metric differs by d [low, high] — verdict``."""
     lines = []
@@ -314,7 +325,8 @@ def write_seeded_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seeds = points[0].seeds
-    header = ["Metric", *(_label(point.params) for point in points)]
+    names = point_names(points)
+    header = ["Metric", *names]
     rows = [
         [label, *(estimate_text(point.estimates[name], kind) for point in points)]
         for name, (label, kind) in METRIC_LABELS.items()
@@ -327,13 +339,15 @@ def write_seeded_report(
         "in brackets (mean ± t(0.975, n - 1) · sd / √n); a seed where a metric is undefined is left out of it and "
         "n in `metrics.json` says how many remained. Amounts in tUSD; per-seed figures in `seeds.csv`.",
         "",
+        *_table(["Grid point", "Parameters"], [[n, _label(p.params)] for n, p in zip(names, points, strict=True)]),
+        "",
         "## Metrics",
         "",
         *_table(header, rows),
         "",
     ]
     if comparisons:
-        reference = _label(comparisons[0].reference)
+        reference = names[0]
         lines += [
             f"## Compared with {reference}",
             "",
@@ -342,9 +356,10 @@ def write_seeded_report(
             "contains 0 is within noise: these seeds cannot tell the two apart.",
             "",
         ]
-        for point in points[1:]:
-            chosen = [c for c in comparisons if c.point == point.params]
-            lines += [f"### {_label(point.params)} vs {reference}", ""]
+        each = len(comparisons) // max(len(points) - 1, 1)  # compare_points: point by point, metrics in order
+        for number in range(len(points) - 1):
+            chosen = comparisons[number * each : (number + 1) * each]
+            lines += [f"### {names[number + 1]} vs {reference}", ""]
             lines += _table(
                 ["Metric", "Difference [95% interval]", "Verdict"],
                 [

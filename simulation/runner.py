@@ -215,6 +215,13 @@ def seed_list(first: int, count: int) -> tuple[int, ...]:
     return tuple(range(first, first + count))
 
 
+def check_seeded_sweep(params: list[str]) -> None:
+    """Raise ``ScenarioError`` when a sweep over seeds varies ``seed`` itself (the points must share their seeds
+    to be compared seed by seed)."""
+    if any("seed" in overrides for overrides in parse_sweep(params)):
+        raise ScenarioError("--seeds runs every grid point on the same seeds; do not sweep seed itself")
+
+
 def _seed_jobs(
     grid: list[tuple[dict[str, str], Scenario, Path]], seeds: tuple[int, ...], chain_target: str
 ) -> list[Job]:
@@ -287,8 +294,7 @@ def sweep_seeds(
     ``sweep.csv`` (estimates per point), ``seeds.csv`` (every point's seeds), ``sweep.json``,
     ``comparisons.json`` (each point against the first, paired per seed), error-bar plots and ``report.md``.
     Raises ``ScenarioError`` when ``seed`` itself is swept (the points must share their seeds)."""
-    if any(key == "seed" for overrides in parse_sweep(params) for key in overrides):
-        raise ScenarioError("--seeds runs every grid point on the same seeds; do not sweep seed itself")
+    check_seeded_sweep(params)
     chosen = seed_list(scenario.seed, seeds)
     grid = [
         (overrides, point, out_dir / _point_dir(index + 1, overrides))
