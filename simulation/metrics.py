@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -287,19 +287,29 @@ def write_csvs(result: RunResult, out_dir: str | Path) -> list[Path]:
     return paths
 
 
-def write_sweep_csv(rows: Sequence[SweepRow], out_dir: str | Path) -> Path:
-    """Write ``sweep.csv``: one line per grid point, parameter columns then ``SWEEP_METRICS``."""
+def _write_table(out_dir: str | Path, name: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """Write ``out_dir/name`` as CSV: ``header``, then ``rows`` (each cell through ``_cell``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    params = list(dict.fromkeys(key for row in rows for key in row.params))
-    path = out / "sweep.csv"
+    path = out / name
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow([*params, *SWEEP_METRICS])
-        for row in rows:
-            cells = [row.params.get(key) for key in params] + [getattr(row.metrics, m) for m in SWEEP_METRICS]
-            writer.writerow([_cell(cell) for cell in cells])
+        writer.writerow(header)
+        writer.writerows([_cell(cell) for cell in row] for row in rows)
     return path
+
+
+def _param_keys(params: Iterable[dict[str, str]]) -> list[str]:
+    """Every parameter key of the grid, in first-seen order."""
+    return list(dict.fromkeys(key for point in params for key in point))
+
+
+def write_sweep_csv(rows: Sequence[SweepRow], out_dir: str | Path) -> Path:
+    """Write ``sweep.csv``: one line per grid point, parameter columns then ``SWEEP_METRICS``."""
+    params = _param_keys(row.params for row in rows)
+    return _write_table(out_dir, "sweep.csv", [*params, *SWEEP_METRICS], (
+        [row.params.get(key) for key in params] + [getattr(row.metrics, m) for m in SWEEP_METRICS] for row in rows
+    ))  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,18 +382,12 @@ def compare_points(points: Sequence[SeededMetrics], metrics: Sequence[str] = SWE
 def write_seeds_csv(points: Sequence[SeededMetrics], out_dir: str | Path) -> Path:
     """Write ``seeds.csv``: one line per (grid point, seed), parameter columns, ``seed``, then ``SWEEP_METRICS``
     (an undefined metric as ``undefined``; pandas: ``read_csv(..., na_values=["undefined"])``)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    params = list(dict.fromkeys(key for point in points for key in point.params))
-    path = out / "seeds.csv"
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow([*params, "seed", *SWEEP_METRICS])
-        for point in points:
-            for seed, run in zip(point.seeds, point.runs, strict=True):
-                cells = [point.params.get(key) for key in params] + [seed] + [getattr(run, m) for m in SWEEP_METRICS]
-                writer.writerow([_cell(cell) for cell in cells])
-    return path
+    params = _param_keys(point.params for point in points)
+    return _write_table(out_dir, "seeds.csv", [*params, "seed", *SWEEP_METRICS], (
+        [point.params.get(key) for key in params] + [seed] + [getattr(run, m) for m in SWEEP_METRICS]
+        for point in points
+        for seed, run in zip(point.seeds, point.runs, strict=True)
+    ))  # fmt: skip
 
 
 def write_seeded_metrics(point: SeededMetrics, out_dir: str | Path) -> Path:
@@ -403,19 +407,14 @@ def write_seeded_sweep_csv(points: Sequence[SeededMetrics], out_dir: str | Path)
     """Write ``sweep.csv`` of a sweep over seeds: one line per grid point, parameter columns, ``seeds`` (how
     many), then ``<metric>_mean,_low,_high,_sd,_n`` for each of ``SWEEP_METRICS`` (``undefined`` in each part
     of an undefined metric; the reason is in the point's ``metrics.json``)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    params = list(dict.fromkeys(key for point in points for key in point.params))
-    path = out / "sweep.csv"
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow([*params, "seeds", *(f"{m}_{part}" for m in SWEEP_METRICS for part in ESTIMATE_PARTS)])
-        for point in points:
-            cells: list[Any] = [point.params.get(key) for key in params] + [len(point.seeds)]
-            for name in SWEEP_METRICS:
-                summary = point.estimates[name]
-                cells += [
-                    summary if isinstance(summary, Undefined) else getattr(summary, part) for part in ESTIMATE_PARTS
-                ]
-            writer.writerow([_cell(cell) for cell in cells])
-    return path
+    params = _param_keys(point.params for point in points)
+
+    def parts(summary: Summary) -> list[Any]:
+        return [summary if isinstance(summary, Undefined) else getattr(summary, part) for part in ESTIMATE_PARTS]
+
+    header = [*params, "seeds", *(f"{m}_{part}" for m in SWEEP_METRICS for part in ESTIMATE_PARTS)]
+    return _write_table(out_dir, "sweep.csv", header, (
+        [point.params.get(key) for key in params] + [len(point.seeds)]
+        + [cell for name in SWEEP_METRICS for cell in parts(point.estimates[name])]
+        for point in points
+    ))  # fmt: skip
