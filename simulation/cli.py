@@ -241,7 +241,7 @@ def point_lines(points: list[SeededMetrics]) -> list[str]:
 
     return [
         f"{name}: " + "; ".join(
-            f"{METRIC_LABELS[metric][0]} {estimate_text(point.estimates[metric], METRIC_LABELS[metric][1])}"
+            f"{METRIC_LABELS[metric][0]}: {estimate_text(point.estimates[metric], METRIC_LABELS[metric][1])}"
             for metric in HEADLINE_METRICS
         )
         for name, point in zip(point_names(points), points, strict=True)
@@ -252,14 +252,15 @@ def comparison_lines(points: list[SeededMetrics], comparisons: list[Comparison])
     """One line per grid point after the first: each headline metric's paired difference with the first point,
     ``+d [low, high]`` and its verdict (``within noise`` when the interval contains 0)."""
     from simulation.report import METRIC_LABELS, estimate_text, point_names, verdict
+    from simulation.results import Undefined
 
     names = point_names(points)
     each = len(comparisons) // max(len(points) - 1, 1)  # compare_points: point by point, every metric in order
     lines = []
     for number in range(1, len(points)):
         parts = [
-            f"{METRIC_LABELS[c.metric][0]} {estimate_text(c.difference, METRIC_LABELS[c.metric][1], signed=True)} "
-            f"{verdict(c)}"
+            f"{METRIC_LABELS[c.metric][0]}: {estimate_text(c.difference, METRIC_LABELS[c.metric][1], signed=True)}"
+            + ("" if isinstance(c.difference, Undefined) else f", {verdict(c)}")
             for c in comparisons[(number - 1) * each : number * each]
             if c.metric in HEADLINE_METRICS
         ]

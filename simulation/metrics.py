@@ -327,8 +327,8 @@ def estimate(values: Sequence[Value]) -> Summary:
     defined = [float(v) for v in values if not isinstance(v, Undefined)]
     reasons = list(dict.fromkeys(v.reason for v in values if isinstance(v, Undefined)))
     if len(defined) < 2:
-        why = f"defined in {len(defined)} of {len(values)} seeds; an interval needs at least 2"
-        return Undefined(why + (f" ({'; '.join(reasons)})" if reasons else ""))
+        why = f"defined in {len(defined)} of {len(values)} seeds, an interval needs at least 2"
+        return Undefined(why + (f": {'; '.join(reasons)}" if reasons else ""))
     array = np.asarray(defined, dtype=np.float64)
     n = array.size
     mean = float(array.mean())

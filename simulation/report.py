@@ -249,21 +249,26 @@ assert set(METRIC_LABELS) == set(SWEEP_METRICS), "every sweep metric needs a lab
 
 
 def _number(value: float, kind: str, signed: bool = False) -> str:
-    """``value`` as its kind reads: 3 decimals, a percentage (points for a difference), tUSD, or a count."""
+    """``value`` as its kind reads: 3 decimals, a percentage (points for a difference), tUSD, or a count; a
+    value that is not 0 but would round to it shows two significant digits instead (``-1.2e-05 pp``)."""
     sign = "+" if signed else ""
-    if kind == "percent":
-        return f"{100 * value:{sign}.1f}" + (" pp" if signed else "%")
-    if kind == "tusd":
-        return f"{value / 10**6:{sign},.2f}"
-    if kind == "count":
-        return f"{value:{sign},.0f}"
-    return f"{value:{sign}.3f}"
+    scaled, unit, digits = {
+        "percent": (100 * value, " pp" if signed else "%", ".1f"),
+        "tusd": (value / 10**6, "", ",.2f"),
+        "count": (value, "", ",.0f"),
+    }.get(kind, (value, "", ".3f"))
+    text = f"{scaled:{sign}{digits}}"
+    if scaled != 0 and float(text.replace(",", "")) == 0:
+        text = f"{scaled:{sign}.2g}"
+    return text + unit
 
 
 def estimate_text(summary: Summary, kind: str = "ratio", signed: bool = False) -> str:
     """``mean [low, high]`` in the metric's units (``kind`` as in ``METRIC_LABELS``), or ``undefined (reason)``."""
     if isinstance(summary, Undefined):
         return undefined(summary)
+    if signed and summary.low == summary.high == 0:
+        return "0"
     if summary.low == summary.high:
         return f"{_number(summary.mean, kind, signed)} (the same in every seed)"
     return (
@@ -274,10 +279,13 @@ def estimate_text(summary: Summary, kind: str = "ratio", signed: bool = False) -
 
 def verdict(comparison: Comparison) -> str:
     """The comparison in words: ``higher`` / ``lower`` (the interval excludes 0), ``within noise (the interval
-    contains 0)``, or why it is undefined."""
+    contains 0)``, ``no difference (0 in every seed)``, or ``no verdict`` (the difference is undefined;
+    ``estimate_text`` says why)."""
     difference = comparison.difference
     if isinstance(difference, Undefined):
-        return undefined(difference)
+        return "no verdict"
+    if difference.low == difference.high == 0:
+        return "no difference (0 in every seed)"
     if difference.contains(0.0):
         return "within noise (the interval contains 0)"
     return "higher" if difference.mean > 0 else "lower"
@@ -304,10 +312,12 @@ def comparison_sentences(comparisons: Sequence[Comparison]) -> list[str]:
     for comparison in comparisons:
         label, kind = METRIC_LABELS[comparison.metric]
         seeds = f", {comparison.difference.n} paired seeds" if isinstance(comparison.difference, Estimate) else ""
-        lines.append(
-            f"{_label(comparison.point)} vs {_label(comparison.reference)}: {label.strip()} differs by "
-            f"{estimate_text(comparison.difference, kind, signed=True)}{seeds}: {verdict(comparison)}."
-        )
+        head = f"{_label(comparison.point)} vs {_label(comparison.reference)}: {label.strip()}"
+        if isinstance(comparison.difference, Undefined):
+            lines.append(f"{head}: no verdict, {undefined(comparison.difference)}.")
+            continue
+        difference = estimate_text(comparison.difference, kind, signed=True)
+        lines.append(f"{head} differs by {difference}{seeds}: {verdict(comparison)}.")
     return lines
 
 

@@ -79,10 +79,10 @@ class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) stopped a sweep: the running grid points were stopped at once and their
     unfinished folders removed; ``finished`` grid points (of ``total``) kept their results in ``out_dir``."""
 
-    def __init__(self, finished: int, total: int, out_dir: Path) -> None:
+    def __init__(self, finished: int, total: int, out_dir: Path, unit: str = "grid points") -> None:
         self.finished, self.total, self.out_dir = finished, total, out_dir
         super().__init__(
-            f"{finished} of {total} grid points finished (their folders are in {out_dir}); the unfinished ones were "
+            f"{finished} of {total} {unit} finished (their folders are in {out_dir}); the unfinished ones were "
             "stopped and their folders removed"
         )
 
@@ -127,7 +127,12 @@ Job = tuple[int, dict[str, str], Scenario, Path, str]
 
 
 def _run_jobs(
-    jobs: list[Job], out_dir: Path, *, workers: int, on_done: Callable[[SweepRow], None] | None = None
+    jobs: list[Job],
+    out_dir: Path,
+    *,
+    workers: int,
+    on_done: Callable[[SweepRow], None] | None = None,
+    unit: str = "grid points",
 ) -> dict[int, SweepRow]:
     """Run ``jobs`` (each one simulation into its own folder) on ``workers`` processes; their rows by job index.
 
@@ -156,7 +161,7 @@ def _run_jobs(
                 pool.join()
     except KeyboardInterrupt:
         _remove_unfinished(jobs, set(rows))
-        raise SweepInterrupted(len(rows), len(jobs), out_dir) from None
+        raise SweepInterrupted(len(rows), len(jobs), out_dir, unit) from None
     except BaseException:
         _remove_unfinished(jobs, set(rows))
         raise
@@ -247,7 +252,7 @@ def _seeded_points(
     """Run every grid point over ``seeds``; write each point's ``metrics.json`` and ``seeds.csv`` into its folder."""
     jobs = _seed_jobs(grid, seeds, chain_target)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = _run_jobs(jobs, out_dir, workers=workers, on_done=on_run)
+    rows = _run_jobs(jobs, out_dir, workers=workers, on_done=on_run, unit="runs (grid points x seeds)")
     points = []
     for number, (overrides, _point, folder) in enumerate(grid):
         runs = [rows[number * len(seeds) + offset].metrics for offset in range(len(seeds))]

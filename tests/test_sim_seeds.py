@@ -75,7 +75,7 @@ def test_an_estimate_leaves_out_undefined_seeds_and_is_undefined_below_two() -> 
     assert isinstance(partial, Estimate) and partial.n == 2
     assert (partial.mean, partial.low, partial.high) == (pytest.approx(mean), pytest.approx(low), pytest.approx(high))
     assert estimate([0.2, flat, flat]) == Undefined(
-        "defined in 1 of 3 seeds; an interval needs at least 2 (every producer earned the same revenue)"
+        "defined in 1 of 3 seeds, an interval needs at least 2: every producer earned the same revenue"
     )
     assert estimate([flat, flat]).reason.startswith("defined in 0 of 2 seeds")  # type: ignore[union-attr]
 
@@ -124,7 +124,7 @@ def test_an_undefined_metric_says_so_in_metrics_json_csvs_report_and_comparisons
     none = aggregate_seeds({"royalty.rule": "none"}, seeds, [sweep_metrics(revenue_value_pearson=flat)] * 2)
     runs = [sweep_metrics(revenue_value_pearson=0.4), sweep_metrics(revenue_value_pearson=0.6)]
     equal = aggregate_seeds({"royalty.rule": "equal"}, seeds, runs)
-    why = "defined in 0 of 2 seeds; an interval needs at least 2 (every producer earned the same revenue)"
+    why = "defined in 0 of 2 seeds, an interval needs at least 2: every producer earned the same revenue"
     assert none.to_json()["metrics"]["revenue_value_pearson"] == {"undefined": why}
     assert json.loads(json.dumps(equal.to_json()))["metrics"]["accuracy"] == {
         "mean": 0.9, "low": 0.9, "high": 0.9, "n": 2, "sd": 0.0,
@@ -152,7 +152,7 @@ def test_an_undefined_metric_says_so_in_metrics_json_csvs_report_and_comparisons
     assert f"| revenue-value correlation (Pearson) | undefined ({why}) | 0.500 [" in text
     assert "### point 2 (royalty.rule=equal) vs point 1 (royalty.rule=none)" in text
     assert "| point 1 (royalty.rule=none) | royalty.rule=none |" in text
-    assert "| answer accuracy | +0.0 pp (the same in every seed) | within noise (the interval contains 0) |" in text
+    assert "| answer accuracy | 0 | no difference (0 in every seed) |" in text
     assert "nan" not in text.lower() and "| n/a" not in text
     assert estimate_text(Estimate(1.5 * TUSD, 1 * TUSD, 2 * TUSD, 2, 0.1), "tusd") == "1.50 [1.00, 2.00]"
 
@@ -197,7 +197,7 @@ def test_a_seeded_sweep_from_the_cli_writes_intervals_recomputable_from_its_seed
     assert len(points) == 2, result.stdout  # one line per grid point, unwrapped in an 80-column terminal
     assert "Gini of producer revenue" in points[0] and "answer accuracy" in points[0]
     compared = [line for line in lines if line.startswith("point 2 vs point 1: ")]
-    assert len(compared) == 1 and compared[0].count("within noise") == 6, result.stdout
+    assert len(compared) == 1 and compared[0].count("no difference (0 in every seed)") == 6, result.stdout
 
     first, second = sorted(tmp_path.glob("point-*"))
     assert {p.name for p in first.iterdir()} == {"seed-7", "seed-8", "metrics.json", "seeds.csv"}
@@ -230,7 +230,7 @@ def test_a_seeded_sweep_from_the_cli_writes_intervals_recomputable_from_its_seed
             assert comparison["within_noise"] is True and comparison["difference"]["mean"] == 0, comparison
     report = (tmp_path / "report.md").read_text()
     assert "## Compared with point 1" in report and "### point 2 vs point 1" in report
-    assert "within noise (the interval contains 0)" in report
+    assert "| Gini of producer revenue | 0 | no difference (0 in every seed) |" in report
     for image in SWEEP_FIGURES:
         assert_png(tmp_path / image)
 
@@ -242,7 +242,7 @@ def test_simulate_over_seeds_says_when_a_rule_leaves_a_metric_undefined(tmp_path
     result = run_cli("simulate", "baseline", *tiny_params("royalty.rule=none"), "--seeds", "2", "--workers", "2",
                      "--out", str(tmp_path), timeout=600, env={"COLUMNS": "250"})  # fmt: skip
     assert result.returncode == 0, result.stderr
-    why = "defined in 0 of 2 seeds; an interval needs at least 2 (every producer earned the same revenue)"
+    why = "defined in 0 of 2 seeds, an interval needs at least 2: every producer earned the same revenue"
     assert f"undefined ({why})" in result.stdout
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert metrics["revenue_value_pearson"] == metrics["revenue_value_spearman"] == {"undefined": why}
