@@ -87,7 +87,11 @@ class SweepInterrupted(KeyboardInterrupt):
         )
 
 
-def _grid_point(job: tuple[int, dict[str, str], Scenario, Path, str]) -> tuple[int, SweepRow]:
+#: One simulation of a sweep: (job index, the grid point's overrides, its scenario, its folder, chain target).
+Job = tuple[int, dict[str, str], Scenario, Path, str]
+
+
+def _grid_point(job: Job) -> tuple[int, SweepRow]:
     """Run one grid point into ``<its folder>.incomplete``, renamed to its folder once every file is written
     (a folder of a previous run by that name is replaced only then)."""
     index, params, scenario, out_dir, chain_target = job
@@ -121,9 +125,6 @@ def _remove_unfinished(jobs: list[Job], done: set[int]) -> None:
     for index, _params, _scenario, out_dir, _chain in jobs:
         if index not in done:
             shutil.rmtree(out_dir.with_name(out_dir.name + INCOMPLETE), ignore_errors=True)
-
-
-Job = tuple[int, dict[str, str], Scenario, Path, str]
 
 
 def _run_jobs(
