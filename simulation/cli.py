@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from marketplace.chain.units import format_units
 
 if TYPE_CHECKING:  # the CLI imports the simulation's modules only when a command runs
-    from simulation.results import RoundFigures, RunMetrics
+    from simulation.results import Comparison, RoundFigures, RunMetrics, SeededMetrics
 
 console = Console(highlight=False)
 
@@ -23,14 +24,26 @@ ScenarioArgument = Annotated[
 OutOption = Annotated[Path, typer.Option("--out", help="Where metrics, CSVs, plots and the report go.")]
 ChainOption = Annotated[str, typer.Option("--chain", help="embedded, anvil, or an RPC URL.")]
 ParamOption = Annotated[list[str] | None, typer.Option("--param", help="KEY=VALUE override (sweep: KEY=V1,V2,…).")]
+SeedsOption = Annotated[
+    int | None,
+    typer.Option("--seeds", help="Run over N seeds (the scenario's seed, +1, …): every metric as mean with a 95% "
+                 "interval, per-seed rows in seeds.csv."),
+]  # fmt: skip
+
+
+def _undefined(value: Any) -> str | None:
+    """``undefined (reason)`` for an undefined metric, else None."""
+    from simulation.results import Undefined
+
+    return f"undefined ({value.reason})" if isinstance(value, Undefined) else None
 
 
 def _units(value: Any) -> str:
-    return "-" if value is None else f"{format_units(int(value))}"
+    return _undefined(value) or ("-" if value is None else f"{format_units(int(value))}")
 
 
 def _ratio(value: Any) -> str:
-    return "-" if value is None else f"{value:.3f}"
+    return _undefined(value) or ("-" if value is None else f"{value:.3f}")
 
 
 def check_settings() -> None:
@@ -50,7 +63,9 @@ def summary_table(summary: RunMetrics, title: str) -> Table:
         ("true value (LOO accuracy drop)", ", ".join(f"{v:+.3f}" for v in summary.producer_true_value)),
         ("revenue ~ value (pearson / spearman)", f"{_ratio(correlation.pearson)} / {_ratio(correlation.spearman)}"),
         ("Gini of producer revenue", _ratio(summary.gini_producer_revenue)),
-        ("share of consumer spend reaching producers", _ratio(summary.producer_share)),
+        ("share of all spend reaching producers", _ratio(summary.producer_share.total)),
+        ("  of it license sales / royalties",
+         f"{_ratio(summary.producer_share.license)} / {_ratio(summary.producer_share.royalty)}"),
         ("builder profit (tUSD)", ", ".join(_units(v) for v in summary.builder_profit.per_builder)),
         ("consumer surplus (tUSD)", _units(summary.consumer_surplus.total)),
         ("consumer spend / protocol fee (tUSD)", f"{_units(summary.consumer_spend)} / {_units(summary.protocol_fee)}"),
@@ -70,12 +85,18 @@ def simulate(
     chain: ChainOption = "embedded",
     seed: Annotated[int | None, typer.Option("--seed", help="Override the scenario's seed.")] = None,
     param: ParamOption = None,
+    seeds: SeedsOption = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="With --seeds: seeds run in parallel.")] = 1,
 ) -> None:
-    """Run a seeded simulation where every payment goes through the contracts; write metrics, plots, a report."""
+    """Run a seeded simulation where every payment goes through the contracts; write metrics, plots, a report.
+    With --seeds N: N runs (seed, seed+1, …), each metric as mean with its 95% Student-t interval."""
     from simulation.scenario import load_scenario
 
     check_settings()
     scenario = load_scenario(scenario_file, param or [], seed=seed)  # a mistake is told before the heavy imports
+    if seeds is not None:
+        _simulate_seeds(scenario, out, seeds, workers, chain)
+        return
     from simulation.runner import simulate as run
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -105,10 +126,12 @@ def sweep(
         str | None,
         typer.Option("--ray-address", help="With --backend ray: a Ray cluster (ray://HOST:10001); default local."),
     ] = None,
+    seeds: SeedsOption = None,
 ) -> None:
     """Run a scenario over a grid of parameters (each point its own process and chain, or a Ray task with
-    --backend ray); one table at the end. Ctrl-C stops every running point at once and removes its unfinished
-    folder (exit 130)."""
+    --backend ray); one table at the end. With --seeds N every point runs the same N seeds and is compared with
+    the first point seed by seed. Ctrl-C stops every running point at once and removes its unfinished folder
+    (exit 130)."""
     from marketplace.cli.plugin import interrupt_on_signals
     from simulation.backends import make_backend
     from simulation.scenario import load_scenario, parse_sweep
@@ -117,6 +140,9 @@ def sweep(
     make_backend(backend, workers=workers, ray_address=ray_address)  # a missing extra is told before the run
     scenario = load_scenario(scenario_file)
     total = len(parse_sweep(param or []))
+    if seeds is not None:
+        _sweep_seeds(scenario, param or [], out, seeds, workers, chain, total, backend, ray_address)
+        return
     from simulation.runner import SweepInterrupted
     from simulation.runner import sweep as run
 
@@ -145,6 +171,126 @@ def sweep(
                       *([_ratio(m.sybil_gain)] if sybil else []))  # fmt: skip
     console.print(table)
     console.print(f"table: {out / 'sweep.csv'}  report: {out / 'report.md'}", style="dim")
+
+
+def _seeded_progress(runs: int) -> tuple[Progress, Any]:
+    """A progress bar over ``runs`` seeded runs."""
+    progress = Progress(TextColumn("runs (grid points x seeds)"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console)  # fmt: skip
+    return progress, progress.add_task("runs", total=runs)
+
+
+def _run_seeded(run: Any, runs: int) -> Any:
+    """Call ``run(on_run)`` under a progress bar; Ctrl-C / SIGTERM stop it (exit 130) as a sweep does."""
+    from marketplace.cli.plugin import interrupt_on_signals
+    from simulation.runner import SweepInterrupted
+
+    interrupt_on_signals()
+    progress, task = _seeded_progress(runs)
+    try:
+        with progress:
+            return run(lambda _row: progress.advance(task))
+    except SweepInterrupted as stopped:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"interrupted: {stopped}")
+        raise typer.Exit(130) from None
+
+
+def _simulate_seeds(scenario: Any, out: Path, seeds: int, workers: int, chain: str) -> None:
+    """``simulate --seeds N``: one table line per metric, mean [95% interval]."""
+    from simulation.runner import seed_list, simulate_seeds
+
+    chosen = seed_list(scenario.seed, seeds)  # a bad count is a one-line error before any run
+    point = _run_seeded(
+        lambda on_run: simulate_seeds(scenario, out, seeds, workers=workers, chain_target=chain, on_run=on_run), seeds
+    )
+    console.print(seeded_table([point], f"{scenario.name}: seeds {chosen[0]} to {chosen[-1]}, "
+                                        f"rule {scenario.royalty.rule}, mean [95% interval]"))  # fmt: skip
+    console.print(f"metrics: {out / 'metrics.json'}  seeds: {out / 'seeds.csv'}  report: {out / 'report.md'}",
+                  style="dim")  # fmt: skip
+
+
+def _sweep_seeds(scenario: Any, params: list[str], out: Path, seeds: int, workers: int, chain: str, total: int,
+                 backend: str = "process", ray_address: str | None = None) -> None:  # fmt: skip
+    """``sweep --seeds N``: one table line per grid point, each metric mean [95% interval], then the comparisons
+    of the headline metrics with the first point."""
+    from simulation.runner import check_seeded_sweep, seed_list, sweep_seeds
+
+    chosen = seed_list(scenario.seed, seeds)  # a bad count or grid is a one-line error before any run
+    check_seeded_sweep(params)
+    points, comparisons = _run_seeded(
+        lambda on_run: sweep_seeds(
+            scenario,
+            params,
+            out,
+            seeds,
+            workers=workers,
+            chain_target=chain,
+            on_run=on_run,
+            backend=backend,
+            ray_address=ray_address,
+        ),
+        total * seeds,
+    )
+    plain = Console(highlight=False, soft_wrap=True)  # one line per grid point, never wrapped
+    plain.print(f"{scenario.name}: {total} grid points x seeds {chosen[0]} to {chosen[-1]}, mean [95% interval]")
+    for line in point_lines(points):
+        plain.print(line, markup=False)
+    if comparisons:
+        plain.print("paired differences with the first point (same seeds), [95% interval]:")
+    for line in comparison_lines(points, comparisons):
+        plain.print(line, markup=False)
+    console.print(f"table: {out / 'sweep.csv'}  seeds: {out / 'seeds.csv'}  report: {out / 'report.md'}", style="dim")
+
+
+#: The metrics the terminal shows over seeds (all are in metrics.json and the report).
+HEADLINE_METRICS = (
+    "revenue_value_spearman", "gini_producer_revenue", "producer_share", "builder_profit_total",
+    "consumer_surplus_total", "accuracy",
+)  # fmt: skip
+
+
+def seeded_table(points: list[SeededMetrics], title: str) -> Table:
+    """A single run over seeds: one table line per metric, ``mean [low, high]``."""
+    from simulation.report import METRIC_LABELS, estimate_text
+
+    table = Table(title=title, show_header=False)
+    for point in points:
+        for name, (label, kind) in METRIC_LABELS.items():
+            table.add_row(label, escape(estimate_text(point.estimates[name], kind)))
+    return table
+
+
+def point_lines(points: list[SeededMetrics]) -> list[str]:
+    """One line per grid point: its name, then each headline metric ``mean [low, high]``."""
+    from simulation.report import METRIC_LABELS, estimate_text, point_names
+
+    return [
+        f"{name}: " + "; ".join(
+            f"{METRIC_LABELS[metric][0]}: {estimate_text(point.estimates[metric], METRIC_LABELS[metric][1])}"
+            for metric in HEADLINE_METRICS
+        )
+        for name, point in zip(point_names(points), points, strict=True)
+    ]  # fmt: skip
+
+
+def comparison_lines(points: list[SeededMetrics], comparisons: list[Comparison]) -> list[str]:
+    """One line per grid point after the first: each headline metric's paired difference with the first point,
+    ``+d [low, high]`` and its verdict (``within noise`` when the interval contains 0)."""
+    from simulation.report import METRIC_LABELS, estimate_text, point_names, verdict
+    from simulation.results import Undefined
+
+    names = point_names(points)
+    each = len(comparisons) // max(len(points) - 1, 1)  # compare_points: point by point, every metric in order
+    lines = []
+    for number in range(1, len(points)):
+        parts = [
+            f"{METRIC_LABELS[c.metric][0]}: {estimate_text(c.difference, METRIC_LABELS[c.metric][1], signed=True)}"
+            + ("" if isinstance(c.difference, Undefined) else f", {verdict(c)}")
+            for c in comparisons[(number - 1) * each : number * each]
+            if c.metric in HEADLINE_METRICS
+        ]
+        lines.append(f"{names[number]} vs {names[0]}: " + "; ".join(parts))
+    return lines
 
 
 def demo(

@@ -5,6 +5,12 @@ consumers, per-round figures, protocol fee, consumer spend and chain activity. `
 the ``RunMetrics`` a researcher compares; ``write_metrics`` writes them as ``metrics.json`` (identical for
 the same scenario and seed) plus ``timing.json`` (wall-clock figures, which vary from run to run).
 ``write_csvs`` writes one CSV per entity kind.
+
+Over seeds: ``estimate`` summarizes one metric's per-seed values as a mean with its 95% Student-t interval
+(scipy's t quantile, ``n - 1`` degrees of freedom); ``aggregate_seeds`` does so for every scalar metric of a
+scenario run over several seeds, ``compare_points`` pairs grid points seed by seed (the same seeds under each)
+and estimates the difference of every metric; ``write_seeds_csv`` / ``write_seeded_metrics`` write them.
+A metric without a value is ``Undefined`` with its reason, everywhere (``undefined`` in CSV cells).
 """
 
 from __future__ import annotations
@@ -12,30 +18,39 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from simulation.results import (
     STRATEGY_METRICS,
     BuilderProfit,
+    Comparison,
     ConsumerSurplus,
     Correlation,
+    Estimate,
     ProducerResult,
+    ProducerShare,
     RunMetrics,
     RunResult,
+    SeededMetrics,
+    Summary,
     SweepMetrics,
     SweepRow,
     Timing,
+    Undefined,
+    Value,
 )
 
 #: Columns of each per-entity CSV, in order (list values are joined with ``;``).
 CSV_COLUMNS: dict[str, tuple[str, ...]] = {
     "producers": (
         "index", "address", "asset_id", "label_noise", "duplicate_of", "rows", "revenue", "true_value",
+        "license_revenue", "royalty_revenue",
     ),
     "builders": (
         "index", "address", "model_id", "model", "rule", "spend", "revenue", "accuracy", "parents", "shares_bps",
@@ -135,20 +150,64 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator > 0 else None
 
 
+def _share(numerator: float, denominator: float, nothing: str) -> float | Undefined:
+    """``numerator / denominator``, or ``Undefined(nothing)`` when the denominator is not positive."""
+    return numerator / denominator if denominator > 0 else Undefined(nothing)
+
+
+def correlation(revenue: Sequence[float], values: Sequence[float]) -> Correlation:
+    """Pearson and Spearman correlation of producer revenue with true data value, each ``Undefined`` with the
+    reason where it has none: fewer than two producers, or a constant side (every producer earned the same,
+    or every shard has the same true value)."""
+    if len(revenue) < 2:
+        reason: str | None = f"a correlation needs at least 2 producers, the run has {len(revenue)}"
+    elif np.ptp(np.asarray(revenue, dtype=np.float64)) == 0:
+        reason = "every producer earned the same revenue"
+    elif np.ptp(np.asarray(values, dtype=np.float64)) == 0:
+        reason = "every producer's data has the same true value"
+    else:
+        reason = None
+    if reason is not None:
+        return Correlation(pearson=Undefined(reason), spearman=Undefined(reason))
+    r, rho = pearson(revenue, values), spearman(revenue, values)
+    return Correlation(
+        pearson=Undefined("a value is not finite") if r is None else r,
+        spearman=Undefined("a value is not finite") if rho is None else rho,
+    )
+
+
+def producer_share(result: RunResult) -> ProducerShare:
+    """Producer revenue over everything spent in the market: builders' license purchases plus consumers'
+    model calls. License sales and royalties are named apart when the engine split them (``Undefined``
+    parts otherwise). Rule ``none`` pays no royalty, yet its producers' license revenue counts."""
+    spent = sum(b.spend for b in result.builders) + result.consumer_spend
+    nothing = "nothing was spent in the market (no licenses bought, no calls paid)"
+    total = _share(sum(p.revenue for p in result.producers), spent, nothing)
+    royalties = [p.royalty_revenue for p in result.producers]
+    licenses = [p.license_revenue for p in result.producers]
+    if not result.producers or None in royalties or None in licenses:
+        unsplit = Undefined("the engine did not split producer revenue into license sales and royalties")
+        return ProducerShare(total=total, license=unsplit, royalty=unsplit)
+    return ProducerShare(
+        total=total,
+        license=_share(sum(r for r in licenses if r is not None), spent, nothing),
+        royalty=_share(sum(r for r in royalties if r is not None), spent, nothing),
+    )
+
+
 def summarize(result: RunResult) -> RunMetrics:
     """The figures of one run (amounts in base units).
 
-    ``producer_share`` is producer revenue over consumer spend; when every producer carries
-    ``royalty_revenue`` only that part counts (license sales are paid from builders' budgets, not from
-    consumer spend). ``timing`` holds the wall-clock figures, the only ones that differ between identical runs.
+    ``producer_share`` is producer revenue (license sales and royalties, named apart) over everything spent in
+    the market (licenses plus model calls); see :func:`producer_share`. A metric without a value is
+    ``Undefined`` with the reason. ``timing`` holds the wall-clock figures, the only ones that differ between
+    identical runs.
     """
     producers = sorted(result.producers, key=lambda p: p.index)
     builders = sorted(result.builders, key=lambda b: b.index)
     consumers = sorted(result.consumers, key=lambda c: c.index)
     revenue = [p.revenue for p in producers]
     values = [p.true_value for p in producers]
-    royalties = [p.royalty_revenue for p in producers]
-    reaching = sum(r for r in royalties if r is not None) if producers and None not in royalties else sum(revenue)
     builder_profit = tuple(b.profit for b in builders)
     surplus = tuple(c.surplus for c in consumers)
     answered = sum(c.answered for c in consumers)
@@ -158,16 +217,16 @@ def summarize(result: RunResult) -> RunMetrics:
         producer_revenue=tuple(revenue),
         producer_revenue_total=sum(revenue),
         producer_true_value=tuple(values),
-        revenue_value_correlation=Correlation(pearson=pearson(revenue, values), spearman=spearman(revenue, values)),
-        gini_producer_revenue=gini(revenue) if revenue else None,
-        producer_share=_ratio(reaching, result.consumer_spend),
+        revenue_value_correlation=correlation(revenue, values),
+        gini_producer_revenue=gini(revenue) if revenue else Undefined("the run has no producers"),
+        producer_share=producer_share(result),
         builder_profit=BuilderProfit(per_builder=builder_profit, total=sum(builder_profit)),
         consumer_surplus=ConsumerSurplus(per_consumer=surplus, total=sum(surplus)),
         consumer_spend=result.consumer_spend,
         protocol_fee=result.protocol_fee,
         answered=answered,
         correct=correct,
-        accuracy=_ratio(correct, answered),
+        accuracy=_share(correct, answered, "no query was answered"),
         builder_accuracy=tuple(b.accuracy for b in builders),
         gas_used=result.chain.gas_used,
         tx_count=result.chain.tx_count,
@@ -240,9 +299,11 @@ def write_metrics(metrics: RunMetrics, out_dir: str | Path) -> tuple[Path, Path]
 
 
 def _cell(value: Any) -> Any:
-    """A CSV cell: lists joined with ``;``, None as empty."""
+    """A CSV cell: lists joined with ``;``, None as empty, an undefined metric as ``undefined``."""
     if value is None:
         return ""
+    if isinstance(value, Undefined):
+        return "undefined"
     if isinstance(value, list | tuple):
         return ";".join(str(item) for item in value)
     return value
@@ -271,20 +332,137 @@ def write_csvs(result: RunResult, out_dir: str | Path) -> list[Path]:
     return paths
 
 
-def write_sweep_csv(rows: Sequence[SweepRow], out_dir: str | Path) -> Path:
-    """Write ``sweep.csv``: one line per grid point, parameter columns then ``SWEEP_METRICS`` (a strategy
-    figure only when some row has it)."""
+def _write_table(out_dir: str | Path, name: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """Write ``out_dir/name`` as CSV: ``header``, then ``rows`` (each cell through ``_cell``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    params = list(dict.fromkeys(key for row in rows for key in row.params))
-    strategy = [f.name for f in fields(SweepMetrics) if f.name in STRATEGY_METRICS]
-    columns = [*SWEEP_METRICS, *(m for m in strategy if any(getattr(row.metrics, m) is not None for row in rows))]
-    path = out / "sweep.csv"
+    path = out / name
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow([*params, *columns])
-        for row in rows:
-            metrics = asdict(row.metrics)
-            cells = [row.params.get(key) for key in params] + [metrics[m] for m in columns]
-            writer.writerow([_cell(cell) for cell in cells])
+        writer.writerow(header)
+        writer.writerows([_cell(cell) for cell in row] for row in rows)
     return path
+
+
+def _param_keys(params: Iterable[dict[str, str]]) -> list[str]:
+    """Every parameter key of the grid, in first-seen order."""
+    return list(dict.fromkeys(key for point in params for key in point))
+
+
+def write_sweep_csv(rows: Sequence[SweepRow], out_dir: str | Path) -> Path:
+    """Write ``sweep.csv``: one line per grid point, parameter columns then ``SWEEP_METRICS`` (a strategy
+    figure, ``STRATEGY_METRICS``, only when some row has it)."""
+    params = _param_keys(row.params for row in rows)
+    strategy = [f.name for f in fields(SweepMetrics) if f.name in STRATEGY_METRICS]
+    columns = [*SWEEP_METRICS, *(m for m in strategy if any(getattr(row.metrics, m) is not None for row in rows))]
+    return _write_table(out_dir, "sweep.csv", [*params, *columns], (
+        [row.params.get(key) for key in params] + [getattr(row.metrics, m) for m in columns] for row in rows
+    ))  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Over seeds
+
+#: Confidence level of every interval over seeds.
+CONFIDENCE = 0.95
+
+
+def estimate(values: Sequence[Value]) -> Summary:
+    """Mean of one metric's per-seed ``values`` with its 95% Student-t interval: ``mean ± t · sd / √n``, ``t``
+    the 0.975 quantile of Student's t with ``n - 1`` degrees of freedom (``scipy.stats.t``), ``sd`` the sample
+    standard deviation (``n - 1`` in the denominator). Seeds where the metric is ``Undefined`` are left out
+    (``n`` counts the rest); with fewer than 2 left the estimate is ``Undefined``, naming the seeds' reasons."""
+    defined = [float(v) for v in values if not isinstance(v, Undefined)]
+    reasons = list(dict.fromkeys(v.reason for v in values if isinstance(v, Undefined)))
+    if len(defined) < 2:
+        why = f"defined in {len(defined)} of {len(values)} seeds, an interval needs at least 2"
+        return Undefined(why + (f": {'; '.join(reasons)}" if reasons else ""))
+    array = np.asarray(defined, dtype=np.float64)
+    n = array.size
+    mean = float(array.mean())
+    sd = float(array.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
+    return Estimate(mean=mean, low=mean - half, high=mean + half, n=n, sd=sd)
+
+
+def aggregate_seeds(params: dict[str, str], seeds: Sequence[int], runs: Sequence[SweepMetrics]) -> SeededMetrics:
+    """Every scalar metric (``SWEEP_METRICS``) of ``runs`` (``runs[i]`` from seed ``seeds[i]``) as an estimate."""
+    if len(seeds) != len(runs) or not runs:
+        raise ValueError(f"need one run per seed, got {len(runs)} runs for {len(seeds)} seeds")
+    return SeededMetrics(
+        params=dict(params),
+        seeds=tuple(seeds),
+        runs=tuple(runs),
+        estimates={name: estimate([getattr(run, name) for run in runs]) for name in SWEEP_METRICS},
+    )
+
+
+def paired_difference(point: SeededMetrics, reference: SeededMetrics, metric: str) -> Summary:
+    """The per-seed difference ``point - reference`` of ``metric`` (a ``SWEEP_METRICS`` name), estimated over
+    the seeds both ran; a seed where either side is undefined is left out. Raises ``ValueError`` when the two
+    did not run the same seeds (a paired comparison needs them)."""
+    if point.seeds != reference.seeds:
+        raise ValueError(f"a paired comparison needs the same seeds, got {point.seeds} and {reference.seeds}")
+    differences: list[Value] = []
+    for a, b in zip(point.runs, reference.runs, strict=True):
+        x, y = getattr(a, metric), getattr(b, metric)
+        if isinstance(x, Undefined) or isinstance(y, Undefined):
+            differences.append(x if isinstance(x, Undefined) else y)
+        else:
+            differences.append(x - y)
+    return estimate(differences)
+
+
+def compare_points(points: Sequence[SeededMetrics], metrics: Sequence[str] = SWEEP_METRICS) -> list[Comparison]:
+    """Every grid point after the first against the first (the reference), on every metric of ``metrics``:
+    paired per-seed differences with their 95% intervals (see :func:`paired_difference`)."""
+    if not points:
+        return []
+    reference = points[0]
+    return [
+        Comparison(metric=name, point=dict(point.params), reference=dict(reference.params),
+                   difference=paired_difference(point, reference, name))
+        for point in points[1:]
+        for name in metrics
+    ]  # fmt: skip
+
+
+def write_seeds_csv(points: Sequence[SeededMetrics], out_dir: str | Path) -> Path:
+    """Write ``seeds.csv``: one line per (grid point, seed), parameter columns, ``seed``, then ``SWEEP_METRICS``
+    (an undefined metric as ``undefined``; pandas: ``read_csv(..., na_values=["undefined"])``)."""
+    params = _param_keys(point.params for point in points)
+    return _write_table(out_dir, "seeds.csv", [*params, "seed", *SWEEP_METRICS], (
+        [point.params.get(key) for key in params] + [seed] + [getattr(run, m) for m in SWEEP_METRICS]
+        for point in points
+        for seed, run in zip(point.seeds, point.runs, strict=True)
+    ))  # fmt: skip
+
+
+def write_seeded_metrics(point: SeededMetrics, out_dir: str | Path) -> Path:
+    """Write ``metrics.json`` of a run over seeds: ``SeededMetrics.to_json`` (same seeds → same bytes)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "metrics.json"
+    path.write_text(json.dumps(point.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+#: Columns of a seeded ``sweep.csv`` per metric, after the parameter columns: ``<metric>_<part>``.
+ESTIMATE_PARTS: tuple[str, ...] = ("mean", "low", "high", "sd", "n")
+
+
+def write_seeded_sweep_csv(points: Sequence[SeededMetrics], out_dir: str | Path) -> Path:
+    """Write ``sweep.csv`` of a sweep over seeds: one line per grid point, parameter columns, ``seeds`` (how
+    many), then ``<metric>_mean,_low,_high,_sd,_n`` for each of ``SWEEP_METRICS`` (``undefined`` in each part
+    of an undefined metric; the reason is in the point's ``metrics.json``)."""
+    params = _param_keys(point.params for point in points)
+
+    def parts(summary: Summary) -> list[Any]:
+        return [summary if isinstance(summary, Undefined) else getattr(summary, part) for part in ESTIMATE_PARTS]
+
+    header = [*params, "seeds", *(f"{m}_{part}" for m in SWEEP_METRICS for part in ESTIMATE_PARTS)]
+    return _write_table(out_dir, "sweep.csv", header, (
+        [point.params.get(key) for key in params] + [len(point.seeds)]
+        + [cell for name in SWEEP_METRICS for cell in parts(point.estimates[name])]
+        for point in points
+    ))  # fmt: skip

@@ -1,5 +1,8 @@
 """Figures of a run and of a sweep, as PNG files (matplotlib, Agg canvas: no display needed).
 
+Runs over seeds (``plot_seeded``) draw every metric's mean with its 95% interval as an error bar; a metric
+undefined for a grid point is marked ``undefined`` on its bar's place, never drawn as 0.
+
 Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas, never through pyplot, so nothing
 touches global state and plotting is safe in worker processes.
 """
@@ -7,9 +10,8 @@ touches global state and plotting is safe in worker processes.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -17,11 +19,11 @@ from matplotlib.figure import Figure
 
 from marketplace.chain.units import UNIT
 from simulation.metrics import lorenz
-from simulation.results import RunMetrics, RunResult, SweepMetrics, SweepRow
+from simulation.results import Estimate, RunMetrics, RunResult, SeededMetrics, SweepRow, Undefined
 
 #: File names ``plot_run`` writes, in order.
 RUN_FIGURES = ("revenue_vs_quality.png", "lorenz.png", "money_flow.png", "rounds.png")
-#: File names ``plot_sweep`` writes, in order.
+#: File names ``plot_sweep`` and ``plot_seeded`` write, in order.
 SWEEP_FIGURES = ("sweep_distribution.png", "sweep_welfare.png")
 
 _ORIGINAL, _DUPLICATE = "tab:blue", "tab:orange"
@@ -103,8 +105,10 @@ def _revenue_vs_quality(result: RunResult, summary: RunMetrics, out: Path) -> Pa
     return _save(figure, out, "revenue_vs_quality.png")
 
 
-def _number(value: float | None) -> str:
-    """Two decimals, or n/a."""
+def _number(value: float | Undefined | None) -> str:
+    """Two decimals, or ``undefined`` / n/a."""
+    if isinstance(value, Undefined):
+        return "undefined"
     return "n/a" if value is None else f"{value:.2f}"
 
 
@@ -199,48 +203,89 @@ def _rounds(result: RunResult, out: Path) -> Path:
 # Sweeps
 
 
-def _grid(rows: Sequence[SweepRow]) -> tuple[list[str], list[str], dict[tuple[str, str], list[SweepMetrics]]]:
-    """Group rows by (first parameter value, other parameters): x labels, series labels, metrics per cell."""
-    keys = list(dict.fromkeys(key for row in rows for key in row.params))
+#: A bar: (mean, low, high) of a metric at a grid point (low == high: no error bar), ``Undefined``, or None
+#: where the grid has no such point.
+Bar = tuple[float, float, float] | Undefined | None
+
+#: Panels of the two sweep figures: (field of ``SweepMetrics``, title, scale).
+_DISTRIBUTION_PANELS = (
+    ("revenue_value_pearson", "revenue-value correlation (Pearson)", 1.0),
+    ("revenue_value_spearman", "revenue-value correlation (Spearman)", 1.0),
+    ("gini_producer_revenue", "Gini of producer revenue", 1.0),
+    ("producer_share", "producer revenue / all spend (licenses + calls)", 1.0),
+)
+_WELFARE_PANELS = (
+    ("builder_profit_total", "builder profit (tUSD)", UNIT),
+    ("consumer_surplus_total", "consumer surplus (tUSD)", UNIT),
+    ("protocol_fee", "protocol fee (tUSD)", UNIT),
+    ("accuracy", "answer accuracy", 1.0),
+)
+
+
+def _axes(params: Sequence[dict[str, str]]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """x labels (first parameter's values), series labels (the other parameters) and each point's (x, series)."""
+    keys = list(dict.fromkeys(key for point in params for key in point))
     primary, others = (keys[0], keys[1:]) if keys else (None, [])
     xs: list[str] = []
     series: list[str] = []
-    cells: dict[tuple[str, str], list[SweepMetrics]] = {}
-    for row in rows:
-        params = row.params
-        x = f"{params.get(primary)}" if primary else "run"
-        name = ", ".join(f"{key}={params.get(key)}" for key in others) or "all"
+    places = []
+    for point in params:
+        x = f"{point.get(primary)}" if primary else "run"
+        name = ", ".join(f"{key}={point.get(key)}" for key in others) or "all"
         if x not in xs:
             xs.append(x)
         if name not in series:
             series.append(name)
-        cells.setdefault((x, name), []).append(row.metrics)
-    return xs, series, cells
+        places.append((x, name))
+    return xs, series, places
 
 
-def _mean(values: list[Any]) -> float:
-    """Mean of the non-None values, NaN if none."""
-    present = [float(v) for v in values if v is not None]
-    return float(np.mean(present)) if present else math.nan
+def _mean_bar(values: list[float | int | Undefined]) -> Bar:
+    """The mean of repeated grid points' values (no error bar); ``Undefined`` when none is defined."""
+    present = [float(v) for v in values if not isinstance(v, Undefined)]
+    if present:
+        mean = float(np.mean(present))
+        return mean, mean, mean
+    reasons = [v for v in values if isinstance(v, Undefined)]
+    return reasons[0] if reasons else None
+
+
+def _estimate_bar(summary: Estimate | Undefined) -> Bar:
+    """An estimate's mean and interval."""
+    return summary if isinstance(summary, Undefined) else (summary.mean, summary.low, summary.high)
 
 
 def _grouped_bars(
-    figure: Figure, rows: Sequence[SweepRow], panels: Sequence[tuple[str, str, float]], xlabel: str
+    figure: Figure,
+    params: Sequence[dict[str, str]],
+    bar: Callable[[int, str], Bar],
+    panels: Sequence[tuple[str, str, float]],
+    xlabel: str,
 ) -> None:
-    """One panel per ``(metric, title, scale)`` (``metric`` a field of ``SweepMetrics``): grouped bars,
-    x = first parameter, one bar per series."""
-    xs, series, cells = _grid(rows)
+    """One panel per ``(metric, title, scale)``: grouped bars, x = first parameter, one bar per series; a bar's
+    height is ``bar(point index, metric)``'s mean, its error bar the interval, ``undefined`` written in place."""
+    xs, series, places = _axes(params)
     columns = 2
     axes = figure.subplots(math.ceil(len(panels) / columns), columns, squeeze=False).ravel()
     width = 0.8 / max(len(series), 1)
+    labelled: set[str] = set()  # each series named once in the legend (of the first panel)
     for axis, (metric, title, scale) in zip(axes, panels, strict=False):
         for index, name in enumerate(series):
-            heights = [_mean([getattr(m, metric) for m in cells.get((x, name), [])]) / scale for x in xs]
-            positions = [x + (index - (len(series) - 1) / 2) * width for x in range(len(xs))]
-            axis.bar(positions, heights, width=width, label=name, color=f"C{index % 10}")
-            for position, height in zip(positions, heights, strict=True):
-                if math.isnan(height):
-                    axis.text(position, 0, "n/a", ha="center", va="bottom", fontsize="x-small")
+            for x_index, x in enumerate(xs):
+                position = x_index + (index - (len(series) - 1) / 2) * width
+                bars = [bar(point, metric) for point, place in enumerate(places) if place == (x, name)]
+                means = [b if isinstance(b, Undefined) else b[0] for b in bars if b is not None]
+                value = bars[0] if len(bars) == 1 else _mean_bar(means)  # repeated grid points: averaged
+                if value is None:
+                    continue
+                if isinstance(value, Undefined):
+                    axis.text(position, 0, "undefined", ha="center", va="bottom", fontsize="x-small", rotation=90)
+                    continue
+                mean, low, high = (v / scale for v in value)
+                errors = [[mean - low], [high - mean]] if high > low else None
+                axis.bar(position, mean, width=width, color=f"C{index % 10}", yerr=errors, capsize=3,
+                         label=None if name in labelled else name)  # fmt: skip
+                labelled.add(name)
         axis.axhline(0, color="black", linewidth=0.5)
         axis.set_xticks(range(len(xs)), xs, fontsize="small")
         axis.set_xlabel(xlabel)
@@ -251,7 +296,20 @@ def _grouped_bars(
     for axis in axes[len(panels) :]:
         axis.set_visible(False)
     if len(series) > 1:
-        axes[0].legend(fontsize="x-small", loc="best")
+        figure.legend(fontsize="x-small", loc="outside lower center", ncols=min(len(series), 4))
+
+
+def _two_figures(params: Sequence[dict[str, str]], bar: Callable[[int, str], Bar], out: Path, note: str) -> list[Path]:
+    """The distribution and welfare figures (``SWEEP_FIGURES``)."""
+    keys = list(dict.fromkeys(key for point in params for key in point))
+    xlabel = keys[0] if keys else ""
+    distribution = _figure(10, 7)
+    _grouped_bars(distribution, params, bar, _DISTRIBUTION_PANELS, xlabel)
+    distribution.suptitle("How value reaches producers, per grid point" + note)
+    welfare = _figure(10, 7)
+    _grouped_bars(welfare, params, bar, _WELFARE_PANELS, xlabel)
+    welfare.suptitle("Who gains, per grid point" + note)
+    return [_save(distribution, out, SWEEP_FIGURES[0]), _save(welfare, out, SWEEP_FIGURES[1])]
 
 
 def plot_sweep(rows: Sequence[SweepRow], out_dir: str | Path) -> list[Path]:
@@ -264,33 +322,27 @@ def plot_sweep(rows: Sequence[SweepRow], out_dir: str | Path) -> list[Path]:
         raise ValueError("a sweep needs at least one row to plot")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(key for row in rows for key in row.params))
-    xlabel = keys[0] if keys else ""
-    distribution = _figure(10, 7)
-    _grouped_bars(
-        distribution, rows,
-        [
-            ("revenue_value_pearson", "revenue-value correlation (Pearson)", 1.0),
-            ("revenue_value_spearman", "revenue-value correlation (Spearman)", 1.0),
-            ("gini_producer_revenue", "Gini of producer revenue", 1.0),
-            ("producer_share", "producer revenue / consumer spend", 1.0),
-        ],
-        xlabel,
-    )  # fmt: skip
-    distribution.suptitle("How value reaches producers, per grid point")
-    welfare = _figure(10, 7)
-    _grouped_bars(
-        welfare, rows,
-        [
-            ("builder_profit_total", "builder profit (tUSD)", UNIT),
-            ("consumer_surplus_total", "consumer surplus (tUSD)", UNIT),
-            ("protocol_fee", "protocol fee (tUSD)", UNIT),
-            ("accuracy", "answer accuracy", 1.0),
-        ],
-        xlabel,
-    )  # fmt: skip
-    welfare.suptitle("Who gains, per grid point")
-    return [_save(distribution, out, SWEEP_FIGURES[0]), _save(welfare, out, SWEEP_FIGURES[1])]
+
+    def bar(point: int, metric: str) -> Bar:
+        return _mean_bar([getattr(rows[point].metrics, metric)])
+
+    return _two_figures([row.params for row in rows], bar, out, "")
+
+
+def plot_seeded(points: Sequence[SeededMetrics], out_dir: str | Path) -> list[Path]:
+    """Write the sweep figures (``SWEEP_FIGURES``) for grid points run over seeds: each bar the metric's mean
+    over the seeds, its error bar the 95% Student-t interval; ``undefined`` written where a metric has none."""
+    if not points:
+        raise ValueError("a sweep needs at least one grid point to plot")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def bar(point: int, metric: str) -> Bar:
+        return _estimate_bar(points[point].estimates[metric])
+
+    seeds = points[0].seeds
+    note = f" (mean over seeds {seeds[0]} to {seeds[-1]}, 95% interval)"
+    return _two_figures([point.params for point in points], bar, out, note)
 
 
 def grid_labels(rows: Sequence[SweepRow]) -> list[str]:

@@ -1,6 +1,9 @@
 """Markdown reports of a run and of a sweep: a one-screen summary table, then the figures, each explained.
 
-``summary_rows`` gives the same summary as (label, value) pairs, for a terminal table.
+``summary_rows`` gives the same summary as (label, value) pairs, for a terminal table. Over seeds
+(``write_seeded_report``) every metric is its mean with the 95% Student-t interval over the seeds, and each
+grid point is compared with the first by the paired per-seed difference and its interval, said in words:
+``within noise`` when the interval contains 0. An undefined metric reads ``undefined (reason)``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from marketplace.chain.units import format_units
-from simulation.results import RunMetrics, RunResult, SweepRow
+from simulation.metrics import SWEEP_METRICS
+from simulation.results import Comparison, Estimate, RunMetrics, RunResult, SeededMetrics, Summary, SweepRow, Undefined
 
 #: Title and one-sentence explanation of each figure, by file name.
 FIGURE_CAPTIONS: dict[str, tuple[str, str]] = {
@@ -37,11 +41,13 @@ FIGURE_CAPTIONS: dict[str, tuple[str, str]] = {
     "sweep_distribution.png": (
         "How value reaches producers",
         "Per grid point: correlation between producer revenue and true data value, Gini of producer revenue, "
-        "and producer revenue as a share of consumer spend.",
+        "and producer revenue (license sales and royalties) as a share of everything spent in the market. "
+        "Over seeds: bars are means, error bars 95% Student-t intervals.",
     ),
     "sweep_welfare.png": (
         "Who gains",
-        "Per grid point: total builder profit, consumer surplus, protocol fees and answer accuracy.",
+        "Per grid point: total builder profit, consumer surplus, protocol fees and answer accuracy. "
+        "Over seeds: bars are means, error bars 95% Student-t intervals.",
     ),
 }
 
@@ -53,13 +59,22 @@ def tusd(units: int) -> str:
     return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
-def _ratio(value: float | None, digits: int = 3) -> str:
-    """A float with ``digits`` decimals, or n/a."""
+def undefined(value: Undefined) -> str:
+    """``undefined (reason)``."""
+    return f"undefined ({value.reason})"
+
+
+def _ratio(value: float | Undefined | None, digits: int = 3) -> str:
+    """A float with ``digits`` decimals, ``undefined (reason)``, or n/a."""
+    if isinstance(value, Undefined):
+        return undefined(value)
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _percent(value: float | None) -> str:
-    """A fraction as a percentage, or n/a."""
+def _percent(value: float | Undefined | None) -> str:
+    """A fraction as a percentage, ``undefined (reason)``, or n/a."""
+    if isinstance(value, Undefined):
+        return undefined(value)
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
@@ -73,7 +88,9 @@ def summary_rows(summary: RunMetrics) -> list[tuple[str, str]]:
         ("revenue-value correlation (Pearson)", _ratio(correlation.pearson)),
         ("revenue-value correlation (Spearman)", _ratio(correlation.spearman)),
         ("Gini of producer revenue", _ratio(summary.gini_producer_revenue)),
-        ("producer share of consumer spend", _percent(summary.producer_share)),
+        ("producer share of all spend", _percent(summary.producer_share.total)),
+        ("  of which license sales", _percent(summary.producer_share.license)),
+        ("  of which royalties", _percent(summary.producer_share.royalty)),
         ("consumer spend", tusd(summary.consumer_spend)),
         ("builder profit (total)", tusd(summary.builder_profit.total)),
         ("consumer surplus (total)", tusd(summary.consumer_surplus.total)),
@@ -167,6 +184,8 @@ _SWEEP_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("revenue_value_spearman", "Spearman rho", _ratio),
     ("gini_producer_revenue", "Gini", _ratio),
     ("producer_share", "Producer share", _percent),
+    ("producer_share_license", "of it licenses", _percent),
+    ("producer_share_royalty", "of it royalties", _percent),
     ("builder_profit_total", "Builder profit", tusd),
     ("consumer_surplus_total", "Consumer surplus", tusd),
     ("protocol_fee", "Protocol fee", tusd),
@@ -186,7 +205,7 @@ def write_sweep_report(
         cells = [row.params.get(key, "") for key in params]
         for metric, _, fmt in _SWEEP_COLUMNS:
             value = getattr(row.metrics, metric)
-            cells.append("n/a" if value is None else fmt(value))
+            cells.append(undefined(value) if isinstance(value, Undefined) else fmt(value))
         table_rows.append(cells)
     lines = [
         f"# Sweep report: {title or 'sweep'}",
@@ -201,6 +220,166 @@ def write_sweep_report(
         "",
         *_figures(images, out),
     ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Over seeds
+
+#: Every metric of ``SWEEP_METRICS``: its label and how its values read (``ratio``, ``percent``, ``tusd``, ``count``).
+METRIC_LABELS: dict[str, tuple[str, str]] = {
+    "revenue_value_pearson": ("revenue-value correlation (Pearson)", "ratio"),
+    "revenue_value_spearman": ("revenue-value correlation (Spearman)", "ratio"),
+    "gini_producer_revenue": ("Gini of producer revenue", "ratio"),
+    "producer_share": ("producer share of all spend", "percent"),
+    "producer_share_license": ("  of which license sales", "percent"),
+    "producer_share_royalty": ("  of which royalties", "percent"),
+    "producer_revenue_total": ("producer revenue (total, tUSD)", "tusd"),
+    "builder_profit_total": ("builder profit (total, tUSD)", "tusd"),
+    "consumer_surplus_total": ("consumer surplus (total, tUSD)", "tusd"),
+    "protocol_fee": ("protocol fee (tUSD)", "tusd"),
+    "consumer_spend": ("consumer spend (tUSD)", "tusd"),
+    "accuracy": ("answer accuracy", "percent"),
+    "gas_used": ("gas used", "count"),
+    "tx_count": ("transactions", "count"),
+}
+assert set(METRIC_LABELS) == set(SWEEP_METRICS), "every sweep metric needs a label"
+
+
+def _number(value: float, kind: str, signed: bool = False) -> str:
+    """``value`` as its kind reads: 3 decimals, a percentage (points for a difference), tUSD, or a count; a
+    value that is not 0 but would round to it shows two significant digits instead (``-1.2e-05 pp``)."""
+    sign = "+" if signed else ""
+    scaled, unit, digits = {
+        "percent": (100 * value, " pp" if signed else "%", ".1f"),
+        "tusd": (value / 10**6, "", ",.2f"),
+        "count": (value, "", ",.0f"),
+    }.get(kind, (value, "", ".3f"))
+    text = f"{scaled:{sign}{digits}}"
+    if scaled != 0 and float(text.replace(",", "")) == 0:
+        text = f"{scaled:{sign}.2g}"
+    return text + unit
+
+
+def estimate_text(summary: Summary, kind: str = "ratio", signed: bool = False) -> str:
+    """``mean [low, high]`` in the metric's units (``kind`` as in ``METRIC_LABELS``), or ``undefined (reason)``."""
+    if isinstance(summary, Undefined):
+        return undefined(summary)
+    if signed and summary.low == summary.high == 0:
+        return "0"
+    if summary.low == summary.high:
+        return f"{_number(summary.mean, kind, signed)} (the same in every seed)"
+    return (
+        f"{_number(summary.mean, kind, signed)} [{_number(summary.low, kind, signed)}, "
+        f"{_number(summary.high, kind, signed)}]"
+    )
+
+
+def verdict(comparison: Comparison) -> str:
+    """The comparison in words: ``higher`` / ``lower`` (the interval excludes 0), ``within noise (the interval
+    contains 0)``, ``no difference (0 in every seed)``, or ``no verdict`` (the difference is undefined;
+    ``estimate_text`` says why)."""
+    difference = comparison.difference
+    if isinstance(difference, Undefined):
+        return "no verdict"
+    if difference.low == difference.high == 0:
+        return "no difference (0 in every seed)"
+    if difference.contains(0.0):
+        return "within noise (the interval contains 0)"
+    return "higher" if difference.mean > 0 else "lower"
+
+
+def _label(params: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "run"
+
+
+def point_names(points: list[SeededMetrics]) -> list[str]:
+    """``point N (key=value, …)`` for each grid point, naming only the parameters that vary across the grid."""
+    keys = list(dict.fromkeys(k for point in points for k in point.params))
+    varying = [k for k in keys if len({point.params.get(k) for point in points}) > 1]
+    names = []
+    for number, point in enumerate(points, start=1):
+        label = ", ".join(f"{k}={point.params.get(k)}" for k in varying)
+        names.append(f"point {number}" + (f" ({label})" if label else ""))
+    return names
+
+
+def comparison_sentences(comparisons: Sequence[Comparison]) -> list[str]:
+    """One sentence per comparison: ``point vs reference: metric differs by d [low, high] — verdict``."""
+    lines = []
+    for comparison in comparisons:
+        label, kind = METRIC_LABELS[comparison.metric]
+        seeds = f", {comparison.difference.n} paired seeds" if isinstance(comparison.difference, Estimate) else ""
+        head = f"{_label(comparison.point)} vs {_label(comparison.reference)}: {label.strip()}"
+        if isinstance(comparison.difference, Undefined):
+            lines.append(f"{head}: no verdict, {undefined(comparison.difference)}.")
+            continue
+        difference = estimate_text(comparison.difference, kind, signed=True)
+        lines.append(f"{head} differs by {difference}{seeds}: {verdict(comparison)}.")
+    return lines
+
+
+def write_seeded_report(
+    points: Sequence[SeededMetrics],
+    comparisons: Sequence[Comparison],
+    images: Sequence[str | Path],
+    out_dir: str | Path,
+    title: str | None = None,
+) -> Path:
+    """Write ``out_dir/report.md`` for grid points run over seeds: every metric as mean [95% interval] per point,
+    then each point against the first (paired per-seed differences, with a verdict in words), then ``images``."""
+    if not points:
+        raise ValueError("a report over seeds needs at least one grid point")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = points[0].seeds
+    names = point_names(points)
+    header = ["Metric", *names]
+    rows = [
+        [label, *(estimate_text(point.estimates[name], kind) for point in points)]
+        for name, (label, kind) in METRIC_LABELS.items()
+    ]
+    lines = [
+        f"# Report over seeds: {title or 'simulation'}",
+        "",
+        f"{len(points)} grid point{'s' if len(points) > 1 else ''}, each run with seeds {seeds[0]} to {seeds[-1]} "
+        f"(n = {len(seeds)}). Each metric is its mean over the seeds with the 95% Student-t interval of that mean "
+        "in brackets (mean ± t(0.975, n - 1) · sd / √n); a seed where a metric is undefined is left out of it and "
+        "n in `metrics.json` says how many remained. Amounts in tUSD; per-seed figures in `seeds.csv`.",
+        "",
+        *_table(["Grid point", "Parameters"], [[n, _label(p.params)] for n, p in zip(names, points, strict=True)]),
+        "",
+        "## Metrics",
+        "",
+        *_table(header, rows),
+        "",
+    ]
+    if comparisons:
+        reference = names[0]
+        lines += [
+            f"## Compared with {reference}",
+            "",
+            "Each grid point against the first, seed by seed (the same seeds under both): the mean per-seed "
+            "difference (point minus reference) with its 95% Student-t interval. A difference whose interval "
+            "contains 0 is within noise: these seeds cannot tell the two apart.",
+            "",
+        ]
+        each = len(comparisons) // max(len(points) - 1, 1)  # compare_points: point by point, metrics in order
+        for number in range(len(points) - 1):
+            chosen = comparisons[number * each : (number + 1) * each]
+            lines += [f"### {names[number + 1]} vs {reference}", ""]
+            lines += _table(
+                ["Metric", "Difference [95% interval]", "Verdict"],
+                [
+                    [METRIC_LABELS[c.metric][0].strip(),
+                     estimate_text(c.difference, METRIC_LABELS[c.metric][1], signed=True), verdict(c)]
+                    for c in chosen
+                ],
+            )  # fmt: skip
+            lines.append("")
+    lines += ["## Figures", "", *_figures(images, out)]
     path = out / "report.md"
     path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
     return path

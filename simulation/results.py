@@ -5,22 +5,57 @@ frozen dataclass, sequences are tuples. ``RunResult.to_json`` is what ``result.j
 wall-clock figures) and ``RunResult.from_json`` reads it back; ``RunMetrics.to_json`` is ``metrics.json``.
 Metrics are computed from a ``RunResult`` by ``simulation.metrics.summarize``; an engine only has to fill
 a ``RunResult``.
+
+A metric that cannot be computed for a run (a correlation when every producer earned the same, a ratio over
+nothing) is ``Undefined`` with its reason, written ``{"undefined": reason}`` in JSON and ``undefined`` in
+CSVs, never a number, NaN or a blank. Over several seeds a metric is an ``Estimate`` (mean with a 95%
+Student-t interval over the seeds), and two grid points compare by a ``Comparison`` (paired per seed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any
 
 
+@dataclass(frozen=True)
+class Undefined:
+    """A metric that has no value for a run, and why (e.g. ``every producer earned the same revenue``).
+
+    JSON: ``{"undefined": reason}``; CSV cell: ``undefined``; tables: ``undefined (reason)``.
+    """
+
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        """``{"undefined": reason}``."""
+        return {"undefined": self.reason}
+
+
+#: A scalar metric of one run: a number, or why it has none.
+Value = float | int | Undefined
+
+
 def _plain(value: Any) -> Any:
-    """``value`` with every tuple made a list, recursively (a JSON array either way; equal to what JSON reads back)."""
+    """``value`` as plain JSON data, recursively: dataclasses as objects (``Undefined`` as ``{"undefined": …}``),
+    tuples as lists (a JSON array either way; equal to what JSON reads back)."""
+    if isinstance(value, Undefined):
+        return value.to_json()
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     return value
+
+
+def value_from_json(data: Any) -> Any:
+    """A metric value read back from JSON: ``{"undefined": reason}`` as ``Undefined``, anything else as is."""
+    if isinstance(data, dict) and set(data) == {"undefined"}:
+        return Undefined(str(data["undefined"]))
+    return data
 
 
 @dataclass(frozen=True)
@@ -181,10 +216,23 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Correlation:
-    """Correlation between producer revenue and true data value; None where undefined (a constant input)."""
+    """Correlation between producer revenue and true data value; ``Undefined`` with the reason where it has none
+    (fewer than two producers, or every producer earned the same / has the same value)."""
 
-    pearson: float | None
-    spearman: float | None
+    pearson: float | Undefined
+    spearman: float | Undefined
+
+
+@dataclass(frozen=True)
+class ProducerShare:
+    """Where the market's money went to producers: producer revenue over everything spent in the market
+    (builders' license purchases plus consumers' model calls), split into license sales and royalties
+    (``license + royalty == total``). ``Undefined`` where nothing was spent, or where the engine did not
+    split license from royalty revenue (the parts only)."""
+
+    total: float | Undefined
+    license: float | Undefined
+    royalty: float | Undefined
 
 
 @dataclass(frozen=True)
@@ -216,16 +264,18 @@ class Timing:
 class SweepMetrics:
     """The scalar metrics a sweep compares across its grid (one ``sweep.csv`` column each, in this order)."""
 
-    revenue_value_pearson: float | None
-    revenue_value_spearman: float | None
-    gini_producer_revenue: float | None
-    producer_share: float | None
+    revenue_value_pearson: float | Undefined
+    revenue_value_spearman: float | Undefined
+    gini_producer_revenue: float | Undefined
+    producer_share: float | Undefined
+    producer_share_license: float | Undefined
+    producer_share_royalty: float | Undefined
     producer_revenue_total: int
     builder_profit_total: int
     consumer_surplus_total: int
     protocol_fee: int
     consumer_spend: int
-    accuracy: float | None
+    accuracy: float | Undefined
     gas_used: int
     tx_count: int
     split_identities: int | None = None
@@ -256,15 +306,15 @@ class RunMetrics:
     producer_revenue_total: int
     producer_true_value: tuple[float, ...]
     revenue_value_correlation: Correlation
-    gini_producer_revenue: float | None
-    producer_share: float | None
+    gini_producer_revenue: float | Undefined
+    producer_share: ProducerShare
     builder_profit: BuilderProfit
     consumer_surplus: ConsumerSurplus
     consumer_spend: int
     protocol_fee: int
     answered: int
     correct: int
-    accuracy: float | None
+    accuracy: float | Undefined
     builder_accuracy: tuple[float, ...]
     gas_used: int
     tx_count: int
@@ -278,12 +328,12 @@ class RunMetrics:
     def to_json(self) -> dict[str, Any]:
         """The JSON object of ``metrics.json``: everything but ``timing``, and the strategy figures
         (``STRATEGY_METRICS``) only where the scenario has such producers."""
-        data = asdict(self)
+        data = _plain(self)
         del data["timing"]
         for name in STRATEGY_METRICS:
             if name in data and data[name] is None:
                 del data[name]
-        return _plain(data)
+        return data
 
     def sweep_metrics(self) -> SweepMetrics:
         """The scalar metrics, for sweep tables and plots."""
@@ -291,7 +341,9 @@ class RunMetrics:
             revenue_value_pearson=self.revenue_value_correlation.pearson,
             revenue_value_spearman=self.revenue_value_correlation.spearman,
             gini_producer_revenue=self.gini_producer_revenue,
-            producer_share=self.producer_share,
+            producer_share=self.producer_share.total,
+            producer_share_license=self.producer_share.license,
+            producer_share_royalty=self.producer_share.royalty,
             producer_revenue_total=self.producer_revenue_total,
             builder_profit_total=self.builder_profit.total,
             consumer_surplus_total=self.consumer_surplus.total,
@@ -316,5 +368,73 @@ class SweepRow:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of one ``sweep.json`` entry (strategy figures only where set)."""
-        metrics = {k: v for k, v in asdict(self.metrics).items() if v is not None or k not in STRATEGY_METRICS}
-        return {"params": dict(self.params), "metrics": _plain(metrics)}
+        metrics = {k: v for k, v in _plain(self.metrics).items() if v is not None or k not in STRATEGY_METRICS}
+        return {"params": dict(self.params), "metrics": metrics}
+
+
+# --------------------------------------------------------------------------------------------------
+# Over seeds
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A metric over ``n`` seeds: its ``mean``, the 95% Student-t interval ``[low, high]`` of that mean
+    (``mean ± t(0.975, n - 1) · sd / √n``) and the sample standard deviation ``sd`` (n - 1 in the denominator).
+    ``n`` counts the seeds where the metric was defined (at least 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    sd: float
+
+    def contains(self, value: float = 0.0) -> bool:
+        """Whether ``value`` lies in the interval (for a difference: whether it is within noise)."""
+        return self.low <= value <= self.high
+
+
+#: A metric summarized over seeds: an estimate, or why there is none.
+Summary = Estimate | Undefined
+
+
+@dataclass(frozen=True)
+class SeededMetrics:
+    """A scenario (or one grid point) run over several seeds: its parameter overrides, the seeds, each seed's
+    scalar metrics (``runs[i]`` is seed ``seeds[i]``) and every metric of ``SweepMetrics`` summarized over them
+    (``estimates``, in ``SweepMetrics`` field order). ``to_json`` is its ``metrics.json``."""
+
+    params: dict[str, str]
+    seeds: tuple[int, ...]
+    runs: tuple[SweepMetrics, ...]
+    estimates: dict[str, Summary]
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"params", "seeds", "metrics": {name: {"mean","low","high","n","sd"} or {"undefined": reason}}}``."""
+        return {"params": dict(self.params), "seeds": list(self.seeds), "metrics": _plain(self.estimates)}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One metric of grid point ``point`` against the reference point ``reference``: the mean of the per-seed
+    differences (point - reference, the same seeds under both) with its 95% Student-t interval, or why there is
+    none. The difference is within noise when its interval contains 0."""
+
+    metric: str
+    point: dict[str, str]
+    reference: dict[str, str]
+    difference: Summary
+
+    @property
+    def within_noise(self) -> bool | None:
+        """True when the interval contains 0; None when the difference is undefined."""
+        return None if isinstance(self.difference, Undefined) else self.difference.contains(0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON object: the metric, both points' parameters, the difference and ``within_noise``."""
+        return {
+            "metric": self.metric,
+            "point": dict(self.point),
+            "reference": dict(self.reference),
+            "difference": _plain(self.difference),
+            "within_noise": self.within_noise,
+        }

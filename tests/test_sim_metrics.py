@@ -27,7 +27,15 @@ from simulation.metrics import (
 )
 from simulation.plots import RUN_FIGURES, SWEEP_FIGURES, plot_run, plot_sweep
 from simulation.report import summary_rows, tusd, write_report, write_sweep_report
-from simulation.results import BuilderProfit, ConsumerSurplus, Correlation, RunResult, Timing
+from simulation.results import (
+    BuilderProfit,
+    ConsumerSurplus,
+    Correlation,
+    ProducerShare,
+    RunResult,
+    Timing,
+    Undefined,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TUSD = 1_000_000
@@ -145,7 +153,9 @@ def test_summarize_synthetic_result_by_hand() -> None:
     assert summary.revenue_value_correlation.pearson == pytest.approx(0.08 / math.sqrt(8 * 0.0014))
     assert summary.revenue_value_correlation.spearman == pytest.approx(0.5)
     assert summary.gini_producer_revenue == pytest.approx(8 / 36)
-    assert summary.producer_share == pytest.approx(12 / 5)  # no royalty split given: all producer revenue
+    # 12 tUSD reached producers of 15 spent (10 on licenses, 5 on calls); no split given: the parts are undefined
+    unsplit = Undefined("the engine did not split producer revenue into license sales and royalties")
+    assert summary.producer_share == ProducerShare(total=pytest.approx(0.8), license=unsplit, royalty=unsplit)
     assert summary.builder_profit == BuilderProfit(per_builder=(1 * TUSD, -3_500_000), total=-2_500_000)
     assert summary.consumer_surplus == ConsumerSurplus(per_consumer=(2 * TUSD, -1 * TUSD), total=1 * TUSD)
     assert summary.consumer_spend == 5 * TUSD
@@ -156,12 +166,25 @@ def test_summarize_synthetic_result_by_hand() -> None:
     assert summary.timing == Timing(wall_time=2.5, onchain_actions=50, actions_per_second=pytest.approx(20.0))
 
 
-def test_producer_share_counts_only_royalties_when_the_engine_splits_them() -> None:
+def test_producer_share_counts_license_sales_and_royalties_named_apart() -> None:
     data = synthetic_data()
     by_index = sorted(data["producers"], key=lambda p: p["index"])
     for producer, royalty in zip(by_index, [1_000_000, 500_000, 0], strict=True):
         producer["royalty_revenue"] = royalty
-    assert summarize(RunResult.from_json(data)).producer_share == pytest.approx(0.3)
+        producer["license_revenue"] = producer["revenue"] - royalty
+    share = summarize(RunResult.from_json(data)).producer_share
+    # of 15 tUSD spent (10 licenses + 5 calls): 10.5 reached producers as license sales, 1.5 as royalties
+    assert (share.total, share.license, share.royalty) == (pytest.approx(0.8), pytest.approx(0.7), pytest.approx(0.1))
+
+
+def test_rule_none_pays_no_royalty_yet_its_license_sales_reach_producers() -> None:
+    """The metric this replaced counted only royalties over consumer spend: 0 under rule ``none`` while producers
+    earned license fees."""
+    data = synthetic_data()
+    for producer in data["producers"]:
+        producer.update(royalty_revenue=0, license_revenue=producer["revenue"])
+    share = summarize(RunResult.from_json(data)).producer_share
+    assert share == ProducerShare(total=pytest.approx(0.8), license=pytest.approx(0.8), royalty=0.0)
 
 
 def test_summarize_reports_none_for_undefined_ratios() -> None:
@@ -169,14 +192,34 @@ def test_summarize_reports_none_for_undefined_ratios() -> None:
     data.update(consumer_spend=0, wall_time=0.0)
     for consumer in data["consumers"]:
         consumer.update(answered=0, correct=0)
+    for builder in data["builders"]:
+        builder["spend"] = 0
     for producer in data["producers"]:
-        producer["revenue"] = 1 * TUSD
+        producer.update(revenue=1 * TUSD, license_revenue=1 * TUSD, royalty_revenue=0)
     summary = summarize(RunResult.from_json(data))
-    assert summary.producer_share is None
-    assert summary.accuracy is None
+    nothing = Undefined("nothing was spent in the market (no licenses bought, no calls paid)")
+    assert summary.producer_share == ProducerShare(total=nothing, license=nothing, royalty=nothing)
+    assert summary.accuracy == Undefined("no query was answered")
     assert summary.timing.actions_per_second is None
-    assert summary.revenue_value_correlation == Correlation(pearson=None, spearman=None)
+    same = Undefined("every producer earned the same revenue")
+    assert summary.revenue_value_correlation == Correlation(pearson=same, spearman=same)
     assert summary.gini_producer_revenue == 0.0
+    written = summary.to_json()
+    assert written["revenue_value_correlation"]["pearson"] == {"undefined": "every producer earned the same revenue"}
+    assert written["accuracy"] == {"undefined": "no query was answered"}
+    rows = dict(summary_rows(summary))
+    assert rows["revenue-value correlation (Pearson)"] == "undefined (every producer earned the same revenue)"
+
+
+def test_a_correlation_over_too_few_producers_or_equal_values_says_why() -> None:
+    data = synthetic_data()
+    for producer in data["producers"]:
+        producer["true_value"] = 0.02
+    same_value = Undefined("every producer's data has the same true value")
+    assert summarize(RunResult.from_json(data)).revenue_value_correlation == Correlation(same_value, same_value)
+    data["producers"] = data["producers"][:1]
+    one = Undefined("a correlation needs at least 2 producers, the run has 1")
+    assert summarize(RunResult.from_json(data)).revenue_value_correlation == Correlation(one, one)
 
 
 def test_metrics_json_is_identical_for_identical_runs_and_timing_is_kept_apart(tmp_path: Path) -> None:
@@ -252,7 +295,7 @@ def test_run_report_links_exactly_the_figures_and_shows_the_summary(run_output: 
     text = report.read_text()
     assert text.startswith("# Simulation report: synthetic\n")
     assert "| Gini of producer revenue | 0.222 |" in text
-    assert "| producer share of consumer spend | 240.0% |" in text
+    assert "| producer share of all spend | 80.0% |" in text
     assert "| builder profit (total) | -2.50 |" in text
     assert "| 2 | 0.00 | 0 | 100 | 4.00 | 0.0000 |" in text  # producer 2 copies producer 0
     assert text.count("### ") == len(images)
@@ -273,7 +316,8 @@ def test_summary_rows_format_amounts_and_missing_values() -> None:
     result = replace(synthetic_result(), consumer_spend=0)
     rows = dict(summary_rows(summarize(result)))
     assert rows["producer revenue (each)"] == "6.00, 2.00, 4.00"
-    assert rows["producer share of consumer spend"] == "n/a"
+    assert rows["producer share of all spend"] == "120.0%"  # 12 tUSD reached producers of 10 spent on licenses
+    assert rows["  of which royalties"].startswith("undefined (the engine did not split")
     assert rows["answers correct"] == "30 / 50 (60.0%)"
     assert tusd(1_234_567) == "1.234567" and tusd(-1_500_000) == "-1.50"
 
@@ -285,7 +329,7 @@ def test_sweep_plots_and_report(tmp_path: Path) -> None:
         for count in ("3", "5"):
             summary = replace(base, gini_producer_revenue=0.1 * len(rule) / int(count))
             if rule == "none":
-                summary = replace(summary, revenue_value_correlation=Correlation(pearson=None, spearman=None))
+                summary = replace(summary, revenue_value_correlation=Correlation(Undefined("flat"), Undefined("flat")))
             rows.append(sweep_row({"royalty.rule": rule, "producers.count": count}, summary))
     images = plot_sweep(rows, tmp_path)
     assert [image.name for image in images] == list(SWEEP_FIGURES)
@@ -296,7 +340,7 @@ def test_sweep_plots_and_report(tmp_path: Path) -> None:
     text = report.read_text()
     table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| royalty.rule")]
     assert len(table) == len(rows)
-    assert table[0].startswith("| none | 3 | n/a | n/a | 0.133 |")
+    assert table[0].startswith("| none | 3 | undefined (flat) | undefined (flat) | 0.133 |")
     with pytest.raises(ValueError, match="at least one row"):
         plot_sweep([], tmp_path)
 

@@ -49,7 +49,7 @@ def test_a_sweep_of_replicates_runs_in_parallel_and_every_replicate_is_identical
     assert run["channel_revenue_claimed"] == run["consumer_spend"]
     assert metrics["answered"] == 16 and metrics["accuracy"] > 0.7
     assert metrics["tx_count"] > 20 and metrics["gas_used"] > 1_000_000
-    assert 0 < metrics["producer_share"] < 1
+    assert 0 < metrics["producer_share"]["royalty"] < metrics["producer_share"]["total"] < 1
 
 
 def test_a_chain_that_disagrees_with_the_ledger_fails_loudly():
