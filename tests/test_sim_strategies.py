@@ -98,7 +98,8 @@ def test_the_new_keys_are_validated_with_one_line_errors_naming_the_key(
 
 def _row(params: dict[str, str], identities: int | None, revenue: int | None) -> SweepRow:
     metrics = SweepMetrics(revenue_value_pearson=None, revenue_value_spearman=None, gini_producer_revenue=None,
-                           producer_share=None, producer_revenue_total=0, builder_profit_total=0,
+                           producer_share=None, producer_share_license=None, producer_share_royalty=None,
+                           producer_revenue_total=0, builder_profit_total=0,
                            consumer_surplus_total=0, protocol_fee=0, consumer_spend=0, accuracy=None, gas_used=0,
                            tx_count=0, split_identities=identities, split_owner_revenue=revenue)  # fmt: skip
     return SweepRow(params=params, metrics=metrics)
