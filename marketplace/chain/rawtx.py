@@ -40,8 +40,16 @@ from marketplace.chain.errors import ChainError
 
 #: The priority fee (wei per gas) of every transaction sent here (as :class:`~marketplace.chain.chain.RawCall`).
 TIP = 10**9
+#: The lowest fee cap (wei per gas) of every transaction sent here.
+MAX_FEE_FLOOR = 100 * 10**9
+#: The block gas limit set on a node (one segment of a flush is mined as one block).
+BLOCK_GAS_LIMIT = 300_000_000
+#: The most transactions of one sender in a node's pool at once.
+MAX_PER_SENDER = 256
 #: Requests per JSON-RPC batch sent to a node.
 RPC_BATCH = 500
+#: Raw transaction bytes per batch (hex doubles them on the wire; anvil refuses bodies of a few MB).
+RPC_BATCH_BYTES = 200_000
 
 
 def _abi_type(item: dict[str, Any]) -> str:
@@ -139,16 +147,17 @@ class BatchSender:
     """Queue signed transactions and send them in batches; every receipt is checked.
 
     One sender per chain and run: it owns the nonces of the accounts it signs for (read from the chain the
-    first time, or told with :meth:`fresh` for accounts known to have sent nothing). ``max_fee`` (wei per
-    gas) defaults to twice the head's base fee plus :data:`TIP` (base fees only fall on a chain of
-    near-empty blocks). ``gas_used`` and ``sent`` count everything flushed.
+    first time, or told with :meth:`fresh` for accounts known to have sent nothing).
+    ``max_fee`` (wei per
+    gas) defaults to a hundred times the head's base fee (at least :data:`MAX_FEE_FLOOR`) plus :data:`TIP`. ``gas_used`` and ``sent`` count everything flushed.
     """
 
     def __init__(self, chain: Chain, *, max_fee: int | None = None) -> None:
         self.chain = chain
         self.chain_id = chain.chain_id
+        self.base_fee = int(chain.w3.eth.get_block("latest").get("baseFeePerGas", 0))
         if max_fee is None:
-            max_fee = 2 * int(chain.w3.eth.get_block("latest").get("baseFeePerGas", 0)) + TIP
+            max_fee = max(100 * self.base_fee, MAX_FEE_FLOOR) + TIP
         self.max_fee = max_fee
         self.gas_used = 0
         self.sent = 0
@@ -156,6 +165,8 @@ class BatchSender:
         self._signers: dict[str, RawSigner] = {}
         self._queue: list[_Queued] = []
         self._session = requests.Session() if chain.rpc_url else None
+        if self._session is not None:
+            self._rpc([("evm_setBlockGasLimit", [hex(BLOCK_GAS_LIMIT)])])
 
     def fresh(self, address: str) -> None:
         """Note that ``address`` has sent no transaction yet (its next nonce is 0), saving a read."""
@@ -249,31 +260,86 @@ class BatchSender:
         body = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in enumerate(calls)]
         response = self._session.post(self.chain.rpc_url, json=body, timeout=120)
         response.raise_for_status()
-        answers = sorted(response.json(), key=lambda a: a["id"])
-        return answers
+        answers = response.json()
+        if not isinstance(answers, list):
+            raise ChainError(f"the node answered a batch of {len(calls)} {calls[0][0]} with {answers}")
+        return sorted(answers, key=lambda a: a["id"])
 
     def _flush_rpc(self, queued: list[_Queued]) -> list[dict[str, Any]]:
-        for start in range(0, len(queued), RPC_BATCH):
-            chunk = queued[start : start + RPC_BATCH]
-            answers = self._rpc([("eth_sendRawTransaction", ["0x" + q.raw.hex()]) for q in chunk])
-            for item, answer in zip(chunk, answers, strict=True):
-                if "error" in answer:
-                    raise ChainError(f"the node refused {item.label}: {answer['error'].get('message', answer)}")
-        receipts: dict[int, dict[str, Any]] = {}
-        deadline = time.monotonic() + 60
-        while len(receipts) < len(queued):
-            missing = [i for i in range(len(queued)) if i not in receipts]
-            for start in range(0, len(missing), RPC_BATCH):
-                chunk = missing[start : start + RPC_BATCH]
-                answers = self._rpc([("eth_getTransactionReceipt", ["0x" + queued[i].tx_hash.hex()]) for i in chunk])
-                for index, answer in zip(chunk, answers, strict=True):
-                    if answer.get("result"):
-                        receipts[index] = answer["result"]
-            if len(receipts) < len(queued):
+        """:meth:`_flush_segment` by segments that fit in one block (gas limits summed) and hold at most
+        :data:`MAX_PER_SENDER` transactions of one sender: anvil's pool silently drops transactions that a
+        block mined on request leaves out."""
+        receipts: list[dict[str, Any]] = []
+        segment: list[_Queued] = []
+        counts: dict[str, int] = {}
+        gas = 0
+        for item in queued:
+            sender = item.tx["from"]
+            if counts.get(sender, 0) >= MAX_PER_SENDER or gas + item.tx["gas"] > BLOCK_GAS_LIMIT:
+                receipts += self._flush_segment(segment)
+                segment, counts, gas = [], {}, 0
+            segment.append(item)
+            counts[sender] = counts.get(sender, 0) + 1
+            gas += item.tx["gas"]
+        return receipts + self._flush_segment(segment)
+
+    def _flush_segment(self, queued: list[_Queued]) -> list[dict[str, Any]]:
+        """A node: automine off, every transaction into the pool (batched), then blocks mined on request until
+        every receipt is there, automine back on. (anvil's automine, fed a batch, leaves ready transactions
+        in its pool for good or loses some: foundry-rs/foundry#10122.) The base fee of each block mined here
+        is held at the one the sender started with: full blocks would raise it 12.5% each, past any fee cap."""
+        self._rpc([("evm_setAutomine", [False])])
+        try:
+            for chunk in _chunks(queued):
+                answers = self._rpc([("eth_sendRawTransaction", ["0x" + q.raw.hex()]) for q in chunk])
+                for item, answer in zip(chunk, answers, strict=True):
+                    if "error" in answer:
+                        raise ChainError(f"the node refused {item.label}: {answer['error'].get('message', answer)}")
+            index_of = {"0x" + q.tx_hash.hex(): i for i, q in enumerate(queued)}
+            (head,) = self._rpc([("eth_blockNumber", [])])
+            seen = int(head["result"], 16)  # receipts are read from every block mined after this one
+            receipts: dict[int, dict[str, Any]] = {}
+            deadline = time.monotonic() + 120
+            while len(receipts) < len(queued):
                 if time.monotonic() > deadline:
-                    raise ChainError(f"no receipt within 60 s for {len(queued) - len(receipts)} transactions")
-                time.sleep(0.002)
+                    (status,) = self._rpc([("txpool_status", [])])
+                    item = next(q for i, q in enumerate(queued) if i not in receipts)
+                    known, count = self._rpc(
+                        [
+                            ("eth_getTransactionByHash", ["0x" + item.tx_hash.hex()]),
+                            ("eth_getTransactionCount", [item.tx["from"], "latest"]),
+                        ]
+                    )
+                    first = f"{item.label} (DEBUG {known} {count})"
+                    raise ChainError(f"no receipt within 120 s for {len(queued) - len(receipts)} transactions, the "
+                                     f"first {first} (the node's pool: {status.get('result', status)})")  # fmt: skip
+                self._rpc([("anvil_setNextBlockBaseFeePerGas", [hex(self.base_fee)])])
+                self._rpc([("evm_mine", [])])
+                (head,) = self._rpc([("eth_blockNumber", [])])
+                mined = range(seen + 1, int(head["result"], 16) + 1)
+                for block in self._rpc([("eth_getBlockReceipts", [hex(n)]) for n in mined]) if mined else []:
+                    for receipt in block.get("result") or []:
+                        index = index_of.get(receipt["transactionHash"])
+                        if index is not None:
+                            receipts[index] = receipt
+                seen = max(seen, mined.stop - 1)
+        finally:
+            self._rpc([("evm_setAutomine", [True])])
         return [receipts[i] for i in range(len(queued))]
+
+
+def _chunks(items: list[_Queued]) -> list[list[_Queued]]:
+    """``items`` in batches of at most :data:`RPC_BATCH` transactions and :data:`RPC_BATCH_BYTES` of raw bytes
+    (a node refuses a request body beyond its limit)."""
+    chunks: list[list[_Queued]] = []
+    size = 0
+    for item in items:
+        if not chunks or len(chunks[-1]) >= RPC_BATCH or size + len(item.raw) > RPC_BATCH_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += len(item.raw)
+    return chunks
 
 
 def _int(value: Any) -> int:
