@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-import rlp
 from coincurve import PrivateKey
 from eth_abi import decode, encode
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_canonical_address
+from rlp.codec import encode_raw
 
 from marketplace.chain.chain import Chain, to_address
 from marketplace.chain.errors import ChainError
@@ -118,11 +118,13 @@ class RawSigner:
 
         The digest is ``keccak(0x02 ‖ rlp([chainId, nonce, maxPriorityFeePerGas, maxFeePerGas, gas, to, value,
         data, accessList]))``; the signature's y parity, r and s are appended to that list."""
-        fields = [chain_id, nonce, tip, max_fee, gas, to_canonical_address(to), value, data, []]
-        digest = keccak(b"\x02" + rlp.encode(fields))
+        # RLP of integers is their minimal big-endian bytes: encoded raw here, without pyrlp's type inference.
+        fields = [_be(chain_id), _be(nonce), _be(tip), _be(max_fee), _be(gas), to_canonical_address(to), _be(value),
+                  data, []]  # fmt: skip
+        digest = keccak(b"\x02" + encode_raw(fields))
         signature = self._key.sign_recoverable(digest, hasher=None)  # r ‖ s ‖ recovery id
-        r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:64], "big")
-        return b"\x02" + rlp.encode([*fields, signature[64], r, s])
+        r, s = signature[:32].lstrip(b"\x00"), signature[32:64].lstrip(b"\x00")
+        return b"\x02" + encode_raw([*fields, _be(signature[64]), r, s])
 
 
 @dataclass
@@ -149,7 +151,8 @@ class BatchSender:
     One sender per chain and run: it owns the nonces of the accounts it signs for (read from the chain the
     first time, or told with :meth:`fresh` for accounts known to have sent nothing).
     ``max_fee`` (wei per
-    gas) defaults to a hundred times the head's base fee (at least :data:`MAX_FEE_FLOOR`) plus :data:`TIP`. ``gas_used`` and ``sent`` count everything flushed.
+    gas) defaults to a hundred times the head's base fee (at least :data:`MAX_FEE_FLOOR`) plus :data:`TIP`.
+    ``gas_used`` and ``sent`` count everything flushed.
     """
 
     def __init__(self, chain: Chain, *, max_fee: int | None = None) -> None:
@@ -207,7 +210,9 @@ class BatchSender:
         flushed = Flushed(labels=[q.label for q in queued])
         for item, receipt in zip(queued, receipts, strict=True):
             if _int(receipt["status"]) != 1:
-                revert = self.chain._explain_failure(item.tx, receipt)  # the chain layer's own replay
+                mined = {"transactionHash": item.tx_hash, "blockNumber": _int(receipt["blockNumber"]),
+                         "gasUsed": _int(receipt["gasUsed"])}  # fmt: skip
+                revert = self.chain._explain_failure(item.tx, mined)  # type: ignore[arg-type]  # the chain's replay
                 revert.add_note(f"failed: {item.label}")
                 raise revert
             flushed.gas_used += _int(receipt["gasUsed"])
@@ -340,6 +345,11 @@ def _chunks(items: list[_Queued]) -> list[list[_Queued]]:
         chunks[-1].append(item)
         size += len(item.raw)
     return chunks
+
+
+def _be(value: int) -> bytes:
+    """``value`` as RLP wants an integer: big-endian, no leading zero bytes (0 is empty)."""
+    return value.to_bytes((value.bit_length() + 7) // 8, "big")
 
 
 def _int(value: Any) -> int:
