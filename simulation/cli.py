@@ -22,6 +22,22 @@ ScenarioArgument = Annotated[
 ]
 OutOption = Annotated[Path, typer.Option("--out", help="Where metrics, CSVs, plots and the report go.")]
 ChainOption = Annotated[str, typer.Option("--chain", help="embedded, anvil, or an RPC URL.")]
+EngineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="fast (contracts called directly, vouchers checked in process) or full (HTTP gateway, SDK, agent "
+        "wallets); same economic results. Default: the scenario's engine key, or auto: fast from 2,000 paid "
+        "calls (consumers x queries per round x rounds) up, full below.",
+    ),
+]
+
+
+def _with_engine(scenario: Any, engine: str | None) -> Any:
+    """``scenario`` with ``--engine`` applied (checked like the scenario's own ``engine`` key)."""
+    return scenario if engine is None else scenario.with_overrides({"engine": engine})
+
+
 ParamOption = Annotated[list[str] | None, typer.Option("--param", help="KEY=VALUE override (sweep: KEY=V1,V2,…).")]
 
 
@@ -70,12 +86,14 @@ def simulate(
     chain: ChainOption = "embedded",
     seed: Annotated[int | None, typer.Option("--seed", help="Override the scenario's seed.")] = None,
     param: ParamOption = None,
+    engine: EngineOption = None,
 ) -> None:
     """Run a seeded simulation where every payment goes through the contracts; write metrics, plots, a report."""
     from simulation.scenario import load_scenario
 
     check_settings()
     scenario = load_scenario(scenario_file, param or [], seed=seed)  # a mistake is told before the heavy imports
+    scenario = _with_engine(scenario, engine)
     from simulation.runner import simulate as run
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -98,6 +116,7 @@ def sweep(
     out: OutOption = Path("sweep-out"),
     workers: Annotated[int, typer.Option("--workers", min=1, help="Grid points run in parallel processes.")] = 1,
     chain: ChainOption = "embedded",
+    engine: EngineOption = None,
 ) -> None:
     """Run a scenario over a grid of parameters (each point its own process and chain); one table at the end.
     Ctrl-C stops every running point at once and removes its unfinished folder (exit 130)."""
@@ -105,7 +124,7 @@ def sweep(
     from simulation.scenario import load_scenario, parse_sweep
 
     check_settings()
-    scenario = load_scenario(scenario_file)
+    scenario = _with_engine(load_scenario(scenario_file), engine)
     total = len(parse_sweep(param or []))
     from simulation.runner import SweepInterrupted
     from simulation.runner import sweep as run

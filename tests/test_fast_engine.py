@@ -59,3 +59,15 @@ def test_engine_choice() -> None:
     assert choose_engine(load_scenario("large"), "full") == "full"
     with pytest.raises(ValueError, match="unknown engine 'warp'"):
         choose_engine(baseline, "warp")
+
+
+def test_cli_refuses_an_unknown_engine() -> None:
+    """``simulate --engine`` is checked like the scenario's key: one line, exit 1, no traceback."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "marketplace.cli", "simulate", "baseline", "--engine", "warp"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    assert "unknown engine 'warp'; allowed: auto, fast, full" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
