@@ -8,8 +8,9 @@ large scenario's wall time, peak memory at two round counts) and the fast/full r
 Each measurement runs in its own process (spawned), so its peak RSS is its own. Targets (issue 15) are
 reported PASS/FAIL, never asserted: >= 1,000 on-chain actions/s and >= 5,000 paid calls/s with the fast
 engine on anvil, the large scenario in <= 180 s, peak RSS flat in rounds (the longer run within 15% of
-the shorter one). The profile is the shorter run's (the timed runs are not profiled). On-chain actions are the transactions the run sent (funding, licenses, channel deposits,
-claims, releases, withdrawals); paid model calls are vouchers checked by the gateway's gate.
+the shorter one). The profile is the shorter run's (the large run is timed unprofiled). On-chain actions
+are the transactions the run sent (funding, licenses, channel deposits, claims, releases, withdrawals);
+paid model calls are vouchers checked by the gateway's gate.
 """
 
 from __future__ import annotations
