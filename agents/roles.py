@@ -151,13 +151,8 @@ class BuilderAgent:
     def _choose_parents(self) -> list[int]:
         if self.plan.parents is not None:
             return list(self.plan.parents)
-        listed = self.agent.client.assets(kind="dataset", limit=50).items
-        chosen, budget = [], self.agent.wallet.guard.remaining
-        for item in sorted(listed, key=lambda a: (a.price, a.asset_id)):
-            if item.listed and item.price <= budget:
-                chosen.append(item.asset_id)
-                budget -= item.price
-        return chosen[:8]
+        listed = self.agent.client.assets(kind="dataset", limit=CATALOG_PAGE).items
+        return choose_parents([(a.asset_id, a.price, a.listed) for a in listed], self.agent.wallet.guard.remaining)
 
     def _script(self) -> Generator[list[Action], list[Outcome], None]:
         plan = self.plan
@@ -167,14 +162,7 @@ class BuilderAgent:
         _require((yield [Action("buy_license", {"asset_id": p}) for p in parents]), "buying licenses")
         downloaded = _require((yield [Action("download", {"asset_id": p}) for p in parents]), "downloading")
         shards = [decode_shard(Path(result["path"]).read_bytes()) for result in downloaded]
-        X = np.concatenate([s.X for s in shards])
-        y = np.concatenate([s.y for s in shards])
-        estimator = train_model(plan.model, X, y, seed=plan.seed, k=plan.k)
-        score = accuracy(estimator, plan.X_val, plan.y_val)
-        inputs = RoyaltyInputs(parents=shards, X_val=plan.X_val, y_val=plan.y_val, model=plan.model, k=plan.k,
-                               seed=plan.seed)  # fmt: skip
-        weights = [float(w) for w in RULES[plan.rule](inputs)]
-        shares = _with_floor(to_bps(weights, plan.royalty_bps), plan.min_parent_bps)
+        X, y, estimator, score, weights, shares = design_model(plan, shards)
         card = {
             "type": "model-card", "estimator": plan.model, "features": int(X.shape[1]),
             "classes": sorted(int(c) for c in np.unique(y)), "trained_on": parents, "rows": len(y),
@@ -188,6 +176,38 @@ class BuilderAgent:
         (published,) = _require((yield [publish]), "publishing the model")
         self.serve(published["asset_id"], predictor(estimator))
         self.built = BuiltModel(published["asset_id"], parents, weights, shares, score, len(y), estimator)
+
+
+#: How many datasets a builder sees in the catalog (one page of ``GET /v1/assets``, ordered by asset id).
+CATALOG_PAGE = 50
+#: The most parents a builder buys.
+MAX_PARENTS = 8
+
+
+def choose_parents(listed: list[tuple[int, int, bool]], budget: int) -> list[int]:
+    """The datasets a builder buys from one catalog page of (asset id, price, listed): the cheapest first
+    (ties by id) while the budget (base units) lasts, at most :data:`MAX_PARENTS`."""
+    chosen = []
+    for asset_id, price, is_listed in sorted(listed, key=lambda a: (a[1], a[0])):
+        if is_listed and price <= budget:
+            chosen.append(asset_id)
+            budget -= price
+    return chosen[:MAX_PARENTS]
+
+
+def design_model(plan: BuildPlan, shards: list[Shard]) -> tuple[np.ndarray, np.ndarray, Any, float, list[float],
+                                                                  list[int]]:  # fmt: skip
+    """Train ``plan.model`` on the parents' ``shards`` and value them by ``plan.rule``; returns (X, y, the
+    estimator, its validation accuracy, the rule's weights, the parents' shares in bps with the floor)."""
+    X = np.concatenate([s.X for s in shards])
+    y = np.concatenate([s.y for s in shards])
+    estimator = train_model(plan.model, X, y, seed=plan.seed, k=plan.k)
+    score = accuracy(estimator, plan.X_val, plan.y_val)
+    inputs = RoyaltyInputs(parents=shards, X_val=plan.X_val, y_val=plan.y_val, model=plan.model, k=plan.k,
+                           seed=plan.seed)  # fmt: skip
+    weights = [float(w) for w in RULES[plan.rule](inputs)]
+    shares = _with_floor(to_bps(weights, plan.royalty_bps), plan.min_parent_bps)
+    return X, y, estimator, score, weights, shares
 
 
 # ---------------------------------------------------------------------- open-ended errands

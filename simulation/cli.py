@@ -23,6 +23,22 @@ ScenarioArgument = Annotated[
 ]
 OutOption = Annotated[Path, typer.Option("--out", help="Where metrics, CSVs, plots and the report go.")]
 ChainOption = Annotated[str, typer.Option("--chain", help="embedded, anvil, or an RPC URL.")]
+EngineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="fast (contracts called directly, vouchers checked in process) or full (HTTP gateway, SDK, agent "
+        "wallets); same economic results. Default: the scenario's engine key, or auto: fast from 2,000 paid "
+        "calls (consumers x queries per round x rounds) up, full below.",
+    ),
+]
+
+
+def _with_engine(scenario: Any, engine: str | None) -> Any:
+    """``scenario`` with ``--engine`` applied (checked like the scenario's own ``engine`` key)."""
+    return scenario if engine is None else scenario.with_overrides({"engine": engine})
+
+
 ParamOption = Annotated[list[str] | None, typer.Option("--param", help="KEY=VALUE override (sweep: KEY=V1,V2,…).")]
 SeedsOption = Annotated[
     int | None,
@@ -87,6 +103,7 @@ def simulate(
     param: ParamOption = None,
     seeds: SeedsOption = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="With --seeds: seeds run in parallel.")] = 1,
+    engine: EngineOption = None,
 ) -> None:
     """Run a seeded simulation where every payment goes through the contracts; write metrics, plots, a report.
     With --seeds N: N runs (seed, seed+1, …), each metric as mean with its 95% Student-t interval."""
@@ -94,6 +111,7 @@ def simulate(
 
     check_settings()
     scenario = load_scenario(scenario_file, param or [], seed=seed)  # a mistake is told before the heavy imports
+    scenario = _with_engine(scenario, engine)
     if seeds is not None:
         _simulate_seeds(scenario, out, seeds, workers, chain)
         return
@@ -127,6 +145,7 @@ def sweep(
         typer.Option("--ray-address", help="With --backend ray: a Ray cluster (ray://HOST:10001); default local."),
     ] = None,
     seeds: SeedsOption = None,
+    engine: EngineOption = None,
 ) -> None:
     """Run a scenario over a grid of parameters (each point its own process and chain, or a Ray task with
     --backend ray); one table at the end. With --seeds N every point runs the same N seeds and is compared with
@@ -138,7 +157,7 @@ def sweep(
 
     check_settings()
     make_backend(backend, workers=workers, ray_address=ray_address)  # a missing extra is told before the run
-    scenario = load_scenario(scenario_file)
+    scenario = _with_engine(load_scenario(scenario_file), engine)
     total = len(parse_sweep(param or []))
     if seeds is not None:
         _sweep_seeds(scenario, param or [], out, seeds, workers, chain, total, backend, ray_address)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from agents.roles import BuilderAgent, BuildPlan, BuyerAgent, ClassificationTask
 from marketplace.chain.units import BPS, TOTAL_SHARES
 from simulation.results import BuilderResult, ConsumerResult, ProducerResult, RoundFigures, RunResult
 from simulation.scenario import Scenario
-from simulation.world import Holding, Party, World, reconcile
+from simulation.world import Holding, World, reconcile
 
 
 def _vault_split(amount: int, share: int) -> int:
@@ -68,30 +69,65 @@ class PublishedModel:
     shares_bps: tuple[int, ...]
 
 
+#: ``engine = "auto"`` runs the fast engine from this many paid model calls up (consumers x queries per
+#: round x rounds), the full stack below it.
+FAST_FROM_CALLS = 2_000
+
+#: The engines: ``full`` (HTTP gateway in process, SDK, agent wallets) and ``fast`` (``simulation.fast``).
+ENGINES = ("fast", "full")
+
+
+def choose_engine(scenario: Scenario, engine: str | None = None) -> str:
+    """The engine a run uses: ``engine`` if given, else the scenario's; ``auto`` is ``fast`` from
+    :data:`FAST_FROM_CALLS` paid calls up, else ``full``. Raises ``ValueError`` for another name."""
+    chosen = engine or scenario.engine
+    if chosen == "auto":
+        consumers = scenario.consumers
+        calls = consumers.count * consumers.queries_per_round * scenario.rounds
+        return "fast" if calls >= FAST_FROM_CALLS else "full"
+    if chosen not in ENGINES:
+        raise ValueError(f"unknown engine {chosen!r}: use auto, fast or full")
+    return chosen
+
+
 def run_simulation(
     scenario: Scenario,
     *,
     chain_target: str = "embedded",
     work_dir: Path,
     on_round: Callable[[int, RoundFigures], None] | None = None,
+    engine: str | None = None,
 ) -> RunResult:
-    """Run ``scenario`` on ``chain_target`` (embedded, anvil or an RPC URL); returns the typed result.
+    """Run ``scenario`` on ``chain_target`` (embedded, anvil or an RPC URL) with ``engine`` (``fast``,
+    ``full``, or None: the scenario's ``engine``, see :func:`choose_engine`); returns the typed result.
 
+    Both engines make the same payments on the same contracts and give the same economic results.
     Raises ``LedgerMismatch`` (``simulation.world``) if any party's on-chain holdings differ from the
     simulation's ledger.
     """
     started = time.perf_counter()
-    with World(chain_target, fee_bps=scenario.protocol.fee_bps, seed=scenario.seed, work_dir=work_dir) as world:
-        run = _Run(scenario, world)
-        run.publish_datasets()
-        run.build_models()
-        for round_number in range(1, scenario.rounds + 1):
-            figures = run.play_round(round_number)
-            if on_round:
-                on_round(round_number, figures)
-        channel_revenue = world.settle().claimed
-        protocol_fee = run.release_and_withdraw()
-        result = run.result(channel_revenue, protocol_fee)
+    fast = choose_engine(scenario, engine) == "fast"
+    gateway = "none" if fast else "in_process"
+    with World(chain_target, fee_bps=scenario.protocol.fee_bps, seed=scenario.seed, work_dir=work_dir,
+               gateway=gateway) as world:  # fmt: skip
+        if fast:
+            from simulation.fast import FastRun
+
+            run: _Run = FastRun(scenario, world)
+        else:
+            run = _Run(scenario, world)
+        try:
+            run.publish_datasets()
+            run.build_models()
+            for round_number in range(1, scenario.rounds + 1):
+                figures = run.play_round(round_number)
+                if on_round:
+                    on_round(round_number, figures)
+            channel_revenue = run.settle()
+            protocol_fee = run.release_and_withdraw()
+            result = run.result(channel_revenue, protocol_fee)
+        finally:
+            run.close()
     reconcile(holdings(result, run.expected()))
     return replace(result, wall_time=time.perf_counter() - started, onchain_actions=result.chain.tx_count)
 
@@ -131,6 +167,19 @@ def holdings(result: RunResult, expected: ExpectedLedger) -> list[Holding]:
     return lines
 
 
+class Actor(Protocol):
+    """A party of a run as the results see it: its role, index and address (a ``Party`` of the world in the
+    full engine; the fast engine's own)."""
+
+    role: str
+    index: int
+
+    @property
+    def address(self) -> str:
+        """The party's checksummed address."""
+        ...
+
+
 class _Run:
     """One run's economy on a world: parties, assets, and the ledger of every payment made."""
 
@@ -147,9 +196,9 @@ class _Run:
         self.shards: list[Shard] = []
         self.owners: list[int] = []  # identity index -> producer (owner) index of the scenario
         self.datasets: list[int] = []
-        self.producers: list[Party] = []
-        self.builders: list[Party] = []
-        self.consumers: list[Party] = []
+        self.producers: list[Actor] = []
+        self.builders: list[Actor] = []
+        self.consumers: list[Actor] = []
         self.models: list[PublishedModel] = []
         self.license_paid: dict[int, int] = {}  # dataset id -> total paid for licenses
         self.rounds: list[RoundFigures] = []
@@ -175,6 +224,11 @@ class _Run:
             )
         self.owners = spec.identities()
         self.shards = [piece for index, shard in enumerate(shards) for piece in _split(shard, self.owners.count(index))]
+        self.publish_shards()
+
+    def publish_shards(self) -> None:
+        """Every identity publishes its shard at its owner's price (through its wallet's client and the gateway)."""
+        spec = self.scenario.producers
         for index, (owner, shard) in enumerate(zip(self.owners, self.shards, strict=True)):
             party = self.world.party("producer", index)
             provider = ProviderAgent(party.wallet)
@@ -209,7 +263,7 @@ class _Run:
     def play_round(self, round_number: int) -> RoundFigures:
         """Every consumer classifies its share of this round's queries, paying per call."""
         spec = self.scenario.consumers
-        spent_before = sum(self._paid(c) for c in self.consumers)
+        spent_before = sum(self.consumer_paid(i) for i in range(len(self.consumers)))
         answered = correct = 0
         for index, party in enumerate(self.consumers):
             rows = self._next_queries(spec.queries_per_round)
@@ -221,7 +275,8 @@ class _Run:
             self.correct[index] += task.correct
             answered, correct = answered + task.index, correct + task.correct
         figures = RoundFigures(round=round_number, answered=answered, correct=correct,
-                               consumer_spend=sum(self._paid(c) for c in self.consumers) - spent_before)  # fmt: skip
+                               consumer_spend=sum(self.consumer_paid(i) for i in range(len(self.consumers)))
+                               - spent_before)  # fmt: skip
         self.rounds.append(figures)
         return figures
 
@@ -230,10 +285,25 @@ class _Run:
         self.query_cursor += count
         return rows
 
-    @staticmethod
-    def _paid(party: Party) -> int:
-        """What a consumer paid for calls so far (vouchers; deposits still locked are not spent)."""
-        return sum(e.amount for e in party.wallet.ledger.entries() if e.kind == "voucher")
+    def consumer_paid(self, index: int) -> int:
+        """What consumer ``index`` paid for calls so far (vouchers; deposits still locked are not spent)."""
+        return sum(amount for _asset, amount in self.vouchers(index))
+
+    def vouchers(self, index: int) -> list[tuple[int, int]]:
+        """Every call consumer ``index`` paid: (model id, price) in base units, from its wallet's audit ledger."""
+        entries = self.consumers[index].wallet.ledger.entries()  # type: ignore[attr-defined]
+        return [(e.asset_id, e.amount) for e in entries if e.kind == "voucher"]
+
+    def builder_spend(self, index: int) -> int:
+        """What builder ``index`` paid (licenses), from its wallet's audit ledger (base units)."""
+        return self.builders[index].wallet.ledger.total()  # type: ignore[attr-defined]
+
+    def settle(self) -> int:
+        """The gateway's settler claims every voucher answered; returns the base units claimed."""
+        return self.world.settle().claimed
+
+    def close(self) -> None:
+        """Nothing to let go of: the world closes the gateway."""
 
     def release_and_withdraw(self) -> int:
         """Royalties up every model's lineage, then every payee (and the treasury) claims; returns the
@@ -252,10 +322,9 @@ class _Run:
         fee_bps = self.scenario.protocol.fee_bps
         fee_share, net = fee_bps * BPS, BPS - fee_bps
         model_paid = {m.model_id: 0 for m in self.models}
-        for party in self.consumers:
-            for entry in party.wallet.ledger.entries():
-                if entry.kind == "voucher":
-                    model_paid[entry.asset_id] += entry.amount
+        for index in range(len(self.consumers)):
+            for asset_id, amount in self.vouchers(index):
+                model_paid[asset_id] += amount
         received = dict(self.license_paid)  # dataset vault inflows: licenses + royalties from models
         builder_revenue, fee = {}, 0
         for model in self.models:
@@ -293,14 +362,14 @@ class _Run:
             ))  # fmt: skip
         builders = []
         for model, party in zip(self.models, self.builders, strict=True):
-            spend = party.wallet.ledger.total()
+            spend = self.builder_spend(model.index)
             revenue = world.balance(party.address) - (scenario.builders.budget_units - spend)
             builders.append(BuilderResult(index=model.index, address=party.address, model_id=model.model_id,
                                           model=model.model, rule=model.rule, spend=spend, revenue=revenue,
                                           accuracy=model.accuracy, parents=model.parents,
                                           shares_bps=model.shares_bps))  # fmt: skip
         consumers = tuple(
-            ConsumerResult(index=i, address=p.address, spend=self._paid(p), answered=self.answered[i],
+            ConsumerResult(index=i, address=p.address, spend=self.consumer_paid(i), answered=self.answered[i],
                            correct=self.correct[i], value=self.correct[i] * scenario.consumers.value_per_correct_units)
             for i, p in enumerate(self.consumers)
         )  # fmt: skip

@@ -353,6 +353,9 @@ class Scenario(_Section):
     name: Annotated[str, AfterValidator(_non_empty)]
     seed: Annotated[int, _between(0, 2**32 - 1)] = 0
     rounds: Annotated[int, _between(1, 10_000)] = 5
+    #: ``full`` (gateway, SDK, agent wallets), ``fast`` (contracts directly, vouchers checked in process) or
+    #: ``auto`` (fast from ``simulation.engine.FAST_FROM_CALLS`` paid calls up); the economics are the same.
+    engine: Annotated[str, _one_of(("auto", "fast", "full"), "engine")] = "auto"
     data: DataSpec = Field(default_factory=DataSpec)
     protocol: ProtocolSpec = Field(default_factory=ProtocolSpec)
     producers: ProducersSpec = Field(default_factory=ProducersSpec)

@@ -53,8 +53,9 @@ _T = TypeVar("_T")
 
 GAS_ETH = 10**18  # given to each generated account for gas (wei)
 
-#: Where the gateway runs: in this process behind a TestClient (no socket), or served by uvicorn on 127.0.0.1.
-Gateway = Literal["in_process", "http"]
+#: Where the gateway runs: in this process behind a TestClient (no socket), served by uvicorn on 127.0.0.1, or
+#: nowhere (``none``: the fast engine checks vouchers with the gateway's own gate, in process, without a server).
+Gateway = Literal["in_process", "http", "none"]
 
 #: The base URL of an in-process gateway (the SIWE domain its clients sign for).
 IN_PROCESS_URL = "http://testserver"
@@ -126,8 +127,10 @@ class World:
     """A chain with the contracts deployed and a marketplace gateway on it; a context manager.
 
     ``chain_target``: ``embedded``, ``anvil`` or an RPC URL. ``fee_bps``: the protocol fee (basis points).
-    ``gateway``: ``in_process`` (a ``TestClient``, SIWE domain ``testserver``) or ``http`` (uvicorn on a
-    free port of 127.0.0.1). The gateway settles with the chain's last dev account (named here, not a key
+    ``gateway``: ``in_process`` (a ``TestClient``, SIWE domain ``testserver``), ``http`` (uvicorn on a
+    free port of 127.0.0.1) or ``none`` (no gateway: :meth:`party`, :meth:`settle` and
+    :meth:`release_and_withdraw` need one; :attr:`relayer` is still the settlement key).
+    The gateway settles with the chain's last dev account (named here, not a key
     made at random, so the same seed gives the same transactions and gas), every ``settle_interval``
     seconds. ``say`` hears one line per step of the set-up. Entering deploys and starts the gateway;
     leaving stops the gateway and the chain (and an anvil it started).
@@ -167,15 +170,21 @@ class World:
             self.names[self.deployer.address] = "protocol treasury"
             contracts = len(deployment.contracts)
             self.say(f"deployed {contracts} contracts (TestUSD, Marketplace, vaults, channels, registries)")
-            self._start_gateway(deployment)
+            if self.gateway != "none":
+                self._start_gateway(deployment)
         except BaseException:
             self._close()
             raise
         return self
 
+    @property
+    def relayer(self) -> LocalAccount:
+        """The gateway's settlement key (the channels' ``receiverAuthorizer``): the chain's last dev account."""
+        return self.chain.accounts[-1]
+
     def _start_gateway(self, deployment: Deployment) -> None:
+        relayer = SecretStr(Web3.to_hex(self.relayer.key))
         chain = self.chain
-        relayer = SecretStr(Web3.to_hex(chain.accounts[-1].key))
         manifest = deployment.save(self.work_dir / "deployment.json")
         if self.gateway == "in_process":
             settings = Settings.load(manifest=manifest, data_dir=self.work_dir / "server", siwe_domain="testserver",

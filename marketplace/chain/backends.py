@@ -309,6 +309,7 @@ class AnvilNode:
             "--accounts", str(DEV_ACCOUNT_COUNT),
             "--balance", str(DEV_BALANCE_ETH),
             "--hardfork", "prague",
+            "--order", "fifo",  # a batch of transactions runs in the order it arrived (marketplace.chain.rawtx)
             "--cache-path", self._home.name,
             "--quiet",
         ]  # fmt: skip

@@ -1,0 +1,437 @@
+"""The fast engine: the same run as ``simulation.engine``'s full stack, without HTTP, the SDK or web3 per call.
+
+Every payment still executes on the real contracts, on the same chain; what changes is how it gets there
+(``simulate --engine fast``, see ``simulation.engine.choose_engine`` for the default):
+
+- parties are the same seeded accounts; their transactions (funding, publishing, licenses, channel
+  deposits, claims, releases) are pre-encoded with eth_abi, signed with coincurve, their nonces counted
+  here, and sent in batches with every receipt checked (:mod:`marketplace.chain.rawtx`): a failed
+  transaction stops the run with the contract's error;
+- a round's decisions are taken first — each consumer's brain (the same seeded policy brains), budget guard
+  (the wallet's ``BudgetGuard``) and task (``ClassificationTask``) step as ``agents.runtime.Agent.run``
+  steps them, and a model answers with its estimator's prediction for the row, computed once per model
+  for every held-out row (the same labels as the served predictor, which predicts row by row) — then the
+  channels they opened go on chain in one batch (approve, then open, per consumer), then every call's voucher
+  is signed (coincurve, ``VoucherHasher``) and checked by the gateway's own ``ChannelGate`` against a
+  ``VoucherLedger``, in process: a voucher the gate refuses stops the run;
+- at the end the settler's claims (``claim(channelId, highest voucher, debited, signature)`` for every
+  ledger entry with unclaimed calls), the royalty releases up the lineage (``plan_release``), every payee's
+  withdrawal (``plan_withdrawal``) and the treasury's fee releases go out in batches.
+
+So the economic results — every payment, revenue, spend and metric — equal the full engine's for the same
+scenario and seed (``tests/test_fast_engine.py``); gas and transaction counts differ (no ``setListed``
+after an upload, no re-approval). Reconciliation with the run's own ledger is ``simulation.engine``'s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from eth_account.signers.local import LocalAccount
+
+from agents.brains import Action, Observation, Offer, Outcome, policy_brain
+from agents.errors import AgentError
+from agents.learning import encode_shard
+from agents.roles import CATALOG_PAGE, BuildPlan, ClassificationTask, choose_parents, design_model
+from agents.wallet import Budget, BudgetGuard, ChannelState
+from marketplace.chain.lineage import Lineage, Release, plan_release, plan_withdrawal
+from marketplace.chain.rawtx import BatchSender, Calldata, topic_id
+from marketplace.chain.records import AssetKind, Channel
+from marketplace.chain.units import BPS
+from marketplace.payments.channels import ChannelGate, VoucherLedger
+from marketplace.protocol.vouchers import VoucherHasher
+from simulation.engine import PublishedModel, _Run, call_price
+from simulation.results import ChainActivity, RoundFigures, RunResult
+from simulation.scenario import Scenario
+from simulation.world import GAS_ETH, World, derived_account
+
+#: Gas limits (generous: the gas used is what the chain reports, exactly).
+GAS = {"eth": 21_000, "mint": 200_000, "approve": 100_000, "publish": 3_000_000, "buy": 1_000_000,
+       "open": 400_000, "claim": 400_000, "release": 400_000}  # fmt: skip
+#: ``ChannelArgs.ttl_seconds``'s default: how long a consumer's channels run.
+CHANNEL_TTL = 3600
+
+
+@dataclass(frozen=True)
+class FastParty:
+    """A party of a fast run: its role, index and seeded account (the same as the full engine's)."""
+
+    role: str
+    index: int
+    account: LocalAccount
+
+    @property
+    def address(self) -> str:
+        """The party's checksummed address."""
+        return self.account.address
+
+
+@dataclass
+class _Consumer:
+    """What a consumer's wallet would hold: its guard, its channels (by local id) and the calls it paid."""
+
+    guard: BudgetGuard
+    channels: dict[int, ChannelState] = field(default_factory=dict)
+    vouchers: list[tuple[int, int]] = field(default_factory=list)  # (model id, price)
+    paid: int = 0
+
+
+@dataclass(frozen=True)
+class _Open:
+    consumer: int
+    local_id: int
+    model_id: int
+    deposit: int
+
+
+@dataclass(frozen=True)
+class _Call:
+    consumer: int
+    local_id: int
+    model_id: int
+    price: int
+    ceiling: int
+
+
+class _PrefetchedGate(ChannelGate):
+    """The gateway's ``ChannelGate``, unchanged, except that channels it has not seen yet are read in one
+    batch right after they were opened (``prefetch``) instead of one ``eth_call`` each on first use."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prefetched: dict[int, Channel] = {}
+
+    def _read_channel(self, channel_id: int) -> Channel | None:
+        channel = self.prefetched.pop(channel_id, None)
+        return channel if channel is not None else super()._read_channel(channel_id)
+
+
+class FastRun(_Run):
+    """A run whose parties call the contracts directly (see the module); same steps as the full engine's."""
+
+    def __init__(self, scenario: Scenario, world: World) -> None:
+        super().__init__(scenario, world)
+        chain, market = world.chain, world.market
+        self.sender = BatchSender(chain)
+        self.token = Calldata(market.token.contract.abi)
+        self.market_abi = Calldata(market.marketplace.contract.abi)
+        self.channels_abi = Calldata(market.channels.contract.abi)
+        self.vault_abi = Calldata(chain.contract("RevenueVault", market.token.address).abi)
+        events = market.marketplace.contract.events
+        self.asset_published = bytes.fromhex(events.AssetPublished().topic.removeprefix("0x"))  # type: ignore[attr-defined]
+        self.channel_opened = bytes.fromhex(market.channels.contract.events.ChannelOpened().topic.removeprefix("0x"))  # type: ignore[attr-defined]
+        self.relayer = world.relayer
+        self.ledger = VoucherLedger(world.work_dir / "server" / "vouchers.sqlite", synchronous="normal")
+        self.gate = _PrefetchedGate(market, self.ledger, receiver_authorizer=self.relayer.address)
+        self.hasher = VoucherHasher(market.channels.domain)
+        self.first_block = world.first_block
+        self.licenses: dict[int, int] = {}  # builder index -> spent on licenses
+        self.state: list[_Consumer] = []
+        self.chain_channel: dict[int, int] = {}  # local channel id -> on-chain id
+        self.next_local = 1
+        self.answers: dict[int, np.ndarray] = {}  # model id -> its label for every held-out row
+        self.model_price: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ set-up
+
+    def publish_shards(self) -> None:
+        """Fund every party (gas and tUSD), then each producer publishes its shard, listed, in order."""
+        self._fund_everyone()
+        spec, token = self.scenario.producers, self.world.market.token.address
+        for index, (owner, shard) in enumerate(zip(self.owners, self.shards, strict=True)):
+            party = self._party("producer", index)
+            content_hash = hashlib.sha256(encode_shard(shard)).digest()
+            data = self.market_abi.encode("publish", int(AssetKind.DATASET), content_hash,
+                                          f"{self.scenario.name}-producer-{index}", spec.price_of(owner), token, 0,
+                                          [party.address], [BPS], [], [], True)  # fmt: skip
+            asset_id = self._publish(party, data, f"producer {index}'s dataset")
+            self.producers.append(party)
+            self.datasets.append(asset_id)
+            self.license_paid[asset_id] = 0
+
+    def _fund_everyone(self) -> None:
+        """ETH for gas and each role's tUSD budget, in one batch from the deployer (as ``World.fund``)."""
+        deployer, token = self.world.deployer, self.world.market.token.address
+        scenario = self.scenario
+        for role, count, tusd in (("producer", len(self.owners), 0),  # every identity (a split owner has several)
+                                  ("builder", scenario.builders.count, scenario.builders.budget_units),
+                                  ("consumer", scenario.consumers.count, scenario.consumers.budget_units)):  # fmt: skip
+            for index in range(count):
+                address = derived_account(scenario.seed, role, index).address
+                self.sender.fresh(address)
+                self.sender.queue(deployer, address, gas=GAS["eth"], value=GAS_ETH, label=f"gas for {role} {index}")
+                if tusd:
+                    self.sender.queue(deployer, token, self.token.encode("mint", address, tusd), gas=GAS["mint"],
+                                      label=f"{tusd} tUSD for {role} {index}")  # fmt: skip
+                self.world.names[address] = role
+        self.sender.flush()
+
+    def _party(self, role: str, index: int) -> FastParty:
+        return FastParty(role, index, derived_account(self.scenario.seed, role, index))
+
+    def _publish(self, owner: FastParty, data: bytes, label: str) -> int:
+        """Publish (one flush: asset ids follow the order of publication, as in the full engine)."""
+        self.sender.queue(owner.account, self.world.market.marketplace.address, data, gas=GAS["publish"],
+                          label=f"publishing {label}")  # fmt: skip
+        (receipt,) = self.sender.flush().receipts
+        (asset_id,) = topic_id(receipt, self.world.market.marketplace.address, self.asset_published)
+        return asset_id
+
+    def build_models(self) -> None:
+        """Builders buy what they can afford, train, set royalties by the rule, publish; consumers get ready."""
+        spec, market = self.scenario.builders, self.world.market
+        spec_p = self.scenario.producers
+        price_of = {asset: spec_p.price_of(owner) for asset, owner in zip(self.datasets, self.owners, strict=True)}
+        page = sorted(self.datasets)[:CATALOG_PAGE]  # the catalog's first page of datasets, by id
+        for index in range(spec.count):
+            party = self._party("builder", index)
+            plan = BuildPlan(model=spec.model_for(index), rule=self.scenario.royalty.rule,
+                             royalty_bps=spec.royalty_bps, price_per_call=call_price(self.scenario),
+                             X_val=self.X_val, y_val=self.y_val, seed=self.scenario.seed + index)  # fmt: skip
+            guard = BudgetGuard(Budget(spec.budget_units, spec.budget_units, spec.budget_units))
+            parents = choose_parents([(a, price_of[a], True) for a in page], guard.remaining)
+            if not parents:
+                raise AgentError("no dataset to build on: none listed within the budget")
+            for parent in parents:
+                price = price_of[parent]
+                guard.check(parent, price, price)
+                guard.commit(parent, price)
+                self.sender.queue(party.account, market.token.address,
+                                  self.token.encode("approve", market.marketplace.address, price),
+                                  gas=GAS["approve"], label=f"builder {index} approves {price}")  # fmt: skip
+                self.sender.queue(party.account, market.marketplace.address,
+                                  self.market_abi.encode("buy", parent, price), gas=GAS["buy"],
+                                  label=f"builder {index} buys a license to {parent}")  # fmt: skip
+                self.license_paid[parent] += price
+            self.sender.flush()
+            self.licenses[index] = guard.spent
+            shards = [self.shards[self.datasets.index(p)] for p in parents]
+            _X, _y, estimator, score, _weights, shares = design_model(plan, shards)
+            royalties = [(p, s) for p, s in zip(parents, shares, strict=True) if s > 0]
+            uri = f"model:{plan.model}:{plan.rule}"
+            data = self.market_abi.encode("publish", int(AssetKind.MODEL), hashlib.sha256(uri.encode()).digest(), uri,
+                                          plan.price_per_call, market.token.address, 0, [party.address],
+                                          [BPS - sum(s for _, s in royalties)], [p for p, _ in royalties],
+                                          [s for _, s in royalties], True)  # fmt: skip
+            model_id = self._publish(party, data, f"builder {index}'s model")
+            self.answers[model_id] = np.asarray([int(label) for label in estimator.predict(self.X_test)])
+            self.model_price[model_id] = plan.price_per_call
+            self.builders.append(party)
+            self.models.append(
+                PublishedModel(
+                    index=index,
+                    model_id=model_id,
+                    model=plan.model,
+                    rule=plan.rule,
+                    accuracy=score,
+                    parents=tuple(parents),
+                    shares_bps=tuple(shares),
+                )
+            )
+        spec_c = self.scenario.consumers
+        for index in range(spec_c.count):
+            self.consumers.append(self._party("consumer", index))
+            self.brains.append(policy_brain(spec_c.brain, seed=self.scenario.seed * 1000 + index))
+            self.state.append(_Consumer(BudgetGuard(Budget(spec_c.budget_units, spec_c.budget_units,
+                                                           spec_c.budget_units))))  # fmt: skip
+
+    # ------------------------------------------------------------------ rounds
+
+    def play_round(self, round_number: int) -> RoundFigures:
+        """Decide every consumer's calls, open the channels they need on chain, then check every voucher."""
+        spec = self.scenario.consumers
+        spent_before = sum(c.paid for c in self.state)
+        offers = [
+            Offer(m.model_id, "model", self._price(m.model_id), None)
+            for m in sorted(self.models, key=lambda m: m.model_id)
+        ]
+        opens: list[_Open] = []
+        calls: list[_Call] = []
+        answered = correct = 0
+        for index in range(len(self.consumers)):
+            rows = self._next_queries(spec.queries_per_round)
+            task = ClassificationTask(
+                self.X_test[rows], self.y_test[rows], value_per_success=spec.value_per_correct_units
+            )
+            self._consume(index, task, rows, offers, opens, calls, max_steps=2 * spec.queries_per_round)
+            self.answered[index] += task.index
+            self.correct[index] += task.correct
+            answered, correct = answered + task.index, correct + task.correct
+        self._open_channels(opens)
+        self._pay_calls(calls)
+        figures = RoundFigures(round=round_number, answered=answered, correct=correct,
+                               consumer_spend=sum(c.paid for c in self.state) - spent_before)  # fmt: skip
+        self.rounds.append(figures)
+        return figures
+
+    def _consume(self, index: int, task: ClassificationTask, rows: np.ndarray, offers: list[Offer],
+                 opens: list[_Open], calls: list[_Call], *, max_steps: int) -> None:  # fmt: skip
+        """One consumer's errand, stepped as ``Agent.run`` steps a ``BuyerAgent`` (observe, decide, act, record)."""
+        brain, state = self.brains[index], self.state[index]
+        outcomes: list[Outcome] = []
+        rewards: dict[int, float] = {}
+        for step in range(max_steps):
+            if task.done:
+                break
+            credit: dict[int, int] = {}
+            for channel in state.channels.values():
+                credit[channel.asset_id] = max(credit.get(channel.asset_id, 0), channel.deposit - channel.drawn)
+            observation = Observation(step=step, task=task.task, budget_left=state.guard.remaining,
+                                      balance=self.scenario.consumers.budget_units - state.guard.spent + 0,
+                                      offers=offers, query=task.query(), outcomes=outcomes, rewards=rewards,
+                                      open_channels=credit, value_per_success=task.value_per_success)  # fmt: skip
+            actions = brain.decide(observation)
+            if not actions:
+                break
+            row = int(rows[task.index])
+            outcomes = [self._act(index, action, row, opens, calls) for action in actions]
+            rewards = task.record(outcomes)
+
+    def _act(self, index: int, action: Action, row: int, opens: list[_Open], calls: list[_Call]) -> Outcome:
+        """What the wallet and the gateway would do with one of a brain's actions (a policy brain sends only
+        ``open_channel`` and ``invoke_model``); a typed agent error becomes the outcome's error, as in ``Agent.act``."""
+        state, args = self.state[index], action.arguments
+        assert isinstance(args, dict)
+        try:
+            if action.tool == "open_channel":
+                model_id, deposit = int(args["asset_id"]), int(args["deposit"])
+                state.guard.check(model_id, deposit, self._price(model_id))
+                state.guard.commit(model_id, deposit)
+                local_id, self.next_local = self.next_local, self.next_local + 1
+                state.channels[local_id] = ChannelState(model_id, deposit)
+                opens.append(_Open(index, local_id, model_id, deposit))
+                return Outcome(action, result={"asset_id": model_id, "amount": deposit, "channel_id": local_id})
+            if action.tool == "invoke_model":
+                model_id = int(args["model_id"])
+                open_ones = [(c.deposit - c.drawn, cid) for cid, c in state.channels.items() if c.asset_id == model_id]
+                if not open_ones:
+                    raise AgentError(f"no open channel for model {model_id}; call open_channel first")
+                local_id = max(open_ones)[1]
+                channel, price = state.channels[local_id], self._price(model_id)
+                state.guard.check_draw(model_id, price, channel.deposit, channel.drawn)
+                channel.drawn += price
+                calls.append(_Call(index, local_id, model_id, price, channel.drawn))
+                state.vouchers.append((model_id, price))
+                state.paid += price
+                label = int(self.answers[model_id][row])
+                return Outcome(action, result={"model_id": model_id, "channel_id": local_id,
+                                               "output": {"labels": [label]}, "paid": price,
+                                               "channel_remaining": channel.deposit - channel.drawn})  # fmt: skip
+        except AgentError as exc:
+            return Outcome(action, error={"type": type(exc).__name__, "message": str(exc)})
+        raise AgentError(f"the fast engine runs policy brains only: it cannot act on {action.tool!r}")
+
+    def _open_channels(self, opens: list[_Open]) -> None:
+        """Approve and open every channel of the round (one batch), learn their ids, and read them for the gate."""
+        if not opens:
+            return
+        market = self.world.market
+        expiry = self.world.chain.timestamp() + CHANNEL_TTL
+        for item in opens:
+            payer = self.consumers[item.consumer]
+            who = f"consumer {item.consumer}"
+            self.sender.queue(payer.account, market.token.address,  # type: ignore[attr-defined]
+                              self.token.encode("approve", market.channels.address, item.deposit),
+                              gas=GAS["approve"], label=f"{who} approves a deposit of {item.deposit}")  # fmt: skip
+            self.sender.queue(payer.account, market.channels.address,  # type: ignore[attr-defined]
+                              self.channels_abi.encode("open", item.model_id, market.token.address, item.deposit,
+                                                       expiry, payer.address, self.relayer.address),
+                              gas=GAS["open"], label=f"{who} opens a channel to model {item.model_id}")  # fmt: skip
+        receipts = self.sender.flush().receipts
+        ids = []
+        for item, receipt in zip(opens, receipts[1::2], strict=True):
+            (channel_id,) = topic_id(receipt, market.channels.address, self.channel_opened)
+            self.chain_channel[item.local_id] = channel_id
+            ids.append(channel_id)
+        answers = self.sender.call_many([(market.channels.address, self.channels_abi.encode("getChannel", c))
+                                         for c in ids])  # fmt: skip
+        for channel_id, data in zip(ids, answers, strict=True):
+            self.gate.prefetched[channel_id] = Channel(channel_id, *self.channels_abi.decode("getChannel", data)[0])
+
+    def _pay_calls(self, calls: list[_Call]) -> None:
+        """Every call's voucher, signed by its consumer and checked by the gateway's gate, then committed."""
+        for call in calls:
+            channel_id = self.chain_channel[call.local_id]
+            signer = self.consumers[call.consumer].account  # type: ignore[attr-defined]
+            header = self.hasher.voucher(signer, channel_id, call.ceiling).to_header()
+            reservation = self.gate.reserve(header, call.price, asset_id=call.model_id)
+            self.gate.commit(reservation)
+
+    # ------------------------------------------------------------------ the end
+
+    def settle(self) -> int:
+        """The settler's claims — ``debited`` under the highest voucher, per channel — in one batch from the
+        relayer; returns what they claimed (base units)."""
+        entries = self.ledger.unclaimed()
+        channels = self.world.market.channels.address
+        for entry in entries:
+            self.sender.queue(self.relayer, channels, self.channels_abi.encode("claim", entry.channel_id, entry.ceiling,
+                                                                               entry.debited, entry.signature),
+                              gas=GAS["claim"], label=f"the claim of channel {entry.channel_id}")  # fmt: skip
+        self.sender.flush()
+        for entry in entries:
+            self.ledger.mark_claimed(entry.channel_id, entry.debited)
+        return sum(entry.debited for entry in entries)
+
+    def release_and_withdraw(self) -> int:
+        """Royalties up every model's lineage, then every payee's withdrawal, then the treasury's fee from every
+        asset's vault (as ``World.release_and_withdraw``); returns the protocol fee released (base units)."""
+        chain, market, deployer = self.world.chain, self.world.market, self.world.deployer
+        lineage = Lineage.of_market(market)
+        for model in self.models:
+            self._release(deployer, plan_release(chain, lineage, model.model_id).releases)
+        self.sender.flush()
+        for party in [*self.producers, *self.builders]:
+            self._release(party.account, plan_withdrawal(chain, lineage, party.address).releases)  # type: ignore[attr-defined]
+        self.sender.flush()
+        token, treasury = market.token.address, deployer.address
+        vaults = [lineage.node(a).vault for a in [*self.datasets, *(m.model_id for m in self.models)]]
+        claimable = self.sender.call_many([(v, self.vault_abi.encode("claimable", token, treasury)) for v in vaults])
+        for vault, data in zip(vaults, claimable, strict=True):
+            if self.vault_abi.decode("claimable", data)[0] > 0:
+                self.sender.queue(deployer, vault, self.vault_abi.encode("release", token, treasury),
+                                  gas=GAS["release"], label=f"the fee release of vault {vault}")  # fmt: skip
+        self.sender.flush()
+        released = self.sender.call_many([(v, self.vault_abi.encode("released", token, treasury)) for v in vaults])
+        return sum(self.vault_abi.decode("released", data)[0] for data in released)
+
+    def _release(self, caller: LocalAccount, releases: tuple[Release, ...]) -> None:
+        for step in releases:
+            self.sender.queue(caller, step.vault, self.vault_abi.encode("release", step.token, step.payee),
+                              gas=GAS["release"], label=f"release: {step.describe()}")  # fmt: skip
+
+    def result(self, channel_revenue_claimed: int, protocol_fee: int) -> RunResult:
+        """The run's figures (``_Run.result``), with gas and transactions summed from the blocks in batches."""
+        result = super().result(channel_revenue_claimed, protocol_fee)
+        chain = self.world.chain
+        blocks = self.sender.blocks(self.first_block, chain.block_number())
+        activity = ChainActivity(kind=chain.kind, chain_id=chain.chain_id, gas_used=sum(g for g, _ in blocks),
+                                 tx_count=sum(n for _, n in blocks))  # fmt: skip
+        return replace(result, chain=activity)
+
+    # ------------------------------------------------------------------ the ledger
+
+    def vouchers(self, index: int) -> list[tuple[int, int]]:
+        """Every call consumer ``index`` paid: (model id, price)."""
+        return self.state[index].vouchers
+
+    def consumer_paid(self, index: int) -> int:
+        """What consumer ``index`` paid for calls so far (base units)."""
+        return self.state[index].paid if index < len(self.state) else 0
+
+    def builder_spend(self, index: int) -> int:
+        """What builder ``index`` paid for licenses (base units)."""
+        return self.licenses[index]
+
+    def close(self) -> None:
+        """Close the voucher ledger."""
+        self.ledger.close()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _price(self, model_id: int) -> int:
+        """A model's per-call price (base units), as published (nothing reprices during a run)."""
+        return self.model_price[model_id]
