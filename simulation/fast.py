@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from eth_account.signers.local import LocalAccount
 
-from agents.brains import Action, Observation, Offer, Outcome, policy_brain
+from agents.brains import Action, Observation, Outcome, PricedAsset, policy_brain
 from agents.errors import AgentError
 from agents.learning import encode_shard
 from agents.roles import CATALOG_PAGE, BuildPlan, ClassificationTask, choose_parents, design_model
@@ -245,7 +245,7 @@ class FastRun(_Run):
         spec = self.scenario.consumers
         spent_before = sum(c.paid for c in self.state)
         offers = [
-            Offer(m.model_id, "model", self._price(m.model_id), None)
+            PricedAsset(m.model_id, "model", self._price(m.model_id), None)
             for m in sorted(self.models, key=lambda m: m.model_id)
         ]
         opens: list[_Open] = []
@@ -267,7 +267,7 @@ class FastRun(_Run):
         self.rounds.append(figures)
         return figures
 
-    def _consume(self, index: int, task: ClassificationTask, rows: np.ndarray, offers: list[Offer],
+    def _consume(self, index: int, task: ClassificationTask, rows: np.ndarray, offers: list[PricedAsset],
                  opens: list[_Open], calls: list[_Call], *, max_steps: int) -> None:  # fmt: skip
         """One consumer's errand, stepped as ``Agent.run`` steps a ``BuyerAgent`` (observe, decide, act, record)."""
         brain, state = self.brains[index], self.state[index]
@@ -365,7 +365,7 @@ class FastRun(_Run):
     def settle(self) -> int:
         """The settler's claims — ``debited`` under the highest voucher, per channel — in one batch from the
         relayer; returns what they claimed (base units)."""
-        entries = self.ledger.unclaimed()
+        entries = self.ledger.claimable()
         channels = self.world.market.channels.address
         for entry in entries:
             self.sender.queue(self.relayer, channels, self.channels_abi.encode("claim", entry.channel_id, entry.ceiling,
