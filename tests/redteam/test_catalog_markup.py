@@ -17,10 +17,11 @@ import pytest
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
 from marketplace.chain.records import AssetKind
-from tests.redteam.helpers import fund, server_app, serving
-from tests.test_cli import run_cli
+from tests.helpers.chain import fund
+from tests.helpers.cli import run_cli
+from tests.helpers.servers import server_app, serving
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ import pytest
 from marketplace.api import Settings
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
-from tests.redteam.helpers import server_app, serving
+from tests.helpers.servers import server_app, serving
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 
 @pytest.fixture(scope="module")

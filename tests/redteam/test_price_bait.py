@@ -26,9 +26,10 @@ from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
 from marketplace.chain.units import to_units
 from marketplace.protocol.vouchers import HEADER, Voucher
-from tests.redteam.helpers import Reply, fund, hostile_server, publish_model, receipt_body, terms_body
+from tests.helpers.chain import fund, publish_model
+from tests.helpers.servers import Reply, hostile_server, receipt_body, terms_body
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 PRICE = to_units("0.01")
 CALL_CEILING = to_units("0.05")

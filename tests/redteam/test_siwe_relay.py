@@ -21,10 +21,11 @@ import pytest
 from marketplace.chain import Chain, connect
 from marketplace.chain.deployment import Deployment, deploy_all
 from marketplace.client import MarketplaceClient
-from tests.redteam.helpers import Reply, fund, hostile_server, server_app, serving
-from tests.test_cli import free_port
+from tests.helpers.chain import fund
+from tests.helpers.cli import free_port
+from tests.helpers.servers import Reply, hostile_server, server_app, serving
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 SECRET = b"rows only licensees may read: " + b"x" * 64
 

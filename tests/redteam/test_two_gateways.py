@@ -23,9 +23,10 @@ import pytest
 from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
 from marketplace.protocol.vouchers import HEADER, VoucherHasher
-from tests.redteam.helpers import fund, publish_model, server_app, serving
+from tests.helpers.chain import fund, publish_model
+from tests.helpers.servers import server_app, serving
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 PRICE = 10_000
 CALLS = 5

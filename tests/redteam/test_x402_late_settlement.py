@@ -26,10 +26,11 @@ from marketplace.chain.deployment import deploy_all
 from marketplace.chain.records import AssetKind
 from marketplace.chain.units import to_units
 from marketplace.errors import AgentmarketError
-from tests.fake_gateway import FakeGateway
-from tests.redteam.helpers import Reply, fund, hostile_server
+from tests.helpers.chain import fund
+from tests.helpers.fake_gateway import FakeGateway
+from tests.helpers.servers import Reply, hostile_server
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 PRICE = to_units(2)
 

@@ -25,9 +25,10 @@ from marketplace.chain import connect
 from marketplace.chain.deployment import deploy_all
 from marketplace.client.checks import X402Terms
 from marketplace.client.sdk import x402_payer
-from tests.redteam.helpers import fund, publish_model, server_app, serving
+from tests.helpers.chain import fund, publish_model
+from tests.helpers.servers import server_app, serving
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 PRICE = 10_000  # 0.01 tUSD
 ATTEMPTS = 4
