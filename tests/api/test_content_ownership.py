@@ -46,7 +46,7 @@ from marketplace.content import (
     ContentUnreadable,
     frame,
 )
-from tests.helpers.chain import BACKENDS
+from tests.helpers.chain import BACKENDS, next_second
 from tests.helpers.servers import serving
 
 SECRET = os.urandom(150_000)  # the victim's plaintext: three 64 KiB frames
@@ -285,13 +285,6 @@ def _fresh_market(backend: str):
     return chain, deployment, deployment.market(chain)
 
 
-def _next_second() -> None:
-    """Wait for the wall clock's next second: a new chain's genesis (timestamped now) then differs."""
-    start = int(time.time())
-    while int(time.time()) == start:
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_restarted_chain_never_gets_the_old_chains_content(backend, tmp_path):
     """`agentmarket node` restarted: same addresses, same asset id, same owner and hash — new genesis."""
@@ -309,7 +302,7 @@ def test_a_restarted_chain_never_gets_the_old_chains_content(backend, tmp_path):
     finally:
         first.close()
 
-    _next_second()
+    next_second()
     second, deployment, market = _fresh_market(backend)
     try:
         assert second.w3.eth.get_block(0)["hash"] != first_genesis

@@ -15,13 +15,11 @@ still running at the kill were never committed and cost nothing.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +33,7 @@ from marketplace.chain.market import Market
 from marketplace.chain.records import AssetKind
 from marketplace.chain.units import to_units
 from marketplace.payments.channels import HEADER, Voucher, VoucherLedger
-from tests.helpers.cli import AGENTMARKET, free_port
+from tests.helpers.cli import free_port, spawn_cli
 
 pytestmark = pytest.mark.backend("anvil")
 
@@ -82,24 +80,6 @@ def _call_until_the_server_dies(url: str, market: Market, model: int, caller: Ca
             caller.answered.append(int(response.json()["payment"]["debited"]))
 
 
-@contextlib.contextmanager
-def _process(args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """Start ``agentmarket ARGS``; on the way out, stop it if it still runs (SIGINT, then SIGKILL)."""
-    with log.open("ab") as out:
-        process = subprocess.Popen([*AGENTMARKET, *args], cwd=cwd, env={**os.environ, **(env or {})},
-                                   stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
 def _wait_until(ready, what: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
@@ -127,7 +107,7 @@ def test_kill_9_mid_stream_then_restart_claims_every_answered_call(tmp_path: Pat
     manifest, data_dir = tmp_path / ".agentmarket" / "deployment.json", tmp_path / "server"
     node_log, server_log = tmp_path / "node.log", tmp_path / "server.log"
     with contextlib.ExitStack() as stack:
-        node = stack.enter_context(_process(["node", "--port", str(rpc_port)], tmp_path, node_log))
+        node = stack.enter_context(spawn_cli(["node", "--port", str(rpc_port)], tmp_path, node_log))
         _wait_until(manifest.exists, "agentmarket node", node, node_log)
         chain = stack.enter_context(rpc_chain(rpc))
         market = load_deployment(manifest, chain).market(chain)
@@ -141,7 +121,7 @@ def test_kill_9_mid_stream_then_restart_claims_every_answered_call(tmp_path: Pat
                  "--data-dir", str(data_dir), "--model", f"{model}=time:sleep"]  # fmt: skip
 
         # 1. Paid calls from four threads; SIGKILL while every thread has a call in flight.
-        with _process(serve, tmp_path, server_log, {"AGENTMARKET_SETTLE_INTERVAL": "3600"}) as server:
+        with spawn_cli(serve, tmp_path, server_log, {"AGENTMARKET_SETTLE_INTERVAL": "3600"}) as server:
             _wait_until(lambda: _answers(url), "agentmarket serve", server, server_log)
             receiver = httpx.get(f"{url}/v1/payments", timeout=10).json()["payment_channel"]["receiverAuthorizer"]
             callers = []
@@ -195,7 +175,7 @@ def test_kill_9_mid_stream_then_restart_claims_every_answered_call(tmp_path: Pat
             assert committed[channel] in (paid, paid + PRICE), (channel, paid, committed[channel])
 
         # 3. Restart on the same data directory: the settler claims each channel's answered calls.
-        with _process(serve, tmp_path, server_log, {"AGENTMARKET_SETTLE_INTERVAL": "1"}) as server:
+        with spawn_cli(serve, tmp_path, server_log, {"AGENTMARKET_SETTLE_INTERVAL": "1"}) as server:
             _wait_until(lambda: _answers(url), "agentmarket serve (restarted)", server, server_log)
             _wait_until(lambda: claimed_on_chain() == committed, "the settler's claims", server, server_log, timeout=30)
             server.send_signal(signal.SIGTERM)  # uvicorn shuts down gracefully, then re-raises the signal

@@ -13,14 +13,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -37,43 +35,14 @@ from marketplace.client.sdk import MarketplaceClient
 from marketplace.indexer import Indexer
 from marketplace.indexer.database import open_database
 from marketplace.payments.voucher_ledger import VoucherLedger
-from tests.helpers.cli import AGENTMARKET, assert_one_line_error, free_port, run_cli
+from tests.helpers.chain import next_second
+from tests.helpers.cli import assert_one_line_error, free_port, run_cli, spawn_cli, stop_process
 
 PRICE = to_units("0.01")
 DATA = b"sepal_length,label\n5.1,setosa\n" * 50
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _next_second() -> None:
-    """Wait for the wall clock's next second: a new anvil's genesis (timestamped at start) then differs."""
-    start = int(time.time())
-    while int(time.time()) == start:
-        time.sleep(0.02)
-
-
-@contextlib.contextmanager
-def _spawn(args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """``agentmarket ARGS`` with its output in ``log``; stopped on the way out (SIGINT, then SIGKILL)."""
-    with log.open("ab") as out:
-        process = subprocess.Popen([*AGENTMARKET, *args], cwd=cwd, env={**os.environ, **(env or {})},
-                                   stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        yield process
-    finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen, sig: int = signal.SIGINT) -> int:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-    return process.returncode
 
 
 def _until(ready, what: str, process: subprocess.Popen | None, log: Path, timeout: float = 60) -> None:
@@ -219,11 +188,11 @@ def test_a_node_restart_stops_the_server_and_the_next_serve_archives_the_old_cha
 
     with contextlib.ExitStack() as stack:
         # 1. The first chain: bob publishes a dataset (uploaded) and a model; alice pays one call on a channel.
-        node = stack.enter_context(_spawn(["node", "--port", str(rpc_port)], home, node_log))
+        node = stack.enter_context(spawn_cli(["node", "--port", str(rpc_port)], home, node_log))
         _until(manifest.exists, "node", node, node_log)
         first = stack.enter_context(rpc_chain(rpc))
         admin, alice, bob = first.accounts[0], first.accounts[1], first.accounts[2]
-        server = stack.enter_context(_spawn(serve, home, server_log, env))
+        server = stack.enter_context(spawn_cli(serve, home, server_log, env))
         _until(lambda: _status(url) == 200, "serve", server, server_log)
         market = load_deployment(manifest, first).market(first)
         market.token.mint(admin, alice.address, to_units(5))
@@ -239,9 +208,9 @@ def test_a_node_restart_stops_the_server_and_the_next_serve_archives_the_old_cha
         indexer.sync()
 
         # 2. The node restarts: a new chain at the same URL, same chain id, same contract addresses.
-        assert stop(node) == 0
-        _next_second()
-        node = stack.enter_context(_spawn(["node", "--port", str(rpc_port)], home, node_log))
+        assert stop_process(node) == 0
+        next_second()
+        node = stack.enter_context(spawn_cli(["node", "--port", str(rpc_port)], home, node_log))
         _until(lambda: _deployed(rpc, manifest, first_identity), "node restarted", node, node_log)
         second = stack.enter_context(rpc_chain(rpc))
         # Alice opens channel 1 again on the new chain, with the same key and the same receiver: the old
@@ -274,7 +243,7 @@ def test_a_node_restart_stops_the_server_and_the_next_serve_archives_the_old_cha
         with pytest.raises(ChainReplaced):  # the indexer, too, refuses to fill the old read model with the new chain
             indexer.sync()
         # Stopped, it claims nothing on the new chain (its settler's last round): the call stays unclaimed.
-        assert stop(server, signal.SIGTERM) in (0, -signal.SIGTERM)
+        assert stop_process(server, signal.SIGTERM) in (0, -signal.SIGTERM)
         assert new_market.channels.channel(channel).claimed == 0
         assert _unclaimed(data_dir / "channels.sqlite3") == {channel: PRICE}
 
@@ -286,7 +255,7 @@ def test_a_node_restart_stops_the_server_and_the_next_serve_archives_the_old_cha
         assert _unclaimed(data_dir / "channels.sqlite3") == {channel: PRICE}
 
         # 5. `serve --reset`: one line, the old chain's state archived, the new chain served.
-        server = stack.enter_context(_spawn([*serve, "--reset"], home, server_log, env))
+        server = stack.enter_context(spawn_cli([*serve, "--reset"], home, server_log, env))
         _until(lambda: _status(url) == 200, "serve --reset", server, server_log)
         (archive,) = (data_dir / "archive").iterdir()
         assert archive.name.startswith(first_identity.slug)
@@ -316,7 +285,7 @@ def test_a_node_restart_stops_the_server_and_the_next_serve_archives_the_old_cha
         assert new_bob.download(1) == DATA
         # The ledger is a new one: channel 1 of the new chain owes nothing from the old one.
         assert _unclaimed(data_dir / "channels.sqlite3") == {}
-        assert stop(server, signal.SIGTERM) in (0, -signal.SIGTERM)
+        assert stop_process(server, signal.SIGTERM) in (0, -signal.SIGTERM)
         assert new_market.channels.channel(channel).claimed == 0
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import anyio
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from tests.helpers.cli import AGENTMARKET, assert_one_line_error, run_cli
-from tests.helpers.stack import TWO_MODELS, node_and_server
+from tests.helpers.stack import TWO_MODELS, cli, node_and_server, ok
 
 pytestmark = pytest.mark.backend("anvil")
 
@@ -21,16 +20,6 @@ def stack(tmp_path_factory):
     """A node and a server, both real processes on 127.0.0.1, stopped at the end."""
     with node_and_server(tmp_path_factory.mktemp("stack"), *TWO_MODELS) as running:
         yield running.home, running.env
-
-
-def cli(stack, *args: str, wallet: str) -> subprocess.CompletedProcess[str]:
-    home, env = stack
-    return run_cli(*args, cwd=home, env={**env, "AGENTMARKET_WALLET": str(home / wallet)})
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def test_provider_and_buyer_round_trip(stack):

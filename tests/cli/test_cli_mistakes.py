@@ -21,7 +21,7 @@ import pytest
 from marketplace.chain import rpc_chain
 from marketplace.chain.deployment import load_deployment
 from tests.helpers.cli import AGENTMARKET, assert_one_line_error, free_port, run_cli, wait_for_json
-from tests.helpers.stack import node_and_server
+from tests.helpers.stack import cli, node_and_server
 
 pytestmark = pytest.mark.backend("anvil")
 
@@ -34,11 +34,6 @@ def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("mistakes")
     with node_and_server(home, "--model", "2=builtins:len", password=PASSWORD) as running:
         yield running.home, running.env
-
-
-def cli(stack, *args: str, wallet: str = "nobody.json", **extra_env: str) -> subprocess.CompletedProcess[str]:
-    home, env = stack
-    return run_cli(*args, cwd=home, env={**env, "AGENTMARKET_WALLET": str(home / wallet), **extra_env})
 
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> dict:

@@ -10,14 +10,13 @@ verifies it, the provider's transaction lists it, and a buyer buys and downloads
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.helpers.cli import assert_one_line_error
-from tests.helpers.stack import Stack, node_and_server
+from tests.helpers.stack import Stack, node_and_server, ok
 
 pytestmark = pytest.mark.backend("anvil")
 
@@ -26,11 +25,6 @@ pytestmark = pytest.mark.backend("anvil")
 def stack(tmp_path_factory) -> Iterator[Stack]:
     with node_and_server(tmp_path_factory.mktemp("publish-cli"), AGENTMARKET_MAX_UPLOAD_BYTES="100") as running:
         yield running
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def catalog(stack: Stack, **params: str) -> dict[int, dict]:

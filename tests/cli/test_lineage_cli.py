@@ -10,7 +10,6 @@ pushes the next royalty up (anyone may); a payee without ETH gets one line and l
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
@@ -19,8 +18,8 @@ from marketplace.chain import rpc_chain
 from marketplace.chain.deployment import load_deployment
 from marketplace.chain.lineage import Lineage, plan_withdrawal
 from marketplace.chain.units import BPS, TOTAL_SHARES, format_units
-from tests.helpers.cli import assert_one_line_error, run_cli
-from tests.helpers.stack import node_and_server
+from tests.helpers.cli import assert_one_line_error
+from tests.helpers.stack import cli, node_and_server, ok
 
 pytestmark = pytest.mark.backend("anvil")
 
@@ -38,16 +37,6 @@ def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("lineage")
     with node_and_server(home, "--model", "2=builtins:len", settle_interval="1") as running:
         yield running.home, running.env, running.manifest
-
-
-def cli(stack, *args: str, wallet: str) -> subprocess.CompletedProcess[str]:
-    home, env, _manifest = stack
-    return run_cli(*args, cwd=home, env={**env, "AGENTMARKET_WALLET": str(home / wallet)})
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def new_wallet(stack, name: str, tusd: str | None) -> str:

@@ -26,15 +26,15 @@ from eth_account.signers.local import LocalAccount
 
 from agents import AgentWallet, AuditLedger, Budget
 from agents.errors import PaymentRefused
-from marketplace.chain import Chain, connect
-from marketplace.chain.deployment import Deployment, deploy_all
+from marketplace.chain import Chain
+from marketplace.chain.deployment import Deployment
 from marketplace.chain.market import Market
 from marketplace.chain.records import AssetKind
 from marketplace.chain.units import caip2, to_units
 from marketplace.client import MarketplaceClient, PriceChanged
 from marketplace.client.vouchers import ChannelCount
 from marketplace.protocol.vouchers import HEADER, Voucher
-from tests.helpers.chain import fund, publish_model
+from tests.helpers.chain import anvil_market, fund, publish_model
 from tests.helpers.cli import AGENTMARKET, assert_one_line_error
 from tests.helpers.fake_gateway import settlement_body
 from tests.helpers.servers import Reply, hostile_server, receipt_body, terms_body
@@ -47,12 +47,8 @@ PASSWORD = "pw"
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[tuple[Chain, Deployment, Market]]:
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        yield chain, deployment, deployment.market(chain)
-    finally:
-        chain.close()
+    with anvil_market() as (chain, deployment, market):
+        yield chain, deployment, market
 
 
 def required(chain: Chain, market: Market, asset_id: int, url: str) -> dict:

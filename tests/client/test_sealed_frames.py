@@ -19,14 +19,12 @@ import pytest
 from eth_account import Account
 from nacl.public import PrivateKey
 
-from marketplace.chain import connect
-from marketplace.chain.deployment import deploy_all
 from marketplace.chain.records import AssetKind
 from marketplace.client import MarketplaceClient
 from marketplace.content import CHUNK_SIZE, MAX_SEALED_FRAME, ContentError, frame, open_sealed_frames, seal_frames
 from marketplace.errors import AgentmarketError
 from marketplace.wallet_file import encryption_keypair
-from tests.helpers.chain import fund
+from tests.helpers.chain import anvil_market, fund
 from tests.helpers.cli import AGENTMARKET, assert_one_line_error
 from tests.helpers.servers import hostile_server, sealed_gateway
 
@@ -79,18 +77,13 @@ def test_every_bad_stream_is_a_one_line_content_error(stream, named):
 
 @pytest.fixture(scope="module")
 def env():
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        market = deployment.market(chain)
+    with anvil_market() as (chain, deployment, market):
         owner = fund(chain, market, 0)
         good = b"x,y\n" + b"1,2\n" * 40_000  # three chunks
         asset_id = market.marketplace.publish(owner, kind=AssetKind.DATASET, content_hash=hashlib.sha256(good).digest(),
                                               uri="d", price=1, token=market.token.address,
                                               payees=[(owner.address, 10_000)])  # fmt: skip
         yield chain, deployment, asset_id, good
-    finally:
-        chain.close()
 
 
 @pytest.mark.backend("anvil")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,6 +32,13 @@ def anvil_market() -> Iterator[tuple[Chain, Deployment, Market]]:
         yield chain, deployment, deployment.market(chain)
     finally:
         chain.close()
+
+
+def next_second() -> None:
+    """Wait for the wall clock's next second: a new chain's genesis (timestamped at start) then differs."""
+    start = int(time.time())
+    while int(time.time()) == start:
+        time.sleep(0.02)
 
 
 def expect_revert(error: str, fn, *args, **kwargs) -> ContractRevert:

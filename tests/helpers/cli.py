@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -52,3 +55,27 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in result.stderr
+
+
+@contextlib.contextmanager
+def spawn_cli(args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """``agentmarket ARGS`` with its output in ``log``; stopped on the way out if it still runs (``stop_process``)."""
+    with log.open("ab") as out:
+        process = subprocess.Popen([*AGENTMARKET, *args], cwd=cwd, env={**os.environ, **(env or {})},
+                                   stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        yield process
+    finally:
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGINT) -> int:
+    """Send ``sig`` (if it still runs) and wait 30 s, then SIGKILL; its exit code."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    return process.returncode

@@ -73,7 +73,7 @@ class Stack:
 
     def cli(self, *args: str, wallet: str) -> subprocess.CompletedProcess[str]:
         """``agentmarket ARGS`` in ``home`` against this stack, with the keystore ``home/wallet``."""
-        return run_cli(*args, cwd=self.home, env={**self.env, "AGENTMARKET_WALLET": str(self.home / wallet)})
+        return cli((self.home, self.env), *args, wallet=wallet)
 
 
 @contextmanager
@@ -88,3 +88,17 @@ def node_and_server(
         yield stack
     finally:
         stack.stop()
+
+
+def cli(stack: tuple[Path, dict[str, str], *tuple[object, ...]], *args: str, wallet: str = "nobody.json",
+        **extra_env: str) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """``agentmarket ARGS`` against a module's stack fixture (``(home, env, …)``: ``Stack.home``, ``Stack.env``),
+    in ``home``, with the keystore ``home/wallet`` and ``extra_env`` on top."""
+    home, env = stack[0], stack[1]
+    return run_cli(*args, cwd=home, env={**env, "AGENTMARKET_WALLET": str(home / wallet), **extra_env})
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    """The stdout of a command that must have succeeded (its stderr in the failure message)."""
+    assert result.returncode == 0, result.stderr
+    return result.stdout

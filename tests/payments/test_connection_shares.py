@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +19,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from marketplace.chain import connect
-from marketplace.chain.deployment import deploy_all
 from marketplace.chain.market import Market
 from marketplace.protocol.vouchers import HEADER, VoucherHasher
-from tests.helpers.chain import fund, publish_model
+from tests.helpers.chain import anvil_market, fund, publish_model
+from tests.helpers.models import SlowModel
 from tests.helpers.raw_http import json_error, read_all
 from tests.helpers.servers import server_app, serving
 
@@ -36,20 +34,6 @@ PRICE = 10_000
 #: What a hostile client sends on each connection: a head announcing a large body, then one byte of it.
 SLOW_BODY = (b"POST /v1/auth/nonce HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
              b"Content-Length: 100000\r\n\r\n{")  # fmt: skip
-
-
-class SlowModel:
-    """A model that takes a while (its calls stay in flight) and counts its runs."""
-
-    def __init__(self) -> None:
-        self.runs = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, payload):
-        with self._lock:
-            self.runs += 1
-        time.sleep(3)
-        return {"ok": True}
 
 
 @dataclass
@@ -77,19 +61,14 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        market = deployment.market(chain)
+    with anvil_market() as (chain, deployment, market):
         model = publish_model(market, fund(chain, market, 0), PRICE)
-        slow = SlowModel()
+        slow = SlowModel(3, lambda _payload: {"ok": True})
         app = server_app(deployment, chain, tmp_path_factory.mktemp("shares"), {model: slow}, max_connections=CAP,
                          max_connections_per_client=SHARE, head_timeout=5, body_timeout=5)  # fmt: skip
         with serving(app) as url:
             host, port = url.removeprefix("http://").split(":")
             yield Gateway(host, int(port), market, model, slow)
-    finally:
-        chain.close()
 
 
 @contextlib.contextmanager

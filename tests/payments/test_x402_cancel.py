@@ -25,13 +25,13 @@ from x402.http.utils import decode_payment_signature_header
 
 from agents import AgentWallet, AuditLedger, Budget
 from agents.errors import AgentError
-from marketplace.chain import Chain, connect
-from marketplace.chain.deployment import Deployment, deploy_all
+from marketplace.chain import Chain
+from marketplace.chain.deployment import Deployment
 from marketplace.chain.market import Market
 from marketplace.chain.records import AssetKind
 from marketplace.chain.units import caip2, to_units
 from marketplace.client import ApiClientError, MarketplaceClient, X402AuthorizationOutstanding
-from tests.helpers.chain import fund, publish_model
+from tests.helpers.chain import anvil_market, fund, publish_model
 from tests.helpers.cli import AGENTMARKET, assert_one_line_error
 from tests.helpers.servers import Reply, hostile_server
 
@@ -43,12 +43,8 @@ _TRANSFER = "transferWithAuthorization(address,address,uint256,uint256,uint256,b
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[tuple[Chain, Deployment, Market]]:
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        yield chain, deployment, deployment.market(chain)
-    finally:
-        chain.close()
+    with anvil_market() as (chain, deployment, market):
+        yield chain, deployment, market
 
 
 @dataclass

@@ -38,6 +38,7 @@ from marketplace.payments.x402 import (
     Shortfall,
 )
 from marketplace.payments.x402 import _Reservations as Reservations
+from tests.helpers.models import SlowModel
 from tests.helpers.servers import serving
 from tests.helpers.x402 import stock_client
 
@@ -45,20 +46,6 @@ PRICE = to_units("0.01")
 DATA_PRICE = to_units("0.25")
 CONTENT = b"rows\n" * 4000
 CALLERS = 6
-
-
-class CountingModel:
-    """A model that takes a while and counts how often it ran."""
-
-    def __init__(self) -> None:
-        self.runs = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, payload):
-        with self._lock:
-            self.runs += 1
-        time.sleep(0.3)
-        return {"ran": True}
 
 
 @pytest.fixture
@@ -78,8 +65,8 @@ def dataset(market, bob) -> int:
 
 
 @pytest.fixture
-def counting() -> CountingModel:
-    return CountingModel()
+def counting() -> SlowModel:
+    return SlowModel(0.3, lambda _payload: {"ran": True})
 
 
 @pytest.fixture

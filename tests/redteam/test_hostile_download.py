@@ -18,13 +18,11 @@ from collections.abc import Iterator
 import pytest
 from eth_account import Account
 
-from marketplace.chain import connect
-from marketplace.chain.deployment import deploy_all
 from marketplace.chain.records import AssetKind
 from marketplace.client import MarketplaceClient
 from marketplace.errors import AgentmarketError
 from marketplace.wallet_file import encryption_keypair
-from tests.helpers.chain import fund
+from tests.helpers.chain import anvil_market, fund
 from tests.helpers.servers import hostile_server, sealed_gateway
 
 pytestmark = pytest.mark.backend("anvil")
@@ -34,17 +32,12 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def env() -> Iterator:
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        market = deployment.market(chain)
+    with anvil_market() as (chain, deployment, market):
         owner = fund(chain, market, 0)
         asset_id = market.marketplace.publish(owner, kind=AssetKind.DATASET, content_hash=os.urandom(32), uri="d",
                                               price=1, token=market.token.address,
                                               payees=[(owner.address, 10_000)])  # fmt: skip
         yield chain, deployment, asset_id
-    finally:
-        chain.close()
 
 
 def test_a_frame_claiming_gigabytes_is_refused_before_it_is_buffered(env):

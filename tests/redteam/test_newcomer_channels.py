@@ -12,12 +12,9 @@ serve (`invoke` can say what to do: the provider must run `serve --model ID=…`
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from tests.helpers.cli import run_cli
-from tests.helpers.stack import node_and_server
+from tests.helpers.stack import cli, node_and_server, ok
 
 pytestmark = pytest.mark.backend("anvil")
 
@@ -27,16 +24,6 @@ def stack(tmp_path_factory):
     """`agentmarket node` and `agentmarket serve` exactly as the README starts them (no --model)."""
     with node_and_server(tmp_path_factory.mktemp("newcomer"), password="pw", settle_interval=None) as running:
         yield running.home, running.env
-
-
-def cli(stack, *args: str, wallet: str) -> subprocess.CompletedProcess[str]:
-    home, env = stack
-    return run_cli(*args, cwd=home, env={**env, "AGENTMARKET_WALLET": str(home / wallet)})
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,9 @@ import pytest
 
 from agents import AgentWallet, AuditLedger, Budget
 from agents.errors import AgentError
-from marketplace.chain import connect
-from marketplace.chain.deployment import deploy_all
 from marketplace.chain.units import to_units
 from marketplace.protocol.vouchers import HEADER, Voucher
-from tests.helpers.chain import fund, publish_model
+from tests.helpers.chain import anvil_market, fund, publish_model
 from tests.helpers.servers import Reply, hostile_server, receipt_body, terms_body
 
 pytestmark = pytest.mark.backend("anvil")
@@ -38,12 +36,8 @@ DEPOSIT = to_units(5)
 
 @pytest.fixture(scope="module")
 def env() -> Iterator:
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        yield chain, deployment, deployment.market(chain)
-    finally:
-        chain.close()
+    with anvil_market() as (chain, deployment, market):
+        yield chain, deployment, market
 
 
 def test_agent_wallet_call_ceiling_holds_when_the_owner_reprices_mid_call(env, tmp_path):
