@@ -47,8 +47,8 @@ PASSWORD = "pw"
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[tuple[Chain, Deployment, Market]]:
-    with anvil_market() as (chain, deployment, market):
-        yield chain, deployment, market
+    with anvil_market() as world:
+        yield world
 
 
 def required(chain: Chain, market: Market, asset_id: int, url: str) -> dict:

@@ -43,8 +43,8 @@ _TRANSFER = "transferWithAuthorization(address,address,uint256,uint256,uint256,b
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[tuple[Chain, Deployment, Market]]:
-    with anvil_market() as (chain, deployment, market):
-        yield chain, deployment, market
+    with anvil_market() as world:
+        yield world
 
 
 @dataclass

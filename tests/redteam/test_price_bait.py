@@ -36,8 +36,8 @@ DEPOSIT = to_units(5)
 
 @pytest.fixture(scope="module")
 def env() -> Iterator:
-    with anvil_market() as (chain, deployment, market):
-        yield chain, deployment, market
+    with anvil_market() as world:
+        yield world
 
 
 def test_agent_wallet_call_ceiling_holds_when_the_owner_reprices_mid_call(env, tmp_path):

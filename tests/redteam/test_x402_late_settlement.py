@@ -35,8 +35,8 @@ PRICE = to_units(2)
 
 @pytest.fixture(scope="module")
 def env() -> Iterator:
-    with anvil_market() as (chain, deployment, market):
-        yield chain, deployment, market
+    with anvil_market() as world:
+        yield world
 
 
 def test_an_authorization_from_a_failed_download_cannot_be_settled_later(env, tmp_path):
