@@ -51,12 +51,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 contracts/node_modules/.package-lock.json: contracts/package-lock.json
 	cd contracts && npm ci --no-audit --no-fund
 
-# tests/test_api.py and tests/test_schemathesis.py also run on a PostgreSQL server that the test session
-# starts from PostgreSQL's own programs (tests/postgres.py says where it looks). Debian's `postgresql`
+# tests/api/test_api.py and tests/api/test_schemathesis.py also run on a PostgreSQL server that the test session
+# starts from PostgreSQL's own programs (tests/helpers/postgres.py says where it looks). Debian's `postgresql`
 # package has them: installed here when missing and we are root; otherwise those cases skip and say why.
 postgres-server: $(VENV)/.installed-dev
 	@if [ -n "$$AGENTMARKET_TEST_POSTGRES_URL" ] || \
-	    $(BIN)/python -c 'import sys; from tests.postgres import find_bindir; sys.exit(find_bindir() is None)'; then :; \
+	    $(BIN)/python -c 'import sys; from tests.helpers.postgres import find_bindir; sys.exit(find_bindir() is None)'; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian's postgresql package (server programs for the PostgreSQL tests)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
@@ -77,7 +77,7 @@ llm-demo: $(VENV)/.installed-llm
 	$(BIN)/python scripts/local_llm.py demo
 
 llm-test: $(VENV)/.installed-llm $(VENV)/.installed-dev
-	AGENTMARKET_LLM_TEST=1 $(BIN)/python -m pytest tests/test_local_llm.py -q -s
+	AGENTMARKET_LLM_TEST=1 $(BIN)/python -m pytest tests/agents/test_local_llm.py -q -s
 
 $(VENV)/.installed-llm: $(VENV)/.installed
 	$(PIP) install '$(LLM_RUNTIME)'

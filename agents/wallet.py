@@ -8,7 +8,7 @@ wallet pays only through one method, :meth:`AgentWallet._pay`: a license (``buy_
 :class:`BudgetGuard`, reserves the amount, runs ``send`` (the only place the SDK's paying methods are called),
 records the payment in the :class:`AuditLedger`, and gives the reservation back when the payment failed. The
 tools a model calls (:mod:`agents.tools`, the MCP server, the runtime and the roles) hold the wallet, and reach
-its client only through it; ``tests/test_agent_corridor.py`` proves both halves (every paying method refused by
+its client only through it; ``tests/agents/test_agent_corridor.py`` proves both halves (every paying method refused by
 caps of 0 against a live server with nothing signed, and no call of an SDK paying method in ``agents/``
 outside a ``send`` given to ``_pay``).
 

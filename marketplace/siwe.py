@@ -1,7 +1,7 @@
 """Sign-In with Ethereum (EIP-4361): build, parse and verify login messages; issue bearer tokens.
 
 Written here rather than taken from a library: the maintained SIWE packages on PyPI pin web3 7
-and would downgrade the web3 8 this project is built on (``tests/test_siwe.py`` cross-checks this
+and would downgrade the web3 8 this project is built on (``tests/api/test_siwe.py`` cross-checks this
 parser against PyPI ``siwe`` in a separate environment). The message grammar is EIP-4361's ABNF;
 its terms come from RFC 3986 (URIs: appendix A), RFC 3339 (timestamps: section 5.6) and RFC 5234
 (``ALPHA``, ``DIGIT``, ``HEXDIG``: ASCII only). A message is parsed line by line in the grammar's

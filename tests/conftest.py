@@ -2,29 +2,49 @@
 
 Chain tests are written once and run against every backend: the ``chain`` fixture is parametrized
 over the embedded py-evm chain and a real anvil node (started once per session, stopped at the
-end, also when tests fail). Each test runs inside a snapshot that is reverted afterwards.
+end, also when tests fail). Each test runs inside a snapshot that is reverted afterwards. A test
+marked ``@pytest.mark.backend("embedded")`` (or ``"anvil"``) runs on that backend only: for a test
+using ``chain`` the parametrization below has that one backend; a test without it starts that
+backend itself. Shared helpers (no fixtures) are in ``tests/helpers``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from marketplace.chain import Chain, ContractRevert, connect
+from marketplace.chain import Chain, connect
 from marketplace.chain.contracts import TestUSD
 from marketplace.chain.deployment import Deployment, deploy_all
 from marketplace.chain.market import Market
+from marketplace.chain.records import AssetKind
 from marketplace.chain.units import to_units
-from tests.postgres import Databases, PostgresServer
-from tests.postgres import Unavailable as PostgresUnavailable
-from tests.postgres import start_server as start_postgres
+from tests.helpers.chain import BACKENDS, anvil_market
+from tests.helpers.postgres import Databases, PostgresServer
+from tests.helpers.postgres import Unavailable as PostgresUnavailable
+from tests.helpers.postgres import start_server as start_postgres
 
-BACKENDS = ["embedded", pytest.param("anvil", marks=pytest.mark.anvil)]
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``session_chain`` (so ``chain``, ``market``, …) over every backend, or over the one a
+    ``backend`` marker names (the closest: a test's own, else its class's or module's)."""
+    if "session_chain" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("backend")
+    backends = list(BACKENDS)
+    if marker is not None:
+        if marker.args not in [(name,) for name in BACKENDS]:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.backend{marker.args} names no "
+                                    f"backend; use one of {', '.join(BACKENDS)}")  # fmt: skip
+        backends = list(marker.args)
+    metafunc.parametrize("session_chain", backends, indirect=True, scope="session")
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
+@pytest.fixture(scope="session")
 def session_chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
     """One chain per backend for the whole session."""
     chain = connect(request.param)
@@ -100,14 +120,6 @@ def market(chain: Chain, deployment: Deployment, token: TestUSD) -> Market:
     return deployment.market(chain)
 
 
-def expect_revert(error: str, fn, *args, **kwargs) -> ContractRevert:
-    """Run ``fn`` and return the ContractRevert it raised, checking the Solidity error name."""
-    with pytest.raises(ContractRevert) as info:
-        fn(*args, **kwargs)
-    assert info.value.error == error, str(info.value)
-    return info.value
-
-
 #: Read-model engines the API tests run on: SQLite (the default) and a real PostgreSQL server.
 DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -131,3 +143,14 @@ def databases(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     module = request.module.__name__.rsplit(".", 1)[-1]
     server = request.getfixturevalue("postgres_server") if request.param == "postgresql" else None
     return Databases(request.param, prefix=module, directory=tmp_path_factory.mktemp(f"db-{module}"), server=server)
+
+
+@pytest.fixture(scope="module")
+def anvil_manifest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """An anvil node with the contracts and one listed asset; its RPC URL and manifest."""
+    with anvil_market() as (chain, deployment, market):
+        alice = chain.accounts[1]
+        market.marketplace.publish(alice, kind=AssetKind.DATASET, content_hash=hashlib.sha256(b"iris").digest(),
+                                   uri="ipfs://Iris-Setosa", price=1_000_000, token=market.token.address,
+                                   payees=[(alice.address, 10_000)])  # fmt: skip
+        yield chain.rpc_url, deployment.save(tmp_path_factory.mktemp("anvil") / "deployment.json")

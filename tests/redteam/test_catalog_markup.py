@@ -14,29 +14,23 @@ from collections.abc import Iterator
 
 import pytest
 
-from marketplace.chain import connect
-from marketplace.chain.deployment import deploy_all
 from marketplace.chain.records import AssetKind
-from tests.redteam.helpers import fund, server_app, serving
-from tests.test_cli import run_cli
+from tests.helpers.chain import anvil_market, fund
+from tests.helpers.cli import run_cli
+from tests.helpers.servers import server_app, serving
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory) -> Iterator[str]:
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        market = deployment.market(chain)
+    with anvil_market() as (chain, deployment, market):
         owner = fund(chain, market, 0)
         for uri in ("iris.csv", "[/x] nothing to see"):
             market.marketplace.publish(owner, kind=AssetKind.DATASET, content_hash=os.urandom(32), uri=uri, price=1,
                                        token=market.token.address, payees=[(owner.address, 10_000)])  # fmt: skip
         with serving(server_app(deployment, chain, tmp_path_factory.mktemp("markup"))) as url:
             yield url
-    finally:
-        chain.close()
 
 
 def test_asset_ls_shows_a_hostile_uri_as_text(catalog):

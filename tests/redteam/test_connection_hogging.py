@@ -21,22 +21,19 @@ import httpx
 import pytest
 
 from marketplace.api import Settings
-from marketplace.chain import connect
-from marketplace.chain.deployment import deploy_all
-from tests.redteam.helpers import server_app, serving
+from tests.helpers.chain import anvil_market
+from tests.helpers.servers import server_app, serving
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory) -> Iterator[str]:
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        with serving(server_app(deployment, chain, tmp_path_factory.mktemp("hog"))) as url:
-            yield url
-    finally:
-        chain.close()
+    with (
+        anvil_market() as (chain, deployment, _market),
+        serving(server_app(deployment, chain, tmp_path_factory.mktemp("hog"))) as url,
+    ):
+        yield url
 
 
 def test_one_client_cannot_take_every_connection(gateway):

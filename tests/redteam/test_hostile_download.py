@@ -12,67 +12,32 @@ download is an `AgentmarketError` naming what was wrong.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from collections.abc import Iterator
 
 import pytest
 from eth_account import Account
 
-from marketplace.chain import connect
-from marketplace.chain.deployment import deploy_all
 from marketplace.chain.records import AssetKind
 from marketplace.client import MarketplaceClient
 from marketplace.errors import AgentmarketError
-from marketplace.siwe import SiweMessage, format_time
 from marketplace.wallet_file import encryption_keypair
-from tests.redteam.helpers import Reply, fund, hostile_server
+from tests.helpers.chain import anvil_market, fund
+from tests.helpers.servers import hostile_server, sealed_gateway
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator:
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        market = deployment.market(chain)
+    with anvil_market() as (chain, deployment, market):
         owner = fund(chain, market, 0)
         asset_id = market.marketplace.publish(owner, kind=AssetKind.DATASET, content_hash=os.urandom(32), uri="d",
                                               price=1, token=market.token.address,
                                               payees=[(owner.address, 10_000)])  # fmt: skip
         yield chain, deployment, asset_id
-    finally:
-        chain.close()
-
-
-def login_message(host: str, address: str, chain_id: int) -> str:
-    """The EIP-4361 message an honest server at ``host`` (its 127.0.0.1:port) asks ``address`` to sign."""
-    now = int(time.time())
-    return SiweMessage(domain=host, address=address, uri=f"http://{host}", chain_id=chain_id, nonce="n0nce1234",
-                       issued_at=format_time(now), expiration_time=format_time(now + 300),
-                       statement="Sign in to agentmarket.").to_text()  # fmt: skip
-
-
-def sealed_gateway(deployment, asset_id: int, content) -> callable:
-    def route(method: str, path: str, headers: dict[str, str], body: bytes) -> Reply | None:
-        if path == "/v1/deployment":
-            return Reply(200, deployment.to_json())
-        if path == "/v1/auth/nonce":  # a login the SDK signs: for this very server, account and chain, short-lived
-            message = login_message(headers["host"], json.loads(body)["address"], deployment.chain_id)
-            return Reply(200, {"nonce": "n0nce1234", "message": message, "expires_at": int(time.time()) + 300})
-        if path == "/v1/auth/verify":
-            address = json.loads(body)["message"].splitlines()[1]  # the login the SDK signed (EIP-4361 line 2)
-            return Reply(200, {"token": "t", "address": address, "expires_at": int(time.time()) + 900})
-        if path.startswith(f"/v1/assets/{asset_id}/content"):
-            return Reply(200, content(), {"X-Content-Encryption": "x25519-sealedbox-frames",
-                                          "Content-Type": "application/vnd.agentmarket.sealed-frames"})  # fmt: skip
-        return None
-
-    return route
 
 
 def test_a_frame_claiming_gigabytes_is_refused_before_it_is_buffered(env):

@@ -12,60 +12,18 @@ serve (`invoke` can say what to do: the provider must run `serve --model ID=…`
 
 from __future__ import annotations
 
-import subprocess
-import time
-
-import httpx
 import pytest
 
-from tests.test_cli import AGENTMARKET, free_port, run_cli
+from tests.helpers.stack import cli, node_and_server, ok
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """`agentmarket node` and `agentmarket serve` exactly as the README starts them (no --model)."""
-    home = tmp_path_factory.mktemp("newcomer")
-    rpc_port, api_port = free_port(), free_port()
-    node = subprocess.Popen([*AGENTMARKET, "node", "--port", str(rpc_port)], cwd=home,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    processes = [node]
-    try:
-        manifest = home / ".agentmarket" / "deployment.json"
-        deadline = time.monotonic() + 60
-        while not manifest.exists() and time.monotonic() < deadline:
-            assert node.poll() is None, node.stderr.read()
-            time.sleep(0.1)
-        server = subprocess.Popen([*AGENTMARKET, "serve", "--rpc", f"http://127.0.0.1:{rpc_port}", "--manifest",
-                                   str(manifest), "--port", str(api_port)], cwd=home,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        processes.append(server)
-        url = f"http://127.0.0.1:{api_port}"
-        while time.monotonic() < deadline:
-            assert server.poll() is None, server.stderr.read()
-            try:
-                httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        env = {"AGENTMARKET_RPC": f"http://127.0.0.1:{rpc_port}", "AGENTMARKET_SERVER": url,
-               "AGENTMARKET_PASSWORD": "pw", "AGENTMARKET_KEYSTORE_SCRYPT_N": "1024"}  # fmt: skip
-        yield home, env
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-            process.wait(timeout=15)
-
-
-def cli(stack, *args: str, wallet: str) -> subprocess.CompletedProcess[str]:
-    home, env = stack
-    return run_cli(*args, cwd=home, env={**env, "AGENTMARKET_WALLET": str(home / wallet)})
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    with node_and_server(tmp_path_factory.mktemp("newcomer"), password="pw", settle_interval=None) as running:
+        yield running.home, running.env
 
 
 @pytest.fixture(scope="module")

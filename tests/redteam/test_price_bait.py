@@ -22,13 +22,12 @@ import pytest
 
 from agents import AgentWallet, AuditLedger, Budget
 from agents.errors import AgentError
-from marketplace.chain import connect
-from marketplace.chain.deployment import deploy_all
 from marketplace.chain.units import to_units
 from marketplace.protocol.vouchers import HEADER, Voucher
-from tests.redteam.helpers import Reply, fund, hostile_server, publish_model, receipt_body, terms_body
+from tests.helpers.chain import anvil_market, fund, publish_model
+from tests.helpers.servers import Reply, hostile_server, receipt_body, terms_body
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 PRICE = to_units("0.01")
 CALL_CEILING = to_units("0.05")
@@ -37,12 +36,8 @@ DEPOSIT = to_units(5)
 
 @pytest.fixture(scope="module")
 def env() -> Iterator:
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        yield chain, deployment, deployment.market(chain)
-    finally:
-        chain.close()
+    with anvil_market() as world:
+        yield world
 
 
 def test_agent_wallet_call_ceiling_holds_when_the_owner_reprices_mid_call(env, tmp_path):

@@ -18,29 +18,26 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from marketplace.chain import Chain, connect
-from marketplace.chain.deployment import Deployment, deploy_all
+from marketplace.chain import Chain
+from marketplace.chain.deployment import Deployment
 from marketplace.client import MarketplaceClient
-from tests.redteam.helpers import Reply, fund, hostile_server, server_app, serving
-from tests.test_cli import free_port
+from tests.helpers.chain import anvil_market, fund
+from tests.helpers.cli import free_port
+from tests.helpers.servers import Reply, hostile_server, server_app, serving
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 SECRET = b"rows only licensees may read: " + b"x" * 64
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Iterator[tuple[Chain, Deployment, str]]:
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
+    with anvil_market() as (chain, deployment, _market):
         # The real server's login domain is the 127.0.0.1:port its clients reach (as `agentmarket serve --port`).
         port = free_port()
         app = server_app(deployment, chain, tmp_path_factory.mktemp("siwe-relay"), port=port)
         with serving(app, port) as url:
             yield chain, deployment, url
-    finally:
-        chain.close()
 
 
 def test_sdk_login_signature_cannot_be_relayed_to_another_server(env):

@@ -20,12 +20,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from marketplace.chain import connect
-from marketplace.chain.deployment import deploy_all
 from marketplace.protocol.vouchers import HEADER, VoucherHasher
-from tests.redteam.helpers import fund, publish_model, server_app, serving
+from tests.helpers.chain import anvil_market, fund, publish_model
+from tests.helpers.servers import server_app, serving
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 PRICE = 10_000
 CALLS = 5
@@ -33,10 +32,7 @@ CALLS = 5
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Iterator:
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        market = deployment.market(chain)
+    with anvil_market() as (chain, deployment, market):
         owner = fund(chain, market, 0)
         model_id = publish_model(market, owner, PRICE)
         home = tmp_path_factory.mktemp("two-gateways")
@@ -45,8 +41,6 @@ def env(tmp_path_factory) -> Iterator:
         second = server_app(deployment, chain, home / "b", handlers)
         with serving(first) as url_a, serving(second) as url_b:
             yield chain, market, model_id, (first, url_a), (second, url_b)
-    finally:
-        chain.close()
 
 
 def test_one_voucher_pays_for_calls_at_one_gateway_only(env):

@@ -23,11 +23,11 @@ from marketplace.chain.deployment import Deployment, deploy_all
 from marketplace.chain.records import AssetKind
 from marketplace.chain.units import to_units
 from marketplace.wallet_file import create_wallet
-from tests.fake_gateway import FakeGateway
-from tests.redteam.helpers import fund
-from tests.test_cli import run_cli
+from tests.helpers.chain import fund
+from tests.helpers.cli import run_cli
+from tests.helpers.fake_gateway import FakeGateway
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,11 @@ import httpx
 import numpy as np
 import pytest
 
-from marketplace.chain import connect
-from marketplace.chain.deployment import deploy_all
 from marketplace.protocol.vouchers import HEADER, VoucherHasher
-from tests.redteam.helpers import fund, publish_model, server_app, serving
+from tests.helpers.chain import anvil_market, fund, publish_model
+from tests.helpers.servers import server_app, serving
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 PRICE = 10_000
 
@@ -34,17 +33,12 @@ def sklearn_style(payload):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Iterator:
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        market = deployment.market(chain)
+    with anvil_market() as (chain, deployment, market):
         owner = fund(chain, market, 0)
         model_id = publish_model(market, owner, PRICE)
         app = server_app(deployment, chain, tmp_path_factory.mktemp("nan"), {model_id: sklearn_style})
         with serving(app) as url:
             yield chain, market, model_id, app, url
-    finally:
-        chain.close()
 
 
 def test_an_answer_that_cannot_be_sent_is_not_charged(env):

@@ -17,23 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from marketplace.chain import connect
-from marketplace.chain.deployment import deploy_all
 from marketplace.client import MarketplaceClient
 from marketplace.client.vouchers import VoucherBook
-from tests.redteam.helpers import fund, publish_model, server_app, serving
+from tests.helpers.chain import anvil_market, fund, publish_model
+from tests.helpers.servers import server_app, serving
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 PRICE = 10_000
 
 
 def _one_life(payer, book_path: Path, data_dir: Path, calls: int) -> tuple[str, int, list[dict]]:
     """A fresh `agentmarket node` + server: publish a model, open a channel, make ``calls`` calls."""
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        market = deployment.market(chain)
+    with anvil_market() as (chain, deployment, market):
         owner = fund(chain, market, 0)
         model_id = publish_model(market, owner, PRICE)
         chain.send_eth(chain.accounts[0], payer.address, 10**18)
@@ -44,8 +40,6 @@ def _one_life(payer, book_path: Path, data_dir: Path, calls: int) -> tuple[str, 
             channel_id = client.open_channel(model_id, 10 * PRICE)
             receipts = [client.invoke(model_id, [1], channel_id=channel_id).payment for _ in range(calls)]
         return market.channels.address, channel_id, receipts
-    finally:
-        chain.close()
 
 
 def test_a_restarted_node_does_not_inherit_the_old_chains_voucher_counts(tmp_path):

@@ -21,27 +21,22 @@ import pytest
 from x402.http.utils import decode_payment_signature_header
 
 from agents import AgentWallet, AuditLedger, Budget
-from marketplace.chain import connect
-from marketplace.chain.deployment import deploy_all
 from marketplace.chain.records import AssetKind
 from marketplace.chain.units import to_units
 from marketplace.errors import AgentmarketError
-from tests.fake_gateway import FakeGateway
-from tests.redteam.helpers import Reply, fund, hostile_server
+from tests.helpers.chain import anvil_market, fund
+from tests.helpers.fake_gateway import FakeGateway
+from tests.helpers.servers import Reply, hostile_server
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 PRICE = to_units(2)
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator:
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        yield chain, deployment, deployment.market(chain)
-    finally:
-        chain.close()
+    with anvil_market() as world:
+        yield world
 
 
 def test_an_authorization_from_a_failed_download_cannot_be_settled_later(env, tmp_path):

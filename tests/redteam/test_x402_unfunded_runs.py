@@ -11,8 +11,6 @@ paid (e.g. count in-flight authorizations against the payer's balance, or settle
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,46 +19,27 @@ import pytest
 from x402.http.utils import decode_payment_required_header
 from x402.schemas import PaymentRequired
 
-from marketplace.chain import connect
-from marketplace.chain.deployment import deploy_all
 from marketplace.client.checks import X402Terms
 from marketplace.client.sdk import x402_payer
-from tests.redteam.helpers import fund, publish_model, server_app, serving
+from tests.helpers.chain import anvil_market, fund, publish_model
+from tests.helpers.models import SlowModel
+from tests.helpers.servers import server_app, serving
 
-pytestmark = pytest.mark.anvil
+pytestmark = pytest.mark.backend("anvil")
 
 PRICE = 10_000  # 0.01 tUSD
 ATTEMPTS = 4
 
 
-class SlowModel:
-    """A model that takes a while (an upstream LLM, say) and counts how often it ran."""
-
-    def __init__(self) -> None:
-        self.runs = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, payload):
-        with self._lock:
-            self.runs += 1
-        time.sleep(1.5)
-        return {"echo": payload}
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Iterator:
-    chain = connect("anvil")
-    try:
-        deployment = deploy_all(chain, chain.accounts[0])
-        market = deployment.market(chain)
+    with anvil_market() as (chain, deployment, market):
         owner = fund(chain, market, 0)
         model_id = publish_model(market, owner, PRICE)
-        slow = SlowModel()
+        slow = SlowModel(1.5, lambda payload: {"echo": payload})
         app = server_app(deployment, chain, tmp_path_factory.mktemp("x402-runs"), {model_id: slow})
         with serving(app) as url:
             yield chain, market, model_id, slow, url
-    finally:
-        chain.close()
 
 
 def test_concurrent_authorizations_beyond_the_balance_do_not_run_the_model(env):

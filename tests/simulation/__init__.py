@@ -1,0 +1,1 @@
+"""Simulations: scenarios, the engine, metrics and plots, the demo."""
