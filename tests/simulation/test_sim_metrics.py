@@ -36,8 +36,8 @@ from simulation.results import (
     Timing,
     Undefined,
 )
+from tests.helpers.simulation import assert_png
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TUSD = 1_000_000
 
 
@@ -256,13 +256,6 @@ def test_write_sweep_csv_has_parameter_then_metric_columns(tmp_path: Path) -> No
 
 # --------------------------------------------------------------------------------------------------
 # Plots and reports
-
-
-def assert_png(path: Path) -> None:
-    """``path`` is a non-trivial PNG file."""
-    data = path.read_bytes()
-    assert data[:8] == PNG_MAGIC, path
-    assert len(data) > 5_000, path
 
 
 def linked_files(report: Path) -> list[str]:

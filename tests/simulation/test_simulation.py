@@ -19,10 +19,9 @@ from simulation.runner import simulate
 from simulation.scenario import load_scenario
 from simulation.world import GAS_ETH, Holding, LedgerMismatch, World, derived_account, reconcile
 from tests.helpers.cli import assert_one_line_error, run_cli
+from tests.helpers.simulation import TINY
 
 BASELINE = Path(__file__).parents[2] / "scenarios" / "baseline.toml"
-TINY = ["rounds=2", "producers.count=3", "producers.shard_size=80", "builders.count=1", "builders.models=['logreg']",
-        "consumers.count=2", "consumers.queries_per_round=4"]  # fmt: skip
 
 
 def test_a_sweep_of_replicates_runs_in_parallel_and_every_replicate_is_identical(tmp_path):

@@ -12,8 +12,8 @@ import pytest
 from simulation.backends import RayBackend, make_backend, pack_folder, unpack_folder
 from simulation.runner import sweep
 from simulation.scenario import load_scenario
-from tests.test_cli import assert_one_line_error, run_cli
-from tests.test_simulation import TINY
+from tests.helpers.cli import assert_one_line_error, run_cli
+from tests.helpers.simulation import TINY
 
 BASELINE = Path(__file__).resolve().parent.parent / "scenarios" / "baseline.toml"
 GRID = ["royalty.rule=equal,leave_one_out"]

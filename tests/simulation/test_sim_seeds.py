@@ -27,10 +27,10 @@ from simulation.report import comparison_sentences, estimate_text, write_seeded_
 from simulation.results import Comparison, Estimate, SweepMetrics, Undefined
 from simulation.runner import MAX_SEED, seed_list
 from simulation.scenario import ScenarioError, load_scenario
-from tests.test_cli import assert_one_line_error, run_cli
-from tests.test_sim_metrics import assert_png
+from tests.helpers.cli import assert_one_line_error, run_cli
+from tests.helpers.simulation import assert_png
 
-BASELINE = Path(__file__).parents[1] / "scenarios" / "baseline.toml"
+BASELINE = Path(__file__).parents[2] / "scenarios" / "baseline.toml"
 TUSD = 1_000_000
 #: 0.975 quantiles of Student's t (any printed t table): 1, 2 and 3 degrees of freedom.
 T_975 = {1: 12.706204736174698, 2: 4.302652729749464, 3: 3.182446305284263}

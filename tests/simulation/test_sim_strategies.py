@@ -15,7 +15,7 @@ from simulation.metrics import with_sybil_gains
 from simulation.results import SweepMetrics, SweepRow
 from simulation.runner import simulate, sweep
 from simulation.scenario import ScenarioError, load_scenario
-from tests.test_simulation import TINY
+from tests.helpers.simulation import TINY
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 BASELINE = SCENARIOS / "baseline.toml"
