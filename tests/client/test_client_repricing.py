@@ -216,12 +216,14 @@ def _finished(process: subprocess.Popen[str]) -> subprocess.CompletedProcess[str
 
 def test_the_cli_signs_nothing_above_the_price_when_the_command_started(env, tmp_path):
     chain, deployment, market = env
-    owner, buyer = fund(chain, market, 0), fund(chain, market, 10)
+    buyer = fund(chain, market, 10)
+    # one owner per gateway: the three run at once, and each reprices from its own key (no nonce race)
+    owner_a, owner_b, owner_c = (fund(chain, market, 0) for _ in range(3))
     (tmp_path / "buyer.json").write_text(json.dumps(Account.encrypt(buyer.key, PASSWORD, kdf="scrypt",
                                                                     iterations=1024)))  # fmt: skip
-    by_voucher = OwnersGateway(chain, deployment, owner, publish_model(market, owner, PRICE), new_price=100 * PRICE)
-    by_x402 = OwnersGateway(chain, deployment, owner, _dataset(market, owner, PRICE), new_price=100 * PRICE)
-    honest = OwnersGateway(chain, deployment, owner, publish_model(market, owner, PRICE), new_price=PRICE)
+    by_voucher = OwnersGateway(chain, deployment, owner_a, publish_model(market, owner_a, PRICE), new_price=100 * PRICE)
+    by_x402 = OwnersGateway(chain, deployment, owner_b, _dataset(market, owner_b, PRICE), new_price=100 * PRICE)
+    honest = OwnersGateway(chain, deployment, owner_c, publish_model(market, owner_c, PRICE), new_price=PRICE)
     with hostile_server(by_voucher.route) as a, hostile_server(by_x402.route) as b, hostile_server(honest.route) as c:
         channel = MarketplaceClient.connect(a, buyer, chain, trusted=deployment).open_channel(by_voucher.asset_id,
                                                                                               200 * PRICE)  # fmt: skip
