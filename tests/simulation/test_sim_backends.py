@@ -15,7 +15,7 @@ from simulation.scenario import load_scenario
 from tests.helpers.cli import assert_one_line_error, run_cli
 from tests.helpers.simulation import TINY
 
-BASELINE = Path(__file__).resolve().parent.parent / "scenarios" / "baseline.toml"
+BASELINE = Path(__file__).resolve().parents[2] / "scenarios" / "baseline.toml"
 GRID = ["royalty.rule=equal,leave_one_out"]
 
 

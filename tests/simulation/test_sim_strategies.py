@@ -17,7 +17,7 @@ from simulation.runner import simulate, sweep
 from simulation.scenario import ScenarioError, load_scenario
 from tests.helpers.simulation import TINY
 
-SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 BASELINE = SCENARIOS / "baseline.toml"
 
 
