@@ -159,7 +159,10 @@ def test_scenario_errors_are_agentmarket_errors() -> None:
     ("override", "expected"),
     [
         ("royalty.rul=equal", "unknown key 'royalty.rul'; allowed keys in [royalty]: rule"),
-        ("colour=red", "unknown key 'colour'; allowed keys at the top level: name, seed, rounds, data, protocol,"),
+        (
+            "colour=red",
+            "unknown key 'colour'; allowed keys at the top level: name, seed, rounds, engine, data, protocol,",
+        ),
         (
             "producers.duplicates=[{producer = 1, source = 0, ratio = 0.5}]",
             "unknown key 'producers.duplicates[0].ratio'; allowed keys in [producers.duplicates[0]]: "
@@ -286,7 +289,7 @@ def test_a_minimal_file_gets_defaults(tmp_path: Path) -> None:
 
 def test_a_bare_name_is_the_packaged_scenario_from_any_directory(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert packaged_scenarios() == ["baseline", "free-riders", "noisy-producers", "sybil"]
+    assert packaged_scenarios() == ["baseline", "free-riders", "large", "noisy-producers", "sybil"]
     for name in ("baseline", "baseline.toml"):
         assert load_scenario(name).model_dump() == load_scenario(BASELINE).model_dump()
     (tmp_path / "baseline.toml").write_text(BASELINE.read_text().replace("rounds = 5", "rounds = 2"))
