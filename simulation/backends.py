@@ -84,12 +84,16 @@ class ProcessPool(Backend):
             return
         context = multiprocessing.get_context("spawn")
         pool = context.Pool(processes=min(self.workers, len(jobs)), initializer=_worker_signals)
+        finished = False
         try:
             yield from pool.imap_unordered(run, jobs)
-            pool.close()
+            pool.close()  # every job done: let the idle workers exit by themselves (a SIGTERM now would hit
+            pool.join()  # them in their interpreter's shutdown and print a traceback)
+            finished = True
         finally:
-            pool.terminate()
-            pool.join()
+            if not finished:
+                pool.terminate()
+                pool.join()
 
 
 def _ray() -> Any:

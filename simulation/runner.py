@@ -68,7 +68,7 @@ def simulate(
     return summary
 
 
-def _point_dir(number: int, overrides: dict[str, str]) -> str:
+def point_dir(number: int, overrides: dict[str, str]) -> str:
     """``point-03-royalty.rule=equal``: numbered, so a grid may repeat a point (replicates)."""
     label = "-".join(f"{k}={v}" for k, v in overrides.items())
     return f"point-{number:02d}" + (f"-{label}" if label else "")
@@ -204,7 +204,7 @@ def sweep(
     """
     grid = sweep_scenarios(scenario, params)
     jobs = [
-        (index, overrides, point, out_dir / _point_dir(index + 1, overrides), chain_target)
+        (index, overrides, point, out_dir / point_dir(index + 1, overrides), chain_target)
         for index, (overrides, point) in enumerate(grid)
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -326,7 +326,7 @@ def sweep_seeds(
     check_seeded_sweep(params)
     chosen = seed_list(scenario.seed, seeds)
     grid = [
-        (overrides, point, out_dir / _point_dir(index + 1, overrides))
+        (overrides, point, out_dir / point_dir(index + 1, overrides))
         for index, (overrides, point) in enumerate(sweep_scenarios(scenario, params))
     ]
     points = _seeded_points(grid, chosen, out_dir, workers=workers, chain_target=chain_target, on_run=on_run,

@@ -1,0 +1,280 @@
+"""The study: which royalty rule pays producers in line with their data's value, and how robust is it?
+
+One command (``agentmarket study``) runs three seeded sweeps over royalty rules, the same seeds under every
+rule, and answers with numbers and 95% intervals:
+
+- **noisy data** (``noisy-producers``): how far each rule's royalty shares are from the ground truth, and what
+  share of the royalties reached the producers whose labels are noisy;
+- **copying** (``free-riders``): what a copier earns in royalties per unit its original earns (1 = copying
+  pays as much as producing the data; 0 = it pays nothing);
+- **Sybil splitting** (``sybil``): what an owner earns after splitting its data across identities over what it
+  earns unsplit, same seed (1 = splitting does not pay).
+
+Every figure is computed per seed from the runs' own ``result.json`` and ``metrics.json`` (so it reconciles
+with the chain to the unit, as every run does), then estimated over the seeds with
+``simulation.metrics.estimate`` (mean, 95% Student-t interval), and every rule is compared seed by seed with
+the reference rule (the first): a paired difference with its interval, "within noise" when it contains 0.
+
+Writes, into the study folder: one sweep folder per question (each a full seeded sweep), ``study.json``,
+``study.csv`` (question, rule, measure, mean, low, high, n), ``study.md`` (the answer in sentences) and the
+figure ``study.png`` (with ``.svg`` and ``.pdf`` beside it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from simulation.metrics import estimate
+from simulation.results import Estimate, Summary, Undefined, Value
+from simulation.runner import point_dir, seed_list, sweep_seeds
+from simulation.scenario import Scenario, load_scenario, sweep_scenarios
+
+#: The royalty rules a study compares by default; the first is the reference of every paired comparison.
+STUDY_RULES: tuple[str, ...] = ("equal", "proportional", "leave_one_out", "knn_shapley", "mc_shapley")
+
+#: How many identities the split owner of the Sybil question uses (against 1, its unsplit control).
+SYBIL_IDENTITIES = 3
+
+#: The headline metric of the noisy-data question: a field of ``metrics.json`` (lower is better when
+#: ``HEADLINE_LOWER_IS_BETTER``), with its label.
+HEADLINE = ("revenue_value_correlation.pearson", "revenue ~ value (Pearson)")
+HEADLINE_LOWER_IS_BETTER = False
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One figure of the study, per rule: ``name`` (a ``study.csv`` value), a label, the question it answers,
+    the value that means "no effect" (drawn as a line; None: none) and the estimate for each rule."""
+
+    question: str
+    name: str
+    label: str
+    neutral: float | None
+    by_rule: dict[str, Summary]
+    per_seed: dict[str, list[Value]]
+
+
+def _field(data: dict[str, Any], dotted: str) -> Value:
+    """``metrics.json``'s value at ``dotted`` (``a.b``), ``Undefined`` where the run wrote one."""
+    value: Any = data
+    for part in dotted.split("."):
+        value = value[part]
+    if isinstance(value, dict) and "undefined" in value:
+        return Undefined(value["undefined"])
+    return value
+
+
+def noisy_royalty_share(result: dict[str, Any]) -> Value:
+    """The share of all royalties producers received that reached producers with label noise (0..1)."""
+    producers = result["producers"]
+    total = sum(p.get("royalty_revenue", 0) for p in producers)
+    if total <= 0:
+        return Undefined("no royalty reached any producer")
+    return sum(p.get("royalty_revenue", 0) for p in producers if p["label_noise"] > 0) / total
+
+
+def copier_ratio(result: dict[str, Any]) -> Value:
+    """Royalties the copiers received over the royalties of the producers they copy (1 = copying pays as much)."""
+    producers = result["producers"]
+    copied = {p["duplicate_of"] for p in producers if p.get("duplicate_of") is not None}
+    originals = sum(p.get("royalty_revenue", 0) for p in producers if p["index"] in copied)
+    if originals <= 0:
+        return Undefined("the copied producers received no royalty")
+    return sum(p.get("royalty_revenue", 0) for p in producers if p.get("duplicate_of") is not None) / originals
+
+
+def split_owner_revenue(result: dict[str, Any]) -> int:
+    """Everything the split owner's identities earned (base units)."""
+    owner = result["split_owner"]
+    return sum(p["revenue"] for p in result["producers"] if p.get("owner", p["index"]) == owner)
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    """One seeded sweep of the study: its scenario, grid and folder."""
+
+    scenario: Scenario
+    params: list[str]
+    folder: Path
+
+
+def _runs(sweep: _Sweep, seeds: Sequence[int], overrides: dict[str, str], file: str) -> list[dict[str, Any]]:
+    """Every seed's ``file`` (JSON) of the grid point ``overrides`` of ``sweep``, in seed order."""
+    from simulation.scenario import parse_sweep
+
+    grid = parse_sweep(sweep.params)
+    number = grid.index(overrides) + 1
+    folder = sweep.folder / point_dir(number, overrides)
+    return [json.loads((folder / f"seed-{seed}" / file).read_text()) for seed in seeds]
+
+
+def _measure(question: str, name: str, label: str, neutral: float | None, rules: Sequence[str],
+             values: Callable[[str], list[Value]]) -> Measure:  # fmt: skip
+    per_seed = {rule: values(rule) for rule in rules}
+    return Measure(question, name, label, neutral, {rule: estimate(v) for rule, v in per_seed.items()}, per_seed)
+
+
+def _paired(measure: Measure, rule: str, reference: str) -> Summary:
+    """``rule`` minus ``reference`` on ``measure``, seed by seed."""
+    diffs: list[Value] = []
+    for a, b in zip(measure.per_seed[rule], measure.per_seed[reference], strict=True):
+        diffs.append(a if isinstance(a, Undefined) else b if isinstance(b, Undefined) else float(a) - float(b))
+    return estimate(diffs)
+
+
+def run_study(
+    out_dir: Path,
+    *,
+    seeds: int = 10,
+    first_seed: int = 7,
+    rules: Sequence[str] = STUDY_RULES,
+    workers: int = 1,
+    chain_target: str = "embedded",
+    overrides: Sequence[str] = (),
+    on_run: Callable[[Any], None] | None = None,
+) -> list[Measure]:
+    """Run the three questions' sweeps (every rule over ``seeds`` seeds from ``first_seed``; ``overrides``
+    ``KEY=VALUE`` applied to every scenario, e.g. ``rounds=2``) and write the study files into ``out_dir``;
+    returns the measures. Raises ``ScenarioError`` for a bad seed count or override."""
+    chosen = seed_list(first_seed, seeds)
+    rule_grid = f"royalty.rule={','.join(rules)}"
+    base = [*overrides, f"seed={first_seed}"]
+    sweeps = {
+        "noisy": _Sweep(load_scenario("noisy-producers", base), [rule_grid], out_dir / "noisy-producers"),
+        "copying": _Sweep(load_scenario("free-riders", base), [rule_grid], out_dir / "free-riders"),
+        "sybil": _Sweep(load_scenario("sybil", base),
+                        [f"producers.split.identities=1,{SYBIL_IDENTITIES}", rule_grid], out_dir / "sybil"),
+    }  # fmt: skip
+    for sweep in sweeps.values():  # every grid point checked before anything runs
+        sweep_scenarios(sweep.scenario, sweep.params)
+    for sweep in sweeps.values():
+        sweep_seeds(sweep.scenario, sweep.params, sweep.folder, seeds, workers=workers, chain_target=chain_target,
+                    on_run=on_run)  # fmt: skip
+
+    def point(question: str, rule: str, file: str, **more: str) -> list[dict[str, Any]]:
+        sweep = sweeps[question]
+        return _runs(sweep, chosen, {**more, "royalty.rule": rule}, file)
+
+    identities = "producers.split.identities"
+    measures = [
+        _measure("noisy", "headline", HEADLINE[1], None, rules,
+                 lambda r: [_field(m, HEADLINE[0]) for m in point("noisy", r, "metrics.json")]),
+        _measure("noisy", "noisy_royalty_share", "royalty share reaching noisy producers", None, rules,
+                 lambda r: [noisy_royalty_share(x) for x in point("noisy", r, "result.json")]),
+        _measure("copying", "copier_ratio", "copier's royalty / original's royalty", 1.0, rules,
+                 lambda r: [copier_ratio(x) for x in point("copying", r, "result.json")]),
+        _measure("sybil", "sybil_gain", f"Sybil gain ({SYBIL_IDENTITIES} identities / 1)", 1.0, rules,
+                 lambda r: [split_owner_revenue(a) / split_owner_revenue(b) if split_owner_revenue(b) else
+                            Undefined("the unsplit owner earned nothing")
+                            for a, b in zip(point("sybil", r, "result.json", **{identities: str(SYBIL_IDENTITIES)}),
+                                            point("sybil", r, "result.json", **{identities: "1"}), strict=True)]),
+    ]  # fmt: skip
+    write_study(measures, rules, chosen, out_dir)
+    return measures
+
+
+def summary_lines(measures: Sequence[Measure], rules: Sequence[str]) -> list[str]:
+    """One line per measure: each rule's ``mean [low, high]``."""
+    return [f"{m.question}, {m.label}: " + "; ".join(f"{rule} {_text(m.by_rule[rule])}" for rule in rules)
+            for m in measures]  # fmt: skip
+
+
+def _text(summary: Summary, signed: bool = False) -> str:
+    if isinstance(summary, Undefined):
+        return f"undefined ({summary.reason})"
+    sign = "+" if signed else ""
+    return f"{summary.mean:{sign}.3f} [{summary.low:{sign}.3f}, {summary.high:{sign}.3f}]"
+
+
+def write_study(measures: Sequence[Measure], rules: Sequence[str], seeds: Sequence[int], out_dir: Path) -> list[Path]:
+    """Write ``study.json``, ``study.csv``, ``study.md`` and the figure; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reference = rules[0]
+
+    def plain(summary: Summary) -> dict[str, Any]:
+        if isinstance(summary, Undefined):
+            return {"undefined": summary.reason}
+        return {"mean": summary.mean, "low": summary.low, "high": summary.high, "n": summary.n, "sd": summary.sd}
+
+    data = {
+        "seeds": list(seeds), "rules": list(rules), "reference": reference,
+        "measures": [
+            {"question": m.question, "measure": m.name, "label": m.label,
+             "by_rule": {r: plain(s) for r, s in m.by_rule.items()},
+             "vs_reference": {r: plain(_paired(m, r, reference)) for r in rules[1:]}}
+            for m in measures
+        ],
+    }  # fmt: skip
+    json_path = out_dir / "study.json"
+    json_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    csv_path = out_dir / "study.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["question", "measure", "rule", "mean", "low", "high", "n"])
+        for m in measures:
+            for rule, s in m.by_rule.items():
+                cells = ["undefined"] * 4 if isinstance(s, Undefined) else [s.mean, s.low, s.high, s.n]
+                writer.writerow([m.question, m.name, rule, *cells])
+    lines = ["# Which royalty rule pays producers in line with their data's value?", "",
+             f"Seeds {seeds[0]} to {seeds[-1]} ({len(seeds)} per rule, the same under every rule); every figure "
+             "is a mean with its 95% interval; differences are paired seed by seed against "
+             f"`{reference}`.", ""]  # fmt: skip
+    for m in measures:
+        lines += [f"## {m.question}: {m.label}", "", "| rule | mean [95% interval] | vs " + reference + " |",
+                  "|---|---|---|"]  # fmt: skip
+        for rule in rules:
+            if rule == reference:
+                versus = "reference"
+            else:
+                diff = _paired(m, rule, reference)
+                noise = (
+                    ""
+                    if isinstance(diff, Undefined)
+                    else (", within noise" if diff.contains(0.0) else ", a real difference")
+                )
+                versus = _text(diff, signed=True) + noise
+            lines.append(f"| {rule} | {_text(m.by_rule[rule])} | {versus} |")
+        lines.append("")
+    lines += ["![the study](study.png)", ""]
+    md_path = out_dir / "study.md"
+    md_path.write_text("\n".join(lines), encoding="utf-8")
+    return [json_path, csv_path, md_path, *plot_study(measures, rules, seeds, out_dir)]
+
+
+def plot_study(measures: Sequence[Measure], rules: Sequence[str], seeds: Sequence[int], out_dir: Path) -> list[Path]:
+    """One panel per measure: a bar per rule at its mean, the 95% interval as an error bar, ``undefined`` written
+    where a rule has no value, the no-effect value as a dashed line; PNG (200 dpi), SVG and PDF."""
+    figure = Figure(figsize=(3.4 * len(measures), 3.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(measures), squeeze=False)[0]
+    positions = np.arange(len(rules))
+    for axis, measure in zip(axes, measures, strict=True):
+        for x, rule in zip(positions, rules, strict=True):
+            s = measure.by_rule[rule]
+            if isinstance(s, Undefined):
+                axis.text(x, 0, "undefined", ha="center", va="bottom", rotation=90, fontsize="x-small")
+                continue
+            assert isinstance(s, Estimate)
+            axis.bar(x, s.mean, color=f"C{x % 10}", yerr=[[s.mean - s.low], [s.high - s.mean]], capsize=3)
+        if measure.neutral is not None:
+            axis.axhline(measure.neutral, color="black", linestyle="--", linewidth=0.8)
+        axis.axhline(0, color="black", linewidth=0.5)
+        axis.set_xticks(positions, rules, rotation=35, ha="right", fontsize="small")
+        axis.set_title(f"{measure.question}\n{measure.label}", fontsize="small")
+        axis.grid(axis="y", alpha=0.3)
+    figure.suptitle(f"Royalty rules over seeds {seeds[0]} to {seeds[-1]} (mean, 95% interval)", fontsize="medium")
+    paths = []
+    for suffix in ("png", "svg", "pdf"):
+        path = out_dir / f"study.{suffix}"
+        figure.savefig(path, format=suffix, dpi=200, metadata={"Software": None} if suffix == "png" else None)
+        paths.append(path)
+    return paths
