@@ -1,0 +1,209 @@
+"""A run's data products: the per-transaction log read from the chain, the paid calls per round, per-round
+revenue, Parquet beside CSV, the reproducibility manifest (its command reproduces metrics.json byte for byte),
+and an independent recomputation of every party's revenue (pure Python and Mesa) from the run's decisions.
+
+One tiny run (the fast engine) serves the module; one full-engine run checks that both engines log the same
+payments."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from simulation.engine import run_simulation
+from simulation.manifest import scenario_toml
+from simulation.reference import ModelTerms, mesa_model, recompute, run_decisions, split_revenue
+from simulation.runner import simulate
+from simulation.scenario import load_scenario, packaged_scenarios
+from simulation.txlog import RunRecord, write_table
+from tests.helpers.cli import run_cli
+from tests.helpers.simulation import TINY
+
+BASELINE = Path(__file__).parents[2] / "scenarios" / "baseline.toml"
+#: TINY with three rounds and two builders (so royalties flow from two models and rounds differ).
+SCENARIO = [*TINY, "rounds=3", "builders.count=2", "engine=fast"]
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("products") / "run"
+    simulate(load_scenario(BASELINE, SCENARIO), out)
+    return out
+
+
+def test_the_transaction_log_reconciles_with_the_runs_figures(run_dir: Path) -> None:
+    """Every payment read from the chain adds up to what metrics.json and the CSVs say, party by party."""
+    transfers = rows(run_dir / "transactions.csv")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    producers, builders = rows(run_dir / "producers.csv"), rows(run_dir / "builders.csv")
+    total: dict[str, int] = defaultdict(int)
+    for t in transfers:
+        total[t["kind"]] += int(t["amount"])
+    assert set(total) <= {"mint", "license", "channel deposit", "voucher claim", "channel refund", "royalty release",
+                          "withdrawal", "fee"}  # fmt: skip
+    assert total["license"] == sum(int(b["spend"]) for b in builders) > 0
+    assert total["voucher claim"] == metrics["consumer_spend"] > 0
+    assert total["fee"] == metrics["protocol_fee"] > 0
+    for index, producer in enumerate(producers):
+        inflow = [t for t in transfers if t["payee_name"] == f"producer {index}"]
+        assert [t["kind"] for t in inflow] == ["withdrawal"]
+        assert inflow[0]["payer_name"] == f"producer {index}'s dataset vault"
+        assert int(inflow[0]["amount"]) == int(producer["revenue"])
+        vault = f"producer {index}'s dataset vault"
+        licenses = [t for t in transfers if t["kind"] == "license" and t["payee_name"] == vault]
+        bought = sum(str(producer["asset_id"]) in b["parents"].split(";") for b in builders)
+        assert len(licenses) == bought and all(t["payer_name"].startswith("builder ") for t in licenses)
+    for builder in builders:
+        paid = sum(int(t["amount"]) for t in transfers if t["payee_name"] == f"builder {builder['index']}"
+                   and t["kind"] == "withdrawal")  # fmt: skip
+        assert paid == int(builder["revenue"])
+    # rounds from block boundaries: licenses before round 1, deposits in rounds, claims and releases at the end
+    rounds = 3
+    assert {t["round"] for t in transfers if t["kind"] == "license"} == {"0"}
+    assert {t["round"] for t in transfers if t["kind"] == "channel deposit"} <= {"1", "2", "3"}
+    assert {(t["round"], t["phase"]) for t in transfers if t["kind"] in ("voucher claim", "withdrawal", "fee")} == {
+        (str(rounds + 1), "end")
+    }
+    blocks = [int(t["block"]) for t in transfers]
+    assert blocks == sorted(blocks) and len({(t["tx_hash"], t["log_index"]) for t in transfers}) == len(transfers)
+    assert all(t["tx_hash"].startswith("0x") and len(t["tx_hash"]) == 66 for t in transfers)
+
+
+def test_vouchers_and_round_revenue_add_up_to_the_runs_figures(run_dir: Path) -> None:
+    """Paid calls per round equal rounds.csv; each party's per-round revenue sums to its revenue, to the unit,
+    with license sales in round 0 and royalties after."""
+    vouchers = rows(run_dir / "vouchers.csv")
+    per_round: dict[int, int] = defaultdict(int)
+    for v in vouchers:
+        per_round[int(v["round"])] += int(v["amount"])
+    assert {int(r["round"]): int(r["consumer_spend"]) for r in rows(run_dir / "rounds.csv")} == dict(per_round)
+    consumers = rows(run_dir / "consumers.csv")
+    for consumer in consumers:
+        mine = [v for v in vouchers if v["consumer"] == consumer["index"]]
+        assert sum(int(v["amount"]) for v in mine) == int(consumer["spend"])
+        assert sum(int(v["calls"]) for v in mine) == int(consumer["answered"])
+    revenue = rows(run_dir / "round_revenue.csv")
+    assert {r["round"] for r in revenue} == {"0", "1", "2", "3"}
+    for producer in rows(run_dir / "producers.csv"):
+        mine = [r for r in revenue if r["party"] == f"producer {producer['index']}"]
+        assert sum(int(r["revenue"]) for r in mine) == int(producer["revenue"])
+        assert sum(int(r["license"]) for r in mine) == int(producer["license_revenue"]) == int(mine[0]["revenue"])
+        assert sum(int(r["calls"]) for r in mine) == int(producer["royalty_revenue"]) > 0
+    for builder in rows(run_dir / "builders.csv"):
+        mine = [r for r in revenue if r["party"] == f"builder {builder['index']}"]
+        assert sum(int(r["revenue"]) for r in mine) == int(builder["revenue"])
+    fee = sum(int(r["revenue"]) for r in revenue if r["party"] == "protocol")
+    assert fee == json.loads((run_dir / "metrics.json").read_text())["protocol_fee"]
+
+
+def test_parquet_files_hold_what_the_csvs_hold(run_dir: Path) -> None:
+    import pyarrow.parquet as pq
+
+    for stem in ("transactions", "vouchers", "round_revenue"):
+        table = pq.read_table(run_dir / f"{stem}.parquet").to_pylist()
+        assert [{k: str(v) for k, v in row.items()} for row in table] == rows(run_dir / f"{stem}.csv"), stem
+
+
+def test_without_pyarrow_only_csv_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    written = write_table(tmp_path, "t", ["a", "b"], [[1, "x"], [2**70, "y"]])
+    assert written == [tmp_path / "t.csv"] and not (tmp_path / "t.parquet").exists()
+    assert (tmp_path / "t.csv").read_text() == f"a,b\n1,x\n{2**70},y\n"
+    monkeypatch.undo()
+    import pyarrow.parquet as pq
+
+    write_table(tmp_path, "t", ["a", "b"], [[1, "x"], [2**70, "y"]])
+    assert pq.read_table(tmp_path / "t.parquet").to_pylist() == [{"a": "1", "b": "x"}, {"a": str(2**70), "b": "y"}]
+
+
+def test_the_manifest_reruns_the_run_byte_for_byte(run_dir: Path) -> None:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["engine"] == "fast" and manifest["chain"] == {"target": "embedded", "kind": "embedded",
+                                                                 "chain_id": manifest["chain"]["chain_id"]}  # fmt: skip
+    assert manifest["seeds"] == [load_scenario(BASELINE).seed] and manifest["project"]["version"] == "0.1.0"
+    assert len(manifest["project"]["commit"] or "") in (0, 40)
+    packages = manifest["packages"]
+    assert packages["python"].count(".") == 2 and all(packages[n] for n in ("numpy", "scikit-learn", "web3", "py-evm"))
+    assert manifest["scenario"]["toml"] == (run_dir / "scenario.toml").read_text()
+    assert manifest["argv"][:3] == ["agentmarket", "simulate", "scenario.toml"]
+    result = run_cli(*manifest["argv"][1:], cwd=run_dir, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rerun = run_dir / manifest["argv"][manifest["argv"].index("--out") + 1]
+    assert (rerun / "metrics.json").read_bytes() == (run_dir / "metrics.json").read_bytes()
+    assert (rerun / "round_revenue.csv").read_bytes() == (run_dir / "round_revenue.csv").read_bytes()
+
+
+@pytest.mark.parametrize("name", packaged_scenarios())
+def test_the_scenario_as_run_reads_back_to_the_same_scenario(name: str, tmp_path: Path) -> None:
+    scenario = load_scenario(name, ["royalty.rule=equal", "seed=9"])
+    (tmp_path / "s.toml").write_text(scenario_toml(scenario))
+    assert load_scenario(tmp_path / "s.toml").model_dump() == scenario.model_dump()
+
+
+def test_a_free_rider_scenario_reads_back_with_its_tables(tmp_path: Path) -> None:
+    scenario = load_scenario("free-riders", ["producers.split={owner=1, identities=2}"])
+    text = scenario_toml(scenario)
+    assert "[[producers.duplicates]]" in text and "[producers.split]" in text
+    (tmp_path / "s.toml").write_text(text)
+    assert load_scenario(tmp_path / "s.toml").model_dump() == scenario.model_dump()
+
+
+def test_the_independent_model_recomputes_every_partys_revenue(run_dir: Path) -> None:
+    """From the decisions alone (parents, shares, prices, calls per model), with the contracts' floor arithmetic:
+    every party's revenue equals what the chain paid, to the unit; the Mesa model agrees round by round."""
+    producers, builders = rows(run_dir / "producers.csv"), rows(run_dir / "builders.csv")
+    revenue = recompute(run_dir)
+    assert {p["asset_id"]: p["revenue"] for p in producers} == {str(k): str(v) for k, v in revenue.producer.items()}
+    assert {p["asset_id"]: p["license_revenue"] for p in producers} == {
+        str(k): str(v) for k, v in revenue.producer_license.items()
+    }
+    assert {b["index"]: b["revenue"] for b in builders} == {str(k): str(v) for k, v in revenue.builder.items()}
+    assert revenue.fee == json.loads((run_dir / "metrics.json").read_text())["protocol_fee"]
+
+    model = mesa_model(run_decisions(run_dir))
+    while model.running:
+        model.step()
+    by_round: dict[tuple[int, str, int], int] = {(r, role, i): v for r, role, i, v in model.revenue_table()}
+    asset_of = {p["index"]: int(p["asset_id"]) for p in producers}
+    so_far: Counter[tuple[str, int]] = Counter()
+    for row in rows(run_dir / "round_revenue.csv"):
+        key = (row["role"], asset_of[row["index"]] if row["role"] == "producer" else int(row["index"]))
+        so_far[key] += int(row["revenue"])
+        assert by_round[(int(row["round"]), *key)] == so_far[key], row
+
+
+def test_the_floor_arithmetic_by_hand() -> None:
+    """A call revenue of 1,000 units through a model with two parents (30% and 20%) at a 1% fee, licenses 500."""
+    terms = ModelTerms(model_id=3, builder=0, parents=(1, 2), shares_bps=(3000, 2000))
+    revenue = split_revenue(100, {1: 500, 2: 0}, [terms], {3: 1000})
+    # model vault: fee 10, parent 1: 1000*3000*9900/1e8 = 297, parent 2: 198, builder: 1000*5000*9900/1e8 = 495
+    # dataset vaults: 1: (500 + 297) -> 789 (fee 7), 2: 198 -> 196 (fee 1)
+    assert revenue.producer == {1: 789, 2: 196} and revenue.producer_license == {1: 495, 2: 0}
+    assert revenue.builder == {0: 495} and revenue.fee == 10 + 7 + 1
+    assert revenue.total == 1500 - 2  # rounding dust stays in the vaults
+
+
+def test_both_engines_log_the_same_payments(run_dir: Path, tmp_path: Path) -> None:
+    """The full engine (gateway, SDK, wallets) on the same scenario: the same payments (kind, payer, payee,
+    amount, round), though not the same transactions (hashes, blocks); its revenue recomputed independently."""
+    scenario = load_scenario(BASELINE, SCENARIO)
+    record = RunRecord()
+    result = run_simulation(scenario, work_dir=tmp_path, engine="full", record=record)
+    payments = Counter((t.kind, t.payer_name, t.payee_name, t.amount, t.round) for t in record.transfers)
+    logged = Counter((t["kind"], t["payer_name"], t["payee_name"], int(t["amount"]), int(t["round"]))
+                     for t in rows(run_dir / "transactions.csv"))  # fmt: skip
+    assert payments == logged
+    assert record.decisions is not None
+    revenue = record.decisions.revenue()
+    assert revenue.producer == {p.asset_id: p.revenue for p in result.producers}
+    assert revenue.builder == {b.index: b.revenue for b in result.builders} and revenue.fee == result.protocol_fee
