@@ -265,9 +265,18 @@ _WELFARE_PANELS = (
 )
 
 
-def _axes(params: Sequence[dict[str, str]]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
-    """x labels (first parameter's values), series labels (the other parameters) and each point's (x, series)."""
+def _swept_keys(params: Sequence[dict[str, str]]) -> list[str]:
+    """The parameters that take more than one value across the grid, in first-seen order (a parameter fixed for
+    every point says nothing on an axis); the first parameter when none varies."""
     keys = list(dict.fromkeys(key for point in params for key in point))
+    varying = [key for key in keys if len({point.get(key) for point in params}) > 1]
+    return varying or keys[:1]
+
+
+def _axes(params: Sequence[dict[str, str]]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """x labels (first swept parameter's values), series labels (the other swept parameters) and each point's
+    (x, series); see :func:`_swept_keys`."""
+    keys = _swept_keys(params)
     primary, others = (keys[0], keys[1:]) if keys else (None, [])
     xs: list[str] = []
     series: list[str] = []
@@ -313,6 +322,8 @@ def _grouped_bars(
     width = 0.8 / max(len(series), 1)
     labelled: set[str] = set()  # each series named once in the legend (of the first panel)
     for axis, (metric, title, scale) in zip(axes, panels, strict=False):
+        bounded = metric.startswith("revenue_value_")  # correlations: the axis is their whole range, -1 to 1
+        clipped = False
         for index, name in enumerate(series):
             for x_index, x in enumerate(xs):
                 position = x_index + (index - (len(series) - 1) / 2) * width
@@ -325,6 +336,8 @@ def _grouped_bars(
                     axis.text(position, 0, "undefined", ha="center", va="bottom", fontsize="x-small", rotation=90)
                     continue
                 mean, low, high = (v / scale for v in value)
+                if bounded and (low < -1 or high > 1):  # an interval past the range is cut there, and said so
+                    low, high, clipped = max(low, -1.0), min(high, 1.0), True
                 errors = [[mean - low], [high - mean]] if high > low else None
                 axis.bar(position, mean, width=width, color=f"C{index % 10}", yerr=errors, capsize=3,
                          label=None if name in labelled else name)  # fmt: skip
@@ -333,8 +346,8 @@ def _grouped_bars(
         axis.set_xticks(range(len(xs)), xs, fontsize="small")
         _readable_ticks(axis, xs)
         axis.set_xlabel(xlabel)
-        axis.set_title(title, fontsize="medium")
-        if metric.startswith("revenue_value_"):  # correlations
+        axis.set_title(title + ("\n(intervals cut at ±1)" if clipped else ""), fontsize="medium")
+        if bounded:
             axis.set_ylim(-1.05, 1.05)
         axis.grid(axis="y", alpha=0.3)
     for axis in axes[len(panels) :]:
@@ -345,7 +358,7 @@ def _grouped_bars(
 
 def _two_figures(params: Sequence[dict[str, str]], bar: Callable[[int, str], Bar], out: Path, note: str) -> list[Path]:
     """The distribution and welfare figures (``SWEEP_FIGURES``)."""
-    keys = list(dict.fromkeys(key for point in params for key in point))
+    keys = _swept_keys(params)
     xlabel = keys[0] if keys else ""
     distribution = _figure(10, 7)
     _grouped_bars(distribution, params, bar, _DISTRIBUTION_PANELS, xlabel)
