@@ -207,3 +207,16 @@ def test_both_engines_log_the_same_payments(run_dir: Path, tmp_path: Path) -> No
     revenue = record.decisions.revenue()
     assert revenue.producer == {p.asset_id: p.revenue for p in result.producers}
     assert revenue.builder == {b.index: b.revenue for b in result.builders} and revenue.fee == result.protocol_fee
+
+
+def test_the_csvs_split_producer_revenue_and_name_validation_accuracy(run_dir: Path) -> None:
+    """producers.csv splits each producer's revenue into license sales and royalties; builders.csv names its
+    accuracy for what it is (validation accuracy), the same number result.json keeps under ``accuracy``."""
+    result = json.loads((run_dir / "result.json").read_text())
+    for producer, row in zip(result["producers"], rows(run_dir / "producers.csv"), strict=True):
+        assert int(row["license_revenue"]) + int(row["royalty_revenue"]) == int(row["revenue"]) == producer["revenue"]
+        assert int(row["royalty_revenue"]) == producer["royalty_revenue"] > 0 and row["owner"] == ""
+    builders = rows(run_dir / "builders.csv")
+    report = (run_dir / "report.md").read_text()
+    assert "accuracy" not in builders[0] and "test accuracy" not in report.lower() and "Validation accuracy" in report
+    assert [float(b["validation_accuracy"]) for b in builders] == [b["accuracy"] for b in result["builders"]]
