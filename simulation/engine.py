@@ -28,7 +28,7 @@ import numpy as np
 
 from agents.brains import Brain, policy_brain
 from agents.datavalue import loo_contributions
-from agents.learning import Shard, load_source, make_shards, split_holdout, with_duplicates, with_label_noise
+from agents.learning import Shard, make_shards, split_holdout, with_duplicates, with_label_noise
 from agents.roles import BuilderAgent, BuildPlan, BuyerAgent, ClassificationTask, Listing, ProviderAgent
 from marketplace.chain.units import BPS, TOTAL_SHARES
 from simulation.results import BuilderResult, ConsumerResult, ProducerResult, RoundFigures, RunResult
@@ -198,7 +198,7 @@ class _Run:
     def __init__(self, scenario: Scenario, world: World) -> None:
         self.scenario, self.world = scenario, world
         self.rng = np.random.default_rng(scenario.seed)
-        X, y = load_source(scenario.data.source, seed=scenario.seed)
+        X, y = scenario.data.load(seed=scenario.seed)  # a bundled, synthetic or your own (CSV) data set
         X_train, y_train, X_held, y_held = split_holdout(X, y, scenario.data.test_fraction, scenario.seed)
         half = len(y_held) // 2
         self.X_train, self.y_train = X_train, y_train

@@ -5,8 +5,9 @@ checkout, with ``dirty`` when files differ from it; else the installed package's
 Python and the packages the numbers depend on (numpy, scikit-learn, scipy, matplotlib, web3, py-evm,
 eth-tester, and anvil's when the chain was anvil), the scenario as run (after overrides; written beside it as
 ``scenario.toml``, which :func:`scenario_toml` makes and ``load_scenario`` reads back to the same scenario),
-the seeds, the chain (target, kind, id), the engine, and the exact command that re-runs it from that
-directory (``argv`` and ``command``). The same code, scenario and seed reproduce ``metrics.json`` byte for byte.
+the seeds, the data read and how often consumers' queries repeated a held-out row (:func:`data_summary`),
+the chain (target, kind, id), the engine, and the exact command that re-runs it from that directory
+(``argv`` and ``command``). The same code, scenario and seed reproduce ``metrics.json`` byte for byte.
 """
 
 from __future__ import annotations
@@ -116,6 +117,24 @@ def package_versions(*, anvil: bool = False) -> dict[str, str | None]:
     return versions
 
 
+def data_summary(scenario: Scenario) -> dict[str, Any]:
+    """What data a run read and how its queries used it: the source (and file), its rows, the rows left for
+    shards, the distinct held-out rows consumers query (``query_rows``), how many queries the run asks
+    (consumers x queries per round x rounds) and how many of them repeat a row already asked
+    (``repeated_queries``: queries cycle through the query rows; 0 when there are enough rows — raise
+    ``data.rows`` of ``make_classification``, or bring a larger CSV, to get there)."""
+    data = scenario.data
+    consumers = scenario.consumers
+    queries = consumers.count * consumers.queries_per_round * scenario.rounds
+    distinct = data.query_rows()
+    summary: dict[str, Any] = {"source": data.source, "rows": data.row_count(), "train_rows": data.train_rows(),
+                               "query_rows": distinct, "queries": queries,
+                               "repeated_queries": max(0, queries - distinct)}  # fmt: skip
+    if data.source == "csv":
+        summary |= {"path": data.path, "label": data.label}
+    return summary
+
+
 def _command(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
@@ -132,6 +151,7 @@ def run_manifest(
         "packages": package_versions(anvil=chain_kind == "anvil"),
         "scenario": {"name": scenario.name, "file": "scenario.toml", "toml": scenario_toml(scenario)},
         "seeds": [scenario.seed],
+        "data": data_summary(scenario),
         "chain": {"target": chain_target, "kind": chain_kind, "chain_id": chain_id},
         "engine": engine,
         "argv": argv,
@@ -158,6 +178,7 @@ def sweep_manifest(scenario: Scenario, *, params: Sequence[str], seeds: Sequence
         "scenario": {"name": scenario.name, "file": "scenario.toml", "toml": scenario_toml(scenario)},
         "params": list(params),
         "seeds": list(seeds) if seeds is not None else [scenario.seed],
+        "data": data_summary(scenario),
         "chain": {"target": chain_target},
         "engine": scenario.engine,
         "argv": argv,
