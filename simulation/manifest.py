@@ -79,14 +79,17 @@ def project_commit() -> dict[str, Any]:
     """``{"version", "commit", "dirty"}`` of the running agentmarket: the git commit of its source tree when that
     is a git checkout and git runs (``commit`` None otherwise), ``dirty`` when tracked files differ from it."""
     version = _version("agentmarket")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1]  # the source tree: simulation/ and its siblings
+    unknown = {"version": version, "commit": None, "dirty": None}
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()  # fmt: skip
+        top, commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
+                                     capture_output=True, text=True, timeout=10, check=True).stdout.split()  # fmt: skip
+        if Path(top).resolve() != root:  # installed into a folder inside some other repository: not our commit
+            return unknown
         status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                 capture_output=True, text=True, timeout=10, check=True).stdout  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return {"version": version, "commit": None, "dirty": None}
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return unknown
     return {"version": version, "commit": commit, "dirty": bool(status.strip())}
 
 

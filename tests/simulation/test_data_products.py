@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from web3 import Web3
 
 from simulation.engine import run_simulation
 from simulation.manifest import scenario_toml
@@ -131,7 +133,9 @@ def test_the_manifest_reruns_the_run_byte_for_byte(run_dir: Path) -> None:
     assert manifest["engine"] == "fast" and manifest["chain"] == {"target": "embedded", "kind": "embedded",
                                                                  "chain_id": manifest["chain"]["chain_id"]}  # fmt: skip
     assert manifest["seeds"] == [load_scenario(BASELINE).seed] and manifest["project"]["version"] == "0.1.0"
-    assert len(manifest["project"]["commit"] or "") in (0, 40)
+    head = subprocess.run(["git", "-C", str(BASELINE.parents[1]), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=False).stdout.strip()  # fmt: skip
+    assert manifest["project"]["commit"] == (head or None)  # this checkout's commit (None without git)
     packages = manifest["packages"]
     assert packages["python"].count(".") == 2 and all(packages[n] for n in ("numpy", "scikit-learn", "web3", "py-evm"))
     assert manifest["scenario"]["toml"] == (run_dir / "scenario.toml").read_text()
@@ -220,3 +224,57 @@ def test_the_csvs_split_producer_revenue_and_name_validation_accuracy(run_dir: P
     report = (run_dir / "report.md").read_text()
     assert "accuracy" not in builders[0] and "test accuracy" not in report.lower() and "Validation accuracy" in report
     assert [float(b["validation_accuracy"]) for b in builders] == [b["accuracy"] for b in result["builders"]]
+
+
+def test_the_log_reads_the_same_payments_from_anvil(run_dir: Path, tmp_path: Path) -> None:
+    """The same scenario on a real anvil node: the same payments logged, and the manifest names anvil's version."""
+    simulate(load_scenario(BASELINE, SCENARIO), tmp_path / "anvil", chain_target="anvil")
+
+    def payments(folder: Path) -> Counter[tuple[str, ...]]:
+        return Counter((t["kind"], t["payer_name"], t["payee_name"], t["amount"], t["round"])
+                       for t in rows(folder / "transactions.csv"))  # fmt: skip
+
+    assert payments(tmp_path / "anvil") == payments(run_dir)
+    assert (tmp_path / "anvil" / "round_revenue.csv").read_bytes() == (run_dir / "round_revenue.csv").read_bytes()
+    manifest = json.loads((tmp_path / "anvil" / "manifest.json").read_text())
+    assert manifest["chain"]["kind"] == "anvil" and manifest["packages"]["anvil"].startswith("anvil")
+    assert "--chain anvil" in manifest["command"]
+
+
+def test_a_transfer_the_run_did_not_make_is_logged_as_other_under_its_addresses() -> None:
+    """A transfer between addresses the run does not know (or a known pair that no step of the run makes) is
+    kind ``other``, named by its addresses; a mint is a mint whoever receives it."""
+    from simulation.txlog import ZERO_ADDRESS, _transfer
+
+    stranger, consumer = "0x" + "11" * 20, "0x" + "22" * 20
+    stranger, consumer = (Web3.to_checksum_address(a) for a in (stranger, consumer))
+
+    def log(payer: str, payee: str, block: int) -> dict:
+        return {"topics": [b"", bytes(12) + bytes.fromhex(payer[2:]), bytes(12) + bytes.fromhex(payee[2:])],
+                "blockNumber": block, "transactionHash": b"\x01" * 32, "logIndex": 0,
+                "data": (5).to_bytes(32, "big")}  # fmt: skip
+
+    names, roles = {consumer: "consumer 0"}, {consumer: "consumer"}
+    other = _transfer(log(consumer, stranger, 12), names, roles, [10, 11, 13], 2)
+    assert (other.kind, other.payer_name, other.payee_name, other.amount) == ("other", "consumer 0", stranger, 5)
+    assert (other.round, other.phase) == (2, "round") and other.tx_hash == "0x" + "01" * 32
+    minted = _transfer(log(ZERO_ADDRESS, stranger, 14), names, roles, [10, 11, 13], 2)
+    assert (minted.kind, minted.round, minted.phase) == ("mint", 3, "end")
+    assert _transfer(log(consumer, consumer, 10), names, roles, [10, 11, 13], 2).round == 0  # the set-up's last block
+
+
+def test_the_manifest_of_a_run_over_seeds_or_a_sweep_names_its_command() -> None:
+    from simulation.manifest import sweep_manifest
+
+    scenario = load_scenario(BASELINE)
+    seeded = sweep_manifest(scenario, params=[], seeds=(7, 8, 9), chain_target="embedded", workers=2, backend="process",
+                            command="simulate")  # fmt: skip
+    assert seeded["kind"] == "simulate over seeds" and seeded["seeds"] == [7, 8, 9]
+    assert seeded["command"] == "agentmarket simulate scenario.toml --out rerun --chain embedded --workers 2 --seeds 3"
+    grid = sweep_manifest(scenario, params=["royalty.rule=none,equal"], seeds=None, chain_target="anvil", workers=1,
+                          backend="ray")  # fmt: skip
+    assert grid["kind"] == "sweep" and grid["argv"] == [
+        "agentmarket", "sweep", "scenario.toml", "--param=royalty.rule=none,equal", "--out", "rerun", "--chain",
+        "anvil", "--workers", "1", "--backend", "ray",
+    ]  # fmt: skip
+    assert grid["data"]["repeated_queries"] == 0 and grid["scenario"]["toml"] == scenario_toml(scenario)
