@@ -8,6 +8,8 @@ licensed and at what price, the royalty shares it set, and how many calls each c
 treasury holds ``fee_bps · BPS`` shares of every vault, a model vault's royalty payees are its parents'
 dataset vaults (``shares_bps · (BPS - fee_bps)`` shares each) and its builder holds the rest of the net.
 A test (``tests/simulation/test_data_products.py``) checks it against chain-backed runs to the unit.
+Licenses count in the round they were bought in and calls in the round they were paid in, so prices that change
+over rounds are followed as paid.
 
 :func:`split_revenue` is the arithmetic; :func:`recompute` applies it to a run's files; :class:`MarketModel`
 replays the same decisions as a `Mesa <https://mesa.readthedocs.io>`_ 3 agent-based model (``pip install
@@ -92,18 +94,27 @@ def split_revenue(
 
 @dataclass(frozen=True)
 class Decisions:
-    """What a run decided, everything the economics need: the fee, license payments per dataset, the models'
-    terms, and the calls paid per round (``calls[r]`` maps (consumer, model id) to (calls, amount) in round
-    ``r + 1``)."""
+    """What a run decided, everything the economics need: the fee, the datasets (asset ids by producer identity),
+    the licenses bought per round (``licenses[r]`` maps dataset id to what was paid for its licenses in round
+    ``r``; round 0 is the set-up), the models' terms, and the calls paid per round (``calls[r]`` maps (consumer,
+    model id) to (calls, amount) in round ``r + 1``)."""
 
     fee_bps: int
     datasets: tuple[int, ...]
-    license_paid: dict[int, int]
+    licenses: tuple[dict[int, int], ...]
     models: tuple[ModelTerms, ...]
     calls: tuple[dict[tuple[int, int], tuple[int, int]], ...]
 
-    def model_paid(self, through_round: int) -> dict[int, int]:
-        """Calls paid per model id in rounds 1 to ``through_round`` (base units)."""
+    def license_paid(self, through_round: int | None = None) -> dict[int, int]:
+        """Licenses paid per dataset id in rounds 0 to ``through_round`` (None: all; base units)."""
+        paid = dict.fromkeys(self.datasets, 0)
+        for round_licenses in self.licenses[: None if through_round is None else through_round + 1]:
+            for asset, amount in round_licenses.items():
+                paid[asset] += amount
+        return paid
+
+    def model_paid(self, through_round: int | None = None) -> dict[int, int]:
+        """Calls paid per model id in rounds 1 to ``through_round`` (None: all; base units)."""
         paid: dict[int, int] = defaultdict(int)
         for round_calls in self.calls[:through_round]:
             for (_consumer, model_id), (_count, amount) in round_calls.items():
@@ -112,54 +123,58 @@ class Decisions:
 
     def revenue(self, through_round: int | None = None) -> Revenue:
         """Every party's revenue had the run stopped after round ``through_round`` (None: all rounds) and
-        everything been released then (round 0: licenses only)."""
-        rounds = len(self.calls) if through_round is None else through_round
-        return split_revenue(self.fee_bps, self.license_paid, self.models, self.model_paid(rounds))
+        everything been released then (round 0: the set-up's licenses only)."""
+        return split_revenue(self.fee_bps, self.license_paid(through_round), self.models,
+                             self.model_paid(through_round))  # fmt: skip
 
 
 def decisions_of(
     fee_bps: int,
     datasets: Sequence[int],
     builders: Iterable[Any],
-    license_prices: Mapping[int, int],
+    licenses: Iterable[tuple[int, int, int]],
     voucher_rows: Iterable[Mapping[str, Any]],
     rounds: int,
 ) -> Decisions:
-    """A run's decisions from its parts: ``datasets`` (asset ids by producer identity), ``builders`` (objects
-    with ``index``, ``model_id``, ``parents``, ``shares_bps``: ``BuilderResult``), ``license_prices`` (dataset
-    id -> its license price), ``voucher_rows`` (rows of ``vouchers.csv``: round, consumer, model_id, calls,
-    amount) over ``rounds`` rounds."""
-    license_paid = dict.fromkeys(datasets, 0)
-    models = []
-    for builder in builders:
-        for parent in builder.parents:
-            license_paid[parent] += license_prices[parent]
-        models.append(ModelTerms(int(builder.model_id), int(builder.index), tuple(builder.parents),
-                                 tuple(builder.shares_bps)))  # fmt: skip
+    """A run's decisions from its parts: ``datasets`` (asset ids by producer identity), ``builders`` (objects with
+    ``index``, ``model_id``, ``parents``, ``shares_bps``: ``BuilderResult``), ``licenses`` ((round, dataset id,
+    amount) for every license bought; a round past ``rounds`` counts in the last), ``voucher_rows`` (rows of
+    ``vouchers.csv``: round, consumer, model_id, calls, amount) over ``rounds`` rounds."""
+    bought: list[dict[int, int]] = [defaultdict(int) for _ in range(rounds + 1)]
+    for number, asset, amount in licenses:
+        bought[min(number, rounds)][asset] += amount
+    models = tuple(ModelTerms(int(b.model_id), int(b.index), tuple(b.parents), tuple(b.shares_bps)) for b in builders)
     calls: list[dict[tuple[int, int], tuple[int, int]]] = [{} for _ in range(rounds)]
     for row in voucher_rows:
         key = (int(row["consumer"]), int(row["model_id"]))
         count, amount = calls[int(row["round"]) - 1].get(key, (0, 0))
         calls[int(row["round"]) - 1][key] = (count + int(row["calls"]), amount + int(row["amount"]))
-    return Decisions(fee_bps=fee_bps, datasets=tuple(datasets), license_paid=license_paid, models=tuple(models),
-                     calls=tuple(calls))  # fmt: skip
+    return Decisions(fee_bps=fee_bps, datasets=tuple(datasets), licenses=tuple(dict(r) for r in bought),
+                     models=models, calls=tuple(calls))  # fmt: skip
 
 
 def run_decisions(run_dir: Path) -> Decisions:
     """The decisions of the run written into ``run_dir`` (by ``simulation.runner.simulate``), from its files only:
-    the scenario as run (``scenario.toml``: the fee, license prices), ``result.json`` (dataset ids, each builder's
-    parents and shares) and ``vouchers.csv`` (calls per round, consumer and model)."""
+    the scenario as run (``scenario.toml``: the fee, the rounds), ``result.json`` (dataset ids, each builder's
+    parents and shares), the licenses bought (``transactions.csv``'s ``license`` rows: which dataset, what was
+    paid, in which round) and the calls paid (``vouchers.csv``: per round, consumer and model)."""
     from simulation.results import RunResult
     from simulation.scenario import load_scenario
 
     scenario = load_scenario(run_dir / "scenario.toml")
     result = RunResult.from_json(json.loads((run_dir / "result.json").read_text(encoding="utf-8")))
     producers = sorted(result.producers, key=lambda p: p.index)
-    prices = {p.asset_id: scenario.producers.price_of(p.index if p.owner is None else p.owner) for p in producers}
-    with (run_dir / "vouchers.csv").open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    vault_of = {f"producer {p.index}'s dataset vault": p.asset_id for p in producers}
+    licenses = [(int(row["round"]), vault_of[row["payee_name"]], int(row["amount"]))
+                for row in _rows(run_dir / "transactions.csv") if row["kind"] == "license"]  # fmt: skip
     return decisions_of(scenario.protocol.fee_bps, [p.asset_id for p in producers],
-                        sorted(result.builders, key=lambda b: b.index), prices, rows, scenario.rounds)  # fmt: skip
+                        sorted(result.builders, key=lambda b: b.index), licenses, _rows(run_dir / "vouchers.csv"),
+                        scenario.rounds)  # fmt: skip
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def recompute(run_dir: Path) -> Revenue:

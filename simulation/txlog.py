@@ -22,14 +22,14 @@ import bisect
 import csv
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from web3 import Web3
 
 from marketplace.chain.lineage import clone_address
-from simulation.reference import Decisions, ModelTerms
+from simulation.reference import Decisions, decisions_of, split_revenue
 
 if TYPE_CHECKING:
     from simulation.engine import _Run
@@ -129,12 +129,12 @@ class RunRecord:
             for log in transfer_logs(world, world.first_block, last)
         ]
         self.vouchers = _voucher_totals(run, voucher_marks)
-        models = tuple(ModelTerms(m.model_id, m.index, m.parents, m.shares_bps) for m in run.models)
-        calls: list[dict[tuple[int, int], tuple[int, int]]] = [{} for _ in range(rounds)]
-        for row in self.vouchers:
-            calls[row.round - 1][(row.consumer, row.model_id)] = (row.calls, row.amount)
-        self.decisions = Decisions(fee_bps=run.scenario.protocol.fee_bps, datasets=tuple(run.datasets),
-                                   license_paid=dict(run.license_paid), models=models, calls=tuple(calls))  # fmt: skip
+        vault = _vault_addresses(world)
+        asset_of = {vault(asset): asset for asset in run.datasets}
+        licenses = [(t.round, asset_of[t.payee], t.amount) for t in self.transfers if t.kind == "license"]
+        self.decisions = decisions_of(run.scenario.protocol.fee_bps, run.datasets,
+                                      sorted(run.models, key=lambda m: m.index), licenses,
+                                      [asdict(row) for row in self.vouchers], rounds)  # fmt: skip
         self.round_revenue = round_revenue(self.decisions, run)
 
 
@@ -255,7 +255,9 @@ def round_revenue(decisions: Decisions, run: _Run) -> list[RoundRevenue]:
             rows.append(RoundRevenue(number, f"builder {model.builder}", "builder", model.builder,
                                      run.builders[model.builder].address, 0, total, total))  # fmt: skip
         fee = now.fee - (before.fee if before else 0)
-        license_fee = fee if number == 0 else 0  # round 0 holds only license sales
+        # the fee on license sales: the fee on this round's licenses alone; the rest is the fee on calls
+        sold = decisions.licenses[number] if number < len(decisions.licenses) else {}
+        license_fee = split_revenue(decisions.fee_bps, sold, (), {}).fee
         rows.append(RoundRevenue(number, "protocol", "protocol", 0, "", license_fee, fee - license_fee, fee))
         before = now
     return rows

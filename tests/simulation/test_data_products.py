@@ -208,6 +208,7 @@ def test_both_engines_log_the_same_payments(run_dir: Path, tmp_path: Path) -> No
                      for t in rows(run_dir / "transactions.csv"))  # fmt: skip
     assert payments == logged
     assert record.decisions is not None
+    assert sum(record.decisions.license_paid().values()) == sum(b.spend for b in result.builders)
     revenue = record.decisions.revenue()
     assert revenue.producer == {p.asset_id: p.revenue for p in result.producers}
     assert revenue.builder == {b.index: b.revenue for b in result.builders} and revenue.fee == result.protocol_fee
@@ -278,3 +279,17 @@ def test_the_manifest_of_a_run_over_seeds_or_a_sweep_names_its_command() -> None
         "anvil", "--workers", "1", "--backend", "ray",
     ]  # fmt: skip
     assert grid["data"]["repeated_queries"] == 0 and grid["scenario"]["toml"] == scenario_toml(scenario)
+
+
+def test_a_license_bought_in_a_later_round_counts_from_that_round() -> None:
+    """Prices and purchases that change over rounds are followed as paid: a license of round 2 is in the books
+    from round 2 on, calls from the round they were paid in."""
+    from simulation.reference import decisions_of
+
+    builder = type("B", (), {"index": 0, "model_id": 3, "parents": (1, 2), "shares_bps": (3000, 2000)})
+    calls = [{"round": 1, "consumer": 0, "model_id": 3, "calls": 2, "amount": 1000}]
+    decisions = decisions_of(100, [1, 2], [builder], [(0, 1, 500), (2, 2, 700), (9, 2, 1)], calls, rounds=2)
+    assert decisions.license_paid(0) == {1: 500, 2: 0} and decisions.license_paid(2) == {1: 500, 2: 701}
+    assert decisions.revenue(1) == split_revenue(100, {1: 500, 2: 0}, decisions.models, {3: 1000})
+    assert decisions.revenue() == split_revenue(100, {1: 500, 2: 701}, decisions.models, {3: 1000})
+    assert decisions.revenue(0).builder == {0: 0} and decisions.revenue(0).producer == {1: 495, 2: 0}
