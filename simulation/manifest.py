@@ -164,14 +164,15 @@ def run_manifest(
 
 
 def sweep_manifest(scenario: Scenario, *, params: Sequence[str], seeds: Sequence[int] | None, chain_target: str,
-                   workers: int, backend: str, command: str = "sweep") -> dict[str, Any]:  # fmt: skip
+                   workers: int, backend: str, command: str = "sweep",
+                   ray_address: str | None = None) -> dict[str, Any]:  # fmt: skip
     """The manifest of a sweep directory (``command`` ``sweep``) or of a run over seeds (``simulate --seeds``):
     the base scenario (before the grid's overrides), the grid, the seeds (None: each point runs the scenario's
     own seed), and the command that re-runs it. Each run's own folder has its run manifest."""
     argv = ["agentmarket", command, "scenario.toml", *(f"--param={p}" for p in params), "--out", RERUN_DIR,
             "--chain", chain_target, "--workers", str(workers)]  # fmt: skip
     if command == "sweep":
-        argv += ["--backend", backend]
+        argv += ["--backend", backend] + (["--ray-address", ray_address] if ray_address else [])
     if seeds is not None:
         argv += ["--seeds", str(len(seeds))]
     return {

@@ -219,7 +219,7 @@ def sweep(
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(sweep_manifest(scenario, params=params, seeds=None, chain_target=chain_target, workers=workers,
-                                  backend=backend), scenario, out_dir)  # fmt: skip
+                                  backend=backend, ray_address=ray_address), scenario, out_dir)  # fmt: skip
     rows = _run_jobs(jobs, out_dir, workers=workers, backend=backend, ray_address=ray_address, on_done=on_point)
     ordered = with_sybil_gains([rows[index] for index in sorted(rows)])
     write_sweep_csv(ordered, out_dir)
@@ -344,7 +344,7 @@ def sweep_seeds(
         for index, (overrides, point) in enumerate(sweep_scenarios(scenario, params))
     ]
     write_manifest(sweep_manifest(scenario, params=params, seeds=chosen, chain_target=chain_target, workers=workers,
-                                  backend=backend), scenario, out_dir)  # fmt: skip
+                                  backend=backend, ray_address=ray_address), scenario, out_dir)  # fmt: skip
     points = _seeded_points(grid, chosen, out_dir, workers=workers, chain_target=chain_target, on_run=on_run,
                             backend=backend, ray_address=ray_address)  # fmt: skip
     comparisons = compare_points(points)

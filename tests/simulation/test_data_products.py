@@ -273,10 +273,10 @@ def test_the_manifest_of_a_run_over_seeds_or_a_sweep_names_its_command() -> None
     assert seeded["kind"] == "simulate over seeds" and seeded["seeds"] == [7, 8, 9]
     assert seeded["command"] == "agentmarket simulate scenario.toml --out rerun --chain embedded --workers 2 --seeds 3"
     grid = sweep_manifest(scenario, params=["royalty.rule=none,equal"], seeds=None, chain_target="anvil", workers=1,
-                          backend="ray")  # fmt: skip
+                          backend="ray", ray_address="ray://head:10001")  # fmt: skip
     assert grid["kind"] == "sweep" and grid["argv"] == [
         "agentmarket", "sweep", "scenario.toml", "--param=royalty.rule=none,equal", "--out", "rerun", "--chain",
-        "anvil", "--workers", "1", "--backend", "ray",
+        "anvil", "--workers", "1", "--backend", "ray", "--ray-address", "ray://head:10001",
     ]  # fmt: skip
     assert grid["data"]["repeated_queries"] == 0 and grid["scenario"]["toml"] == scenario_toml(scenario)
 
