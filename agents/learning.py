@@ -15,6 +15,7 @@ import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -85,11 +86,13 @@ def _generator(rng: RandomSource) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
-def load_source(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Features (float64) and labels (int64) of a bundled dataset; ``seed`` only matters for the synthetic one.
+def load_source(name: str, seed: int = 0, rows: int = SYNTHETIC_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Features (float64) and labels (int64) of a bundled dataset; ``seed`` and ``rows`` only matter for the
+    synthetic one.
 
     Nothing is downloaded: ``digits``, ``breast_cancer``, ``wine`` and ``iris`` ship with scikit-learn;
-    ``make_classification`` is generated (1500 rows, 20 features, 3 classes).
+    ``make_classification`` is generated (``rows`` rows, default 1500; 20 features, 3 classes; seeded), so a
+    large scenario can have as many distinct rows as it needs. Raises ``ValueError`` for another name.
     """
     loaders: dict[str, Callable[[], Any]] = {
         "digits": datasets.load_digits,
@@ -102,12 +105,90 @@ def load_source(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         X, y = bunch.data, bunch.target
     elif name == "make_classification":
         X, y = datasets.make_classification(
-            n_samples=SYNTHETIC_ROWS, n_features=SYNTHETIC_FEATURES, n_informative=10, n_redundant=4,
+            n_samples=rows, n_features=SYNTHETIC_FEATURES, n_informative=10, n_redundant=4,
             n_classes=SYNTHETIC_CLASSES, class_sep=1.0, random_state=seed,
         )  # fmt: skip
     else:
         raise ValueError(f"unknown data source {name!r}; choose one of: {', '.join(SOURCES)}")
     return np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.int64)
+
+
+def load_csv(path: str | Path, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Your own data: features (float64) and labels (int64) from the CSV file ``path`` (UTF-8, a header line naming
+    the columns; every column but ``label`` is a numeric feature). Labels may be any text or numbers: the
+    distinct values, sorted (numerically when all are numbers), become classes 0, 1, ….
+
+    Raises ``BadDataset`` with a one-line message naming the file, and the line and column where it applies: a
+    missing or unreadable file, no ``label`` column, a cell that is not a finite number, a line with the wrong
+    number of fields, fewer than 2 rows or 2 classes, no feature column.
+    """
+    X, y = _read_csv(*_file_key(path), label)
+    return X.copy(), y.copy()  # the cached arrays stay as read
+
+
+def _file_key(path: str | Path) -> tuple[str, int, int]:
+    """``(path, mtime_ns, size)``: a cache key that changes when the file does; ``BadDataset`` if it is missing."""
+    try:
+        stat = Path(path).stat()
+    except OSError as exc:
+        raise BadDataset(f"data file {path}: {exc.strerror or exc}") from None
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=8)
+def _read_csv(path: str, _mtime_ns: int, _size: int, label: str) -> tuple[np.ndarray, np.ndarray]:
+    where = f"data file {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadDataset(f"{where}: cannot read it as UTF-8 text ({exc})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        if label not in header:
+            shown = ", ".join(header[:20]) + (", …" if len(header) > 20 else "")
+            raise BadDataset(f"{where}, line 1: no label column {label!r} in the header (columns: {shown or 'none'})")
+        if len(header) < 2:
+            raise BadDataset(f"{where}, line 1: needs at least one feature column besides {label!r}")
+        target = header.index(label)
+        columns = [index for index in range(len(header)) if index != target]
+        features: list[list[float]] = []
+        labels: list[str] = []
+        for fields in reader:
+            line = reader.line_num
+            if not any(cell.strip() for cell in fields):
+                continue  # a blank line
+            if len(fields) != len(header):
+                raise BadDataset(f"{where}, line {line}: expected {len(header)} fields, got {len(fields)}")
+            features.append([_csv_number(fields[c], where, line, header[c]) for c in columns])
+            labels.append(fields[target].strip())
+    except csv.Error as exc:
+        raise BadDataset(f"{where}, line {reader.line_num}: {exc}") from None
+    classes = sorted(set(labels), key=_label_order)
+    if len(features) < 2 or len(classes) < 2:
+        raise BadDataset(f"{where}: needs at least 2 rows and 2 classes, got {len(features)} rows and "
+                         f"{len(classes)} class(es) in column {label!r}")  # fmt: skip
+    index = {value: number for number, value in enumerate(classes)}
+    return np.array(features, dtype=np.float64), np.array([index[value] for value in labels], dtype=np.int64)
+
+
+def _csv_number(cell: str, where: str, line: int, column: str) -> float:
+    """One finite feature value, or ``BadDataset`` naming the line and column."""
+    try:
+        number = float(cell)
+    except ValueError:
+        raise BadDataset(f"{where}, line {line}, column {column!r}: {cell!r} is not a number") from None
+    if not math.isfinite(number):
+        raise BadDataset(f"{where}, line {line}, column {column!r}: {cell!r} is not a finite number")
+    return number
+
+
+def _label_order(value: str) -> tuple[int, float, str]:
+    """Numbers first, in numeric order, then text in text order."""
+    try:
+        return 0, float(value), value
+    except ValueError:
+        return 1, 0.0, value
 
 
 def split_holdout(

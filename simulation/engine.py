@@ -28,11 +28,12 @@ import numpy as np
 
 from agents.brains import Brain, policy_brain
 from agents.datavalue import loo_contributions
-from agents.learning import Shard, load_source, make_shards, split_holdout, with_duplicates, with_label_noise
+from agents.learning import Shard, make_shards, split_holdout, with_duplicates, with_label_noise
 from agents.roles import BuilderAgent, BuildPlan, BuyerAgent, ClassificationTask, Listing, ProviderAgent
 from marketplace.chain.units import BPS, TOTAL_SHARES
 from simulation.results import BuilderResult, ConsumerResult, ProducerResult, RoundFigures, RunResult
 from simulation.scenario import Scenario
+from simulation.txlog import RunRecord
 from simulation.world import Holding, World, reconcile
 
 
@@ -97,9 +98,13 @@ def run_simulation(
     work_dir: Path,
     on_round: Callable[[int, RoundFigures], None] | None = None,
     engine: str | None = None,
+    record: RunRecord | None = None,
 ) -> RunResult:
     """Run ``scenario`` on ``chain_target`` (embedded, anvil or an RPC URL) with ``engine`` (``fast``,
     ``full``, or None: the scenario's ``engine``, see :func:`choose_engine`); returns the typed result.
+    ``record`` (``simulation.txlog.RunRecord``), when given, is filled before the chain goes: every token
+    transfer read back from it, by round (the last block of the set-up and of each round are noted as the run
+    goes), and the paid calls per round.
 
     Both engines make the same payments on the same contracts and give the same economic results.
     Raises ``LedgerMismatch`` (``simulation.world``) if any party's on-chain holdings differ from the
@@ -119,13 +124,20 @@ def run_simulation(
         try:
             run.publish_datasets()
             run.build_models()
+            round_ends = [world.chain.block_number()]  # the last block of the set-up, then of each round
+            voucher_marks = [[0] * len(run.consumers)]  # calls each consumer had paid by then
             for round_number in range(1, scenario.rounds + 1):
                 figures = run.play_round(round_number)
+                if record is not None:
+                    round_ends.append(world.chain.block_number())
+                    voucher_marks.append([len(run.vouchers(i)) for i in range(len(run.consumers))])
                 if on_round:
                     on_round(round_number, figures)
             channel_revenue = run.settle()
             protocol_fee = run.release_and_withdraw()
             result = run.result(channel_revenue, protocol_fee)
+            if record is not None:
+                record.capture(world, run, round_ends, voucher_marks)
         finally:
             run.close()
     reconcile(holdings(result, run.expected()))
@@ -186,7 +198,7 @@ class _Run:
     def __init__(self, scenario: Scenario, world: World) -> None:
         self.scenario, self.world = scenario, world
         self.rng = np.random.default_rng(scenario.seed)
-        X, y = load_source(scenario.data.source, seed=scenario.seed)
+        X, y = scenario.data.load(seed=scenario.seed)  # a bundled, synthetic or your own (CSV) data set
         X_train, y_train, X_held, y_held = split_holdout(X, y, scenario.data.test_fraction, scenario.seed)
         half = len(y_held) // 2
         self.X_train, self.y_train = X_train, y_train

@@ -50,14 +50,18 @@ from simulation.results import (
 CSV_COLUMNS: dict[str, tuple[str, ...]] = {
     "producers": (
         "index", "address", "asset_id", "label_noise", "duplicate_of", "rows", "revenue", "true_value",
-        "license_revenue", "royalty_revenue",
+        "license_revenue", "royalty_revenue", "owner",
     ),
     "builders": (
-        "index", "address", "model_id", "model", "rule", "spend", "revenue", "accuracy", "parents", "shares_bps",
+        "index", "address", "model_id", "model", "rule", "spend", "revenue", "validation_accuracy", "parents",
+        "shares_bps",
     ),
     "consumers": ("index", "address", "spend", "answered", "correct", "value"),
     "rounds": ("round", "consumer_spend", "answered", "correct"),
 }  # fmt: skip
+#: CSV columns named apart from the record's field they hold: a builder's ``accuracy`` is its model's accuracy on
+#: the builders' validation split (``result.json`` and ``metrics.json``'s ``builder_accuracy`` keep the old names).
+CSV_FIELDS = {"validation_accuracy": "accuracy"}
 
 #: Scalar metrics a sweep compares across its grid (fields of ``SweepMetrics``, in ``sweep.csv`` order); the
 #: strategy figures (``STRATEGY_METRICS``) follow them in ``sweep.csv`` only when some grid point has them.
@@ -327,7 +331,7 @@ def write_csvs(result: RunResult, out_dir: str | Path) -> list[Path]:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(columns)
             for row in tables[kind]:
-                writer.writerow([_cell(getattr(row, column)) for column in columns])
+                writer.writerow([_cell(getattr(row, CSV_FIELDS.get(column, column))) for column in columns])
         paths.append(path)
     return paths
 

@@ -1,7 +1,12 @@
-"""Figures of a run and of a sweep, as PNG files (matplotlib, Agg canvas: no display needed).
+"""Figures of a run and of a sweep a paper can print: each as PNG (200 dpi), SVG and PDF side by side
+(matplotlib, Agg canvas: no display needed).
 
 Runs over seeds (``plot_seeded``) draw every metric's mean with its 95% interval as an error bar; a metric
-undefined for a grid point is marked ``undefined`` on its bar's place, never drawn as 0.
+undefined for a grid point is marked ``undefined`` on its bar's place, never drawn as 0. Layouts are
+constrained (no overlapping labels; long tick labels are rotated); bar and revenue axes start at 0, and an
+axis that does not show its whole natural range says so in its label. Builders' accuracy is named for what
+it is: *validation* accuracy (on the builders' validation split), apart from the accuracy of the answers
+consumers paid for (on held-out test rows).
 
 Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas, never through pyplot, so nothing
 touches global state and plotting is safe in worker processes.
@@ -13,9 +18,12 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from marketplace.chain.units import UNIT
 from simulation.metrics import lorenz
@@ -27,22 +35,42 @@ RUN_FIGURES = ("revenue_vs_quality.png", "lorenz.png", "money_flow.png", "rounds
 SWEEP_FIGURES = ("sweep_distribution.png", "sweep_welfare.png")
 
 _ORIGINAL, _DUPLICATE = "tab:blue", "tab:orange"
+#: Most producers named next to their points (more would overlap: then the CSVs name them).
+_MAX_NAMED = 12
 _PARTY_COLOURS = {"consumers": "tab:green", "builders": "tab:purple", "producers": "tab:blue", "protocol": "tab:gray"}
-_DPI = 100
+#: Resolution of the PNG files (dots per inch; written in the PNG's pHYs chunk).
+DPI = 200
+#: Formats each figure is written in, beside each other (``name.png``, ``name.svg``, ``name.pdf``).
+FORMATS = ("png", "svg", "pdf")
+#: Metadata left out of each format, so the same figure gives the same bytes (no dates, no software version).
+_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None},
+             "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}  # fmt: skip
 
 
 def _figure(width: float, height: float) -> Figure:
     """A figure on an Agg canvas."""
-    figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
 
 def _save(figure: Figure, out_dir: Path, name: str) -> Path:
-    """Write ``figure`` as ``out_dir/name`` (PNG, no timestamp metadata)."""
+    """Write ``figure`` as ``out_dir/name`` (a ``.png`` name; PNG at :data:`DPI`) and beside it as SVG and PDF
+    (:data:`FORMATS`), without timestamps; returns the PNG's path."""
     path = out_dir / name
-    figure.savefig(path, format="png", metadata={"Software": None})
+    with matplotlib.rc_context({"svg.hashsalt": "agentmarket", "svg.fonttype": "none"}):
+        for kind in FORMATS:
+            figure.savefig(path.with_suffix(f".{kind}"), format=kind, dpi=DPI, metadata=_METADATA[kind])
     return path
+
+
+def _readable_ticks(axis: Axes, labels: Sequence[str]) -> None:
+    """Rotate x tick labels that would otherwise run into each other (long or many)."""
+    if sum(len(label) for label in labels) > 40 or any(len(label) > 12 for label in labels):
+        axis.tick_params(axis="x", labelrotation=30)
+        for label in axis.get_xticklabels():
+            label.set_horizontalalignment("right")
+            label.set_rotation_mode("anchor")
 
 
 def _tusd(units: float) -> float:
@@ -78,6 +106,10 @@ def _revenue_vs_quality(result: RunResult, summary: RunMetrics, out: Path) -> Pa
     figure = _figure(10, 4.2)
     axes = figure.subplots(1, 2, sharey=True)
     correlation = summary.revenue_value_correlation
+    top = max((_tusd(p.revenue) for p in producers), default=0.0) or 1.0
+    spans = {id(axes[0]): float(np.ptp([p.label_noise for p in producers])) if producers else 0.0,
+             id(axes[1]): float(np.ptp([p.true_value for p in producers])) if producers else 0.0}  # fmt: skip
+    spans = {key: span or 1.0 for key, span in spans.items()}
     for axis, quality, label in (
         (axes[0], lambda p: p.label_noise, "label noise (fraction of labels flipped)"),
         (axes[1], lambda p: p.true_value, "true value (leave-one-out accuracy contribution)"),
@@ -90,17 +122,26 @@ def _revenue_vs_quality(result: RunResult, summary: RunMetrics, out: Path) -> Pa
                 [float(quality(p)) for p in chosen], [_tusd(p.revenue) for p in chosen],
                 c=colour, marker=marker, s=60, label="resells duplicates" if duplicate else "original data",
             )  # fmt: skip
-            for p in chosen:
+            # producers within 2% of the axes' ranges of each other share one label
+            at: dict[tuple[int, int], tuple[tuple[float, float], list[str]]] = {}
+            for p in chosen if len(producers) <= _MAX_NAMED else ():  # names of many points would overlap
                 text = f"P{p.index}" + (f"←P{p.duplicate_of}" if duplicate else "")
-                axis.annotate(text, (float(quality(p)), _tusd(p.revenue)), textcoords="offset points", xytext=(5, 4))
+                point = (float(quality(p)), _tusd(p.revenue))
+                key = (round(point[0] / spans[id(axis)] * 50), round(point[1] / top * 50))
+                at.setdefault(key, (point, []))[1].append(text)
+            for point, names in at.values():
+                axis.annotate(", ".join(names), point, textcoords="offset points", xytext=(5, 4), fontsize="small")
         axis.set_xlabel(label)
+        axis.margins(x=0.1)
         axis.grid(alpha=0.3)
+    axes[0].set_ylim(0, top * 1.15)  # from 0, with room for the names above the points
     axes[0].set_ylabel("producer revenue (tUSD)")
     axes[0].legend(loc="best", fontsize="small")
     pearson, spearman = correlation.pearson, correlation.spearman
     figure.suptitle(
-        f"Revenue vs. data quality — rule: {_rule(result)}; "
-        f"revenue-value correlation: Pearson {_number(pearson)}, Spearman {_number(spearman)}"
+        f"Revenue vs. data quality — rule: {_rule(result)}\n"
+        f"revenue-value correlation: Pearson {_number(pearson)}, Spearman {_number(spearman)}",
+        fontsize="medium",
     )
     return _save(figure, out, "revenue_vs_quality.png")
 
@@ -181,21 +222,23 @@ def _rounds(result: RunResult, out: Path) -> Path:
     spend_axis.set_ylabel("consumer spend (tUSD)")
     spend_axis.set_title("Consumer spend per round")
     accuracy = [r.correct / r.answered if r.answered else math.nan for r in rounds]
-    accuracy_axis.plot(numbers, accuracy, marker="o", color="black", label="answers correct")
+    accuracy_axis.plot(numbers, accuracy, marker="o", color="black", label="paid answers correct (test rows)")
     for builder in sorted(result.builders, key=lambda b: b.index):
         accuracy_axis.axhline(
             builder.accuracy, linestyle=":", color=f"C{builder.index % 10}",
-            label=f"builder {builder.index} ({builder.model}) test accuracy",
+            label=f"builder {builder.index} ({builder.model}) validation accuracy",
         )  # fmt: skip
     accuracy_axis.set_ylim(0, 1.05)
     accuracy_axis.set_xlabel("round")
     accuracy_axis.set_ylabel("fraction correct")
-    accuracy_axis.set_title("Answer accuracy per round")
+    accuracy_axis.set_title("Accuracy of paid answers per round")
     accuracy_axis.legend(loc="lower right", fontsize="x-small")
     for axis in (spend_axis, accuracy_axis):
         axis.grid(alpha=0.3)
-        if numbers:
+        if 0 < len(numbers) <= 20:
             axis.set_xticks(numbers)
+        else:  # many rounds: integer ticks chosen by matplotlib, not one label per round
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(figure, out, "rounds.png")
 
 
@@ -218,13 +261,22 @@ _WELFARE_PANELS = (
     ("builder_profit_total", "builder profit (tUSD)", UNIT),
     ("consumer_surplus_total", "consumer surplus (tUSD)", UNIT),
     ("protocol_fee", "protocol fee (tUSD)", UNIT),
-    ("accuracy", "answer accuracy", 1.0),
+    ("accuracy", "accuracy of paid answers (held-out test rows)", 1.0),
 )
 
 
-def _axes(params: Sequence[dict[str, str]]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
-    """x labels (first parameter's values), series labels (the other parameters) and each point's (x, series)."""
+def _swept_keys(params: Sequence[dict[str, str]]) -> list[str]:
+    """The parameters that take more than one value across the grid, in first-seen order (a parameter fixed for
+    every point says nothing on an axis); the first parameter when none varies."""
     keys = list(dict.fromkeys(key for point in params for key in point))
+    varying = [key for key in keys if len({point.get(key) for point in params}) > 1]
+    return varying or keys[:1]
+
+
+def _axes(params: Sequence[dict[str, str]]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """x labels (first swept parameter's values), series labels (the other swept parameters) and each point's
+    (x, series); see :func:`_swept_keys`."""
+    keys = _swept_keys(params)
     primary, others = (keys[0], keys[1:]) if keys else (None, [])
     xs: list[str] = []
     series: list[str] = []
@@ -270,6 +322,8 @@ def _grouped_bars(
     width = 0.8 / max(len(series), 1)
     labelled: set[str] = set()  # each series named once in the legend (of the first panel)
     for axis, (metric, title, scale) in zip(axes, panels, strict=False):
+        bounded = metric.startswith("revenue_value_")  # correlations: the axis is their whole range, -1 to 1
+        clipped = False
         for index, name in enumerate(series):
             for x_index, x in enumerate(xs):
                 position = x_index + (index - (len(series) - 1) / 2) * width
@@ -282,15 +336,18 @@ def _grouped_bars(
                     axis.text(position, 0, "undefined", ha="center", va="bottom", fontsize="x-small", rotation=90)
                     continue
                 mean, low, high = (v / scale for v in value)
+                if bounded and (low < -1 or high > 1):  # an interval past the range is cut there, and said so
+                    low, high, clipped = max(low, -1.0), min(high, 1.0), True
                 errors = [[mean - low], [high - mean]] if high > low else None
                 axis.bar(position, mean, width=width, color=f"C{index % 10}", yerr=errors, capsize=3,
                          label=None if name in labelled else name)  # fmt: skip
                 labelled.add(name)
         axis.axhline(0, color="black", linewidth=0.5)
         axis.set_xticks(range(len(xs)), xs, fontsize="small")
+        _readable_ticks(axis, xs)
         axis.set_xlabel(xlabel)
-        axis.set_title(title, fontsize="medium")
-        if metric.startswith("revenue_value_"):  # correlations
+        axis.set_title(title + ("\n(intervals cut at ±1)" if clipped else ""), fontsize="medium")
+        if bounded:
             axis.set_ylim(-1.05, 1.05)
         axis.grid(axis="y", alpha=0.3)
     for axis in axes[len(panels) :]:
@@ -301,7 +358,7 @@ def _grouped_bars(
 
 def _two_figures(params: Sequence[dict[str, str]], bar: Callable[[int, str], Bar], out: Path, note: str) -> list[Path]:
     """The distribution and welfare figures (``SWEEP_FIGURES``)."""
-    keys = list(dict.fromkeys(key for point in params for key in point))
+    keys = _swept_keys(params)
     xlabel = keys[0] if keys else ""
     distribution = _figure(10, 7)
     _grouped_bars(distribution, params, bar, _DISTRIBUTION_PANELS, xlabel)

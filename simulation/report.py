@@ -35,8 +35,8 @@ FIGURE_CAPTIONS: dict[str, tuple[str, str]] = {
     ),
     "rounds.png": (
         "Per round",
-        "Consumer spend per round (left) and the fraction of paid answers that were correct, next to each "
-        "builder's test accuracy (right).",
+        "Consumer spend per round (left) and the fraction of paid answers that were correct (held-out test "
+        "rows), next to each builder's validation accuracy (on its validation split; right).",
     ),
     "sweep_distribution.png": (
         "How value reaches producers",
@@ -162,7 +162,7 @@ def write_report(
     lines += ["", "## Builders", ""]
     builders = sorted(result.builders, key=lambda b: b.index)
     lines += _table(
-        ["Builder", "Model", "Rule", "Spend", "Revenue", "Profit", "Test accuracy", "Parent shares (bps)"],
+        ["Builder", "Model", "Rule", "Spend", "Revenue", "Profit", "Validation accuracy", "Parent shares (bps)"],
         [
             [
                 b.index, b.model, b.rule, tusd(b.spend), tusd(b.revenue), tusd(b.profit), f"{b.accuracy:.3f}",
@@ -189,7 +189,7 @@ _SWEEP_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("builder_profit_total", "Builder profit", tusd),
     ("consumer_surplus_total", "Consumer surplus", tusd),
     ("protocol_fee", "Protocol fee", tusd),
-    ("accuracy", "Accuracy", _percent),
+    ("accuracy", "Answer accuracy", _percent),
 )
 
 

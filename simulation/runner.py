@@ -20,7 +20,8 @@ from contextlib import closing
 from pathlib import Path
 
 from simulation.backends import make_backend, pack_folder, unpack_folder
-from simulation.engine import run_simulation
+from simulation.engine import choose_engine, run_simulation
+from simulation.manifest import run_manifest, sweep_manifest, write_manifest
 from simulation.metrics import (
     aggregate_seeds,
     compare_points,
@@ -38,6 +39,7 @@ from simulation.plots import plot_run, plot_seeded, plot_sweep
 from simulation.report import write_report, write_seeded_report, write_sweep_report
 from simulation.results import Comparison, RoundFigures, RunMetrics, SeededMetrics, SweepRow
 from simulation.scenario import Scenario, ScenarioError, parse_sweep, sweep_scenarios
+from simulation.txlog import RunRecord, write_records
 
 
 def simulate(
@@ -47,13 +49,17 @@ def simulate(
     chain_target: str = "embedded",
     on_round: Callable[[int, RoundFigures], None] | None = None,
 ) -> RunMetrics:
-    """Run ``scenario`` and write ``metrics.json``, ``timing.json``, ``result.json``, CSVs, PNGs and
-    ``report.md`` into ``out_dir``; returns the summary."""
+    """Run ``scenario`` and write into ``out_dir``: ``metrics.json``, ``timing.json``, ``result.json``, the CSVs
+    per producer, builder, consumer and round, the money's records (``transactions.csv``, ``vouchers.csv``,
+    ``round_revenue.csv``, Parquet beside them with pyarrow: ``simulation.txlog``), ``manifest.json`` and
+    ``scenario.toml`` (``simulation.manifest``), plots (PNG, SVG, PDF) and ``report.md``; returns the summary."""
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)  # an unwritable place fails before the run, not after
+    record = RunRecord()
     try:
         with tempfile.TemporaryDirectory(prefix="agentmarket-sim-") as work:
-            result = run_simulation(scenario, chain_target=chain_target, work_dir=Path(work), on_round=on_round)
+            result = run_simulation(scenario, chain_target=chain_target, work_dir=Path(work), on_round=on_round,
+                                    record=record)  # fmt: skip
     except BaseException:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()  # interrupted or failed: leave no empty folder behind
@@ -61,6 +67,10 @@ def simulate(
     summary = summarize(result)
     write_metrics(summary, out_dir)
     write_csvs(result, out_dir)
+    write_records(record, out_dir)
+    manifest = run_manifest(scenario, chain_target=chain_target, chain_kind=result.chain.kind,
+                            chain_id=result.chain.chain_id, engine=choose_engine(scenario))  # fmt: skip
+    write_manifest(manifest, scenario, out_dir)
     (out_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
     (out_dir / "scenario.json").write_text(scenario.model_dump_json(indent=2) + "\n")
     images = plot_run(result, summary, out_dir)
@@ -208,6 +218,8 @@ def sweep(
         for index, (overrides, point) in enumerate(grid)
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(sweep_manifest(scenario, params=params, seeds=None, chain_target=chain_target, workers=workers,
+                                  backend=backend, ray_address=ray_address), scenario, out_dir)  # fmt: skip
     rows = _run_jobs(jobs, out_dir, workers=workers, backend=backend, ray_address=ray_address, on_done=on_point)
     ordered = with_sybil_gains([rows[index] for index in sorted(rows)])
     write_sweep_csv(ordered, out_dir)
@@ -299,6 +311,8 @@ def simulate_seeds(
     as mean, 95% interval, n and sd), ``seeds.csv`` (one line per seed), error-bar plots and ``report.md``.
     Raises ``ScenarioError`` for a bad seed count, :class:`SweepInterrupted` on Ctrl-C."""
     chosen = seed_list(scenario.seed, seeds)
+    write_manifest(sweep_manifest(scenario, params=[], seeds=chosen, chain_target=chain_target, workers=workers,
+                                  backend=backend, command="simulate"), scenario, out_dir)  # fmt: skip
     point = _seeded_points([({}, scenario, out_dir)], chosen, out_dir, workers=workers, chain_target=chain_target,
                            on_run=on_run, backend=backend, ray_address=ray_address)[0]  # fmt: skip
     images = plot_seeded([point], out_dir)
@@ -329,6 +343,8 @@ def sweep_seeds(
         (overrides, point, out_dir / point_dir(index + 1, overrides))
         for index, (overrides, point) in enumerate(sweep_scenarios(scenario, params))
     ]
+    write_manifest(sweep_manifest(scenario, params=params, seeds=chosen, chain_target=chain_target, workers=workers,
+                                  backend=backend, ray_address=ray_address), scenario, out_dir)  # fmt: skip
     points = _seeded_points(grid, chosen, out_dir, workers=workers, chain_target=chain_target, on_run=on_run,
                             backend=backend, ray_address=ray_address)  # fmt: skip
     comparisons = compare_points(points)

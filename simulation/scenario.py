@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
+import numpy as np
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -39,7 +40,8 @@ from pydantic_core import PydanticCustomError
 
 from agents.brains import POLICIES
 from agents.datavalue import RULES
-from agents.learning import MODEL_KINDS, SOURCES, load_source
+from agents.errors import BadDataset
+from agents.learning import MODEL_KINDS, SOURCES, SYNTHETIC_ROWS, load_csv, load_source
 from marketplace.chain.units import BPS, DECIMALS, to_units
 from marketplace.errors import AgentmarketError
 
@@ -129,11 +131,70 @@ class _Section(BaseModel):
 # Sections
 
 
-class DataSpec(_Section):
-    """Where rows come from: a bundled data set, split into producers' shards and a held-out test set."""
+#: ``data.source`` values: the bundled and synthetic sources of ``agents.learning``, or ``csv`` (your own file).
+DATA_SOURCES = (*SOURCES, "csv")
 
-    source: Annotated[str, _one_of(SOURCES, "data source")] = "digits"
+
+def _absolute(value: str) -> str:
+    """A data file's path made absolute (against the working directory; ``load_scenario`` has already made a
+    path written in a scenario file relative to that file absolute)."""
+    if not value.strip():
+        raise _problem("must name a CSV file")
+    return str(Path(value).expanduser().absolute())
+
+
+class DataSpec(_Section):
+    """Where rows come from, split into producers' shards and a held-out set (half the builders' validation
+    data, half consumers' queries and the true-value test set).
+
+    ``source``: a bundled scikit-learn set, ``make_classification`` (seeded, ``rows`` rows: as many distinct
+    rows as a large scenario needs), or ``csv``: your own file at ``path`` (relative to the scenario file), every
+    column a numeric feature but ``label`` (``agents.learning.load_csv``)."""
+
+    source: Annotated[str, _one_of(DATA_SOURCES, "data source")] = "digits"
     test_fraction: Annotated[float, _between(0.05, 0.95)] = 0.3
+    path: Annotated[str, AfterValidator(_absolute)] | None = None
+    label: Annotated[str, AfterValidator(_non_empty)] = "label"
+    rows: Annotated[int, _between(100, 1_000_000)] = SYNTHETIC_ROWS
+
+    @model_validator(mode="after")
+    def _check_file(self) -> DataSpec:
+        """``csv`` names a readable file with the label column and numbers elsewhere; no other source has a path."""
+        if self.source == "csv":
+            if self.path is None:
+                raise _problem('data.source = "csv" needs data.path, the CSV file to read', "path")
+            try:
+                load_csv(self.path, self.label)
+            except BadDataset as exc:
+                raise _problem(str(exc), "path") from None
+        elif self.path is not None:
+            raise _problem(f'only data.source = "csv" reads a file, not {self.source!r}; set source = "csv" or '
+                           "remove data.path", "path")  # fmt: skip
+        return self
+
+    def load(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Features (float64) and labels (int64): the file's for ``csv``, else the named source's (``seed``
+        and ``rows`` for ``make_classification``). Both engines read their data through this."""
+        if self.source == "csv":
+            assert self.path is not None  # checked by the validator
+            return load_csv(self.path, self.label)
+        return load_source(self.source, seed=seed, rows=self.rows)
+
+    def row_count(self) -> int:
+        """How many rows the source has."""
+        if self.source == "csv":
+            return len(self.load(0)[1])
+        return source_rows(self.source, self.rows if self.source == "make_classification" else 0)
+
+    def train_rows(self) -> int:
+        """Rows left for producers' shards after holding out ``test_fraction`` (as scikit-learn rounds it)."""
+        total = self.row_count()
+        return total - math.ceil(self.test_fraction * total)
+
+    def query_rows(self) -> int:
+        """Distinct held-out rows consumers' queries cycle through (half the held-out rows, rounded up)."""
+        held = self.row_count() - self.train_rows()
+        return held - held // 2
 
 
 class ProtocolSpec(_Section):
@@ -336,15 +397,16 @@ class ConsumersSpec(_Section):
 
 
 @cache
-def source_rows(source: str) -> int:
-    """Number of rows in data source ``source``."""
-    return len(load_source(source)[1])
+def source_rows(source: str, rows: int = 0) -> int:
+    """Number of rows in the named data source ``source`` (``rows`` for ``make_classification``)."""
+    return rows if source == "make_classification" and rows else len(load_source(source)[1])
 
 
-def train_rows(source: str, test_fraction: float) -> int:
-    """Rows left for producers' shards after holding out ``test_fraction`` (as scikit-learn rounds it)."""
-    rows = source_rows(source)
-    return rows - math.ceil(test_fraction * rows)
+def train_rows(source: str, test_fraction: float, rows: int = 0) -> int:
+    """Rows of the named ``source`` left for producers' shards after holding out ``test_fraction`` (as
+    scikit-learn rounds it); ``DataSpec.train_rows`` also knows CSV files."""
+    total = source_rows(source, rows)
+    return total - math.ceil(test_fraction * total)
 
 
 class Scenario(_Section):
@@ -370,9 +432,9 @@ class Scenario(_Section):
     def _check_data_fits(self) -> Scenario:
         """The producers' shards fit in the training part of the data source."""
         needed = sum(self.producers.shard_size)
-        available = train_rows(self.data.source, self.data.test_fraction)
+        available = self.data.train_rows()
         if needed > available:
-            total = source_rows(self.data.source)
+            total = self.data.row_count()
             raise _problem(
                 f"the shards need {needed} rows in total but data source {self.data.source!r} has only "
                 f"{available} training rows ({total} rows minus {total - available} held out by "
@@ -452,6 +514,9 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = (), seed: int | N
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"].strip():
+        data["path"] = str(path.parent / Path(data["path"]).expanduser())  # a file's path is relative to the file
     parsed = dict(parse_override(item) for item in overrides)
     if seed is not None:
         parsed["seed"] = seed
