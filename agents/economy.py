@@ -15,15 +15,15 @@ Everything here is deterministic (exact fractions where two engines must agree t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 BPS = 10_000
 
 #: License pricing mechanisms: ``flat`` (one price per shard, whatever its rows), ``per_row`` (rows * a
-#: per-row price: splitting a shard across identities earns the same) and ``value`` (the price times the
-#: dataset's lineage signal once models trained on it are published; per-row before).
+#: per-row price: splitting a shard across identities earns the same) and ``value`` (per-row, times the
+#: dataset's lineage signal once models trained on it are published).
 LICENSE_PRICING = ("flat", "per_row", "value")
 #: Producer repricing between waves: ``fixed`` (never) or ``demand`` (up after a sale, down after none).
 REPRICING = ("fixed", "demand")
@@ -60,7 +60,7 @@ class DataValuation:
 
 
 def effective_rows(offer: DatasetOffer) -> float:
-    """``offer.rows`` weighted by its signal (1 when unknown, clipped to ``SIGNAL_BOUNDS``)."""
+    """``offer.rows`` weighted by its per-row signal (1 when unknown, clipped to ``SIGNAL_BOUNDS``)."""
     return offer.rows * float(_clip(offer.signal) if offer.signal is not None else 1)
 
 
@@ -89,21 +89,27 @@ def choose_parents(offers: Sequence[DatasetOffer], budget: int, valuation: DataV
         rows += effective_rows(best)
 
 
-def lineage_signal(models: Iterable[tuple[Sequence[int], Sequence[int]]]) -> dict[int, Fraction]:
-    """Each dataset's share relative to an equal split, averaged over the published models trained on it.
+def lineage_signal(
+    models: Iterable[tuple[Sequence[int], Sequence[int]]], rows: Mapping[int, int]
+) -> dict[int, Fraction]:
+    """Each dataset's royalty share per row relative to the average row of the model, averaged over the
+    published models trained on it: the value of its rows as earlier builders' rules judged them.
 
     ``models``: (parent asset ids, their shares) per model, the shares in any unit common to one model
-    (bps, or the vault's shares: the ratio is the same). A parent's relative share is
-    ``share * parents / total shares`` (1 = an equal split, 0 = valued at nothing); models that pass nothing
-    up (rule ``none``, royalty 0) say nothing and are skipped. Exact fractions, so engines agree.
+    (bps, or the vault's shares: the ratio is the same); ``rows``: each dataset's rows (as its listing
+    states them). A parent's signal in one model is ``(share / rows) / (total shares / total rows)``: 1 = its
+    rows earned as much as the model's average row, 0 = valued at nothing; a split shard's pieces keep the
+    signal of the whole. Models that pass nothing up (rule ``none``, royalty 0) or have a parent of unknown
+    rows say nothing and are skipped. Exact fractions, so engines agree.
     """
     seen: dict[int, list[Fraction]] = {}
     for parents, shares in models:
         total = sum(shares)
-        if total <= 0:
+        if total <= 0 or any(rows.get(p, 0) <= 0 for p in parents):
             continue
+        all_rows = sum(rows[p] for p in parents)
         for parent, share in zip(parents, shares, strict=True):
-            seen.setdefault(parent, []).append(Fraction(share * len(parents), total))
+            seen.setdefault(parent, []).append(Fraction(share * all_rows, total * rows[parent]))
     return {parent: sum(values, Fraction(0)) / len(values) for parent, values in seen.items()}
 
 
@@ -124,15 +130,16 @@ def license_price(mechanism: str, asked: int, rows: int, owner_rows: int, signal
     """A dataset's license price (base units) under ``mechanism`` for an identity holding ``rows`` of its
     owner's ``owner_rows``, the owner asking ``asked`` for all of them: ``flat`` -> ``asked`` (each identity
     of a split owner asks the full price), ``per_row`` -> ``asked * rows / owner_rows`` (floor: splitting
-    earns no more), ``value`` -> ``asked`` times the lineage ``signal`` (the shard's royalty share relative
-    to an equal split, clipped to ``SIGNAL_BOUNDS``: a third of a shard earns about a third of its share),
-    the per-row price while there is no signal. At least 1 base unit. Raises ``ValueError`` for another
-    mechanism."""
+    earns no more), ``value`` -> the per-row price times the lineage ``signal`` (the value of its rows
+    relative to the average row, :func:`lineage_signal`, clipped to ``SIGNAL_BOUNDS``; unchanged while there
+    is none). At least 1 base unit. Raises ``ValueError`` for another mechanism."""
     if mechanism == "flat":
         return asked
     if mechanism not in LICENSE_PRICING:
         raise ValueError(f"unknown license pricing {mechanism!r}; allowed: {', '.join(LICENSE_PRICING)}")
-    price = asked * _clip(signal) if mechanism == "value" and signal is not None else Fraction(asked * rows, owner_rows)
+    price = Fraction(asked * rows, owner_rows)
+    if mechanism == "value" and signal is not None:
+        price *= _clip(signal)
     return max(1, math.floor(price))
 
 

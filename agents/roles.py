@@ -208,21 +208,22 @@ def rows_of(uri: str) -> int | None:
 def catalog_offers(client: Any) -> list[DatasetOffer]:
     """What a builder sees before buying, read through its SDK client: every listed dataset of the catalog's
     first page that states its rows, at its current price, with the lineage signal of the first page of
-    models (each model's on-chain royalty shares to its parents' vaults, :func:`agents.economy.lineage_signal`)."""
-    datasets = [a for a in client.assets(kind="dataset", limit=CATALOG_PAGE).items if a.listed]
+    models (each model's on-chain royalty shares to its parents' vaults and the parents' stated rows,
+    :func:`agents.economy.lineage_signal`)."""
+    page = client.assets(kind="dataset", limit=CATALOG_PAGE).items
+    rows = {item.asset_id: n for item in page if (n := rows_of(item.uri)) is not None}
     models = client.assets(kind="model", limit=CATALOG_PAGE).items
     signal = {}
     if models:
         lineage = client.lineage()
-        signal = lineage_signal(
-            (m.parents, [lineage.node(m.asset_id).shares_of(lineage.node(p).vault) for p in m.parents]) for m in models
-        )
-    offers = []
-    for item in datasets:
-        rows = rows_of(item.uri)
-        if rows is not None:
-            offers.append(DatasetOffer(item.asset_id, item.price, rows, signal.get(item.asset_id)))
-    return offers
+        shares = [(m.parents, [lineage.node(m.asset_id).shares_of(lineage.node(p).vault) for p in m.parents])
+                  for m in models]  # fmt: skip
+        signal = lineage_signal(shares, rows)
+    return [
+        DatasetOffer(item.asset_id, item.price, rows[item.asset_id], signal.get(item.asset_id))
+        for item in page
+        if item.listed and item.asset_id in rows
+    ]
 
 
 def design_model(plan: BuildPlan, shards: list[Shard]) -> tuple[np.ndarray, np.ndarray, Any, float, list[float],

@@ -177,16 +177,17 @@ def with_targeted_flips(shard: Shard, flips: list[tuple[int, int, float]], rng: 
     return Shard(shard.X, y)
 
 
-def model_signal(models: list[PublishedModel]) -> dict[int, Fraction]:
-    """The lineage signal (``agents.economy.lineage_signal``) of ``models`` as the chain holds them: only the
-    parents a model pays (share > 0) are on chain."""
-    return lineage_signal(
+def model_signal(models: list[PublishedModel], rows: dict[int, int]) -> dict[int, Fraction]:
+    """The lineage signal (``agents.economy.lineage_signal``) of ``models`` as the chain holds them (only the
+    parents a model pays, share > 0, are on chain), with ``rows`` (dataset id -> rows) as listings state them."""
+    on_chain = [
         (
             tuple(p for p, s in zip(m.parents, m.shares_bps, strict=True) if s > 0),
             tuple(s for s in m.shares_bps if s > 0),
         )
         for m in models
-    )
+    ]
+    return lineage_signal(on_chain, rows)
 
 
 def holdings(result: RunResult, expected: ExpectedLedger) -> list[Holding]:
@@ -355,7 +356,7 @@ class _Run:
             for asset_id in self.datasets:
                 factor = self.price_factor.get(asset_id, Fraction(1))
                 self.price_factor[asset_id] = reprice(factor, asset_id in self.sold, step=step, low=low, high=high)
-        signal = model_signal(self.models)
+        signal = model_signal(self.models, {a: s.rows for a, s in zip(self.datasets, self.shards, strict=True)})
         changes = []
         for index, asset_id in enumerate(self.datasets):
             price = self.listing_price(index, signal.get(asset_id))

@@ -188,8 +188,8 @@ class FastRun(_Run):
         page of datasets by id at their current prices with their stated rows, and the lineage signal of the
         first page of models."""
         page = sorted(self.datasets)[:CATALOG_PAGE]
-        signal = model_signal(sorted(self.models, key=lambda m: m.model_id)[:CATALOG_PAGE])
-        rows = {asset: shard.rows for asset, shard in zip(self.datasets, self.shards, strict=True)}
+        rows = {asset: shard.rows for asset, shard in zip(self.datasets, self.shards, strict=True) if asset in page}
+        signal = model_signal(sorted(self.models, key=lambda m: m.model_id)[:CATALOG_PAGE], rows)
         return [DatasetOffer(a, self.prices[a], rows[a], signal.get(a)) for a in page]
 
     def build(self, index: int) -> None:

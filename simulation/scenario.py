@@ -181,8 +181,8 @@ class ProducersSpec(_Section):
 
     ``pricing`` is the license pricing mechanism (``agents.economy.license_price``): ``flat`` (``price`` per
     shard, each identity of a split owner too), ``per_row`` (``price * rows / shard_size``: splitting earns the
-    same), ``value`` (``price`` times the dataset's lineage signal once a model trained on it is published,
-    per-row before).
+    same), ``value`` (per-row, times the value of the dataset's rows relative to the average row as the royalty
+    shares of the models trained on it say, once one is published).
     ``repricing = "demand"``: before each wave of builders after the first, every producer moves its price
     factor up by ``price_step`` if it sold a license in the last wave, down if not, within
     ``[price_floor, price_cap]`` times its starting price (``agents.economy.reprice``); repricing goes on chain.

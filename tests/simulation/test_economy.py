@@ -75,25 +75,30 @@ def test_a_builder_prefers_rows_per_price_and_small_shards_at_a_flat_price_do_no
 
 def test_license_prices_under_each_mechanism() -> None:
     """A 150-row owner asking 2 tUSD, split into 50-row identities: flat charges each the full price, per-row
-    a third, value a third once earlier models gave the identity a third of an equal share (per-row before),
-    within the signal's bounds."""
+    a third, value the per-row price times the per-row signal (within its bounds)."""
     assert license_price("flat", 2 * TUSD, 50, 150) == 2 * TUSD
     assert license_price("per_row", 2 * TUSD, 50, 150) == 666_666
-    assert license_price("value", 2 * TUSD, 50, 150) == 666_666
-    assert license_price("value", 2 * TUSD, 50, 150, Fraction(1, 3)) == 666_666
+    assert license_price("value", 2 * TUSD, 50, 150) == 666_666  # no signal yet
+    assert license_price("value", 2 * TUSD, 50, 150, Fraction(1)) == 666_666
     assert license_price("value", 2 * TUSD, 150, 150, Fraction(3, 2)) == 3 * TUSD
     assert license_price("value", 2 * TUSD, 150, 150, Fraction(0)) == TUSD // 2  # clipped at a quarter
     with pytest.raises(ValueError, match="unknown license pricing 'auction'"):
         license_price("auction", TUSD, 1, 1)
 
 
-def test_the_lineage_signal_weights_what_a_builder_expects_of_a_shard() -> None:
-    """Earlier models gave dataset 1 three times dataset 2's share: a later builder values it accordingly."""
-    signal = lineage_signal([((1, 2), (3_750, 1_250)), ((1, 3), (2_000, 2_000)), ((2,), (0,))])
-    assert signal == {1: Fraction(3, 2) / 2 + Fraction(1, 2), 2: Fraction(1, 2), 3: Fraction(1)}
+def test_the_lineage_signal_is_the_value_of_a_shards_rows_relative_to_the_average_row() -> None:
+    """Model A gave dataset 1 (100 rows) 3/4 and dataset 2 (100 rows) 1/4; model B split 1 and 3 (300 rows)
+    in proportion to rows; a model of rule none says nothing. A later builder weighs rows by the signal."""
+    rows = {1: 100, 2: 100, 3: 300}
+    signal = lineage_signal([((1, 2), (3_750, 1_250)), ((1, 3), (1_000, 3_000)), ((2,), (0,))], rows)
+    assert signal == {1: (Fraction(3, 2) + 1) / 2, 2: Fraction(1, 2), 3: Fraction(1)}
+    # a Sybil's pieces keep the signal of the whole under a rule that pays by rows
+    pieces = lineage_signal([((1, 2, 3), (1_000, 1_000, 3_000))], rows)
+    assert set(pieces.values()) == {Fraction(1)}
     valuation = DataValuation(value=10 * TUSD, saturation_rows=100)
     offers = [DatasetOffer(1, TUSD, 50, signal[1]), DatasetOffer(2, TUSD, 50, signal[2])]
     assert choose_parents(offers, TUSD, valuation) == [1]  # one fits: the one earlier models valued
+    assert lineage_signal([((1, 9), (1, 1))], rows) == {}  # a parent of unknown rows: no signal
 
 
 def test_listings_state_their_rows() -> None:
