@@ -236,7 +236,9 @@ class PolicyBrain:
     """Base of the seeded policy brains: pick an offer for the current query, then pay for a call to it.
 
     Opens a channel (``deposit_calls`` calls' worth) the first time a model is chosen, and again when its
-    credit runs out. Rewards reported by the role update per-offer statistics.
+    credit runs out. Rewards reported by the role update per-offer statistics. When the role says what a
+    success is worth, only offers expected to pay are considered (:meth:`worth_paying`: expected value
+    P(correct) * value - price >= 0); with none left the brain stops (it abstains rather than overpay).
     """
 
     name = "policy"
@@ -262,6 +264,7 @@ class PolicyBrain:
             for o in observation.offers
             if o.kind == "model"
             and (o.price <= observation.budget_left or observation.open_channels.get(o.asset_id, 0) >= o.price)
+            and self.worth_paying(o)
         ]
         if not offers:
             return []
@@ -273,6 +276,16 @@ class PolicyBrain:
             actions.append(Action("open_channel", {"asset_id": choice.asset_id, "deposit": max(deposit, choice.price)}))
         actions.append(Action("invoke_model", {"model_id": choice.asset_id, "input": observation.query}))
         return actions
+
+    def worth_paying(self, offer: PricedAsset) -> bool:
+        """Whether a call to ``offer`` is expected to pay: P(correct) * value >= price, with P(correct) the
+        posterior mean of a uniform Beta(1, 1) prior updated by this brain's own outcomes with it
+        (``(successes + 1) / (calls + 2)``). Always True when the role gives no value per success."""
+        if not self.value:
+            return True
+        pulls = self.pulls.get(offer.asset_id, 0)
+        successes = self.reward_sum.get(offer.asset_id, 0.0)
+        return (successes + 1) / (pulls + 2) * self.value >= offer.price
 
     def mean(self, offer: PricedAsset) -> float:
         """Average reward observed for ``offer`` (0 if never tried)."""

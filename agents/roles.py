@@ -20,6 +20,7 @@ import numpy as np
 
 from agents.brains import Action, Brain, Outcome, PricedAsset, ScriptedBrain
 from agents.datavalue import RULES, RoyaltyInputs, to_bps
+from agents.economy import DatasetOffer, DataValuation, choose_parents, lineage_signal
 from agents.errors import AgentError
 from agents.learning import Shard, accuracy, decode_shard, encode_shard, predictor, train_model
 from agents.runtime import Agent, Idle, RunReport
@@ -47,7 +48,8 @@ def _nothing() -> Generator[list[Action], list[Outcome], None]:
 
 @dataclass(frozen=True)
 class Listing:
-    """A dataset a provider sells: its rows, its license price, and a name for the catalog."""
+    """A dataset a provider sells: its rows, its license price, and a name for the catalog (published as
+    :func:`listing_uri`, which states the rows)."""
 
     shard: Shard
     price: int
@@ -69,7 +71,7 @@ class ProviderAgent:
         def script() -> Generator[list[Action], list[Outcome], None]:
             actions = [
                 Action("publish_asset", {"content": encode_shard(item.shard).decode(), "price": item.price,
-                                         "kind": "dataset", "uri": item.name})
+                                         "kind": "dataset", "uri": listing_uri(item.name, item.shard.rows)})
                 for item in listings
             ]  # fmt: skip
             outcomes = yield actions
@@ -97,7 +99,11 @@ class BuildPlan:
     price_per_call: int
     X_val: np.ndarray
     y_val: np.ndarray
-    parents: list[int] | None = None  # None: every listed dataset the budget allows, cheapest first
+    parents: list[int] | None = None  # None: chosen from the catalog by ``valuation`` (``choose_parents``)
+    valuation: DataValuation = field(default_factory=lambda: DataValuation(value=50_000_000, saturation_rows=500))
+    # The price per call from (license cost, bps passed up) once the parents and shares are known; None:
+    # ``price_per_call``.
+    price_for: Callable[[int, int], int] | None = None
     k: int = 5
     seed: int = 0
     # Every dataset trained on stays in the on-chain lineage: a parent the rule values at zero still gets
@@ -122,6 +128,7 @@ class BuiltModel:
     validation_accuracy: float
     rows: int
     estimator: Any = field(repr=False)
+    price: int = 0  # per call, base units, as published
 
 
 class BuilderAgent:
@@ -148,21 +155,25 @@ class BuilderAgent:
             raise AgentError(f"the builder stopped before publishing ({report.reason})")
         return self.built
 
-    def _choose_parents(self) -> list[int]:
+    def _choose_parents(self) -> tuple[list[int], int]:
+        """The parents to buy and what their licenses cost (base units, at the catalog's prices)."""
+        offers = {o.asset_id: o for o in catalog_offers(self.agent.client)}
         if self.plan.parents is not None:
-            return list(self.plan.parents)
-        listed = self.agent.client.assets(kind="dataset", limit=CATALOG_PAGE).items
-        return choose_parents([(a.asset_id, a.price, a.listed) for a in listed], self.agent.wallet.guard.remaining)
+            parents = list(self.plan.parents)
+            return parents, sum(offers[p].price if p in offers else self.agent.client.asset(p).price for p in parents)
+        parents = choose_parents(list(offers.values()), self.agent.wallet.guard.remaining, self.plan.valuation)
+        return parents, sum(offers[p].price for p in parents)
 
     def _script(self) -> Generator[list[Action], list[Outcome], None]:
         plan = self.plan
-        parents = self._choose_parents()
+        parents, cost = self._choose_parents()
         if not parents:
             raise AgentError("no dataset to build on: none listed within the budget")
         _require((yield [Action("buy_license", {"asset_id": p}) for p in parents]), "buying licenses")
         downloaded = _require((yield [Action("download", {"asset_id": p}) for p in parents]), "downloading")
         shards = [decode_shard(Path(result["path"]).read_bytes()) for result in downloaded]
         X, y, estimator, score, weights, shares = design_model(plan, shards)
+        price = plan.price_per_call if plan.price_for is None else plan.price_for(cost, sum(shares))
         card = {
             "type": "model-card", "estimator": plan.model, "features": int(X.shape[1]),
             "classes": sorted(int(c) for c in np.unique(y)), "trained_on": parents, "rows": len(y),
@@ -171,28 +182,48 @@ class BuilderAgent:
         }  # fmt: skip
         royalties = [{"asset_id": p, "share_bps": s} for p, s in zip(parents, shares, strict=True) if s > 0]
         publish = Action("publish_asset", {"content": json.dumps(card, sort_keys=True), "kind": "model",
-                                           "price": plan.price_per_call, "uri": f"model:{plan.model}:{plan.rule}",
+                                           "price": price, "uri": f"model:{plan.model}:{plan.rule}",
                                            "parents": royalties})  # fmt: skip
         (published,) = _require((yield [publish]), "publishing the model")
         self.serve(published["asset_id"], predictor(estimator))
-        self.built = BuiltModel(published["asset_id"], parents, weights, shares, score, len(y), estimator)
+        self.built = BuiltModel(published["asset_id"], parents, weights, shares, score, len(y), estimator, price)
 
 
-#: How many datasets a builder sees in the catalog (one page of ``GET /v1/assets``, ordered by asset id).
+#: How many datasets (and models) a builder sees in the catalog (one page of ``GET /v1/assets``, by asset id).
 CATALOG_PAGE = 50
-#: The most parents a builder buys.
-MAX_PARENTS = 8
 
 
-def choose_parents(listed: list[tuple[int, int, bool]], budget: int) -> list[int]:
-    """The datasets a builder buys from one catalog page of (asset id, price, listed): the cheapest first
-    (ties by id) while the budget (base units) lasts, at most :data:`MAX_PARENTS`."""
-    chosen = []
-    for asset_id, price, is_listed in sorted(listed, key=lambda a: (a[1], a[0])):
-        if is_listed and price <= budget:
-            chosen.append(asset_id)
-            budget -= price
-    return chosen[:MAX_PARENTS]
+def listing_uri(name: str, rows: int) -> str:
+    """A dataset listing's URI stating its rows (``"<name>:rows=<rows>"``): what a builder knows of its size
+    before buying (checked after download: the content hash is on chain)."""
+    return f"{name}:rows={rows}"
+
+
+def rows_of(uri: str) -> int | None:
+    """The rows a listing URI states (:func:`listing_uri`), or None if it states none."""
+    _, sep, rows = uri.rpartition(":rows=")
+    return int(rows) if sep and rows.isdigit() else None
+
+
+def catalog_offers(client: Any) -> list[DatasetOffer]:
+    """What a builder sees before buying, read through its SDK client: every listed dataset of the catalog's
+    first page that states its rows, at its current price, with the lineage signal of the first page of
+    models (each model's on-chain royalty shares to its parents' vaults and the parents' stated rows,
+    :func:`agents.economy.lineage_signal`)."""
+    page = client.assets(kind="dataset", limit=CATALOG_PAGE).items
+    rows = {item.asset_id: n for item in page if (n := rows_of(item.uri)) is not None}
+    models = client.assets(kind="model", limit=CATALOG_PAGE).items
+    signal = {}
+    if models:
+        lineage = client.lineage()
+        shares = [(m.parents, [lineage.node(m.asset_id).shares_of(lineage.node(p).vault) for p in m.parents])
+                  for m in models]  # fmt: skip
+        signal = lineage_signal(shares, rows)
+    return [
+        DatasetOffer(item.asset_id, item.price, rows[item.asset_id], signal.get(item.asset_id))
+        for item in page
+        if item.listed and item.asset_id in rows
+    ]
 
 
 def design_model(plan: BuildPlan, shards: list[Shard]) -> tuple[np.ndarray, np.ndarray, Any, float, list[float],

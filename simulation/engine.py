@@ -4,11 +4,14 @@ One run, in order (the model owns the seeded randomness and the schedule, agents
 
 1. a ``simulation.world.World``: the contracts deployed (fee from the scenario) on the chosen chain, the
    gateway in process, parties funded from the seed;
-2. producers publish their shards (clean, label-noised, or duplicated from another producer);
-3. builders buy datasets, train (k-NN / logistic regression), set parent shares with the royalty
-   rule, publish their models and serve them;
+2. producers publish their shards (clean, label-noised, poisoned, or duplicated from another producer)
+   at prices set by the license pricing mechanism (``producers.pricing``);
+3. builders buy datasets by expected value for money (``agents.economy.choose_parents``), train (k-NN /
+   logistic regression), set parent shares with the royalty rule, price their calls (fixed, or cost
+   recovery net of royalties and fee), publish their models and serve them — all before round 1, or in
+   ``builders.waves`` waves over the rounds, producers repricing (on chain) before each later wave;
 4. each round, consumers classify held-out rows by paying for model calls over channels (their
-   brains choose the model); answers are scored against the true labels;
+   brains choose the model by expected value for the price); answers are scored against the true labels;
 5. the server's settler claims every voucher, royalties are released up the lineage, every payee
    withdraws — and what each party holds is read back from the chain and compared, to the unit,
    with the simulation's own ledger (computed from the payments it made and the vault shares).
@@ -21,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
@@ -28,6 +32,7 @@ import numpy as np
 
 from agents.brains import Brain, policy_brain
 from agents.datavalue import loo_contributions
+from agents.economy import DataValuation, cost_recovery_price, license_price, lineage_signal, reprice
 from agents.learning import Shard, make_shards, split_holdout, with_duplicates, with_label_noise
 from agents.roles import BuilderAgent, BuildPlan, BuyerAgent, ClassificationTask, Listing, ProviderAgent
 from marketplace.chain.units import BPS, TOTAL_SHARES
@@ -151,23 +156,50 @@ def _split(shard: Shard, parts: int) -> list[Shard]:
     return [Shard(shard.X[rows], shard.y[rows]) for rows in np.array_split(np.arange(shard.rows), parts)]
 
 
-def call_price(scenario: Scenario) -> int:
-    """A builder's price per call under the scenario's pricing policy (base units)."""
-    builders, producers, consumers = scenario.builders, scenario.producers, scenario.consumers
+def call_price(scenario: Scenario, license_cost: int = 0, upstream_bps: int = 0, entry_round: int = 1) -> int:
+    """A builder's price per call under the scenario's pricing policy (base units): ``fixed`` →
+    ``price_per_call``; ``cost_recovery`` → the price at which the calls it expects (every consumer's
+    queries from its ``entry_round`` on, spread evenly over all builders) repay its ``license_cost`` plus the
+    margin, with what it keeps of a call once the protocol fee and the ``upstream_bps`` it passes up to its
+    parents are taken (``agents.economy.cost_recovery_price``), never below ``price_per_call``."""
+    builders, consumers = scenario.builders, scenario.consumers
     if builders.pricing == "fixed":
         return builders.price_per_call_units
-    # cost_recovery: the licenses it will buy (cheapest first within its budget, at most 8 parents; every
-    # identity of a split producer, copiers at their own price) ...
-    budget, bought = builders.budget_units, []
-    for price in sorted(producers.price_of(owner) for owner in producers.identities()):
-        if price <= budget:
-            bought.append(price)
-            budget -= price
-    license_cost = sum(bought[:8])
-    # ... repaid, with the margin, by its share of every query all consumers will ask.
-    calls = max(1, consumers.count * consumers.queries_per_round * scenario.rounds // builders.count)
-    price = -(-int(license_cost * (1 + builders.margin)) // calls)  # ceiling
-    return max(price, builders.price_per_call_units)
+    rounds = scenario.rounds - entry_round + 1
+    calls = consumers.count * consumers.queries_per_round * rounds // builders.count
+    return cost_recovery_price(license_cost, margin=builders.margin, calls=calls, upstream_bps=upstream_bps,
+                               fee_bps=scenario.protocol.fee_bps, floor=builders.price_per_call_units)  # fmt: skip
+
+
+def valuation(scenario: Scenario) -> DataValuation:
+    """What the scenario's builders expect data to be worth (``builders.data_value``, ``saturation_rows``,
+    ``min_value_ratio``): the rule by which they choose their parents."""
+    spec = scenario.builders
+    return DataValuation(spec.data_value_units, spec.saturation_rows, spec.min_value_ratio)
+
+
+def with_targeted_flips(shard: Shard, flips: list[tuple[int, int, float]], rng: np.random.Generator) -> Shard:
+    """``shard`` with, for each (source class, target class, rate) of ``flips``, that rate of its rows labelled
+    the source class relabelled the target class (rows chosen with ``rng``; every flip reads the original
+    labels, so 1 -> 7 with 7 -> 1 swaps the two classes): a targeted label-flipping poison."""
+    original, y = shard.y, shard.y.copy()
+    for source_class, target_class, rate in flips:
+        rows = np.flatnonzero(original == source_class)
+        y[rng.choice(rows, size=round(rate * len(rows)), replace=False)] = target_class
+    return Shard(shard.X, y)
+
+
+def model_signal(models: list[PublishedModel], rows: dict[int, int]) -> dict[int, Fraction]:
+    """The lineage signal (``agents.economy.lineage_signal``) of ``models`` as the chain holds them (only the
+    parents a model pays, share > 0, are on chain), with ``rows`` (dataset id -> rows) as listings state them."""
+    on_chain = [
+        (
+            tuple(p for p, s in zip(m.parents, m.shares_bps, strict=True) if s > 0),
+            tuple(s for s in m.shares_bps if s > 0),
+        )
+        for m in models
+    ]
+    return lineage_signal(on_chain, rows)
 
 
 def holdings(result: RunResult, expected: ExpectedLedger) -> list[Holding]:
@@ -218,6 +250,9 @@ class _Run:
         self.brains: list[Brain] = []
         self.answered = [0] * scenario.consumers.count
         self.correct = [0] * scenario.consumers.count
+        self.prices: dict[int, int] = {}  # dataset id -> its license price now (base units)
+        self.price_factor: dict[int, Fraction] = {}  # dataset id -> the demand rule's factor on its price
+        self.sold: set[int] = set()  # datasets that sold a license since the producers last repriced
 
     # ------------------------------------------------------------------ steps
 
@@ -234,46 +269,124 @@ class _Run:
             shards[duplicate.producer] = with_duplicates(
                 shards[duplicate.producer], shards[duplicate.source], duplicate.rate, self.rng
             )
+        for producer in sorted({poison.producer for poison in spec.poison}):
+            flips = [(p.source_class, p.target_class, p.rate) for p in spec.poison if p.producer == producer]
+            shards[producer] = with_targeted_flips(shards[producer], flips, self.rng)
         self.owners = spec.identities()
         self.shards = [piece for index, shard in enumerate(shards) for piece in _split(shard, self.owners.count(index))]
         self.publish_shards()
 
+    def listing_price(self, index: int, signal: Fraction | None = None) -> int:
+        """Identity ``index``'s license price under the scenario's mechanism (``agents.economy.license_price``)
+        times its demand factor, with the lineage ``signal`` for ``value`` pricing (base units, at least 1)."""
+        spec, owner = self.scenario.producers, self.owners[index]
+        base = license_price(
+            spec.pricing, spec.price_of(owner), self.shards[index].rows, spec.shard_size[owner], signal
+        )
+        factor = self.price_factor.get(self.datasets[index], Fraction(1)) if index < len(self.datasets) else 1
+        return max(1, int(base * factor))
+
     def publish_shards(self) -> None:
-        """Every identity publishes its shard at its owner's price (through its wallet's client and the gateway)."""
-        spec = self.scenario.producers
-        for index, (owner, shard) in enumerate(zip(self.owners, self.shards, strict=True)):
+        """Every identity publishes its shard at its listing price (through its wallet's client and the gateway)."""
+        for index, shard in enumerate(self.shards):
             party = self.world.party("producer", index)
             provider = ProviderAgent(party.wallet)
-            listing = Listing(shard, spec.price_of(owner), f"{self.scenario.name}-producer-{index}")
-            (asset_id,) = provider.publish([listing])
+            price = self.listing_price(index)
+            (asset_id,) = provider.publish([Listing(shard, price, f"{self.scenario.name}-producer-{index}")])
             self.producers.append(party)
             self.datasets.append(asset_id)
             self.license_paid[asset_id] = 0
+            self.prices[asset_id] = price
 
     def build_models(self) -> None:
-        """Builders buy every dataset they can afford, train, set royalties by the rule, publish and serve."""
+        """The builders of the first wave buy, train, set royalties by the rule, publish and serve; consumers
+        get ready. Later waves enter at the start of their round (:meth:`enter`)."""
+        for index in self.entering(1):
+            self.build(index)
+        self.ready_consumers()
+
+    def entering(self, round_number: int) -> list[int]:
+        """The builders that enter before round ``round_number`` (``BuildersSpec.entry_round``)."""
+        spec = self.scenario.builders
+        return [i for i in range(spec.count) if spec.entry_round(i, self.scenario.rounds) == round_number]
+
+    def enter(self, round_number: int) -> None:
+        """Before a round after the first: if a wave of builders enters now, the producers reprice
+        (:meth:`reprice`), then each builder of the wave builds (:meth:`build`)."""
+        entering = self.entering(round_number) if round_number > 1 else []
+        if entering:
+            self.reprice()
+            for index in entering:
+                self.build(index)
+
+    def plan(self, index: int) -> BuildPlan:
+        """Builder ``index``'s plan: its model kind, the rule, its valuation of data, its call pricing."""
+        spec, scenario = self.scenario.builders, self.scenario
+        entry = spec.entry_round(index, scenario.rounds)
+
+        def price_for(cost: int, upstream_bps: int) -> int:
+            return call_price(scenario, cost, upstream_bps, entry)
+
+        return BuildPlan(model=spec.model_for(index), rule=scenario.royalty.rule, royalty_bps=spec.royalty_bps,
+                         price_per_call=spec.price_per_call_units, X_val=self.X_val, y_val=self.y_val,
+                         seed=scenario.seed + index, valuation=valuation(scenario), price_for=price_for)  # fmt: skip
+
+    def build(self, index: int) -> None:
+        """Builder ``index`` reads the catalog through its SDK client, buys by value for money, trains, sets
+        royalties by the rule, prices, publishes and serves its model."""
         spec, world = self.scenario.builders, self.world
-        for index in range(spec.count):
-            party = world.party("builder", index, tusd=spec.budget_units)
-            plan = BuildPlan(model=spec.model_for(index), rule=self.scenario.royalty.rule,
-                             royalty_bps=spec.royalty_bps, price_per_call=call_price(self.scenario),
-                             X_val=self.X_val, y_val=self.y_val, seed=self.scenario.seed + index)  # fmt: skip
-            builder = BuilderAgent(party.wallet, plan, world.serve_model,
-                                   download_dir=world.work_dir / "downloads" / f"builder-{index}")  # fmt: skip
-            built = builder.run()
-            for parent in built.parents:
-                self.license_paid[parent] += world.market.marketplace.asset(parent).price
-            self.builders.append(party)
-            self.models.append(PublishedModel(index=index, model_id=built.model_id, model=plan.model, rule=plan.rule,
+        party = world.party("builder", index, tusd=spec.budget_units)
+        plan = self.plan(index)
+        builder = BuilderAgent(party.wallet, plan, world.serve_model,
+                               download_dir=world.work_dir / "downloads" / f"builder-{index}")  # fmt: skip
+        built = builder.run()
+        for parent in built.parents:
+            self.license_paid[parent] += world.market.marketplace.asset(parent).price
+            self.sold.add(parent)
+        self.builders.append(party)
+        self.models.append(PublishedModel(index=index, model_id=built.model_id, model=plan.model, rule=plan.rule,
                                           accuracy=built.validation_accuracy, parents=tuple(built.parents),
                                           shares_bps=tuple(built.shares_bps)))  # fmt: skip
+
+    def ready_consumers(self) -> None:
+        """Fund every consumer and give it its seeded policy brain."""
         spec_c = self.scenario.consumers
         for index in range(spec_c.count):
-            self.consumers.append(world.party("consumer", index, tusd=spec_c.budget_units))
+            self.consumers.append(self.world.party("consumer", index, tusd=spec_c.budget_units))
             self.brains.append(policy_brain(spec_c.brain, seed=self.scenario.seed * 1000 + index))
 
+    def reprice(self) -> None:
+        """Every producer sets its price for the next wave: the demand rule moves its factor
+        (``producers.repricing = "demand"``, ``agents.economy.reprice``: up after a license sold since the
+        last repricing, down after none), and ``value`` pricing reads the lineage signal of every model
+        published so far; changed prices go on chain (:meth:`set_prices`)."""
+        spec = self.scenario.producers
+        if spec.repricing == "fixed" and spec.pricing != "value":
+            return
+        if spec.repricing == "demand":
+            step, low, high = (Fraction(str(v)) for v in (spec.price_step, spec.price_floor, spec.price_cap))
+            for asset_id in self.datasets:
+                factor = self.price_factor.get(asset_id, Fraction(1))
+                self.price_factor[asset_id] = reprice(factor, asset_id in self.sold, step=step, low=low, high=high)
+        signal = model_signal(self.models, {a: s.rows for a, s in zip(self.datasets, self.shards, strict=True)})
+        changes = []
+        for index, asset_id in enumerate(self.datasets):
+            price = self.listing_price(index, signal.get(asset_id))
+            if price != self.prices[asset_id]:
+                changes.append((index, asset_id, price))
+                self.prices[asset_id] = price
+        self.sold.clear()
+        self.set_prices(changes)
+
+    def set_prices(self, changes: list[tuple[int, int, int]]) -> None:
+        """Each (producer identity, dataset id, new price) goes on chain: the owner's ``setPrice``."""
+        for index, asset_id, price in changes:
+            self.world.market.marketplace.set_price(self.producers[index].account, asset_id, price)  # type: ignore[attr-defined]
+
     def play_round(self, round_number: int) -> RoundFigures:
-        """Every consumer classifies its share of this round's queries, paying per call."""
+        """A wave of builders enters if it is due (:meth:`enter`), then every consumer classifies its share
+        of this round's queries, paying per call."""
+        self.enter(round_number)
         spec = self.scenario.consumers
         spent_before = sum(self.consumer_paid(i) for i in range(len(self.consumers)))
         answered = correct = 0

@@ -33,9 +33,10 @@ import numpy as np
 from eth_account.signers.local import LocalAccount
 
 from agents.brains import Action, Observation, Outcome, PricedAsset, policy_brain
+from agents.economy import DatasetOffer, choose_parents
 from agents.errors import AgentError
 from agents.learning import encode_shard
-from agents.roles import CATALOG_PAGE, BuildPlan, ClassificationTask, choose_parents, design_model
+from agents.roles import CATALOG_PAGE, ClassificationTask, design_model, listing_uri
 from agents.wallet import Budget, BudgetGuard, ChannelState
 from marketplace.chain.lineage import Lineage, Release, plan_release, plan_withdrawal
 from marketplace.chain.rawtx import BatchSender, Calldata, topic_id
@@ -43,7 +44,7 @@ from marketplace.chain.records import AssetKind, Channel
 from marketplace.chain.units import BPS
 from marketplace.payments.channels import ChannelGate, VoucherLedger
 from marketplace.protocol.vouchers import VoucherHasher
-from simulation.engine import PublishedModel, _Run, call_price
+from simulation.engine import PublishedModel, _Run, model_signal
 from simulation.results import ChainActivity, RoundFigures, RunResult
 from simulation.scenario import Scenario
 from simulation.world import GAS_ETH, World, derived_account
@@ -140,17 +141,19 @@ class FastRun(_Run):
     def publish_shards(self) -> None:
         """Fund every party (gas and tUSD), then each producer publishes its shard, listed, in order."""
         self._fund_everyone()
-        spec, token = self.scenario.producers, self.world.market.token.address
-        for index, (owner, shard) in enumerate(zip(self.owners, self.shards, strict=True)):
+        token = self.world.market.token.address
+        for index, shard in enumerate(self.shards):
             party = self._party("producer", index)
             content_hash = hashlib.sha256(encode_shard(shard)).digest()
-            data = self.market_abi.encode("publish", int(AssetKind.DATASET), content_hash,
-                                          f"{self.scenario.name}-producer-{index}", spec.price_of(owner), token, 0,
+            price = self.listing_price(index)
+            uri = listing_uri(f"{self.scenario.name}-producer-{index}", shard.rows)
+            data = self.market_abi.encode("publish", int(AssetKind.DATASET), content_hash, uri, price, token, 0,
                                           [party.address], [BPS], [], [], True)  # fmt: skip
             asset_id = self._publish(party, data, f"producer {index}'s dataset")
             self.producers.append(party)
             self.datasets.append(asset_id)
             self.license_paid[asset_id] = 0
+            self.prices[asset_id] = price
 
     def _fund_everyone(self) -> None:
         """ETH for gas and each role's tUSD budget, in one batch from the deployer (as ``World.fund``)."""
@@ -180,57 +183,58 @@ class FastRun(_Run):
         (asset_id,) = topic_id(receipt, self.world.market.marketplace.address, self.asset_published)
         return asset_id
 
-    def build_models(self) -> None:
-        """Builders buy what they can afford, train, set royalties by the rule, publish; consumers get ready."""
+    def offers(self) -> list[DatasetOffer]:
+        """What a builder's catalog read gives (``agents.roles.catalog_offers``), from the same facts: the first
+        page of datasets by id at their current prices with their stated rows, and the lineage signal of the
+        first page of models."""
+        page = sorted(self.datasets)[:CATALOG_PAGE]
+        rows = {asset: shard.rows for asset, shard in zip(self.datasets, self.shards, strict=True) if asset in page}
+        signal = model_signal(sorted(self.models, key=lambda m: m.model_id)[:CATALOG_PAGE], rows)
+        return [DatasetOffer(a, self.prices[a], rows[a], signal.get(a)) for a in page]
+
+    def build(self, index: int) -> None:
+        """Builder ``index`` buys by value for money, trains, sets royalties by the rule, prices, publishes."""
         spec, market = self.scenario.builders, self.world.market
-        spec_p = self.scenario.producers
-        price_of = {asset: spec_p.price_of(owner) for asset, owner in zip(self.datasets, self.owners, strict=True)}
-        page = sorted(self.datasets)[:CATALOG_PAGE]  # the catalog's first page of datasets, by id
-        for index in range(spec.count):
-            party = self._party("builder", index)
-            plan = BuildPlan(model=spec.model_for(index), rule=self.scenario.royalty.rule,
-                             royalty_bps=spec.royalty_bps, price_per_call=call_price(self.scenario),
-                             X_val=self.X_val, y_val=self.y_val, seed=self.scenario.seed + index)  # fmt: skip
-            guard = BudgetGuard(Budget(spec.budget_units, spec.budget_units, spec.budget_units))
-            parents = choose_parents([(a, price_of[a], True) for a in page], guard.remaining)
-            if not parents:
-                raise AgentError("no dataset to build on: none listed within the budget")
-            for parent in parents:
-                price = price_of[parent]
-                guard.check(parent, price, price)
-                guard.commit(parent, price)
-                self.sender.queue(party.account, market.token.address,
-                                  self.token.encode("approve", market.marketplace.address, price),
-                                  gas=GAS["approve"], label=f"builder {index} approves {price}")  # fmt: skip
-                self.sender.queue(party.account, market.marketplace.address,
-                                  self.market_abi.encode("buy", parent, price), gas=GAS["buy"],
-                                  label=f"builder {index} buys a license to {parent}")  # fmt: skip
-                self.license_paid[parent] += price
-            self.sender.flush()
-            self.licenses[index] = guard.spent
-            shards = [self.shards[self.datasets.index(p)] for p in parents]
-            _X, _y, estimator, score, _weights, shares = design_model(plan, shards)
-            royalties = [(p, s) for p, s in zip(parents, shares, strict=True) if s > 0]
-            uri = f"model:{plan.model}:{plan.rule}"
-            data = self.market_abi.encode("publish", int(AssetKind.MODEL), hashlib.sha256(uri.encode()).digest(), uri,
-                                          plan.price_per_call, market.token.address, 0, [party.address],
-                                          [BPS - sum(s for _, s in royalties)], [p for p, _ in royalties],
-                                          [s for _, s in royalties], True)  # fmt: skip
-            model_id = self._publish(party, data, f"builder {index}'s model")
-            self.answers[model_id] = np.asarray([int(label) for label in estimator.predict(self.X_test)])
-            self.model_price[model_id] = plan.price_per_call
-            self.builders.append(party)
-            self.models.append(
-                PublishedModel(
-                    index=index,
-                    model_id=model_id,
-                    model=plan.model,
-                    rule=plan.rule,
-                    accuracy=score,
-                    parents=tuple(parents),
-                    shares_bps=tuple(shares),
-                )
-            )
+        party = self._party("builder", index)
+        plan = self.plan(index)
+        guard = BudgetGuard(Budget(spec.budget_units, spec.budget_units, spec.budget_units))
+        parents = choose_parents(self.offers(), guard.remaining, plan.valuation)
+        if not parents:
+            raise AgentError("no dataset to build on: none listed within the budget")
+        for parent in parents:
+            price = self.prices[parent]
+            guard.check(parent, price, price)
+            guard.commit(parent, price)
+            self.sender.queue(party.account, market.token.address,
+                              self.token.encode("approve", market.marketplace.address, price),
+                              gas=GAS["approve"], label=f"builder {index} approves {price}")  # fmt: skip
+            self.sender.queue(party.account, market.marketplace.address,
+                              self.market_abi.encode("buy", parent, price), gas=GAS["buy"],
+                              label=f"builder {index} buys a license to {parent}")  # fmt: skip
+            self.license_paid[parent] += price
+            self.sold.add(parent)
+        self.sender.flush()
+        self.licenses[index] = guard.spent
+        shards = [self.shards[self.datasets.index(p)] for p in parents]
+        _X, _y, estimator, score, _weights, shares = design_model(plan, shards)
+        assert plan.price_for is not None
+        call_price = plan.price_for(guard.spent, sum(shares))
+        royalties = [(p, s) for p, s in zip(parents, shares, strict=True) if s > 0]
+        uri = f"model:{plan.model}:{plan.rule}"
+        data = self.market_abi.encode("publish", int(AssetKind.MODEL), hashlib.sha256(uri.encode()).digest(), uri,
+                                      call_price, market.token.address, 0, [party.address],
+                                      [BPS - sum(s for _, s in royalties)], [p for p, _ in royalties],
+                                      [s for _, s in royalties], True)  # fmt: skip
+        model_id = self._publish(party, data, f"builder {index}'s model")
+        self.answers[model_id] = np.asarray([int(label) for label in estimator.predict(self.X_test)])
+        self.model_price[model_id] = call_price
+        self.builders.append(party)
+        self.models.append(PublishedModel(index=index, model_id=model_id, model=plan.model, rule=plan.rule,
+                                          accuracy=score, parents=tuple(parents),
+                                          shares_bps=tuple(shares)))  # fmt: skip
+
+    def ready_consumers(self) -> None:
+        """Every consumer's seeded policy brain and budget guard (funded with everyone at the start)."""
         spec_c = self.scenario.consumers
         for index in range(spec_c.count):
             self.consumers.append(self._party("consumer", index))
@@ -238,10 +242,21 @@ class FastRun(_Run):
             self.state.append(_Consumer(BudgetGuard(Budget(spec_c.budget_units, spec_c.budget_units,
                                                            spec_c.budget_units))))  # fmt: skip
 
+    def set_prices(self, changes: list[tuple[int, int, int]]) -> None:
+        """Each (producer identity, dataset id, new price) as the owner's ``setPrice``, in one batch."""
+        address = self.world.market.marketplace.address
+        for index, asset_id, price in changes:
+            self.sender.queue(self._party("producer", index).account, address,
+                              self.market_abi.encode("setPrice", asset_id, price), gas=GAS["buy"],
+                              label=f"producer {index} reprices {asset_id} to {price}")  # fmt: skip
+        self.sender.flush()
+
     # ------------------------------------------------------------------ rounds
 
     def play_round(self, round_number: int) -> RoundFigures:
-        """Decide every consumer's calls, open the channels they need on chain, then check every voucher."""
+        """A wave of builders enters if due (``_Run.enter``); then decide every consumer's calls, open the
+        channels they need on chain, then check every voucher."""
+        self.enter(round_number)
         spec = self.scenario.consumers
         spent_before = sum(c.paid for c in self.state)
         offers = [

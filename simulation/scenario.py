@@ -40,6 +40,7 @@ from pydantic_core import PydanticCustomError
 
 from agents.brains import POLICIES
 from agents.datavalue import RULES
+from agents.economy import LICENSE_PRICING, REPRICING
 from agents.errors import BadDataset
 from agents.learning import MODEL_KINDS, SOURCES, SYNTHETIC_ROWS, load_csv, load_source
 from marketplace.chain.units import BPS, DECIMALS, to_units
@@ -225,8 +226,28 @@ class SplitSpec(_Section):
     identities: Annotated[int, _between(1, MAX_PRODUCERS)] = 2
 
 
+class PoisonSpec(_Section):
+    """Data poisoning: producer ``producer`` relabels ``rate`` of its rows of class ``source_class`` as
+    ``target_class`` (a targeted label-flipping attack, as in Xiao, Xiao & Eckert, "Adversarial label flips
+    attack on support vector machines", ECAI 2012), and publishes them as honest data."""
+
+    producer: Annotated[int, _between(0, MAX_PRODUCERS - 1)]
+    source_class: Annotated[int, _between(0, 1_000)]
+    target_class: Annotated[int, _between(0, 1_000)]
+    rate: Rate = 1.0
+
+
 class ProducersSpec(_Section):
-    """Data producers: one shard each (``shard_size`` rows, ``label_noise`` of labels flipped), sold at ``price``."""
+    """Data producers: one shard each (``shard_size`` rows, ``label_noise`` of labels flipped), sold at ``price``.
+
+    ``pricing`` is the license pricing mechanism (``agents.economy.license_price``): ``flat`` (``price`` per
+    shard, each identity of a split owner too), ``per_row`` (``price * rows / shard_size``: splitting earns the
+    same), ``value`` (per-row, times the value of the dataset's rows relative to the average row as the royalty
+    shares of the models trained on it say, once one is published).
+    ``repricing = "demand"``: before each wave of builders after the first, every producer moves its price
+    factor up by ``price_step`` if it sold a license in the last wave, down if not, within
+    ``[price_floor, price_cap]`` times its starting price (``agents.economy.reprice``); repricing goes on chain.
+    """
 
     count: Annotated[int, _between(1, MAX_PRODUCERS)] = DEFAULT_PRODUCERS
     shard_size: list[Annotated[int, _between(1, 1_000_000)]]
@@ -234,6 +255,12 @@ class ProducersSpec(_Section):
     label_noise: list[Rate]
     duplicates: list[DuplicateSpec] = Field(default_factory=list)
     split: SplitSpec | None = None
+    poison: list[PoisonSpec] = Field(default_factory=list)
+    pricing: Annotated[str, _one_of(LICENSE_PRICING, "license pricing")] = "flat"
+    repricing: Annotated[str, _one_of(REPRICING, "repricing rule")] = "fixed"
+    price_step: Annotated[float, _between(0.0, 0.9)] = 0.1
+    price_floor: Annotated[float, _between(0.01, 1.0)] = 0.25
+    price_cap: Annotated[float, _between(1.0, 100.0)] = 4.0
 
     @model_validator(mode="before")
     @classmethod
@@ -285,6 +312,15 @@ class ProducersSpec(_Section):
                     f"producer {duplicate.source} resells duplicates itself; the source must be an original producer",
                     f"duplicates.{position}.source",
                 )
+        for position, poison in enumerate(self.poison):
+            if poison.producer >= self.count:
+                raise _problem(
+                    f"{poison.producer} is not a producer index; must be between 0 and {self.count - 1} "
+                    f"(producers.count is {self.count})",
+                    f"poison.{position}.producer",
+                )
+            if poison.source_class == poison.target_class:
+                raise _problem("relabelling a class as itself poisons nothing", f"poison.{position}.target_class")
         if self.split is not None:
             self._check_split(self.split)
         return self
@@ -350,10 +386,20 @@ class BuildersSpec(_Section):
     royalty_bps: Bps = 5000
     price_per_call: Amount = "0.02"
     # "fixed": every call costs price_per_call. "cost_recovery": a builder prices a call so that the
-    # calls it expects (all consumers' queries spread evenly over the builders) repay its license
-    # spend plus ``margin``, never below price_per_call.
+    # calls it expects (all consumers' queries from its entry on, spread evenly over the builders) repay
+    # its license spend plus ``margin`` with what it keeps of a call after the protocol fee and the
+    # royalties it passes up, never below price_per_call (agents.economy.cost_recovery_price).
     pricing: Annotated[str, _one_of(PRICING_POLICIES, "pricing policy")] = "fixed"
     margin: Annotated[float, _between(0.0, 10.0)] = 0.2
+    # Which shards a builder buys (agents.economy.choose_parents): the best marginal value per unit price
+    # first, while it is at least ``min_value_ratio`` and the budget lasts, no cap on the count. A model
+    # trained on n rows is worth data_value * (1 - exp(-n / saturation_rows)) to the builder.
+    data_value: Amount = "50"
+    saturation_rows: Annotated[int, _between(1, 10_000_000)] = 500
+    min_value_ratio: Annotated[float, _between(0.0, 1_000.0)] = 1.0
+    # Builders enter in this many waves spread over the rounds (wave w before round 1 + w·rounds // waves),
+    # each buying licenses at the then-current prices; 1: all before the first round.
+    waves: Annotated[int, _between(1, 100)] = 1
 
     @property
     def budget_units(self) -> int:
@@ -364,6 +410,17 @@ class BuildersSpec(_Section):
     def price_per_call_units(self) -> int:
         """Price of one model call in base units."""
         return to_units(self.price_per_call)
+
+    @property
+    def data_value_units(self) -> int:
+        """What a model trained on unlimited data is worth to a builder, in base units."""
+        return to_units(self.data_value)
+
+    def entry_round(self, index: int, rounds: int) -> int:
+        """The round before which builder ``index`` enters (buys, trains, publishes): wave
+        ``index · waves // count`` enters before round ``1 + wave · rounds // waves``."""
+        wave = index * self.waves // self.count
+        return 1 + wave * rounds // self.waves
 
     def model_for(self, index: int) -> str:
         """Model kind builder ``index`` trains (``models`` cycled over builders)."""

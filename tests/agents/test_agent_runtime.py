@@ -297,9 +297,13 @@ def test_providers_builder_and_buyer_end_to_end(chain, market, deployment, admin
         # A poorer buyer stops cleanly when its budget is spent.
         poor = wallet(bob, "poor", budget=to_units("0.1"))
         market.token.mint(admin, bob.address, to_units(1))
-        poor_task = ClassificationTask(X_test[:10], y_test[:10], value_per_success=1)
+        poor_task = ClassificationTask(X_test[:10], y_test[:10], value_per_success=to_units("0.5"))
         stopped = BuyerAgent(poor, GreedyBrain(seed=0, deposit_calls=1), poor_task).run()
         assert (stopped.reason, poor_task.index, poor.ledger.total()) == ("budget_exhausted", 2, to_units("0.1"))
+        # A buyer to whom a right answer is worth less than a call's price does not pay at all.
+        thrifty_task = ClassificationTask(X_test[:10], y_test[:10], value_per_success=to_units("0.05") - 1)
+        thrifty = BuyerAgent(wallet(bob, "thrifty"), GreedyBrain(seed=0), thrifty_task).run()
+        assert (thrifty.reason, thrifty_task.index) == ("brain_finished", 0)
 
         settled = http.app.state.services.settler.settle_once()
         assert sum(s.amount for s in settled) == (30 + 6 + 2) * to_units("0.05")

@@ -156,7 +156,7 @@ def test_with_the_sim_extra_packaged_scenarios_resolve_outside_the_repo(installe
     assert lines[2] == "[('baseline', 5), ('free-riders', 5)]"
     assert (
         lines[3] == "scenario 'nosuch' is neither a file nor a packaged scenario "
-        "(baseline, free-riders, large, noisy-producers, sybil)"
+        "(baseline, free-riders, large, noisy-producers, poisoning, sybil)"
     )
     # Through the CLI: found, read and validated (a bad override fails before any chain work).
     result = installed.run("agentmarket", "simulate", "noisy-producers", "--param", "rounds=0")

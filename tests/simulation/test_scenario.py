@@ -72,7 +72,7 @@ def test_free_riders_resell_duplicates_of_original_producers() -> None:
     assert set(copiers.values()).isdisjoint(copiers)  # sources are original producers
 
 
-@pytest.mark.parametrize("name", ["baseline", "noisy-producers", "free-riders", "sybil"])
+@pytest.mark.parametrize("name", ["baseline", "noisy-producers", "free-riders", "sybil", "poisoning"])
 def test_shipped_scenarios_are_small_and_fit_their_data(name: str) -> None:
     scenario = load_scenario(SCENARIOS / f"{name}.toml")
     assert scenario.name == name
@@ -289,7 +289,7 @@ def test_a_minimal_file_gets_defaults(tmp_path: Path) -> None:
 
 def test_a_bare_name_is_the_packaged_scenario_from_any_directory(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert packaged_scenarios() == ["baseline", "free-riders", "large", "noisy-producers", "sybil"]
+    assert packaged_scenarios() == ["baseline", "free-riders", "large", "noisy-producers", "poisoning", "sybil"]
     for name in ("baseline", "baseline.toml"):
         assert load_scenario(name).model_dump() == load_scenario(BASELINE).model_dump()
     (tmp_path / "baseline.toml").write_text(BASELINE.read_text().replace("rounds = 5", "rounds = 2"))

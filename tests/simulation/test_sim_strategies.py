@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from agents.economy import DatasetOffer, choose_parents
 from marketplace.chain.units import BPS, to_units
-from simulation.engine import call_price
+from simulation.engine import valuation
 from simulation.metrics import with_sybil_gains
 from simulation.results import SweepMetrics, SweepRow
 from simulation.runner import simulate, sweep
@@ -168,10 +169,18 @@ def test_a_strategic_free_rider_undercuts_its_source_and_crowds_an_honest_produc
     assert "owner_revenue" not in metrics and "sybil_gain" not in metrics
 
 
-def test_cost_recovery_prices_the_licenses_a_builder_really_buys_from_sybils_and_undercutting_copiers() -> None:
-    """Every Sybil identity is a license (6 x 2 tUSD, not 4 x 2); copies at 1.5 fill a 7 tUSD budget with two
-    copies and two originals. Repaid with the 20% margin over 3 consumers x 8 queries x 5 rounds / 2 builders."""
-    sybil = load_scenario(SCENARIOS / "sybil.toml", ["builders.pricing=cost_recovery"])
-    assert call_price(sybil) == to_units("12") * 12 // 10 // 60 == to_units("0.24")
-    free_riders = load_scenario(SCENARIOS / "free-riders.toml", ["builders.pricing=cost_recovery"])
-    assert call_price(free_riders) == to_units("7") * 12 // 10 // 60 == to_units("0.14")
+def test_a_builder_buys_the_sybils_and_copies_its_valuation_pays_for() -> None:
+    """What a builder of the shipped scenarios buys by value for money (``agents.economy.choose_parents``):
+    in the sybil scenario (data worth 100 tUSD) the three 150-row shards, then the three 50-row identities at
+    the full 2 tUSD; valuing data at the default 50 tUSD, none of the identities (each would add 1.93 tUSD of
+    value for 2); in free-riders the two cheap copies first, then two originals, within 7 tUSD."""
+    sybil = load_scenario(SCENARIOS / "sybil.toml")
+    rows = [50, 50, 50, 150, 150, 150]
+    offers = [DatasetOffer(i + 1, to_units("2"), r) for i, r in enumerate(rows)]
+    assert choose_parents(offers, sybil.builders.budget_units, valuation(sybil)) == [4, 5, 6, 1, 2, 3]
+    cautious = sybil.with_overrides({"builders.data_value": "50"})
+    assert choose_parents(offers, sybil.builders.budget_units, valuation(cautious)) == [4, 5, 6]
+    free_riders = load_scenario(SCENARIOS / "free-riders.toml")
+    prices = [free_riders.producers.price_of(i) for i in range(5)]
+    offers = [DatasetOffer(i + 1, p, 150) for i, p in enumerate(prices)]
+    assert choose_parents(offers, free_riders.builders.budget_units, valuation(free_riders)) == [4, 5, 1, 2]

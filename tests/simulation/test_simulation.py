@@ -89,10 +89,11 @@ def test_a_world_reads_holdings_from_the_chain_and_catches_money_its_ledger_neve
 
 
 def test_cost_recovery_prices_calls_to_repay_the_licenses_with_the_margin():
-    assert call_price(load_scenario(BASELINE)) == to_units("0.02")  # fixed
+    assert call_price(load_scenario(BASELINE), to_units("8"), 5_000) == to_units("0.02")  # fixed
     scenario = load_scenario(BASELINE, ["builders.pricing=cost_recovery"])
-    # 4 licenses at 2 tUSD, +20%, over 3 consumers x 8 queries x 5 rounds / 2 builders = 60 calls each
-    assert call_price(scenario) == to_units("9.6") // 60 == to_units("0.16")
+    # 4 licenses at 2 tUSD, +20%, over 3 consumers x 8 queries x 5 rounds / 2 builders = 60 calls each, of
+    # which the builder keeps 99% (fee) x 50% (royalties): ceil(9.6 tUSD / 29.7)
+    assert call_price(scenario, to_units("8"), 5_000) == -(-to_units("9.6") * 10 // 297) == 323_233
 
 
 def test_a_seeded_runs_files_are_its_typed_result_and_its_money_adds_up(tmp_path):
