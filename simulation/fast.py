@@ -190,7 +190,8 @@ class FastRun(_Run):
             party = self._party("builder", index)
             plan = BuildPlan(model=spec.model_for(index), rule=self.scenario.royalty.rule,
                              royalty_bps=spec.royalty_bps, price_per_call=call_price(self.scenario),
-                             X_val=self.X_val, y_val=self.y_val, seed=self.scenario.seed + index)  # fmt: skip
+                             X_val=self.X_val, y_val=self.y_val, seed=self.scenario.seed + index,
+                             provenance=self.scenario.royalty.provenance)  # fmt: skip
             guard = BudgetGuard(Budget(spec.budget_units, spec.budget_units, spec.budget_units))
             parents = choose_parents([(a, price_of[a], True) for a in page], guard.remaining)
             if not parents:
@@ -209,7 +210,7 @@ class FastRun(_Run):
             self.sender.flush()
             self.licenses[index] = guard.spent
             shards = [self.shards[self.datasets.index(p)] for p in parents]
-            _X, _y, estimator, score, _weights, shares = design_model(plan, shards)
+            _X, _y, estimator, score, _weights, shares = design_model(plan, shards, parents)
             royalties = [(p, s) for p, s in zip(parents, shares, strict=True) if s > 0]
             uri = f"model:{plan.model}:{plan.rule}"
             data = self.market_abi.encode("publish", int(AssetKind.MODEL), hashlib.sha256(uri.encode()).digest(), uri,
