@@ -222,6 +222,9 @@ def royalty_correlation(result: RunResult) -> Correlation:
     if len(producers) >= 2 and sum(royalties) == 0:
         nothing = Undefined("no royalty reached any producer")
         return Correlation(pearson=nothing, spearman=nothing)
+    if len(producers) >= 2 and len(set(royalties)) == 1:
+        same = Undefined("every producer earned the same royalty revenue")
+        return Correlation(pearson=same, spearman=same)
     return correlation(royalties, [p.true_value for p in producers])
 
 

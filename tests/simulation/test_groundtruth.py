@@ -164,6 +164,8 @@ def test_royalty_correlation_and_defective_share_by_hand() -> None:
     assert defective_share(clean).royalty == Undefined("no producer has label noise or copied rows")
     nothing = replace(result, producers=tuple(replace(p, royalty_revenue=0) for p in result.producers))
     assert royalty_correlation(nothing).pearson == Undefined("no royalty reached any producer")
+    flat = replace(result, producers=tuple(replace(p, royalty_revenue=5) for p in result.producers))
+    assert royalty_correlation(flat).spearman == Undefined("every producer earned the same royalty revenue")
     assert defective_share(nothing).excess == Undefined("no royalty reached any producer")
     assert royalty_correlation(synthetic_result()).pearson.reason.startswith("the engine did not split")
     # summarize carries them into the sweep metrics.
