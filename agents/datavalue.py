@@ -9,7 +9,21 @@ Value-based rules:
 - ``leave_one_out``: the validation-accuracy drop when one parent's rows are left out.
 - ``knn_shapley``: exact Shapley values of every training row for the unweighted k-NN utility
   (Jia et al. 2019, Theorem 1), summed per parent.
-- ``mc_shapley``: truncated Monte Carlo Shapley (Ghorbani & Zou 2019) with the parents as players.
+- ``mc_shapley``: Shapley values with the parents as players: exact (all 2**n coalitions) when that costs
+  no more trainings than sampling would (``2**n <= permutations * n``: n <= 8 at the default 50
+  permutations), else truncated Monte Carlo (Ghorbani & Zou 2019) with its own standard error
+  (``mc_shapley_estimate``).
+- ``banzhaf``: Data Banzhaf (Wang & Jia 2023, AISTATS): every coalition of the other parents weighs
+  ``1 / 2**(n-1)``; exact under the same threshold, else the maximum-sample-reuse estimator (their Alg. 1).
+- ``beta_shapley``: Beta(alpha, beta) Shapley (Kwon & Zou 2022, AISTATS), the semivalue whose weight for a
+  coalition of s other parents is ``B(s + beta, n - 1 - s + alpha) / B(alpha, beta)`` (B the Beta function;
+  Beta(1, 1) is Shapley; the default Beta(16, 1) weighs small coalitions most); exact under the same
+  threshold, else sampled by coalition size.
+
+Provenance (``RoyaltyInputs.provenance``): a row (matched by content, the bytes of its features and label)
+that appears in several parents is credited to the parent published first (lowest asset id,
+``RoyaltyInputs.parent_ids``) and removed from the others before any rule runs; a parent left without rows
+gets weight 0. So a copier earns nothing for the rows it copied from another parent of the same model.
 
 In every coalition game here the empty coalition is worth the accuracy of always predicting the
 majority class of the validation set (``baseline_accuracy``), not ``1 / n_classes``: that is what a
@@ -18,13 +32,17 @@ model trained on nothing can achieve.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import numpy as np
+from scipy.special import betaln
+from threadpoolctl import threadpool_limits
 
 from agents.learning import MODEL_KINDS, ModelKind, Shard, accuracy, train_model
 
@@ -32,6 +50,13 @@ Utility = Callable[[frozenset[int]], float]
 
 #: ``exact_shapley`` enumerates 2**n coalitions; refuse sizes where that stops being a test helper.
 MAX_EXACT_PLAYERS = 16
+
+#: Every coalition-game rule computes exactly when ``2**n <= permutations * n`` (enumerating costs no more
+#: trainings than sampling would), and never above this many parents.
+MAX_RULE_EXACT_PLAYERS = 12
+
+#: Default Beta(alpha, beta) of ``beta_shapley`` (Kwon & Zou 2022 recommend Beta(16, 1)).
+BETA_SHAPLEY_DEFAULT = (16.0, 1.0)
 
 #: Entries of one block of the test-by-train distance matrix in ``knn_shapley_values`` (bounds memory).
 DISTANCE_BLOCK_ENTRIES = 4_000_000
@@ -43,7 +68,10 @@ class RoyaltyInputs:
 
     ``parents``: the data bought, one shard per parent dataset. ``X_val``/``y_val``: validation data
     the builder holds. ``model``/``k``/``seed``: how the builder trains. ``permutations`` and
-    ``truncation`` tune ``mc_shapley``.
+    ``truncation`` tune the sampled estimates (``mc_shapley``; ``permutations`` also sizes ``banzhaf`` and
+    ``beta_shapley`` samples). ``beta`` is ``beta_shapley``'s (alpha, beta). ``parent_ids`` are the parents'
+    asset ids (same order as ``parents``); ``provenance=True`` credits a row found in several parents to the
+    one with the lowest asset id (published first) and needs ``parent_ids``.
     """
 
     parents: list[Shard]
@@ -54,6 +82,9 @@ class RoyaltyInputs:
     seed: int = 0
     permutations: int = 50
     truncation: float = 0.01
+    beta: tuple[float, float] = BETA_SHAPLEY_DEFAULT
+    parent_ids: list[int] | None = None
+    provenance: bool = False
 
     def __post_init__(self) -> None:
         self.X_val = np.asarray(self.X_val, dtype=np.float64)
@@ -71,6 +102,14 @@ class RoyaltyInputs:
             raise ValueError(f"unknown model kind {self.model!r}; choose one of: {', '.join(MODEL_KINDS)}")
         if self.k < 1 or self.permutations < 1 or self.truncation < 0:
             raise ValueError("k and permutations must be at least 1 and truncation must not be negative")
+        if not all(math.isfinite(b) and b > 0 for b in self.beta) or len(self.beta) != 2:
+            raise ValueError(f"beta_shapley needs two positive finite parameters (alpha, beta), got {self.beta}")
+        if self.parent_ids is not None and (
+            len(self.parent_ids) != len(self.parents) or len(set(self.parent_ids)) != len(self.parent_ids)
+        ):
+            raise ValueError("parent_ids must give one distinct asset id per parent, in the order of parents")
+        if self.provenance and self.parent_ids is None:
+            raise ValueError("provenance needs parent_ids: the asset id of every parent, to find the first publisher")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -102,9 +141,10 @@ def coalition_utility(inputs: RoyaltyInputs) -> Utility:
 
     def utility(coalition: frozenset[int]) -> float:
         if coalition not in cache:
-            cache[coalition] = coalition_accuracy(
-                inputs.parents, coalition, inputs.X_val, inputs.y_val, inputs.model, k=inputs.k, seed=inputs.seed
-            )
+            with threadpool_limits(1):  # many small fits: one BLAS thread each is ~10x faster on a busy machine
+                cache[coalition] = coalition_accuracy(
+                    inputs.parents, coalition, inputs.X_val, inputs.y_val, inputs.model, k=inputs.k, seed=inputs.seed
+                )
         return cache[coalition]
 
     return utility
@@ -125,31 +165,92 @@ def loo_contributions(
     ]
 
 
-def exact_shapley(n_players: int, utility: Utility) -> np.ndarray:
-    """Shapley values by enumerating all 2**n coalitions (each evaluated once); fine for n ≤ 10."""
+def shapley_weight(n_players: int, size: int) -> float:
+    """Shapley's weight of one coalition of ``size`` other players: ``size! (n - size - 1)! / n!``."""
+    return math.factorial(size) * math.factorial(n_players - size - 1) / math.factorial(n_players)
+
+
+def banzhaf_weight(n_players: int, size: int) -> float:
+    """Banzhaf's weight of one coalition of other players: ``1 / 2**(n - 1)`` whatever its size."""
+    return 1.0 / 2 ** (n_players - 1)
+
+
+def beta_weight(alpha: float, beta: float) -> Callable[[int, int], float]:
+    """Beta(alpha, beta) Shapley's weight of one coalition of ``size`` other players (Kwon & Zou 2022):
+    ``B(size + beta, n - 1 - size + alpha) / B(alpha, beta)``; Beta(1, 1) is Shapley's weight."""
+
+    def weight(n_players: int, size: int) -> float:
+        return math.exp(betaln(size + beta, n_players - 1 - size + alpha) - betaln(alpha, beta))
+
+    return weight
+
+
+CoalitionWeight = Callable[[int, int], float]
+
+
+def exact_semivalue(n_players: int, utility: Utility, weight: CoalitionWeight) -> np.ndarray:
+    """The semivalue ``φ_i = Σ_{S ⊆ N \\ {i}} weight(n, |S|) · (U(S | {i}) - U(S))`` by enumerating all 2**n
+    coalitions (each evaluated once). ``weight`` is e.g. :func:`shapley_weight`, :func:`banzhaf_weight`
+    or :func:`beta_weight`. Raises ``ValueError`` above :data:`MAX_EXACT_PLAYERS` players."""
     if not 0 <= n_players <= MAX_EXACT_PLAYERS:
-        raise ValueError(f"exact_shapley handles 0..{MAX_EXACT_PLAYERS} players, got {n_players}")
+        raise ValueError(f"exact valuation handles 0..{MAX_EXACT_PLAYERS} players, got {n_players}")
     worth = {
         coalition: utility(coalition)
         for size in range(n_players + 1)
         for coalition in map(frozenset, itertools.combinations(range(n_players), size))
     }
+    weights = [weight(n_players, size) for size in range(n_players)]
     values = np.zeros(n_players)
     for coalition, value in worth.items():
         size = len(coalition)
         if size == n_players:
             continue  # nobody left to join
-        weight = math.factorial(size) * math.factorial(n_players - size - 1) / math.factorial(n_players)
         for player in range(n_players):
             if player not in coalition:
-                values[player] += weight * (worth[coalition | {player}] - value)
+                values[player] += weights[size] * (worth[coalition | {player}] - value)
     return values
 
 
-def tmc_shapley(
+def exact_shapley(n_players: int, utility: Utility) -> np.ndarray:
+    """Shapley values by enumerating all 2**n coalitions (each evaluated once); fine for n ≤ 10."""
+    return exact_semivalue(n_players, utility, shapley_weight)
+
+
+@dataclass(frozen=True)
+class ValueEstimate:
+    """Values of the players of a coalition game, each with its standard error.
+
+    ``exact``: computed by enumeration (``stderr`` all 0). Otherwise ``stderr[i]`` is the sample standard
+    deviation of player i's sampled marginals over √(their number): the estimate's own sampling error
+    (with truncation, not its bias). ``samples`` is how many permutations or coalitions were drawn (0 if
+    exact).
+    """
+
+    values: np.ndarray
+    stderr: np.ndarray
+    exact: bool
+    samples: int
+
+
+def _exact_estimate(values: np.ndarray) -> ValueEstimate:
+    return ValueEstimate(values=values, stderr=np.zeros_like(values), exact=True, samples=0)
+
+
+def _stderr(total: np.ndarray, squares: np.ndarray, count: np.ndarray | int) -> np.ndarray:
+    """Standard error of means from sums and sums of squares over ``count`` samples (0 below 2 samples)."""
+    count = np.asarray(count, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / count
+        variance = np.clip((squares - count * mean**2) / (count - 1), 0.0, None)
+        error = np.sqrt(variance / count)
+    return np.where(count >= 2, error, 0.0)
+
+
+def tmc_shapley_estimate(
     n_players: int, utility: Utility, *, permutations: int, truncation: float, rng: np.random.Generator
-) -> np.ndarray:
-    """Truncated Monte Carlo Shapley estimates (Ghorbani & Zou 2019), the mean marginal over random orders.
+) -> ValueEstimate:
+    """Truncated Monte Carlo Shapley (Ghorbani & Zou 2019): the mean marginal over random orders, with the
+    standard error of that mean over the permutations.
 
     Walking one permutation, once the current prefix is worth strictly less than ``truncation`` away
     from the full coalition, the remaining players get a zero marginal without evaluating anything
@@ -159,7 +260,7 @@ def tmc_shapley(
         raise ValueError("need at least one player and one permutation, and a non-negative truncation")
     full = utility(frozenset(range(n_players)))
     empty = utility(frozenset())
-    totals = np.zeros(n_players)
+    totals, squares = np.zeros(n_players), np.zeros(n_players)
     for _ in range(permutations):
         prefix: frozenset[int] = frozenset()
         previous = empty
@@ -169,8 +270,66 @@ def tmc_shapley(
             prefix = prefix | {player}
             current = utility(prefix)
             totals[player] += current - previous
+            squares[player] += (current - previous) ** 2
             previous = current
-    return totals / permutations
+    return ValueEstimate(values=totals / permutations, stderr=_stderr(totals, squares, permutations), exact=False,
+                         samples=permutations)  # fmt: skip
+
+
+def tmc_shapley(
+    n_players: int, utility: Utility, *, permutations: int, truncation: float, rng: np.random.Generator
+) -> np.ndarray:
+    """The values of :func:`tmc_shapley_estimate` alone."""
+    return tmc_shapley_estimate(n_players, utility, permutations=permutations, truncation=truncation, rng=rng).values
+
+
+def msr_banzhaf_estimate(n_players: int, utility: Utility, *, samples: int, rng: np.random.Generator) -> ValueEstimate:
+    """Data Banzhaf by maximum sample reuse (Wang & Jia 2023, Algorithm 1): draw ``samples`` coalitions, each
+    player in each with probability 1/2; ``φ_i`` = mean utility of the drawn coalitions holding i minus that of
+    those without i. ``stderr`` is the two-sample standard error ``√(var_in / n_in + var_out / n_out)``;
+    a player never (or always) drawn gets value 0 and an infinite standard error."""
+    if n_players < 1 or samples < 1:
+        raise ValueError("need at least one player and one sample")
+    drawn = rng.random((samples, n_players)) < 0.5
+    worth = np.array([utility(frozenset(np.flatnonzero(row).tolist())) for row in drawn])
+    values, errors = np.zeros(n_players), np.full(n_players, np.inf)
+    for player in range(n_players):
+        inside, outside = worth[drawn[:, player]], worth[~drawn[:, player]]
+        if len(inside) and len(outside):
+            values[player] = inside.mean() - outside.mean()
+            spread = [part.var(ddof=1) / len(part) if len(part) > 1 else 0.0 for part in (inside, outside)]
+            errors[player] = math.sqrt(sum(spread)) if min(len(inside), len(outside)) > 1 else np.inf
+    return ValueEstimate(values=values, stderr=errors, exact=False, samples=samples)
+
+
+def sampled_semivalue_estimate(
+    n_players: int, utility: Utility, weight: CoalitionWeight, *, samples: int, rng: np.random.Generator
+) -> ValueEstimate:
+    """A semivalue by sampling, ``samples`` marginals per player: the size s of the coalition of others drawn
+    with probability ``C(n-1, s) · weight(n, s)`` (a distribution for a semivalue: the weights of the
+    coalitions of others sum to 1), the coalition uniformly among those of that size; the value is the mean
+    marginal, ``stderr`` its standard error."""
+    if n_players < 1 or samples < 1:
+        raise ValueError("need at least one player and one sample")
+    sizes = np.arange(n_players)
+    probabilities = np.array([math.comb(n_players - 1, s) * weight(n_players, s) for s in sizes])
+    probabilities = probabilities / probabilities.sum()
+    values, errors = np.zeros(n_players), np.zeros(n_players)
+    for player in range(n_players):
+        others = np.array([p for p in range(n_players) if p != player])
+        marginals = []
+        for size in rng.choice(sizes, size=samples, p=probabilities).tolist():
+            coalition = frozenset(rng.choice(others, size=size, replace=False).tolist())
+            marginals.append(utility(coalition | {player}) - utility(coalition))
+        values[player] = float(np.mean(marginals))
+        errors[player] = float(np.std(marginals, ddof=1) / math.sqrt(samples)) if samples > 1 else 0.0
+    return ValueEstimate(values=values, stderr=errors, exact=False, samples=samples)
+
+
+def exact_is_affordable(n_players: int, permutations: int) -> bool:
+    """Whether a coalition-game rule computes exactly: ``2**n <= permutations * n`` (enumeration costs no more
+    trainings than sampling would; n <= 8 at 50 permutations) and n <= :data:`MAX_RULE_EXACT_PLAYERS`."""
+    return n_players <= MAX_RULE_EXACT_PLAYERS and 2**n_players <= permutations * n_players
 
 
 def knn_shapley_values(
@@ -288,30 +447,126 @@ def knn_shapley_shares(inputs: RoyaltyInputs) -> list[float]:
     return normalise(np.bincount(owners, weights=point_values, minlength=len(inputs.parents)))
 
 
+def mc_shapley_estimate(inputs: RoyaltyInputs) -> ValueEstimate:
+    """The parents' Shapley values in the validation-accuracy game (``coalition_utility``): exact when
+    :func:`exact_is_affordable` (``2**n <= permutations * n``), else truncated Monte Carlo seeded by
+    ``inputs.seed`` with ``inputs.permutations`` permutations, each value with its standard error."""
+    n, utility = len(inputs.parents), coalition_utility(inputs)
+    if exact_is_affordable(n, inputs.permutations):
+        return _exact_estimate(exact_shapley(n, utility))
+    return tmc_shapley_estimate(n, utility, permutations=inputs.permutations, truncation=inputs.truncation,
+                                rng=np.random.default_rng(inputs.seed))  # fmt: skip
+
+
+def banzhaf_estimate(inputs: RoyaltyInputs) -> ValueEstimate:
+    """The parents' Data Banzhaf values (Wang & Jia 2023) in the validation-accuracy game: exact when
+    :func:`exact_is_affordable`, else maximum sample reuse with ``permutations * n`` coalitions."""
+    n, utility = len(inputs.parents), coalition_utility(inputs)
+    if exact_is_affordable(n, inputs.permutations):
+        return _exact_estimate(exact_semivalue(n, utility, banzhaf_weight))
+    return msr_banzhaf_estimate(n, utility, samples=inputs.permutations * n, rng=np.random.default_rng(inputs.seed))
+
+
+def beta_shapley_estimate(inputs: RoyaltyInputs) -> ValueEstimate:
+    """The parents' Beta(``inputs.beta``) Shapley values (Kwon & Zou 2022) in the validation-accuracy game:
+    exact when :func:`exact_is_affordable`, else ``permutations`` sampled marginals per parent."""
+    n, utility = len(inputs.parents), coalition_utility(inputs)
+    weight = beta_weight(*inputs.beta)
+    if exact_is_affordable(n, inputs.permutations):
+        return _exact_estimate(exact_semivalue(n, utility, weight))
+    return sampled_semivalue_estimate(n, utility, weight, samples=inputs.permutations,
+                                      rng=np.random.default_rng(inputs.seed))  # fmt: skip
+
+
 def mc_shapley_shares(inputs: RoyaltyInputs) -> list[float]:
-    """``mc_shapley``: truncated Monte Carlo Shapley with the parents as players, clipped, normalised.
+    """``mc_shapley``: :func:`mc_shapley_estimate`'s values (exact for few parents), clipped, normalised.
 
     Utility: validation accuracy of ``train_model(inputs.model, union of the coalition's rows)``; the
     empty coalition is worth the majority-class baseline. Seeded by ``inputs.seed``; each coalition is
     trained at most once. All values ≤ 0 → equal weights.
     """
-    values = tmc_shapley(
-        len(inputs.parents), coalition_utility(inputs), permutations=inputs.permutations,
-        truncation=inputs.truncation, rng=np.random.default_rng(inputs.seed),
-    )  # fmt: skip
-    return normalise(values)
+    return normalise(mc_shapley_estimate(inputs).values)
+
+
+def banzhaf_shares(inputs: RoyaltyInputs) -> list[float]:
+    """``banzhaf``: :func:`banzhaf_estimate`'s values, clipped, normalised (all ≤ 0 → equal weights)."""
+    return normalise(banzhaf_estimate(inputs).values)
+
+
+def beta_shapley_shares(inputs: RoyaltyInputs) -> list[float]:
+    """``beta_shapley``: :func:`beta_shapley_estimate`'s values, clipped, normalised (all ≤ 0 → equal)."""
+    return normalise(beta_shapley_estimate(inputs).values)
+
+
+#: Estimates with their standard errors, by rule, for the rules that compute one (model cards, tests).
+ESTIMATES: dict[str, Callable[[RoyaltyInputs], ValueEstimate]] = {
+    "mc_shapley": mc_shapley_estimate,
+    "banzhaf": banzhaf_estimate,
+    "beta_shapley": beta_shapley_estimate,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Provenance
+
+
+def row_digests(shard: Shard) -> list[bytes]:
+    """One SHA-256 digest per row of ``shard``: of the row's float64 feature bytes and its int64 label."""
+    X = np.ascontiguousarray(shard.X, dtype=np.float64)
+    y = np.ascontiguousarray(shard.y, dtype=np.int64)
+    return [hashlib.sha256(X[i].tobytes() + y[i].tobytes()).digest() for i in range(shard.rows)]
+
+
+def first_published(parents: Sequence[Shard], parent_ids: Sequence[int]) -> list[Shard | None]:
+    """Each parent's rows with every row already published by a parent with a lower asset id removed (rows
+    matched by :func:`row_digests`; repeats within one parent are kept); None for a parent left with none."""
+    seen: set[bytes] = set()
+    kept: list[Shard | None] = [None] * len(parents)
+    for index in sorted(range(len(parents)), key=lambda i: parent_ids[i]):
+        digests = row_digests(parents[index])
+        mask = np.array([digest not in seen for digest in digests], dtype=bool)
+        seen.update(digests)
+        if mask.any():
+            kept[index] = Shard(parents[index].X[mask], parents[index].y[mask])
+    return kept
+
+
+def _with_provenance(rule: Callable[[RoyaltyInputs], list[float]]) -> Callable[[RoyaltyInputs], list[float]]:
+    """``rule``, which with ``inputs.provenance`` runs on :func:`first_published` parents (weight 0 for a parent
+    left without rows); unchanged otherwise."""
+
+    @functools.wraps(rule)
+    def apply(inputs: RoyaltyInputs) -> list[float]:
+        if not inputs.provenance:
+            return rule(inputs)
+        assert inputs.parent_ids is not None  # checked by RoyaltyInputs
+        kept = first_published(inputs.parents, inputs.parent_ids)
+        present = [index for index, shard in enumerate(kept) if shard is not None]
+        ids = [inputs.parent_ids[i] for i in present]
+        reduced = replace(inputs, parents=[kept[i] for i in present], parent_ids=ids, provenance=False)
+        weights = [0.0] * len(inputs.parents)
+        for index, weight in zip(present, rule(reduced), strict=True):
+            weights[index] = weight
+        return weights
+
+    return apply
 
 
 RoyaltyRule = Callable[[RoyaltyInputs], list[float]]
 
 #: Every royalty rule by the name a builder or a simulation asks for.
 RULES: dict[str, RoyaltyRule] = {
-    "none": no_royalty,
-    "equal": equal_shares,
-    "proportional": proportional_shares,
-    "leave_one_out": leave_one_out_shares,
-    "knn_shapley": knn_shapley_shares,
-    "mc_shapley": mc_shapley_shares,
+    name: _with_provenance(rule)
+    for name, rule in {
+        "none": no_royalty,
+        "equal": equal_shares,
+        "proportional": proportional_shares,
+        "leave_one_out": leave_one_out_shares,
+        "knn_shapley": knn_shapley_shares,
+        "mc_shapley": mc_shapley_shares,
+        "banzhaf": banzhaf_shares,
+        "beta_shapley": beta_shapley_shares,
+    }.items()
 }
 
 

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -109,6 +109,8 @@ class BuildPlan:
     # Every dataset trained on stays in the on-chain lineage: a parent the rule values at zero still gets
     # this many bps (taken from the largest shares), unless the rule is ``none`` or the royalty is 0.
     min_parent_bps: int = 1
+    # Credit rows found in several parents to the parent published first (``agents.datavalue``, provenance).
+    provenance: bool = False
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -172,7 +174,7 @@ class BuilderAgent:
         _require((yield [Action("buy_license", {"asset_id": p}) for p in parents]), "buying licenses")
         downloaded = _require((yield [Action("download", {"asset_id": p}) for p in parents]), "downloading")
         shards = [decode_shard(Path(result["path"]).read_bytes()) for result in downloaded]
-        X, y, estimator, score, weights, shares = design_model(plan, shards)
+        X, y, estimator, score, weights, shares = design_model(plan, shards, parents)
         price = plan.price_per_call if plan.price_for is None else plan.price_for(cost, sum(shares))
         card = {
             "type": "model-card", "estimator": plan.model, "features": int(X.shape[1]),
@@ -226,16 +228,18 @@ def catalog_offers(client: Any) -> list[DatasetOffer]:
     ]
 
 
-def design_model(plan: BuildPlan, shards: list[Shard]) -> tuple[np.ndarray, np.ndarray, Any, float, list[float],
-                                                                  list[int]]:  # fmt: skip
+def design_model(plan: BuildPlan, shards: list[Shard], parents: Sequence[int] | None = None) -> tuple[
+        np.ndarray, np.ndarray, Any, float, list[float], list[int]]:  # fmt: skip
     """Train ``plan.model`` on the parents' ``shards`` and value them by ``plan.rule``; returns (X, y, the
-    estimator, its validation accuracy, the rule's weights, the parents' shares in bps with the floor)."""
+    estimator, its validation accuracy, the rule's weights, the parents' shares in bps with the floor).
+    ``parents`` are the shards' asset ids (needed by ``plan.provenance``; ``ValueError`` without them)."""
     X = np.concatenate([s.X for s in shards])
     y = np.concatenate([s.y for s in shards])
     estimator = train_model(plan.model, X, y, seed=plan.seed, k=plan.k)
     score = accuracy(estimator, plan.X_val, plan.y_val)
     inputs = RoyaltyInputs(parents=shards, X_val=plan.X_val, y_val=plan.y_val, model=plan.model, k=plan.k,
-                           seed=plan.seed)  # fmt: skip
+                           seed=plan.seed, parent_ids=None if parents is None else list(parents),
+                           provenance=plan.provenance)  # fmt: skip
     weights = [float(w) for w in RULES[plan.rule](inputs)]
     shares = _with_floor(to_bps(weights, plan.royalty_bps), plan.min_parent_bps)
     return X, y, estimator, score, weights, shares

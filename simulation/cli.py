@@ -76,7 +76,10 @@ def summary_table(summary: RunMetrics, title: str) -> Table:
     correlation = summary.revenue_value_correlation
     rows = [
         ("producer revenue (tUSD)", ", ".join(_units(v) for v in summary.producer_revenue)),
-        ("true value (LOO accuracy drop)", ", ".join(f"{v:+.3f}" for v in summary.producer_true_value)),
+        ("ground-truth value (tUSD)", ", ".join(_units(round(v)) for v in summary.producer_true_value)),
+        ("distance of royalty splits from truth", _ratio(summary.truth_distance)),
+        ("royalties ~ value (pearson / spearman)",
+         f"{_ratio(summary.royalty_value_correlation.pearson)} / {_ratio(summary.royalty_value_correlation.spearman)}"),
         ("revenue ~ value (pearson / spearman)", f"{_ratio(correlation.pearson)} / {_ratio(correlation.spearman)}"),
         ("Gini of producer revenue", _ratio(summary.gini_producer_revenue)),
         ("share of all spend reaching producers", _ratio(summary.producer_share.total)),
@@ -263,7 +266,7 @@ def _sweep_seeds(scenario: Any, params: list[str], out: Path, seeds: int, worker
 
 #: The metrics the terminal shows over seeds (all are in metrics.json and the report).
 HEADLINE_METRICS = (
-    "revenue_value_spearman", "gini_producer_revenue", "producer_share", "builder_profit_total",
+    "truth_distance", "revenue_value_spearman", "gini_producer_revenue", "producer_share", "builder_profit_total",
     "consumer_surplus_total", "accuracy",
 )  # fmt: skip
 

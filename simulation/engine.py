@@ -31,11 +31,11 @@ from typing import Protocol
 import numpy as np
 
 from agents.brains import Brain, policy_brain
-from agents.datavalue import loo_contributions
 from agents.economy import DataValuation, cost_recovery_price, license_price, lineage_signal, reprice
 from agents.learning import Shard, make_shards, split_holdout, with_duplicates, with_label_noise
 from agents.roles import BuilderAgent, BuildPlan, BuyerAgent, ClassificationTask, Listing, ProviderAgent
 from marketplace.chain.units import BPS, TOTAL_SHARES
+from simulation.groundtruth import ModelTruth, TruthGames, producer_values
 from simulation.results import BuilderResult, ConsumerResult, ProducerResult, RoundFigures, RunResult
 from simulation.scenario import Scenario
 from simulation.txlog import RunRecord
@@ -329,7 +329,8 @@ class _Run:
 
         return BuildPlan(model=spec.model_for(index), rule=scenario.royalty.rule, royalty_bps=spec.royalty_bps,
                          price_per_call=spec.price_per_call_units, X_val=self.X_val, y_val=self.y_val,
-                         seed=scenario.seed + index, valuation=valuation(scenario), price_for=price_for)  # fmt: skip
+                         seed=scenario.seed + index, valuation=valuation(scenario), price_for=price_for,
+                         provenance=scenario.royalty.provenance)  # fmt: skip
 
     def build(self, index: int) -> None:
         """Builder ``index`` reads the catalog through its SDK client, buys by value for money, trains, sets
@@ -466,10 +467,26 @@ class _Run:
         return ExpectedLedger(producer=producer_revenue, builder=builder_revenue, fee=fee,
                               consumer_paid=sum(model_paid.values()), model_paid=model_paid)  # fmt: skip
 
+    def ground_truth(self, model_paid: dict[int, int]) -> tuple[list[ModelTruth], list[float]]:
+        """Every model's exact Shapley values of its parents on the test set, and every producer identity's
+        ground-truth value in base units (``simulation.groundtruth``); ``model_paid`` by model id."""
+        scenario = self.scenario
+        games = TruthGames(self.shards, self.X_test, self.y_test, k=BuildPlan.k, seed=scenario.seed)
+        parents = [[self.datasets.index(asset) for asset in model.parents] for model in self.models]
+        truths = [games.truth(model.model, shards, seed=scenario.seed * 1000 + model.index)
+                  for model, shards in zip(self.models, parents, strict=True)]  # fmt: skip
+        net = (BPS - scenario.protocol.fee_bps) / BPS
+        pools = [model_paid[m.model_id] * scenario.builders.royalty_bps / BPS * net**2 for m in self.models]
+        return truths, producer_values(truths, parents, pools, len(self.shards))
+
     def result(self, channel_revenue_claimed: int, protocol_fee: int) -> RunResult:
         """The run's figures, each read back from the chain where the chain holds it."""
         world, scenario = self.world, self.scenario
-        true_value = loo_contributions(self.shards, self.X_test, self.y_test, "logreg", scenario.seed)
+        model_paid = {m.model_id: 0 for m in self.models}
+        for index in range(len(self.consumers)):
+            for asset_id, amount in self.vouchers(index):
+                model_paid[asset_id] += amount
+        truths, true_value = self.ground_truth(model_paid)
         net_share = BPS * (BPS - scenario.protocol.fee_bps)
         producers = []
         split = scenario.producers.split
@@ -486,13 +503,15 @@ class _Run:
                 owner=owner if split is not None else None,
             ))  # fmt: skip
         builders = []
-        for model, party in zip(self.models, self.builders, strict=True):
+        for model, party, truth in zip(self.models, self.builders, truths, strict=True):
             spend = self.builder_spend(model.index)
             revenue = world.balance(party.address) - (scenario.builders.budget_units - spend)
             builders.append(BuilderResult(index=model.index, address=party.address, model_id=model.model_id,
                                           model=model.model, rule=model.rule, spend=spend, revenue=revenue,
                                           accuracy=model.accuracy, parents=model.parents,
-                                          shares_bps=model.shares_bps))  # fmt: skip
+                                          shares_bps=model.shares_bps, call_revenue=model_paid[model.model_id],
+                                          true_values=truth.values, true_stderr=truth.stderr,
+                                          true_shares=truth.shares))  # fmt: skip
         consumers = tuple(
             ConsumerResult(index=i, address=p.address, spend=self.consumer_paid(i), answered=self.answered[i],
                            correct=self.correct[i], value=self.correct[i] * scenario.consumers.value_per_correct_units)

@@ -216,7 +216,7 @@ class FastRun(_Run):
         self.sender.flush()
         self.licenses[index] = guard.spent
         shards = [self.shards[self.datasets.index(p)] for p in parents]
-        _X, _y, estimator, score, _weights, shares = design_model(plan, shards)
+        _X, _y, estimator, score, _weights, shares = design_model(plan, shards, parents)
         assert plan.price_for is not None
         call_price = plan.price_for(guard.spent, sum(shares))
         royalties = [(p, s) for p, s in zip(parents, shares, strict=True) if s > 0]

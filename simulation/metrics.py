@@ -32,6 +32,7 @@ from simulation.results import (
     Comparison,
     ConsumerSurplus,
     Correlation,
+    DefectiveShare,
     Estimate,
     ProducerResult,
     ProducerShare,
@@ -199,8 +200,106 @@ def producer_share(result: RunResult) -> ProducerShare:
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# Against the ground truth
+
+_UNSPLIT = "the engine did not split producer revenue into license sales and royalties"
+_NO_TRUTH = "the engine did not compute the ground truth"
+
+
+def _royalties(producers: Sequence[ProducerResult]) -> list[int] | Undefined:
+    """Each producer's royalty revenue, or why it is unknown."""
+    royalties = [p.royalty_revenue for p in producers]
+    if not producers:
+        return Undefined("the run has no producers")
+    return Undefined(_UNSPLIT) if None in royalties else [int(r) for r in royalties if r is not None]
+
+
+def royalty_correlation(result: RunResult) -> Correlation:
+    """Pearson and Spearman correlation of each producer's royalty revenue (model royalties only, no license
+    sales) with its ground-truth value (``ProducerResult.true_value``), as :func:`correlation`; ``Undefined``
+    when the engine did not split revenue or a side is constant (e.g. rule ``none``: no royalty at all)."""
+    producers = sorted(result.producers, key=lambda p: p.index)
+    royalties = _royalties(producers)
+    if isinstance(royalties, Undefined):
+        return Correlation(pearson=royalties, spearman=royalties)
+    if len(producers) >= 2 and sum(royalties) == 0:
+        nothing = Undefined("no royalty reached any producer")
+        return Correlation(pearson=nothing, spearman=nothing)
+    if len(producers) >= 2 and len(set(royalties)) == 1:
+        same = Undefined("every producer earned the same royalty revenue")
+        return Correlation(pearson=same, spearman=same)
+    return correlation(royalties, [p.true_value for p in producers])
+
+
+def truth_distance(result: RunResult) -> float | Undefined:
+    """How far the royalty splits the rule set were from the ground-truth shares (0: identical, 1: disjoint).
+
+    For each model m that pays royalties, ``TV_m = ½ Σ_j |b_mj / Σ_j b_mj - g_mj|``, the total-variation
+    distance between its parents' shares as set on chain (``shares_bps``, after the builder's 1-bps floor) and
+    its exact Shapley shares ``g_m`` (``BuilderResult.true_shares``); the run's distance is their mean weighted
+    by the royalty each model owed, ``call_revenue_m · Σ_j b_mj``. ``Undefined`` when no model pays royalties
+    (rule ``none``), none of those was paid for a call, or the engine did not compute the ground truth.
+    """
+    builders = [b for b in result.builders if sum(b.shares_bps) > 0]
+    if not builders:
+        return Undefined("no model pays royalties (rule none, or a royalty share of 0)")
+    if any(b.true_shares is None or b.call_revenue is None for b in builders):
+        return Undefined(_NO_TRUTH)
+    weights, distances = [], []
+    for builder in builders:
+        paid = np.asarray(builder.shares_bps, dtype=np.float64)
+        truth = np.asarray(builder.true_shares, dtype=np.float64)
+        distances.append(0.5 * float(np.abs(paid / paid.sum() - truth).sum()))
+        weights.append(float(builder.call_revenue or 0) * paid.sum())
+    if sum(weights) <= 0:
+        return Undefined("no model that pays royalties was paid for a call")
+    return float(np.dot(weights, distances) / sum(weights))
+
+
+def _defective(producer: ProducerResult) -> bool:
+    """Whether a producer's data is defective: label noise, or rows copied from another producer."""
+    return producer.label_noise > 0 or producer.duplicate_of is not None
+
+
+def defective_share(result: RunResult) -> DefectiveShare:
+    """The royalty reaching defective data (label noise or ``duplicate_of`` set) against the ground truth:
+    ``royalty = Σ_{p defective} royalty_p / Σ_p royalty_p``, ``truth = Σ_{p defective} true_value_p / Σ_p
+    true_value_p`` and ``excess = royalty - truth``; each ``Undefined`` with its reason (no defective
+    producer, no royalty paid, no ground-truth value because no model was paid for a call)."""
+    producers = result.producers
+    if not any(_defective(p) for p in producers):
+        none = Undefined("no producer has label noise or copied rows")
+        return DefectiveShare(royalty=none, truth=none, excess=none)
+    royalties = _royalties(producers)
+    if isinstance(royalties, Undefined):
+        paid: float | Undefined = royalties
+    else:
+        total = sum(royalties)
+        defective = sum(r for r, p in zip(royalties, producers, strict=True) if _defective(p))
+        paid = defective / total if total > 0 else Undefined("no royalty reached any producer")
+    true_total = sum(p.true_value for p in producers)
+    truth: float | Undefined = (
+        sum(p.true_value for p in producers if _defective(p)) / true_total
+        if true_total > 0
+        else Undefined("no data has ground-truth value (no model that trained on it was paid for a call)")
+    )
+    excess: float | Undefined
+    if isinstance(paid, Undefined):
+        excess = paid
+    elif isinstance(truth, Undefined):
+        excess = truth
+    else:
+        excess = paid - truth
+    return DefectiveShare(royalty=paid, truth=truth, excess=excess)
+
+
 def summarize(result: RunResult) -> RunMetrics:
     """The figures of one run (amounts in base units).
+
+    Against the ground truth (``simulation.groundtruth``): royalty-only revenue per producer and its
+    correlation with the ground-truth value (:func:`royalty_correlation`), the headline
+    :func:`truth_distance`, and the royalty reaching noisy or copied data (:func:`defective_share`).
 
     ``producer_share`` is producer revenue (license sales and royalties, named apart) over everything spent in
     the market (licenses plus model calls); see :func:`producer_share`. A metric without a value is
@@ -234,12 +333,21 @@ def summarize(result: RunResult) -> RunMetrics:
         builder_accuracy=tuple(b.accuracy for b in builders),
         gas_used=result.chain.gas_used,
         tx_count=result.chain.tx_count,
+        producer_royalty_revenue=_royalties_tuple(producers),
+        royalty_value_correlation=royalty_correlation(result),
+        truth_distance=truth_distance(result),
+        defective=defective_share(result),
         timing=Timing(
             wall_time=result.wall_time,
             onchain_actions=result.onchain_actions,
             actions_per_second=_ratio(result.onchain_actions, result.wall_time),
         ),
     )
+
+
+def _royalties_tuple(producers: Sequence[ProducerResult]) -> tuple[int, ...] | Undefined:
+    royalties = _royalties(producers)
+    return royalties if isinstance(royalties, Undefined) else tuple(royalties)
 
 
 def _owner(producer: ProducerResult) -> int:

@@ -112,7 +112,7 @@ def _revenue_vs_quality(result: RunResult, summary: RunMetrics, out: Path) -> Pa
     spans = {key: span or 1.0 for key, span in spans.items()}
     for axis, quality, label in (
         (axes[0], lambda p: p.label_noise, "label noise (fraction of labels flipped)"),
-        (axes[1], lambda p: p.true_value, "true value (leave-one-out accuracy contribution)"),
+        (axes[1], lambda p: p.true_value, "ground-truth value (base units: exact Shapley split of royalties)"),
     ):
         for duplicate, colour, marker in ((False, _ORIGINAL, "o"), (True, _DUPLICATE, "X")):
             chosen = [p for p in producers if (p.duplicate_of is not None) == duplicate]

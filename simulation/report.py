@@ -17,12 +17,18 @@ from marketplace.chain.units import format_units
 from simulation.metrics import SWEEP_METRICS
 from simulation.results import Comparison, Estimate, RunMetrics, RunResult, SeededMetrics, Summary, SweepRow, Undefined
 
+#: The headline metric over seeds and its label: how far each rule's royalty splits were from the exact
+#: Shapley shares (``simulation.metrics.truth_distance``).
+HEADLINE = "truth_distance"
+HEADLINE_LABEL = "distance of royalty splits from ground-truth shares"
+
 #: Title and one-sentence explanation of each figure, by file name.
 FIGURE_CAPTIONS: dict[str, tuple[str, str]] = {
     "revenue_vs_quality.png": (
         "Revenue vs. data quality",
-        "Each producer's revenue against its label-noise rate (left) and its data's true leave-one-out value "
-        "(right); crosses mark producers that resell another producer's rows.",
+        "Each producer's revenue against its label-noise rate (left) and its data's ground-truth value "
+        "(right: what exact Shapley splits of every model's royalty pool would have paid it); crosses mark "
+        "producers that resell another producer's rows.",
     ),
     "lorenz.png": (
         "Lorenz curve of producer revenue",
@@ -82,7 +88,14 @@ def summary_rows(summary: RunMetrics) -> list[tuple[str, str]]:
     """The run's headline figures as ``(label, value)`` pairs, amounts in tUSD."""
     correlation = summary.revenue_value_correlation
     timing = summary.timing
+    royalty = summary.royalty_value_correlation
+    defective = summary.defective
     return [
+        (f"{HEADLINE_LABEL} (headline, lower is better)", _ratio(summary.truth_distance)),
+        ("royalty-value correlation (Pearson)", _ratio(royalty.pearson)),
+        ("royalty-value correlation (Spearman)", _ratio(royalty.spearman)),
+        ("royalty share reaching noisy or copied data", _percent(defective.royalty)),
+        ("  their ground-truth share", _percent(defective.truth)),
         ("producer revenue (total)", tusd(summary.producer_revenue_total)),
         ("producer revenue (each)", ", ".join(tusd(units) for units in summary.producer_revenue) or "-"),
         ("revenue-value correlation (Pearson)", _ratio(correlation.pearson)),
@@ -150,11 +163,12 @@ def write_report(
     ]
     producers = sorted(result.producers, key=lambda p: p.index)
     lines += _table(
-        ["Producer", "Label noise", "Duplicate of", "Rows", "Revenue", "True value"],
+        ["Producer", "Label noise", "Duplicate of", "Rows", "Revenue", "Royalties", "Ground-truth value"],
         [
             [
                 p.index, f"{p.label_noise:.2f}", "-" if p.duplicate_of is None else p.duplicate_of,
-                p.rows, tusd(p.revenue), f"{p.true_value:.4f}",
+                p.rows, tusd(p.revenue), "-" if p.royalty_revenue is None else tusd(p.royalty_revenue),
+                tusd(round(p.true_value)),
             ]
             for p in producers
         ],
@@ -180,6 +194,9 @@ def write_report(
 
 #: Sweep table columns: (field of ``simulation.results.SweepMetrics``, header, formatter).
 _SWEEP_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("truth_distance", "Distance from truth", _ratio),
+    ("royalty_value_pearson", "Royalty-value r", _ratio),
+    ("defective_excess", "Excess to noisy/copied", _percent),
     ("revenue_value_pearson", "Pearson r", _ratio),
     ("revenue_value_spearman", "Spearman rho", _ratio),
     ("gini_producer_revenue", "Gini", _ratio),
@@ -230,6 +247,12 @@ def write_sweep_report(
 
 #: Every metric of ``SWEEP_METRICS``: its label and how its values read (``ratio``, ``percent``, ``tusd``, ``count``).
 METRIC_LABELS: dict[str, tuple[str, str]] = {
+    "truth_distance": (HEADLINE_LABEL, "ratio"),
+    "royalty_value_pearson": ("royalty-value correlation (Pearson)", "ratio"),
+    "royalty_value_spearman": ("royalty-value correlation (Spearman)", "ratio"),
+    "defective_royalty_share": ("royalty share reaching noisy or copied data", "percent"),
+    "defective_truth_share": ("  their ground-truth share", "percent"),
+    "defective_excess": ("  excess over their ground-truth share", "percent"),
     "revenue_value_pearson": ("revenue-value correlation (Pearson)", "ratio"),
     "revenue_value_spearman": ("revenue-value correlation (Spearman)", "ratio"),
     "gini_producer_revenue": ("Gini of producer revenue", "ratio"),
@@ -321,6 +344,41 @@ def comparison_sentences(comparisons: Sequence[Comparison]) -> list[str]:
     return lines
 
 
+def headline_lines(
+    points: Sequence[SeededMetrics], comparisons: Sequence[Comparison], names: Sequence[str]
+) -> list[str]:
+    """The report's headline section: what the headline metric (:data:`HEADLINE`) measures, its estimate at
+    every grid point, and each point's paired comparison with the first in words (``within noise`` when the
+    interval contains 0)."""
+    lines = [
+        f"## Headline: {HEADLINE_LABEL}",
+        "",
+        "For every model that pays royalties, the total-variation distance between the royalty shares its rule "
+        "set on chain and its parents' exact Shapley shares on the test set (the accuracy of the builder's model "
+        "type trained on each coalition of its parents; `simulation.groundtruth`), averaged over models weighted "
+        "by the royalty each owed: 0 means every rule paid exactly the ground-truth shares, 1 disjoint shares. "
+        "Lower is better.",
+        "",
+    ]
+    lines += [
+        f"- {name}: {estimate_text(point.estimates[HEADLINE])}" for name, point in zip(names, points, strict=True)
+    ]
+    by_point = {tuple(sorted(point.params.items())): name for name, point in zip(names, points, strict=True)}
+    chosen = [c for c in comparisons if c.metric == HEADLINE]
+    if chosen:
+        lines += ["", "Paired over the same seeds, each point against the first (point minus reference):", ""]
+    for comparison in chosen:
+        point, reference = (by_point.get(tuple(sorted(p.items())), _label(p))
+                            for p in (comparison.point, comparison.reference))  # fmt: skip
+        difference = comparison.difference
+        if isinstance(difference, Undefined):
+            lines.append(f"- {point} vs {reference}: no verdict, {undefined(difference)}.")
+        else:
+            lines.append(f"- {point} vs {reference}: {estimate_text(difference, 'ratio', signed=True)} "
+                         f"({difference.n} paired seeds): {verdict(comparison)}.")  # fmt: skip
+    return [*lines, ""]
+
+
 def write_seeded_report(
     points: Sequence[SeededMetrics],
     comparisons: Sequence[Comparison],
@@ -356,6 +414,7 @@ def write_seeded_report(
         *_table(header, rows),
         "",
     ]
+    lines += headline_lines(points, comparisons, names)
     if comparisons:
         reference = names[0]
         lines += [

@@ -64,7 +64,9 @@ class ProducerResult:
 
     ``revenue`` is its token balance at the end (it starts with none). ``license_revenue`` and
     ``royalty_revenue`` split it into license sales and model royalties when the engine knows the split
-    (None otherwise); ``true_value`` is the shard's leave-one-out contribution to test accuracy. ``owner`` is
+    (None otherwise); ``true_value`` is the shard's ground-truth value in base units (a float): what it would
+    have earned in royalties had every model built on it split its royalty pool by its parents' exact Shapley
+    values on the test set (``simulation.groundtruth``). ``owner`` is
     the scenario's producer index behind this identity when the scenario splits a producer (Sybil identities
     share their owner; None otherwise); ``label_noise`` and ``duplicate_of`` are the owner's.
     """
@@ -95,7 +97,10 @@ class BuilderResult:
     """A model builder: the model it published, what it spent on licenses and what it earned from calls.
 
     ``parents`` are the dataset ids it trained on and ``shares_bps`` their royalty shares in basis points
-    (of 10,000), in the same order.
+    (of 10,000), in the same order. ``call_revenue`` is what consumers paid for calls to the model (base
+    units). The ground truth (``simulation.groundtruth``), per parent in the same order: ``true_values`` the
+    Shapley values (test-accuracy points), ``true_stderr`` their standard errors (0 when exact) and
+    ``true_shares`` the values clipped at 0 and normalised. Each is None where the engine did not compute it.
     """
 
     index: int
@@ -108,6 +113,10 @@ class BuilderResult:
     accuracy: float
     parents: tuple[int, ...]
     shares_bps: tuple[int, ...]
+    call_revenue: int | None = None
+    true_values: tuple[float, ...] | None = None
+    true_stderr: tuple[float, ...] | None = None
+    true_shares: tuple[float, ...] | None = None
 
     @property
     def profit(self) -> int:
@@ -155,6 +164,10 @@ class ChainActivity:
     tx_count: int
 
 
+#: ``BuilderResult`` fields that are tuples (JSON arrays).
+_BUILDER_TUPLES = ("parents", "shares_bps", "true_values", "true_stderr", "true_shares")
+
+
 @dataclass(frozen=True)
 class RunResult:
     """Everything a run produced. ``wall_time`` (seconds) and ``onchain_actions`` vary between identical
@@ -195,7 +208,9 @@ class RunResult:
             seed=data["seed"],
             producers=tuple(ProducerResult(**row) for row in data["producers"]),
             builders=tuple(
-                BuilderResult(**{**row, "parents": tuple(row["parents"]), "shares_bps": tuple(row["shares_bps"])})
+                BuilderResult(
+                    **{**row, **{name: tuple(row[name]) for name in _BUILDER_TUPLES if row.get(name) is not None}}
+                )
                 for row in data["builders"]
             ),
             consumers=tuple(ConsumerResult(**row) for row in data["consumers"]),
@@ -236,6 +251,18 @@ class ProducerShare:
 
 
 @dataclass(frozen=True)
+class DefectiveShare:
+    """How much royalty reached producers whose data is defective (label noise, or rows copied from another
+    producer: ``duplicate_of`` set): their share of all royalties paid (``royalty``), their share of the
+    ground-truth value (``truth``) and the excess ``royalty - truth`` (positive: defective data was overpaid
+    against the ground truth). ``Undefined`` with the reason where a part has no value."""
+
+    royalty: float | Undefined
+    truth: float | Undefined
+    excess: float | Undefined
+
+
+@dataclass(frozen=True)
 class BuilderProfit:
     """Each builder's profit, by builder index, and their total (base units)."""
 
@@ -260,9 +287,19 @@ class Timing:
     actions_per_second: float | None
 
 
+#: The default of a metric a ``SweepMetrics`` was built without.
+_NOT_COMPUTED = Undefined("not computed for this run")
+
+
 @dataclass(frozen=True)
 class SweepMetrics:
-    """The scalar metrics a sweep compares across its grid (one ``sweep.csv`` column each, in this order)."""
+    """The scalar metrics a sweep compares across its grid (one ``sweep.csv`` column each, in this order).
+
+    Against the ground truth (``simulation.metrics``): ``truth_distance`` (the headline: how far the royalty
+    splits were from the exact Shapley shares, 0 to 1, lower is better), ``royalty_value_pearson`` /
+    ``_spearman`` (royalty-only revenue against ground-truth value), ``defective_royalty_share`` /
+    ``defective_truth_share`` / ``defective_excess`` (royalty reaching noisy or copied data).
+    """
 
     revenue_value_pearson: float | Undefined
     revenue_value_spearman: float | Undefined
@@ -278,6 +315,12 @@ class SweepMetrics:
     accuracy: float | Undefined
     gas_used: int
     tx_count: int
+    truth_distance: float | Undefined = _NOT_COMPUTED
+    royalty_value_pearson: float | Undefined = _NOT_COMPUTED
+    royalty_value_spearman: float | Undefined = _NOT_COMPUTED
+    defective_royalty_share: float | Undefined = _NOT_COMPUTED
+    defective_truth_share: float | Undefined = _NOT_COMPUTED
+    defective_excess: float | Undefined = _NOT_COMPUTED
     split_identities: int | None = None
     split_owner_revenue: int | None = None
     sybil_gain: float | None = None
@@ -295,6 +338,11 @@ STRATEGY_METRICS = ("owner_revenue", "split_identities", "split_owner_revenue", 
 @dataclass(frozen=True)
 class RunMetrics:
     """The figures a researcher compares for one run (amounts in base units; see ``simulation.metrics``).
+
+    ``producer_true_value`` is each producer's ground-truth value (base units, ``simulation.groundtruth``);
+    ``producer_royalty_revenue`` what reached it from model royalties alone, ``royalty_value_correlation``
+    the two's correlation, ``truth_distance`` the royalty-weighted distance between the rule's splits and the
+    ground-truth shares, ``defective`` the royalty reaching noisy or copied data (``simulation.metrics``).
 
     ``owner_revenue`` is revenue per real owner (scenario producer index; a split owner's identities summed)
     when the scenario splits a producer; ``split_identities``/``split_owner_revenue`` that owner's identity
@@ -319,6 +367,10 @@ class RunMetrics:
     gas_used: int
     tx_count: int
     timing: Timing
+    producer_royalty_revenue: tuple[int, ...] | Undefined = _NOT_COMPUTED
+    royalty_value_correlation: Correlation = Correlation(_NOT_COMPUTED, _NOT_COMPUTED)
+    truth_distance: float | Undefined = _NOT_COMPUTED
+    defective: DefectiveShare = DefectiveShare(_NOT_COMPUTED, _NOT_COMPUTED, _NOT_COMPUTED)
     owner_revenue: tuple[int, ...] | None = None
     split_identities: int | None = None
     split_owner_revenue: int | None = None
@@ -352,6 +404,12 @@ class RunMetrics:
             accuracy=self.accuracy,
             gas_used=self.gas_used,
             tx_count=self.tx_count,
+            truth_distance=self.truth_distance,
+            royalty_value_pearson=self.royalty_value_correlation.pearson,
+            royalty_value_spearman=self.royalty_value_correlation.spearman,
+            defective_royalty_share=self.defective.royalty,
+            defective_truth_share=self.defective.truth,
+            defective_excess=self.defective.excess,
             split_identities=self.split_identities,
             split_owner_revenue=self.split_owner_revenue,
             copier_revenue=self.copier_revenue,

@@ -428,9 +428,13 @@ class BuildersSpec(_Section):
 
 
 class RoyaltySpec(_Section):
-    """How builders set their parents' royalty shares (a rule of ``agents.datavalue.RULES``)."""
+    """How builders set their parents' royalty shares (a rule of ``agents.datavalue.RULES``), with or without
+    ``provenance`` (``agents.datavalue``: copied rows credited to their first publisher)."""
 
     rule: Annotated[str, _one_of(tuple(RULES), "royalty rule")] = "knn_shapley"
+    # Credit a row found in several of a model's parents (matched by content) to the parent published first
+    # (lowest asset id) before the rule runs: a copier earns nothing for the rows it copied.
+    provenance: bool = False
 
 
 class ConsumersSpec(_Section):

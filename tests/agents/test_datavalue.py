@@ -216,7 +216,7 @@ def test_value_rules_pay_a_noisy_parent_less_than_each_clean_one(digits_split, s
     noisy = seed % 3
     parents[noisy] = with_label_noise(parents[noisy], 0.4, 10, rng=seed)
     inputs = RoyaltyInputs(parents, X_val, y_val, model="logreg", k=5, seed=seed)
-    for rule in ("leave_one_out", "knn_shapley", "mc_shapley"):
+    for rule in ("leave_one_out", "knn_shapley", "mc_shapley", "banzhaf", "beta_shapley"):
         weights = royalty_weights(rule, inputs)
         clean = [weight for index, weight in enumerate(weights) if index != noisy]
         assert weights[noisy] < min(clean), (rule, weights)
@@ -264,3 +264,163 @@ def test_to_bps_zeros_ties_and_remainders() -> None:
         to_bps([0.5, -0.1], 100)
     with pytest.raises(ValueError, match="non-negative"):
         to_bps([float("nan")], 100)
+
+
+# ---------------------------------------------------------------------------------------------- semivalues
+
+
+def _random_game(n: int, seed: int, *, null: int | None = None, twins: tuple[int, int] | None = None):
+    """A random coalition game on ``n`` players; ``null`` adds nothing anywhere, ``twins`` are interchangeable."""
+    rng = np.random.default_rng(seed)
+    table: dict[frozenset[int], float] = {}
+
+    def canonical(coalition: frozenset[int]) -> frozenset[int]:
+        coalition = coalition - {null} if null is not None else coalition
+        if twins is not None and twins[1] in coalition and twins[0] not in coalition:
+            coalition = (coalition - {twins[1]}) | {twins[0]}  # a coalition with one twin: the same worth
+        return coalition
+
+    def utility(coalition: frozenset[int]) -> float:
+        key = canonical(coalition)
+        if key not in table:
+            table[key] = float(rng.normal())
+        return table[key]
+
+    for coalition in map(frozenset, _subsets(n)):  # fill in a fixed order: the game does not depend on calls
+        utility(coalition)
+    return utility
+
+
+def _brute_semivalue(n: int, utility, coefficient) -> list[float]:
+    """The semivalue's definition over bitmasks: Σ over coalitions S of the others of coefficient(|S|)·marginal."""
+    values = []
+    for player in range(n):
+        total = 0.0
+        for mask in range(2**n):
+            if mask >> player & 1:
+                continue
+            coalition = frozenset(i for i in range(n) if mask >> i & 1)
+            total += coefficient(len(coalition)) * (utility(coalition | {player}) - utility(coalition))
+        values.append(total)
+    return values
+
+
+@pytest.mark.parametrize("n", range(1, 7))
+def test_banzhaf_and_beta_shapley_equal_their_definitions(n: int) -> None:
+    from scipy import integrate, stats
+
+    utility = _random_game(n, seed=n)
+    banzhaf = datavalue.exact_semivalue(n, utility, datavalue.banzhaf_weight)
+    np.testing.assert_allclose(banzhaf, _brute_semivalue(n, utility, lambda s: 0.5 ** (n - 1)), rtol=0, atol=1e-12)
+    for alpha, beta in [(1.0, 1.0), (16.0, 1.0), (4.0, 2.0), (2.0, 3.0)]:
+
+        def coefficient(s: int, a: float = alpha, b: float = beta) -> float:
+            # Kwon & Zou 2022: ∫ t^s (1 - t)^(n-1-s) · Beta(t; b, a) dt, integrated numerically.
+            return integrate.quad(lambda t: t**s * (1 - t) ** (n - 1 - s) * stats.beta.pdf(t, b, a), 0, 1,
+                                  epsabs=1e-15, epsrel=1e-13, limit=200)[0]  # fmt: skip
+
+        exact = datavalue.exact_semivalue(n, utility, datavalue.beta_weight(alpha, beta))
+        np.testing.assert_allclose(exact, _brute_semivalue(n, utility, coefficient), rtol=0, atol=1e-10)
+    # Beta(1, 1) is Shapley.
+    np.testing.assert_allclose(
+        datavalue.exact_semivalue(n, utility, datavalue.beta_weight(1.0, 1.0)), exact_shapley(n, utility), atol=1e-12
+    )
+
+
+def test_known_banzhaf_values_and_which_semivalues_are_efficient() -> None:
+    def gloves(coalition: frozenset[int]) -> float:
+        return float(0 in coalition and bool(coalition & {1, 2}))
+
+    np.testing.assert_allclose(datavalue.exact_semivalue(3, gloves, datavalue.banzhaf_weight), [3 / 4, 1 / 4, 1 / 4])
+    utility = _random_game(5, seed=11)
+    spread = utility(frozenset(range(5))) - utility(frozenset())
+    assert math.isclose(exact_shapley(5, utility).sum(), spread, abs_tol=1e-12)  # efficiency
+    banzhaf = datavalue.exact_semivalue(5, utility, datavalue.banzhaf_weight).sum()
+    beta = datavalue.exact_semivalue(5, utility, datavalue.beta_weight(16, 1)).sum()
+    assert not math.isclose(banzhaf, spread, abs_tol=1e-6) and not math.isclose(beta, spread, abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("weight", ["shapley", "banzhaf", "beta"])
+def test_semivalues_are_symmetric_and_give_a_null_player_nothing(weight: str) -> None:
+    chosen = {"shapley": datavalue.shapley_weight, "banzhaf": datavalue.banzhaf_weight,
+              "beta": datavalue.beta_weight(16, 1)}[weight]  # fmt: skip
+    utility = _random_game(6, seed=5, null=2, twins=(0, 4))
+    values = datavalue.exact_semivalue(6, utility, chosen)
+    assert abs(values[2]) < 1e-12 and math.isclose(values[0], values[4], abs_tol=1e-12)
+    assert abs(values[0] - values[1]) > 1e-6  # the game is not trivial
+
+
+def test_sampled_estimates_error_bars_cover_the_exact_values() -> None:
+    # Seeded: each estimate is within 4 of its own standard errors of the exact value (a normal tail of 6e-5
+    # per player), and the errors are small enough to mean something.
+    n = 6
+    utility = _random_game(n, seed=3)
+    rng = np.random.default_rng(0)
+    cases = [
+        (exact_shapley(n, utility),
+         datavalue.tmc_shapley_estimate(n, utility, permutations=2000, truncation=0.0, rng=rng)),
+        (datavalue.exact_semivalue(n, utility, datavalue.banzhaf_weight),
+         datavalue.msr_banzhaf_estimate(n, utility, samples=4000, rng=rng)),
+        (datavalue.exact_semivalue(n, utility, datavalue.beta_weight(16, 1)),
+         datavalue.sampled_semivalue_estimate(n, utility, datavalue.beta_weight(16, 1), samples=2000, rng=rng)),
+    ]  # fmt: skip
+    for exact, estimate in cases:
+        assert not estimate.exact and estimate.samples > 0
+        assert np.all(estimate.stderr > 0) and np.all(estimate.stderr < 0.1)
+        assert np.all(np.abs(estimate.values - exact) <= 4 * estimate.stderr), (exact, estimate)
+
+
+def test_mc_shapley_is_exact_for_few_parents_and_reports_its_error_otherwise(digits_split) -> None:
+    X_pool, y_pool, X_val, y_val = digits_split
+    few = RoyaltyInputs(make_shards(X_pool, y_pool, [20, 30, 40], seed=1), X_val, y_val, model="knn", k=3)
+    estimate = datavalue.mc_shapley_estimate(few)
+    assert estimate.exact and estimate.samples == 0 and not estimate.stderr.any()
+    np.testing.assert_allclose(estimate.values, exact_shapley(3, coalition_utility(few)), atol=1e-15)
+    assert datavalue.exact_is_affordable(8, 50) and not datavalue.exact_is_affordable(9, 50)
+    many = RoyaltyInputs(make_shards(X_pool, y_pool, [10] * 9, seed=1), X_val, y_val, model="knn", k=3,
+                         permutations=20)  # fmt: skip
+    sampled = datavalue.mc_shapley_estimate(many)
+    assert not sampled.exact and sampled.samples == 20 and np.all(sampled.stderr > 0)
+    for rule in ("banzhaf", "beta_shapley"):
+        assert not datavalue.ESTIMATES[rule](many).exact and datavalue.ESTIMATES[rule](few).exact
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+
+@pytest.fixture(scope="module")
+def copied_parents(digits_split):
+    """Originals 0 and 1, a full copy of 1 (parent 2) and a parent whose first 30 of 50 rows copy 0 (parent 3)."""
+    X_pool, y_pool, X_val, y_val = digits_split
+    X_pool = X_pool + np.random.default_rng(0).normal(scale=1e-3, size=X_pool.shape)  # no distance ties
+    original_a, original_b, own = make_shards(X_pool, y_pool, [60, 60, 20], seed=3)
+    partial = Shard(np.concatenate([original_a.X[:30], own.X]), np.concatenate([original_a.y[:30], own.y]))
+    return [original_a, original_b, Shard(original_b.X.copy(), original_b.y.copy()), partial], own, X_val, y_val
+
+
+@pytest.mark.parametrize("rule", ["equal", "proportional", "knn_shapley", "mc_shapley", "banzhaf", "leave_one_out"])
+def test_provenance_credits_copied_rows_to_the_first_publisher(copied_parents, rule: str) -> None:
+    parents, own, X_val, y_val = copied_parents
+    ids = [10, 11, 12, 13]
+    plain = royalty_weights(rule, RoyaltyInputs(parents, X_val, y_val, k=3, parent_ids=ids))
+    if rule in ("equal", "knn_shapley", "mc_shapley", "banzhaf"):  # symmetric in the two identical parents
+        assert math.isclose(plain[2], plain[1], abs_tol=1e-12) and plain[2] > 0
+    credited = royalty_weights(rule, RoyaltyInputs(parents, X_val, y_val, k=3, parent_ids=ids, provenance=True))
+    assert credited[2] == 0.0 and credited[1] > 0  # the full copy earns nothing
+    # The partial copier is paid for its own 20 rows only: as if it had published them alone.
+    alone = royalty_weights(rule, RoyaltyInputs([*parents[:2], own], X_val, y_val, k=3, parent_ids=[10, 11, 13]))
+    np.testing.assert_allclose([credited[0], credited[1], credited[3]], alone, atol=1e-12)
+    # Published first means the lowest asset id: the copy listed before the original takes the credit.
+    swapped = royalty_weights(rule, RoyaltyInputs(parents, X_val, y_val, k=3, parent_ids=[10, 12, 11, 13],
+                                                  provenance=True))  # fmt: skip
+    assert swapped[1] == 0.0 and math.isclose(swapped[2], credited[1], abs_tol=1e-12)
+
+
+def test_provenance_needs_distinct_parent_ids(copied_parents) -> None:
+    parents, _own, X_val, y_val = copied_parents
+    with pytest.raises(ValueError, match="provenance needs parent_ids"):
+        RoyaltyInputs(parents, X_val, y_val, provenance=True)
+    with pytest.raises(ValueError, match="one distinct asset id per parent"):
+        RoyaltyInputs(parents, X_val, y_val, parent_ids=[1, 1, 2, 3])
+    assert len(datavalue.row_digests(parents[0])) == 60
+    assert datavalue.row_digests(parents[1]) == datavalue.row_digests(parents[2])

@@ -290,7 +290,7 @@ def test_run_report_links_exactly_the_figures_and_shows_the_summary(run_output: 
     assert "| Gini of producer revenue | 0.222 |" in text
     assert "| producer share of all spend | 80.0% |" in text
     assert "| builder profit (total) | -2.50 |" in text
-    assert "| 2 | 0.00 | 0 | 100 | 4.00 | 0.0000 |" in text  # producer 2 copies producer 0
+    assert "| 2 | 0.00 | 0 | 100 | 4.00 | - | 0.00 |" in text  # producer 2 copies producer 0; royalties not split
     assert text.count("### ") == len(images)
 
 
@@ -333,7 +333,8 @@ def test_sweep_plots_and_report(tmp_path: Path) -> None:
     text = report.read_text()
     table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| royalty.rule")]
     assert len(table) == len(rows)
-    assert table[0].startswith("| none | 3 | undefined (flat) | undefined (flat) | 0.133 |")
+    assert table[0].startswith("| none | 3 | undefined (the engine did not compute the ground truth) |")
+    assert "| undefined (flat) | undefined (flat) | 0.133 |" in table[0]
     with pytest.raises(ValueError, match="at least one row"):
         plot_sweep([], tmp_path)
 

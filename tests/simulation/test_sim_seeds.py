@@ -197,7 +197,7 @@ def test_a_seeded_sweep_from_the_cli_writes_intervals_recomputable_from_its_seed
     assert len(points) == 2, result.stdout  # one line per grid point, unwrapped in an 80-column terminal
     assert "Gini of producer revenue" in points[0] and "answer accuracy" in points[0]
     compared = [line for line in lines if line.startswith("point 2 vs point 1: ")]
-    assert len(compared) == 1 and compared[0].count("no difference (0 in every seed)") == 6, result.stdout
+    assert len(compared) == 1 and compared[0].count("no difference (0 in every seed)") == 7, result.stdout
 
     first, second = sorted(tmp_path.glob("point-*"))
     assert {p.name for p in first.iterdir()} == {"seed-7", "seed-8", "metrics.json", "seeds.csv"}
@@ -226,7 +226,10 @@ def test_a_seeded_sweep_from_the_cli_writes_intervals_recomputable_from_its_seed
     comparisons = json.loads((tmp_path / "comparisons.json").read_text())
     assert {c["metric"] for c in comparisons} == set(SWEEP_METRICS)
     for comparison in comparisons:
-        if comparison["metric"] != "gas_used":
+        if comparison["metric"].startswith("defective_"):  # baseline has no noisy or copied data
+            assert comparison["within_noise"] is None, comparison
+            assert "no producer has label noise or copied rows" in comparison["difference"]["undefined"]
+        elif comparison["metric"] != "gas_used":
             assert comparison["within_noise"] is True and comparison["difference"]["mean"] == 0, comparison
     report = (tmp_path / "report.md").read_text()
     assert "## Compared with point 1" in report and "### point 2 vs point 1" in report

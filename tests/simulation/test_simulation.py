@@ -49,6 +49,11 @@ def test_a_sweep_of_replicates_runs_in_parallel_and_every_replicate_is_identical
     assert metrics["answered"] == 16 and metrics["accuracy"] > 0.7
     assert metrics["tx_count"] > 20 and metrics["gas_used"] > 1_000_000
     assert 0 < metrics["producer_share"]["royalty"] < metrics["producer_share"]["total"] < 1
+    # The ground truth is in the identical bytes: the royalty splits' distance from it and its correlation.
+    assert 0 <= metrics["truth_distance"] <= 1 and "pearson" in metrics["royalty_value_correlation"]
+    # Exact-Shapley splits of the same pools would have paid the same total in royalties (up to the floors).
+    royalties = sum(p["royalty_revenue"] for p in run["producers"])
+    assert sum(metrics["producer_true_value"]) == pytest.approx(royalties, abs=len(run["producers"]) * 2)
 
 
 def test_a_chain_that_disagrees_with_the_ledger_fails_loudly():
