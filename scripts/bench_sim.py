@@ -33,30 +33,130 @@ from rich.table import Table
 TARGETS = {"onchain_actions_per_s": 1_000, "paid_calls_per_s": 5_000, "large_wall_time_s": 180.0, "rss_growth": 0.15}
 
 
+#: Where a run's time goes: (phase, owner, method) wrapped with a timer in the measuring process. Times are
+#: exclusive (a phase nested in another is subtracted from it); what no timer covers is "other".
+PHASES = (
+    ("world set-up (deploy)", "simulation.world:World", "__enter__"),
+    ("set-up/publish", "simulation.engine:_Run", "publish_datasets"),
+    ("build/train", "simulation.engine:_Run", "build_models"),
+    ("build/train", "simulation.fast:FastRun", "build_models"),
+    ("rounds: decide", "simulation.engine:_Run", "play_round"),
+    ("rounds: decide", "simulation.fast:FastRun", "play_round"),
+    ("channel opens on chain", "simulation.fast:FastRun", "_open_channels"),
+    ("voucher checks", "simulation.fast:FastRun", "_pay_calls"),
+    ("settle", "simulation.engine:_Run", "settle"),
+    ("settle", "simulation.fast:FastRun", "settle"),
+    ("release+withdraw", "simulation.engine:_Run", "release_and_withdraw"),
+    ("release+withdraw", "simulation.fast:FastRun", "release_and_withdraw"),
+    ("result (chain reads)", "simulation.engine:_Run", "result"),
+    ("result (chain reads)", "simulation.fast:FastRun", "result"),
+    ("true value", "simulation.engine:loo_contributions", None),
+    ("reconcile", "simulation.engine:reconcile", None),
+)
+#: Transactions: signing (``queue``) and sending, mining and checking receipts (``flush``), wherever they happen.
+CHAIN_TIMERS = (("sign", "marketplace.chain.rawtx:BatchSender", "queue"),
+                ("send+mine", "marketplace.chain.rawtx:BatchSender", "flush"))  # fmt: skip
+
+
+class Timers:
+    """Exclusive seconds per phase, from wrappers installed on the run's methods (see :data:`PHASES`)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.chain: dict[str, float] = {}
+        self._stack: list[str] = []
+
+    def install(self) -> None:
+        """Wrap every method of :data:`PHASES` and :data:`CHAIN_TIMERS` (a missing one is skipped)."""
+        import importlib
+
+        for phase, where, method in PHASES:
+            module_name, _, owner_name = where.partition(":")
+            module = importlib.import_module(module_name)
+            owner = getattr(module, owner_name, None)
+            if owner is None:
+                continue
+            if method is None:  # a module-level function, called by the engine under this name
+                setattr(module, owner_name, self._wrap(phase, owner))
+            elif method in vars(owner):
+                setattr(owner, method, self._wrap(phase, vars(owner)[method]))
+        for name, where, method in CHAIN_TIMERS:
+            module_name, _, owner_name = where.partition(":")
+            owner = getattr(importlib.import_module(module_name), owner_name)
+            setattr(owner, method, self._wrap_chain(name, vars(owner)[method]))
+
+    def _wrap(self, phase: str, function: Any) -> Any:
+        timers = self
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            timers._stack.append(phase)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                timers._stack.pop()
+                elapsed = time.perf_counter() - started
+                timers.seconds[phase] = timers.seconds.get(phase, 0.0) + elapsed
+                if timers._stack:  # exclusive: not the enclosing phase's own time
+                    parent = timers._stack[-1]
+                    timers.seconds[parent] = timers.seconds.get(parent, 0.0) - elapsed
+
+        return timed
+
+    def _wrap_chain(self, name: str, function: Any) -> Any:
+        timers = self
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                timers.chain[name] = timers.chain.get(name, 0.0) + time.perf_counter() - started
+
+        return timed
+
+
 def measure(job: tuple[str, list[str], str, str, str | None]) -> dict[str, Any]:
     """Run one scenario (name, overrides, chain, engine, profile file) in this process; its figures."""
+    timers = Timers()
+    timers.install()
     from simulation.engine import run_simulation
     from simulation.scenario import load_scenario
 
     name, overrides, chain, engine, profile = job
     scenario = load_scenario(name, overrides)
+    rss: list[float] = []
+
+    def on_round(_number: int, _figures: Any) -> None:
+        rss.append(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     profiler = cProfile.Profile() if profile else None
     with tempfile.TemporaryDirectory() as work:
         started = time.perf_counter()
         if profiler:
             profiler.enable()
-        result = run_simulation(scenario, chain_target=chain, work_dir=Path(work), engine=engine)
+        result = run_simulation(scenario, chain_target=chain, work_dir=Path(work), engine=engine, on_round=on_round)
         if profiler:
             profiler.disable()
             profiler.dump_stats(profile)
         wall = time.perf_counter() - started
     calls = sum(c.answered for c in result.consumers)
+    txs = result.chain.tx_count
+    phases = {k: round(v, 2) for k, v in timers.seconds.items()}
+    phases["other"] = round(wall - sum(timers.seconds.values()), 2)
+    chain_s = sum(timers.chain.values())  # signing, sending, mining, receipts: every transaction's own time
+    calls_s = timers.seconds.get("rounds: decide", 0.0) + timers.seconds.get("voucher checks", 0.0)
+    checks_s = timers.seconds.get("voucher checks", 0.0)
     return {
         "scenario": name, "rounds": scenario.rounds, "chain": chain, "engine": engine, "wall_time_s": round(wall, 2),
-        "tx_count": result.chain.tx_count, "gas_used": result.chain.gas_used,
-        "onchain_actions_per_s": round(result.chain.tx_count / wall, 1), "paid_model_calls": calls,
+        "tx_count": txs, "gas_used": result.chain.gas_used,
+        "onchain_actions_per_s": round(txs / wall, 1), "paid_model_calls": calls,
         "paid_calls_per_s": round(calls / wall, 1), "consumer_spend": result.consumer_spend,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "tx_seconds": round(chain_s, 2), "onchain_actions_per_tx_second": round(txs / chain_s, 1) if chain_s else None,
+        "call_seconds": round(calls_s, 2), "paid_calls_per_call_second": round(calls / calls_s, 1) if calls_s else None,
+        "voucher_check_seconds": round(checks_s, 2),
+        "paid_calls_per_check_second": round(calls / checks_s, 1) if checks_s else None,
+        "chain_seconds": {k: round(v, 2) for k, v in timers.chain.items()}, "phases": phases, "rss_by_round_mb": rss,
     }  # fmt: skip
 
 
