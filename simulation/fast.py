@@ -11,16 +11,18 @@ Every payment still executes on the real contracts, on the same chain; what chan
   (the wallet's ``BudgetGuard``) and task (``ClassificationTask``) step as ``agents.runtime.Agent.run``
   steps them, and a model answers with its estimator's prediction for the row, computed once per model
   for every held-out row (the same labels as the served predictor, which predicts row by row) — then the
-  channels they opened go on chain in one batch (approve, then open, per consumer), then every call's voucher
-  is signed (coincurve, ``VoucherHasher``) and checked by the gateway's own ``ChannelGate`` against a
-  ``VoucherLedger``, in process: a voucher the gate refuses stops the run;
+  channels they opened go on chain in one batch (per consumer one approval of its deposits, then its opens),
+  then every call's voucher is signed (coincurve, ``VoucherHasher``) and checked by the gateway's own
+  ``ChannelGate`` against a ``VoucherLedger``, in process, and committed in batches: a voucher the gate
+  refuses stops the run;
 - at the end the settler's claims (``claim(channelId, highest voucher, debited, signature)`` for every
   ledger entry with unclaimed calls), the royalty releases up the lineage (``plan_release``), every payee's
   withdrawal (``plan_withdrawal``) and the treasury's fee releases go out in batches.
 
 So the economic results — every payment, revenue, spend and metric — equal the full engine's for the same
 scenario and seed (``tests/test_fast_engine.py``); gas and transaction counts differ (no ``setListed``
-after an upload, no re-approval). Reconciliation with the run's own ledger is ``simulation.engine``'s.
+after an upload, one approval per consumer and round instead of one per channel). Reconciliation with the
+run's own ledger is ``simulation.engine``'s.
 """
 
 from __future__ import annotations
@@ -329,25 +331,37 @@ class FastRun(_Run):
         raise AgentError(f"the fast engine runs policy brains only: it cannot act on {action.tool!r}")
 
     def _open_channels(self, opens: list[_Open]) -> None:
-        """Approve and open every channel of the round (one batch), learn their ids, and read them for the gate."""
+        """Open every channel of the round in one batch — per consumer one ``approve`` of the sum of its deposits
+        (which its opens then use up exactly, as one approval per open would), then its ``open``s — learn their
+        ids from the receipts, and read them for the gate in one batch of calls."""
         if not opens:
             return
         market = self.world.market
         expiry = self.world.chain.timestamp() + CHANNEL_TTL
+        by_consumer: dict[int, list[_Open]] = {}
         for item in opens:
-            payer = self.consumers[item.consumer]
-            who = f"consumer {item.consumer}"
+            by_consumer.setdefault(item.consumer, []).append(item)
+        ordered: list[_Open] = []
+        at: list[int] = []  # where each open's receipt is among the batch's
+        queued = self.sender.pending
+        for consumer, items in by_consumer.items():
+            payer, who, total = self.consumers[consumer], f"consumer {consumer}", sum(i.deposit for i in items)
             self.sender.queue(payer.account, market.token.address,  # type: ignore[attr-defined]
-                              self.token.encode("approve", market.channels.address, item.deposit),
-                              gas=GAS["approve"], label=f"{who} approves a deposit of {item.deposit}")  # fmt: skip
-            self.sender.queue(payer.account, market.channels.address,  # type: ignore[attr-defined]
-                              self.channels_abi.encode("open", item.model_id, market.token.address, item.deposit,
-                                                       expiry, payer.address, self.relayer.address),
-                              gas=GAS["open"], label=f"{who} opens a channel to model {item.model_id}")  # fmt: skip
+                              self.token.encode("approve", market.channels.address, total),
+                              gas=GAS["approve"], label=f"{who} approves deposits of {total}")  # fmt: skip
+            queued += 1
+            for item in items:
+                self.sender.queue(payer.account, market.channels.address,  # type: ignore[attr-defined]
+                                  self.channels_abi.encode("open", item.model_id, market.token.address, item.deposit,
+                                                           expiry, payer.address, self.relayer.address),
+                                  gas=GAS["open"], label=f"{who} opens a channel to model {item.model_id}")  # fmt: skip
+                ordered.append(item)
+                at.append(queued)
+                queued += 1
         receipts = self.sender.flush().receipts
         ids = []
-        for item, receipt in zip(opens, receipts[1::2], strict=True):
-            (channel_id,) = topic_id(receipt, market.channels.address, self.channel_opened)
+        for item, index in zip(ordered, at, strict=True):
+            (channel_id,) = topic_id(receipts[index], market.channels.address, self.channel_opened)
             self.chain_channel[item.local_id] = channel_id
             ids.append(channel_id)
         answers = self.sender.call_many([(market.channels.address, self.channels_abi.encode("getChannel", c))
