@@ -11,16 +11,18 @@ Every payment still executes on the real contracts, on the same chain; what chan
   (the wallet's ``BudgetGuard``) and task (``ClassificationTask``) step as ``agents.runtime.Agent.run``
   steps them, and a model answers with its estimator's prediction for the row, computed once per model
   for every held-out row (the same labels as the served predictor, which predicts row by row) — then the
-  channels they opened go on chain in one batch (approve, then open, per consumer), then every call's voucher
-  is signed (coincurve, ``VoucherHasher``) and checked by the gateway's own ``ChannelGate`` against a
-  ``VoucherLedger``, in process: a voucher the gate refuses stops the run;
+  channels they opened go on chain in one batch (per consumer one approval of its deposits, then its opens),
+  then every call's voucher is signed (coincurve, ``VoucherHasher``) and checked by the gateway's own
+  ``ChannelGate`` against a ``VoucherLedger``, in process, and committed in batches: a voucher the gate
+  refuses stops the run;
 - at the end the settler's claims (``claim(channelId, highest voucher, debited, signature)`` for every
   ledger entry with unclaimed calls), the royalty releases up the lineage (``plan_release``), every payee's
   withdrawal (``plan_withdrawal``) and the treasury's fee releases go out in batches.
 
 So the economic results — every payment, revenue, spend and metric — equal the full engine's for the same
 scenario and seed (``tests/test_fast_engine.py``); gas and transaction counts differ (no ``setListed``
-after an upload, no re-approval). Reconciliation with the run's own ledger is ``simulation.engine``'s.
+after an upload, one approval per consumer and round instead of one per channel). Reconciliation with the
+run's own ledger is ``simulation.engine``'s.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from agents.errors import AgentError
 from agents.learning import encode_shard
 from agents.roles import CATALOG_PAGE, ClassificationTask, design_model, listing_uri
 from agents.wallet import Budget, BudgetGuard, ChannelState
-from marketplace.chain.lineage import Lineage, Release, plan_release, plan_withdrawal
+from marketplace.chain.lineage import Lineage, Release, VaultNode, VaultReads, plan_release, plan_withdrawal
 from marketplace.chain.rawtx import BatchSender, Calldata, topic_id
 from marketplace.chain.records import AssetKind, Channel
 from marketplace.chain.units import BPS
@@ -54,6 +56,8 @@ GAS = {"eth": 21_000, "mint": 200_000, "approve": 100_000, "publish": 3_000_000,
        "open": 400_000, "claim": 400_000, "release": 400_000}  # fmt: skip
 #: ``ChannelArgs.ttl_seconds``'s default: how long a consumer's channels run.
 CHANNEL_TTL = 3600
+#: Answered calls per group commit of the voucher ledger (``ChannelGate.commit_many``).
+COMMIT_BATCH = 2_000
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,9 @@ class FastRun(_Run):
         self.channel_opened = bytes.fromhex(market.channels.contract.events.ChannelOpened().topic.removeprefix("0x"))  # type: ignore[attr-defined]
         self.relayer = world.relayer
         self.ledger = VoucherLedger(world.work_dir / "server" / "vouchers.sqlite", synchronous="normal")
-        self.gate = _PrefetchedGate(market, self.ledger, receiver_authorizer=self.relayer.address)
+        # Nothing reprices or delists during a run: the gate reads each model's asset once.
+        self.gate = _PrefetchedGate(market, self.ledger, receiver_authorizer=self.relayer.address,
+                                    asset_max_age=float("inf"))  # fmt: skip
         self.hasher = VoucherHasher(market.channels.domain)
         self.first_block = world.first_block
         self.licenses: dict[int, int] = {}  # builder index -> spent on licenses
@@ -340,25 +346,37 @@ class FastRun(_Run):
         raise AgentError(f"the fast engine runs policy brains only: it cannot act on {action.tool!r}")
 
     def _open_channels(self, opens: list[_Open]) -> None:
-        """Approve and open every channel of the round (one batch), learn their ids, and read them for the gate."""
+        """Open every channel of the round in one batch — per consumer one ``approve`` of the sum of its deposits
+        (which its opens then use up exactly, as one approval per open would), then its ``open``s — learn their
+        ids from the receipts, and read them for the gate in one batch of calls."""
         if not opens:
             return
         market = self.world.market
         expiry = self.world.chain.timestamp() + CHANNEL_TTL
+        by_consumer: dict[int, list[_Open]] = {}
         for item in opens:
-            payer = self.consumers[item.consumer]
-            who = f"consumer {item.consumer}"
+            by_consumer.setdefault(item.consumer, []).append(item)
+        ordered: list[_Open] = []
+        at: list[int] = []  # where each open's receipt is among the batch's
+        queued = self.sender.pending
+        for consumer, items in by_consumer.items():
+            payer, who, total = self.consumers[consumer], f"consumer {consumer}", sum(i.deposit for i in items)
             self.sender.queue(payer.account, market.token.address,  # type: ignore[attr-defined]
-                              self.token.encode("approve", market.channels.address, item.deposit),
-                              gas=GAS["approve"], label=f"{who} approves a deposit of {item.deposit}")  # fmt: skip
-            self.sender.queue(payer.account, market.channels.address,  # type: ignore[attr-defined]
-                              self.channels_abi.encode("open", item.model_id, market.token.address, item.deposit,
-                                                       expiry, payer.address, self.relayer.address),
-                              gas=GAS["open"], label=f"{who} opens a channel to model {item.model_id}")  # fmt: skip
+                              self.token.encode("approve", market.channels.address, total),
+                              gas=GAS["approve"], label=f"{who} approves deposits of {total}")  # fmt: skip
+            queued += 1
+            for item in items:
+                self.sender.queue(payer.account, market.channels.address,  # type: ignore[attr-defined]
+                                  self.channels_abi.encode("open", item.model_id, market.token.address, item.deposit,
+                                                           expiry, payer.address, self.relayer.address),
+                                  gas=GAS["open"], label=f"{who} opens a channel to model {item.model_id}")  # fmt: skip
+                ordered.append(item)
+                at.append(queued)
+                queued += 1
         receipts = self.sender.flush().receipts
         ids = []
-        for item, receipt in zip(opens, receipts[1::2], strict=True):
-            (channel_id,) = topic_id(receipt, market.channels.address, self.channel_opened)
+        for item, index in zip(ordered, at, strict=True):
+            (channel_id,) = topic_id(receipts[index], market.channels.address, self.channel_opened)
             self.chain_channel[item.local_id] = channel_id
             ids.append(channel_id)
         answers = self.sender.call_many([(market.channels.address, self.channels_abi.encode("getChannel", c))
@@ -367,13 +385,19 @@ class FastRun(_Run):
             self.gate.prefetched[channel_id] = Channel(channel_id, *self.channels_abi.decode("getChannel", data)[0])
 
     def _pay_calls(self, calls: list[_Call]) -> None:
-        """Every call's voucher, signed by its consumer and checked by the gateway's gate, then committed."""
-        for call in calls:
-            channel_id = self.chain_channel[call.local_id]
-            signer = self.consumers[call.consumer].account  # type: ignore[attr-defined]
-            header = self.hasher.voucher(signer, channel_id, call.ceiling).to_header()
-            reservation = self.gate.reserve(header, call.price, asset_id=call.model_id)
-            self.gate.commit(reservation)
+        """Every call's voucher, signed by its consumer and checked by the gateway's gate (``reserve_voucher``:
+        ``reserve`` without the header's base64 JSON, which nothing carries in process), then committed
+        :data:`COMMIT_BATCH` at a time (``commit_many``: one ledger write each, the same rows as one commit per
+        call). A voucher the gate refuses raises its refusal and stops the run."""
+        reserve, consumers, chain_channel = self.gate.reserve_voucher, self.consumers, self.chain_channel
+        sign = self.hasher.voucher
+        for start in range(0, len(calls), COMMIT_BATCH):
+            reservations = []
+            for call in calls[start : start + COMMIT_BATCH]:
+                signer = consumers[call.consumer].account  # type: ignore[attr-defined]
+                voucher = sign(signer, chain_channel[call.local_id], call.ceiling)
+                reservations.append(reserve(voucher, call.price, asset_id=call.model_id))
+            self.gate.commit_many(reservations)
 
     # ------------------------------------------------------------------ the end
 
@@ -387,20 +411,22 @@ class FastRun(_Run):
                                                                                entry.debited, entry.signature),
                               gas=GAS["claim"], label=f"the claim of channel {entry.channel_id}")  # fmt: skip
         self.sender.flush()
-        for entry in entries:
-            self.ledger.mark_claimed(entry.channel_id, entry.debited)
+        self.ledger.mark_claimed_many([(entry.channel_id, entry.debited) for entry in entries])
         return sum(entry.debited for entry in entries)
 
     def release_and_withdraw(self) -> int:
         """Royalties up every model's lineage, then every payee's withdrawal, then the treasury's fee from every
         asset's vault (as ``World.release_and_withdraw``); returns the protocol fee released (base units)."""
         chain, market, deployer = self.world.chain, self.world.market, self.world.deployer
-        lineage = Lineage.of_market(market)
+        lineage = self._lineage()
+        reads = self._vault_reads(lineage)
         for model in self.models:
-            self._release(deployer, plan_release(chain, lineage, model.model_id).releases)
+            self._release(deployer, plan_release(chain, lineage, model.model_id, reads=reads).releases)
         self.sender.flush()
+        reads = self._vault_reads(lineage)
         for party in [*self.producers, *self.builders]:
-            self._release(party.account, plan_withdrawal(chain, lineage, party.address).releases)  # type: ignore[attr-defined]
+            plan = plan_withdrawal(chain, lineage, party.address, reads=reads)
+            self._release(party.account, plan.releases)  # type: ignore[attr-defined]
         self.sender.flush()
         token, treasury = market.token.address, deployer.address
         vaults = [lineage.node(a).vault for a in [*self.datasets, *(m.model_id for m in self.models)]]
@@ -412,6 +438,38 @@ class FastRun(_Run):
         self.sender.flush()
         released = self.sender.call_many([(v, self.vault_abi.encode("released", token, treasury)) for v in vaults])
         return sum(self.vault_abi.decode("released", data)[0] for data in released)
+
+    def _lineage(self) -> Lineage:
+        """The royalty graph of every asset, read in two batches (``paymentTerms``, then each vault's ``payees``)
+        instead of two calls per asset."""
+        market = self.world.market
+        assets = [*self.datasets, *(m.model_id for m in self.models)]
+        terms = self.sender.call_many([(market.marketplace.address, self.market_abi.encode("paymentTerms", a))
+                                       for a in assets])  # fmt: skip
+        tokens_vaults = [self.market_abi.decode("paymentTerms", data) for data in terms]
+        payees = self.sender.call_many([(vault, self.vault_abi.encode("payees")) for _token, vault in tokens_vaults])
+        nodes = []
+        for asset_id, (token, vault), data in zip(assets, tokens_vaults, payees, strict=True):
+            accounts, shares = self.vault_abi.decode("payees", data)
+            nodes.append(VaultNode(asset_id, vault, token, tuple(zip(accounts, shares, strict=True))))
+        return Lineage(nodes)
+
+    def _vault_reads(self, lineage: Lineage) -> VaultReads:
+        """Every vault's ``totalReceived`` and every payee's ``released`` now, in one batch of calls (what the
+        plans would read one call at a time)."""
+        nodes = [lineage.node(a) for a in range(1, lineage.asset_count + 1)]
+        received_keys = [(node.vault, node.token) for node in nodes]
+        released_keys = [(node.vault, node.token, payee) for node in nodes for payee, _shares in node.payees]
+        block = self.world.chain.block_number()
+        answers = self.sender.call_many(
+            [(v, self.vault_abi.encode("totalReceived", t)) for v, t in received_keys]
+            + [(v, self.vault_abi.encode("released", t, p)) for v, t, p in released_keys]
+        )
+        values = [self.vault_abi.decode(name, data)[0] for name, data in
+                  zip(["totalReceived"] * len(received_keys) + ["released"] * len(released_keys), answers,
+                      strict=True)]  # fmt: skip
+        return VaultReads(block, dict(zip(received_keys, values, strict=False)),
+                          dict(zip(released_keys, values[len(received_keys) :], strict=True)))  # fmt: skip
 
     def _release(self, caller: LocalAccount, releases: tuple[Release, ...]) -> None:
         for step in releases:

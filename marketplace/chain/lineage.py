@@ -336,25 +336,50 @@ class ReleaseIncomplete(AgentmarketError):
         )
 
 
+@dataclass(frozen=True)
+class VaultReads:
+    """Vault state already read at ``block`` (e.g. in one batch of calls), for a plan to use instead of reading
+    it one call at a time: ``received[(vault, token)]`` is ``totalReceived(token)`` (None: it reverted),
+    ``released[(vault, token, payee)]`` is ``released(token, payee)`` (checksummed addresses, base units).
+    What is not in them is read from the chain at ``block``."""
+
+    block: int
+    received: dict[tuple[str, str], int | None] = field(default_factory=dict)
+    released: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+
+def _ledger(chain: Chain, block: int | None, reads: VaultReads | None) -> _Ledger:
+    """A plan's ledger: at ``reads.block`` with those reads in it, else at ``block`` (default: the head)."""
+    if reads is not None:
+        return _Ledger(chain, reads.block, dict(reads.received), dict(reads.released))
+    return _Ledger(chain, chain.block_number() if block is None else block)
+
+
 def plan_withdrawal(
-    chain: Chain, lineage: Lineage, account: str, *, max_assets: int = MAX_WALK_ASSETS, block: int | None = None
+    chain: Chain,
+    lineage: Lineage,
+    account: str,
+    *,
+    max_assets: int = MAX_WALK_ASSETS,
+    block: int | None = None,
+    reads: VaultReads | None = None,
 ) -> LineagePlan:
     """What ``account`` would receive if every vault between a paid asset and its payee slots were
     released, children first, and the releases that do it.
 
-    Reads at ``block`` (default: the head). The walk starts at the assets whose vault pays ``account``
-    and goes down to every asset whose money flows into them (at most ``max_assets`` assets, nearest
-    first). Releases are vault-to-vault ones that move money towards those slots, then the slots' own
-    releases to ``account``; only releases that move money are listed. Each slot (asset, token) with
-    anything claimable, waiting or released is reported, and every slot's own token always.
+    Reads at ``block`` (default: the head), or uses ``reads`` (:class:`VaultReads`) made at one. The walk
+    starts at the assets whose vault pays ``account`` and goes down to every asset whose money flows into
+    them (at most ``max_assets`` assets, nearest first). Releases are vault-to-vault ones that move money
+    towards those slots, then the slots' own releases to ``account``; only releases that move money are
+    listed. Each slot (asset, token) with anything claimable, waiting or released is reported, and every
+    slot's own token always.
     """
     account = to_checksum_address(account)
-    block = chain.block_number() if block is None else block
+    ledger = _ledger(chain, block, reads)
     targets = lineage.slots(account)
     members, left_out = _walk(targets, lineage.downstream, max_assets)
     order = _children_first(members, lineage)
     tokens = _tokens(order, members, lineage)
-    ledger = _Ledger(chain, block)
     releases = _simulate(lineage, ledger, order, tokens, members, account=account, targets=set(targets))
     slots = []
     for asset_id in (t for t in targets if t in members):
@@ -369,29 +394,35 @@ def plan_withdrawal(
             total = sum(r.amount for r in releases if (r.asset_id, r.token, r.payee) == (asset_id, token, account))
             if token == node.token or claimable or total or released:
                 slots.append(PayeeSlot(asset_id, node.vault, token, shares, claimable, total - claimable, released))
-    return LineagePlan(block, tuple(releases), tuple(slots), len(members), left_out, ledger.unreadable_pairs(lineage))
+    return LineagePlan(ledger.block, tuple(releases), tuple(slots), len(members), left_out,
+                       ledger.unreadable_pairs(lineage))  # fmt: skip
 
 
 def plan_release(
-    chain: Chain, lineage: Lineage, asset_id: int, *, max_assets: int = MAX_WALK_ASSETS, block: int | None = None
+    chain: Chain,
+    lineage: Lineage,
+    asset_id: int,
+    *,
+    max_assets: int = MAX_WALK_ASSETS,
+    block: int | None = None,
+    reads: VaultReads | None = None,
 ) -> LineagePlan:
     """The vault-to-vault releases that push ``asset_id``'s royalties up its lineage: from its vault to
     every payee that is a vault, then from those up, children first, in every token that reaches each
-    vault along the way. Anyone may send them (:func:`execute`). Raises AgentmarketError for an asset id
-    that does not exist."""
+    vault along the way. Anyone may send them (:func:`execute`). Reads at ``block`` (default: the head), or
+    uses ``reads`` (:class:`VaultReads`). Raises AgentmarketError for an asset id that does not exist."""
     try:
         lineage.node(asset_id)
     except KeyError:
         raise AgentmarketError(
             f"asset {asset_id} does not exist (this marketplace has assets 1 to {lineage.asset_count})"
         ) from None
-    block = chain.block_number() if block is None else block
+    ledger = _ledger(chain, block, reads)
     members, left_out = _walk([asset_id], lineage.upstream, max_assets)
     order = _children_first(members, lineage)
     tokens = _tokens(order, members, lineage)
-    ledger = _Ledger(chain, block)
     releases = _simulate(lineage, ledger, order, tokens, members, account=None, targets=set())
-    return LineagePlan(block, tuple(releases), (), len(members), left_out, ledger.unreadable_pairs(lineage))
+    return LineagePlan(ledger.block, tuple(releases), (), len(members), left_out, ledger.unreadable_pairs(lineage))
 
 
 def execute(chain: Chain, caller: LocalAccount, plan: LineagePlan, *, max_gas: int = MAX_RELEASE_GAS) -> list[Release]:

@@ -8,7 +8,7 @@ tens of thousands, so here:
 
 - :class:`Calldata` encodes a contract function call from the contract's ABI (the 4-byte selector and
   ``eth_abi.encode`` of the arguments: 6-44 µs against ~200-400 µs through a web3 contract object);
-- :class:`RawSigner` signs an EIP-1559 (EIP-2718 type 2) transaction: the RLP payload is hashed by hand and
+- :class:`RawSigner` signs an EIP-1559 (EIP-2718 type 2) transaction: the RLP payload is built and hashed by hand and
   signed with libsecp256k1 through coincurve (RFC 6979, low s), byte-identical to eth-account's
   ``sign_transaction`` (a test proves it) at ~50 µs instead of ~370 µs;
 - :class:`BatchSender` queues signed transactions (each sender's nonce counted here, read from the chain
@@ -23,6 +23,7 @@ anvil runs with ``--order fifo``). Put a transaction that needs another sender's
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,6 @@ from coincurve import PrivateKey
 from eth_abi import decode, encode
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_canonical_address
-from rlp.codec import encode_raw
 
 from marketplace.chain.chain import Chain, to_address
 from marketplace.chain.errors import ChainError
@@ -46,6 +46,9 @@ MAX_FEE_FLOOR = 100 * 10**9
 BLOCK_GAS_LIMIT = 300_000_000
 #: The most transactions of one sender in a node's pool at once.
 MAX_PER_SENDER = 256
+#: The most transactions mined in one block (one segment of a flush): anvil builds a block's receipts in time
+#: quadratic in its transactions (250: ~70 us each; 1,000: ~270 us; 4,000: ~3 ms), so blocks stay small.
+MAX_PER_BLOCK = 250
 #: Requests per JSON-RPC batch sent to a node.
 RPC_BATCH = 500
 #: Raw transaction bytes per batch (hex doubles them on the wire; anvil refuses bodies of a few MB).
@@ -118,13 +121,14 @@ class RawSigner:
 
         The digest is ``keccak(0x02 ‖ rlp([chainId, nonce, maxPriorityFeePerGas, maxFeePerGas, gas, to, value,
         data, accessList]))``; the signature's y parity, r and s are appended to that list."""
-        # RLP of integers is their minimal big-endian bytes: encoded raw here, without pyrlp's type inference.
-        fields = [_be(chain_id), _be(nonce), _be(tip), _be(max_fee), _be(gas), to_canonical_address(to), _be(value),
-                  data, []]  # fmt: skip
-        digest = keccak(b"\x02" + encode_raw(fields))
+        # RLP of integers is their minimal big-endian bytes; the fields are strings and the access list an
+        # empty list (0xc0), so the payload is their encodings end to end (EIP-1559's field order).
+        payload = b"".join([_rlp(_be(chain_id)), _rlp(_be(nonce)), _rlp(_be(tip)), _rlp(_be(max_fee)), _rlp(_be(gas)),
+                            _rlp(_address(to)), _rlp(_be(value)), _rlp(data), b"\xc0"])  # fmt: skip
+        digest = keccak(b"\x02" + _rlp_list(payload))
         signature = self._key.sign_recoverable(digest, hasher=None)  # r ‖ s ‖ recovery id
         r, s = signature[:32].lstrip(b"\x00"), signature[32:64].lstrip(b"\x00")
-        return b"\x02" + encode_raw([*fields, _be(signature[64]), r, s])
+        return b"\x02" + _rlp_list(payload + _rlp(_be(signature[64])) + _rlp(r) + _rlp(s))
 
 
 @dataclass
@@ -271,66 +275,74 @@ class BatchSender:
         return sorted(answers, key=lambda a: a["id"])
 
     def _flush_rpc(self, queued: list[_Queued]) -> list[dict[str, Any]]:
-        """:meth:`_flush_segment` by segments that fit in one block (gas limits summed) and hold at most
-        :data:`MAX_PER_SENDER` transactions of one sender: anvil's pool silently drops transactions that a
-        block mined on request leaves out."""
-        receipts: list[dict[str, Any]] = []
-        segment: list[_Queued] = []
+        """:meth:`_flush_segment` by segments that fit in one block (gas limits summed, at most
+        :data:`MAX_PER_BLOCK` transactions) and hold at most :data:`MAX_PER_SENDER` transactions of one sender:
+        anvil's pool silently drops transactions that a block mined on request leaves out. Automine is off
+        for the whole flush (anvil's automine, fed a batch, leaves ready transactions in its pool for good or
+        loses some: foundry-rs/foundry#10122) and back on after it."""
+        segments: list[list[_Queued]] = [[]]
         counts: dict[str, int] = {}
         gas = 0
         for item in queued:
             sender = item.tx["from"]
-            if counts.get(sender, 0) >= MAX_PER_SENDER or gas + item.tx["gas"] > BLOCK_GAS_LIMIT:
-                receipts += self._flush_segment(segment)
-                segment, counts, gas = [], {}, 0
-            segment.append(item)
+            full = len(segments[-1]) >= MAX_PER_BLOCK or gas + item.tx["gas"] > BLOCK_GAS_LIMIT
+            if segments[-1] and (full or counts.get(sender, 0) >= MAX_PER_SENDER):
+                segments.append([])
+                counts, gas = {}, 0
+            segments[-1].append(item)
             counts[sender] = counts.get(sender, 0) + 1
             gas += item.tx["gas"]
-        return receipts + self._flush_segment(segment)
-
-    def _flush_segment(self, queued: list[_Queued]) -> list[dict[str, Any]]:
-        """A node: automine off, every transaction into the pool (batched), then blocks mined on request until
-        every receipt is there, automine back on. (anvil's automine, fed a batch, leaves ready transactions
-        in its pool for good or loses some: foundry-rs/foundry#10122.) The base fee of each block mined here
-        is held at the one the sender started with: full blocks would raise it 12.5% each, past any fee cap."""
-        self._rpc([("evm_setAutomine", [False])])
+        _off, head = self._rpc([("evm_setAutomine", [False]), ("eth_blockNumber", [])])
+        seen = int(head["result"], 16)  # receipts are read from every block mined after this one
+        receipts: list[dict[str, Any]] = []
         try:
-            for chunk in _chunks(queued):
-                answers = self._rpc([("eth_sendRawTransaction", ["0x" + q.raw.hex()]) for q in chunk])
-                for item, answer in zip(chunk, answers, strict=True):
-                    if "error" in answer:
-                        raise ChainError(f"the node refused {item.label}: {answer['error'].get('message', answer)}")
-            index_of = {"0x" + q.tx_hash.hex(): i for i, q in enumerate(queued)}
-            (head,) = self._rpc([("eth_blockNumber", [])])
-            seen = int(head["result"], 16)  # receipts are read from every block mined after this one
-            receipts: dict[int, dict[str, Any]] = {}
-            deadline = time.monotonic() + 120
-            while len(receipts) < len(queued):
-                if time.monotonic() > deadline:
-                    (status,) = self._rpc([("txpool_status", [])])
-                    item = next(q for i, q in enumerate(queued) if i not in receipts)
-                    known, count = self._rpc(
-                        [
-                            ("eth_getTransactionByHash", ["0x" + item.tx_hash.hex()]),
-                            ("eth_getTransactionCount", [item.tx["from"], "latest"]),
-                        ]
-                    )
-                    first = f"{item.label} (DEBUG {known} {count})"
-                    raise ChainError(f"no receipt within 120 s for {len(queued) - len(receipts)} transactions, the "
-                                     f"first {first} (the node's pool: {status.get('result', status)})")  # fmt: skip
-                self._rpc([("anvil_setNextBlockBaseFeePerGas", [hex(self.base_fee)])])
-                self._rpc([("evm_mine", [])])
-                (head,) = self._rpc([("eth_blockNumber", [])])
-                mined = range(seen + 1, int(head["result"], 16) + 1)
-                for block in self._rpc([("eth_getBlockReceipts", [hex(n)]) for n in mined]) if mined else []:
-                    for receipt in block.get("result") or []:
-                        index = index_of.get(receipt["transactionHash"])
-                        if index is not None:
-                            receipts[index] = receipt
-                seen = max(seen, mined.stop - 1)
+            for segment in segments:
+                got, seen = self._flush_segment(segment, seen)
+                receipts += got
         finally:
             self._rpc([("evm_setAutomine", [True])])
-        return [receipts[i] for i in range(len(queued))]
+        return receipts
+
+    def _flush_segment(self, queued: list[_Queued], seen: int) -> tuple[list[dict[str, Any]], int]:
+        """A node with automine off: every transaction into the pool (batched, with the next block's base fee),
+        then blocks mined on request until every receipt is there; returns the receipts and the last block
+        read (``seen`` is the one before). The base fee of each block mined here is held at the one the sender
+        started with: full blocks would raise it 12.5% each, past any fee cap."""
+        chunks = _chunks(queued)
+        for number, chunk in enumerate(chunks):
+            calls = [("eth_sendRawTransaction", ["0x" + q.raw.hex()]) for q in chunk]
+            if number == len(chunks) - 1:  # the same round trip sets the base fee of the block mined next
+                calls.append(("anvil_setNextBlockBaseFeePerGas", [hex(self.base_fee)]))
+            answers = self._rpc(calls)
+            for item, answer in zip(chunk, answers, strict=False):
+                if "error" in answer:
+                    raise ChainError(f"the node refused {item.label}: {answer['error'].get('message', answer)}")
+        index_of = {"0x" + q.tx_hash.hex(): i for i, q in enumerate(queued)}
+        receipts: dict[int, dict[str, Any]] = {}
+        deadline = time.monotonic() + 120
+        first = True
+        while len(receipts) < len(queued):
+            if time.monotonic() > deadline:
+                (status,) = self._rpc([("txpool_status", [])])
+                item = next(q for i, q in enumerate(queued) if i not in receipts)
+                raise ChainError(f"no receipt within 120 s for {len(queued) - len(receipts)} transactions, the "
+                                 f"first {item.label} (the node's pool: {status.get('result', status)})")  # fmt: skip
+            if not first:
+                self._rpc([("anvil_setNextBlockBaseFeePerGas", [hex(self.base_fee)])])
+            first = False
+            self._rpc([("evm_mine", [])])
+            # The block just mined is normally the only new one: its receipts come with the head's number.
+            head, block = self._rpc([("eth_blockNumber", []), ("eth_getBlockReceipts", [hex(seen + 1)])])
+            last = int(head["result"], 16)
+            blocks = [block] + (self._rpc([("eth_getBlockReceipts", [hex(n)]) for n in range(seen + 2, last + 1)])
+                                if last > seen + 1 else [])  # fmt: skip
+            for found in blocks:
+                for receipt in found.get("result") or []:
+                    index = index_of.get(receipt["transactionHash"])
+                    if index is not None:
+                        receipts[index] = receipt
+            seen = max(seen, last)
+        return [receipts[i] for i in range(len(queued))], seen
 
 
 def _chunks(items: list[_Queued]) -> list[list[_Queued]]:
@@ -345,6 +357,32 @@ def _chunks(items: list[_Queued]) -> list[list[_Queued]]:
         chunks[-1].append(item)
         size += len(item.raw)
     return chunks
+
+
+def _rlp(item: bytes) -> bytes:
+    """The RLP encoding of one byte string (the Ethereum Yellow Paper, appendix B)."""
+    size = len(item)
+    if size == 1 and item[0] < 0x80:
+        return item
+    if size < 56:
+        return bytes([0x80 + size]) + item
+    length = _be(size)
+    return bytes([0xB7 + len(length)]) + length + item
+
+
+def _rlp_list(payload: bytes) -> bytes:
+    """The RLP encoding of a list whose items' encodings, end to end, are ``payload``."""
+    size = len(payload)
+    if size < 56:
+        return bytes([0xC0 + size]) + payload
+    length = _be(size)
+    return bytes([0xF7 + len(length)]) + length + payload
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(address: str) -> bytes:
+    """A hex address's 20 bytes (validated once per address)."""
+    return to_canonical_address(address)
 
 
 def _be(value: int) -> bytes:

@@ -13,7 +13,16 @@ from marketplace.chain.units import to_units
 
 @pytest.mark.parametrize(
     ("nonce", "value", "data", "gas"),
-    [(0, 0, b"", 21_000), (1, 10**18, b"\x00\x01", 100_000), (2**40, 1, bytes(range(256)) * 3, 3_000_000)],
+    [
+        (0, 0, b"", 21_000),
+        (1, 10**18, b"\x00\x01", 100_000),
+        (2**40, 1, bytes(range(256)) * 3, 3_000_000),
+        (127, 0x7F, b"\x05", 21_000),
+        (128, 0x80, b"\x80", 21_000),
+        (55, 2**256 - 1, b"\xff" * 55, 60_000),
+        (56, 256, b"\x01" * 56, 60_000),
+        (3, 3, b"\x01" * 70_000, 3_000_000),
+    ],
 )
 def test_signature_is_byte_identical_to_eth_account(nonce: int, value: int, data: bytes, gas: int) -> None:
     """coincurve on the hand-built EIP-1559 digest signs exactly what eth-account's sign_transaction signs."""

@@ -25,7 +25,15 @@ from marketplace.chain import connect
 from marketplace.chain.contracts import TestUSD
 from marketplace.chain.deployment import deploy_all
 from marketplace.chain.eip712 import sign_voucher
-from marketplace.chain.lineage import Lineage, ReleaseIncomplete, clone_address, execute, plan_release, plan_withdrawal
+from marketplace.chain.lineage import (
+    Lineage,
+    ReleaseIncomplete,
+    VaultReads,
+    clone_address,
+    execute,
+    plan_release,
+    plan_withdrawal,
+)
 from marketplace.chain.market import Market
 from marketplace.chain.records import AssetKind
 from marketplace.chain.units import BPS, TOTAL_SHARES, to_units
@@ -426,3 +434,32 @@ def test_after_every_payee_withdraws_no_vault_owes_anything_and_every_unit_is_ac
         dust = sum(token.balance_of(market.marketplace.vault_of(i)) for i in ids)
         assert received[token.address] + dust == paid[token.address]
         assert dust <= len(ids) * (PAYEES + 4)  # floor rounding only: less than a unit per payee per vault
+
+
+def test_plans_from_vault_reads_made_in_one_batch_equal_plans_that_read_as_they_go(chain, market, alice, bob):
+    """``reads=VaultReads(...)`` (the fast engine reads every vault in one batch of calls): the same plans as
+    reading one call at a time, and the plan uses those reads (reads saying nothing arrived plan nothing)."""
+    token = market.token.address
+    data = publish(market, bob, token=token, payees=[(bob, 10_000)])
+    model = publish(market, alice, token=token, payees=[(alice, 7_000)], parents=[(data, 3_000)],
+                    kind=AssetKind.MODEL)  # fmt: skip
+    market.token.transfer(alice, market.marketplace.vault_of(model), 1_234_567)
+    lineage = Lineage.of_market(market)
+    nodes = [lineage.node(a) for a in (data, model)]
+    vault = {n.vault: chain.contract("RevenueVault", n.vault) for n in nodes}
+    block = chain.block_number()
+    reads = VaultReads(
+        block,
+        {(n.vault, n.token): chain.call(vault[n.vault].functions.totalReceived(n.token)) for n in nodes},
+        {(n.vault, n.token, p): chain.call(vault[n.vault].functions.released(n.token, p)) for n in nodes
+         for p, _ in n.payees},
+    )  # fmt: skip
+    assert plan_release(chain, lineage, model, reads=reads) == plan_release(chain, lineage, model)
+    for account in (alice, bob):
+        assert plan_withdrawal(chain, lineage, account.address, reads=reads) == plan_withdrawal(
+            chain, lineage, account.address
+        )
+    assert plan_withdrawal(chain, lineage, bob.address, reads=reads).releases  # there is something to move
+    nothing = VaultReads(block, dict.fromkeys(reads.received, 0), reads.released)
+    assert plan_withdrawal(chain, lineage, bob.address, reads=nothing).releases == ()
+    assert plan_release(chain, lineage, model, reads=VaultReads(block)) == plan_release(chain, lineage, model)

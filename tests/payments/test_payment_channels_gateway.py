@@ -629,3 +629,36 @@ def test_calls_answered_before_a_kill_9_are_all_claimed(market, relayer, session
         (settled,) = Settler(market, ledger, relayer).settle_once()
     assert settled.outcome == "claimed"
     assert vault_balance(market, model) == entry.debited >= max(answered)
+
+
+def test_vouchers_reserved_in_process_and_committed_in_a_batch_are_checked_the_same(
+    market, session_key, alice, model, channel, gate, ledger
+):
+    """The fast engine's path (``reserve_voucher`` without the header, ``commit_many``: one ledger write) makes
+    the same checks and leaves the same row as ``reserve``/``commit`` per call; a refused call in a batch is
+    not debited and the others stand."""
+    hasher = VoucherHasher(market.channels.domain)
+    with pytest.raises(ChannelPaymentRequired) as info:  # a voucher the channel's signer did not sign
+        gate.reserve_voucher(hasher.voucher(alice, channel, PRICE), PRICE, asset_id=model)
+    assert info.value.reason == "invalid_signature"
+    reservations = [gate.reserve_voucher(hasher.voucher(session_key, channel, n * PRICE), PRICE, asset_id=model)
+                    for n in range(1, 8)]  # fmt: skip
+    with pytest.raises(ChannelPaymentRequired) as info:  # the 8th call needs an 8-call voucher
+        gate.reserve_voucher(hasher.voucher(session_key, channel, 7 * PRICE), PRICE, asset_id=model)
+    assert info.value.reason == "insufficient_voucher"
+    commits = ledger.commits
+    receipts = gate.commit_many(reservations)
+    assert ledger.commits == commits + 1
+    assert [r.debited for r in receipts] == [n * PRICE for n in range(1, 8)]
+    entry = ledger.entry(channel)
+    assert (entry.debited, entry.calls, entry.ceiling) == (7 * PRICE, 7, 7 * PRICE)
+    with pytest.raises(ValueError, match="already committed or released"):
+        gate.commit_many(reservations[:1])
+    # A batch whose channel the settler found final meanwhile: refused, and nothing of it debited.
+    late = [gate.reserve_voucher(hasher.voucher(session_key, channel, n * PRICE), PRICE, asset_id=model)
+            for n in (8, 9)]  # fmt: skip
+    ledger.mark_final(channel, "AlreadySettled")
+    with pytest.raises(ChannelPaymentRequired) as info:
+        gate.commit_many(late)
+    assert info.value.reason == "channel_closed"
+    assert (ledger.entry(channel).debited, ledger.entry(channel).calls) == (7 * PRICE, 7)

@@ -211,3 +211,44 @@ def test_gil_holding_recovery_agrees_with_coincurve():
     nothing = bytes(64)  # r = s = 0: no key
     assert secp256k1.recover_public_key(nothing, 0, os.urandom(32)) is None
     assert secp256k1._coincurve_recover(nothing, 0, os.urandom(32)) is None
+
+
+def test_a_batch_of_debits_leaves_the_rows_one_debit_at_a_time_would(tmp_path):
+    """``record_many`` (the fast engine's group commit) against ``record`` per call: the same rows, the same
+    refusals at the same places, in one write; ``mark_claimed_many`` likewise."""
+    rng = __import__("random").Random(15)
+    calls = []
+    for _ in range(300):
+        channel = rng.randint(1, 6)
+        calls.append(ledger_module.Debit(channel, 10 + channel, rng.choice([1, 2, 5]), rng.randint(0, 120),
+                                         bytes([rng.randint(1, 9)]) * 65, rng.choice([0, 0, 0, 30]),
+                                         rng.choice([None, 100])))  # fmt: skip
+    with VoucherLedger(tmp_path / "one.sqlite3") as one, VoucherLedger(tmp_path / "many.sqlite3") as many:
+        one.record(6, asset_id=16, price=1, ceiling=5, signature=SIG)
+        one.mark_final(6, "AlreadySettled")
+        many.record(6, asset_id=16, price=1, ceiling=5, signature=SIG)
+        many.mark_final(6, "AlreadySettled")
+        expected: list[object] = []
+        for c in calls:
+            try:
+                expected.append(one.record(c.channel_id, asset_id=c.asset_id, price=c.price, ceiling=c.ceiling,
+                                           signature=c.signature, claimed_on_chain=c.claimed_on_chain,
+                                           deposit=c.deposit))  # fmt: skip
+            except (InsufficientCredit, ledger_module.ChannelFinalized) as exc:
+                expected.append(type(exc))
+        commits = many.commits
+        got = many.record_many(calls)
+        assert many.commits == commits + 1  # one write for the whole batch
+        assert [g if isinstance(g, ledger_module.ChannelRecord) else type(g) for g in got] == expected
+        assert sum(isinstance(g, InsufficientCredit) for g in got) > 10  # refusals were exercised
+        assert any(isinstance(g, ledger_module.ChannelFinalized) for g in got)
+        assert many.entries() == one.entries()
+        claims = [(e.channel_id, e.debited) for e in one.claimable()]
+        for channel_id, claimed in claims:
+            one.mark_claimed(channel_id, claimed)
+        many.mark_claimed_many(claims)
+        assert many.entries() == one.entries() and many.claimable() == []
+        with pytest.raises(ValueError, match="must not be negative"):
+            many.record_many([ledger_module.Debit(1, 1, -1, 5, SIG)])
+    with VoucherLedger(tmp_path / "many.sqlite3") as reopened, VoucherLedger(tmp_path / "one.sqlite3") as other:
+        assert reopened.entries() == other.entries()  # on disk too
