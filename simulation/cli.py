@@ -182,7 +182,7 @@ def sweep(
     table = Table(title=f"{scenario.name}: {total} grid points")
     keys = list(dict.fromkeys(k for row in rows for k in row.params))
     sybil = any(row.metrics.sybil_gain is not None for row in rows)  # a Sybil sweep with its unsplit control
-    for column in [*keys, "revenue~value", "Gini", "producer share", "builder profit", "surplus", "answer accuracy",
+    for column in [*keys, "revenue~value", "Gini", "producer share", "builder profit", "surplus", "accuracy",
                    *(["Sybil gain"] if sybil else [])]:  # fmt: skip
         table.add_column(column)
     for row in rows:
