@@ -67,7 +67,7 @@ PHASES = (
     ("release+withdraw", "simulation.fast:FastRun", "release_and_withdraw"),
     ("result (chain reads)", "simulation.engine:_Run", "result"),
     ("result (chain reads)", "simulation.fast:FastRun", "result"),
-    ("true value", "simulation.engine:loo_contributions", None),
+    ("ground truth", "simulation.engine:_Run", "ground_truth"),
     ("reconcile", "simulation.engine:reconcile", None),
 )
 #: Transactions: signing (``queue``) and sending, mining and checking receipts (``flush``), wherever they happen.
