@@ -393,21 +393,22 @@ def study(
     seed: Annotated[int, typer.Option("--seed", help="The first seed.")] = 7,
     rules: Annotated[
         str, typer.Option("--rules", help="Royalty rules to compare, comma-separated; the first is the reference.")
-    ] = ",".join(("equal", "proportional", "leave_one_out", "knn_shapley", "mc_shapley")),
+    ] = "equal,leave_one_out,knn_shapley,mc_shapley,banzhaf,beta_shapley",
     param: ParamOption = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Runs in parallel processes.")] = 1,
     chain: ChainOption = "embedded",
 ) -> None:
     """Which royalty rule pays producers in line with their data's value? Runs the noisy-producers, free-riders
-    and sybil scenarios under every rule over the same seeds and writes study.md (the answer, with 95%
-    intervals and paired comparisons), study.csv, study.json and the figure study.png/.svg/.pdf."""
+    (provenance off and on) and sybil (flat and per-row licenses, split and unsplit) scenarios under every rule
+    over the same seeds and writes study.md (the answer, with 95% intervals and paired comparisons), study.csv,
+    study.json and the figure study.png/.svg/.pdf."""
     from simulation.runner import seed_list
-    from simulation.study import run_study, summary_lines
+    from simulation.study import RUNS_PER_RULE_AND_SEED, run_study, summary_lines
 
     check_settings()
     chosen = [rule.strip() for rule in rules.split(",") if rule.strip()]
     seed_list(seed, seeds)  # a bad count is a one-line error before any run
-    runs = seeds * len(chosen) * 4  # noisy + copying + sybil (split and its control)
+    runs = seeds * len(chosen) * RUNS_PER_RULE_AND_SEED
     measures = _run_seeded(
         lambda on_run: run_study(out, seeds=seeds, first_seed=seed, rules=chosen, workers=workers,
                                  chain_target=chain, overrides=param or [], on_run=on_run),

@@ -3,12 +3,14 @@
 One command (``agentmarket study``) runs three seeded sweeps over royalty rules, the same seeds under every
 rule, and answers with numbers and 95% intervals:
 
-- **noisy data** (``noisy-producers``): how far each rule's royalty shares are from the ground truth, and what
-  share of the royalties reached the producers whose labels are noisy;
+- **noisy data** (``noisy-producers``): how far each rule's royalty splits are from the ground truth
+  (``truth_distance``, ``simulation.groundtruth``: exact Shapley shares), how much more of the royalties the
+  noisy producers received than their ground-truth share (``defective.excess``), and what each rule costs the
+  builders and consumers (profit and surplus: builders react to royalties when they choose data and price);
 - **copying** (``free-riders``): what a copier earns in royalties per unit its original earns (1 = copying
-  pays as much as producing the data; 0 = it pays nothing);
+  pays as much as producing the data; 0 = it pays nothing), without and with ``royalty.provenance``;
 - **Sybil splitting** (``sybil``): what an owner earns after splitting its data across identities over what it
-  earns unsplit, same seed (1 = splitting does not pay).
+  earns unsplit, same seed (1 = splitting does not pay), under ``flat`` and ``per_row`` license pricing.
 
 Every figure is computed per seed from the runs' own ``result.json`` and ``metrics.json`` (so it reconciles
 with the chain to the unit, as every run does), then estimated over the seeds with
@@ -39,15 +41,19 @@ from simulation.runner import point_dir, seed_list, sweep_seeds
 from simulation.scenario import Scenario, load_scenario, sweep_scenarios
 
 #: The royalty rules a study compares by default; the first is the reference of every paired comparison.
-STUDY_RULES: tuple[str, ...] = ("equal", "proportional", "leave_one_out", "knn_shapley", "mc_shapley")
+STUDY_RULES: tuple[str, ...] = ("equal", "leave_one_out", "knn_shapley", "mc_shapley", "banzhaf", "beta_shapley")
 
 #: How many identities the split owner of the Sybil question uses (against 1, its unsplit control).
 SYBIL_IDENTITIES = 3
 
-#: The headline metric of the noisy-data question: a field of ``metrics.json`` (lower is better when
-#: ``HEADLINE_LOWER_IS_BETTER``), with its label.
-HEADLINE = ("revenue_value_correlation.pearson", "revenue ~ value (Pearson)")
-HEADLINE_LOWER_IS_BETTER = False
+#: The license pricing mechanisms the Sybil question compares (``producers.pricing``).
+SYBIL_PRICING: tuple[str, ...] = ("flat", "per_row")
+
+#: Runs per rule and seed: noisy (1), copying with provenance off and on (2), Sybil split and control under
+#: each pricing mechanism (2 x ``SYBIL_PRICING``).
+RUNS_PER_RULE_AND_SEED = 3 + 2 * len(SYBIL_PRICING)
+
+UNIT = 1_000_000  # base units per tUSD
 
 
 @dataclass(frozen=True)
@@ -71,15 +77,6 @@ def _field(data: dict[str, Any], dotted: str) -> Value:
     if isinstance(value, dict) and "undefined" in value:
         return Undefined(value["undefined"])
     return value
-
-
-def noisy_royalty_share(result: dict[str, Any]) -> Value:
-    """The share of all royalties producers received that reached producers with label noise (0..1)."""
-    producers = result["producers"]
-    total = sum(p.get("royalty_revenue", 0) for p in producers)
-    if total <= 0:
-        return Undefined("no royalty reached any producer")
-    return sum(p.get("royalty_revenue", 0) for p in producers if p["label_noise"] > 0) / total
 
 
 def copier_ratio(result: dict[str, Any]) -> Value:
@@ -148,11 +145,13 @@ def run_study(
     chosen = seed_list(first_seed, seeds)
     rule_grid = f"royalty.rule={','.join(rules)}"
     base = [*overrides, f"seed={first_seed}"]
+    identities = "producers.split.identities"
     sweeps = {
         "noisy": _Sweep(load_scenario("noisy-producers", base), [rule_grid], out_dir / "noisy-producers"),
-        "copying": _Sweep(load_scenario("free-riders", base), [rule_grid], out_dir / "free-riders"),
-        "sybil": _Sweep(load_scenario("sybil", base),
-                        [f"producers.split.identities=1,{SYBIL_IDENTITIES}", rule_grid], out_dir / "sybil"),
+        "copying": _Sweep(load_scenario("free-riders", base), ["royalty.provenance=false,true", rule_grid],
+                          out_dir / "free-riders"),
+        "sybil": _Sweep(load_scenario("sybil", base), [f"producers.pricing={','.join(SYBIL_PRICING)}",
+                        f"{identities}=1,{SYBIL_IDENTITIES}", rule_grid], out_dir / "sybil"),
     }  # fmt: skip
     for sweep in sweeps.values():  # every grid point checked before anything runs
         sweep_scenarios(sweep.scenario, sweep.params)
@@ -160,23 +159,49 @@ def run_study(
         sweep_seeds(sweep.scenario, sweep.params, sweep.folder, seeds, workers=workers, chain_target=chain_target,
                     on_run=on_run)  # fmt: skip
 
-    def point(question: str, rule: str, file: str, **more: str) -> list[dict[str, Any]]:
-        sweep = sweeps[question]
-        return _runs(sweep, chosen, {**more, "royalty.rule": rule}, file)
+    def point(question: str, file: str, **grid: str) -> list[dict[str, Any]]:
+        return _runs(sweeps[question], chosen, grid, file)
 
-    identities = "producers.split.identities"
+    def noisy(dotted: str, scale: float = 1.0) -> Callable[[str], list[Value]]:
+        def values(rule: str) -> list[Value]:
+            found = [_field(m, dotted) for m in point("noisy", "metrics.json", **{"royalty.rule": rule})]
+            return [v if isinstance(v, Undefined) else v / scale for v in found]
+
+        return values
+
+    def copying(provenance: str) -> Callable[[str], list[Value]]:
+        def values(rule: str) -> list[Value]:
+            grid = {"royalty.provenance": provenance, "royalty.rule": rule}
+            return [copier_ratio(x) for x in point("copying", "result.json", **grid)]
+
+        return values
+
+    def sybil(pricing: str) -> Callable[[str], list[Value]]:
+        def values(rule: str) -> list[Value]:
+            def runs(split: int) -> list[dict[str, Any]]:
+                grid = {"producers.pricing": pricing, identities: str(split), "royalty.rule": rule}
+                return point("sybil", "result.json", **grid)
+
+            return [split_owner_revenue(a) / split_owner_revenue(b) if split_owner_revenue(b)
+                    else Undefined("the unsplit owner earned nothing")
+                    for a, b in zip(runs(SYBIL_IDENTITIES), runs(1), strict=True)]  # fmt: skip
+
+        return values
+
     measures = [
-        _measure("noisy", "headline", HEADLINE[1], None, rules,
-                 lambda r: [_field(m, HEADLINE[0]) for m in point("noisy", r, "metrics.json")]),
-        _measure("noisy", "noisy_royalty_share", "royalty share reaching noisy producers", None, rules,
-                 lambda r: [noisy_royalty_share(x) for x in point("noisy", r, "result.json")]),
-        _measure("copying", "copier_ratio", "copier's royalty / original's royalty", 1.0, rules,
-                 lambda r: [copier_ratio(x) for x in point("copying", r, "result.json")]),
-        _measure("sybil", "sybil_gain", f"Sybil gain ({SYBIL_IDENTITIES} identities / 1)", 1.0, rules,
-                 lambda r: [split_owner_revenue(a) / split_owner_revenue(b) if split_owner_revenue(b) else
-                            Undefined("the unsplit owner earned nothing")
-                            for a, b in zip(point("sybil", r, "result.json", **{identities: str(SYBIL_IDENTITIES)}),
-                                            point("sybil", r, "result.json", **{identities: "1"}), strict=True)]),
+        _measure("noisy data", "truth_distance", "distance of royalty splits from the ground truth (0 = by value)",
+                 None, rules, noisy("truth_distance")),
+        _measure("noisy data", "defective_excess", "royalty share to noisy data minus its ground-truth share", 0.0,
+                 rules, noisy("defective.excess")),
+        _measure("noisy data", "builder_profit", "builders' profit (tUSD)", None, rules,
+                 noisy("builder_profit.total", UNIT)),
+        _measure("noisy data", "consumer_surplus", "consumers' surplus (tUSD)", None, rules,
+                 noisy("consumer_surplus.total", UNIT)),
+        _measure("copying", "copier_ratio", "copier's royalty / original's", 1.0, rules, copying("false")),
+        _measure("copying", "copier_ratio_provenance", "the same with provenance", 1.0, rules, copying("true")),
+        *(_measure("Sybil splitting", f"sybil_gain_{pricing}",
+                   f"gain of {SYBIL_IDENTITIES} identities over 1, {pricing} licenses", 1.0, rules, sybil(pricing))
+          for pricing in SYBIL_PRICING),
     ]  # fmt: skip
     write_study(measures, rules, chosen, out_dir)
     return measures
@@ -253,11 +278,15 @@ def write_study(measures: Sequence[Measure], rules: Sequence[str], seeds: Sequen
 def plot_study(measures: Sequence[Measure], rules: Sequence[str], seeds: Sequence[int], out_dir: Path) -> list[Path]:
     """One panel per measure: a bar per rule at its mean, the 95% interval as an error bar, ``undefined`` written
     where a rule has no value, the no-effect value as a dashed line; PNG (200 dpi), SVG and PDF."""
-    figure = Figure(figsize=(3.4 * len(measures), 3.8), layout="constrained")
+    columns = min(4, len(measures))
+    rows = -(-len(measures) // columns)
+    figure = Figure(figsize=(3.4 * columns, 3.6 * rows), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, len(measures), squeeze=False)[0]
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axis in axes[len(measures) :]:
+        axis.set_visible(False)
     positions = np.arange(len(rules))
-    for axis, measure in zip(axes, measures, strict=True):
+    for axis, measure in zip(axes, measures, strict=False):
         for x, rule in zip(positions, rules, strict=True):
             s = measure.by_rule[rule]
             if isinstance(s, Undefined):

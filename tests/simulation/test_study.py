@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from simulation.results import Undefined
-from simulation.study import copier_ratio, noisy_royalty_share, split_owner_revenue
+from simulation.study import copier_ratio, split_owner_revenue
 from tests.helpers.cli import assert_one_line_error, run_cli
 from tests.helpers.simulation import assert_png
 
@@ -34,14 +34,11 @@ def producer(index: int, royalty: int, *, noise: float = 0.0, copy_of: int | Non
 
 
 def test_measures_by_hand() -> None:
-    result = {"producers": [producer(0, 600), producer(1, 300, noise=0.4), producer(2, 100, noise=0.6)]}
-    assert noisy_royalty_share(result) == pytest.approx(0.4)
     copying = {"producers": [producer(0, 500), producer(1, 200), producer(2, 250, copy_of=0),
                              producer(3, 0, copy_of=1)]}  # fmt: skip
     assert copier_ratio(copying) == pytest.approx(250 / 700)
     nothing = {"producers": [producer(0, 0), producer(1, 0, copy_of=0)]}
     assert isinstance(copier_ratio(nothing), Undefined)
-    assert isinstance(noisy_royalty_share(nothing), Undefined)
     sybil = {"split_owner": 0, "producers": [producer(0, 0, owner=0, revenue=30), producer(1, 0, owner=0, revenue=12),
                                              producer(2, 0, owner=1, revenue=99)]}  # fmt: skip
     assert split_owner_revenue(sybil) == 42
@@ -55,31 +52,36 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
                   *params, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
-    assert "copying" in run.stdout and "sybil" in run.stdout
+    assert "copying" in run.stdout and "Sybil" in run.stdout
     return out
 
 
 def test_study_answers_from_the_runs_files(study: Path) -> None:
     data = json.loads((study / "study.json").read_text())
     assert data["rules"] == ["equal", "knn_shapley"] and data["seeds"] == [7, 8] and data["reference"] == "equal"
-    measures = {(m["question"], m["measure"]): m for m in data["measures"]}
-    # equal shares: the noisy producers' royalty is their count over the parents' (every shard bought)
-    files = sorted((study / "noisy-producers").glob("point-01-*/seed-*/result.json"))
-    results = [json.loads(path.read_text()) for path in files]
-    assert len(results) == 2
-    by_hand = [noisy_royalty_share(r) for r in results]
-    equal = measures[("noisy", "noisy_royalty_share")]["by_rule"]["equal"]
-    assert equal["mean"] == pytest.approx(sum(by_hand) / 2)
-    assert 0.35 < equal["mean"] < 0.45  # 2 of 5 equal shares, less the floor rounding
-    # copying under equal shares pays the copier exactly what the original gets
-    assert measures[("copying", "copier_ratio")]["by_rule"]["equal"]["mean"] == pytest.approx(1.0, abs=1e-3)
-    # splitting into 3 identities at the full license price pays under equal shares
-    assert measures[("sybil", "sybil_gain")]["by_rule"]["equal"]["mean"] > 1.5
+    measures = {m["measure"]: m for m in data["measures"]}
+    # each figure is the mean of what the runs' own files say, seed by seed
+    files = sorted((study / "noisy-producers").glob("point-01-*/seed-*/metrics.json"))
+    runs = [json.loads(path.read_text()) for path in files]
+    assert len(runs) == 2
+    distance = measures["truth_distance"]["by_rule"]["equal"]
+    assert distance["mean"] == pytest.approx(sum(r["truth_distance"] for r in runs) / 2)
+    assert distance["n"] == 2
+    profit = measures["builder_profit"]["by_rule"]["equal"]["mean"]
+    assert profit == pytest.approx(sum(r["builder_profit"]["total"] for r in runs) / 2 / 1_000_000)
+    # copying under equal shares pays the copier what the original gets, and nothing with provenance
+    assert measures["copier_ratio"]["by_rule"]["equal"]["mean"] == pytest.approx(1.0, abs=1e-3)
+    assert measures["copier_ratio_provenance"]["by_rule"]["knn_shapley"]["mean"] < 0.5
+    # splitting into 3 identities pays with flat licenses, hardly at all with per-row ones
+    flat = measures["sybil_gain_flat"]["by_rule"]["knn_shapley"]["mean"]
+    per_row = measures["sybil_gain_per_row"]["by_rule"]["knn_shapley"]["mean"]
+    assert flat > 1.5 and abs(per_row - 1) < 0.1, (flat, per_row)
     # each rule's paired difference with the reference is there, with its interval or its reason
     for measure in data["measures"]:
         assert set(measure["vs_reference"]) == {"knn_shapley"}
     rows = list(csv.DictReader((study / "study.csv").open()))
-    assert {(r["question"], r["rule"]) for r in rows} >= {("noisy", "equal"), ("sybil", "knn_shapley")}
+    pairs = {(r["measure"], r["rule"]) for r in rows}
+    assert pairs >= {("truth_distance", "equal"), ("sybil_gain_flat", "knn_shapley")}
     text = (study / "study.md").read_text()
     assert "vs equal" in text and "[" in text
 
