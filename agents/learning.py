@@ -160,7 +160,7 @@ def _read_csv(path: str, _mtime_ns: int, _size: int, label: str) -> tuple[np.nda
                 continue  # a blank line
             if len(fields) != len(header):
                 raise BadDataset(f"{where}, line {line}: expected {len(header)} fields, got {len(fields)}")
-            features.append([_csv_number(fields[c], where, line, header[c]) for c in columns])
+            features.append([_finite_number(fields[c], f"{where}, line {line}, column {header[c]!r}") for c in columns])
             labels.append(fields[target].strip())
     except csv.Error as exc:
         raise BadDataset(f"{where}, line {reader.line_num}: {exc}") from None
@@ -172,14 +172,14 @@ def _read_csv(path: str, _mtime_ns: int, _size: int, label: str) -> tuple[np.nda
     return np.array(features, dtype=np.float64), np.array([index[value] for value in labels], dtype=np.int64)
 
 
-def _csv_number(cell: str, where: str, line: int, column: str) -> float:
-    """One finite feature value, or ``BadDataset`` naming the line and column."""
+def _finite_number(text: str, place: str) -> float:
+    """``text`` as a finite float, or ``BadDataset`` naming ``place`` (file, line and column) and the value."""
     try:
-        number = float(cell)
+        number = float(text)
     except ValueError:
-        raise BadDataset(f"{where}, line {line}, column {column!r}: {cell!r} is not a number") from None
+        raise BadDataset(f"{place}: {text!r} is not a number") from None
     if not math.isfinite(number):
-        raise BadDataset(f"{where}, line {line}, column {column!r}: {cell!r} is not a finite number")
+        raise BadDataset(f"{place}: {text!r} is not a finite number")
     return number
 
 
@@ -298,23 +298,13 @@ def decode_shard(data: bytes) -> Shard:
             line = reader.line_num
             if len(fields) != n_features + 1:
                 raise BadDataset(f"line {line}: expected {n_features + 1} fields, got {len(fields)}")
-            features.append([_parse_feature(value, line, column) for column, value in enumerate(fields[:-1])])
+            features.append([_finite_number(value, f"line {line}, column f{column}")
+                             for column, value in enumerate(fields[:-1])])  # fmt: skip
             labels.append(_parse_label(fields[-1], line))
     except csv.Error as exc:
         raise BadDataset(f"line {reader.line_num}: {exc}") from None
     matrix = np.array(features, dtype=np.float64).reshape(len(features), n_features)
     return Shard(matrix, np.array(labels, dtype=np.int64))
-
-
-def _parse_feature(value: str, line: int, column: int) -> float:
-    """One finite float feature value, or ``BadDataset``."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise BadDataset(f"line {line}, column f{column}: {value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise BadDataset(f"line {line}, column f{column}: {value!r} is not a finite number")
-    return number
 
 
 def _parse_label(value: str, line: int) -> int:

@@ -291,13 +291,7 @@ class ProducersSpec(_Section):
         copiers: set[int] = set()
         for position, duplicate in enumerate(self.duplicates):
             for field in ("producer", "source"):
-                index = getattr(duplicate, field)
-                if index >= self.count:
-                    raise _problem(
-                        f"{index} is not a producer index; must be between 0 and {self.count - 1} "
-                        f"(producers.count is {self.count})",
-                        f"duplicates.{position}.{field}",
-                    )
+                self._check_index(getattr(duplicate, field), f"duplicates.{position}.{field}")
             if duplicate.producer == duplicate.source:
                 raise _problem("a producer cannot duplicate its own rows", f"duplicates.{position}.source")
             if duplicate.producer in copiers:
@@ -313,17 +307,21 @@ class ProducersSpec(_Section):
                     f"duplicates.{position}.source",
                 )
         for position, poison in enumerate(self.poison):
-            if poison.producer >= self.count:
-                raise _problem(
-                    f"{poison.producer} is not a producer index; must be between 0 and {self.count - 1} "
-                    f"(producers.count is {self.count})",
-                    f"poison.{position}.producer",
-                )
+            self._check_index(poison.producer, f"poison.{position}.producer")
             if poison.source_class == poison.target_class:
                 raise _problem("relabelling a class as itself poisons nothing", f"poison.{position}.target_class")
         if self.split is not None:
             self._check_split(self.split)
         return self
+
+    def _check_index(self, index: int, key: str) -> None:
+        """Raise a scenario problem at ``key`` unless ``index`` is one of the producers."""
+        if index >= self.count:
+            raise _problem(
+                f"{index} is not a producer index; must be between 0 and {self.count - 1} "
+                f"(producers.count is {self.count})",
+                key,
+            )
 
     def _check_split(self, split: SplitSpec) -> None:
         """The split names a producer, gives each identity at least one row, and fits ``MAX_PRODUCERS``."""
