@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from matplotlib.figure import Figure
 from simulation.metrics import estimate
 from simulation.results import Estimate, Summary, Undefined, Value
 from simulation.runner import point_dir, seed_list, sweep_seeds
-from simulation.scenario import Scenario, load_scenario, sweep_scenarios
+from simulation.scenario import load_scenario, parse_sweep, sweep_scenarios
 
 #: The royalty rules a study compares by default; the first is the reference of every paired comparison.
 STUDY_RULES: tuple[str, ...] = ("equal", "leave_one_out", "knn_shapley", "mc_shapley", "banzhaf", "beta_shapley")
@@ -95,22 +96,26 @@ def split_owner_revenue(result: dict[str, Any]) -> int:
     return sum(p["revenue"] for p in result["producers"] if p.get("owner", p["index"]) == owner)
 
 
-@dataclass(frozen=True)
-class _Sweep:
-    """One seeded sweep of the study: its scenario, grid and folder."""
+#: The study's sweeps: question -> (scenario, folder, grid beyond the rules).
+_IDENTITIES = "producers.split.identities"
+SWEEPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "noisy": ("noisy-producers", "noisy-producers", ()),
+    "copying": ("free-riders", "free-riders", ("royalty.provenance=false,true",)),
+    "sybil": ("sybil", "sybil", (f"producers.pricing={','.join(SYBIL_PRICING)}",
+                                  f"{_IDENTITIES}=1,{SYBIL_IDENTITIES}")),
+}  # fmt: skip
 
-    scenario: Scenario
-    params: list[str]
-    folder: Path
+
+def _grid(question: str, rules: Sequence[str]) -> list[str]:
+    """The ``--param`` grid of ``question``'s sweep: its own parameters, then the rules."""
+    return [*SWEEPS[question][2], f"royalty.rule={','.join(rules)}"]
 
 
-def _runs(sweep: _Sweep, seeds: Sequence[int], overrides: dict[str, str], file: str) -> list[dict[str, Any]]:
-    """Every seed's ``file`` (JSON) of the grid point ``overrides`` of ``sweep``, in seed order."""
-    from simulation.scenario import parse_sweep
-
-    grid = parse_sweep(sweep.params)
-    number = grid.index(overrides) + 1
-    folder = sweep.folder / point_dir(number, overrides)
+def _runs(out_dir: Path, question: str, rules: Sequence[str], seeds: Sequence[int], overrides: dict[str, str],
+          file: str) -> list[dict[str, Any]]:  # fmt: skip
+    """Every seed's ``file`` (JSON) of the grid point ``overrides`` of ``question``'s sweep, in seed order."""
+    grid = parse_sweep(_grid(question, rules))
+    folder = out_dir / SWEEPS[question][1] / point_dir(grid.index(overrides) + 1, overrides)
     return [json.loads((folder / f"seed-{seed}" / file).read_text()) for seed in seeds]
 
 
@@ -143,24 +148,25 @@ def run_study(
     ``KEY=VALUE`` applied to every scenario, e.g. ``rounds=2``) and write the study files into ``out_dir``;
     returns the measures. Raises ``ScenarioError`` for a bad seed count or override."""
     chosen = seed_list(first_seed, seeds)
-    rule_grid = f"royalty.rule={','.join(rules)}"
     base = [*overrides, f"seed={first_seed}"]
-    identities = "producers.split.identities"
-    sweeps = {
-        "noisy": _Sweep(load_scenario("noisy-producers", base), [rule_grid], out_dir / "noisy-producers"),
-        "copying": _Sweep(load_scenario("free-riders", base), ["royalty.provenance=false,true", rule_grid],
-                          out_dir / "free-riders"),
-        "sybil": _Sweep(load_scenario("sybil", base), [f"producers.pricing={','.join(SYBIL_PRICING)}",
-                        f"{identities}=1,{SYBIL_IDENTITIES}", rule_grid], out_dir / "sybil"),
-    }  # fmt: skip
-    for sweep in sweeps.values():  # every grid point checked before anything runs
-        sweep_scenarios(sweep.scenario, sweep.params)
-    for sweep in sweeps.values():
-        sweep_seeds(sweep.scenario, sweep.params, sweep.folder, seeds, workers=workers, chain_target=chain_target,
-                    on_run=on_run)  # fmt: skip
+    sweeps = [(load_scenario(name, base), _grid(question, rules), out_dir / folder)
+              for question, (name, folder, _params) in SWEEPS.items()]  # fmt: skip
+    for scenario, params, _folder in sweeps:  # every grid point checked before anything runs
+        sweep_scenarios(scenario, params)
+    for scenario, params, folder in sweeps:
+        sweep_seeds(scenario, params, folder, seeds, workers=workers, chain_target=chain_target, on_run=on_run)
+    return read_study(out_dir, rules, chosen)
+
+
+def read_study(out_dir: Path, rules: Sequence[str], seeds: Sequence[int]) -> list[Measure]:
+    """The study's measures from the runs' files in ``out_dir`` (as :func:`run_study` left them, for ``rules``
+    over ``seeds``), written again as ``study.json``, ``study.csv``, ``study.md`` and the figure; returns them.
+    Re-reads a study without running it (e.g. after changing a measure or a figure)."""
+    chosen = tuple(seeds)
+    identities = _IDENTITIES
 
     def point(question: str, file: str, **grid: str) -> list[dict[str, Any]]:
-        return _runs(sweeps[question], chosen, grid, file)
+        return _runs(out_dir, question, rules, chosen, grid, file)
 
     def noisy(dotted: str, scale: float = 1.0) -> Callable[[str], list[Value]]:
         def values(rule: str) -> list[Value]:
@@ -298,7 +304,7 @@ def plot_study(measures: Sequence[Measure], rules: Sequence[str], seeds: Sequenc
             axis.axhline(measure.neutral, color="black", linestyle="--", linewidth=0.8)
         axis.axhline(0, color="black", linewidth=0.5)
         axis.set_xticks(positions, rules, rotation=35, ha="right", fontsize="small")
-        axis.set_title(f"{measure.question}\n{measure.label}", fontsize="small")
+        axis.set_title(f"{measure.question}\n" + textwrap.fill(measure.label, 36), fontsize="small")
         axis.grid(axis="y", alpha=0.3)
     figure.suptitle(f"Royalty rules over seeds {seeds[0]} to {seeds[-1]} (mean, 95% interval)", fontsize="medium")
     paths = []

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from simulation.results import Undefined
-from simulation.study import copier_ratio, split_owner_revenue
+from simulation.study import copier_ratio, read_study, split_owner_revenue
 from tests.helpers.cli import assert_one_line_error, run_cli
 from tests.helpers.simulation import assert_png
 
@@ -98,3 +98,11 @@ def test_study_refuses_an_unknown_rule_before_running(tmp_path: Path) -> None:
     run = run_cli("study", "--seeds", "2", "--rules", "equal,made_up", "--out", str(tmp_path / "out"))
     assert_one_line_error(run, "made_up")
     assert not (tmp_path / "out" / "noisy-producers").exists()
+
+
+def test_a_study_is_read_again_from_its_files_to_the_same_answer(study: Path) -> None:
+    before = (study / "study.json").read_bytes()
+    (study / "study.json").unlink()
+    measures = read_study(study, ["equal", "knn_shapley"], [7, 8])
+    assert (study / "study.json").read_bytes() == before
+    assert {m.name for m in measures} >= {"truth_distance", "copier_ratio_provenance", "sybil_gain_per_row"}
