@@ -5,6 +5,9 @@ from __future__ import annotations
 import struct
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
+from typing import Any
+
+from simulation.results import RunResult
 
 #: ``--param`` overrides that shrink the baseline to seconds: 3 producers, 1 builder, 2 consumers, 2 rounds.
 TINY = ["rounds=2", "producers.count=3", "producers.shard_size=80", "builders.count=1", "builders.models=['logreg']",
@@ -39,3 +42,47 @@ def assert_png(path: Path) -> None:
     svg = ElementTree.parse(path.with_suffix(".svg")).getroot()
     assert svg.tag == "{http://www.w3.org/2000/svg}svg", path
     assert path.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-", path
+
+
+TUSD = 1_000_000
+
+
+def synthetic_data() -> dict[str, Any]:
+    """Three producers (one noisy, one copying producer 0), two builders, two consumers; listed out of order."""
+    return {
+        "seed": 1,
+        "channel_revenue_claimed": 5 * TUSD,
+        "scenario": "synthetic",
+        "producers": [
+            {"index": 2, "address": "0xP2", "asset_id": 3, "label_noise": 0.0, "duplicate_of": 0, "rows": 100,
+             "revenue": 4 * TUSD, "true_value": 0.0},
+            {"index": 0, "address": "0xP0", "asset_id": 1, "label_noise": 0.0, "duplicate_of": None, "rows": 100,
+             "revenue": 6 * TUSD, "true_value": 0.05},
+            {"index": 1, "address": "0xP1", "asset_id": 2, "label_noise": 0.5, "duplicate_of": None, "rows": 100,
+             "revenue": 2 * TUSD, "true_value": 0.01},
+        ],
+        "builders": [
+            {"index": 0, "address": "0xB0", "model_id": 4, "model": "knn", "rule": "equal", "spend": 4 * TUSD,
+             "revenue": 5 * TUSD, "accuracy": 0.9, "parents": [1, 3], "shares_bps": [2500, 2500]},
+            {"index": 1, "address": "0xB1", "model_id": 5, "model": "logreg", "rule": "equal", "spend": 6 * TUSD,
+             "revenue": 2_500_000, "accuracy": 0.8, "parents": [1, 2, 3], "shares_bps": [1667, 1667, 1666]},
+        ],
+        "consumers": [
+            {"index": 0, "address": "0xC0", "spend": 3 * TUSD, "answered": 30, "correct": 25, "value": 5 * TUSD},
+            {"index": 1, "address": "0xC1", "spend": 2 * TUSD, "answered": 20, "correct": 5, "value": 1 * TUSD},
+        ],
+        "protocol_fee": 150_000,
+        "consumer_spend": 5 * TUSD,
+        "rounds": [
+            {"round": 2, "consumer_spend": 3 * TUSD, "answered": 30, "correct": 20},
+            {"round": 1, "consumer_spend": 2 * TUSD, "answered": 20, "correct": 10},
+        ],
+        "chain": {"kind": "embedded", "chain_id": 131277322940537, "gas_used": 1_234_567, "tx_count": 89},
+        "wall_time": 2.5,
+        "onchain_actions": 50,
+    }  # fmt: skip
+
+
+def synthetic_result() -> RunResult:
+    """``synthetic_data`` as the engine hands it over."""
+    return RunResult.from_json(synthetic_data())

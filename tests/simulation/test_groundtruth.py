@@ -15,7 +15,7 @@ from agents.learning import Shard, accuracy, load_source, make_shards, split_hol
 from simulation.groundtruth import TruthGames, knn_coalition_accuracies, producer_values
 from simulation.metrics import defective_share, royalty_correlation, summarize, truth_distance
 from simulation.results import ChainActivity, Undefined
-from tests.simulation.test_sim_metrics import synthetic_result
+from tests.helpers.simulation import synthetic_result
 
 TUSD = 1_000_000
 
