@@ -86,3 +86,33 @@ def synthetic_data() -> dict[str, Any]:
 def synthetic_result() -> RunResult:
     """``synthetic_data`` as the engine hands it over."""
     return RunResult.from_json(synthetic_data())
+
+
+#: Scenario sizes for the engine agreement checks: one round, 4 queries per consumer; ``large`` shrunk further
+#: (the full engine at its own size takes far longer).
+ENGINE_CHECK = ["rounds=1", "consumers.queries_per_round=4"]
+ENGINE_CHECK_SHRINK = {"large": ["producers.count=5", "producers.shard_size=100", "builders.count=2",
+                                 "consumers.count=3"]}  # fmt: skip
+#: Figures that may differ between engines: they count transactions, gas and time, not money.
+NOT_ECONOMIC = {"gas_used", "tx_count", "timing", "onchain_actions", "wall_time", "chain"}
+
+
+def assert_engines_agree(name: str, chain_target: str, tmp_path: Path) -> None:
+    """Run packaged scenario ``name`` (shrunk) under the full and the fast engine on ``chain_target``: every
+    metric and every field of the result but :data:`NOT_ECONOMIC` must be equal, something must have been paid."""
+    from dataclasses import asdict
+
+    from simulation.engine import run_simulation
+    from simulation.metrics import summarize
+    from simulation.scenario import load_scenario
+
+    def economics(result: RunResult) -> tuple[dict[str, Any], dict[str, Any]]:
+        metrics = {k: v for k, v in summarize(result).to_json().items() if k not in NOT_ECONOMIC}
+        return metrics, {k: v for k, v in asdict(result).items() if k not in NOT_ECONOMIC}
+
+    scenario = load_scenario(name, ENGINE_CHECK + ENGINE_CHECK_SHRINK.get(name, []))
+    full = run_simulation(scenario, chain_target=chain_target, work_dir=tmp_path / "full", engine="full")
+    fast = run_simulation(scenario, chain_target=chain_target, work_dir=tmp_path / "fast", engine="fast")
+    assert economics(fast) == economics(full)
+    assert full.consumer_spend > 0 and full.channel_revenue_claimed == full.consumer_spend  # something was paid
+    assert fast.chain.gas_used > 0 and fast.chain.tx_count > 0
