@@ -403,11 +403,12 @@ def study(
     over the same seeds and writes study.md (the answer, with 95% intervals and paired comparisons), study.csv,
     study.json and the figure study.png/.svg/.pdf."""
     from simulation.runner import seed_list
-    from simulation.study import RUNS_PER_RULE_AND_SEED, run_study, summary_lines
+    from simulation.study import RUNS_PER_RULE_AND_SEED, plan_study, run_study, summary_lines
 
     check_settings()
     chosen = [rule.strip() for rule in rules.split(",") if rule.strip()]
-    seed_list(seed, seeds)  # a bad count is a one-line error before any run
+    seed_list(seed, seeds)  # a bad count, rule or override is a one-line error before any run
+    plan_study(chosen, seed, param or [], out)
     runs = seeds * len(chosen) * RUNS_PER_RULE_AND_SEED
     measures = _run_seeded(
         lambda on_run: run_study(out, seeds=seeds, first_seed=seed, rules=chosen, workers=workers,

@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 from simulation.metrics import estimate
 from simulation.results import Estimate, Summary, Undefined, Value
 from simulation.runner import point_dir, seed_list, sweep_seeds
-from simulation.scenario import load_scenario, parse_sweep, sweep_scenarios
+from simulation.scenario import Scenario, ScenarioError, load_scenario, parse_sweep, sweep_scenarios
 
 #: The royalty rules a study compares by default; the first is the reference of every paired comparison.
 STUDY_RULES: tuple[str, ...] = ("equal", "leave_one_out", "knn_shapley", "mc_shapley", "banzhaf", "beta_shapley")
@@ -148,14 +148,23 @@ def run_study(
     ``KEY=VALUE`` applied to every scenario, e.g. ``rounds=2``) and write the study files into ``out_dir``;
     returns the measures. Raises ``ScenarioError`` for a bad seed count or override."""
     chosen = seed_list(first_seed, seeds)
+    for scenario, params, folder in plan_study(rules, first_seed, overrides, out_dir):
+        sweep_seeds(scenario, params, folder, seeds, workers=workers, chain_target=chain_target, on_run=on_run)
+    return read_study(out_dir, rules, chosen)
+
+
+def plan_study(rules: Sequence[str], first_seed: int, overrides: Sequence[str],
+               out_dir: Path) -> list[tuple[Scenario, list[str], Path]]:  # fmt: skip
+    """The study's sweeps — (scenario with ``overrides``, its grid, its folder) per question — with every grid
+    point checked, so a bad rule or override is a ``ScenarioError`` before anything runs."""
+    if not rules:
+        raise ScenarioError("a study needs at least one royalty rule (--rules equal,knn_shapley,...)")
     base = [*overrides, f"seed={first_seed}"]
     sweeps = [(load_scenario(name, base), _grid(question, rules), out_dir / folder)
               for question, (name, folder, _params) in SWEEPS.items()]  # fmt: skip
-    for scenario, params, _folder in sweeps:  # every grid point checked before anything runs
+    for scenario, params, _folder in sweeps:
         sweep_scenarios(scenario, params)
-    for scenario, params, folder in sweeps:
-        sweep_seeds(scenario, params, folder, seeds, workers=workers, chain_target=chain_target, on_run=on_run)
-    return read_study(out_dir, rules, chosen)
+    return sweeps
 
 
 def read_study(out_dir: Path, rules: Sequence[str], seeds: Sequence[int]) -> list[Measure]:

@@ -94,10 +94,16 @@ def test_study_figure_prints(study: Path) -> None:
     assert (study / "study.pdf").read_bytes()[:5] == b"%PDF-"
 
 
-def test_study_refuses_an_unknown_rule_before_running(tmp_path: Path) -> None:
-    run = run_cli("study", "--seeds", "2", "--rules", "equal,made_up", "--out", str(tmp_path / "out"))
-    assert_one_line_error(run, "made_up")
-    assert not (tmp_path / "out" / "noisy-producers").exists()
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [(["--rules", "equal,made_up"], "unknown royalty rule 'made_up'"), (["--rules", ","], "at least one royalty rule"),
+     (["--param", "rounds=0"], "rounds: 0 is out of range"), (["--seeds", "1"], "at least 2 seeds")],
+)  # fmt: skip
+def test_study_refuses_bad_input_before_running(args: list[str], fragment: str, tmp_path: Path) -> None:
+    run = run_cli("study", "--seeds", "2", *args, "--out", str(tmp_path / "out"))
+    assert_one_line_error(run, fragment)
+    assert "runs (grid points" not in run.stdout + run.stderr  # refused before the progress bar
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_study_is_read_again_from_its_files_to_the_same_answer(study: Path) -> None:
